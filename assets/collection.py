@@ -1,0 +1,165 @@
+"""Data acquisition: the prompt grid and the teacher's raw responses, per topic and collection round."""
+
+
+import asyncio
+from dataclasses import asdict
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
+
+from opengrok_dagster.collect.client import TeacherConfigurationError
+from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
+from opengrok_dagster.collect.store import STORED_COLUMNS
+from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig, build_prompt_grid
+from opengrok_dagster.collect.topics import find_topic
+from opengrok_dagster.partitions import collection_partitions
+from resources import OpenGrokPaths, TeacherResource
+
+
+class PromptsConfig(Config):
+    base_per_topic: int = Field(default=6, description="Plain template prompts per topic and round.")
+    style_per_topic: int = Field(default=4, description="Style-manipulated prompts (tone, perspective, register, slang, emoji).")
+    adversarial_per_topic: int = Field(default=2, description="Prompt-hacking prompts (conflicting claims, false premises, ...).")
+    seed: int = Field(default=0, description="Seed of the grid sampler: the same seed gives the same prompts.")
+    templates: list[str] = Field(default=[t.template_id for t in BASE_TEMPLATES], description="Base template ids to draw from.")
+    adversarial_templates: list[str] = Field(default=[t.template_id for t in ADVERSARIAL_TEMPLATES], description="Adversarial template ids.")
+    platforms: list[str] = Field(default=list(PLATFORMS), description="Platforms the prompts name.")
+    styles: list[str] = Field(default=[s.style_id for s in STYLES], description="Style ids for style-manipulated prompts.")
+
+
+def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
+    counts = frame[column].value_counts().sort_index()
+    return MetadataValue.md("\n".join([f"| {column} | prompts |", "|---|---:|", *(f"| {k} | {v} |" for k, v in counts.items())]))
+
+
+@asset(
+    partitions_def=collection_partitions,
+    group_name="acquisition",
+    code_version="1",
+    kinds={"python", "parquet"},
+    check_specs=[AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice.")],
+)
+def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths):
+    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants."""
+    keys = context.partition_key.keys_by_dimension
+    topic = find_topic(paths.topics(), keys["topic"])
+    grid = PromptGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.model_dump().items()})
+    frame = pd.DataFrame(build_prompt_grid(topic, grid))
+    if frame.empty:
+        raise Failure(f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic")
+    frame["round"] = keys["round"]
+    yield Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "topic": topic.key,
+            "round": keys["round"],
+            **{f"by_{column}": _count_table(frame, column) for column in ("variant", "template_id", "platform", "style")},
+            "preview": MetadataValue.md(frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)),
+        },
+    )
+    duplicates = int(frame["prompt_id"].duplicated().sum())
+    yield AssetCheckResult(check_name="unique_prompt_ids", passed=duplicates == 0, metadata={"duplicates": duplicates})
+
+
+def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str) -> CollectionSummary:
+    received = 0
+
+    def on_result(row: dict, result) -> None:
+        nonlocal received
+        received += 1
+        if received % 10 == 0 or received == len(rows):
+            context.log.info(f"{received} teacher responses received this run")
+
+    async def run() -> CollectionSummary:
+        async with teacher.client() as client:
+            return await collect_responses(rows, client, store, round_key, on_result)
+
+    try:
+        return asyncio.run(run())
+    except TeacherConfigurationError as exc:
+        raise Failure(description=f"teacher refused the request: {exc}. Responses received so far are kept.") from None
+
+
+class RawResponsesConfig(Config):
+    max_error_rate: float = Field(default=0.2, description="Highest share of prompts that may end in an error before the check blocks downstream assets.")
+
+
+@asset(
+    partitions_def=collection_partitions,
+    group_name="acquisition",
+    code_version="1",
+    kinds={"python", "parquet"},
+    check_specs=[
+        AssetCheckSpec(
+            "error_rate", asset="raw_responses", blocking=True,
+            description="At most max_error_rate of the prompts end in an error; more stops bad data flowing on.",
+        )
+    ],
+)
+def raw_responses(
+    context: AssetExecutionContext,
+    config: RawResponsesConfig,
+    prompts: pd.DataFrame,
+    teacher: TeacherResource,
+    paths: OpenGrokPaths,
+):
+    """The teacher's response (or final error) to every prompt of one topic and round.
+
+    Each response is committed to the durable response store as it arrives; a rerun of the same round
+    sends only the prompts without a stored response, so nothing is paid for twice.
+    """
+    round_key = context.partition_key.keys_by_dimension["round"]
+    store = paths.response_store()
+    key = teacher.response_key(round_key)
+    rows = prompts.to_dict("records")
+    answered = store.answered_prompt_ids(key, prompts["prompt_id"])
+    summary = CollectionSummary(len(rows), len(answered), 0, 0, 0)
+    if len(answered) < len(rows):
+        summary = _collect(context, rows, teacher, store, round_key)
+    stored = pd.DataFrame(store.fetch(key, prompts["prompt_id"]), columns=STORED_COLUMNS)
+    store.close()
+    frame = prompts.merge(stored.rename(columns={"text": "response"}), on=["prompt_id", "topic", "round"], how="left")
+    missing = frame["collected_at"].isna().sum()
+    if missing:
+        raise Failure(f"{missing} prompts have no stored response or error after collection; rerun to request them")
+    ok = frame[frame["error"].isna()]
+    latency = ok["latency_s"] if len(ok) else pd.Series([0.0])
+    error_rate = float(frame["error"].notna().mean())
+    yield Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            **asdict(summary),
+            "errors": int(frame["error"].notna().sum()),
+            "error_rate": error_rate,
+            "teacher_model": key.teacher_model,
+            "sampling": key.sampling_key,
+            "prompt_tokens": int(frame["prompt_tokens"].fillna(0).sum()),
+            "completion_tokens": int(frame["completion_tokens"].fillna(0).sum()),
+            "cost_usd_estimate": float(frame["cost_usd"].sum()),
+            "latency_p50_s": float(latency.quantile(0.5)),
+            "latency_p95_s": float(latency.quantile(0.95)),
+            "preview": MetadataValue.md(
+                ok[["prompt_id", "template_id", "response"]].head(5).assign(response=lambda f: f["response"].str.slice(0, 160).str.replace("\n", " ")).to_markdown(index=False)
+            ),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="error_rate",
+        passed=error_rate <= config.max_error_rate,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"error_rate": error_rate, "max_error_rate": config.max_error_rate},
+        description=None if error_rate <= config.max_error_rate else "rerun the partition to retry failed prompts; answered ones are reused",
+    )

@@ -1,0 +1,196 @@
+"""The prompt grid: topics x templates x platforms x styles, plus adversarial variants.
+
+Each prompt gets a stable ``prompt_id``: a hash of the rendered chat messages and the grid coordinates
+that produced them, so the same prompt is recognised across runs, rounds and machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+
+from opengrok_dagster.collect.topics import Topic
+
+GRID_VERSION = 1
+SYSTEM_PROMPT = (
+    "You are an expert analyst of social-media posts. Answer concisely and write posts the way real users "
+    "of the named platform write them."
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    template_id: str
+    text: str  # placeholders: {topic}, {event}, {platform}
+
+
+# The first three come from the OpenGrok report; the rest cover the SNS tasks the student is evaluated on.
+BASE_TEMPLATES: tuple[Template, ...] = (
+    Template("trends", "Summarize the latest trends in {topic} on {platform}."),
+    Template("people_saying", "What are people saying about {event} on social media?"),
+    Template("write_post", "Write a short, informal post about {topic} in the style of a {platform} user."),
+    Template(
+        "sentiment",
+        "Write a {platform} post reacting to {event}, then label its sentiment as positive, negative or "
+        "neutral and explain the label in one sentence.",
+    ),
+    Template(
+        "entities",
+        "Write a {platform} post about {event} that mentions people, places or organisations, then list "
+        "every named entity in it with its type (person, location, organisation, product, event).",
+    ),
+    Template(
+        "topic_label",
+        "Write a {platform} post that touches on {topic} only indirectly, then say which topic it is about "
+        "and which words gave it away.",
+    ),
+)
+
+# Prompt hacking: conflicting information, false premises and scenarios that need reasoning.
+ADVERSARIAL_TEMPLATES: tuple[Template, ...] = (
+    Template(
+        "conflicting_claims",
+        "One {platform} post says {event} was a huge success; a reply with more likes says it was a total "
+        "failure. What are people actually saying, and which claim is better supported?",
+    ),
+    Template(
+        "false_premise",
+        "Everyone on {platform} agrees that nobody cares about {topic} any more. Write the most popular reply "
+        "to that claim, and say whether the premise is true.",
+    ),
+    Template(
+        "retracted_viral_post",
+        "A viral {platform} post about {event} turned out to be partly false and its author apologised. "
+        "Summarize how the conversation about {topic} would shift, step by step.",
+    ),
+    Template(
+        "sarcasm",
+        "'Oh great, {event}. Exactly what we all needed 🙄' — is this {platform} post positive or negative "
+        "about {topic}? Explain the sarcasm.",
+    ),
+)
+
+PLATFORMS: tuple[str, ...] = ("Twitter/X", "Reddit", "Instagram", "TikTok", "Facebook")
+
+
+@dataclass(frozen=True)
+class Style:
+    style_id: str
+    kind: str  # tone, perspective, register, slang, emoji
+    instruction: str
+
+
+STYLES: tuple[Style, ...] = (
+    Style("sarcastic", "tone", "Use a sarcastic tone."),
+    Style("enthusiastic", "tone", "Sound genuinely excited."),
+    Style("sceptical_bystander", "perspective", "Write from the perspective of a sceptical bystander."),
+    Style("insider", "perspective", "Write as someone directly involved."),
+    Style("formal", "register", "Use a formal, newspaper-like register."),
+    Style("gen_z_slang", "slang", "Use heavy internet slang and abbreviations (ngl, tbh, fr)."),
+    Style("emoji_heavy", "emoji", "Use lots of emoji and hashtags."),
+)
+
+
+@dataclass(frozen=True)
+class PromptGridConfig:
+    """How many prompts of each variant to draw per topic, from which axes, with which seed."""
+
+    base_per_topic: int = 6
+    style_per_topic: int = 4
+    adversarial_per_topic: int = 2
+    seed: int = 0
+    templates: tuple[str, ...] = field(default_factory=lambda: tuple(t.template_id for t in BASE_TEMPLATES))
+    adversarial_templates: tuple[str, ...] = field(
+        default_factory=lambda: tuple(t.template_id for t in ADVERSARIAL_TEMPLATES)
+    )
+    platforms: tuple[str, ...] = PLATFORMS
+    styles: tuple[str, ...] = field(default_factory=lambda: tuple(s.style_id for s in STYLES))
+
+    def __post_init__(self) -> None:
+        for name in ("base_per_topic", "style_per_topic", "adversarial_per_topic"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _select(BASE_TEMPLATES, self.templates, "template_id", "templates")
+        _select(ADVERSARIAL_TEMPLATES, self.adversarial_templates, "template_id", "adversarial_templates")
+        _select(STYLES, self.styles, "style_id", "styles")
+        if not self.platforms:
+            raise ValueError("platforms must name at least one platform")
+
+
+def _select(options: tuple, wanted: tuple[str, ...], attribute: str, setting: str) -> list:
+    by_id = {getattr(o, attribute): o for o in options}
+    unknown = [w for w in wanted if w not in by_id]
+    if unknown:
+        raise ValueError(f"unknown {setting}: {unknown}; choose from {sorted(by_id)}")
+    return [by_id[w] for w in wanted]
+
+
+def prompt_id_for(messages: list[dict[str, str]], coordinates: dict[str, str]) -> str:
+    """Stable id: sha256 over the rendered messages and the grid coordinates, first 16 hex digits."""
+    canonical = json.dumps(
+        {"grid_version": GRID_VERSION, "messages": messages, "coordinates": coordinates},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _render(template: Template, topic: Topic, platform: str, event: str) -> str:
+    return template.text.format(topic=topic.name, platform=platform, event=event)
+
+
+def build_prompt_grid(topic: Topic, config: PromptGridConfig) -> list[dict]:
+    """Draw the configured number of base, style and adversarial prompts for ``topic``, deterministically.
+
+    The full grid is enumerated in a fixed order and sampled without replacement with a generator seeded
+    by (seed, topic key), so adding a topic never changes another topic's prompts.
+    """
+    rng = random.Random(f"{config.seed}:{topic.key}")
+    events = list(topic.events) or [f"the latest news about {topic.name}"]
+    templates = _select(BASE_TEMPLATES, config.templates, "template_id", "templates")
+    adversarial = _select(ADVERSARIAL_TEMPLATES, config.adversarial_templates, "template_id", "adversarial_templates")
+    styles = _select(STYLES, config.styles, "style_id", "styles")
+
+    base_cells = [(t, p, e, None) for t in templates for p in config.platforms for e in events]
+    style_cells = [(t, p, e, s) for t in templates for p in config.platforms for e in events for s in styles]
+    adversarial_cells = [(t, p, e, None) for t in adversarial for p in config.platforms for e in events]
+
+    rows: list[dict] = []
+    for variant, cells, count in (
+        ("base", base_cells, config.base_per_topic),
+        ("style", style_cells, config.style_per_topic),
+        ("adversarial", adversarial_cells, config.adversarial_per_topic),
+    ):
+        for template, platform, event, style in rng.sample(cells, min(count, len(cells))):
+            user = _render(template, topic, platform, event)
+            if style is not None:
+                user = f"{user} {style.instruction}"
+            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+            coordinates = {
+                "topic": topic.key,
+                "template_id": template.template_id,
+                "platform": platform,
+                "style": style.style_id if style else "neutral",
+                "variant": variant,
+                "event": event,
+            }
+            rows.append(
+                {
+                    "prompt_id": prompt_id_for(messages, coordinates),
+                    **coordinates,
+                    "style_kind": style.kind if style else "none",
+                    "system_prompt": SYSTEM_PROMPT,
+                    "prompt": user,
+                    "grid_version": GRID_VERSION,
+                    "seed": config.seed,
+                }
+            )
+    return rows
+
+
+def prompt_messages(row: dict) -> list[dict[str, str]]:
+    """The chat messages a prompt row sends to the teacher."""
+    return [{"role": "system", "content": row["system_prompt"]}, {"role": "user", "content": row["prompt"]}]

@@ -1,0 +1,16 @@
+"""Partitions: topics (dynamic, seeded from the catalogue) x collection rounds (one per day)."""
+
+from dagster import DailyPartitionsDefinition, DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition
+
+from opengrok_dagster.collect.topics import validate_topic_key
+
+topic_partitions = DynamicPartitionsDefinition(name="topics")
+
+# end_offset=1 makes today's round exist, so a scheduled re-collection gathers today's responses.
+round_partitions = DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
+
+collection_partitions = MultiPartitionsDefinition({"topic": topic_partitions, "round": round_partitions})
+
+
+def collection_partition_key(topic: str, round_key: str) -> MultiPartitionKey:
+    return MultiPartitionKey({"topic": validate_topic_key(topic), "round": round_key})

@@ -1,0 +1,35 @@
+"""Environment-driven settings shared by the Dagster definitions and the CLI (no Dagster imports)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def opengrok_home() -> Path:
+    """``$OPENGROK_HOME``, default ``.opengrok`` in the current directory (the repository for `dagster dev`)."""
+    return Path(os.environ.get("OPENGROK_HOME", ".opengrok")).expanduser().resolve()
+
+
+def topic_catalogue_path() -> Path:
+    return Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", REPO_ROOT / "config" / "topics.yaml")).expanduser().resolve()
+
+
+def dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or opengrok_home() / "dagster_home").resolve()
+
+
+def teacher_is_remote() -> bool:
+    """A teacher base URL in the environment switches from the embedded teacher to that endpoint."""
+    return bool(os.environ.get("OPENGROK_TEACHER_BASE_URL"))
+
+
+def teacher_api_key_variable() -> str:
+    """Name of the environment variable holding the teacher's API key (default ``XAI_API_KEY``)."""
+    return os.environ.get("OPENGROK_TEACHER_API_KEY_VAR", "XAI_API_KEY")
+
+
+def recollect_cron() -> str:
+    return os.environ.get("OPENGROK_RECOLLECT_CRON", "0 3 * * *")

@@ -1,0 +1,7 @@
+"""Dagster resources: thin configurable wrappers around the stage packages of ``opengrok_dagster``."""
+
+from resources.parquet_io import ParquetIOManager
+from resources.paths import OpenGrokPaths
+from resources.teacher import TeacherResource
+
+__all__ = ["OpenGrokPaths", "ParquetIOManager", "TeacherResource"]

@@ -1,0 +1,88 @@
+"""The teacher LLM: the embedded `transformers serve` default, or any OpenAI-compatible endpoint (Grok...)."""
+
+
+from typing import Literal, Optional
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+from opengrok_dagster.collect.store import ResponseKey
+from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams, TeacherClient, TeacherEndpoint
+from opengrok_dagster.offline.model import MODEL_NAME, check_offline_model, offline_model_dir
+from opengrok_dagster.offline.server import TeacherServer
+
+
+class TeacherResource(ConfigurableResource):
+    """Builds the teacher client; in ``embedded`` mode it also runs the offline teacher server.
+
+    The server starts on first use (steps that never call the teacher never pay for it) and is stopped,
+    by its own PID, when the step's resources are torn down.
+    """
+
+    mode: Literal["embedded", "remote"] = Field(
+        default="embedded",
+        description="'embedded': serve the offline SmolLM2 model with `transformers serve` on loopback; "
+        "'remote': call base_url (e.g. Grok at https://api.x.ai/v1).",
+    )
+    base_url: Optional[str] = Field(default=None, description="OpenAI-compatible base URL ending in /v1 (remote mode).")
+    model: Optional[str] = Field(default=None, description="Model id sent to the endpoint (remote mode), e.g. 'grok-4'.")
+    api_key: Optional[str] = Field(
+        default=None, description="API key for the endpoint. Set it with EnvVar('XAI_API_KEY'); never inline."
+    )
+    cache_dir: Optional[str] = Field(default=None, description="Offline model cache (embedded mode); default ~/.cache/opengrok.")
+    max_concurrency: int = Field(default=8, description="Requests in flight at once.")
+    requests_per_minute: Optional[float] = Field(default=None, description="Requests-per-minute limit; unset = none.")
+    tokens_per_minute: Optional[float] = Field(default=None, description="Tokens-per-minute limit; unset = none.")
+    timeout_s: float = Field(default=120.0, description="Per-request timeout in seconds.")
+    max_attempts: int = Field(default=6, description="Attempts per prompt for retryable failures (429, 5xx, timeouts).")
+    temperature: float = Field(default=0.7, description="Sampling temperature.")
+    top_p: float = Field(default=0.95, description="Nucleus sampling top_p.")
+    max_tokens: int = Field(default=256, description="Maximum completion tokens per response.")
+    seed: Optional[int] = Field(default=None, description="Sampling seed sent to the endpoint, where it supports one.")
+    prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
+    completion_price_per_million: float = Field(default=0.0, description="USD per million completion tokens (cost estimate).")
+    server_log: Optional[str] = Field(default=None, description="File that receives the embedded server's output.")
+
+    _server: Optional[TeacherServer] = PrivateAttr(default=None)
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def endpoint(self) -> TeacherEndpoint:
+        if self.mode == "remote":
+            if not self.base_url or not self.model:
+                raise ValueError(
+                    "teacher mode is 'remote' but base_url or model is not set: set OPENGROK_TEACHER_BASE_URL and "
+                    "OPENGROK_TEACHER_MODEL (e.g. https://api.x.ai/v1 and grok-4)"
+                )
+            return TeacherEndpoint(self.base_url, self.model, self.api_key)
+        if self._server is None:
+            server = TeacherServer(check_offline_model(offline_model_dir(self.cache_dir)), log_path=self.server_log)
+            server.start()
+            self._server = server
+        return TeacherEndpoint(self._server.base_url, self._server.model_id, None, label=MODEL_NAME)
+
+    def response_key(self, round_key: str) -> ResponseKey:
+        """The store key of this teacher's responses in ``round_key``; never starts the server."""
+        label = MODEL_NAME if self.mode == "embedded" else (self.model or "")
+        return ResponseKey(label, self.sampling().key(), round_key)
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed)
+
+    def client(self) -> TeacherClient:
+        """A fresh client (enter it with ``async with``); starts the embedded server if needed."""
+        return TeacherClient(
+            self.endpoint(),
+            self.sampling(),
+            ClientLimits(
+                max_concurrency=self.max_concurrency,
+                requests_per_minute=self.requests_per_minute,
+                tokens_per_minute=self.tokens_per_minute,
+                timeout_s=self.timeout_s,
+                max_attempts=self.max_attempts,
+            ),
+            Prices(self.prompt_price_per_million, self.completion_price_per_million),
+        )
