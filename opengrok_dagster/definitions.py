@@ -7,7 +7,7 @@ from opengrok_dagster.jobs import collect_job
 from opengrok_dagster.schedules import recollect_schedule
 from opengrok_dagster.sensors import topic_catalogue_sensor
 from opengrok_dagster.settings import opengrok_home, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
-from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
+from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 
 
 def build_teacher() -> TeacherResource:
@@ -44,6 +44,7 @@ def build_definitions() -> Definitions:
             "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
             "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(topic_catalogue_path())),
             "teacher": build_teacher(),
+            "student": StudentResource(model=EnvVar("OPENGROK_STUDENT_MODEL") if _set("OPENGROK_STUDENT_MODEL") else None),
         },
     )
 

@@ -2,6 +2,7 @@
 
 from resources.parquet_io import ParquetIOManager
 from resources.paths import OpenGrokPaths
+from resources.student import StudentResource
 from resources.teacher import TeacherResource
 
-__all__ = ["OpenGrokPaths", "ParquetIOManager", "TeacherResource"]
+__all__ = ["OpenGrokPaths", "ParquetIOManager", "StudentResource", "TeacherResource"]
