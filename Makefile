@@ -30,7 +30,6 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 dev: setup
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/opengrok topics sync
 	$(BIN)/dagster dev -w workspace.yaml
 

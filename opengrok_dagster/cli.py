@@ -16,7 +16,9 @@ def _instance():
 
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()  # default local storage, stated rather than warned about
+    config = home / "dagster.yaml"
+    if not config.exists():  # local SQLite storage; no telemetry from an offline pipeline
+        config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 

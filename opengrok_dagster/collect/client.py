@@ -160,6 +160,10 @@ class TeacherClient:
         self._transport = transport
         self._rate = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
         self._slots = asyncio.Semaphore(limits.max_concurrency)
+        # Jitter in proportion to the first backoff, so many clients retrying together spread out.
+        self._backoff = wait_exponential_jitter(
+            multiplier=limits.backoff_initial_s, max=limits.backoff_max_s, jitter=limits.backoff_initial_s
+        )
         self._http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> "TeacherClient":
@@ -180,11 +184,10 @@ class TeacherClient:
         return text.replace(key, "***") if key else text
 
     def _wait(self, state: RetryCallState) -> float:
-        exponential = wait_exponential_jitter(initial=self.limits.backoff_initial_s, max=self.limits.backoff_max_s)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, _Retryable) and error.retry_after_s is not None:
             return min(error.retry_after_s, self.limits.max_retry_after_s)
-        return exponential(state)
+        return self._backoff(state)
 
     async def complete(self, messages: list[dict[str, str]]) -> TeacherResult:
         """Send one chat completion with retries. Returns a result (``error`` set after the last attempt

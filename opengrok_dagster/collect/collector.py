@@ -44,7 +44,8 @@ async def collect_responses(
     async def one(row: dict) -> None:
         nonlocal succeeded, failed
         result = await client.complete(prompt_messages(row))
-        store.record(key, row["prompt_id"], row["topic"], result)
+        # Off the event loop: the commit waits for fsync, and other responses keep arriving meanwhile.
+        await asyncio.to_thread(store.record, key, row["prompt_id"], row["topic"], result)
         succeeded, failed = (succeeded + 1, failed) if result.ok else (succeeded, failed + 1)
         if on_result:
             on_result(row, result)

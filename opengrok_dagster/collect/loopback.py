@@ -132,3 +132,20 @@ async def _respond(send, status: int, body: bytes, extra_headers: list | None = 
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    """Run a loopback teacher in its own process (benchmarks keep the server off the client's GIL)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="OpenAI-compatible loopback teacher with fixed latency")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    teacher = LoopbackTeacher(LoopbackConfig(latency_s=args.latency))
+    teacher.port = args.port
+    uvicorn.run(teacher._app, host="127.0.0.1", port=args.port, log_level="critical", lifespan="off", interface="asgi3")
+
+
+if __name__ == "__main__":
+    main()

@@ -29,7 +29,7 @@ class Template:
 # The first three come from the OpenGrok report; the rest cover the SNS tasks the student is evaluated on.
 BASE_TEMPLATES: tuple[Template, ...] = (
     Template("trends", "Summarize the latest trends in {topic} on {platform}."),
-    Template("people_saying", "What are people saying about {event} on social media?"),
+    Template("people_saying", "What are people saying about {event} on social media, especially on {platform}?"),
     Template("write_post", "Write a short, informal post about {topic} in the style of a {platform} user."),
     Template(
         "sentiment",
@@ -154,9 +154,13 @@ def build_prompt_grid(topic: Topic, config: PromptGridConfig) -> list[dict]:
     adversarial = _select(ADVERSARIAL_TEMPLATES, config.adversarial_templates, "template_id", "adversarial_templates")
     styles = _select(STYLES, config.styles, "style_id", "styles")
 
-    base_cells = [(t, p, e, None) for t in templates for p in config.platforms for e in events]
-    style_cells = [(t, p, e, s) for t in templates for p in config.platforms for e in events for s in styles]
-    adversarial_cells = [(t, p, e, None) for t in adversarial for p in config.platforms for e in events]
+    def events_for(template: Template) -> list[str]:
+        # A template that never names an event gets one cell, not one identical prompt per event.
+        return events if "{event}" in template.text else [""]
+
+    base_cells = [(t, p, e, None) for t in templates for p in config.platforms for e in events_for(t)]
+    style_cells = [(t, p, e, s) for t in templates for p in config.platforms for e in events_for(t) for s in styles]
+    adversarial_cells = [(t, p, e, None) for t in adversarial for p in config.platforms for e in events_for(t)]
 
     rows: list[dict] = []
     for variant, cells, count in (

@@ -43,7 +43,7 @@ class TokenBucket:
         async with self._lock:  # FIFO: callers are served in arrival order
             while True:
                 self._refill()
-                if self._level >= need:
+                if self._level >= need - 1e-9:  # tolerate float rounding in the refill
                     self._level -= amount
                     return
                 await self._sleep((need - self._level) / self.rate_per_s)

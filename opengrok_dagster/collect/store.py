@@ -62,17 +62,21 @@ class ResponseStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []  # one per thread that touched the store
+        self._connections_lock = threading.Lock()
         with self._connection() as connection:
             connection.execute(_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=60.0)
+            connection = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")  # a committed response survives power loss too
             connection.row_factory = sqlite3.Row
             self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
         return connection
 
     def answered_prompt_ids(self, key: ResponseKey, prompt_ids: Iterable[str]) -> set[str]:
@@ -123,7 +127,9 @@ class ResponseStore:
         return rows
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        """Close every thread's connection (worker threads commit responses, see the collector)."""
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()

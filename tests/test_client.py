@@ -1,0 +1,153 @@
+"""Teacher client fault paths, injected at the transport level with respx."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+import respx
+
+from opengrok_dagster.collect.client import (
+    ClientLimits,
+    Prices,
+    SamplingParams,
+    TeacherClient,
+    TeacherConfigurationError,
+    TeacherEndpoint,
+    parse_retry_after,
+)
+
+BASE = "http://teacher.test/v1"
+URL = f"{BASE}/chat/completions"
+CANARY = "sk-canary-5f1e2d3c4b5a"
+MESSAGES = [{"role": "user", "content": "What are people saying about the derby?"}]
+FAST = ClientLimits(max_attempts=4, backoff_initial_s=0.001, backoff_max_s=0.01, timeout_s=0.2)
+
+
+def ok(text="fine", request_id="req-1", **extra):
+    body = {"id": "cmpl-1", "model": "grok-test", "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 5}}
+    return httpx.Response(200, json=body, headers={"x-request-id": request_id, **extra})
+
+
+def complete(limits=FAST, api_key=CANARY, prices=Prices(), sampling=SamplingParams()):
+    async def go():
+        async with TeacherClient(TeacherEndpoint(BASE, "grok-test", api_key), sampling, limits, prices) as client:
+            return await client.complete(MESSAGES)
+
+    return asyncio.run(go())
+
+
+@respx.mock
+def test_success_keeps_text_usage_cost_request_id_and_sends_sampling_and_key():
+    route = respx.post(URL).mock(return_value=ok())
+    result = complete(prices=Prices(prompt_per_million=2.0, completion_per_million=10.0), sampling=SamplingParams(0.3, 0.9, 64, seed=5))
+    assert (result.text, result.finish_reason, result.request_id, result.attempts) == ("fine", "stop", "req-1", 1)
+    assert (result.prompt_tokens, result.completion_tokens) == (11, 5)
+    assert result.cost_usd == pytest.approx((11 * 2 + 5 * 10) / 1e6)
+    sent = route.calls.last.request
+    assert sent.headers["authorization"] == f"Bearer {CANARY}"
+    assert json.loads(sent.content) | {} == {"model": "grok-test", "messages": MESSAGES, "temperature": 0.3, "top_p": 0.9, "max_tokens": 64, "seed": 5}
+
+
+@respx.mock
+def test_429_waits_for_retry_after_then_succeeds(monkeypatch):
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds):
+        waits.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    respx.post(URL).mock(side_effect=[httpx.Response(429, headers={"retry-after": "7"}), ok()])
+    result = complete()
+    assert result.ok and result.attempts == 2
+    assert 7.0 in waits  # the server's Retry-After, not the 1 ms exponential backoff
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(500),
+        httpx.Response(503),
+        httpx.Response(200, content=b'{"choices": [{"message": '),  # malformed JSON
+        httpx.Response(200, json={"choices": []}),  # well-formed but unusable
+        httpx.ConnectError("connection refused"),
+        httpx.ReadError("connection reset by peer"),
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+    ],
+    ids=["500", "503", "malformed-json", "no-choices", "connect", "reset", "timeout", "truncated"],
+)
+def test_transient_failures_are_retried(failure):
+    route = respx.post(URL).mock(side_effect=[failure, failure, ok()])
+    result = complete()
+    assert result.ok and result.attempts == 3 and route.call_count == 3
+
+
+@respx.mock
+def test_persistent_failure_becomes_a_final_error_row_after_max_attempts():
+    route = respx.post(URL).mock(return_value=httpx.Response(503))
+    result = complete()
+    assert not result.ok and route.call_count == 4 and result.attempts == 4
+    assert "gave up after 4 attempts" in result.error and "503" in result.error and result.status_code == 503
+
+
+@respx.mock
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_auth_and_not_found_stop_at_once_naming_endpoint_never_the_key(status):
+    route = respx.post(URL).mock(return_value=httpx.Response(status, json={"error": f"bad key {CANARY}"}))
+    with pytest.raises(TeacherConfigurationError) as error:
+        complete()
+    assert route.call_count == 1
+    assert URL in str(error.value) and f"HTTP {status}" in str(error.value)
+    assert CANARY not in str(error.value) and CANARY not in repr(error.value)
+
+
+@respx.mock
+def test_400_is_a_per_prompt_error_without_retry_and_redacts_the_key():
+    route = respx.post(URL).mock(return_value=httpx.Response(400, text=f"prompt too long; key {CANARY}"))
+    result = complete()
+    assert route.call_count == 1 and result.status_code == 400
+    assert "prompt too long" in result.error and CANARY not in result.error
+
+
+def test_endpoint_repr_hides_the_key():
+    assert CANARY not in repr(TeacherEndpoint(BASE, "m", CANARY))
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("3", 3.0), ("0.5", 0.5), (None, None), ("soon", None), ("-4", 0.0)])
+def test_parse_retry_after(header, seconds):
+    assert parse_retry_after(header) == seconds
+
+
+def test_retry_after_as_http_date_is_seconds_from_now():
+    from email.utils import format_datetime
+    from datetime import datetime, timedelta, timezone
+
+    header = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= parse_retry_after(header) <= 31
+
+
+@respx.mock
+def test_concurrency_cap_is_never_exceeded():
+    in_flight = peak = 0
+
+    async def slow(request):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return ok()
+
+    respx.post(URL).mock(side_effect=slow)
+
+    async def go():
+        async with TeacherClient(TeacherEndpoint(BASE, "m"), limits=ClientLimits(max_concurrency=3)) as client:
+            return await asyncio.gather(*(client.complete(MESSAGES) for _ in range(20)))
+
+    results = asyncio.run(go())
+    assert all(r.ok for r in results) and peak == 3

@@ -1,0 +1,99 @@
+"""The prompts and raw_responses assets on a real Dagster instance against a real loopback HTTP teacher."""
+
+import pandas as pd
+import pytest
+from dagster import EnvVar, materialize
+
+from assets.collection import prompts, raw_responses
+from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
+from tests.conftest import REPO_ROOT
+
+CANARY = "xai-canary-9d8c7b6a5f4e3d2c1b0a"
+ROUND = "2026-11-24"
+
+
+def resources_for(tmp_path, base_url, **teacher):
+    return {
+        "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "teacher": TeacherResource(mode="remote", base_url=base_url, model="grok-test", **teacher),
+    }
+
+
+def run_partition(instance, tmp_path, server, topic="climate", **teacher):
+    instance.add_dynamic_partitions(topic_partitions.name, [topic])
+    return materialize(
+        [prompts, raw_responses],
+        resources=resources_for(tmp_path, server.base_url, **teacher),
+        instance=instance,
+        partition_key=collection_partition_key(topic, ROUND),
+        raise_on_error=False,
+    )
+
+
+def test_materialising_a_topic_partition_collects_every_prompt(persistent_instance, tmp_path, loopback_teacher):
+    result = run_partition(persistent_instance, tmp_path, loopback_teacher)
+    assert result.success
+    frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
+    grid = pd.read_parquet(tmp_path / "assets" / "prompts" / ROUND / "climate.parquet")
+    assert len(frame) == len(grid) == 12 and frame["error"].isna().all()
+    assert frame["response"].str.startswith("Answer to:").all()
+    for column in ("prompt_id", "prompt", "response", "finish_reason", "model", "prompt_tokens", "completion_tokens",
+                   "latency_s", "attempts", "error", "request_id", "collected_at", "round", "topic", "teacher_model"):
+        assert column in frame.columns
+    metadata = result.asset_materializations_for_node("raw_responses")[0].metadata
+    assert metadata["requested"].value == 12 and metadata["error_rate"].value == 0.0
+    assert {"latency_p50_s", "latency_p95_s", "cost_usd_estimate", "completion_tokens"} <= set(metadata)
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"unique_prompt_ids": True, "error_rate": True}
+
+
+def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(persistent_instance, tmp_path, loopback_teacher):
+    assert run_partition(persistent_instance, tmp_path, loopback_teacher).success
+    first = len(loopback_teacher.requests)
+    assert run_partition(persistent_instance, tmp_path, loopback_teacher).success
+    assert len(loopback_teacher.requests) == first
+    persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
+    fresh = materialize(
+        [prompts, raw_responses],
+        resources=resources_for(tmp_path, loopback_teacher.base_url),
+        instance=persistent_instance,
+        partition_key=collection_partition_key("climate", "2026-11-23"),
+    )
+    assert fresh.success and len(loopback_teacher.requests) == 2 * first
+
+
+def test_too_many_errors_fail_the_blocking_check(persistent_instance, tmp_path):
+    with LoopbackTeacher(LoopbackConfig(fault_rate=1.0, faults=("503",))) as failing:
+        result = run_partition(persistent_instance, tmp_path, failing, max_attempts=2)
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["error_rate"] is False
+    frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
+    assert frame["error"].str.contains("gave up after 2 attempts").all()
+
+
+def _everything_recorded(instance, tmp_path, capfd) -> str:
+    events = [entry for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
+    runs = [str(run.run_config) + str(run.tags) for run in instance.get_runs()]
+    parquet = [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*.parquet")]
+    database = [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*.sqlite*")]
+    captured = capfd.readouterr()
+    return "\n".join([*(repr(e) for e in events), *runs, *parquet, *database, captured.out, captured.err])
+
+
+@pytest.mark.parametrize("server_key", [CANARY, "a-different-key"], ids=["accepted", "rejected-401"])
+def test_canary_api_key_never_appears_in_logs_events_metadata_or_files(persistent_instance, tmp_path, monkeypatch, capfd, server_key):
+    monkeypatch.setenv("OPENGROK_TEST_TEACHER_KEY", CANARY)
+    with LoopbackTeacher(LoopbackConfig(expected_api_key=server_key)) as server:
+        result = run_partition(persistent_instance, tmp_path, server, api_key=EnvVar("OPENGROK_TEST_TEACHER_KEY"))
+        assert server.requests and all(r.authorization == f"Bearer {CANARY}" for r in server.requests)
+    assert result.success is (server_key == CANARY)
+    if server_key != CANARY:
+        failure = result.failure_data_for_node("raw_responses")
+        assert "HTTP 401" in failure.error.message + (failure.user_failure_data.description or "")
+    recorded = _everything_recorded(persistent_instance, tmp_path, capfd)
+    # the scan really covers what was written: the response data, or the failure
+    assert ("grok-test" if server_key == CANARY else "HTTP 401") in recorded and "raw_responses" in recorded
+    assert CANARY not in recorded

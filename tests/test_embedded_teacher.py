@@ -1,0 +1,67 @@
+"""The real offline teacher: `transformers serve --continuous-batching` serving SmolLM2 on loopback."""
+
+import asyncio
+import os
+
+import pandas as pd
+import pytest
+from dagster import materialize
+
+from assets.collection import prompts, raw_responses
+from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient
+from opengrok_dagster.offline.server import TeacherServer
+from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a reaped-but-listed zombie is not alive
+        return stat.read().split()[2] != "Z"
+
+
+def test_server_answers_concurrent_chat_completions_and_stops_by_pid(offline_model, tmp_path):
+    server = TeacherServer(offline_model, log_path=tmp_path / "serve.log")
+    server.start()
+    pid = server.pid
+    try:
+        from opengrok_dagster.collect.client import TeacherEndpoint
+
+        async def ask():
+            endpoint = TeacherEndpoint(server.base_url, server.model_id)
+            async with TeacherClient(endpoint, SamplingParams(max_tokens=12, temperature=0.0), ClientLimits(max_concurrency=4)) as client:
+                return await asyncio.gather(*(client.complete([{"role": "user", "content": f"Say hello to user {i}."}]) for i in range(4)))
+
+        results = asyncio.run(ask())
+    finally:
+        server.stop()
+    assert all(r.ok and r.text and r.completion_tokens and r.request_id for r in results)
+    assert all(r.finish_reason in ("stop", "length") for r in results)
+    assert not _alive(pid)
+
+
+def test_embedded_resource_collects_a_partition_and_tears_the_server_down(offline_model, persistent_instance, tmp_path):
+    persistent_instance.add_dynamic_partitions(topic_partitions.name, ["football"])
+    teacher = TeacherResource(mode="embedded", max_tokens=16, max_concurrency=4, server_log=str(tmp_path / "serve.log"))
+    result = materialize(
+        [prompts, raw_responses],
+        resources={
+            "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
+            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+            "teacher": teacher,
+        },
+        instance=persistent_instance,
+        partition_key=collection_partition_key("football", "2026-11-24"),
+        run_config={"ops": {"prompts": {"config": {"base_per_topic": 2, "style_per_topic": 1, "adversarial_per_topic": 1}}}},
+    )
+    assert result.success
+    frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-24" / "football.parquet")
+    assert len(frame) == 4 and frame["error"].isna().all() and (frame["response"].str.len() > 0).all()
+    assert set(frame["teacher_model"]) == {"SmolLM2-135M-Instruct"}
+    assert "transformers.cli.transformers" not in os.popen("ps -eo args").read()  # the server is gone

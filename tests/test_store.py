@@ -1,0 +1,48 @@
+from opengrok_dagster.collect.client import TeacherResult
+from opengrok_dagster.collect.store import ResponseKey, ResponseStore
+
+KEY = ResponseKey("grok-test", '{"max_tokens":64}', "2026-11-24")
+
+
+def result(text=None, error=None, attempts=1):
+    return TeacherResult(text, "stop" if text else None, "grok-test", 3, 4, 0.01, 0.2, attempts, "req", error, None if text else 503)
+
+
+def test_success_is_durable_across_connections_and_never_overwritten(tmp_path):
+    store = ResponseStore(tmp_path / "r.sqlite")
+    store.record(KEY, "p1", "climate", result(text="first"))
+    store.record(KEY, "p1", "climate", result(text="second"))  # a duplicate delivery must not replace what was paid for
+    store.close()
+    reopened = ResponseStore(tmp_path / "r.sqlite")
+    [row] = reopened.fetch(KEY, ["p1"])
+    assert row["text"] == "first" and row["error"] is None
+    assert reopened.answered_prompt_ids(KEY, ["p1", "p2"]) == {"p1"}
+
+
+def test_error_row_is_replaced_by_a_later_success(tmp_path):
+    store = ResponseStore(tmp_path / "r.sqlite")
+    store.record(KEY, "p1", "climate", result(error="gave up", attempts=6))
+    assert store.answered_prompt_ids(KEY, ["p1"]) == set()
+    store.record(KEY, "p1", "climate", result(text="ok"))
+    [row] = store.fetch(KEY, ["p1"])
+    assert (row["text"], row["error"]) == ("ok", None)
+
+
+def test_key_separates_models_sampling_and_rounds(tmp_path):
+    store = ResponseStore(tmp_path / "r.sqlite")
+    store.record(KEY, "p1", "climate", result(text="ok"))
+    for other in (
+        ResponseKey("other-model", KEY.sampling_key, KEY.round),
+        ResponseKey(KEY.teacher_model, '{"max_tokens":128}', KEY.round),
+        ResponseKey(KEY.teacher_model, KEY.sampling_key, "2026-11-25"),
+    ):
+        assert store.answered_prompt_ids(other, ["p1"]) == set()
+
+
+def test_lookups_work_beyond_sqlite_parameter_limits(tmp_path):
+    store = ResponseStore(tmp_path / "r.sqlite")
+    ids = [f"p{i}" for i in range(1234)]
+    for prompt_id in ids[::3]:
+        store.record(KEY, prompt_id, "climate", result(text="ok"))
+    assert store.answered_prompt_ids(KEY, ids) == set(ids[::3])
+    assert len(store.fetch(KEY, ids)) == len(ids[::3])
