@@ -7,6 +7,8 @@ import os
 import sys
 from datetime import datetime, timezone
 
+from opengrok_dagster.offline.model import OfflineModelError
+
 
 def _instance():
     """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home)."""
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except ValueError as exc:  # bad input: say what and how to fix it, without a traceback
+    except (ValueError, OfflineModelError) as exc:  # bad input: say what and how to fix it, without a traceback
         print(f"opengrok: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,5 +1,7 @@
 """The Dagster code location: assets, checks, resources, jobs, schedules and sensors."""
 
+import os
+
 from dagster import Definitions, EnvVar, load_assets_from_modules
 
 from assets import collection
@@ -10,25 +12,46 @@ from opengrok_dagster.settings import opengrok_home, teacher_api_key_variable, t
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 
 
+# Non-secret teacher settings that may come from the environment, by resource field.
+TEACHER_TUNING_VARIABLES = {
+    "max_concurrency": ("OPENGROK_TEACHER_CONCURRENCY", int),
+    "requests_per_minute": ("OPENGROK_TEACHER_RPM", float),
+    "tokens_per_minute": ("OPENGROK_TEACHER_TPM", float),
+    "max_tokens": ("OPENGROK_TEACHER_MAX_TOKENS", int),
+    "temperature": ("OPENGROK_TEACHER_TEMPERATURE", float),
+    "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
+    "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
+}
+
+
+def _teacher_tuning() -> dict:
+    tuning = {}
+    for field, (variable, parse) in TEACHER_TUNING_VARIABLES.items():
+        if os.environ.get(variable):
+            try:
+                tuning[field] = parse(os.environ[variable])
+            except ValueError:
+                raise ValueError(f"{variable}={os.environ[variable]!r} is not a valid {parse.__name__}") from None
+    return tuning
+
+
 def build_teacher() -> TeacherResource:
     """Embedded SmolLM2 teacher by default; OPENGROK_TEACHER_BASE_URL switches to that endpoint, with the
-    key read from the variable named by OPENGROK_TEACHER_API_KEY_VAR (XAI_API_KEY by default)."""
+    key read (as an EnvVar, never a value) from the variable named by OPENGROK_TEACHER_API_KEY_VAR."""
     if teacher_is_remote():
         return TeacherResource(
             mode="remote",
             base_url=EnvVar("OPENGROK_TEACHER_BASE_URL"),
             model=EnvVar("OPENGROK_TEACHER_MODEL"),
             api_key=EnvVar(teacher_api_key_variable()),
-            max_concurrency=EnvVar.int("OPENGROK_TEACHER_CONCURRENCY") if _set("OPENGROK_TEACHER_CONCURRENCY") else 8,
+            **_teacher_tuning(),
         )
-    home = opengrok_home()
-    return TeacherResource(mode="embedded", max_concurrency=16, max_tokens=128, server_log=str(home / "logs" / "teacher-server.log"))
-
-
-def _set(name: str) -> bool:
-    import os
-
-    return bool(os.environ.get(name))
+    embedded_defaults = {"max_concurrency": 16, "max_tokens": 128}  # CPU serving: see bench/collection_throughput.py
+    return TeacherResource(
+        mode="embedded",
+        server_log=str(opengrok_home() / "logs" / "teacher-server.log"),
+        **(embedded_defaults | _teacher_tuning()),
+    )
 
 
 def build_definitions() -> Definitions:
@@ -44,7 +67,7 @@ def build_definitions() -> Definitions:
             "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
             "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(topic_catalogue_path())),
             "teacher": build_teacher(),
-            "student": StudentResource(model=EnvVar("OPENGROK_STUDENT_MODEL") if _set("OPENGROK_STUDENT_MODEL") else None),
+            "student": StudentResource(model=os.environ.get("OPENGROK_STUDENT_MODEL") or None),
         },
     )
 
