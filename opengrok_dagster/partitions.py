@@ -1,6 +1,12 @@
-"""Partitions: topics (dynamic, seeded from the catalogue) x collection rounds (one per day)."""
+"""Partitions: topics (dynamic, seeded from the catalogue) x collection rounds (one per day); mask modes."""
 
-from dagster import DailyPartitionsDefinition, DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition
+from dagster import (
+    DailyPartitionsDefinition,
+    DynamicPartitionsDefinition,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    StaticPartitionsDefinition,
+)
 
 from opengrok_dagster.collect.topics import validate_topic_key
 
@@ -14,3 +20,7 @@ collection_partitions = MultiPartitionsDefinition({"topic": topic_partitions, "r
 
 def collection_partition_key(topic: str, round_key: str) -> MultiPartitionKey:
     return MultiPartitionKey({"topic": validate_topic_key(topic), "round": round_key})
+
+# One LoRA checkpoint per attention-mask mode, so the evaluation can compare them (the ablation).
+MASK_MODES = ("none", "paper", "hard", "soft")
+mask_mode_partitions = StaticPartitionsDefinition(list(MASK_MODES))
