@@ -24,6 +24,7 @@ from opengrok_dagster.collect.store import STORED_COLUMNS
 from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig, build_prompt_grid
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.partitions import collection_partitions
+from assets.versioning import content_data_version
 from resources import OpenGrokPaths, TeacherResource
 
 
@@ -61,6 +62,7 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     frame["round"] = keys["round"]
     yield Output(
         frame,
+        data_version=content_data_version(frame),
         metadata={
             "dagster/row_count": len(frame),
             "topic": topic.key,
@@ -139,6 +141,7 @@ def raw_responses(
     error_rate = float(frame["error"].notna().mean())
     yield Output(
         frame,
+        data_version=content_data_version(frame),
         metadata={
             "dagster/row_count": len(frame),
             **asdict(summary),

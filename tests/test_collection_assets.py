@@ -51,10 +51,19 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
 
 
 def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(persistent_instance, tmp_path, loopback_teacher):
-    assert run_partition(persistent_instance, tmp_path, loopback_teacher).success
+    first_run = run_partition(persistent_instance, tmp_path, loopback_teacher)
     first = len(loopback_teacher.requests)
-    assert run_partition(persistent_instance, tmp_path, loopback_teacher).success
-    assert len(loopback_teacher.requests) == first
+    second_run = run_partition(persistent_instance, tmp_path, loopback_teacher)
+    assert second_run.success and len(loopback_teacher.requests) == first
+    # unchanged content keeps its data version, so nothing downstream turns stale
+    versions = [
+        {
+            event.asset_key.path[-1]: event.materialization.tags["dagster/data_version"]
+            for event in run.get_asset_materialization_events()
+        }
+        for run in (first_run, second_run)
+    ]
+    assert versions[0] == versions[1] and set(versions[0]) == {"prompts", "raw_responses"}
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
     fresh = materialize(
         [prompts, raw_responses],
