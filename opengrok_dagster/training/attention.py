@@ -1,0 +1,172 @@
+"""Masked attention for the fine-tune (report 3.2): a per-token mask applied to the attention scores before the softmax.
+
+One attention function, registered with transformers' ``AttentionInterface`` under ``opengrok_<mode>`` for each
+mask mode, with transformers' stock SDPA mask function registered under the same names in
+``AttentionMaskInterface`` (an implementation without a mask function gets *no* causal/padding mask at all).
+It therefore works for any causal LM that dispatches through the attention interface (Llama, SmolLM2, Phi-3, ...).
+
+The per-token mask reaches every attention layer as the forward keyword ``token_mask`` (shape batch x keys,
+sent by :class:`opengrok_dagster.training.data.MaskCollator`); without it every mode is stock SDPA, so
+generation and evaluation never need it. Modes:
+
+- ``none``: stock SDPA.
+- ``paper``: exactly as the report writes it, scores multiplied by the key mask before the softmax. Because
+  ``(q . k_j / sqrt(d)) * m_j = q . (m_j k_j) / sqrt(d)``, the keys are scaled by ``m`` and stock SDPA runs
+  unchanged (no extra cost). So written, a masked key's *score* becomes 0, not -inf: it still receives weight
+  ``exp(0) / Z``; causal and padding masks are kept.
+- ``hard``: masked keys get -inf (what the report intends: the model cannot attend to masked tokens); every
+  token still attends to itself, so no softmax row is empty and no NaN appears; causal and padding masks kept.
+- ``soft``: ``log(p_j)`` of the mask probabilities is added to the scores (``p = 0`` acts like ``hard``).
+
+The bias (or key scale) is built once per forward: every layer receives the same ``attention_mask`` and
+``token_mask`` tensors, so the first layer builds it and the others reuse it (:class:`_PerForwardBias`).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+MASK_MODES = ("none", "paper", "hard", "soft")
+TOKEN_MASK_KWARG = "token_mask"
+_IMPLEMENTATION_PREFIX = "opengrok_"
+
+
+class UnknownMaskModeError(ValueError):
+    """A mask mode outside ``MASK_MODES``."""
+
+
+def require_mask_mode(mode: str) -> str:
+    if mode not in MASK_MODES:
+        raise UnknownMaskModeError(f"unknown mask mode {mode!r}; use one of {', '.join(MASK_MODES)}")
+    return mode
+
+
+def attention_implementation(mode: str) -> str:
+    """The ``attn_implementation`` name that trains with ``mode`` (registering it on first use)."""
+    register_masked_attention()
+    return _IMPLEMENTATION_PREFIX + require_mask_mode(mode)
+
+
+def register_masked_attention() -> None:
+    """Register the masked attention and its mask function for every mode (idempotent)."""
+    for mode in MASK_MODES:
+        name = _IMPLEMENTATION_PREFIX + mode
+        AttentionInterface.register(name, _attention_for(mode))
+        AttentionMaskInterface.register(name, sdpa_mask)
+
+
+def _attention_for(mode: str) -> Callable:
+    def masked_attention(module, query, key, value, attention_mask, token_mask=None, **kwargs):
+        return masked_sdpa_attention(module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, **kwargs)
+
+    masked_attention.__name__ = f"masked_sdpa_attention_{mode}"
+    return masked_attention
+
+
+def masked_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    mode: str,
+    token_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Stock SDPA with the per-token mask applied in ``mode``; shapes as transformers' ``sdpa_attention_forward``."""
+    if mode == "none" or token_mask is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    q_length, kv_length = query.shape[2], key.shape[2]
+    if token_mask.shape != (key.shape[0], kv_length):
+        raise ValueError(
+            f"token_mask has shape {tuple(token_mask.shape)} but the attention has batch {key.shape[0]} x {kv_length} "
+            "keys; the mask is a training-time input for full sequences (leave it out when generating with a cache)"
+        )
+    if mode == "paper":
+        scale = _PER_FORWARD.get(("paper", key.dtype), (token_mask,), lambda: key_scale(token_mask, key.dtype))
+        return sdpa_attention_forward(module, query, key * scale, value, attention_mask, **kwargs)
+    bias = _PER_FORWARD.get(
+        (mode, query.dtype, q_length, kv_length),
+        (token_mask, attention_mask),
+        lambda: attention_bias(mode, token_mask, attention_mask, q_length, kv_length, query.dtype),
+    )
+    return sdpa_attention_forward(module, query, key, value, bias, **kwargs)
+
+
+def key_scale(token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``paper`` mode: the key vectors times ``m``, broadcast over heads and head dimension."""
+    return token_mask.to(dtype)[:, None, :, None]
+
+
+def attention_bias(
+    mode: str,
+    token_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    q_length: int,
+    kv_length: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The 4D mask (batch, 1, queries, keys) handed to SDPA for ``hard`` (bool) or ``soft`` (additive float).
+
+    ``attention_mask`` is what the stock SDPA mask function built: a boolean causal+padding mask, or ``None``
+    when the batch has no padding (then plain causal).
+    """
+    allowed = _causal_padding_mask(attention_mask, token_mask.shape[0], q_length, kv_length, token_mask.device)
+    if mode == "hard":
+        keep = (token_mask > 0)[:, None, None, :]
+        self_attention = torch.eye(q_length, kv_length, dtype=torch.bool, device=token_mask.device).roll(
+            kv_length - q_length, dims=1
+        )
+        # A token's own key is always attendable, so no row is empty (empty rows softmax to NaN).
+        return (allowed & keep) | self_attention
+    if mode == "soft":
+        finite_min = torch.finfo(dtype).min
+        log_p = torch.log(token_mask.to(dtype).clamp(min=0.0)).clamp(min=finite_min)[:, None, None, :]
+        # finfo.min instead of -inf keeps fully masked rows (padding queries) finite, as transformers' eager mask does.
+        return torch.where(allowed, log_p, torch.full((), finite_min, dtype=dtype, device=token_mask.device))
+    raise UnknownMaskModeError(f"mode {mode!r} has no attention bias; use hard or soft")
+
+
+def _causal_padding_mask(attention_mask, batch_size, q_length, kv_length, device) -> torch.Tensor:
+    if attention_mask is not None:
+        if attention_mask.dtype != torch.bool:
+            raise TypeError(f"expected the boolean mask of the SDPA mask function, got {attention_mask.dtype}")
+        return attention_mask
+    causal = torch.ones(q_length, kv_length, dtype=torch.bool, device=device).tril(kv_length - q_length)
+    return causal.expand(batch_size, 1, q_length, kv_length)
+
+
+class _PerForwardBias:
+    """Caches the bias built from the tensors of the current forward.
+
+    All layers of one forward get the very same mask tensor objects, so identity (held by weak reference,
+    never by id alone) says whether the cached bias still applies. Gradient-checkpoint recomputation reuses
+    it too. One slot per thread.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, key: tuple, sources: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        cached = getattr(self._local, "entry", None)
+        if cached is not None:
+            cached_key, refs, value = cached
+            if cached_key == key and len(refs) == len(sources) and all(
+                (ref is None and source is None) or (ref is not None and ref() is source) for ref, source in zip(refs, sources)
+            ):
+                return value
+        value = build()
+        refs = tuple(None if source is None else weakref.ref(source) for source in sources)
+        self._local.entry = (key, refs, value)
+        return value
+
+
+_PER_FORWARD = _PerForwardBias()

@@ -1,0 +1,117 @@
+"""From a ``mask_tables`` frame to training batches: labels on response tokens only, the per-token mask as a kwarg."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from opengrok_dagster.masks.tokenizer import require_same_tokenizer
+from opengrok_dagster.training.attention import TOKEN_MASK_KWARG, require_mask_mode
+
+IGNORE_INDEX = -100
+REQUIRED_COLUMNS = ("example_id", "split", "input_ids", "response_start", "m", "p", "tokenizer_fingerprint")
+
+
+class TrainingDataError(ValueError):
+    """The mask table cannot be trained on; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class MaskedExample:
+    example_id: str
+    input_ids: list[int]
+    response_start: int
+    m: list[float]
+    p: list[float]
+
+    @property
+    def response_tokens(self) -> int:
+        return len(self.input_ids) - self.response_start
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    train: list[MaskedExample]
+    validation: list[MaskedExample]
+    truncated: int
+    dropped_without_response: int
+
+
+def load_training_data(table: pd.DataFrame, tokenizer, max_length: int) -> TrainingData:
+    """Check ``table`` against the mask-table contract and the student tokenizer, and cut it to ``max_length``.
+
+    Examples whose response starts at or after ``max_length`` would carry no loss; they are dropped and counted.
+    """
+    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+    if missing:
+        raise TrainingDataError(f"mask_tables lacks columns {missing}; re-materialise mask_tables with the current code")
+    if table.empty:
+        raise TrainingDataError("mask_tables is empty: no kept train/validation examples; collect and filter more responses")
+    fingerprints = table["tokenizer_fingerprint"].unique()
+    if len(fingerprints) != 1:
+        raise TrainingDataError(f"mask_tables mixes tokenizers {list(fingerprints)}; re-materialise mask_tables")
+    require_same_tokenizer(str(fingerprints[0]), tokenizer)
+
+    splits: dict[str, list[MaskedExample]] = {"train": [], "validation": []}
+    truncated = dropped = 0
+    for row in table.itertuples(index=False):
+        if row.split not in splits:
+            raise TrainingDataError(f"mask_tables row {row.example_id!r} has split {row.split!r}; expected train or validation")
+        ids, m, p = list(row.input_ids), list(row.m), list(row.p)
+        if not (len(ids) == len(m) == len(p)):
+            raise TrainingDataError(
+                f"mask_tables row {row.example_id!r} has {len(ids)} input_ids but {len(m)} m and {len(p)} p values; "
+                "re-materialise mask_tables"
+            )
+        start = int(row.response_start)
+        if start >= min(len(ids), max_length):
+            dropped += 1
+            continue
+        truncated += len(ids) > max_length
+        splits[row.split].append(
+            MaskedExample(str(row.example_id), [int(i) for i in ids[:max_length]], start, [float(v) for v in m[:max_length]], [float(v) for v in p[:max_length]])
+        )
+    for split, examples in splits.items():
+        if not examples:
+            raise TrainingDataError(
+                f"mask_tables has no usable {split} examples ({dropped} dropped: response beyond max_length={max_length}); "
+                "collect more responses, adjust the filter's split, or raise max_length"
+            )
+    return TrainingData(splits["train"], splits["validation"], truncated, dropped)
+
+
+class MaskCollator:
+    """Right-pads a batch; labels are the response tokens (prompt and padding -100).
+
+    For the masked modes it adds ``token_mask`` (batch x sequence): ``m`` for paper/hard, ``p`` for soft,
+    1 on padding (padding is already excluded by the attention mask).
+    """
+
+    def __init__(self, pad_token_id: int, mask_mode: str) -> None:
+        self.pad_token_id = pad_token_id
+        self.mask_mode = require_mask_mode(mask_mode)
+
+    def __call__(self, examples: list[MaskedExample]) -> dict[str, torch.Tensor]:
+        length = max(len(example.input_ids) for example in examples)
+        batch = len(examples)
+        input_ids = np.full((batch, length), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((batch, length), dtype=np.int64)
+        labels = np.full((batch, length), IGNORE_INDEX, dtype=np.int64)
+        token_mask = np.ones((batch, length), dtype=np.float32)
+        for row, example in enumerate(examples):
+            size = len(example.input_ids)
+            input_ids[row, :size] = example.input_ids
+            attention_mask[row, :size] = 1
+            labels[row, example.response_start : size] = example.input_ids[example.response_start :]
+            token_mask[row, :size] = example.p if self.mask_mode == "soft" else example.m
+        out = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": torch.from_numpy(labels),
+        }
+        if self.mask_mode != "none":
+            out[TOKEN_MASK_KWARG] = torch.from_numpy(token_mask)
+        return out

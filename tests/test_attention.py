@@ -1,0 +1,180 @@
+"""Invariants of the masked attention on tiny Llama-family and Phi-3 models built from config."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+from opengrok_dagster.training import attention
+from opengrok_dagster.training.attention import MASK_MODES, attention_bias, attention_implementation
+from opengrok_dagster.training.data import MaskCollator, MaskedExample
+
+VOCAB = 97
+
+
+def tiny_llama():
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    ))
+
+
+def tiny_phi3():
+    return Phi3ForCausalLM(Phi3Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
+    ))
+
+
+MODELS = {"llama": tiny_llama, "phi3": tiny_phi3}
+
+
+def build(family: str, implementation: str):
+    torch.manual_seed(0)
+    model = MODELS[family]()
+    model.set_attn_implementation(implementation)
+    return model.eval()
+
+
+def padded_batch(lengths=(12, 7), seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(1, VOCAB, (len(lengths), width), generator=generator)
+    attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        attention_mask[row, :length] = 1
+    return ids, attention_mask
+
+
+def logits(model, ids, attention_mask, token_mask=None):
+    kwargs = {} if token_mask is None else {"token_mask": token_mask}
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=attention_mask, **kwargs).logits
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_all_ones_mask_reproduces_stock_sdpa(family, mode):
+    ids, attention_mask = padded_batch()
+    stock = logits(build(family, "sdpa"), ids, attention_mask)
+    masked = logits(build(family, attention_implementation(mode)), ids, attention_mask, torch.ones(ids.shape))
+    real = attention_mask.bool()
+    torch.testing.assert_close(masked[real], stock[real], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_without_token_mask_every_mode_is_stock_attention(family):
+    ids, attention_mask = padded_batch()
+    stock = logits(build(family, "sdpa"), ids, attention_mask)
+    for mode in MASK_MODES:
+        torch.testing.assert_close(logits(build(family, attention_implementation(mode)), ids, attention_mask), stock, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_hard_mode_ignores_masked_tokens_entirely(family):
+    """Masked keys get zero weight: changing the masked tokens changes nothing at the other positions."""
+    ids, attention_mask = padded_batch(lengths=(12, 12))
+    token_mask = torch.ones(ids.shape)
+    masked_positions = [2, 5, 6]
+    token_mask[:, masked_positions] = 0
+    model = build(family, attention_implementation("hard"))
+    altered = ids.clone()
+    altered[:, masked_positions] = (altered[:, masked_positions] + 11) % (VOCAB - 1) + 1
+    before, after = logits(model, ids, attention_mask, token_mask), logits(model, altered, attention_mask, token_mask)
+    kept = [i for i in range(ids.shape[1]) if i not in masked_positions]
+    torch.testing.assert_close(after[:, kept], before[:, kept], rtol=0, atol=0)
+    assert not torch.equal(after[:, masked_positions], before[:, masked_positions])
+
+
+def test_hard_bias_zero_weight_and_no_empty_row():
+    token_mask = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0, 1.0]])
+    padding = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
+    padding[1, :, :, :1] = False  # left padding in row 1: the first query sees nothing but itself
+    allowed = attention_bias("hard", token_mask, padding, 5, 5, torch.float32)
+    scores = torch.randn(2, 1, 5, 5).masked_fill(~allowed, float("-inf"))
+    weights = scores.softmax(-1)
+    assert torch.isfinite(weights).all()
+    for row in range(2):
+        for query in range(5):
+            for key in range(5):
+                if key != query and (token_mask[row, key] == 0 or key > query or not padding[row, 0, query, key]):
+                    assert weights[row, 0, query, key] == 0
+
+
+def test_soft_bias_adds_log_p_inside_the_causal_mask():
+    p = torch.tensor([[0.5, 1.0, 0.25, 0.0]])
+    bias = attention_bias("soft", p, None, 4, 4, torch.float32)
+    finite_min = torch.finfo(torch.float32).min
+    assert bias[0, 0, 3, 0] == pytest.approx(float(torch.log(torch.tensor(0.5))))
+    assert bias[0, 0, 3, 2] == pytest.approx(float(torch.log(torch.tensor(0.25))))
+    assert bias[0, 0, 3, 3] == finite_min and bias[0, 0, 1, 2] == finite_min
+    assert torch.isfinite(bias).all()
+
+
+@pytest.mark.parametrize("mode", ["paper", "hard", "soft"])
+def test_padding_and_causality_hold(mode):
+    model = build("llama", attention_implementation(mode))
+    ids, attention_mask = padded_batch(lengths=(12, 7))
+    token_mask = torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)).round()
+    if mode == "soft":
+        token_mask = token_mask.clamp(min=0.2)
+    batched = logits(model, ids, attention_mask, token_mask)
+    alone = logits(model, ids[1:, :7], attention_mask[1:, :7], token_mask[1:, :7])
+    torch.testing.assert_close(batched[1, :7], alone[0], rtol=1e-5, atol=1e-5)
+    future_changed = ids.clone()
+    future_changed[0, 8:] = 1
+    torch.testing.assert_close(logits(model, future_changed, attention_mask, token_mask)[0, :8], batched[0, :8], rtol=0, atol=1e-6)
+
+
+def test_paper_mode_zeroes_scores_not_weights():
+    """As written in the report: a masked key's score is 0, so it still gets weight (unlike hard)."""
+    ids, attention_mask = padded_batch(lengths=(10, 10))
+    token_mask = torch.ones(ids.shape)
+    token_mask[:, 3] = 0
+    paper, hard = (build("llama", attention_implementation(mode)) for mode in ("paper", "hard"))
+    altered = ids.clone()
+    altered[:, 3] = (altered[:, 3] + 5) % (VOCAB - 1) + 1
+    assert not torch.allclose(logits(paper, ids, attention_mask, token_mask)[:, 6:], logits(paper, altered, attention_mask, token_mask)[:, 6:])
+    torch.testing.assert_close(logits(hard, ids, attention_mask, token_mask)[:, 6:], logits(hard, altered, attention_mask, token_mask)[:, 6:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["paper", "hard", "soft"])
+def test_bias_is_built_once_per_forward(monkeypatch, mode):
+    builds = []
+    builder = attention.key_scale if mode == "paper" else attention.attention_bias
+    monkeypatch.setattr(attention, builder.__name__, lambda *args: builds.append(1) or builder(*args))
+    model = build("llama", attention_implementation(mode))
+    ids, attention_mask = padded_batch()
+    token_mask = torch.full(ids.shape, 0.5)
+    logits(model, ids, attention_mask, token_mask)
+    logits(model, ids, attention_mask, token_mask.clone())
+    assert len(builds) == 2  # two forwards of two layers each
+
+
+@pytest.mark.parametrize("family,targets", [("llama", ["q_proj", "k_proj", "v_proj", "o_proj"]), ("phi3", ["qkv_proj", "o_proj"])])
+@pytest.mark.parametrize("mode", ["paper", "hard", "soft"])
+def test_gradients_flow_only_through_lora(family, targets, mode):
+    model = get_peft_model(build(family, attention_implementation(mode)).train(), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    examples = [
+        MaskedExample("a", list(range(1, 13)), 6, [1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], [0.9] * 12),
+        MaskedExample("b", list(range(20, 28)), 3, [1, 1, 0, 1, 1, 0, 1, 1], [0.3] * 8),
+    ]
+    batch = MaskCollator(pad_token_id=0, mask_mode=mode)(examples)
+    model(**batch).loss.backward()
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            assert parameter.requires_grad and parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        else:
+            assert not parameter.requires_grad and parameter.grad is None, name
+    assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_collator_labels_only_response_tokens():
+    batch = MaskCollator(pad_token_id=0, mask_mode="soft")([
+        MaskedExample("a", [5, 6, 7, 8], 2, [1, 0, 1, 1], [0.5, 0.1, 1.0, 0.7]),
+        MaskedExample("b", [9, 10], 1, [1, 1], [1.0, 0.2]),
+    ])
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8], [-100, 10, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    torch.testing.assert_close(batch["token_mask"], torch.tensor([[0.5, 0.1, 1.0, 0.7], [1.0, 0.2, 1.0, 1.0]]))
+    assert "token_mask" not in MaskCollator(pad_token_id=0, mask_mode="none")([MaskedExample("a", [5, 6], 1, [1, 1], [1, 1])])
