@@ -26,3 +26,21 @@ def require_same_tokenizer(table_fingerprint: str, tokenizer) -> None:
             f"the mask table was built for tokenizer {table_fingerprint}, but the student's tokenizer is {actual}; "
             "re-materialise mask_tables with the same student model as the fine-tune"
         )
+
+
+class TokenizerOffsetsError(ValueError):
+    """The tokenizer cannot map tokens back to character spans, which aligning spaCy words needs."""
+
+
+def require_offsets(tokenizer) -> None:
+    """Fail early, naming the tokenizer, if it cannot return character offsets (slow Python tokenizers)."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    try:
+        offsets = tokenizer("offsets probe", add_special_tokens=False, return_offsets_mapping=True).get("offset_mapping")
+    except NotImplementedError:
+        offsets = None
+    if not offsets:
+        raise TokenizerOffsetsError(
+            f"tokenizer {name!r} ({type(tokenizer).__name__}) cannot return character offsets "
+            "(return_offsets_mapping); mask tables need a fast tokenizer: give the student a tokenizer.json"
+        )

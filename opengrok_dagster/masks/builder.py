@@ -1,0 +1,244 @@
+"""Build the mask table: one row per training/validation example, every list aligned to the student's tokens.
+
+Each token takes the features of the spaCy word holding its first non-space character (character offsets
+from the fast tokenizer); chat-template scaffolding and special tokens are never masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from opengrok_dagster.masks.config import MaskConfig, MaskInputError
+from opengrok_dagster.masks.linguistics import Words, key_relation_flags, parse_texts, spacy_model_version
+from opengrok_dagster.masks.render import ChatRenderer, RenderedExample
+from opengrok_dagster.masks.tfidf import TfidfScorer
+from opengrok_dagster.masks.tokenizer import require_offsets, tokenizer_fingerprint
+
+INPUT_COLUMNS = ("example_id", "split", "system_prompt", "prompt", "response")
+TRAINING_SPLITS = ("train", "validation")
+TOKEN_LIST_COLUMNS = (
+    "input_ids", "p", "m", "tfidf", "pos_score", "dep_score", "random", "pos_tag", "dep_rel", "word_index",
+    "template_token", "char_start", "char_end",
+)
+
+
+@dataclass
+class MaskTableResult:
+    table: pd.DataFrame
+    tfidf: TfidfScorer
+    dropped_example_ids: list[str] = field(default_factory=list)
+    words: int = 0
+    seconds: float = 0.0
+    misaligned_tokens: int = 0
+    content_tokens: int = 0
+
+
+def select_training_examples(filtered: pd.DataFrame) -> pd.DataFrame:
+    """Kept rows of the train and validation splits (held-out prompts never enter training)."""
+    required = set(INPUT_COLUMNS) | {"state"}
+    missing = sorted(required - set(filtered.columns))
+    if missing:
+        raise MaskInputError(f"filtered_responses lacks columns {missing}; re-materialise filtered_responses with the current filtering stage")
+    chosen = filtered[(filtered["state"] == "kept") & filtered["split"].isin(TRAINING_SPLITS)]
+    if chosen.empty:
+        raise MaskInputError(
+            f"filtered_responses has no kept rows in the splits {list(TRAINING_SPLITS)} (of {len(filtered)} rows); "
+            "collect more responses or loosen the filters before building mask tables"
+        )
+    return chosen.reset_index(drop=True)
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """A per-example seed: a rerun, or the same example in another table, draws the same numbers."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\x00{example_id}".encode()).digest()[:8], "little")
+
+
+def _require_text(examples: pd.DataFrame) -> None:
+    for column in ("prompt", "response"):
+        text = examples[column].fillna("").astype(str)
+        empty = examples.loc[text.str.strip() == "", "example_id"].tolist()
+        if empty:
+            raise MaskInputError(
+                f"{len(empty)} examples have an empty {column} (e.g. {empty[:5]}); the filtering stage must reject "
+                "empty texts: re-materialise filtered_responses"
+            )
+    duplicated = examples.loc[examples["example_id"].duplicated(), "example_id"].tolist()
+    if duplicated:
+        raise MaskInputError(f"example_id values repeat ({duplicated[:5]}); filtered_responses must have unique example ids")
+
+
+def _whitespace(text: str) -> np.ndarray:
+    return np.fromiter((c.isspace() for c in text), dtype=bool, count=len(text))
+
+
+def _next_true(flags: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """For each start, the first index at or after it where ``flags`` holds (len(flags) - 1 if none)."""
+    following = np.minimum.accumulate(np.where(flags, positions, len(flags) - 1)[::-1])[::-1]
+    return following[np.minimum(starts, len(flags) - 1)]
+
+
+class _Aligner:
+    """Maps one rendered example's tokens to its words and scores them."""
+
+    def __init__(self, config: MaskConfig, tfidf: TfidfScorer, special_ids: set[int]):
+        self.config = config
+        self.tfidf = tfidf
+        self.special_ids = np.array(sorted(special_ids), dtype=np.int64)
+        self.pos_tags = frozenset(config.pos_tags)
+        self.relations = frozenset(config.dep_relations)
+
+    def example(self, example_id: str, split: str, rendered: RenderedExample, words: dict[str, Words],
+                input_ids: list[int], offsets: list[tuple[int, int]]) -> tuple[dict | None, int, int]:
+        config = self.config
+        length = len(rendered.text)
+        char_word = np.full(length + 1, -1, dtype=np.int64)
+        content = np.zeros(length, dtype=bool)
+        word_text: list[str] = []
+        tfidf, pos_tag, dep_rel, pos_score, dep_score = [], [], [], [], []
+        for name, (start, end) in rendered.spans.items():
+            segment = words[rendered.contents[name]]
+            content[start:end] = True
+            first = len(word_text)
+            for index, (s, e) in enumerate(zip(segment.start, segment.end)):
+                char_word[start + s:start + e] = first + index
+            word_text += segment.text
+            tfidf.append(self.tfidf.score(segment.term))
+            pos_tag += segment.pos
+            dep_rel += segment.dep
+            pos_score.append(np.fromiter((p in self.pos_tags for p in segment.pos), dtype=np.int8, count=len(segment)))
+            dep_score.append(key_relation_flags(segment, self.relations).astype(np.int8))
+        word_tfidf = np.concatenate(tfidf)
+        word_pos = np.concatenate(pos_score)
+        word_dep = np.concatenate(dep_score)
+
+        ids = np.asarray(input_ids[:config.max_length], dtype=np.int32)
+        spans = np.asarray(offsets[:config.max_length], dtype=np.int64).reshape(-1, 2)
+        starts, ends = spans[:, 0], spans[:, 1]
+        response_char = rendered.spans["response"][0]
+        response_start = int(np.searchsorted(ends, response_char, side="right"))
+        if response_start >= len(ids):
+            return None, 0, 0
+
+        # A token takes the word of its first non-space character; a whitespace-only token, its whitespace word.
+        positions = np.arange(length + 1)
+        has_word = char_word >= 0
+        solid = has_word & np.append(~_whitespace(rendered.text), False)
+        first_solid = _next_true(solid, positions, starts)
+        first_any = _next_true(has_word, positions, starts)
+        first_char = np.where(first_solid < ends, first_solid, first_any)
+        aligned = (first_char < ends) & (ends > starts)
+        word_index = np.where(aligned, char_word[np.minimum(first_char, length)], -1)
+        content_sum = np.concatenate([[0], np.cumsum(content)])
+        is_content = content_sum[np.minimum(ends, length)] - content_sum[np.minimum(starts, length)] > 0
+        template = ~is_content | np.isin(ids, self.special_ids)
+        word_index[template] = -1
+        last_solid = np.maximum.accumulate(np.where(solid, positions, -1))[np.clip(ends - 1, 0, length)]
+        spans_words = (last_solid >= starts) & (char_word[np.maximum(last_solid, 0)] != word_index)
+        misaligned = int((~template & aligned & spans_words).sum())
+
+        has = word_index >= 0
+        token_tfidf = np.where(has, word_tfidf[word_index], 0.0).astype(np.float32)
+        token_pos = np.where(has, word_pos[word_index], 0).astype(np.int8)
+        token_dep = np.where(has, word_dep[word_index], 0).astype(np.int8)
+        rng = np.random.default_rng(example_seed(config.seed, example_id))
+        random = rng.random(len(ids), dtype=np.float32)
+        logits = config.alpha * token_tfidf + config.beta * token_pos + config.gamma * token_dep + config.delta * random
+        p = np.where(template, 1.0, 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        if config.sampling == "bernoulli":
+            keep = rng.random(len(ids)) < p
+        else:
+            keep = p >= config.threshold
+        content_positions = np.flatnonzero(~template)
+        dropped = rng.choice(content_positions, size=int(round(config.random_mask_rate * len(content_positions))), replace=False)
+        keep[dropped] = False
+        keep[template] = True
+        return {
+            "example_id": example_id,
+            "split": split,
+            "input_ids": ids,
+            "response_start": response_start,
+            "p": p,
+            "m": keep.astype(np.int8),
+            "tfidf": token_tfidf,
+            "pos_score": token_pos,
+            "dep_score": token_dep,
+            "random": random,
+            "pos_tag": [pos_tag[w] if w >= 0 else "" for w in word_index],
+            "dep_rel": [dep_rel[w] if w >= 0 else "" for w in word_index],
+            "word_index": word_index.astype(np.int32),
+            "template_token": template.astype(np.int8),
+            "char_start": starts.astype(np.int32),
+            "char_end": ends.astype(np.int32),
+            "text": rendered.text,
+            "words": word_text,
+        }, misaligned, int(is_content.sum())
+
+
+def build_mask_table(
+    examples: pd.DataFrame,
+    tokenizer,
+    nlp,
+    config: MaskConfig,
+    tfidf: TfidfScorer | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> MaskTableResult:
+    """The mask table of ``examples`` (columns INPUT_COLUMNS); ``tfidf`` rebuilds with a saved vocabulary.
+
+    Examples whose prompt fills ``max_length`` leave no response token to learn from and are dropped (reported).
+    """
+    began = time.perf_counter()
+    _require_text(examples)
+    require_offsets(tokenizer)
+    renderer = ChatRenderer(tokenizer)
+    rows = examples[list(INPUT_COLUMNS)].to_dict("records")
+    rendered = [
+        renderer.render(None if pd.isna(r["system_prompt"]) else str(r["system_prompt"]), str(r["prompt"]), str(r["response"]))
+        for r in rows
+    ]
+    segment_texts = [text for r in rendered for text in r.contents.values()]
+    words = parse_texts(nlp, segment_texts, config.spacy_batch_size, config.spacy_n_process)
+    progress(f"parsed {len(words)} distinct texts from {len(rows)} examples with spaCy")
+    if tfidf is None:
+        training = [r for r, row in zip(rendered, rows) if row["split"] == "train"] or rendered
+        tfidf = TfidfScorer.fit(
+            [[t for t in words[r.contents[name]].term if t is not None] for r in training for name in ("prompt", "response")]
+        )
+    encoded = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    aligner = _Aligner(config, tfidf, set(tokenizer.all_special_ids))
+    built, dropped, misaligned, content = [], [], 0, 0
+    for row, example, ids, offsets in zip(rows, rendered, encoded["input_ids"], encoded["offset_mapping"]):
+        record, example_misaligned, example_content = aligner.example(
+            str(row["example_id"]), row["split"], example, words, ids, offsets
+        )
+        if record is None:
+            dropped.append(str(row["example_id"]))
+            continue
+        built.append(record)
+        misaligned += example_misaligned
+        content += example_content
+    if not built:
+        raise MaskInputError(
+            f"every example's prompt fills max_length={config.max_length} tokens, leaving no response to learn from; "
+            "raise max_length"
+        )
+    if content and misaligned / content > config.max_unaligned_rate:
+        raise MaskInputError(
+            f"{misaligned} of {content} content tokens span several spaCy words ({misaligned / content:.1%} > "
+            f"max_unaligned_rate={config.max_unaligned_rate}): the tokenizer and spaCy split this text very differently, "
+            "so word scores would be smeared; check the tokenizer's offsets or use a word-level-compatible student"
+        )
+    table = pd.DataFrame(built)
+    table["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    table["spacy_model"] = config.spacy_model
+    table["spacy_model_version"] = spacy_model_version(nlp)
+    table["max_length"] = config.max_length
+    table["mask_config"] = json.dumps({**asdict(config), "tfidf_sha": tfidf.sha}, sort_keys=True)
+    word_count = sum(len(words[text]) for text in dict.fromkeys(segment_texts))
+    return MaskTableResult(table, tfidf, dropped, word_count, time.perf_counter() - began, misaligned, content)
