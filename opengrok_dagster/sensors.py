@@ -1,10 +1,17 @@
 """Sensors: keep the topic partitions in step with the topic catalogue file."""
 
+import json
+from datetime import datetime, timezone
+
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from opengrok_dagster.collect.topics import load_topic_catalogue
 from opengrok_dagster.partitions import topic_partitions
 from opengrok_dagster.settings import topic_catalogue_path
+
+from dagster import RunFailureSensorContext, run_failure_sensor
+
+from resources import OpenGrokPaths
 
 
 @sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
@@ -17,3 +24,50 @@ def topic_catalogue_sensor(context: SensorEvaluationContext):
     if not missing:
         return SkipReason("every catalogue topic is already a partition")
     return SensorResult(dynamic_partitions_requests=[topic_partitions.build_add_request(missing)])
+
+RUN_FAILURES_LOG = "run-failures.jsonl"
+
+
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
+def run_failure_recorder(context: RunFailureSensorContext, paths: OpenGrokPaths):
+    """Record each failed run where an operator looks: one JSON line in $OPENGROK_HOME/logs/run-failures.jsonl
+    (for `tail -f`, log shippers and alerting) and an engine event on the run itself, so the run's page in
+    the UI says the failure was recorded and where. Failures are read from the event log, so a failure is
+    recorded once even when the daemon restarts."""
+    run = context.dagster_run
+    failed_steps = [event.step_key for event in context.get_step_failure_events()]
+    record = {
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partition": run.tags.get("dagster/partition"),
+        "backfill": run.tags.get("dagster/backfill"),
+        "failed_steps": failed_steps,
+        "message": context.failure_event.message,
+    }
+    log_file = paths.logs_dir / RUN_FAILURES_LOG
+    with log_file.open("a", encoding="utf-8") as failures:
+        failures.write(json.dumps(record) + "\n")
+    context.instance.report_engine_event(
+        f"run failure recorded in {log_file} (failed steps: {', '.join(failed_steps) or 'none: the run failed outside a step'})",
+        dagster_run=run,
+    )
+    context.log.warning(f"run {run.run_id} of {run.job_name} failed: {context.failure_event.message}")
+
+
+@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING, target=AssetSelection.assets("filtered_responses"))
+def review_decisions_sensor(context: SensorEvaluationContext):
+    """Re-materialise the filtered set when reviewers record new decisions (cursor: the last decision id),
+    so accepted rows join the training set and rejected ones leave the queue."""
+    from opengrok_dagster.filtering.review import ReviewStore, review_store_path
+    from opengrok_dagster.settings import opengrok_home
+
+    with ReviewStore(review_store_path(opengrok_home())) as store:
+        last_id = store.last_decision_id()
+    seen = int(context.cursor or 0)
+    if last_id <= seen:
+        return SkipReason("no new review decisions")
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f"review-decisions-{last_id}", tags={"opengrok/review_decisions": f"{seen + 1}-{last_id}"})],
+        cursor=str(last_id),
+    )

@@ -1,4 +1,4 @@
-"""Environment-driven settings shared by the Dagster definitions and the CLI (no Dagster imports)."""
+"""Environment-driven settings shared by the Dagster definitions and the CLI (no Dagster imports at module level)."""
 
 from __future__ import annotations
 
@@ -31,5 +31,23 @@ def teacher_api_key_variable() -> str:
     return os.environ.get("OPENGROK_TEACHER_API_KEY_VAR", "XAI_API_KEY")
 
 
+class SettingsError(ValueError):
+    """An environment setting whose value OpenGrok cannot use."""
+
+
+DEFAULT_RECOLLECT_CRON = "0 3 * * *"
+
+
 def recollect_cron() -> str:
-    return os.environ.get("OPENGROK_RECOLLECT_CRON", "0 3 * * *")
+    """``$OPENGROK_RECOLLECT_CRON`` (UTC), default daily at 03:00; a value Dagster cannot schedule is refused
+    here, naming the variable, instead of failing the whole code location with a generic schedule error."""
+    from dagster._utils.schedules import is_valid_cron_string  # the exact rule Dagster's schedules apply
+
+    cron = os.environ.get("OPENGROK_RECOLLECT_CRON", "").strip() or DEFAULT_RECOLLECT_CRON
+    if not is_valid_cron_string(cron):
+        raise SettingsError(
+            f"OPENGROK_RECOLLECT_CRON={cron!r} is not a cron schedule: give five fields, minute hour "
+            "day-of-month month day-of-week in UTC (e.g. '0 3 * * *' daily at 03:00, '0 */6 * * *' every six "
+            "hours), or unset it for the daily default"
+        )
+    return cron

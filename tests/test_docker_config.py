@@ -1,0 +1,168 @@
+"""docker/ without a Docker engine: the compose file against the Compose Specification schema, the instance
+config against Dagster's schema, and every file, variable, host and port they refer to."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.config import dagster_instance_config
+
+from tests.conftest import REPO_ROOT
+
+DOCKER = REPO_ROOT / "docker"
+COMPOSE_FILE = DOCKER / "docker-compose.yml"
+DAGSTER_SERVICES = ("user_code", "dagster_webserver", "dagster_daemon")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _validate_compose(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path):
+    valid = _validate_compose(COMPOSE_FILE)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_FILE.read_text().replace("    restart: unless-stopped", "    restart_policy: sometimes", 1))
+    rejected = _validate_compose(broken)
+    assert rejected.returncode != 0 and "restart_policy" in rejected.stdout + rejected.stderr
+
+
+def test_compose_runs_postgres_webserver_daemon_and_the_code_server(compose):
+    services = compose["services"]
+    assert set(services) == {"postgresql", *DAGSTER_SERVICES}
+    assert services["postgresql"]["image"].startswith("postgres:")
+    commands = {name: services[name]["command"] for name in DAGSTER_SERVICES}
+    assert commands["dagster_webserver"][0] == "dagster-webserver"
+    assert commands["dagster_daemon"][:2] == ["dagster-daemon", "run"]
+    assert commands["user_code"][:3] == ["dagster", "code-server", "start"]
+    for name in ("dagster_webserver", "dagster_daemon"):
+        assert services[name]["depends_on"]["postgresql"]["condition"] == "service_healthy"
+        assert services[name]["depends_on"]["user_code"]["condition"] == "service_healthy"
+    # the UI is published on loopback only: the deployment adds its own proxy and auth in front
+    assert services["dagster_webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_every_dagster_container_shares_the_image_volumes_and_instance_settings(compose):
+    services = compose["services"]
+    builds = {yaml.safe_dump(services[name]["build"]) for name in DAGSTER_SERVICES}
+    assert len(builds) == 1 and len({services[name]["image"] for name in DAGSTER_SERVICES}) == 1
+    build = services["user_code"]["build"]
+    context = (COMPOSE_FILE.parent / build["context"]).resolve()
+    assert context == REPO_ROOT and (context / build["dockerfile"]).is_file()
+    for name in DAGSTER_SERVICES:
+        mounts = dict(volume.split(":", 1) for volume in services[name]["volumes"])
+        assert mounts == {"opengrok-home": "/opt/opengrok/home", "dagster-storage": "/opt/dagster/dagster_home/storage"}
+        assert set(mounts) <= set(compose["volumes"])
+
+
+def _instance_variables() -> set[str]:
+    return set(re.findall(r"\{env:\s*(\w+)\}", (DOCKER / "dagster.yaml").read_text()))
+
+
+def test_compose_sets_every_variable_the_instance_config_reads(compose):
+    needed = _instance_variables()
+    assert needed == {"DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_PORT", "DAGSTER_POSTGRES_USER", "DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_DB"}
+    for name in DAGSTER_SERVICES:
+        environment = compose["services"][name]["environment"]
+        assert needed <= set(environment), f"{name} lacks {needed - set(environment)}"
+        assert environment["DAGSTER_POSTGRES_HOST"] == "postgresql"
+        assert environment["DAGSTER_HOME"] == "/opt/dagster/dagster_home"
+    # the password is never written into the file: it must come from the operator's environment
+    assert compose["services"]["user_code"]["environment"]["DAGSTER_POSTGRES_PASSWORD"].startswith("${DAGSTER_POSTGRES_PASSWORD:?")
+
+
+def test_workspace_points_at_the_code_server_service_and_port(compose):
+    [location] = yaml.safe_load((DOCKER / "workspace.yaml").read_text())["load_from"]
+    server = location["grpc_server"]
+    command = compose["services"]["user_code"]["command"]
+    assert server["host"] in compose["services"]
+    assert str(server["port"]) == command[command.index("-p") + 1]
+    assert command[command.index("-m") + 1] == "opengrok_dagster.definitions"
+    assert server["location_name"] == command[command.index("--location-name") + 1]
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_copies_only_files_that_exist_and_installs_the_configs_it_names(compose):
+    instructions = _dockerfile_instructions()
+    copies = [shlex.split(argument) for instruction, argument in instructions if instruction == "COPY"]
+    assert copies
+    for *sources, _ in copies:
+        for source in sources:
+            assert (REPO_ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+    destinations = {sources[-1]: target for *sources, target in copies}
+    assert destinations["docker/dagster.yaml"] == "${DAGSTER_HOME}/dagster.yaml"
+    workspace_flag = compose["services"]["dagster_webserver"]["command"]
+    assert destinations["docker/workspace.yaml"] == workspace_flag[workspace_flag.index("-w") + 1]
+
+
+def test_dockerfile_is_cpu_by_default_with_the_projects_torch_pin():
+    instructions = _dockerfile_instructions()
+    args = dict(argument.split("=", 1) for instruction, argument in instructions if instruction == "ARG" and "=" in argument)
+    assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
+    assert ("FROM", "${BASE_IMAGE}") in instructions
+    assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"torch=={args['TORCH_VERSION']}" in dependencies
+    installed_dagster = __import__("dagster").__version__.split(".")
+    # dagster 1.N pairs with its libraries at 0.(N+16): the image installs the line matching pyproject's dagster
+    assert f"dagster-postgres==0.{int(installed_dagster[1]) + 16}.*" in args["DAGSTER_DEPLOY_PACKAGES"]
+
+
+def _instance_config(home: Path) -> dict:
+    return dagster_instance_config(str(home))[0]
+
+
+def test_instance_config_passes_dagsters_schema_with_postgres_queue_and_limits(tmp_path, monkeypatch):
+    for variable in _instance_variables():
+        monkeypatch.setenv(variable, "5432" if variable.endswith("PORT") else "x")
+    shutil.copy(DOCKER / "dagster.yaml", tmp_path / "dagster.yaml")
+    config = _instance_config(tmp_path)
+    assert set(config["storage"]) == {"postgres"}
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "opengrok/stage", "value": "training", "limit": 1} in limits
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert config["telemetry"]["enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("max_concurrent_runs: 4", "max_concurrent_runs: four"), "concurrency:runs:max_concurrent_runs"),
+        (("granularity: op", "granularity: step"), "granularity"),
+        (("run_monitoring:", "run_monitor:"), "run_monitor"),
+    ],
+    ids=["wrong-type", "wrong-value", "unknown-key"],
+)
+def test_malformed_instance_config_names_the_field(tmp_path, change, message):
+    (tmp_path / "dagster.yaml").write_text((DOCKER / "dagster.yaml").read_text().replace(*change))
+    with pytest.raises(DagsterInvalidConfigError) as error:
+        _instance_config(tmp_path)
+    assert message in str(error.value)
+
+
+def test_instance_config_that_is_not_yaml_names_the_file_and_line(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((DOCKER / "dagster.yaml").read_text().replace("limit: 1\n", "limit: [1\n", 1))
+    with pytest.raises(yaml.YAMLError) as error:
+        _instance_config(tmp_path)
+    assert "dagster.yaml" in str(error.value) and "line" in str(error.value)
