@@ -23,6 +23,7 @@ from opengrok_dagster.collect.collector import CollectionSummary, collect_respon
 from opengrok_dagster.collect.store import STORED_COLUMNS
 from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig, build_prompt_grid
 from opengrok_dagster.collect.topics import find_topic
+from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 from opengrok_dagster.partitions import collection_partitions
 from assets.versioning import content_data_version
 from resources import OpenGrokPaths, TeacherResource
@@ -37,6 +38,10 @@ class PromptsConfig(Config):
     adversarial_templates: list[str] = Field(default=[t.template_id for t in ADVERSARIAL_TEMPLATES], description="Adversarial template ids.")
     platforms: list[str] = Field(default=list(PLATFORMS), description="Platforms the prompts name.")
     styles: list[str] = Field(default=[s.style_id for s in STYLES], description="Style ids for style-manipulated prompts.")
+    refine_from_feedback: bool = Field(
+        default=True,
+        description="Weight, rewrite and extend the grid from the prompt_feedback of the latest earlier round, when there is one.",
+    )
 
 
 def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
@@ -55,8 +60,14 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants."""
     keys = context.partition_key.keys_by_dimension
     topic = find_topic(paths.topics(), keys["topic"])
-    grid = PromptGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.model_dump().items()})
-    frame = pd.DataFrame(build_prompt_grid(topic, grid))
+    grid = PromptGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.model_dump(exclude={"refine_from_feedback"}).items()})
+    # Read by path, not as an asset input: feedback is downstream of prompts, so an input would be a cycle.
+    feedback_file = paths.home_dir / "assets" / "prompt_feedback.parquet"
+    try:
+        refinement = refinement_for_round(read_feedback(feedback_file), keys["round"]) if config.refine_from_feedback else None
+    except ValueError as exc:
+        raise Failure(f"{exc}; or set refine_from_feedback: false") from None
+    frame = pd.DataFrame(build_prompt_grid(topic, grid, refinement))
     if frame.empty:
         raise Failure(f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic")
     frame["round"] = keys["round"]
@@ -69,6 +80,12 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
             "round": keys["round"],
             **{f"by_{column}": _count_table(frame, column) for column in ("variant", "template_id", "platform", "style")},
             "preview": MetadataValue.md(frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)),
+            "refined_from_round": refinement.from_round if refinement else "none",
+            **({"refinement": MetadataValue.json({
+                "template_weights": dict(refinement.template_weights),
+                "rewritten_templates": sorted(refinement.rewritten_templates),
+                "extra_adversarial": refinement.extra_adversarial,
+            })} if refinement else {}),
         },
     )
     duplicates = int(frame["prompt_id"].duplicated().sum())

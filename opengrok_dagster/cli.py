@@ -90,6 +90,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """The manual review queue: list, accept, reject, export and import decisions keyed by content hash."""
+    from opengrok_dagster.filtering import review
+    from opengrok_dagster.settings import opengrok_home
+
+    home = opengrok_home()
+    filtered = review.read_filtered(home)
+    reviewer = args.reviewer or os.environ.get("USER") or None
+    with review.ReviewStore(review.review_store_path(home)) as store:
+        if args.action == "list":
+            queue = review.review_queue(filtered, store.latest_decisions())
+            if queue.empty:
+                print("the review queue is empty")
+            for row in queue.head(args.limit).itertuples():
+                print(f"{row.content_hash}  {row.topic}/{row.template_id}  [{row.reasons}]  {row.response[:100]!r}")
+            if len(queue) > args.limit:
+                print(f"... {len(queue) - args.limit} more; `opengrok review export queue.csv` writes them all")
+        elif args.action in ("accept", "reject"):
+            if not args.targets:
+                raise ValueError(f"`opengrok review {args.action}` needs at least one content hash (or prefix) from `opengrok review list`")
+            recorded = store.record(review.resolve_hashes(filtered, args.targets), review.ACCEPT if args.action == "accept" else review.REJECT, args.note, reviewer)
+            print(f"recorded {recorded} {args.action} decision(s); the review sensor re-materialises filtered_responses")
+        elif args.action == "export":
+            if len(args.targets) != 1:
+                raise ValueError("`opengrok review export` needs one output file (.csv or .parquet)")
+            queue = review.review_queue(filtered, store.latest_decisions())
+            review.export_queue(queue, args.targets[0])
+            print(f"exported {len(queue)} queued response(s) to {args.targets[0]}; fill in decision (accept/reject) and note, then import it")
+        else:  # import
+            if len(args.targets) != 1:
+                raise ValueError("`opengrok review import` needs one file written by `opengrok review export`")
+            rows = review.read_decisions_file(args.targets[0])
+            hashes = review.resolve_hashes(filtered, [content_hash for content_hash, _, _ in rows])
+            for content_hash, (_, decision, note) in zip(hashes, rows):
+                store.record([content_hash], decision, note, reviewer)
+            print(f"imported {len(rows)} decision(s) from {args.targets[0]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opengrok", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--round", default=None, help="collection round YYYY-MM-DD (default: today, UTC)")
     run.add_argument("--topics", default=None, help="comma-separated topic keys (default: all partitions)")
     run.set_defaults(handler=cmd_run)
+
+    review_parser = commands.add_parser("review", help="manual review of borderline filtered responses")
+    review_parser.add_argument("action", choices=["list", "accept", "reject", "export", "import"])
+    review_parser.add_argument("targets", nargs="*", help="content hashes (or unique prefixes) for accept/reject; a .csv/.parquet file for export/import")
+    review_parser.add_argument("--note", default=None, help="a note stored with accept/reject decisions")
+    review_parser.add_argument("--reviewer", default=None, help="who decided (default: $USER)")
+    review_parser.add_argument("--limit", type=int, default=20, help="how many queued responses `list` prints")
+    review_parser.set_defaults(handler=cmd_review)
     return parser
 
 

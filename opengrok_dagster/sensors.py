@@ -3,7 +3,7 @@
 import json
 from datetime import datetime, timezone
 
-from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from opengrok_dagster.collect.topics import load_topic_catalogue
 from opengrok_dagster.partitions import topic_partitions
@@ -24,6 +24,7 @@ def topic_catalogue_sensor(context: SensorEvaluationContext):
     if not missing:
         return SkipReason("every catalogue topic is already a partition")
     return SensorResult(dynamic_partitions_requests=[topic_partitions.build_add_request(missing)])
+
 
 RUN_FAILURES_LOG = "run-failures.jsonl"
 

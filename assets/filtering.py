@@ -1,0 +1,175 @@
+"""Filtering: the teacher's raw responses -> the filtered training set (with manual review), and the prompt
+feedback that refines the next collection round."""
+
+import json
+from collections import Counter
+from dataclasses import fields
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
+
+from assets.versioning import content_data_version
+from opengrok_dagster.filtering.chain import KEPT, REJECTED, STATES, FilterModels, filter_responses
+from opengrok_dagster.filtering.config import DEFAULT_DETECTED_LANGUAGES, FilterConfig
+from opengrok_dagster.filtering.dedup import duplicate_reasons
+from opengrok_dagster.filtering.feedback import merge_history, read_feedback, score_prompts, yield_by_template
+from opengrok_dagster.filtering.pii import find_pii
+from opengrok_dagster.filtering.raw import ROUND_SELECTIONS, available_rounds, choose_rounds, read_raw_responses
+from opengrok_dagster.filtering.review import ReviewStore, review_store_path
+from resources import OpenGrokPaths
+
+_DEFAULTS = FilterConfig.__dataclass_fields__
+
+
+def _default(name: str):
+    return _DEFAULTS[name].default
+
+
+class FilteredResponsesConfig(Config):
+    rounds: str = Field(default="latest", description=f"Which collection rounds to filter: one of {ROUND_SELECTIONS}.")
+    last_n: int = Field(default=3, description="How many of the newest rounds `rounds: last_n` reads.")
+    max_rejection_rate: float = Field(default=0.8, description="Highest share of rejected rows before the blocking check stops downstream assets.")
+    min_chars: int = Field(default=_default("min_chars"), description="Shorter responses (after PII scrubbing) are rejected as too_short.")
+    max_chars: int = Field(default=_default("max_chars"), description="Longer responses are rejected as too_long.")
+    min_words: int = Field(default=_default("min_words"), description="Responses with fewer words are rejected as too_short.")
+    reject_truncated: bool = Field(default=_default("reject_truncated"), description="Reject responses cut off by max_tokens (finish_reason == 'length').")
+    blocklist_path: str = Field(default=_default("blocklist_path"), description="Block list file: one term or phrase a line; a match rejects the response.")
+    identity_terms_path: str = Field(default=_default("identity_terms_path"), description="Identity terms for the bias check (generalisations go to review).")
+    toxicity_classifier: str = Field(default=_default("toxicity_classifier"), description="'profanity_check' (bundled model) or 'package.module:factory' for another classifier.")
+    toxicity_reject_threshold: float = Field(default=_default("toxicity_reject_threshold"), description="Toxicity at or above this rejects the response.")
+    toxicity_review_threshold: float = Field(default=_default("toxicity_review_threshold"), description="Toxicity at or above this (below the reject threshold) sends it to review.")
+    bias_toxicity_threshold: float = Field(default=_default("bias_toxicity_threshold"), description="An identity term with toxicity at or above this sends it to review.")
+    allowed_languages: list[str] = Field(default=list(_default("allowed_languages")), description="ISO 639-1 codes of the languages kept.")
+    detected_languages: list[str] = Field(default=list(DEFAULT_DETECTED_LANGUAGES), description="ISO 639-1 codes the detector tells apart (allowed ones are added).")
+    language_min_chars: int = Field(default=_default("language_min_chars"), description="Texts with fewer letters (without mentions, hashtags, URLs) skip language detection.")
+    language_min_confidence: float = Field(default=_default("language_min_confidence"), description="Below this confidence the language counts as unknown and is not rejected.")
+    near_duplicate_threshold: float = Field(default=_default("near_duplicate_threshold"), description="Estimated Jaccard similarity of word 3-grams from which a later response is a near duplicate.")
+    minhash_permutations: int = Field(default=_default("minhash_permutations"), description="MinHash permutations: more is more precise and slower.")
+    validation_fraction: float = Field(default=_default("validation_fraction"), description="Share of each topic's trainable prompts used for validation.")
+    heldout_fraction: float = Field(default=_default("heldout_fraction"), description="Share of prompts held out of training for the teacher-agreement evaluation.")
+    split_seed: int = Field(default=_default("split_seed"), description="Seed of the prompt hash that decides the split.")
+
+    def filter_config(self) -> FilterConfig:
+        values = self.model_dump()
+        return FilterConfig(**{f.name: tuple(values[f.name]) if isinstance(values[f.name], list) else values[f.name] for f in fields(FilterConfig)})
+
+
+def _markdown_counts(frame: pd.DataFrame, by: str) -> MetadataValue:
+    table = pd.crosstab(frame[by], frame["state"]).reindex(columns=list(STATES), fill_value=0)
+    return MetadataValue.md(table.to_markdown())
+
+
+def _examples_per_reason(frame: pd.DataFrame, per_reason: int = 2) -> MetadataValue:
+    exploded = frame[frame["reasons"].map(len) > 0].explode("reasons")
+    examples = exploded.groupby("reasons", sort=True).head(per_reason)
+    shown = examples.assign(response=examples["response"].str.slice(0, 120).str.replace("\n", " ").str.replace("|", "/"))
+    return MetadataValue.md(shown[["reasons", "state", "topic", "template_id", "response"]].rename(columns={"reasons": "reason"}).to_markdown(index=False))
+
+
+@asset(
+    deps=["raw_responses"],
+    group_name="filtering",
+    code_version="1",
+    kinds={"python", "parquet"},
+    check_specs=[
+        AssetCheckSpec("every_row_has_one_state", asset="filtered_responses", blocking=True,
+                       description="kept + rejected + needs_review == input rows: nothing is dropped silently."),
+        AssetCheckSpec("training_set_not_empty", asset="filtered_responses", blocking=True,
+                       description="At least one kept row in the train split."),
+        AssetCheckSpec("rejection_rate_within_bound", asset="filtered_responses", blocking=True,
+                       description="The share of rejected rows is at most max_rejection_rate."),
+        AssetCheckSpec("no_pii_in_kept_text", asset="filtered_responses", blocking=True,
+                       description="No email, URL, handle or phone number left in a kept response."),
+        AssetCheckSpec("no_duplicates_in_kept_text", asset="filtered_responses", blocking=True,
+                       description="No exact or near duplicates among the kept responses."),
+    ],
+)
+def filtered_responses(context: AssetExecutionContext, config: FilteredResponsesConfig, paths: OpenGrokPaths):
+    """Every raw response of the chosen rounds, all topics, in exactly one state: kept (with its split),
+    rejected (with reason codes and scores) or needs_review (the manual review queue).
+
+    Reads the raw responses' Parquet files directly: loading this unpartitioned asset's partitioned parent
+    through the IO manager would read every topic x round partition since the start date.
+    """
+    raw_dir = paths.home_dir / "assets" / "raw_responses"
+    try:
+        filter_config = config.filter_config()
+        rounds = choose_rounds(available_rounds(raw_dir), config.rounds, config.last_n)
+        raw = read_raw_responses(raw_dir, rounds)
+        models = FilterModels.load(filter_config)
+    except ValueError as exc:
+        raise Failure(f"filtered_responses: {exc}") from None
+    with ReviewStore(review_store_path(paths.home_dir)) as reviews:
+        decisions = reviews.latest_decisions()
+    frame = filter_responses(raw, filter_config, models, decisions)
+    context.log.info(f"filtered {len(frame)} responses from rounds {rounds}")
+
+    counts = frame["state"].value_counts().reindex(list(STATES), fill_value=0)
+    reasons = Counter(reason for row in frame["reasons"] for reason in row)
+    kept = frame[frame["state"] == KEPT]
+    splits = kept["split"].value_counts()
+    rejection_rate = counts[REJECTED] / len(frame) if len(frame) else 0.0
+    yield Output(
+        frame,
+        data_version=content_data_version(frame),
+        metadata={
+            "dagster/row_count": len(frame),
+            "rounds": ", ".join(rounds),
+            **{f"{state}_rows": int(counts[state]) for state in STATES},
+            **{f"{split}_rows": int(splits.get(split, 0)) for split in ("train", "validation", "heldout")},
+            "rejection_rate": float(rejection_rate),
+            "review_decisions_applied": int(frame["reasons"].map(lambda r: "review_accepted" in r or "review_rejected" in r).sum()),
+            "by_reason": MetadataValue.md("\n".join(["| reason | rows |", "|---|---:|", *(f"| {k} | {v} |" for k, v in sorted(reasons.items()))])),
+            "by_topic": _markdown_counts(frame, "topic"),
+            "by_template": _markdown_counts(frame, "template_id"),
+            "examples_per_reason": _examples_per_reason(frame),
+        },
+    )
+
+    yield AssetCheckResult(check_name="every_row_has_one_state", passed=bool(int(counts.sum()) == len(raw) == len(frame)),
+                           metadata={"input_rows": len(raw), **{state: int(counts[state]) for state in STATES}})
+    train_rows = int(splits.get("train", 0))
+    yield AssetCheckResult(check_name="training_set_not_empty", passed=train_rows > 0, metadata={"train_rows": train_rows},
+                           description=None if train_rows else "no kept training rows: inspect by_reason and loosen the thresholds or collect more")
+    yield AssetCheckResult(check_name="rejection_rate_within_bound", passed=bool(rejection_rate <= config.max_rejection_rate),
+                           metadata={"rejection_rate": float(rejection_rate), "max_rejection_rate": config.max_rejection_rate})
+    leaks = Counter(kind for text in kept["response"] for kind in find_pii(text))
+    yield AssetCheckResult(check_name="no_pii_in_kept_text", passed=not leaks, metadata={"pii_found": json.dumps(dict(leaks))})
+    duplicated = sum(1 for reason in duplicate_reasons(kept["response"].tolist(), kept["content_hash"].tolist(),
+                                                       filter_config.near_duplicate_threshold, filter_config.minhash_permutations) if reason)
+    yield AssetCheckResult(check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated})
+
+
+@asset(group_name="filtering", code_version="1", kinds={"python", "parquet"})
+def prompt_feedback(context: AssetExecutionContext, filtered_responses: pd.DataFrame, paths: OpenGrokPaths):
+    """Keep rate, refusal rate, kept length and answer diversity per template, platform, style and variant,
+    per round. The next round's `prompts` read it to weight, rewrite and extend the grid."""
+    feedback_file = paths.home_dir / "assets" / "prompt_feedback.parquet"
+    try:
+        previous = read_feedback(feedback_file)
+    except ValueError as exc:
+        context.log.warning(f"{exc}; starting the feedback history afresh")
+        previous = None
+    frame = merge_history(previous, score_prompts(filtered_responses))
+    by_template = yield_by_template(frame)
+    latest = frame[frame["round"] == frame["round"].max()]
+    yield Output(
+        frame,
+        data_version=content_data_version(frame),
+        metadata={
+            "dagster/row_count": len(frame),
+            "rounds": ", ".join(sorted(frame["round"].unique())),
+            "yield_per_template_by_round": MetadataValue.md(by_template.to_markdown(floatfmt=".2f")),
+            "latest_round": MetadataValue.md(latest.drop(columns="round").to_markdown(index=False, floatfmt=".2f")),
+        },
+    )

@@ -1,0 +1,127 @@
+"""The filter chain: every raw response ends in exactly one state, ``kept``, ``rejected`` or ``needs_review``.
+
+Order: scrub PII (every later check and the kept text see the scrubbed text), hard rejections (errors,
+length, refusals, block list, toxicity, language), review flags (borderline toxicity, bias), reviewer
+decisions, then duplicates among what survived (earliest kept), then the split of the kept rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from opengrok_dagster.filtering import checks
+from opengrok_dagster.filtering.config import FilterConfig
+from opengrok_dagster.filtering.dedup import content_hash, duplicate_reasons
+from opengrok_dagster.filtering.language import LanguageDetector, language_text
+from opengrok_dagster.filtering.pii import scrub_pii
+from opengrok_dagster.filtering.review import ACCEPT, Decision
+from opengrok_dagster.filtering.split import assign_splits
+from opengrok_dagster.filtering.toxicity import ToxicityClassifier, load_toxicity_classifier
+
+KEPT, REJECTED, NEEDS_REVIEW = "kept", "rejected", "needs_review"
+STATES = (KEPT, REJECTED, NEEDS_REVIEW)
+FILTERED_COLUMNS = (
+    "example_id", "prompt_id", "topic", "round", "template_id", "platform", "style", "variant", "teacher_model",
+    "request_id", "collected_at", "system_prompt", "prompt", "response", "content_hash", "state", "reasons",
+    "scores", "split",
+)
+
+
+@dataclass
+class FilterModels:
+    """What the chain loads once: word lists and classifiers."""
+
+    blocklist: checks.Blocklist
+    identity: checks.IdentityTerms
+    toxicity: ToxicityClassifier
+    language: LanguageDetector
+
+    @classmethod
+    def load(cls, config: FilterConfig) -> FilterModels:
+        return cls(
+            blocklist=checks.Blocklist.from_file(config.blocklist_path),
+            identity=checks.IdentityTerms.from_file(config.identity_terms_path),
+            toxicity=load_toxicity_classifier(config.toxicity_classifier),
+            language=LanguageDetector(config.allowed_languages, config.detected_languages, config.language_min_confidence),
+        )
+
+
+def example_id(prompt_id: str, teacher_model: str, sampling_key: str, round_key: str) -> str:
+    """One id per paid-for response: the response store's key, hashed."""
+    return hashlib.sha256(f"{prompt_id}|{teacher_model}|{sampling_key}|{round_key}".encode("utf-8")).hexdigest()[:16]
+
+
+def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterModels, decisions: dict[str, Decision]) -> pd.DataFrame:
+    """One output row per input row, earliest collected first, with state, reasons, scores and split."""
+    frame = raw.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
+    texts = [scrub_pii(text) if isinstance(text, str) else "" for text in frame["response"]]
+    hashes = [content_hash(text) for text in texts]
+    rejections: list[list[str]] = []
+    for text, error, finish_reason in zip(texts, frame["error"], frame["finish_reason"]):
+        reasons = checks.error_reasons(error, finish_reason, config.reject_truncated)
+        if not reasons:
+            reasons = checks.length_reasons(text, config.min_chars, config.max_chars, config.min_words)
+        if not reasons:
+            reasons = checks.refusal_reasons(text) + ([checks.BLOCKLIST] if models.blocklist.matches(text) else [])
+        rejections.append(reasons)
+
+    candidates = [i for i, reasons in enumerate(rejections) if not reasons]
+    toxicity = [0.0] * len(texts)
+    for index, score in zip(candidates, models.toxicity.score([texts[i] for i in candidates])):
+        toxicity[index] = float(score)
+    languages: list[tuple[str | None, float] | None] = [None] * len(texts)
+    language_texts = {i: language_text(texts[i]) for i in candidates}
+    long_enough = [i for i in candidates if len(language_texts[i]) >= config.language_min_chars]
+    for index, detected in zip(long_enough, models.language.detect([language_texts[i] for i in long_enough])):
+        languages[index] = detected
+
+    reviews: list[list[str]] = [[] for _ in texts]
+    for index in candidates:
+        if toxicity[index] >= config.toxicity_reject_threshold:
+            rejections[index].append(checks.TOXIC)
+        elif toxicity[index] >= config.toxicity_review_threshold:
+            reviews[index].append(checks.TOXICITY_BORDERLINE)
+        code = languages[index][0] if languages[index] else None
+        if code is not None and code not in models.language.allowed:
+            rejections[index].append(checks.LANGUAGE)
+        reviews[index] += checks.bias_reasons(texts[index], toxicity[index], models.identity, config.bias_toxicity_threshold)
+
+    states, reasons = [], []
+    for index, (rejected, review) in enumerate(zip(rejections, reviews)):
+        if rejected:
+            states.append(REJECTED)
+            reasons.append(rejected)
+        elif not review:
+            states.append(KEPT)
+            reasons.append([])
+        elif hashes[index] in decisions:
+            accepted = decisions[hashes[index]].decision == ACCEPT
+            states.append(KEPT if accepted else REJECTED)
+            reasons.append(review + [checks.REVIEW_ACCEPTED if accepted else checks.REVIEW_REJECTED])
+        else:
+            states.append(NEEDS_REVIEW)
+            reasons.append(review)
+
+    surviving = [i for i, state in enumerate(states) if state != REJECTED]
+    duplicates = duplicate_reasons([texts[i] for i in surviving], [hashes[i] for i in surviving],
+                                   config.near_duplicate_threshold, config.minhash_permutations)
+    for index, duplicate in zip(surviving, duplicates):
+        if duplicate:
+            states[index] = REJECTED
+            reasons[index] = reasons[index] + [duplicate]
+
+    out = frame.assign(response=texts, content_hash=hashes, state=states, reasons=reasons)
+    out["example_id"] = [example_id(*key) for key in zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])]
+    out["scores"] = [
+        json.dumps({"toxicity": round(tox, 4), "language": lang[0] if lang else None,
+                    "language_confidence": round(lang[1], 4) if lang else None, "chars": len(text)})
+        for tox, lang, text in zip(toxicity, languages, texts)
+    ]
+    kept = out[out["state"] == KEPT]
+    splits = assign_splits(kept, config.validation_fraction, config.heldout_fraction, config.split_seed)
+    out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
+    return out.loc[:, list(FILTERED_COLUMNS)]
