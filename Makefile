@@ -7,7 +7,7 @@ export OPENGROK_HOME ?= $(CURDIR)/.opengrok
 export DAGSTER_HOME ?= $(OPENGROK_HOME)/dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast dev bench clean
+.PHONY: setup system-packages run test test-fast dev bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,23 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/opengrok run
 
-test: setup
+# What the tests need from Debian: a PostgreSQL server (the production instance config is tested against
+# it) and headless Chromium + ChromeDriver (the UI test). Installs only what is missing, quietly.
+SYSTEM_PACKAGES := postgresql chromium chromium-driver
+system-packages:
+	@missing=$$(for package in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "install ok installed" || echo $$package; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages for the tests:" $$missing; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: setup system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup system-packages
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 dev: setup
