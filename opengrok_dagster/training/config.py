@@ -1,0 +1,51 @@
+"""Every hyper-parameter of the fine-tune, in one config (the Dagster config class inherits these fields).
+
+Defaults are sized for a CPU: SmolLM2-135M on ~40-100 short examples trains one mask mode in a minute or two.
+For a real run on a GPU raise ``max_length``, ``num_epochs`` and ``max_steps`` (e.g. 512, 3, -1).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TrainingConfig(BaseModel):
+    """LoRA fine-tune hyper-parameters (report 3.3.2: cross-entropy on response tokens, AdamW, early stopping)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: float = Field(default=2e-4, gt=0, description="Peak AdamW learning rate (linear decay after warm-up).")
+    batch_size: int = Field(default=8, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Forward passes accumulated per optimizer step.")
+    num_epochs: float = Field(default=2.0, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: int = Field(default=16, description="Stop after this many optimizer steps; -1 runs num_epochs in full.")
+    warmup_steps: int = Field(default=2, ge=0, description="Optimizer steps of linear learning-rate warm-up.")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient-norm clipping threshold.")
+    max_length: int = Field(default=128, ge=8, description="Tokens per example (prompt + response); longer rows of the mask table are cut.")
+    eval_steps: int = Field(default=4, ge=1, description="Optimizer steps between validation-loss evaluations.")
+    save_steps: int = Field(default=4, ge=1, description="Optimizer steps between resumable checkpoints (a multiple of eval_steps).")
+    early_stopping_patience: int = Field(default=3, ge=1, description="Evaluations without improvement before training stops.")
+    early_stopping_threshold: float = Field(default=0.0, ge=0, description="Smallest validation-loss decrease that counts as improvement.")
+    logging_steps: int = Field(default=1, ge=1, description="Optimizer steps between loss reports to the run log.")
+    seed: int = Field(default=0, description="Seed for LoRA initialisation, dropout and data order (equal seeds give equal runs).")
+    lora_r: int = Field(default=8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Optional[list[str]] = Field(
+        default=None,
+        description="Module names LoRA adapts; unset = per architecture (q/k/v/o_proj, or qkv_proj/o_proj for Phi-3).",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoints_align_with_evaluations(self):
+        if self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps}: "
+                "the best checkpoint is chosen by validation loss"
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps={self.max_steps}: use a positive step count, or -1 to run num_epochs")
+        return self

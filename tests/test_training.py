@@ -1,0 +1,198 @@
+"""The LoRA fine-tune on a tiny Llama student (SmolLM2's tokenizer, a 2-layer model built from config)."""
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+from opengrok_dagster.masks.tokenizer import TokenizerMismatchError, tokenizer_fingerprint
+from opengrok_dagster.training.config import TrainingConfig
+from opengrok_dagster.training.data import TrainingDataError
+from opengrok_dagster.training.device import DeviceUnavailableError, Placement, resolve_placement
+from opengrok_dagster.training.trainer import (
+    CHECKPOINT_RECORD, LoraTargetError, NonFiniteLossError, TrainingJob, train_lora,
+)
+
+CPU = Placement("cpu", "fp32")
+QUICK = dict(batch_size=4, max_steps=4, eval_steps=2, save_steps=2, max_length=48, warmup_steps=1, learning_rate=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(offline_model):
+    return AutoTokenizer.from_pretrained(offline_model)
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory, tokenizer, offline_model):
+    """A 2-layer Llama with the student's tokenizer, so mask tables built for SmolLM2 fit it."""
+    # Same directory name as the student: the fingerprint includes it.
+    directory = tmp_path_factory.mktemp("tiny_student") / offline_model.name
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    ))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def mask_table(tokenizer, train=16, validation=4) -> pd.DataFrame:
+    rng = random.Random(0)
+    rows = []
+    for index in range(train + validation):
+        prompt = tokenizer(f"Write a post about topic {index}:")["input_ids"]
+        response = tokenizer(f" Loving the news about {index}! #topic{index} great day")["input_ids"]
+        ids = prompt + response
+        rows.append({
+            "example_id": f"ex{index:03d}",
+            "split": "train" if index < train else "validation",
+            "input_ids": ids,
+            "response_start": len(prompt),
+            "m": [rng.choice([0, 1, 1]) for _ in ids],
+            "p": [round(rng.uniform(0.05, 1.0), 3) for _ in ids],
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        })
+    return pd.DataFrame(rows)
+
+
+def job(tmp_path, model_path, mode="hard", **overrides) -> TrainingJob:
+    return TrainingJob(
+        mask_mode=mode, model_path=model_path, checkpoint_dir=tmp_path / "checkpoints" / mode,
+        config=TrainingConfig(**(QUICK | overrides)), placement=CPU, data_versions={"mask_tables": "abc123"},
+    )
+
+
+def adapter_weights(directory) -> dict:
+    return load_file(str(directory / "adapter_model.safetensors"))
+
+
+def test_published_adapter_loads_and_generates_with_plain_peft(tmp_path, tiny_student, tokenizer):
+    logs = []
+    outcome = train_lora(job(tmp_path, tiny_student), mask_table(tokenizer), log=logs.append)
+    adapter = tmp_path / "checkpoints" / "hard"
+    assert outcome.adapter_dir == str(adapter) and outcome.global_step == 4 and not outcome.early_stopped
+    assert outcome.train_examples == 16 and outcome.validation_examples == 4 and outcome.tokens_per_second > 0
+    assert outcome.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_args.json",
+            "loss_curves.json", "loss_curves.png", "README.md", CHECKPOINT_RECORD} <= {p.name for p in adapter.iterdir()}
+    record = json.loads((adapter / CHECKPOINT_RECORD).read_text())
+    assert record["mask_mode"] == "hard" and record["data_versions"] == {"mask_tables": "abc123"} and len(record["example_ids"]) == 20
+    assert len(outcome.curves["validation"]) == 2 and outcome.best_val_loss == min(v for _, v in outcome.curves["validation"])
+    assert not (tmp_path / "checkpoints" / ".work-hard").exists()
+    assert any(line.startswith("step ") for line in logs)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_student)
+    assert base.config._attn_implementation == "sdpa"
+    model = PeftModel.from_pretrained(base, str(adapter))
+    generated = model.generate(**tokenizer("Hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] > 1
+    assert manifest_columns() == list(outcome.manifest_row())
+
+
+def manifest_columns():
+    return ["mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
+            "train_examples", "validation_examples", "tokens_per_second"]
+
+
+class _KillAfterCheckpoint(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated kill after checkpoint {self.step}")
+
+
+def test_killed_run_resumes_to_the_same_adapter(tmp_path, tiny_student, tokenizer):
+    table = mask_table(tokenizer)
+    settings = dict(max_steps=6, lora_dropout=0.1)
+    train_lora(job(tmp_path / "straight", tiny_student, "soft", **settings), table, log=lambda _: None)
+    interrupted = job(tmp_path / "killed", tiny_student, "soft", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(interrupted, table, log=lambda _: None, callbacks=[_KillAfterCheckpoint(4)])
+    assert not interrupted.checkpoint_dir.exists()
+    assert (interrupted.work_dir / "trainer" / "checkpoint-4").is_dir()
+    resumed = train_lora(interrupted, table, log=lambda _: None)
+    assert resumed.resumed_from_step == 4 and resumed.global_step == 6
+    straight, again = adapter_weights(tmp_path / "straight" / "checkpoints" / "soft"), adapter_weights(interrupted.checkpoint_dir)
+    assert straight.keys() == again.keys()
+    for name in straight:
+        torch.testing.assert_close(again[name], straight[name], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_of_other_data_is_not_resumed(tmp_path, tiny_student, tokenizer):
+    first = job(tmp_path, tiny_student, "paper")
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(first, mask_table(tokenizer), log=lambda _: None, callbacks=[_KillAfterCheckpoint(2)])
+    logs = []
+    outcome = train_lora(first, mask_table(tokenizer, train=12), log=logs.append)
+    assert outcome.resumed_from_step == 0 and any("discarding" in line for line in logs)
+
+
+def test_early_stopping_when_validation_loss_stops_improving(tmp_path, tiny_student, tokenizer):
+    outcome = train_lora(
+        job(tmp_path, tiny_student, "none", max_steps=8, eval_steps=1, save_steps=1, early_stopping_patience=1, early_stopping_threshold=100.0),
+        mask_table(tokenizer), log=lambda _: None,
+    )
+    assert outcome.early_stopped and outcome.global_step == 2
+
+
+def test_non_finite_loss_names_the_step(tmp_path, tiny_student, tokenizer):
+    broken = tmp_path / "broken" / Path(tiny_student).name
+    model = AutoModelForCausalLM.from_pretrained(tiny_student)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    tokenizer.save_pretrained(broken)
+    target = job(tmp_path, str(broken))
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
+        train_lora(target, mask_table(tokenizer), log=lambda _: None)
+    assert not target.checkpoint_dir.exists()
+
+
+def test_mask_table_for_another_tokenizer_is_refused(tmp_path, tiny_student, tokenizer):
+    table = mask_table(tokenizer).assign(tokenizer_fingerprint="gpt2@0123456789abcdef")
+    target = job(tmp_path, tiny_student)
+    with pytest.raises(TokenizerMismatchError, match="re-materialise mask_tables"):
+        train_lora(target, table, log=lambda _: None)
+    assert not target.checkpoint_dir.exists()
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_empty_split_is_refused(tmp_path, tiny_student, tokenizer, split):
+    table = mask_table(tokenizer)
+    with pytest.raises(TrainingDataError, match=f"no usable {split} examples"):
+        train_lora(job(tmp_path, tiny_student), table[table["split"] != split], log=lambda _: None)
+
+
+def test_absent_lora_targets_are_refused(tmp_path, tiny_student, tokenizer):
+    target = job(tmp_path, tiny_student, target_modules=["qkv_proj"])
+    with pytest.raises(LoraTargetError, match=r"\['qkv_proj'\] are not in LlamaForCausalLM"):
+        train_lora(target, mask_table(tokenizer), log=lambda _: None)
+    assert not target.checkpoint_dir.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_missing_device_is_a_clear_error():
+    with pytest.raises(DeviceUnavailableError, match="'cuda' is not available on this machine"):
+        resolve_placement("cuda", "auto")
+    assert resolve_placement("auto", "auto") == Placement("cpu", "fp32")
+
+
+def test_save_steps_must_align_with_evaluations():
+    with pytest.raises(ValueError, match="multiple of eval_steps"):
+        TrainingConfig(eval_steps=4, save_steps=6)
+
+
+@pytest.mark.integration
+def test_smollm2_trains_in_hard_mode_and_generates(tmp_path, offline_model, tokenizer):
+    outcome = train_lora(job(tmp_path, str(offline_model), "hard", max_steps=2, eval_steps=1, save_steps=1), mask_table(tokenizer, 8, 2), log=lambda _: None)
+    assert outcome.global_step == 2 and outcome.sample_generation.strip()
