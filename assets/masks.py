@@ -22,7 +22,7 @@ from opengrok_dagster.masks.config import MaskConfig, MaskInputError
 from opengrok_dagster.masks.inspect import MaskSummary, p_histogram_png, render_markdown, summarise
 from opengrok_dagster.masks.linguistics import SpacyModelError, load_spacy
 from opengrok_dagster.masks.render import ChatTemplateError
-from opengrok_dagster.masks.tokenizer import TokenizerOffsetsError
+from opengrok_dagster.masks.tokenizer import TokenizerOffsetsError, structural_special_ids
 from resources import OpenGrokPaths, StudentResource
 
 _DEFAULTS = MaskConfig()
@@ -133,7 +133,7 @@ def mask_tables(
     yield AssetCheckResult(check_name="lengths_match_tokens", passed=not bad_lengths, metadata={"bad_examples": MetadataValue.json(bad_lengths[:20])})
     outside = p_values_outside_unit_interval(table)
     yield AssetCheckResult(check_name="p_in_unit_interval", passed=outside == 0, metadata={"p_outside": outside})
-    masked = masked_template_tokens(table, set(tokenizer.all_special_ids))
+    masked = masked_template_tokens(table, structural_special_ids(tokenizer))
     yield AssetCheckResult(check_name="template_tokens_unmasked", passed=masked == 0, metadata={"masked_template_tokens": masked})
     within = config.min_unmasked_rate <= summary.unmasked_rate <= config.max_unmasked_rate
     yield AssetCheckResult(

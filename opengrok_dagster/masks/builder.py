@@ -19,7 +19,7 @@ from opengrok_dagster.masks.config import MaskConfig, MaskInputError
 from opengrok_dagster.masks.linguistics import Words, key_relation_flags, parse_texts, spacy_model_version
 from opengrok_dagster.masks.render import ChatRenderer, RenderedExample
 from opengrok_dagster.masks.tfidf import TfidfScorer
-from opengrok_dagster.masks.tokenizer import require_offsets, tokenizer_fingerprint
+from opengrok_dagster.masks.tokenizer import require_offsets, structural_special_ids, tokenizer_fingerprint
 
 INPUT_COLUMNS = ("example_id", "split", "system_prompt", "prompt", "response")
 TRAINING_SPLITS = ("train", "validation")
@@ -211,7 +211,7 @@ def build_mask_table(
             [[t for t in words[r.contents[name]].term if t is not None] for r in training for name in ("prompt", "response")]
         )
     encoded = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
-    aligner = _Aligner(config, tfidf, set(tokenizer.all_special_ids))
+    aligner = _Aligner(config, tfidf, structural_special_ids(tokenizer))
     built, dropped, misaligned, content = [], [], 0, 0
     for row, example, ids, offsets in zip(rows, rendered, encoded["input_ids"], encoded["offset_mapping"]):
         record, example_misaligned, example_content = aligner.example(

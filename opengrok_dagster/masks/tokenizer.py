@@ -44,3 +44,8 @@ def require_offsets(tokenizer) -> None:
             f"tokenizer {name!r} ({type(tokenizer).__name__}) cannot return character offsets "
             "(return_offsets_mapping); mask tables need a fast tokenizer: give the student a tokenizer.json"
         )
+
+
+def structural_special_ids(tokenizer) -> set[int]:
+    """Special token ids that are structure (BOS, EOS, turn markers), so never masked; the unknown token is content."""
+    return set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
