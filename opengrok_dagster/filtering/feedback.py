@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from opengrok_dagster.collect.prompts import GridRefinement
-from opengrok_dagster.filtering.checks import DEFLECTION, REFUSAL
+from opengrok_dagster.filtering.checks import DEFLECTION, REFUSAL, TEACHER_ERROR
 
 FEEDBACK_DIMENSIONS = ("template_id", "platform", "style", "variant")
 FEEDBACK_COLUMNS = ("round", "dimension", "value", "responses", "keep_rate", "refusal_rate", "mean_chars", "distinct_2")
@@ -24,7 +24,7 @@ _WORD = re.compile(r"\w+")
 # Refinement rules: a template keeping less than REWRITE_BELOW of its answers because the teacher refuses
 # (refusal rate above REFUSAL_ABOVE) is rewritten to ask for a direct answer; every template is weighted by
 # its keep rate (never below MIN_WEIGHT, so it can recover); a template whose answers are uniform
-# (distinct-2 below UNIFORM_BELOW) earns one extra adversarial prompt per topic.
+# (distinct-2 of all its answers below UNIFORM_BELOW) earns one extra adversarial prompt per topic.
 REWRITE_BELOW = 0.5
 REFUSAL_ABOVE = 0.2
 MIN_WEIGHT = 0.2
@@ -49,15 +49,18 @@ def score_prompts(filtered: pd.DataFrame) -> pd.DataFrame:
         refused=filtered["reasons"].map(lambda reasons: REFUSAL in reasons or DEFLECTION in reasons),
         chars=filtered["response"].str.len(),
     )
+    answered = frame["reasons"].map(lambda reasons: TEACHER_ERROR not in reasons)
     rows = []
     for dimension in FEEDBACK_DIMENSIONS:
         for (round_key, value), group in frame.groupby(["round", dimension], sort=True):
             kept = group[group["kept"]]
+            # Diversity over every answer, duplicates included: uniform answers are what it should reveal.
+            answers = group.loc[answered[group.index], "response"]
             rows.append({
                 "round": round_key, "dimension": dimension, "value": value, "responses": len(group),
                 "keep_rate": float(group["kept"].mean()), "refusal_rate": float(group["refused"].mean()),
                 "mean_chars": float(kept["chars"].mean()) if len(kept) else 0.0,
-                "distinct_2": distinct_2(kept["response"].tolist()),
+                "distinct_2": distinct_2(answers.tolist()),
             })
     return pd.DataFrame(rows, columns=list(FEEDBACK_COLUMNS))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
 
@@ -31,6 +32,12 @@ def parse_language_codes(codes: Sequence[str], setting: str) -> list[Language]:
     return languages
 
 
+@lru_cache(maxsize=4)
+def _lingua_detector(candidates: frozenset[Language]):
+    """Preloading the models takes seconds; runs in one process (tests, `dagster dev`) share the detector."""
+    return LanguageDetectorBuilder.from_languages(*candidates).with_preloaded_language_models().build()
+
+
 class LanguageDetector:
     """Detects among ``detected`` languages (the allowed ones always included); returns ISO 639-1 codes."""
 
@@ -41,7 +48,7 @@ class LanguageDetector:
             raise ValueError("language detection needs at least two candidate languages: add to detected_languages")
         self.allowed = {language.iso_code_639_1.name.lower() for language in allowed_languages}
         self.min_confidence = min_confidence
-        self._detector = LanguageDetectorBuilder.from_languages(*candidates).with_preloaded_language_models().build()
+        self._detector = _lingua_detector(frozenset(candidates))
 
     def detect(self, texts: Sequence[str]) -> list[tuple[str | None, float]]:
         """(code, confidence) of the most likely language per text; code None below min_confidence."""
