@@ -1,0 +1,70 @@
+"""The lora_checkpoint asset end to end: Dagster run -> Pipes subprocess -> published adapter and manifest."""
+
+import json
+
+import pandas as pd
+import pytest
+from dagster import asset, materialize
+
+from assets.training import lora_checkpoint
+from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TrainingResource
+from tests.test_training import QUICK, mask_table, tiny_student, tokenizer  # noqa: F401 (fixtures)
+
+CONTRACT_COLUMNS = ["mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
+                    "train_examples", "validation_examples", "tokens_per_second"]
+
+
+def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", instance=None, **config):
+    @asset(name="mask_tables")
+    def upstream_mask_tables() -> pd.DataFrame:
+        return table
+
+    resources = {
+        "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(tmp_path / "topics.yaml")),
+        "student": StudentResource(model=model_path),
+        "training": TrainingResource(device=device),
+    }
+    assert materialize([upstream_mask_tables], resources=resources, instance=instance).success
+    return materialize(
+        [upstream_mask_tables, lora_checkpoint], selection=[lora_checkpoint], partition_key=mode, resources=resources, instance=instance,
+        run_config={"ops": {"lora_checkpoint": {"config": QUICK | config}}}, raise_on_error=False,
+    )
+
+
+def test_materialises_adapter_manifest_and_metadata(tmp_path, tiny_student, tokenizer, instance):
+    result = run_checkpoint(tmp_path, mask_table(tokenizer), tiny_student, instance=instance)
+    assert result.success
+    manifest = pd.read_parquet(tmp_path / "assets" / "lora_checkpoint" / "hard.parquet")
+    assert list(manifest.columns) == CONTRACT_COLUMNS and len(manifest) == 1
+    row = manifest.iloc[0]
+    assert row["mask_mode"] == "hard" and row["adapter_dir"] == str(tmp_path / "checkpoints" / "hard") and row["global_step"] == 4
+    record = json.loads((tmp_path / "checkpoints" / "hard" / "opengrok_checkpoint.json").read_text())
+    assert set(record["data_versions"]) == {"mask_tables"}
+    metadata = result.asset_materializations_for_node("lora_checkpoint")[0].metadata
+    assert metadata["loss_plot"].value.startswith("![train and validation loss](data:image/png;base64,")
+    assert {"best_val_loss", "tokens_per_second", "peak_memory_mb", "early_stopped", "global_step"} <= set(metadata)
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.passed) for c in checks] == [("finite_validation_loss", True)]
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("step 4/4: {'eval_loss'" in message for message in logs), "the Trainer's losses stream into the run log"
+
+
+def test_bad_input_fails_with_the_fix_and_publishes_nothing(tmp_path, tiny_student, tokenizer):
+    table = mask_table(tokenizer).assign(tokenizer_fingerprint="Phi-3-mini@0000")
+    result = run_checkpoint(tmp_path, table, tiny_student, mode="soft")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "re-materialise mask_tables" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "checkpoints" / "soft").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_absent_device_fails_before_training(tmp_path, tiny_student, tokenizer, device):
+    import torch
+
+    if (device == "cuda" and torch.cuda.is_available()) or (device == "mps" and torch.backends.mps.is_available()):
+        pytest.skip(f"{device} is present here")
+    result = run_checkpoint(tmp_path, mask_table(tokenizer), tiny_student, device=device)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert f"training device {device!r} is not available" in str(failure.event_specific_data.error)
