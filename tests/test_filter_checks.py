@@ -78,9 +78,10 @@ def test_real_tweets_and_late_quotes_are_not_refusals():
 
 
 def test_blocklist_is_word_bounded_and_leetspeak_aware():
-    blocklist = checks.Blocklist(["kill yourself", "fuck", "ass"])
+    blocklist = checks.Blocklist(["kill yourself", "fuck", "ass", "shit"])
     assert blocklist.matches("just k1ll y0urs3lf already")
     assert blocklist.matches("what the FUUUCK is this")
+    assert blocklist.matches("oh fuck! not again") and blocklist.matches("sh1t happens, @ss")
     assert blocklist.matches("f.u.c.k this traffic")
     assert blocklist.matches("he's such an @ss")
     assert not blocklist.matches("a classy passage about assessment and the Scunthorpe assembly")

@@ -98,7 +98,9 @@ def read_term_list(path: str | Path, what: str) -> list[str]:
 
 # Leetspeak digits and symbols read as the letters they stand for, inside words only.
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i", "|": "l"})
-_LEET_TOKEN = re.compile(r"(?<![\w@$!|])[\w@$!|]*[a-zA-Z][\w@$!|]*")
+# A token with at least one letter and one leet character, ending in a word character (so "fuck!" keeps
+# its "!" as punctuation): plain words and numbers are left alone.
+_LEET_TOKEN = re.compile(r"(?<![\w@$!|])(?=[\w@$!|]*[a-z])(?=[\w@$!|]*[0-9@$!|])[\w@$!|]*\w")
 
 
 def _deleet(text: str) -> str:
