@@ -65,8 +65,11 @@ class FilteredResponsesConfig(Config):
 
 
 def _markdown_counts(frame: pd.DataFrame, by: str) -> MetadataValue:
-    table = pd.crosstab(frame[by], frame["state"]).reindex(columns=list(STATES), fill_value=0)
-    return MetadataValue.md(table.to_markdown())
+    """Rows per state and per reason code, for each value of ``by`` (topic, template)."""
+    states = pd.crosstab(frame[by], frame["state"]).reindex(columns=list(STATES), fill_value=0)
+    exploded = frame[["reasons", by]].explode("reasons").dropna()
+    reasons = pd.crosstab(exploded[by], exploded["reasons"]) if len(exploded) else pd.DataFrame(index=states.index)
+    return MetadataValue.md(states.join(reasons, how="left").fillna(0).astype(int).to_markdown())
 
 
 def _examples_per_reason(frame: pd.DataFrame, per_reason: int = 2) -> MetadataValue:
@@ -158,8 +161,7 @@ def prompt_feedback(context: AssetExecutionContext, filtered_responses: pd.DataF
     try:
         previous = read_feedback(feedback_file)
     except ValueError as exc:
-        context.log.warning(f"{exc}; starting the feedback history afresh")
-        previous = None
+        raise Failure(f"prompt_feedback: {exc}") from None
     frame = merge_history(previous, score_prompts(filtered_responses))
     by_template = yield_by_template(frame)
     latest = frame[frame["round"] == frame["round"].max()]

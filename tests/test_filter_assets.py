@@ -112,6 +112,7 @@ def test_every_row_ends_in_one_state_with_reasons(home, instance):
     assert metadata["dagster/row_count"].value == len(frame)
     assert metadata["kept_rows"].value + metadata["rejected_rows"].value + metadata["needs_review_rows"].value == len(frame)
     assert "| refusal |" in metadata["by_reason"].value and "identity_generalisation" in metadata["examples_per_reason"].value
+    assert "teacher_error" in metadata["by_topic"].value and "needs_review" in metadata["by_template"].value
     feedback = pd.read_parquet(home / "assets" / "prompt_feedback.parquet")
     assert set(feedback["dimension"]) == {"template_id", "platform", "style", "variant"}
     assert feedback["keep_rate"].between(0, 1).all()
@@ -132,6 +133,12 @@ def test_review_decisions_are_applied_at_the_next_materialisation(home, instance
     assert again.loc[queued[0], "state"] == "kept" and "review_accepted" in again.loc[queued[0], "reasons"]
     assert all(again.loc[h, "state"] == "rejected" and "review_rejected" in again.loc[h, "reasons"] for h in queued[1:])
     assert (again["state"] != "needs_review").all()
+    # the accepted text collected again in a later round gets the same decision: it survives re-collection
+    accepted_text = again.loc[queued[0], "response"]
+    write_raw(home, raw_frame([accepted_text], "climate", "2026-11-25", start=700))
+    assert run_filter(home, instance, rounds="latest").success
+    recollected = pd.read_parquet(home / "assets" / "filtered_responses.parquet")
+    assert recollected["state"].tolist() == ["kept"] and "review_accepted" in recollected["reasons"].iloc[0]
 
 
 def test_round_selection_reads_latest_last_n_or_all(home, instance):
@@ -197,3 +204,12 @@ def test_collected_partitions_flow_through_filtering_into_the_next_rounds_prompt
     metadata = next_round.asset_materializations_for_node("prompts")[0].metadata
     assert metadata["refined_from_round"].value == "2026-11-24"
     assert set(metadata["refinement"].value["template_weights"]) == set(raw["template_id"])
+
+
+def test_an_unreadable_feedback_history_fails_by_name(home, instance):
+    (home / "assets").mkdir(exist_ok=True)
+    (home / "assets" / "prompt_feedback.parquet").write_bytes(b"not parquet")
+    result = run_filter(home, instance, assets=(filtered_responses, prompt_feedback))
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "cannot read prompt feedback" in failure.step_failure_data.error.message
+    assert (home / "assets" / "prompt_feedback.parquet").read_bytes() == b"not parquet"
