@@ -213,3 +213,21 @@ def test_an_unreadable_feedback_history_fails_by_name(home, instance):
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "cannot read prompt feedback" in failure.step_failure_data.error.message
     assert (home / "assets" / "prompt_feedback.parquet").read_bytes() == b"not parquet"
+
+
+def test_the_filtering_stage_loads_beside_collection_without_a_cycle(tmp_path):
+    from dagster import Definitions, load_assets_from_modules
+
+    from assets import collection, filtering
+    from opengrok_dagster.sensors import review_decisions_sensor
+
+    defs = Definitions(
+        assets=load_assets_from_modules([collection, filtering]),
+        sensors=[review_decisions_sensor],
+        resources=resources_for(tmp_path) | {"teacher": TeacherResource(mode="remote", base_url="http://127.0.0.1:9/v1", model="m")},
+    )
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    upstream = {key.to_user_string() for key in graph.get(filtered_responses.key).parent_keys}
+    assert upstream == {"raw_responses"}
+    assert {key.to_user_string() for key in graph.get(prompt_feedback.key).parent_keys} == {"filtered_responses"}
