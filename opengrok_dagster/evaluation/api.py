@@ -1,0 +1,73 @@
+"""Models behind an OpenAI-compatible endpoint (the teacher, extra endpoints from config), asked with greedy decoding.
+
+An optional endpoint that fails (refused key, unreachable, every request erroring) is reported, not fatal:
+:class:`EndpointFailure` carries a message that names the endpoint and never the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherConfigurationError, TeacherEndpoint
+
+
+class EndpointFailure(RuntimeError):
+    """The endpoint answered none of the evaluation's requests."""
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """An extra OpenAI-compatible model to compare; the key is read from the variable ``api_key_env`` names."""
+
+    name: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+
+    def endpoint(self) -> TeacherEndpoint:
+        key = None
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise EndpointFailure(f"endpoint {self.name!r}: environment variable {self.api_key_env} (its API key) is not set")
+        return TeacherEndpoint(self.base_url, self.model, key, label=self.name)
+
+
+@dataclass(frozen=True)
+class ApiModel:
+    """``endpoint`` is called on first use, so the embedded teacher's server starts only if it is evaluated."""
+
+    name: str
+    endpoint: Callable[[], TeacherEndpoint]
+    description: str
+    limits: ClientLimits = ClientLimits(max_concurrency=8, max_attempts=3)
+
+    @classmethod
+    def from_spec(cls, spec: EndpointSpec) -> "ApiModel":
+        return cls(spec.name, spec.endpoint, f"{spec.model} at {spec.base_url}", ClientLimits(max_concurrency=4, max_attempts=2, timeout_s=60))
+
+    def complete_all(self, messages: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[str | None], int]:
+        """Answers (None where a request failed) and the number of failed requests."""
+        try:
+            endpoint = self.endpoint()
+        except EndpointFailure:
+            raise
+        except Exception as exc:  # a server that will not start or a bad setting: report, do not abort the report
+            raise EndpointFailure(f"endpoint {self.name!r} could not be set up: {type(exc).__name__}: {str(exc)[:300]}") from None
+        sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
+
+        async def run():
+            async with TeacherClient(endpoint, sampling, self.limits) as client:
+                return await asyncio.gather(*(client.complete(m) for m in messages))
+
+        try:
+            results = asyncio.run(run())
+        except TeacherConfigurationError as exc:
+            raise EndpointFailure(f"endpoint {self.name!r} refused the requests: {exc}") from None
+        failed = [r for r in results if not r.ok]
+        if results and len(failed) == len(results):
+            raise EndpointFailure(f"endpoint {self.name!r}: all {len(results)} requests failed, e.g. {failed[0].error}")
+        return [r.text if r.ok else None for r in results], len(failed)

@@ -1,0 +1,274 @@
+"""The report: the numbers as a long DataFrame, and the same content as Markdown and self-contained HTML.
+
+Both renderings come from one list of blocks, so they cannot drift apart. Published numbers appear only in
+the "external reference" column and table, never among our measurements.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from opengrok_dagster.evaluation.runner import EvaluationResults, TaskResult
+
+MAIN_PLOT = "primary_metrics.png"
+DIFFERENCE_PLOT = "paired_differences.png"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def results_frame(results: EvaluationResults) -> pd.DataFrame:
+    """One row per (task, model, metric) score, per paired difference, and per external reference."""
+    cfg = results.config
+    rows = []
+    for task in results.tasks:
+        common = {"task": task.name, "dataset": task.source, "data_version": task.data_version, "n": task.n,
+                  "seed": cfg.seed, "resamples": cfg.resamples, "confidence": cfg.confidence}
+        for score in task.scores:
+            for metric in score.distribution.point:
+                estimate = score.distribution.estimate(metric, cfg.confidence)
+                rows.append(common | {
+                    "section": "score", "model": score.model, "metric": metric, "primary": metric == task.primary_metric,
+                    "value": estimate.value, "ci_low": estimate.low, "ci_high": estimate.high, "unparseable_rate": score.unparseable_rate,
+                })
+        for comparison in task.comparisons:
+            d = comparison.difference
+            rows.append(common | {
+                "section": "paired_difference", "model": comparison.model, "compared_to": comparison.compared_to,
+                "metric": comparison.metric, "primary": comparison.metric == task.primary_metric,
+                "value": d.value, "ci_low": d.low, "ci_high": d.high, "p_value": d.p_value,
+            })
+        for reference in (task.spec.references if task.spec else ()):
+            rows.append({"task": task.name, "section": "external_reference", "model": reference.system, "metric": task.primary_metric,
+                         "primary": True, "external_reference": reference.value, "reference_source": reference.source})
+    columns = ["section", "task", "model", "compared_to", "metric", "primary", "value", "ci_low", "ci_high", "p_value", "n",
+               "unparseable_rate", "external_reference", "reference_source", "dataset", "data_version", "seed", "resamples", "confidence"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({"n": "Int64", "seed": "Int64", "resamples": "Int64", "primary": bool})
+
+
+def summary_table(results: EvaluationResults) -> pd.DataFrame:
+    """Task x model on each task's primary metric, with the interval, and the external reference column last."""
+    models = list(dict.fromkeys(s.model for t in results.tasks for s in t.scores))
+    rows = []
+    for task in results.tasks:
+        row = {"task": task.name, "metric": task.primary_metric, "n": task.n}
+        by_model = {s.model: s.distribution.estimate(task.primary_metric, results.config.confidence) for s in task.scores}
+        for model in models:
+            e = by_model.get(model)
+            row[model] = _interval(e.value, e.low, e.high) if e else "-"
+        references = task.spec.references if task.spec else ()
+        row["external reference (published, test set)"] = "; ".join(f"{r.system} {r.value:.3f}" for r in references) or "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _plot_primary(results: EvaluationResults) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in results.tasks if t.scores]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 1.2 + 0.35 * sum(len(t.scores) for t in tasks) + 0.6 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks):
+        estimates = [(s.model, s.distribution.estimate(task.primary_metric, results.config.confidence)) for s in task.scores]
+        values = np.array([e.value for _, e in estimates])
+        errors = np.array([[max(e.value - e.low, 0), max(e.high - e.value, 0)] for _, e in estimates]).T
+        positions = np.arange(len(estimates))
+        ax.barh(positions, np.nan_to_num(values), xerr=np.nan_to_num(errors), color="#4878a8", capsize=3)
+        ax.set_yticks(positions, [m for m, _ in estimates])
+        ax.invert_yaxis()
+        ax.set_title(f"{task.name}: {task.primary_metric} (n={task.n}, {int(results.config.confidence * 100)}% CI)", fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plot_differences(results: EvaluationResults) -> bytes | None:
+    comparisons = [(t, c) for t in results.tasks for c in t.comparisons if c.metric == t.primary_metric]
+    if not comparisons:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 1 + 0.3 * len(comparisons)))
+    for row, (task, c) in enumerate(comparisons):
+        d = c.difference
+        ax.errorbar(d.value, row, xerr=[[max(d.value - d.low, 0)], [max(d.high - d.value, 0)]], fmt="o", color="#a84848", capsize=3)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(comparisons)), [f"{t.name}: {c.model} - {c.compared_to}" for t, c in comparisons], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title("Paired bootstrap differences on the primary metric", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+@dataclass
+class Report:
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    def add(self, kind: str, content) -> None:
+        self.blocks.append((kind, content))
+
+    def markdown(self) -> str:
+        parts = []
+        for kind, content in self.blocks:
+            if kind in ("h1", "h2", "h3"):
+                parts.append(f"{'#' * int(kind[1])} {content}")
+            elif kind == "p":
+                parts.append(content)
+            elif kind == "list":
+                parts.append("\n".join(f"- {item}" for item in content))
+            elif kind == "table":
+                parts.append(content.to_markdown(index=False) if len(content) else "_(none)_")
+            elif kind == "image":
+                parts.append(f"![{content}]({content})")
+        return "\n\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        body = []
+        for kind, content in self.blocks:
+            if kind in ("h1", "h2", "h3"):
+                body.append(f"<{kind}>{html.escape(content)}</{kind}>")
+            elif kind == "p":
+                body.append(f"<p>{html.escape(content)}</p>")
+            elif kind == "list":
+                body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>")
+            elif kind == "table":
+                body.append(content.to_html(index=False, escape=True, border=0) if len(content) else "<p><em>(none)</em></p>")
+            elif kind == "image":
+                data = base64.b64encode(self.images[content]).decode()
+                body.append(f'<img alt="{html.escape(content)}" src="data:image/png;base64,{data}">')
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;font-size:13px}"
+                 "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}img{max-width:100%}")
+        return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>OpenGrok evaluation report</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+
+
+def _task_table(task: TaskResult, confidence: float) -> pd.DataFrame:
+    rows = []
+    for score in task.scores:
+        row = {"model": score.model}
+        for metric in score.distribution.point:
+            e = score.distribution.estimate(metric, confidence)
+            row[metric] = _interval(e.value, e.low, e.high)
+        row["unparseable"] = _fmt(score.unparseable_rate)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None = None) -> Report:
+    cfg = results.config
+    report = Report()
+    report.add("h1", "OpenGrok evaluation report")
+    report.add("p", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {results.seconds:.0f}s. Seed {cfg.seed}; "
+                    f"{cfg.resamples} bootstrap resamples; {int(cfg.confidence * 100)}% percentile intervals in brackets; "
+                    "paired differences use the same resampled items for both models.")
+    report.add("h2", "Summary (primary metric per task)")
+    report.add("table", summary_table(results))
+    report.images[MAIN_PLOT] = _plot_primary(results) if any(t.scores for t in results.tasks) else b""
+    if report.images[MAIN_PLOT]:
+        report.add("image", MAIN_PLOT)
+    else:
+        del report.images[MAIN_PLOT]
+    if results.notes:
+        report.add("h2", "Notes")
+        report.add("list", results.notes)
+    report.add("h2", "What was compared")
+    report.add("table", pd.DataFrame(results.models))
+    report.add("h2", "Data")
+    data_dir = str(results.data_dir) if results.data_dir else "none found"
+    report.add("p", f"Data directory: {data_dir}. Items are sampled without replacement with seed {cfg.seed}; "
+                    "sizes are configurable (0 = the whole split).")
+    report.add("table", pd.DataFrame([{"task": t.name, "file": t.source, "data version (sha256)": t.data_version,
+                                       "items in split": t.total_items, "items evaluated": t.n} for t in results.tasks]))
+    for task in results.tasks:
+        report.add("h2", f"Task: {task.name}")
+        report.add("p", f"{task.n} items from {task.source}; primary metric {task.primary_metric}.")
+        report.add("table", _task_table(task, cfg.confidence))
+        if task.comparisons:
+            report.add("h3", "Ablation: paired bootstrap differences (model minus compared_to)")
+            report.add("table", pd.DataFrame([
+                {"model": c.model, "compared_to": c.compared_to, "metric": c.metric,
+                 "difference": _interval(c.difference.value, c.difference.low, c.difference.high), "p_value": _fmt(c.difference.p_value)}
+                for c in task.comparisons
+            ]))
+        references = task.spec.references if task.spec else ()
+        if references:
+            report.add("h3", "External reference (published on the test split; not measured here, not comparable to a small validation sample)")
+            report.add("table", pd.DataFrame([{"system": r.system, task.primary_metric: f"{r.value:.3f}", "source": r.source} for r in references]))
+        if task.notes:
+            report.add("list", task.notes)
+    differences = _plot_differences(results)
+    if differences:
+        report.images[DIFFERENCE_PLOT] = differences
+        report.add("h2", "Paired differences")
+        report.add("image", DIFFERENCE_PLOT)
+    report.add("h2", "Method")
+    report.add("list", [
+        "Local models (base student and each LoRA checkpoint) classify by label log-likelihood: every label's tokens are "
+        "scored after the same prompt and the most likely label wins, so they never give an unparseable answer.",
+        f"Multi-label topics: the labels' likelihoods are normalised over the label set; the top label and every label "
+        f"with probability >= {cfg.topic_threshold} are predicted.",
+        "API models (teacher, extra endpoints) answer the same prompt with greedy decoding; an answer naming no label "
+        "(or several, for single-label tasks) or a failed request is unparseable and counts as wrong.",
+        "NER by generation of 'type: entity' lines, mapped back onto the post's tokens; scored at entity level with "
+        "seqeval's micro F1. Its unparseable rate is the share of answer lines that could not be read or located.",
+        "Baselines: TF-IDF (1-2 grams) + logistic regression on the task's train split (tfidf-lr:gold), and on the "
+        "teacher's labels of a sample of the train texts (tfidf-lr:teacher).",
+        "Teacher agreement: sentence chrF (sacrebleu) of the student's greedy answer vs the teacher's held-out response, "
+        "and the student's perplexity on that response.",
+    ])
+    return report
+
+
+def publish_report(report_dir: Path, report: Report, frame: pd.DataFrame) -> dict[str, Path]:
+    """Write report.md, report.html, the plots and results.parquet; each file appears whole or not at all."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=report_dir, prefix=".writing-"))
+    try:
+        files = {"markdown": scratch / "report.md", "html": scratch / "report.html", "parquet": scratch / "results.parquet"}
+        files["markdown"].write_text(report.markdown(), encoding="utf-8")
+        files["html"].write_text(report.html(), encoding="utf-8")
+        frame.to_parquet(files["parquet"], index=False)
+        for name, data in report.images.items():
+            files[name] = scratch / name
+            files[name].write_bytes(data)
+        published = {}
+        for key, path in files.items():
+            target = report_dir / path.name
+            os.replace(path, target)
+            published[key] = target
+        return published
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,352 @@
+"""Runs the evaluation: every task x every model on the same sampled items, bootstrap intervals, paired ablations."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
+from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
+from opengrok_dagster.evaluation.bootstrap import Difference, Distribution, bootstrap, paired_difference, resample_indices
+from opengrok_dagster.evaluation.datasets import DatasetError, file_digest, resolve_data_dir
+from opengrok_dagster.evaluation.local import LocalStudent
+from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
+from opengrok_dagster.evaluation.ner import ner_messages, parse_entity_lines, spans_to_tags
+from opengrok_dagster.evaluation.prompting import classification_messages, find_labels, parse_single_label
+from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TaskSpec, label_words, read_split, task_spec
+
+MASK_MODES = ("none", "paper", "hard", "soft")
+TEACHER = "teacher"
+GOLD_BASELINE, TEACHER_BASELINE = "tfidf-lr:gold", "tfidf-lr:teacher"
+AGREEMENT_TASK = "teacher_agreement"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Sizes are items sampled per task (0 = the whole split); the same config and inputs give the same numbers."""
+
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    data_dir: str | None = None
+    eval_paths: dict[str, str] = field(default_factory=dict)
+    train_paths: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    classification_examples: int = 24
+    ner_examples: int = 6
+    agreement_examples: int = 6
+    seed: int = 0
+    resamples: int = 1000
+    confidence: float = 0.95
+    topic_threshold: float = 0.3
+    ner_max_new_tokens: int = 40
+    agreement_max_new_tokens: int = 48
+    api_max_tokens: int = 32
+    baseline_train_examples: int = 4000
+    teacher_label_examples: int = 24
+    endpoints: tuple[EndpointSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.tasks:
+            task_spec(name)
+        for name in (*self.eval_paths, *self.train_paths):
+            if name not in self.tasks:
+                raise ValueError(f"a split path is given for task {name!r}, which is not among the tasks evaluated ({', '.join(self.tasks)})")
+        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples")
+        for name in counts:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)}")
+        if self.resamples < 100:
+            raise ValueError(f"resamples must be >= 100 for a usable interval, got {self.resamples}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if not 0 < self.topic_threshold <= 1:
+            raise ValueError(f"topic_threshold must be in (0, 1], got {self.topic_threshold}")
+
+
+@dataclass
+class ModelScore:
+    model: str
+    distribution: Distribution
+    n: int
+    unparseable_rate: float | None = None
+
+
+@dataclass
+class PairedComparison:
+    model: str
+    compared_to: str
+    metric: str
+    difference: Difference
+
+
+@dataclass
+class TaskResult:
+    spec: TaskSpec | None  # None for teacher agreement
+    name: str
+    primary_metric: str
+    source: str
+    data_version: str
+    total_items: int
+    n: int
+    scores: list[ModelScore] = field(default_factory=list)
+    comparisons: list[PairedComparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvaluationResults:
+    config: EvaluationConfig
+    data_dir: Path | None
+    tasks: list[TaskResult]
+    models: list[dict]
+    notes: list[str]
+    seconds: float
+
+
+def sample_items(total: int, wanted: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``wanted`` items drawn without replacement (all of them when 0 or more than there are)."""
+    if wanted == 0 or wanted >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=wanted, replace=False))
+
+
+def ablation_pairs(models: list[str]) -> list[tuple[str, str]]:
+    """Distillation (each adapter vs the base student) and the mask (each masked adapter vs mask 'none')."""
+    pairs = [(m, LocalStudent.BASE) for m in models if m.startswith("lora:")]
+    if "lora:none" in models:
+        pairs += [(m, "lora:none") for m in models if m.startswith("lora:") and m != "lora:none"]
+    return pairs
+
+
+class Evaluation:
+    def __init__(
+        self,
+        config: EvaluationConfig,
+        student: LocalStudent | None,
+        api_models: list[ApiModel],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.student = student
+        self.api_models = list(api_models)
+        self.failed_endpoints: dict[str, str] = {}
+        self.log = log
+
+    # -- model answers ---------------------------------------------------------------------------------
+    def _api_answers(self, model: ApiModel, messages, max_tokens: int) -> tuple[list[str | None], int] | None:
+        if model.name in self.failed_endpoints:
+            return None
+        try:
+            return model.complete_all(messages, max_tokens)
+        except EndpointFailure as exc:
+            self.failed_endpoints[model.name] = str(exc)
+            self.log(f"endpoint {model.name} left out of the report: {exc}")
+            return None
+
+    def _local_variants(self) -> list[str]:
+        return self.student.variants if self.student is not None else []
+
+    def _classify(self, spec: TaskSpec, texts: list[str], words: list[str], multi_label: bool):
+        """Yields (model, predictions, unparseable_rate) for every local variant and API model."""
+        messages = [classification_messages(spec.question, t, words, multi_label) for t in texts]
+        for variant in self._local_variants():
+            started = time.monotonic()
+            with self.student.using(variant):
+                logprobs = self.student.label_logprobs(messages, words)
+            self.log(f"{spec.name}: {variant} scored {len(texts)} items in {time.monotonic() - started:.1f}s")
+            if multi_label:
+                probabilities = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
+                probabilities /= probabilities.sum(axis=1, keepdims=True)
+                predicted = probabilities >= self.config.topic_threshold
+                predicted[np.arange(len(texts)), probabilities.argmax(axis=1)] = True
+                yield variant, predicted, None
+            else:
+                yield variant, logprobs.argmax(axis=1), None
+        for model in self.api_models:
+            answered = self._api_answers(model, messages, self.config.api_max_tokens)
+            if answered is None:
+                continue
+            answers, _ = answered
+            if multi_label:
+                predicted = np.zeros((len(texts), len(words)), dtype=bool)
+                for row, answer in enumerate(answers):
+                    predicted[row, find_labels(answer or "", words)] = True
+                yield model.name, predicted, float((~predicted.any(axis=1)).mean())
+            else:
+                predicted = np.array([parse_single_label(a, words) for a in answers])
+                yield model.name, predicted, float((predicted < 0).mean())
+
+    def _baselines(self, spec: TaskSpec, data_dir: Path, eval_texts: list[str], eval_names: tuple[str, ...], words: list[str], multi_label: bool):
+        """Yields (model, predictions) for TF-IDF + LR on gold train labels, and on teacher labels of train texts."""
+        train_relative = self.config.train_paths.get(spec.name) or spec.train_paths
+        train = read_split(spec, data_dir, tuple(train_relative), train=True)
+        if tuple(train.label_names) != tuple(eval_names):
+            raise DatasetError(
+                f"task {spec.name}: the train split ({train.source}) has labels {list(train.label_names)} but the evaluation "
+                f"split has {list(eval_names)}; point both at files with the same label mapping"
+            )
+        cfg = self.config
+        chosen = sample_items(len(train.texts), cfg.baseline_train_examples, cfg.seed)
+        train_texts, train_labels = [train.texts[i] for i in chosen], train.labels[chosen]
+        if trainable(train_labels):
+            yield GOLD_BASELINE, train_tfidf_classifier(train_texts, train_labels, cfg.seed).predict(eval_texts).astype(train_labels.dtype)
+        teacher = next((m for m in self.api_models if m.name == TEACHER), None)
+        if teacher is None or cfg.teacher_label_examples == 0:
+            return
+        chosen = sample_items(len(train.texts), cfg.teacher_label_examples, cfg.seed + 1)
+        texts = [train.texts[i] for i in chosen]
+        answered = self._api_answers(teacher, [classification_messages(spec.question, t, words, multi_label) for t in texts], cfg.api_max_tokens)
+        if answered is None:
+            return
+        if multi_label:
+            labels = np.zeros((len(texts), len(words)), dtype=bool)
+            for row, answer in enumerate(answered[0]):
+                labels[row, find_labels(answer or "", words)] = True
+            usable = labels.any(axis=1)
+        else:
+            labels = np.array([parse_single_label(a, words) for a in answered[0]])
+            usable = labels >= 0
+        texts, labels = [t for t, keep in zip(texts, usable) if keep], labels[usable]
+        if trainable(labels):
+            yield TEACHER_BASELINE, train_tfidf_classifier(texts, labels, cfg.seed).predict(eval_texts).astype(labels.dtype)
+        else:
+            self.log(f"{spec.name}: the teacher's {len(texts)} usable labels have too few classes to train {TEACHER_BASELINE}")
+
+    def _ner(self, spec: TaskSpec, tokens: list[list[str]], entity_types: tuple[str, ...]):
+        """Yields (model, predicted tag rows, share of answer lines that were unusable)."""
+        words = label_words(spec, entity_types)
+        type_of_word = dict(zip(words, entity_types))
+        messages = [ner_messages(spec.question, t, words) for t in tokens]
+
+        def tag(answers: list[str | None]):
+            rows, unusable, total = [], 0, 0
+            for sentence, answer in zip(tokens, answers):
+                parsed = parse_entity_lines(answer, words)
+                tags, missing = spans_to_tags(sentence, parsed.spans, type_of_word)
+                rows.append(tags)
+                unusable += parsed.unparsed_lines + missing
+                total += parsed.unparsed_lines + len(parsed.spans)
+            return rows, (unusable / total if total else 0.0)
+
+        for variant in self._local_variants():
+            started = time.monotonic()
+            with self.student.using(variant):
+                answers = self.student.generate(messages, self.config.ner_max_new_tokens)
+            self.log(f"{spec.name}: {variant} tagged {len(tokens)} sentences in {time.monotonic() - started:.1f}s")
+            yield (variant, *tag(answers))
+        for model in self.api_models:
+            answered = self._api_answers(model, messages, self.config.ner_max_new_tokens)
+            if answered is not None:
+                yield (model.name, *tag(answered[0]))
+
+    # -- tasks -------------------------------------------------------------------------------------------
+    def _finish(self, result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...]) -> TaskResult:
+        indices = resample_indices(result.n, self.config.resamples, self.config.seed)
+        for model, scores, unparseable in scored:
+            result.scores.append(ModelScore(model, bootstrap(scores, indices), scores.n, unparseable))
+        by_model = {s.model: s.distribution for s in result.scores}
+        for model, baseline in ablation_pairs(list(by_model)):
+            for metric in metrics:
+                difference = paired_difference(by_model[model], by_model[baseline], metric, self.config.confidence)
+                result.comparisons.append(PairedComparison(model, baseline, metric, difference))
+        return result
+
+    def run_task(self, spec: TaskSpec, data_dir: Path) -> TaskResult:
+        cfg = self.config
+        relative = cfg.eval_paths.get(spec.name) or spec.eval_path
+        data = read_split(spec, data_dir, relative)
+        wanted = cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples
+        total = len(data.tokens) if spec.kind == "ner" else len(data.texts)
+        chosen = sample_items(total, wanted, cfg.seed)
+        source_path = Path(data.source.split(", ")[0])
+        result = TaskResult(spec, spec.name, spec.primary_metric, data.source, file_digest(source_path), total, len(chosen))
+        self.log(f"{spec.name}: {len(chosen)} of {total} items from {data.source} (seed {cfg.seed})")
+        scored: list[tuple[str, object, float | None]] = []
+        if spec.kind == "ner":
+            gold = [data.tags[i] for i in chosen]
+            for model, predicted, unusable in self._ner(spec, [data.tokens[i] for i in chosen], data.entity_types):
+                scored.append((model, NerScores.from_tags(gold, predicted), unusable))
+            return self._finish(result, scored, (spec.primary_metric,))
+        multi_label = spec.kind == "multilabel"
+        words = label_words(spec, data.label_names)
+        texts, gold = [data.texts[i] for i in chosen], data.labels[chosen]
+
+        def scores_of(predicted):
+            if multi_label:
+                return MultiLabelScores(gold, predicted)
+            return ClassificationScores(gold, predicted, len(words), spec.primary_metric)
+
+        for model, predicted, unparseable in self._classify(spec, texts, words, multi_label):
+            scored.append((model, scores_of(predicted), unparseable))
+        for model, predicted in self._baselines(spec, data_dir, texts, data.label_names, words, multi_label):
+            scored.append((model, scores_of(predicted), None))
+        return self._finish(result, scored, (spec.primary_metric,))
+
+    def run_agreement(self, heldout: pd.DataFrame) -> TaskResult:
+        """Student vs the teacher's held-out responses (never trained on): chrF of greedy generations, perplexity."""
+        cfg = self.config
+        rows = heldout.reset_index(drop=True)
+        chosen = sample_items(len(rows), cfg.agreement_examples, cfg.seed)
+        sample = rows.iloc[chosen]
+        digest = pd.util.hash_pandas_object(sample[["example_id", "response"]], index=False).sum()
+        result = TaskResult(
+            None, AGREEMENT_TASK, "chrf", "filtered_responses (split == heldout)", f"{int(digest) & 0xFFFFFFFFFFFF:012x}",
+            len(rows), len(chosen),
+        )
+        self.log(f"{AGREEMENT_TASK}: {len(chosen)} of {len(rows)} held-out teacher responses (seed {cfg.seed})")
+        messages = [
+            ([{"role": "system", "content": s}] if isinstance(s, str) and s.strip() else []) + [{"role": "user", "content": p}]
+            for s, p in zip(sample["system_prompt"], sample["prompt"])
+        ]
+        references = [str(r) for r in sample["response"]]
+        scored = []
+        for variant in self._local_variants():
+            started = time.monotonic()
+            with self.student.using(variant):
+                generated = self.student.generate(messages, cfg.agreement_max_new_tokens)
+                nll, tokens = self.student.response_nll(messages, references)
+            self.log(f"{AGREEMENT_TASK}: {variant} in {time.monotonic() - started:.1f}s")
+            scored.append((variant, AgreementScores(sentence_chrf(generated, references), nll, tokens), None))
+        result.notes.append(
+            f"student generations are greedy and capped at {cfg.agreement_max_new_tokens} new tokens, so chrF against longer "
+            "teacher responses is bounded above; perplexity scores the teacher's full response"
+        )
+        return self._finish(result, scored, ("chrf", "perplexity"))
+
+    def compared_models(self) -> list[dict]:
+        """What each model name in the report stands for, with the version of what was loaded."""
+        models = []
+        if self.student is not None:
+            models.append({"model": LocalStudent.BASE, "what": "student without adapter (no distillation)", "source": self.student.model_path, "version": ""})
+            for c in self.student.checkpoints:
+                facts = ", ".join(f"{k}={c.record[k]}" for k in ("global_step", "best_val_loss", "examples") if k in c.record)
+                models.append({"model": c.variant, "what": f"student + LoRA, mask mode {c.mask_mode}", "source": f"{c.adapter_dir} ({facts})", "version": c.version})
+        models += [{"model": m.name, "what": "OpenAI-compatible endpoint, greedy", "source": m.description, "version": ""} for m in self.api_models]
+        models.append({"model": GOLD_BASELINE, "what": "TF-IDF + logistic regression on the task's train split", "source": "train split", "version": ""})
+        models.append({"model": TEACHER_BASELINE, "what": "TF-IDF + logistic regression on teacher labels of train texts", "source": TEACHER, "version": ""})
+        return models
+
+    def run(self, heldout: pd.DataFrame | None, notes: list[str] | None = None) -> EvaluationResults:
+        started = time.monotonic()
+        cfg = self.config
+        notes = list(notes or [])
+        data_dir = resolve_data_dir(cfg.data_dir)
+        tasks: list[TaskResult] = []
+        if data_dir is None:
+            notes.append(
+                "SNS tasks were not evaluated: no data directory was found. Set OPENGROK_DATA_DIR (or the data_dir "
+                "setting) to a folder laid out like shared/data (tweeteval/, wnut17/, ...)."
+            )
+        else:
+            tasks.extend(self.run_task(task_spec(name), data_dir) for name in cfg.tasks)
+        if self.student is None:
+            notes.append("no local student was evaluated")
+        elif heldout is None or heldout.empty:
+            notes.append("teacher agreement was not measured: filtered_responses has no held-out rows")
+        else:
+            tasks.append(self.run_agreement(heldout))
+        notes.extend(f"endpoint {name} failed and is left out: {reason}" for name, reason in self.failed_endpoints.items())
+        return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, time.monotonic() - started)

@@ -1,0 +1,144 @@
+"""The SNS tasks the report knows: where their files are, how to read and prompt them, how they are scored.
+
+Paths are relative to the data directory and may be overridden per task, so the withheld test splits run
+through the same code (e.g. ``tweeteval/sentiment/test`` or ``wnut17/emerging.test.annotated``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from opengrok_dagster.evaluation.datasets import (
+    ClassificationData,
+    DatasetError,
+    MultiLabelData,
+    NerData,
+    read_conll,
+    read_semeval_tsv,
+    read_topic_jsonl,
+    read_tweeteval,
+)
+
+READERS = {"tweeteval": read_tweeteval, "semeval_tsv": read_semeval_tsv, "topic_jsonl": read_topic_jsonl, "conll": read_conll}
+KIND_OF_FORMAT = {"tweeteval": "classification", "semeval_tsv": "classification", "topic_jsonl": "multilabel", "conll": "ner"}
+
+
+@dataclass(frozen=True)
+class ExternalReference:
+    """A published number on the task's *test* split, for context only: never computed by us."""
+
+    system: str
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    format: str
+    eval_path: str
+    train_paths: tuple[str, ...]
+    primary_metric: str
+    question: str  # what the prompt asks about the post
+    label_words: dict[str, str] | None = None  # dataset label -> the word the prompt uses
+    references: tuple[ExternalReference, ...] = ()
+    train_format: str | None = None  # when the train split comes in another format (TweetEval sentiment: SemEval TSV)
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF_FORMAT[self.format]
+
+
+_TWEETEVAL = "Barbieri et al. 2020, TweetEval (Findings of EMNLP), Table 3, test set"
+_TWEETEVAL_README = "cardiffnlp/tweeteval README leaderboard, test set"
+_SEMEVAL_TRAIN = ("semeval2017_task4a/twitter-2013train-A.tsv", "semeval2017_task4a/twitter-2016train-A.tsv")
+
+
+def _tweeteval(task: str, question: str, metric: str, references=(), words=None) -> TaskSpec:
+    return TaskSpec(
+        f"tweeteval_{task.replace('/', '_')}", "tweeteval", f"tweeteval/{task}/val", (f"tweeteval/{task}/train",),
+        metric, question, words, tuple(references),
+    )
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            "tweeteval_sentiment", "tweeteval", "tweeteval/sentiment/val", _SEMEVAL_TRAIN, "macro_recall",
+            "What is the sentiment of this post?", train_format="semeval_tsv",
+            references=(
+                ExternalReference("RoBERTa-Retrained", 0.726, _TWEETEVAL),
+                ExternalReference("TimeLMs-2021", 0.737, _TWEETEVAL_README),
+            ),
+        ),
+        TaskSpec(
+            "semeval_sentiment", "semeval_tsv", "semeval2017_task4a/twitter-2016devtest-A.tsv", _SEMEVAL_TRAIN,
+            "macro_recall", "What is the sentiment of this post?",
+        ),
+        TaskSpec(
+            "tweet_topic", "topic_jsonl", "tweet_topic_xl/en/en_validation.jsonl", ("tweet_topic_xl/en/en_train.jsonl",),
+            "macro_f1", "Which topic is this post about?",
+        ),
+        TaskSpec(
+            "wnut17", "conll", "wnut17/emerging.dev.conll", ("wnut17/wnut17train.conll",), "f1",
+            "List the named entities in this post.",
+            references=(
+                ExternalReference("UH-RiTUAL (best shared-task system)", 0.4186, "Derczynski et al. 2017, WNUT-17 shared task results, test set"),
+                ExternalReference("CL-KL", 0.6045, "Wang et al. 2021, ACL, 'Improving NER by External Context Retrieving and Cooperative Learning', test set"),
+            ),
+        ),
+        TaskSpec(
+            "btc", "conll", "broad_twitter_corpus/btc.dev", ("broad_twitter_corpus/btc.train",), "f1",
+            "List the named entities in this post.", {"PER": "person", "ORG": "organisation", "LOC": "location"},
+        ),
+        TaskSpec(
+            "tweebank_ner", "conll", "tweebank_ner/dev.bio", ("tweebank_ner/train.bio",), "f1",
+            "List the named entities in this post.",
+            {"PER": "person", "ORG": "organisation", "LOC": "location", "MISC": "miscellaneous"},
+        ),
+        _tweeteval("emotion", "Which emotion does this post express?", "macro_f1"),
+        _tweeteval("hate", "Is this post hate speech against immigrants or women?", "macro_f1",
+                   words={"not-hate": "not hate", "hate": "hate"}),
+        _tweeteval("offensive", "Is this post offensive?", "macro_f1", words={"not-offensive": "not offensive", "offensive": "offensive"}),
+        _tweeteval("irony", "Is this post ironic?", "f1_class_1", words={"non_irony": "not ironic", "irony": "ironic"}),
+        *(
+            _tweeteval(f"stance/{target}", f"What is the stance of this post towards {subject}?", "f1_against_favor")
+            for target, subject in (
+                ("abortion", "legal abortion"), ("atheism", "atheism"), ("climate", "climate change being a concern"),
+                ("feminist", "feminism"), ("hillary", "Hillary Clinton"),
+            )
+        ),
+    )
+}
+DEFAULT_TASKS = ("tweeteval_sentiment", "tweet_topic", "wnut17", "btc")
+
+
+def task_spec(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise DatasetError(f"unknown evaluation task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def read_split(
+    spec: TaskSpec, data_dir: Path, relative: str | tuple[str, ...], *, train: bool = False
+) -> ClassificationData | MultiLabelData | NerData:
+    """Read one split of ``spec``; ``relative`` is a path (or, for SemEval TSV, several) under ``data_dir``, or absolute."""
+    paths = [data_dir / p for p in ((relative,) if isinstance(relative, str) else relative)]
+    file_format = (spec.train_format or spec.format) if train else spec.format
+    reader = READERS[file_format]
+    if file_format == "semeval_tsv":
+        return reader(paths)
+    if len(paths) != 1:
+        raise DatasetError(f"task {spec.name} reads one file per split, got {len(paths)}: {', '.join(map(str, paths))}")
+    return reader(paths[0])
+
+
+def label_words(spec: TaskSpec, names: tuple[str, ...]) -> list[str]:
+    """The words the prompt offers and the scorer compares, one per dataset label, in label order."""
+    words = spec.label_words or {}
+    unknown = set(words) - set(names)
+    if unknown:
+        raise DatasetError(f"task {spec.name}: label words given for {sorted(unknown)}, which the data's mapping lacks ({list(names)})")
+    return [words.get(name, name.replace("_&_", " & ").replace("_", " ")) for name in names]
