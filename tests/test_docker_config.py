@@ -166,3 +166,8 @@ def test_instance_config_that_is_not_yaml_names_the_file_and_line(tmp_path):
     with pytest.raises(yaml.YAMLError) as error:
         _instance_config(tmp_path)
     assert "dagster.yaml" in str(error.value) and "line" in str(error.value)
+
+
+def test_build_context_leaves_out_local_state_and_the_secrets_file():
+    ignored = set((DOCKER / "Dockerfile.dockerignore").read_text().split())
+    assert {".venv", ".opengrok", ".git", "docker/.env"} <= ignored
