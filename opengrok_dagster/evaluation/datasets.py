@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 DATA_DIR_VARIABLE = "OPENGROK_DATA_DIR"
+# ``shared/data`` beside the repository checkout, where the project keeps its copies of the public datasets.
+SHARED_DATA_FALLBACK = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 # TweetTopic's 19 labels, in the README's index order (also the key order of each JSONL record).
 TOPIC_LABELS = (
@@ -56,7 +58,7 @@ class NerData:
     source: str
 
 
-def resolve_data_dir(configured: str | None = None, repo_root: Path | None = None) -> Path | None:
+def resolve_data_dir(configured: str | None = None) -> Path | None:
     """Configured path, else ``$OPENGROK_DATA_DIR``, else ``../shared/data`` beside the repository; None if none exists.
 
     A directory that is named explicitly but does not exist is an error, not a silent skip.
@@ -68,9 +70,7 @@ def resolve_data_dir(configured: str | None = None, repo_root: Path | None = Non
             source = "the data_dir setting" if configured else f"${DATA_DIR_VARIABLE}"
             raise DatasetError(f"data directory {path} (from {source}) does not exist; fix the path or unset it")
         return path
-    root = repo_root or Path(__file__).resolve().parents[2]
-    fallback = root.parent / "shared" / "data"
-    return fallback if fallback.is_dir() else None
+    return SHARED_DATA_FALLBACK if SHARED_DATA_FALLBACK.is_dir() else None
 
 
 def file_digest(path: Path) -> str:
