@@ -211,3 +211,16 @@ def test_split_is_deterministic_stratified_and_heldout_is_stable():
 def test_bad_config_is_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):
         FilterConfig(**change)
+
+
+def test_round_choice():
+    from opengrok_dagster.filtering.raw import choose_rounds
+
+    rounds = ["2026-11-22", "2026-11-23", "2026-11-24"]
+    assert choose_rounds(rounds, "latest", 3) == ["2026-11-24"]
+    assert choose_rounds(rounds, "last_n", 2) == ["2026-11-23", "2026-11-24"]
+    assert choose_rounds(rounds, "all", 1) == rounds
+    with pytest.raises(ValueError, match="round selection 'newest' is not one of"):
+        choose_rounds(rounds, "newest", 1)
+    with pytest.raises(ValueError, match="last_n must be >= 1"):
+        choose_rounds(rounds, "last_n", 0)
