@@ -12,6 +12,7 @@ from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.filtering.dedup import content_hash, duplicate_reasons
 from opengrok_dagster.filtering.language import LanguageDetector, language_text
 from opengrok_dagster.filtering.pii import find_pii, scrub_pii
+from opengrok_dagster.filtering.raw import choose_rounds
 from opengrok_dagster.filtering.split import HELDOUT, TRAIN, VALIDATION, assign_splits
 from opengrok_dagster.filtering.toxicity import ProfanityCheckClassifier, load_toxicity_classifier
 from tests.conftest import REPO_ROOT, SHARED_DATA
@@ -214,8 +215,6 @@ def test_bad_config_is_refused_with_the_setting_named(change, message):
 
 
 def test_round_choice():
-    from opengrok_dagster.filtering.raw import choose_rounds
-
     rounds = ["2026-11-22", "2026-11-23", "2026-11-24"]
     assert choose_rounds(rounds, "latest", 3) == ["2026-11-24"]
     assert choose_rounds(rounds, "last_n", 2) == ["2026-11-23", "2026-11-24"]
