@@ -1,0 +1,170 @@
+"""The evaluation on tiny models: adapter loading and checks, cached label scoring, and eval_report end to end."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from dagster import AssetSpec, materialize
+from peft import LoraConfig, get_peft_model
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from assets.evaluation import eval_report
+from opengrok_dagster.evaluation import datasets
+from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
+from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
+from tests.conftest import REPO_ROOT, SHARED_DATA
+
+SENTIMENT = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory, offline_model):
+    """A 2-layer Llama with the offline SmolLM2 tokenizer: the real code path at a fraction of the cost."""
+    directory = tmp_path_factory.mktemp("models") / "TinyStudent"
+    tokenizer = AutoTokenizer.from_pretrained(offline_model)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_adapter(base_dir, adapter_dir, mode, recorded_base=None, seed=1):
+    """A peft LoRA adapter with non-zero weights and the checkpoint record the trainer writes beside it."""
+    torch.manual_seed(seed)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(adapter_dir)
+    record = {"mask_mode": mode, "base_model": str(recorded_base or base_dir), "global_step": 3, "best_val_loss": 2.5, "example_ids": ["e1", "e2"]}
+    (adapter_dir / "opengrok_checkpoint.json").write_text(json.dumps(record))
+    return adapter_dir
+
+
+@pytest.fixture
+def checkpoints_home(tmp_path, tiny_student):
+    home = tmp_path / "home"
+    for seed, mode in enumerate(("none", "hard"), 1):
+        write_adapter(tiny_student, home / "checkpoints" / mode, mode, seed=seed)
+    return home
+
+
+def heldout_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "example_id": ["e1", "e2", "e3", "e4"],
+        "system_prompt": ["You write posts.", None, "", "You write posts."],
+        "prompt": ["Write a post about cats.", "What are people saying about the rain?", "Summarize trends in football.", "Post about tea."],
+        "response": ["Cats rule the internet today! #cats", "Everyone is tired of the rain.", None, "Green tea all day."],
+        "split": ["heldout", "heldout", "heldout", "train"],
+        "state": ["kept"] * 4,
+    })
+
+
+def test_cached_label_scoring_equals_a_full_forward_pass(checkpoints_home, tiny_student):
+    checkpoints, _ = find_checkpoints(checkpoints_home / "checkpoints", ("none", "hard"))
+    student = LocalStudent(str(tiny_student), checkpoints)
+    messages = [[{"role": "user", "content": "How does this post feel? Post: what a day"}]]
+    for variant in student.variants:
+        with student.using(variant):
+            scores = student.label_logprobs(messages, SENTIMENT)[0]
+            prompt = student._prompt_ids(messages[0])
+            for column, answer in enumerate(SENTIMENT):
+                continuation = student._continuation(answer)
+                with torch.inference_mode():
+                    logits = student.model(input_ids=torch.tensor([prompt + continuation])).logits[0]
+                logprobs = torch.log_softmax(logits, dim=-1)
+                expected = sum(float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(continuation))
+                assert scores[column] == pytest.approx(expected, abs=1e-4)
+    with student.using("base"):
+        base = student.label_logprobs(messages, SENTIMENT)
+    with student.using("lora:hard"):
+        assert not (student.label_logprobs(messages, SENTIMENT) == base).all()  # the adapter is really applied
+
+
+def test_adapter_for_another_base_model_is_refused_by_name(tmp_path, tiny_student):
+    adapter = write_adapter(tiny_student, tmp_path / "soft", "soft", recorded_base="HuggingFaceTB/SmolLM2-1.7B-Instruct")
+    with pytest.raises(CheckpointError, match=r"trained on base model 'HuggingFaceTB/SmolLM2-1.7B-Instruct'.*OPENGROK_STUDENT_MODEL"):
+        LocalStudent(str(tiny_student), [read_checkpoint(adapter, "soft")])
+
+
+def test_missing_modes_and_broken_adapters_are_reported(tmp_path, checkpoints_home):
+    found, missing = find_checkpoints(checkpoints_home / "checkpoints", ("none", "paper", "hard", "soft"))
+    assert [c.mask_mode for c in found] == ["none", "hard"]
+    assert set(missing) == {"paper", "soft"} and "lora_checkpoint[paper]" in missing["paper"]
+    assert found[0].record == {"mask_mode": "none", "base_model": found[0].base_model, "global_step": 3, "best_val_loss": 2.5, "examples": 2}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="is not a peft adapter"):
+        read_checkpoint(broken, "paper")
+
+
+def test_without_data_the_sns_part_says_so_and_agreement_still_runs(tmp_path, monkeypatch, tiny_student):
+    monkeypatch.delenv(datasets.DATA_DIR_VARIABLE, raising=False)
+    monkeypatch.setattr(datasets, "SHARED_DATA_FALLBACK", tmp_path / "absent")
+    config = EvaluationConfig(agreement_examples=0, resamples=100, agreement_max_new_tokens=4)
+    results = Evaluation(config, LocalStudent(str(tiny_student)), [], log=lambda _: None).run(heldout_frame().iloc[:2])
+    assert [t.name for t in results.tasks] == ["teacher_agreement"]
+    assert any("SNS tasks were not evaluated" in note for note in results.notes)
+    assert results.tasks[0].n == 2
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
+def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_modes(
+    tmp_path, instance, checkpoints_home, tiny_student, loopback_teacher, monkeypatch
+):
+    monkeypatch.delenv("OPENGROK_TEST_ABSENT_KEY", raising=False)
+    assets_dir = tmp_path / "assets"
+    assets_dir.mkdir()
+    heldout_frame().to_parquet(assets_dir / "filtered_responses.parquet")
+    run_config = {"ops": {"eval_report": {"config": {
+        "tasks": ["tweeteval_sentiment", "tweet_topic", "wnut17"],
+        "classification_examples": 4, "ner_examples": 2, "agreement_examples": 0, "resamples": 200,
+        "ner_max_new_tokens": 8, "agreement_max_new_tokens": 8, "api_max_tokens": 8,
+        "baseline_train_examples": 300, "teacher_label_examples": 6,
+        "endpoints": [
+            {"name": "unreachable", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-x"},
+            {"name": "keyless", "base_url": loopback_teacher.base_url, "model": "gpt-y", "api_key_env": "OPENGROK_TEST_ABSENT_KEY"},
+        ],
+    }}}}
+    resources = {
+        "io_manager": ParquetIOManager(base_dir=str(assets_dir)),
+        "paths": OpenGrokPaths(home=str(checkpoints_home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "student": StudentResource(model=str(tiny_student)),
+        "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="loopback"),
+    }
+    result = materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config)
+    assert result.success
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+    frame = pd.read_parquet(assets_dir / "eval_report.parquet")
+    scores = frame[frame["section"] == "score"]
+    assert set(scores["model"]) >= {"base", "lora:none", "lora:hard", "teacher", "tfidf-lr:gold"}
+    assert set(scores["task"]) == {"tweeteval_sentiment", "tweet_topic", "wnut17", "teacher_agreement"}
+    assert scores[scores["task"] == "teacher_agreement"]["n"].eq(2).all()  # the train row and the null response are left out
+    assert scores[scores["model"] == "teacher"]["unparseable_rate"].notna().all()
+    differences = frame[frame["section"] == "paired_difference"]
+    assert {("lora:hard", "lora:none"), ("lora:none", "base")} <= set(zip(differences["model"], differences["compared_to"]))
+    assert differences["p_value"].between(0, 1).all()
+    references = frame[frame["section"] == "external_reference"]
+    assert references["value"].isna().all() and references["external_reference"].notna().all()
+
+    reports = checkpoints_home / "reports"
+    markdown, html = (reports / "report.md").read_text(), (reports / "report.html").read_text()
+    assert "external reference (published, test set)" in markdown and "RoBERTa-Retrained" in markdown
+    assert "data:image/png;base64," in html and "<table" in html and 'src="primary_metrics.png"' not in html
+    assert (reports / "primary_metrics.png").read_bytes()[:4] == b"\x89PNG"
+    for text in ("mask mode paper not evaluated", "mask mode soft not evaluated", "endpoint unreachable failed",
+                 "OPENGROK_TEST_ABSENT_KEY (its API key) is not set"):
+        assert text in markdown, text
+    metadata = result.asset_materializations_for_node("eval_report")[0].metadata
+    assert "data:image/png;base64," in metadata["main_plot"].value and "| task" in metadata["summary"].value
+
+    again = materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config)
+    rerun = pd.read_parquet(assets_dir / "eval_report.parquet")
+    local = lambda f: f[f["model"].isin(["base", "lora:none", "lora:hard", "tfidf-lr:gold"])].reset_index(drop=True)  # noqa: E731
+    assert again.success
+    pd.testing.assert_frame_equal(local(frame), local(rerun))
