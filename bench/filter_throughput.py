@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -76,7 +77,9 @@ def main() -> None:
     language_s = time.perf_counter() - started
 
     median = statistics.median(seconds)
-    print(f"machine: {platform.machine()}, python {platform.python_version()}; {args.rows} rows, median of {args.repeats}\n")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load} (other work slows every figure), "
+          f"python {platform.python_version()}; {args.rows} rows, median of {args.repeats}\n")
     print("| stage | seconds | rows/s |\n|---|---:|---:|")
     print(f"| load models (once per run) | {load_s:.1f} | - |")
     print(f"| toxicity alone ({models.toxicity.name}) | {toxicity_s:.2f} | {args.rows / toxicity_s:,.0f} |")
