@@ -74,49 +74,70 @@ def _require_text(examples: pd.DataFrame) -> None:
         raise MaskInputError(f"example_id values repeat ({duplicated[:5]}); filtered_responses must have unique example ids")
 
 
-def _whitespace(text: str) -> np.ndarray:
-    return np.fromiter((c.isspace() for c in text), dtype=bool, count=len(text))
-
-
 def _next_true(flags: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """For each start, the first index at or after it where ``flags`` holds (len(flags) - 1 if none)."""
     following = np.minimum.accumulate(np.where(flags, positions, len(flags) - 1)[::-1])[::-1]
     return following[np.minimum(starts, len(flags) - 1)]
 
 
+@dataclass(frozen=True)
+class _TextFeatures:
+    """One distinct message text's words, scored once however many examples share it (the system prompt)."""
+
+    words: Words
+    char_word: np.ndarray  # per character: index of the word holding it, or -1
+    solid: np.ndarray  # per character: a non-space character of some word
+    tfidf: np.ndarray
+    pos_score: np.ndarray
+    dep_score: np.ndarray
+
+    @classmethod
+    def of(cls, text: str, words: Words, tfidf: TfidfScorer, pos_tags: frozenset[str], relations: frozenset[str]) -> _TextFeatures:
+        char_word = np.full(len(text), -1, dtype=np.int64)
+        solid = np.zeros(len(text), dtype=bool)
+        lengths = words.end - words.start
+        offset_in_word = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        chars = np.repeat(words.start, lengths) + offset_in_word
+        char_word[chars] = np.repeat(np.arange(len(words)), lengths)
+        solid[chars] = np.repeat(~words.space, lengths)  # spaCy splits on whitespace: only SPACE tokens hold any
+        return cls(
+            words,
+            char_word,
+            solid,
+            tfidf.score(words.term),
+            np.fromiter((p in pos_tags for p in words.pos), dtype=np.int8, count=len(words)),
+            key_relation_flags(words, relations).astype(np.int8),
+        )
+
+
 class _Aligner:
     """Maps one rendered example's tokens to its words and scores them."""
 
-    def __init__(self, config: MaskConfig, tfidf: TfidfScorer, special_ids: set[int]):
+    def __init__(self, config: MaskConfig, special_ids: set[int]):
         self.config = config
-        self.tfidf = tfidf
         self.special_ids = np.array(sorted(special_ids), dtype=np.int64)
-        self.pos_tags = frozenset(config.pos_tags)
-        self.relations = frozenset(config.dep_relations)
 
-    def example(self, example_id: str, split: str, rendered: RenderedExample, words: dict[str, Words],
+    def example(self, example_id: str, split: str, rendered: RenderedExample, features: dict[str, _TextFeatures],
                 input_ids: list[int], offsets: list[tuple[int, int]]) -> tuple[dict | None, int, int]:
         config = self.config
         length = len(rendered.text)
         char_word = np.full(length + 1, -1, dtype=np.int64)
+        solid = np.zeros(length + 1, dtype=bool)
         content = np.zeros(length, dtype=bool)
-        word_text: list[str] = []
-        tfidf, pos_tag, dep_rel, pos_score, dep_score = [], [], [], [], []
-        for name, (start, end) in rendered.spans.items():
-            segment = words[rendered.contents[name]]
+        segments = [features[rendered.contents[name]] for name in rendered.spans]
+        first = 0
+        for segment, (start, end) in zip(segments, rendered.spans.values()):
             content[start:end] = True
-            first = len(word_text)
-            for index, (s, e) in enumerate(zip(segment.start, segment.end)):
-                char_word[start + s:start + e] = first + index
-            word_text += segment.text
-            tfidf.append(self.tfidf.score(segment.term))
-            pos_tag += segment.pos
-            dep_rel += segment.dep
-            pos_score.append(np.fromiter((p in self.pos_tags for p in segment.pos), dtype=np.int8, count=len(segment)))
-            dep_score.append(key_relation_flags(segment, self.relations).astype(np.int8))
-        word_tfidf = np.concatenate(tfidf)
-        word_pos = np.concatenate(pos_score)
-        word_dep = np.concatenate(dep_score)
+            char_word[start:end] = np.where(segment.char_word >= 0, segment.char_word + first, -1)
+            solid[start:end] = segment.solid
+            first += len(segment.words)
+        word_text = [w for segment in segments for w in segment.words.text]
+        # Each per-word array ends in a "no word" entry, so word index -1 picks it.
+        pos_tag = np.array([p for segment in segments for p in segment.words.pos] + [""], dtype=object)
+        dep_rel = np.array([d for segment in segments for d in segment.words.dep] + [""], dtype=object)
+        word_tfidf = np.concatenate([*(segment.tfidf for segment in segments), [0.0]]).astype(np.float32)
+        word_pos = np.concatenate([*(segment.pos_score for segment in segments), [0]]).astype(np.int8)
+        word_dep = np.concatenate([*(segment.dep_score for segment in segments), [0]]).astype(np.int8)
 
         ids = np.asarray(input_ids[:config.max_length], dtype=np.int32)
         spans = np.asarray(offsets[:config.max_length], dtype=np.int64).reshape(-1, 2)
@@ -129,7 +150,6 @@ class _Aligner:
         # A token takes the word of its first non-space character; a whitespace-only token, its whitespace word.
         positions = np.arange(length + 1)
         has_word = char_word >= 0
-        solid = has_word & np.append(~_whitespace(rendered.text), False)
         first_solid = _next_true(solid, positions, starts)
         first_any = _next_true(has_word, positions, starts)
         first_char = np.where(first_solid < ends, first_solid, first_any)
@@ -143,10 +163,7 @@ class _Aligner:
         spans_words = (last_solid >= starts) & (char_word[np.maximum(last_solid, 0)] != word_index)
         misaligned = int((~template & aligned & spans_words).sum())
 
-        has = word_index >= 0
-        token_tfidf = np.where(has, word_tfidf[word_index], 0.0).astype(np.float32)
-        token_pos = np.where(has, word_pos[word_index], 0).astype(np.int8)
-        token_dep = np.where(has, word_dep[word_index], 0).astype(np.int8)
+        token_tfidf, token_pos, token_dep = word_tfidf[word_index], word_pos[word_index], word_dep[word_index]
         rng = np.random.default_rng(example_seed(config.seed, example_id))
         random = rng.random(len(ids), dtype=np.float32)
         logits = config.alpha * token_tfidf + config.beta * token_pos + config.gamma * token_dep + config.delta * random
@@ -170,8 +187,8 @@ class _Aligner:
             "pos_score": token_pos,
             "dep_score": token_dep,
             "random": random,
-            "pos_tag": [pos_tag[w] if w >= 0 else "" for w in word_index],
-            "dep_rel": [dep_rel[w] if w >= 0 else "" for w in word_index],
+            "pos_tag": pos_tag[word_index],
+            "dep_rel": dep_rel[word_index],
             "word_index": word_index.astype(np.int32),
             "template_token": template.astype(np.int8),
             "char_start": starts.astype(np.int32),
@@ -211,11 +228,13 @@ def build_mask_table(
             [[t for t in words[r.contents[name]].term if t is not None] for r in training for name in ("prompt", "response")]
         )
     encoded = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
-    aligner = _Aligner(config, tfidf, structural_special_ids(tokenizer))
+    pos_tags, relations = frozenset(config.pos_tags), frozenset(config.dep_relations)
+    features = {text: _TextFeatures.of(text, text_words, tfidf, pos_tags, relations) for text, text_words in words.items()}
+    aligner = _Aligner(config, structural_special_ids(tokenizer))
     built, dropped, misaligned, content = [], [], 0, 0
     for row, example, ids, offsets in zip(rows, rendered, encoded["input_ids"], encoded["offset_mapping"]):
         record, example_misaligned, example_content = aligner.example(
-            str(row["example_id"]), row["split"], example, words, ids, offsets
+            str(row["example_id"]), row["split"], example, features, ids, offsets
         )
         if record is None:
             dropped.append(str(row["example_id"]))

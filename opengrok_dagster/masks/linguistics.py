@@ -55,6 +55,7 @@ class Words:
     dep: list[str]
     head: np.ndarray
     term: list[str | None]
+    space: np.ndarray  # whitespace-only tokens (spaCy's SPACE)
 
     def __len__(self) -> int:
         return len(self.text)
@@ -70,6 +71,7 @@ def _words(doc) -> Words:
         dep=[t.dep_ for t in tokens],
         head=np.fromiter((t.head.i for t in tokens), dtype=np.int32, count=len(tokens)),
         term=[None if t.is_punct or t.is_space else t.lower_ for t in tokens],
+        space=np.fromiter((t.is_space for t in tokens), dtype=bool, count=len(tokens)),
     )
 
 

@@ -44,12 +44,13 @@ class TfidfScorer:
 
     @property
     def unseen_idf(self) -> float:
-        return math.log((1 + self.documents) / 1) + 1.0
+        return math.log(1 + self.documents) + 1.0
 
     def score(self, terms: Sequence[str | None]) -> np.ndarray:
         """Per-word score in [0, 1] for one document's words; None (punctuation, space) scores 0."""
         counts = Counter(t for t in terms if t is not None)
-        weights = {t: (1.0 + math.log(n)) * self.idf.get(t, self.unseen_idf) for t, n in counts.items()}
+        unseen = self.unseen_idf
+        weights = {t: (1.0 + math.log(n)) * self.idf.get(t, unseen) for t, n in counts.items()}
         top = max(weights.values(), default=0.0)
         if top <= 0.0:
             return np.zeros(len(terms), dtype=np.float32)
