@@ -171,3 +171,14 @@ def test_instance_config_that_is_not_yaml_names_the_file_and_line(tmp_path):
 def test_build_context_leaves_out_local_state_and_the_secrets_file():
     ignored = set((DOCKER / "Dockerfile.dockerignore").read_text().split())
     assert {".venv", ".opengrok", ".git", "docker/.env"} <= ignored
+
+
+def test_the_instance_limits_reach_the_runs_and_steps_they_are_written_for():
+    """A limit on a tag or pool that nothing carries is dead config: training runs must carry the tag that
+    the one-training-run limit matches, and collection must take a slot of the teacher pool."""
+    from assets.collection import raw_responses
+    from opengrok_dagster.jobs import fine_tune_job
+
+    assert fine_tune_job.tags.get("opengrok/stage") == "training", (
+        "tag the fine-tune job's runs: define_asset_job(..., tags={'opengrok/stage': 'training'})")
+    assert raw_responses.op.pool == "teacher", "declare the collecting asset in the pool: @asset(pool='teacher', ...)"
