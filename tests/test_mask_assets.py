@@ -55,6 +55,7 @@ def test_mask_tables_publish_the_contract_with_passing_checks_and_rich_metadata(
     assert CONTRACT_COLUMNS <= set(schema.names)
     assert schema.field("input_ids").type == pa.list_(pa.int32())
     assert (schema.field("p").type, schema.field("m").type) == (pa.list_(pa.float32()), pa.list_(pa.int8()))
+    assert schema.field("pos_tag").type == pa.list_(pa.string()) and schema.field("response_start").type == pa.int64()
     table = pd.read_parquet(path)
     kept = source[(source["state"] == "kept") & source["split"].isin(["train", "validation"])]
     assert sorted(table["example_id"]) == sorted(kept["example_id"])

@@ -271,6 +271,17 @@ def test_filtered_responses_without_usable_rows_or_columns_is_refused():
         select_training_examples(frame.drop(columns="state"))
 
 
+def test_validation_only_input_has_no_corpus_to_fit_tfidf_on(tokenizer, nlp):
+    with pytest.raises(MaskInputError, match="no train examples to fit TF-IDF on"):
+        build_mask_table(filtered_frame(["Cats?"], ["Cats."], splits=["validation"]), tokenizer, nlp, MaskConfig())
+
+
+@pytest.mark.integration
+def test_parsing_in_two_processes_gives_the_same_table(tokenizer, nlp, tweet_table):
+    parallel = build_mask_table(select_training_examples(tweet_frame()), tokenizer, nlp, MaskConfig(spacy_n_process=2, spacy_batch_size=8))
+    pd.testing.assert_frame_equal(parallel.table.drop(columns="mask_config"), tweet_table.table.drop(columns="mask_config"))
+
+
 def test_invalid_settings_are_refused_together():
     with pytest.raises(MaskInputError, match="random_mask_rate=1.5.*sampling='coin'"):
         MaskConfig(random_mask_rate=1.5, sampling="coin")

@@ -31,6 +31,8 @@ TOKEN_LIST_COLUMNS = (
 
 @dataclass
 class MaskTableResult:
+    """The table plus what the asset reports: the fitted TF-IDF, dropped examples, words parsed, alignment quality."""
+
     table: pd.DataFrame
     tfidf: TfidfScorer
     dropped_example_ids: list[str] = field(default_factory=list)
@@ -223,7 +225,9 @@ def build_mask_table(
     words = parse_texts(nlp, segment_texts, config.spacy_batch_size, config.spacy_n_process)
     progress(f"parsed {len(words)} distinct texts from {len(rows)} examples with spaCy")
     if tfidf is None:
-        training = [r for r, row in zip(rendered, rows) if row["split"] == "train"] or rendered
+        training = [r for r, row in zip(rendered, rows) if row["split"] == "train"]
+        if not training:
+            raise MaskInputError("no train examples to fit TF-IDF on (only validation); the filtering stage must assign a train split")
         tfidf = TfidfScorer.fit(
             [[t for t in words[r.contents[name]].term if t is not None] for r in training for name in ("prompt", "response")]
         )
@@ -251,7 +255,8 @@ def build_mask_table(
         raise MaskInputError(
             f"{misaligned} of {content} content tokens span several spaCy words ({misaligned / content:.1%} > "
             f"max_unaligned_rate={config.max_unaligned_rate}): the tokenizer and spaCy split this text very differently, "
-            "so word scores would be smeared; check the tokenizer's offsets or use a word-level-compatible student"
+            "so word scores would be smeared; check that the student's tokenizer reports character offsets into the rendered "
+            "text (a normaliser that rewrites text breaks them) or raise max_unaligned_rate"
         )
     table = pd.DataFrame(built)
     table["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
