@@ -20,7 +20,7 @@ class TrainingConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1, description="Examples per device per forward pass.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Forward passes accumulated per optimizer step.")
     num_epochs: float = Field(default=2.0, gt=0, description="Passes over the training split (fractions allowed).")
-    max_steps: int = Field(default=16, description="Stop after this many optimizer steps; -1 runs num_epochs in full.")
+    max_steps: int = Field(default=12, description="Stop after this many optimizer steps; -1 runs num_epochs in full.")
     warmup_steps: int = Field(default=2, ge=0, description="Optimizer steps of linear learning-rate warm-up.")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW decoupled weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient-norm clipping threshold.")
