@@ -179,8 +179,11 @@ class Evaluation:
                 predicted = np.array([parse_single_label(a, words) for a in answers])
                 yield model.name, predicted, float((predicted < 0).mean())
 
-    def _baselines(self, spec: TaskSpec, data_dir: Path, eval_texts: list[str], eval_names: tuple[str, ...], words: list[str], multi_label: bool):
-        """Yields (model, predictions) for TF-IDF + LR on gold train labels, and on teacher labels of train texts."""
+    def _baselines(
+        self, spec: TaskSpec, data_dir: Path, eval_texts: list[str], eval_names: tuple[str, ...], words: list[str], multi_label: bool, notes: list[str]
+    ):
+        """Yields (model, predictions) for TF-IDF + LR on gold train labels, and on teacher labels of train texts;
+        a baseline that cannot be trained is explained in ``notes``."""
         train_relative = self.config.train_paths.get(spec.name) or spec.train_paths
         train = read_split(spec, data_dir, tuple(train_relative), train=True)
         if tuple(train.label_names) != tuple(eval_names):
@@ -193,6 +196,8 @@ class Evaluation:
         train_texts, train_labels = [train.texts[i] for i in chosen], train.labels[chosen]
         if trainable(train_labels):
             yield GOLD_BASELINE, train_tfidf_classifier(train_texts, train_labels, cfg.seed).predict(eval_texts).astype(train_labels.dtype)
+        else:
+            notes.append(f"{GOLD_BASELINE} not trained: the {len(train_texts)} train items sampled have a single class")
         teacher = next((m for m in self.api_models if m.name == TEACHER), None)
         if teacher is None or cfg.teacher_label_examples == 0:
             return
@@ -213,7 +218,10 @@ class Evaluation:
         if trainable(labels):
             yield TEACHER_BASELINE, train_tfidf_classifier(texts, labels, cfg.seed).predict(eval_texts).astype(labels.dtype)
         else:
-            self.log(f"{spec.name}: the teacher's {len(texts)} usable labels have too few classes to train {TEACHER_BASELINE}")
+            notes.append(
+                f"{TEACHER_BASELINE} not trained: {len(texts)} of the {cfg.teacher_label_examples} teacher answers named a label, "
+                "too few classes to train on"
+            )
 
     def _ner(self, spec: TaskSpec, tokens: list[list[str]], entity_types: tuple[str, ...]):
         """Yields (model, predicted tag rows, share of answer lines that were unusable)."""
@@ -281,7 +289,7 @@ class Evaluation:
 
         for model, predicted, unparseable in self._classify(spec, texts, words, multi_label):
             scored.append((model, scores_of(predicted), unparseable))
-        for model, predicted in self._baselines(spec, data_dir, texts, data.label_names, words, multi_label):
+        for model, predicted in self._baselines(spec, data_dir, texts, data.label_names, words, multi_label, result.notes):
             scored.append((model, scores_of(predicted), None))
         return self._finish(result, scored, (spec.primary_metric,))
 
@@ -324,7 +332,11 @@ class Evaluation:
             for c in self.student.checkpoints:
                 facts = ", ".join(f"{k}={c.record[k]}" for k in ("global_step", "best_val_loss", "examples") if k in c.record)
                 models.append({"model": c.variant, "what": f"student + LoRA, mask mode {c.mask_mode}", "source": f"{c.adapter_dir} ({facts})", "version": c.version})
-        models += [{"model": m.name, "what": "OpenAI-compatible endpoint, greedy", "source": m.description, "version": ""} for m in self.api_models]
+        models += [
+            {"model": m.name, "what": "OpenAI-compatible endpoint, greedy" + (" (failed: see notes)" if m.name in self.failed_endpoints else ""),
+             "source": m.description, "version": ""}
+            for m in self.api_models
+        ]
         models.append({"model": GOLD_BASELINE, "what": "TF-IDF + logistic regression on the task's train split", "source": "train split", "version": ""})
         models.append({"model": TEACHER_BASELINE, "what": "TF-IDF + logistic regression on teacher labels of train texts", "source": TEACHER, "version": ""})
         return models

@@ -1,0 +1,99 @@
+"""Wall time of the default evaluation: base student + 4 LoRA adapters + the embedded teacher + baselines.
+
+Target: <= 5 minutes on the 2-core development CPU. Uses the adapters under $OPENGROK_HOME/checkpoints when
+all four exist, else four LoRA adapters (r=8 on the attention projections, random non-zero weights: the same
+compute as trained ones) on the student; held-out rows from filtered_responses when materialised, else six
+prompt/response pairs made from real tweets. Prints the per-step log and the total.
+
+    .venv/bin/python -m bench.evaluation_time
+    .venv/bin/python -m bench.evaluation_time --no-teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from opengrok_dagster.evaluation.api import ApiModel
+from opengrok_dagster.evaluation.datasets import read_tweeteval, resolve_data_dir
+from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, read_checkpoint
+from opengrok_dagster.evaluation.report import build_report, publish_report, results_frame
+from opengrok_dagster.evaluation.runner import MASK_MODES, TEACHER, Evaluation, EvaluationConfig
+from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.settings import opengrok_home
+from resources import TeacherResource
+
+
+def stand_in_adapters(model_path: str, root: Path) -> list:
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    checkpoints = []
+    for seed, mode in enumerate(MASK_MODES):
+        torch.manual_seed(seed)
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(model_path),
+            LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False),
+        )
+        model.save_pretrained(root / mode)
+        (root / mode / "opengrok_checkpoint.json").write_text(json.dumps({"mask_mode": mode, "base_model": model_path}))
+        checkpoints.append(read_checkpoint(root / mode, mode))
+    return checkpoints
+
+
+def stand_in_heldout(n: int = 6) -> pd.DataFrame:
+    data_dir = resolve_data_dir()
+    tweets = read_tweeteval(data_dir / "tweeteval" / "emotion" / "val").texts[:n] if data_dir else ["What a match tonight!"] * n
+    return pd.DataFrame({
+        "example_id": [f"bench-{i}" for i in range(n)],
+        "system_prompt": ["You write short social-media posts."] * n,
+        "prompt": [f"Write a short post in the style of this one: {t}" for t in tweets],
+        "response": tweets,
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-teacher", action="store_true", help="leave out the embedded teacher")
+    args = parser.parse_args()
+    model_path = str(check_offline_model(offline_model_dir()))
+    home = opengrok_home()
+    found, missing = find_checkpoints(home / "checkpoints", MASK_MODES)
+    filtered = home / "assets" / "filtered_responses.parquet"
+    print(f"{platform.machine()}, Python {platform.python_version()}, student {model_path}")
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoints = found if not missing else stand_in_adapters(model_path, Path(scratch) / "checkpoints")
+        print(f"adapters: {'trained, from ' + str(home / 'checkpoints') if not missing else 'four stand-ins (r=8, q/k/v/o)'}")
+        if filtered.exists():
+            frame = pd.read_parquet(filtered)
+            heldout = frame[(frame["split"] == "heldout") & frame["response"].notna()]
+        else:
+            heldout = stand_in_heldout()
+        teacher = TeacherResource(mode="embedded", max_concurrency=16, max_tokens=128)
+        api = [] if args.no_teacher else [ApiModel(TEACHER, teacher.endpoint, "embedded offline teacher")]
+        config = EvaluationConfig()
+        started = time.monotonic()
+        try:
+            student = LocalStudent(model_path, checkpoints)
+            results = Evaluation(config, student, api, log=lambda m: print(f"[{time.monotonic() - started:6.1f}s] {m}", flush=True)).run(heldout)
+            report = build_report(results)
+            publish_report(Path(scratch) / "reports", report, results_frame(results))
+        finally:
+            teacher.teardown_after_execution(None)
+        total = time.monotonic() - started
+    sizes = ", ".join(f"{t.name} n={t.n}" for t in results.tasks)
+    print(f"total {total:.0f}s (target <= 300s) for {len(student.variants)} local variants + {len(api)} API model(s); {sizes}")
+    for note in results.notes:
+        print(f"note: {note}")
+
+
+if __name__ == "__main__":
+    main()
