@@ -171,6 +171,15 @@ def test_truncation_cuts_to_max_length_and_drops_examples_without_a_response_tok
     assert (row["max_length"], row["response_start"] < 64) == (64, True)
 
 
+def test_a_template_that_trims_content_is_followed_exactly(tokenizer, nlp):
+    trimming = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    trimming.chat_template = tokenizer.chat_template.replace("message['content']", "(message['content'] | trim)")
+    frame = filtered_frame(["  Tell me about cats.\n"], ["\n She bought apples.  "], splits=["train"])
+    row = build_mask_table(frame, trimming, nlp, POS_AND_DEP_ONLY).table.iloc[0]
+    assert "user\nTell me about cats.<|im_end|>" in row["text"]
+    assert words_and_masks(row, row["response_start"]) == [("She", 0), ("bought", 1), ("apples", 1), (".", 0)]
+
+
 def test_random_masking_hides_the_configured_share_of_content_tokens(tokenizer, nlp):
     sure = MaskConfig(alpha=50.0, beta=50.0, gamma=50.0, delta=50.0, random_mask_rate=0.15, sampling="threshold", threshold=0.5)
     table = build_mask_table(select_training_examples(tweet_frame()), tokenizer, nlp, sure).table
@@ -261,6 +270,19 @@ def test_tokenizer_without_chat_template_is_refused(line_tokenizer, nlp):
     bare = PreTrainedTokenizerFast(tokenizer_object=line_tokenizer.backend_tokenizer, unk_token="[UNK]")
     with pytest.raises(ChatTemplateError, match="has no chat template"):
         build_mask_table(filtered_frame(["Cats?"], ["Cats."], splits=["train"]), bare, nlp, MaskConfig())
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.content }}<|im_end|>{% endif %}{% endfor %}", "drops the system message"),
+    ("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}",
+     "refuses a system/user/assistant conversation .System role not supported"),
+    ("{% for m in messages %}<|im_start|>{{ m.content | upper }}<|im_end|>{% endfor %}", "rewrites message text beyond trimming"),
+])
+def test_chat_templates_that_drop_or_refuse_a_message_are_refused(line_tokenizer, nlp, template, message):
+    student = PreTrainedTokenizerFast(tokenizer_object=line_tokenizer.backend_tokenizer, unk_token="[UNK]")
+    student.chat_template = template
+    with pytest.raises(ChatTemplateError, match=message):
+        build_mask_table(filtered_frame(["Cats?"], ["Cats."], splits=["train"]), student, nlp, MaskConfig())
 
 
 def test_filtered_responses_without_usable_rows_or_columns_is_refused():

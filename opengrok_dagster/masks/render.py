@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 SEGMENTS = ("system", "prompt", "response")
 _ROLES = {"system": "system", "prompt": "user", "response": "assistant"}
 
@@ -43,7 +45,13 @@ class ChatRenderer:
 
     def _render(self, names: tuple[str, ...], contents: list[str]) -> str:
         messages = [{"role": _ROLES[n], "content": c} for n, c in zip(names, contents)]
-        return self._tokenizer.apply_chat_template(messages, tokenize=False)
+        try:
+            return self._tokenizer.apply_chat_template(messages, tokenize=False)
+        except TemplateError as exc:
+            raise ChatTemplateError(
+                f"the student's chat template refuses a {'/'.join(_ROLES[n] for n in names)} conversation ({exc}); "
+                "use a student whose template accepts these roles, or leave system_prompt empty in the prompt grid"
+            ) from None
 
     def _scaffold(self, names: tuple[str, ...]) -> list[str]:
         if names not in self._scaffolds:
@@ -52,7 +60,10 @@ class ChatRenderer:
             for index in range(len(names)):
                 before, found, text = text.partition(_placeholder(index))
                 if not found:
-                    raise ChatTemplateError(f"the student's chat template drops the {names[index]} message; use a student whose template renders system, user and assistant turns")
+                    raise ChatTemplateError(
+                        f"the student's chat template drops the {_ROLES[names[index]]} message; "
+                        "use a student whose template renders system, user and assistant turns"
+                    )
                 pieces.append(before)
             self._scaffolds[names] = [*pieces, text]
         return self._scaffolds[names]
