@@ -60,8 +60,8 @@ def _rate_table(frame: pd.DataFrame, column: str, limit: int = 20) -> MetadataVa
 
 
 def _samples(table: pd.DataFrame) -> MetadataValue:
-    picks = [table[table["split"] == split].head(1) for split in ("train", "validation")]
-    chosen = pd.concat(picks) if len(pd.concat(picks)) == 2 else table.head(2)
+    one_per_split = pd.concat([table[table["split"] == split].head(1) for split in ("train", "validation")])
+    chosen = one_per_split if len(one_per_split) == 2 else table.head(2)
     legend = "Masked tokens are ~~struck through~~; chat-template tokens are always attendable and not shown.\n\n"
     return MetadataValue.md(legend + "\n\n".join(render_markdown(row) for _, row in chosen.iterrows()))
 
