@@ -1,7 +1,9 @@
 """Each filter on its own, on real tweets from the shared datasets and on hand-made hard cases."""
 
 import json
-from pathlib import Path
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -223,3 +225,18 @@ def test_round_choice():
         choose_rounds(rounds, "newest", 1)
     with pytest.raises(ValueError, match="last_n must be >= 1"):
         choose_rounds(rounds, "last_n", 0)
+
+
+def test_duplicate_decisions_do_not_depend_on_the_process_hash_seed():
+    """The filtered set must be reproducible: MinHash signatures may not use Python's salted hash()."""
+    script = (
+        "from datasketch import MinHash; from opengrok_dagster.filtering.dedup import _hash32, shingles;"
+        "print(MinHash.bulk([sorted(shingles('Huge crowd at the climate march today'))], num_perm=16,"
+        " hashfunc=_hash32)[0].hashvalues.tolist())"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1

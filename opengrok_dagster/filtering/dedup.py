@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections.abc import Sequence
 
 from datasketch import MinHash, MinHashLSH
@@ -32,9 +33,9 @@ def shingles(text: str) -> set[bytes]:
 
 
 def _hash32(shingle: bytes) -> int:
-    """Python's own bytes hash, truncated: 4x cheaper than datasketch's sha1. It is salted per process,
-    which is fine because signatures are compared only within one call."""
-    return hash(shingle) & 0xFFFFFFFF
+    """CRC-32: several times cheaper than datasketch's sha1 and, unlike Python's salted ``hash``, the same
+    in every process, so the filtered set is reproducible. datasketch mixes it (fmix) before permuting."""
+    return zlib.crc32(shingle)
 
 
 def duplicate_reasons(texts: Sequence[str], hashes: Sequence[str], threshold: float, num_perm: int) -> list[str | None]:
