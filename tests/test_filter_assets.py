@@ -231,3 +231,11 @@ def test_the_filtering_stage_loads_beside_collection_without_a_cycle(tmp_path):
     upstream = {key.to_user_string() for key in graph.get(filtered_responses.key).parent_keys}
     assert upstream == {"raw_responses"}
     assert {key.to_user_string() for key in graph.get(prompt_feedback.key).parent_keys} == {"filtered_responses"}
+
+
+def test_refiltering_the_same_rounds_gives_the_same_data_version(home, instance):
+    versions = []
+    for _ in range(2):
+        result = run_filter(home, instance)
+        versions.append(result.asset_materializations_for_node("filtered_responses")[0].tags["dagster/data_version"])
+    assert versions[0] == versions[1]
