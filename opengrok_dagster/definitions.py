@@ -1,16 +1,21 @@
 """The Dagster code location: assets, checks, resources, jobs, schedules and sensors."""
 
 import os
+import warnings
 
-from dagster import Definitions, EnvVar, load_assets_from_modules
+from dagster import BetaWarning, Definitions, EnvVar, load_assets_from_modules
 
-from assets import collection
-from opengrok_dagster.jobs import collect_job
+from assets import collection, evaluation, filtering, masks, training
+from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.schedules import recollect_schedule
-from opengrok_dagster.sensors import topic_catalogue_sensor
+from opengrok_dagster.sensors import review_decisions_sensor, run_failure_recorder, topic_catalogue_sensor
 from opengrok_dagster.settings import opengrok_home, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
-from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
+from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource, TrainingResource
 
+
+# Content-hash data versions (Output(data_version=...)) are how unchanged inputs leave downstream assets fresh;
+# the API is marked beta, and its warning on every materialisation would only be noise to our users.
+warnings.filterwarnings("ignore", message="Parameter `data_version`", category=BetaWarning)
 
 # Non-secret teacher settings that may come from the environment, by resource field.
 TEACHER_TUNING_VARIABLES = {
@@ -57,17 +62,21 @@ def build_teacher() -> TeacherResource:
 def build_definitions() -> Definitions:
     home = opengrok_home()
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    modules = [collection]
+    modules = [collection, filtering, masks, training, evaluation]
     return Definitions(
         assets=load_assets_from_modules(modules),
-        jobs=[collect_job],
+        jobs=STAGE_JOBS,
         schedules=[recollect_schedule],
-        sensors=[topic_catalogue_sensor],
+        sensors=[topic_catalogue_sensor, review_decisions_sensor, run_failure_recorder],
         resources={
             "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
             "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(topic_catalogue_path())),
             "teacher": build_teacher(),
             "student": StudentResource(model=os.environ.get("OPENGROK_STUDENT_MODEL") or None),
+            "training": TrainingResource(
+                device=os.environ.get("OPENGROK_TRAINING_DEVICE", "auto"),
+                precision=os.environ.get("OPENGROK_TRAINING_PRECISION", "auto"),
+            ),
         },
     )
 

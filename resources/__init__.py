@@ -3,7 +3,7 @@
 from resources.parquet_io import ParquetIOManager
 from resources.paths import OpenGrokPaths
 from resources.student import StudentResource
-from resources.teacher import TeacherResource
 from resources.gpu import TrainingResource
+from resources.teacher import TeacherResource
 
-__all__ = ["OpenGrokPaths", "ParquetIOManager", "StudentResource", "TeacherResource"]
+__all__ = ["OpenGrokPaths", "ParquetIOManager", "StudentResource", "TeacherResource", "TrainingResource"]
