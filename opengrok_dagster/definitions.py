@@ -23,6 +23,7 @@ TEACHER_TUNING_VARIABLES = {
     "requests_per_minute": ("OPENGROK_TEACHER_RPM", float),
     "tokens_per_minute": ("OPENGROK_TEACHER_TPM", float),
     "max_tokens": ("OPENGROK_TEACHER_MAX_TOKENS", int),
+    "timeout_s": ("OPENGROK_TEACHER_TIMEOUT", float),
     "temperature": ("OPENGROK_TEACHER_TEMPERATURE", float),
     "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
@@ -51,7 +52,9 @@ def build_teacher() -> TeacherResource:
             api_key=EnvVar(teacher_api_key_variable()),
             **_teacher_tuning(),
         )
-    embedded_defaults = {"max_concurrency": 16, "max_tokens": 128}  # CPU serving: see bench/collection_throughput.py
+    # CPU serving (see bench/collection_throughput.py); a loaded CPU can take minutes per batch, and a local
+    # request costs nothing, so wait long rather than retry into an already busy server.
+    embedded_defaults = {"max_concurrency": 16, "max_tokens": 128, "timeout_s": 600.0}
     return TeacherResource(
         mode="embedded",
         server_log=str(opengrok_home() / "logs" / "teacher-server.log"),
