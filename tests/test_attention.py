@@ -178,3 +178,27 @@ def test_collator_labels_only_response_tokens():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     torch.testing.assert_close(batch["token_mask"], torch.tensor([[0.5, 0.1, 1.0, 0.7], [1.0, 0.2, 1.0, 1.0]]))
     assert "token_mask" not in MaskCollator(pad_token_id=0, mask_mode="none")([MaskedExample("a", [5, 6], 1, [1, 1], [1, 1])])
+
+
+@pytest.mark.integration
+def test_smollm2_modes_match_stock_with_all_ones_and_hard_ignores_masked_tokens(offline_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(offline_model).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, model.config.vocab_size, (2, 24), generator=generator)
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, 16:] = 0
+    stock = logits(model, ids, attention_mask)
+    real = attention_mask.bool()
+    for mode in MASK_MODES:
+        model.set_attn_implementation(attention_implementation(mode))
+        torch.testing.assert_close(logits(model, ids, attention_mask, torch.ones(ids.shape))[real], stock[real], rtol=0, atol=1e-4)
+    token_mask = torch.ones(ids.shape)
+    token_mask[:, [3, 7]] = 0
+    altered = ids.clone()
+    altered[:, [3, 7]] = 11
+    kept = [i for i in range(16) if i not in (3, 7)]
+    torch.testing.assert_close(
+        logits(model, altered, attention_mask, token_mask)[:, kept], logits(model, ids, attention_mask, token_mask)[:, kept], rtol=0, atol=0
+    )

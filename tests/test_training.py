@@ -2,6 +2,9 @@
 
 import json
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -111,18 +114,42 @@ class _KillAfterCheckpoint(TrainerCallback):
             raise KeyboardInterrupt(f"simulated kill after checkpoint {self.step}")
 
 
-def test_killed_run_resumes_to_the_same_adapter(tmp_path, tiny_student, tokenizer):
+KILLED_TRAINING = """
+import os, signal, sys
+from pathlib import Path
+import pandas as pd
+from transformers import TrainerCallback
+from opengrok_dagster.training.config import TrainingConfig
+from opengrok_dagster.training.device import Placement
+from opengrok_dagster.training.trainer import TrainingJob, train_lora
+
+class SigkillAfterCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[4]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+job = TrainingJob("soft", sys.argv[1], Path(sys.argv[2]), TrainingConfig.model_validate_json(sys.argv[3]), Placement("cpu", "fp32"))
+train_lora(job, pd.read_parquet(Path(sys.argv[2]).parent / "table.parquet"), log=lambda _: None, callbacks=[SigkillAfterCheckpoint()])
+"""
+
+
+def test_sigkilled_run_resumes_to_the_same_adapter(tmp_path, tiny_student, tokenizer):
     table = mask_table(tokenizer)
     settings = dict(max_steps=6, lora_dropout=0.1)
     train_lora(job(tmp_path / "straight", tiny_student, "soft", **settings), table, log=lambda _: None)
-    interrupted = job(tmp_path / "killed", tiny_student, "soft", **settings)
-    with pytest.raises(KeyboardInterrupt):
-        train_lora(interrupted, table, log=lambda _: None, callbacks=[_KillAfterCheckpoint(4)])
-    assert not interrupted.checkpoint_dir.exists()
-    assert (interrupted.work_dir / "trainer" / "checkpoint-4").is_dir()
-    resumed = train_lora(interrupted, table, log=lambda _: None)
+    killed = job(tmp_path / "killed", tiny_student, "soft", **settings)
+    killed.checkpoint_dir.parent.mkdir(parents=True)
+    table.to_parquet(killed.checkpoint_dir.parent / "table.parquet")
+    process = subprocess.run(
+        [sys.executable, "-c", KILLED_TRAINING, tiny_student, str(killed.checkpoint_dir), killed.config.model_dump_json(), "4"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+    assert not killed.checkpoint_dir.exists()
+    assert (killed.work_dir / "trainer" / "checkpoint-4").is_dir()
+    resumed = train_lora(killed, table, log=lambda _: None)
     assert resumed.resumed_from_step == 4 and resumed.global_step == 6
-    straight, again = adapter_weights(tmp_path / "straight" / "checkpoints" / "soft"), adapter_weights(interrupted.checkpoint_dir)
+    straight, again = adapter_weights(tmp_path / "straight" / "checkpoints" / "soft"), adapter_weights(killed.checkpoint_dir)
     assert straight.keys() == again.keys()
     for name in straight:
         torch.testing.assert_close(again[name], straight[name], rtol=1e-5, atol=1e-6)
