@@ -53,6 +53,7 @@ class EvalReportConfig(Config):
     api_max_tokens: int = Field(default=32, description="Completion tokens per classification answer from an API model.")
     baseline_train_examples: int = Field(default=4000, description="Train items for the TF-IDF + LR baseline on gold labels (0 = all).")
     teacher_label_examples: int = Field(default=24, description="Train texts the teacher labels for the TF-IDF + LR baseline on teacher labels.")
+    torch_threads: int = Field(default=0, description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other jobs).")
     include_teacher: bool = Field(default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server).")
     endpoints: list[EvaluationEndpoint] = Field(default=[], description="Extra OpenAI-compatible models to compare; a failing one is reported, not fatal.")
 
@@ -113,7 +114,7 @@ def eval_report(
     checkpoints, missing = find_checkpoints(paths.home_dir / "checkpoints", MASK_MODES)
     notes = [f"mask mode {mode} not evaluated: {reason}" for mode, reason in missing.items()]
     try:
-        local = LocalStudent(student.model_path(), checkpoints)
+        local = LocalStudent(student.model_path(), checkpoints, threads=evaluation_config.torch_threads)
     except CheckpointError as exc:
         raise Failure(f"eval_report: {exc}") from None
     api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]

@@ -3,7 +3,9 @@
 Target: <= 5 minutes on the 2-core development CPU. Uses the adapters under $OPENGROK_HOME/checkpoints when
 all four exist, else four LoRA adapters (r=8 on the attention projections, random non-zero weights: the same
 compute as trained ones) on the student; held-out rows from filtered_responses when materialised, else six
-prompt/response pairs made from real tweets. Prints the per-step log and the total.
+prompt/response pairs made from real tweets. Prints the per-step log, the wall time, this process's CPU time
+(the local models; the teacher server is another process) and the load average, since a busy shared machine
+inflates wall time.
 
     .venv/bin/python -m bench.evaluation_time
     .venv/bin/python -m bench.evaluation_time --no-teacher
@@ -12,6 +14,7 @@ prompt/response pairs made from real tweets. Prints the per-step log and the tot
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -23,8 +26,9 @@ from opengrok_dagster.evaluation.api import ApiModel
 from opengrok_dagster.evaluation.datasets import read_tweeteval, resolve_data_dir
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, read_checkpoint
 from opengrok_dagster.evaluation.report import build_report, publish_report, results_frame
-from opengrok_dagster.evaluation.runner import MASK_MODES, TEACHER, Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.settings import opengrok_home
 from resources import TeacherResource
 
@@ -63,12 +67,13 @@ def stand_in_heldout(n: int = 6) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-teacher", action="store_true", help="leave out the embedded teacher")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the local models (0 = torch's default)")
     args = parser.parse_args()
     model_path = str(check_offline_model(offline_model_dir()))
     home = opengrok_home()
     found, missing = find_checkpoints(home / "checkpoints", MASK_MODES)
     filtered = home / "assets" / "filtered_responses.parquet"
-    print(f"{platform.machine()}, Python {platform.python_version()}, student {model_path}")
+    print(f"{platform.machine()}, Python {platform.python_version()}, student {model_path}, torch threads {args.threads or 'default'}")
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = found if not missing else stand_in_adapters(model_path, Path(scratch) / "checkpoints")
         print(f"adapters: {'trained, from ' + str(home / 'checkpoints') if not missing else 'four stand-ins (r=8, q/k/v/o)'}")
@@ -79,18 +84,19 @@ def main() -> None:
             heldout = stand_in_heldout()
         teacher = TeacherResource(mode="embedded", max_concurrency=16, max_tokens=128)
         api = [] if args.no_teacher else [ApiModel(TEACHER, teacher.endpoint, "embedded offline teacher")]
-        config = EvaluationConfig()
-        started = time.monotonic()
+        config = EvaluationConfig(torch_threads=args.threads)
+        started, cpu_started = time.monotonic(), time.process_time()
         try:
-            student = LocalStudent(model_path, checkpoints)
+            student = LocalStudent(model_path, checkpoints, threads=config.torch_threads)
             results = Evaluation(config, student, api, log=lambda m: print(f"[{time.monotonic() - started:6.1f}s] {m}", flush=True)).run(heldout)
             report = build_report(results)
             publish_report(Path(scratch) / "reports", report, results_frame(results))
         finally:
             teacher.teardown_after_execution(None)
-        total = time.monotonic() - started
+        total, cpu = time.monotonic() - started, time.process_time() - cpu_started
     sizes = ", ".join(f"{t.name} n={t.n}" for t in results.tasks)
-    print(f"total {total:.0f}s (target <= 300s) for {len(student.variants)} local variants + {len(api)} API model(s); {sizes}")
+    print(f"total {total:.0f}s wall (target <= 300s), {cpu:.0f}s CPU in this process, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores; {len(student.variants)} local variants + {len(api)} API model(s); {sizes}")
     for note in results.notes:
         print(f"note: {note}")
 

@@ -91,10 +91,14 @@ class LocalStudent:
 
     BASE = "base"
 
-    def __init__(self, model_path: str, checkpoints: list[Checkpoint] = (), max_length: int = 512) -> None:
+    def __init__(self, model_path: str, checkpoints: list[Checkpoint] = (), max_length: int = 512, threads: int = 0) -> None:
+        """``threads`` > 0 sets torch's CPU threads: on a machine shared with other jobs, 1 thread avoids the
+        spin-waiting that makes 2 threads many times slower (bench/evaluation_time.py); 0 keeps torch's default."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if threads > 0:
+            torch.set_num_threads(threads)
         self.model_path = model_path
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -206,10 +210,11 @@ class LocalStudent:
         nll, counts = np.zeros(len(messages)), np.zeros(len(messages), dtype=np.int64)
         with torch.inference_mode():
             for row, (item, response) in enumerate(zip(messages, responses)):
-                prompt = self._prompt_ids(item)
+                prompt = self.tokenizer.apply_chat_template(item, add_generation_prompt=True, tokenize=True, return_dict=False)
                 full = list(self.tokenizer.apply_chat_template(item + [{"role": "assistant", "content": response}], tokenize=True, return_dict=False))
-                full = full[: self.max_length]
-                start = min(len(prompt), len(full) - 1)
+                overflow = max(0, len(full) - self.max_length)  # keep the response whole: drop the prompt's start
+                full = full[overflow:]
+                start = max(1, len(prompt) - overflow)
                 ids = torch.tensor([full])
                 logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, start - 1:-1].float(), dim=-1)
                 targets = ids[0, start:]

@@ -20,7 +20,6 @@ from opengrok_dagster.evaluation.ner import ner_messages, parse_entity_lines, sp
 from opengrok_dagster.evaluation.prompting import classification_messages, find_labels, parse_single_label
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TaskSpec, label_words, read_split, task_spec
 
-MASK_MODES = ("none", "paper", "hard", "soft")
 TEACHER = "teacher"
 GOLD_BASELINE, TEACHER_BASELINE = "tfidf-lr:gold", "tfidf-lr:teacher"
 AGREEMENT_TASK = "teacher_agreement"
@@ -46,6 +45,7 @@ class EvaluationConfig:
     api_max_tokens: int = 32
     baseline_train_examples: int = 4000
     teacher_label_examples: int = 24
+    torch_threads: int = 0
     endpoints: tuple[EndpointSpec, ...] = ()
 
     def __post_init__(self) -> None:
@@ -54,7 +54,7 @@ class EvaluationConfig:
         for name in (*self.eval_paths, *self.train_paths):
             if name not in self.tasks:
                 raise ValueError(f"a split path is given for task {name!r}, which is not among the tasks evaluated ({', '.join(self.tasks)})")
-        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples")
+        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples", "torch_threads")
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)}")
@@ -133,18 +133,24 @@ class Evaluation:
         self.student = student
         self.api_models = list(api_models)
         self.failed_endpoints: dict[str, str] = {}
+        self.failed_requests: dict[str, list[int]] = {}  # model -> [failed, sent], over the whole run
         self.log = log
 
     # -- model answers ---------------------------------------------------------------------------------
-    def _api_answers(self, model: ApiModel, messages, max_tokens: int) -> tuple[list[str | None], int] | None:
+    def _api_answers(self, model: ApiModel, messages, max_tokens: int) -> list[str | None] | None:
+        """The model's answers (None for a failed request), or None once the endpoint has failed outright."""
         if model.name in self.failed_endpoints:
             return None
         try:
-            return model.complete_all(messages, max_tokens)
+            answers, failed = model.complete_all(messages, max_tokens)
         except EndpointFailure as exc:
             self.failed_endpoints[model.name] = str(exc)
             self.log(f"endpoint {model.name} left out of the report: {exc}")
             return None
+        counts = self.failed_requests.setdefault(model.name, [0, 0])
+        counts[0] += failed
+        counts[1] += len(messages)
+        return answers
 
     def _local_variants(self) -> list[str]:
         return self.student.variants if self.student is not None else []
@@ -166,10 +172,9 @@ class Evaluation:
             else:
                 yield variant, logprobs.argmax(axis=1), None
         for model in self.api_models:
-            answered = self._api_answers(model, messages, self.config.api_max_tokens)
-            if answered is None:
+            answers = self._api_answers(model, messages, self.config.api_max_tokens)
+            if answers is None:
                 continue
-            answers, _ = answered
             if multi_label:
                 predicted = np.zeros((len(texts), len(words)), dtype=bool)
                 for row, answer in enumerate(answers):
@@ -203,16 +208,16 @@ class Evaluation:
             return
         chosen = sample_items(len(train.texts), cfg.teacher_label_examples, cfg.seed + 1)
         texts = [train.texts[i] for i in chosen]
-        answered = self._api_answers(teacher, [classification_messages(spec.question, t, words, multi_label) for t in texts], cfg.api_max_tokens)
-        if answered is None:
+        answers = self._api_answers(teacher, [classification_messages(spec.question, t, words, multi_label) for t in texts], cfg.api_max_tokens)
+        if answers is None:
             return
         if multi_label:
             labels = np.zeros((len(texts), len(words)), dtype=bool)
-            for row, answer in enumerate(answered[0]):
+            for row, answer in enumerate(answers):
                 labels[row, find_labels(answer or "", words)] = True
             usable = labels.any(axis=1)
         else:
-            labels = np.array([parse_single_label(a, words) for a in answered[0]])
+            labels = np.array([parse_single_label(a, words) for a in answers])
             usable = labels >= 0
         texts, labels = [t for t, keep in zip(texts, usable) if keep], labels[usable]
         if trainable(labels):
@@ -246,9 +251,9 @@ class Evaluation:
             self.log(f"{spec.name}: {variant} tagged {len(tokens)} sentences in {time.monotonic() - started:.1f}s")
             yield (variant, *tag(answers))
         for model in self.api_models:
-            answered = self._api_answers(model, messages, self.config.ner_max_new_tokens)
-            if answered is not None:
-                yield (model.name, *tag(answered[0]))
+            answers = self._api_answers(model, messages, self.config.ner_max_new_tokens)
+            if answers is not None:
+                yield (model.name, *tag(answers))
 
     # -- tasks -------------------------------------------------------------------------------------------
     def _finish(self, result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...]) -> TaskResult:
@@ -361,4 +366,8 @@ class Evaluation:
         else:
             tasks.append(self.run_agreement(heldout))
         notes.extend(f"endpoint {name} failed and is left out: {reason}" for name, reason in self.failed_endpoints.items())
+        notes.extend(
+            f"{name}: {failed} of {sent} requests failed after retries; they count as unparseable answers"
+            for name, (failed, sent) in self.failed_requests.items() if failed
+        )
         return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, time.monotonic() - started)
