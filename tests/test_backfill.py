@@ -2,6 +2,7 @@
 a backfill launched through the webserver's GraphQL API exactly as the UI's partition picker launches it,
 re-executed from failure as the backfill page's "Re-execute" button does, and `dagster job backfill`."""
 
+import json
 import os
 import signal
 import socket
@@ -176,6 +177,18 @@ def _wait_for_backfill(instance: DagsterInstance, backfill_id: str, timeout_s: f
     raise TimeoutError(f"backfill {backfill_id} still {instance.get_backfill(backfill_id).status} after {timeout_s}s")
 
 
+def _wait_for_failure_record(log_file: Path, partition: str, timeout_s: float = 180) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log_file.exists():
+            records = [json.loads(line) for line in log_file.read_text().splitlines()]
+            matching = [record for record in records if record["partition"] == partition]
+            if matching:
+                return matching[0]
+        time.sleep(2)
+    raise TimeoutError(f"no failure of {partition} recorded in {log_file} after {timeout_s}s")
+
+
 def _partitions(runs) -> dict[str, DagsterRunStatus]:
     return {run.tags["dagster/partition"]: run.status for run in runs}
 
@@ -209,6 +222,9 @@ def test_backfill_over_topics_materialises_each_and_a_rerun_redoes_only_the_fail
         assert len(pd.read_parquet(dev.opengrok_home / "assets" / "raw_responses" / ROUND / f"{topic}.parquet")) == 12
     assert not (dev.opengrok_home / "assets" / "raw_responses" / ROUND / "chess.parquet").exists()
     answered_before = {r.user_prompt for r in teacher.requests}
+    # the daemon's run-failure sensor records the failed partition where an operator looks
+    failure = _wait_for_failure_record(dev.opengrok_home / "logs" / "run-failures.jsonl", f"{ROUND}|chess")
+    assert failure["backfill"] == backfill_id and failure["failed_steps"] == ["raw_responses"]
 
     teacher.refused = set()
     teacher.requests.clear()
