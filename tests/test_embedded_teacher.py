@@ -65,3 +65,33 @@ def test_embedded_resource_collects_a_partition_and_tears_the_server_down(offlin
     assert len(frame) == 4 and frame["error"].isna().all() and (frame["response"].str.len() > 0).all()
     assert set(frame["teacher_model"]) == {"SmolLM2-135M-Instruct"}
     assert "transformers.cli.transformers" not in os.popen("ps -eo args").read()  # the server is gone
+
+
+def test_server_dies_with_a_killed_parent(offline_model, tmp_path):
+    """SIGKILL of the process that started the server (a killed run) must not leave the server running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    starter = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from opengrok_dagster.offline.server import TeacherServer\n"
+         f"server = TeacherServer({str(offline_model)!r})\n"
+         "server.start()\n"
+         "print(server.pid, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+    )
+    try:
+        server_pid = int(starter.stdout.readline())
+        assert _alive(server_pid)
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server_pid)
+    finally:
+        starter.kill()
