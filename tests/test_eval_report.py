@@ -67,14 +67,15 @@ def heldout_frame() -> pd.DataFrame:
 def test_cached_label_scoring_equals_a_full_forward_pass(checkpoints_home, tiny_student):
     checkpoints, _ = find_checkpoints(checkpoints_home / "checkpoints", ("none", "hard"))
     student = LocalStudent(str(tiny_student), checkpoints)
-    messages = [[{"role": "user", "content": "How does this post feel? Post: what a day"}]]
+    messages = [[{"role": "user", "content": f"How does this post feel? Post: {post}"}] for post in ("what a day", "rain again", "ok")]
     for variant in student.variants:
         with student.using(variant):
-            scores = student.label_logprobs(messages, SENTIMENT)[0]
-            prompt = student._prompt_ids(messages[0])
+            all_scores = student.label_logprobs(messages, SENTIMENT)
+        for scores, item in zip(all_scores, messages):
+            prompt = student._prompt_ids(item)
             for column, answer in enumerate(SENTIMENT):
                 continuation = student._continuation(answer)
-                with torch.inference_mode():
+                with student.using(variant), torch.inference_mode():
                     logits = student.model(input_ids=torch.tensor([prompt + continuation])).logits[0]
                 logprobs = torch.log_softmax(logits, dim=-1)
                 expected = sum(float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(continuation))

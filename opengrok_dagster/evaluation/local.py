@@ -6,6 +6,7 @@ label's continuation, and the label whose tokens (up to the end of the assistant
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from contextlib import contextmanager
@@ -162,22 +163,32 @@ class LocalStudent:
         return self._continuations[answer]
 
     def label_logprobs(self, messages: list[list[dict[str, str]]], answers: list[str]) -> np.ndarray:
-        """(items x answers) summed log-probability of each answer after each prompt."""
+        """(items x answers) summed log-probability of each answer after each prompt.
+
+        The prompts' common prefix (system prompt, question, label list) is run once; each item continues
+        from a copy of its KV cache, and every answer continues from the item's cache.
+        """
         import torch
 
         continuations = [self._continuation(a) for a in answers]
         width = max(map(len, continuations))
         candidates = torch.tensor([c + [self.tokenizer.pad_token_id] * (width - len(c)) for c in continuations])
         candidate_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in continuations])
+        prompts = [self._prompt_ids(item) for item in messages]
+        shared = _common_prefix_length(prompts)
         scores = np.zeros((len(messages), len(answers)))
         with torch.inference_mode():
-            for row, item in enumerate(messages):
-                prompt = torch.tensor([self._prompt_ids(item)])
-                out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+            prefix_cache = self.model(input_ids=torch.tensor([prompts[0][:shared]]), use_cache=True, logits_to_keep=1).past_key_values if shared else None
+            for row, prompt in enumerate(prompts):
+                cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
+                out = self.model(
+                    input_ids=torch.tensor([prompt[shared:]]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                )
                 first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
                 cache = out.past_key_values
                 cache.batch_repeat_interleave(len(answers))
-                mask = torch.cat([torch.ones(len(answers), prompt.shape[1], dtype=torch.long), candidate_mask], dim=1)
+                mask = torch.cat([torch.ones(len(answers), len(prompt), dtype=torch.long), candidate_mask], dim=1)
                 rest = torch.log_softmax(self.model(input_ids=candidates, attention_mask=mask, past_key_values=cache).logits.float(), dim=-1)
                 token_logprobs = torch.cat(
                     [first[candidates[:, 0]].unsqueeze(1), rest[:, :-1].gather(2, candidates[:, 1:].unsqueeze(2)).squeeze(2)], dim=1
@@ -221,3 +232,12 @@ class LocalStudent:
                 nll[row] = float(-logprobs.gather(1, targets.unsqueeze(1)).sum())
                 counts[row] = len(targets)
         return nll, counts
+
+
+def _common_prefix_length(sequences: list[list[int]]) -> int:
+    """Tokens shared by the start of every sequence, leaving each at least one token of its own."""
+    shortest = min(map(len, sequences))
+    length = 0
+    while length < shortest - 1 and all(s[length] == sequences[0][length] for s in sequences):
+        length += 1
+    return length

@@ -19,7 +19,7 @@ def classification_messages(question: str, text: str, words: list[str], multi_la
         instruction = f"Answer with exactly one of: {', '.join(words)}."
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"{question}\nPost: {text.strip()}\n{instruction}"},
+        {"role": "user", "content": f"{question} {instruction}\nPost: {text.strip()}"},
     ]
 
 
