@@ -4,6 +4,7 @@ Two levels, both with LoRA r=8 on q/k/v/o_proj and a right-padded batch (the tra
 - model: the student (SmolLM2-135M by default) forward+backward per mode; the figure that matters for training;
 - attention op: the attention call alone for one forward's worth of layers (bias built once, used per layer).
 Modes are interleaved round by round so CPU frequency drift hits them all alike; medians are reported.
+On a CPU shared with other jobs, ``--threads 1 --clock cpu`` times the process's own CPU work.
 Target: masked / stock <= 1.10.
 
     .venv/bin/python -m bench.attention_overhead
@@ -42,13 +43,16 @@ def training_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[s
     return {"input_ids": ids, "attention_mask": attention_mask, "labels": labels, "m": m, "p": p}
 
 
-def _timed(step) -> float:
-    started = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _timed(step, clock) -> float:
+    started = clock()
     step()
-    return time.perf_counter() - started
+    return clock() - started
 
 
-def model_level(model_path: str, batch: int, length: int, rounds: int) -> dict[str, float]:
+def model_level(model_path: str, batch: int, length: int, rounds: int, clock) -> dict[str, float]:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
@@ -70,7 +74,7 @@ def model_level(model_path: str, batch: int, length: int, rounds: int) -> dict[s
         step(name)()  # warm-up
     for _ in range(rounds):
         for name in IMPLEMENTATIONS:
-            times[name].append(_timed(step(name)))
+            times[name].append(_timed(step(name), clock))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -83,7 +87,7 @@ class _Module(torch.nn.Module):
         self.is_causal = True
 
 
-def op_level(batch: int, length: int, layers: int, rounds: int, heads=9, kv_heads=3, head_dim=64) -> dict[str, float]:
+def op_level(batch: int, length: int, layers: int, rounds: int, clock, heads=9, kv_heads=3, head_dim=64) -> dict[str, float]:
     data = training_batch(batch, length, 100)
     module = _Module(heads, kv_heads)
     padding = data["attention_mask"].bool()
@@ -115,7 +119,7 @@ def op_level(batch: int, length: int, layers: int, rounds: int, heads=9, kv_head
         step(name)()
     for _ in range(rounds):
         for name in IMPLEMENTATIONS:
-            times[name].append(_timed(step(name)))
+            times[name].append(_timed(step(name), clock))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -135,16 +139,21 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30, help="attention calls per forward at op level (SmolLM2: 30)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 gives steadier figures on a shared CPU)")
     parser.add_argument("--levels", nargs="+", choices=["op", "model"], default=["op", "model"])
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="'cpu' (process CPU time) with --threads 1 measures the work itself when other jobs share the CPU",
+    )
     args = parser.parse_args()
+    clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.clock} clock; "
           f"batch {args.batch} x {args.length}, {args.rounds} rounds\n")
     if "op" in args.levels:
-        print("\n".join(table(f"Attention op only, {args.layers} layers per forward", op_level(args.batch, args.length, args.layers, args.rounds))), flush=True)
+        print("\n".join(table(f"Attention op only, {args.layers} layers per forward", op_level(args.batch, args.length, args.layers, args.rounds, clock))), flush=True)
     if "model" in args.levels:
         model_path = args.model or str(check_offline_model(offline_model_dir()))
-        medians = model_level(model_path, args.batch, args.length, args.rounds)
+        medians = model_level(model_path, args.batch, args.length, args.rounds, clock)
         print("\n".join(table(f"Model forward+backward ({model_path.rstrip('/').rsplit('/', 1)[-1]}, LoRA r=8)", medians)))
 
 

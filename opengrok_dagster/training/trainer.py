@@ -264,7 +264,7 @@ def train_lora(
     trainer.remove_callback(PrinterCallback)  # _Progress reports through ``log`` instead of stdout
     if resume_from:
         log(f"resuming from {resume_from.name}")
-    if _device_is_cuda(job):
+    if job.placement.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     state = trainer.state
@@ -345,12 +345,8 @@ def publish_directory(staging: Path, target: Path) -> None:
     shutil.rmtree(retired)
 
 
-def _device_is_cuda(job: TrainingJob) -> bool:
-    return job.placement.device == "cuda"
-
-
 def _peak_memory_bytes(job: TrainingJob) -> int:
     """Peak CUDA memory on a GPU, else the process's peak resident memory."""
-    if _device_is_cuda(job):
+    if job.placement.device == "cuda":
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
