@@ -58,7 +58,9 @@ class Webserver:
         self.dagster_home.mkdir()
         (self.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         self.opengrok_home = root / "home"
-        self.env = {**os.environ, "DAGSTER_HOME": str(self.dagster_home), "OPENGROK_HOME": str(self.opengrok_home)}
+        # PYTHONWARNINGS=default prints each warning once, deprecations included, so the log shows ours
+        self.env = {**os.environ, "DAGSTER_HOME": str(self.dagster_home), "OPENGROK_HOME": str(self.opengrok_home),
+                    "PYTHONWARNINGS": "default"}
         self.log = root / "webserver.log"
         self.process: subprocess.Popen | None = None
 
