@@ -2,7 +2,8 @@
 
 Both run in one process on the same distinct texts (system prompt, prompts and responses built from real
 SemEval tweets), with the same spaCy components (tagger, parser, attribute_ruler; no ner or lemmatizer),
-batch size and process count. Rounds alternate so background load hits both alike; the median is reported.
+batch size and process count. Rounds alternate so background load hits both alike; each side's best round
+(the one least disturbed, as timeit advises) gives the ratio, and the medians are printed beside it.
 Rates use this process's CPU time (other processes on a shared machine do not count against it); with
 --n-process > 1 the parsing happens in child processes, so wall-clock time is used instead. Both sides run
 on one core: the tokenizers thread pool is off (TOKENIZERS_PARALLELISM=false, unless set), since its idle
@@ -60,7 +61,7 @@ def timed(clock, work) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=MaskConfig.spacy_batch_size)
     parser.add_argument("--n-process", type=int, default=MaskConfig.spacy_n_process)
     parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL)
@@ -83,16 +84,17 @@ def main() -> None:
         mask_words, seconds = timed(clock, build)
         assert mask_words == words, "both sides must count the same words"
         mask_rates.append(mask_words / seconds)
-    bare, masks = statistics.median(bare_rates), statistics.median(mask_rates)
+    bare, masks = max(bare_rates), max(mask_rates)
+    median_ratio = statistics.median(mask_rates) / statistics.median(bare_rates)
     print(f"# mask_throughput: {args.examples} examples, {len(texts)} distinct texts, {words} spaCy words, "
           f"{config.spacy_model} {nlp.pipe_names}, batch {config.spacy_batch_size}, n_process {config.spacy_n_process}, "
           f"{platform.processor() or platform.machine()}, {'CPU' if clock is time.process_time else 'wall'} seconds, "
           f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}")
-    print("| run | words/s (median of %d) | per round |" % args.rounds)
-    print("|---|---:|---|")
-    print(f"| bare nlp.pipe | {bare:,.0f} | {', '.join(f'{r:,.0f}' for r in bare_rates)} |")
-    print(f"| build_mask_table | {masks:,.0f} | {', '.join(f'{r:,.0f}' for r in mask_rates)} |")
-    print(f"ratio mask/bare: {masks / bare:.2f} (target >= 0.8)")
+    print(f"| run | words/s (best of {args.rounds}) | median | per round |")
+    print("|---|---:|---:|---|")
+    for name, rates in (("bare nlp.pipe", bare_rates), ("build_mask_table", mask_rates)):
+        print(f"| {name} | {max(rates):,.0f} | {statistics.median(rates):,.0f} | {', '.join(f'{r:,.0f}' for r in rates)} |")
+    print(f"ratio mask/bare: {masks / bare:.2f} best, {median_ratio:.2f} median (target >= 0.8); load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

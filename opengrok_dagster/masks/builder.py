@@ -115,9 +115,10 @@ class _TextFeatures:
 class _Aligner:
     """Maps one rendered example's tokens to its words and scores them."""
 
-    def __init__(self, config: MaskConfig, special_ids: set[int]):
+    def __init__(self, config: MaskConfig, special_ids: set[int], vocabulary_size: int):
         self.config = config
-        self.special_ids = np.array(sorted(special_ids), dtype=np.int64)
+        self.is_special = np.zeros(max(vocabulary_size, *special_ids, 0) + 1, dtype=bool)  # a lookup beats np.isin per example
+        self.is_special[list(special_ids)] = True
 
     def example(self, example_id: str, split: str, rendered: RenderedExample, features: dict[str, _TextFeatures],
                 input_ids: list[int], offsets: list[tuple[int, int]]) -> tuple[dict | None, int, int]:
@@ -159,7 +160,7 @@ class _Aligner:
         word_index = np.where(aligned, char_word[np.minimum(first_char, length)], -1)
         content_sum = np.concatenate([[0], np.cumsum(content)])
         is_content = content_sum[np.minimum(ends, length)] - content_sum[np.minimum(starts, length)] > 0
-        template = ~is_content | np.isin(ids, self.special_ids)
+        template = ~is_content | self.is_special[ids]
         word_index[template] = -1
         last_solid = np.maximum.accumulate(np.where(solid, positions, -1))[np.clip(ends - 1, 0, length)]
         spans_words = (last_solid >= starts) & (char_word[np.maximum(last_solid, 0)] != word_index)
@@ -234,7 +235,7 @@ def build_mask_table(
     encoded = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     pos_tags, relations = frozenset(config.pos_tags), frozenset(config.dep_relations)
     features = {text: _TextFeatures.of(text, text_words, tfidf, pos_tags, relations) for text, text_words in words.items()}
-    aligner = _Aligner(config, structural_special_ids(tokenizer))
+    aligner = _Aligner(config, structural_special_ids(tokenizer), len(tokenizer))
     built, dropped, misaligned, content = [], [], 0, 0
     for row, example, ids, offsets in zip(rows, rendered, encoded["input_ids"], encoded["offset_mapping"]):
         record, example_misaligned, example_content = aligner.example(

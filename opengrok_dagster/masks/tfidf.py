@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,22 +57,23 @@ class TfidfScorer:
             return np.zeros(len(terms), dtype=np.float32)
         return np.fromiter((weights[t] / top if t is not None else 0.0 for t in terms), dtype=np.float32, count=len(terms))
 
-    def to_json(self) -> str:
+    @cached_property
+    def _json(self) -> str:
         return json.dumps(
             {"documents": self.documents, "sublinear_tf": True, "smooth_idf": True, "scaling": "max", "idf": self.idf},
             ensure_ascii=False, sort_keys=True,
         )
 
-    @property
+    @cached_property
     def sha(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return hashlib.sha256(self._json.encode()).hexdigest()[:16]
 
     def save(self, directory: Path) -> Path:
         """Write ``tfidf-<sha>.json`` atomically; content-addressed, so every table keeps the vocabulary it used."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"tfidf-{self.sha}.json"
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(self.to_json(), encoding="utf-8")
+        partial.write_text(self._json, encoding="utf-8")
         os.replace(partial, path)
         return path
 
