@@ -120,6 +120,7 @@ class RawResponsesConfig(Config):
     group_name="acquisition",
     code_version="1",
     kinds={"python", "parquet"},
+    pool="teacher",  # bounds concurrent teacher-calling steps across runs (pools in docker/dagster.yaml)
     check_specs=[
         AssetCheckSpec(
             "error_rate", asset="raw_responses", blocking=True,

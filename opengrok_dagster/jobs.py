@@ -1,13 +1,11 @@
-"""Asset jobs: the selections that schedules, sensors and the CLI launch, one per stage of different partitioning."""
+"""Asset jobs: the selections that schedules, sensors and the CLI launch, one per stage of different partitioning
+(each job takes its partitions from its assets)."""
 
 from dagster import AssetSelection, define_asset_job
-
-from opengrok_dagster.partitions import collection_partitions, mask_mode_partitions
 
 collect_job = define_asset_job(
     "collect_teacher_data",
     selection=AssetSelection.assets("prompts", "raw_responses"),
-    partitions_def=collection_partitions,
     description="Build the prompt grid and collect the teacher's responses for one topic and round.",
 )
 
@@ -20,8 +18,8 @@ prepare_job = define_asset_job(
 fine_tune_job = define_asset_job(
     "fine_tune_student",
     selection=AssetSelection.assets("lora_checkpoint"),
-    partitions_def=mask_mode_partitions,
     description="Fine-tune the student with LoRA under one attention-mask mode (a partition per mode).",
+    tags={"opengrok/stage": "training"},  # the run queue allows one training run at a time (docker/dagster.yaml)
 )
 
 evaluate_job = define_asset_job(
