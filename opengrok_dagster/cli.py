@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from datetime import datetime, timezone
 
 from opengrok_dagster.offline.model import OfflineModelError
@@ -59,34 +60,73 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+# The CLI prints each stage's progress; Dagster's step-by-step DEBUG events stay in the event log (and the UI).
+CONSOLE_AT_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _execute(instance, job, label: str, partition_key=None) -> bool:
+    started = time.monotonic()
+    print(f"{label} ...", flush=True)
+    result = job.execute_in_process(
+        instance=instance, partition_key=partition_key, raise_on_error=False, run_config=CONSOLE_AT_INFO
+    )
+    print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
+    return result.success
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Materialise every asset on the configured teacher: each topic partition of today's round."""
+    """Materialise every asset on the configured teacher: each topic partition of the round, then the
+    filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
     from opengrok_dagster.offline.model import provision_offline_model
+    from opengrok_dagster.partitions import MASK_MODES
     from opengrok_dagster.settings import opengrok_home, teacher_is_remote
 
+    modes = args.modes.split(",") if args.modes else list(MASK_MODES)
+    unknown = sorted(set(modes) - set(MASK_MODES))
+    if unknown:
+        raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
     instance = _instance()
     if not teacher_is_remote():
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))
     from opengrok_dagster.definitions import defs
+    from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
     from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
     round_key = args.round or datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    topics = args.topics.split(",") if args.topics else instance.get_dynamic_partitions(topic_partitions.name)
-    job = defs.resolve_job_def("collect_teacher_data")
-    failed = []
-    for number, topic in enumerate(topics, start=1):
-        print(f"[{number}/{len(topics)}] collecting topic {topic!r}, round {round_key}", flush=True)
-        result = job.execute_in_process(
-            instance=instance, partition_key=collection_partition_key(topic, round_key), raise_on_error=False
-        )
-        if not result.success:
-            failed.append(topic)
+    known = instance.get_dynamic_partitions(topic_partitions.name)
+    topics = args.topics.split(",") if args.topics else known
+    unknown = [topic for topic in topics if topic not in known]
+    if unknown:
+        raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
+                         f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
+    started = time.monotonic()
+    collect = defs.resolve_job_def(collect_job.name)
+    failed = [
+        topic
+        for number, topic in enumerate(topics, start=1)
+        if not _execute(instance, collect, f"[collect {number}/{len(topics)}] topic {topic!r}, round {round_key}",
+                        collection_partition_key(topic, round_key))
+    ]
     if failed:
         print(f"failed partitions: {', '.join(failed)}; rerun `opengrok run --topics {','.join(failed)}` "
               "(answered prompts are reused)", file=sys.stderr)
         return 1
-    print(f"done: artifacts under {opengrok_home() / 'assets'}; `make dev` opens the Dagster UI")
+    if args.collect_only:
+        return 0
+    if not _execute(instance, defs.resolve_job_def(prepare_job.name), "[filter + mask tables]"):
+        return 1
+    fine_tune = defs.resolve_job_def(fine_tune_job.name)
+    failed = [mode for mode in modes if not _execute(instance, fine_tune, f"[fine-tune] mask mode {mode}", mode)]
+    if failed:
+        print(f"fine-tune failed for mask mode(s) {', '.join(failed)}; rerun `opengrok run --modes {','.join(failed)}` "
+              "(it resumes from the last checkpoint)", file=sys.stderr)
+        return 1
+    if not _execute(instance, defs.resolve_job_def(evaluate_job.name), "[evaluate]"):
+        return 1
+    reports = opengrok_home() / "reports"
+    print(f"done in {time.monotonic() - started:.0f}s: report at {reports / 'report.html'} (and report.md); "
+          "`make dev` opens the Dagster UI")
     return 0
 
 
@@ -129,6 +169,19 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Print the provenance chain of a training example, or of a checkpoint (mask mode or adapter directory)."""
+    from opengrok_dagster.lineage import checkpoint_lineage, example_lineage, format_lineage
+    from opengrok_dagster.partitions import MASK_MODES
+    from opengrok_dagster.settings import opengrok_home
+
+    home = opengrok_home()
+    is_checkpoint = args.target in MASK_MODES or os.path.isdir(args.target)
+    steps = checkpoint_lineage(home, args.target) if is_checkpoint else example_lineage(home, args.target)
+    print(format_lineage(steps))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opengrok", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="materialise the whole pipeline end to end")
     run.add_argument("--round", default=None, help="collection round YYYY-MM-DD (default: today, UTC)")
     run.add_argument("--topics", default=None, help="comma-separated topic keys (default: all partitions)")
+    run.add_argument("--modes", default=None, help="comma-separated mask modes to fine-tune (default: none,paper,hard,soft)")
+    run.add_argument("--collect-only", action="store_true", help="stop after collecting the teacher's responses")
     run.set_defaults(handler=cmd_run)
 
     review_parser = commands.add_parser("review", help="manual review of borderline filtered responses")
@@ -155,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     review_parser.add_argument("--reviewer", default=None, help="who decided (default: $USER)")
     review_parser.add_argument("--limit", type=int, default=20, help="how many queued responses `list` prints")
     review_parser.set_defaults(handler=cmd_review)
+
+    lineage = commands.add_parser("lineage", help="provenance of a training example or a LoRA checkpoint")
+    lineage.add_argument("target", help="an example_id from filtered_responses, a mask mode (none/paper/hard/soft) or an adapter directory")
+    lineage.set_defaults(handler=cmd_lineage)
     return parser
 
 

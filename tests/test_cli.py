@@ -31,3 +31,18 @@ def test_invalid_topic_key_is_refused_without_traceback(opengrok_home, capsys):
 def test_removing_an_unknown_topic_names_it(opengrok_home):
     with pytest.raises(SystemExit, match="topic 'nope' is not a partition"):
         main(["topics", "remove", "nope"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--topics", "k-pop"], "--topics: 'k-pop' not a topic partition; add it with `opengrok topics add k-pop`"),
+        (["--modes", "none,sparse"], "--modes: unknown mask mode(s) sparse; choose from none, paper, hard, soft"),
+    ],
+    ids=["unknown-topic", "unknown-mask-mode"],
+)
+def test_run_refuses_unknown_partitions_before_any_work(opengrok_home, capsys, arguments, message):
+    assert main(["run", *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"opengrok: error: {message}") and "Traceback" not in err
+    assert not (opengrok_home / "assets").exists()
