@@ -1,0 +1,123 @@
+"""Row-level provenance: from a training example or a checkpoint back to the prompt and the teacher request.
+
+Reads the published artifacts under ``$OPENGROK_HOME`` (Parquet and the checkpoint's JSON), so it answers
+the question an operator asks ("where did this example come from, what trained on it?") without a run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from opengrok_dagster.partitions import MASK_MODES
+
+CHECKPOINT_RECORD = "opengrok_checkpoint.json"
+
+
+class LineageError(ValueError):
+    """The artifact asked about does not exist (yet)."""
+
+
+@dataclass
+class LineageStep:
+    """One link of the chain: which artifact, which row or file, and what it says."""
+
+    artifact: str
+    location: str
+    facts: dict = field(default_factory=dict)
+
+
+def _read(path: Path, what: str) -> pd.DataFrame:
+    if not path.exists():
+        raise LineageError(f"{what} is not materialised yet ({path} is missing); run `opengrok run` first")
+    return pd.read_parquet(path)
+
+
+def _record(path: Path) -> dict:
+    return json.loads((path / CHECKPOINT_RECORD).read_text())
+
+
+def _checkpoint_dirs(home: Path) -> list[Path]:
+    root = home / "checkpoints"
+    return sorted(p for p in root.iterdir() if (p / CHECKPOINT_RECORD).exists()) if root.exists() else []
+
+
+def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
+    """The chain for one example: checkpoints that trained on it <- filter decision <- teacher request <- prompt."""
+    filtered_path = home / "assets" / "filtered_responses.parquet"
+    filtered = _read(filtered_path, "filtered_responses")
+    rows = filtered[filtered["example_id"] == example_id]
+    if rows.empty:
+        raise LineageError(f"no example {example_id!r} in {filtered_path}; its example_id column lists the examples")
+    row = rows.iloc[0]
+    steps = [
+        LineageStep(
+            f"lora_checkpoint[{record['mask_mode']}]", str(path),
+            {"base_model": record.get("base_model"), "split": row["split"]},
+        )
+        for path in _checkpoint_dirs(home)
+        if example_id in (record := _record(path)).get("example_ids", [])
+    ]
+    steps.append(
+        LineageStep(
+            "filtered_responses", str(filtered_path),
+            {"state": row["state"], "reasons": list(row["reasons"]), "split": row["split"], "content_hash": row["content_hash"]},
+        )
+    )
+    raw_path = home / "assets" / "raw_responses" / row["round"] / f"{row['topic']}.parquet"
+    raw = _read(raw_path, f"raw_responses for topic {row['topic']!r}, round {row['round']}")
+    request = raw[raw["prompt_id"] == row["prompt_id"]].iloc[0]
+    steps.append(
+        LineageStep(
+            "raw_responses", str(raw_path),
+            {key: request[key] for key in ("teacher_model", "request_id", "collected_at", "finish_reason", "attempts", "sampling_key")},
+        )
+    )
+    steps.append(
+        LineageStep(
+            "prompts", str(home / "assets" / "prompts" / row["round"] / f"{row['topic']}.parquet"),
+            {key: request[key] for key in ("prompt_id", "topic", "round", "template_id", "variant", "platform", "style", "grid_version", "seed")}
+            | {"prompt": request["prompt"]},
+        )
+    )
+    return steps
+
+
+def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
+    """The chain for a checkpoint (a mask mode or an adapter directory): what it was trained from."""
+    path = home / "checkpoints" / checkpoint if checkpoint in MASK_MODES else Path(checkpoint)
+    if not (path / CHECKPOINT_RECORD).exists():
+        raise LineageError(
+            f"{path} is not an OpenGrok checkpoint (no {CHECKPOINT_RECORD}); give a mask mode ({', '.join(MASK_MODES)}) "
+            "or an adapter directory written by lora_checkpoint"
+        )
+    record = _record(path)
+    example_ids = record.get("example_ids", [])
+    steps = [
+        LineageStep(
+            f"lora_checkpoint[{record['mask_mode']}]", str(path),
+            {key: value for key, value in record.items() if key != "example_ids"} | {"examples": len(example_ids)},
+        )
+    ]
+    filtered_path = home / "assets" / "filtered_responses.parquet"
+    if filtered_path.exists():
+        trained = pd.read_parquet(filtered_path)
+        trained = trained[trained["example_id"].isin(example_ids)]
+        summary = trained.groupby(["topic", "round", "teacher_model", "split"]).size().rename("examples").reset_index()
+        steps.append(LineageStep("filtered_responses", str(filtered_path), {"by_source": summary.to_dict("records")}))
+    return steps
+
+
+def format_lineage(steps: list[LineageStep]) -> str:
+    lines = []
+    for depth, step in enumerate(steps):
+        lines.append(f"{'  ' * depth}{'<- ' if depth else ''}{step.artifact}  ({step.location})")
+        for key, value in step.facts.items():
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                lines.extend(f"{'  ' * depth}     {key}: {item}" for item in value)
+            else:
+                lines.append(f"{'  ' * depth}     {key}: {value}")
+    return "\n".join(lines)
