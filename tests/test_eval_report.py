@@ -19,6 +19,15 @@ from tests.conftest import REPO_ROOT, SHARED_DATA
 SENTIMENT = ["negative", "neutral", "positive"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine two spin-wait many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory, offline_model):
     """A 2-layer Llama with the offline SmolLM2 tokenizer: the real code path at a fraction of the cost."""
