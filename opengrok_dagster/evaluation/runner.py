@@ -141,8 +141,10 @@ class Evaluation:
         """The model's answers (None for a failed request), or None once the endpoint has failed outright."""
         if model.name in self.failed_endpoints:
             return None
+        started = time.monotonic()
         try:
             answers, failed = model.complete_all(messages, max_tokens)
+            self.log(f"{model.name} answered {len(messages) - failed} of {len(messages)} prompts in {time.monotonic() - started:.1f}s")
         except EndpointFailure as exc:
             self.failed_endpoints[model.name] = str(exc)
             self.log(f"endpoint {model.name} left out of the report: {exc}")
