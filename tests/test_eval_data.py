@@ -140,3 +140,17 @@ def test_unknown_task_and_label_words_for_absent_labels_are_refused():
         task_spec("sentimnt")
     with pytest.raises(DatasetError, match="label words given for"):
         label_words(task_spec("tweeteval_irony"), ("no", "yes"))
+
+
+def test_train_and_evaluation_label_mappings_must_agree(tmp_path):
+    from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+
+    folder = tmp_path / "tweeteval" / "sentiment"
+    folder.mkdir(parents=True)
+    (folder / "mapping.txt").write_text("0\tnegative\n1\tpositive\n")
+    (folder / "val_text.txt").write_text("great\nawful\n")
+    (folder / "val_labels.txt").write_text("1\n0\n")
+    (tmp_path / "train.tsv").write_text("1\tpositive\tnice\n2\tnegative\tbad\n")
+    config = EvaluationConfig(tasks=("tweeteval_sentiment",), data_dir=str(tmp_path), train_paths={"tweeteval_sentiment": ("train.tsv",)})
+    with pytest.raises(DatasetError, match=r"train split .*train.tsv\) has labels \['negative', 'neutral', 'positive'\] but the evaluation split has \['negative', 'positive'\]"):
+        Evaluation(config, None, [], log=lambda _: None).run(None)
