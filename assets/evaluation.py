@@ -111,12 +111,12 @@ def eval_report(
         evaluation_config = config.evaluation_config()
     except (ValueError, DatasetError) as exc:
         raise Failure(f"eval_report config: {exc}") from None
-    checkpoints, missing = find_checkpoints(paths.home_dir / "checkpoints", MASK_MODES)
-    notes = [f"mask mode {mode} not evaluated: {reason}" for mode, reason in missing.items()]
     try:
+        checkpoints, missing = find_checkpoints(paths.home_dir / "checkpoints", MASK_MODES)
         local = LocalStudent(student.model_path(), checkpoints, threads=evaluation_config.torch_threads)
     except CheckpointError as exc:
         raise Failure(f"eval_report: {exc}") from None
+    notes = [f"mask mode {mode} not evaluated: {reason}" for mode, reason in missing.items()]
     api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]
     heldout = filtered_responses[(filtered_responses["split"] == "heldout") & filtered_responses["response"].notna()]
     try:
