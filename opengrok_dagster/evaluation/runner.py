@@ -33,7 +33,7 @@ class EvaluationConfig:
     data_dir: str | None = None
     eval_paths: dict[str, str] = field(default_factory=dict)
     train_paths: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    classification_examples: int = 24
+    classification_examples: int = 20
     ner_examples: int = 6
     agreement_examples: int = 6
     seed: int = 0
@@ -44,7 +44,7 @@ class EvaluationConfig:
     agreement_max_new_tokens: int = 48
     api_max_tokens: int = 32
     baseline_train_examples: int = 4000
-    teacher_label_examples: int = 24
+    teacher_label_examples: int = 16
     torch_threads: int = 0
     endpoints: tuple[EndpointSpec, ...] = ()
 
