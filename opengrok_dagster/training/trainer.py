@@ -151,7 +151,7 @@ class _Progress(TrainerCallback):
         self.step_seconds += time.perf_counter() - self._step_started
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in (logs or {}).items()}
+        shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in (logs or {}).items()}
         self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
 
 
@@ -327,7 +327,12 @@ def verify_adapter(adapter_dir: Path, model_path: str) -> str:
         raise RuntimeError(f"the base model at {model_path} asks for the training-only attention; it must load with stock attention")
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    inputs = tokenizer(VERIFY_PROMPT, return_tensors="pt")
+    if tokenizer.chat_template:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": VERIFY_PROMPT}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+    else:
+        inputs = tokenizer(VERIFY_PROMPT, return_tensors="pt")
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     return tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
