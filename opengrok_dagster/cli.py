@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not teacher_is_remote():
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))
-    from opengrok_dagster.definitions import defs
+    from opengrok_dagster.definitions import build_definitions
     from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
     from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
@@ -101,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
                          f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
     started = time.monotonic()
+    defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
     collect = defs.resolve_job_def(collect_job.name)
     failed = [
         topic

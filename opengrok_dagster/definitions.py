@@ -41,7 +41,7 @@ def _teacher_tuning() -> dict:
     return tuning
 
 
-def build_teacher() -> TeacherResource:
+def build_teacher(keep_server: bool = False) -> TeacherResource:
     """Embedded SmolLM2 teacher by default; OPENGROK_TEACHER_BASE_URL switches to that endpoint, with the
     key read (as an EnvVar, never a value) from the variable named by OPENGROK_TEACHER_API_KEY_VAR."""
     if teacher_is_remote():
@@ -58,11 +58,12 @@ def build_teacher() -> TeacherResource:
     return TeacherResource(
         mode="embedded",
         server_log=str(opengrok_home() / "logs" / "teacher-server.log"),
+        keep_server=keep_server,
         **(embedded_defaults | _teacher_tuning()),
     )
 
 
-def build_definitions() -> Definitions:
+def build_definitions(keep_teacher_server: bool = False) -> Definitions:
     home = opengrok_home()
     (home / "logs").mkdir(parents=True, exist_ok=True)
     modules = [collection, filtering, masks, training, evaluation]
@@ -74,7 +75,7 @@ def build_definitions() -> Definitions:
         resources={
             "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
             "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(topic_catalogue_path())),
-            "teacher": build_teacher(),
+            "teacher": build_teacher(keep_teacher_server),
             "student": StudentResource(model=os.environ.get("OPENGROK_STUDENT_MODEL") or None),
             "training": TrainingResource(
                 device=os.environ.get("OPENGROK_TRAINING_DEVICE", "auto"),

@@ -1,6 +1,7 @@
 """The teacher LLM: the embedded `transformers serve` default, or any OpenAI-compatible endpoint (Grok...)."""
 
 
+import atexit
 from typing import Literal, Optional
 
 from dagster import ConfigurableResource, InitResourceContext
@@ -10,6 +11,16 @@ from opengrok_dagster.collect.store import ResponseKey
 from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams, TeacherClient, TeacherEndpoint
 from opengrok_dagster.offline.model import MODEL_NAME, check_offline_model, offline_model_dir
 from opengrok_dagster.offline.server import TeacherServer
+
+
+# Embedded servers kept for the life of this process, by model directory (see TeacherResource.keep_server).
+_KEPT_SERVERS: dict[str, TeacherServer] = {}
+
+
+@atexit.register
+def _stop_kept_servers() -> None:
+    while _KEPT_SERVERS:
+        _KEPT_SERVERS.popitem()[1].stop()
 
 
 class TeacherResource(ConfigurableResource):
@@ -42,13 +53,18 @@ class TeacherResource(ConfigurableResource):
     prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
     completion_price_per_million: float = Field(default=0.0, description="USD per million completion tokens (cost estimate).")
     server_log: Optional[str] = Field(default=None, description="File that receives the embedded server's output.")
+    keep_server: bool = Field(
+        default=False,
+        description="Keep the embedded server running for later runs in this process, stopped at exit (`opengrok run` "
+        "executes one run per topic and stage in one process: one server start instead of one per run).",
+    )
 
     _server: Optional[TeacherServer] = PrivateAttr(default=None)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
-        if self._server is not None:
+        if self._server is not None and not self.keep_server:
             self._server.stop()
-            self._server = None
+        self._server = None
 
     def endpoint(self) -> TeacherEndpoint:
         if self.mode == "remote":
@@ -59,8 +75,13 @@ class TeacherResource(ConfigurableResource):
                 )
             return TeacherEndpoint(self.base_url, self.model, self.api_key)
         if self._server is None:
-            server = TeacherServer(check_offline_model(offline_model_dir(self.cache_dir)), log_path=self.server_log)
-            server.start()
+            model_dir = check_offline_model(offline_model_dir(self.cache_dir))
+            server = _KEPT_SERVERS.get(str(model_dir)) if self.keep_server else None
+            if server is None:
+                server = TeacherServer(model_dir, log_path=self.server_log)
+                server.start()
+                if self.keep_server:
+                    _KEPT_SERVERS[str(model_dir)] = server
             self._server = server
         return TeacherEndpoint(self._server.base_url, self._server.model_id, None, label=MODEL_NAME)
 

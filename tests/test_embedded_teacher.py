@@ -95,3 +95,28 @@ def test_server_dies_with_a_killed_parent(offline_model, tmp_path):
         assert not _alive(server_pid)
     finally:
         starter.kill()
+
+
+def test_kept_server_serves_consecutive_runs_and_stops_at_exit(offline_model, persistent_instance, tmp_path):
+    """`opengrok run` keeps one embedded server for all its runs instead of starting one per topic."""
+    from resources.teacher import _KEPT_SERVERS, _stop_kept_servers
+
+    persistent_instance.add_dynamic_partitions(topic_partitions.name, ["football"])
+    teacher = TeacherResource(mode="embedded", max_tokens=8, max_concurrency=4, keep_server=True, server_log=str(tmp_path / "serve.log"))
+    resources = {
+        "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "teacher": teacher,
+    }
+    small = {"ops": {"prompts": {"config": {"base_per_topic": 1, "style_per_topic": 0, "adversarial_per_topic": 0}}}}
+    pids = []
+    try:
+        for round_key in ("2026-11-23", "2026-11-24"):
+            result = materialize([prompts, raw_responses], resources=resources, instance=persistent_instance,
+                                 partition_key=collection_partition_key("football", round_key), run_config=small)
+            assert result.success
+            pids.append(next(iter(_KEPT_SERVERS.values())).pid)
+        assert pids[0] == pids[1] and _alive(pids[0])
+    finally:
+        _stop_kept_servers()
+    assert not _alive(pids[0]) and not _KEPT_SERVERS
