@@ -113,6 +113,7 @@ def lora_checkpoint(
             "early_stopped": outcome["early_stopped"],
             "early_stop_step": outcome["global_step"] if outcome["early_stopped"] else None,
             "resumed_from_step": outcome["resumed_from_step"],
+            "reused_published_checkpoint": outcome["reused"],
             "train_examples": outcome["train_examples"],
             "validation_examples": outcome["validation_examples"],
             "dropped_examples": outcome["dropped_examples"],

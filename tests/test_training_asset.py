@@ -50,6 +50,19 @@ def test_materialises_adapter_manifest_and_metadata(tmp_path, tiny_student, toke
     assert any("step 4/4: {'eval_loss'" in message for message in logs), "the Trainer's losses stream into the run log"
 
 
+def test_unchanged_data_and_config_reuse_the_published_checkpoint(tmp_path, tiny_student, tokenizer, instance):
+    table = mask_table(tokenizer)
+    assert run_checkpoint(tmp_path, table, tiny_student, instance=instance).success
+    adapter = tmp_path / "checkpoints" / "hard" / "adapter_model.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+    again = run_checkpoint(tmp_path, table, tiny_student, instance=instance)
+    assert again.success and adapter.stat().st_mtime_ns == trained_at
+    assert again.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value is True
+    changed = run_checkpoint(tmp_path, table, tiny_student, instance=instance, seed=7)
+    assert changed.success and adapter.stat().st_mtime_ns != trained_at
+    assert changed.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value is False
+
+
 def test_bad_input_fails_with_the_fix_and_publishes_nothing(tmp_path, tiny_student, tokenizer):
     table = mask_table(tokenizer).assign(tokenizer_fingerprint="Phi-3-mini@0000")
     result = run_checkpoint(tmp_path, table, tiny_student, mode="soft")

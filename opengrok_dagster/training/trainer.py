@@ -15,7 +15,7 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -84,6 +84,7 @@ class TrainingOutcome:
     lora_targets: list
     sample_generation: str
     curves: dict
+    reused: bool = False  # the published checkpoint already came from this data, config and model
 
     def manifest_row(self) -> dict:
         """The ``lora_checkpoint`` contract columns."""
@@ -164,6 +165,19 @@ def run_key(job: TrainingJob, data: TrainingData) -> str:
     return digest.hexdigest()[:16]
 
 
+def _published_outcome(job: TrainingJob, key: str) -> TrainingOutcome | None:
+    """The outcome of the published checkpoint when it was trained by this very run key, else None."""
+    record_path = job.checkpoint_dir / CHECKPOINT_RECORD
+    if not record_path.exists():
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("run_key") != key:
+        return None
+    names = {f.name for f in fields(TrainingOutcome)} - {"curves", "reused"}
+    curves = json.loads((job.checkpoint_dir / "loss_curves.json").read_text())
+    return TrainingOutcome(**{name: record[name] for name in names}, curves=curves, reused=True)
+
+
 def _prepare_work_dir(job: TrainingJob, key: str, log: Callable[[str], None]) -> Path | None:
     """Return the checkpoint to resume from, clearing a work dir left by a different run."""
     record = job.work_dir / "run.json"
@@ -234,7 +248,12 @@ def train_lora(
         f"{len(data.train)} train / {len(data.validation)} validation examples "
         f"({data.truncated} cut to {job.config.max_length} tokens, {data.dropped_without_response} without response tokens dropped)"
     )
-    resume_from = _prepare_work_dir(job, run_key(job, data), log)
+    key = run_key(job, data)
+    published = _published_outcome(job, key)
+    if published is not None:
+        log(f"{job.checkpoint_dir} is up to date (same data, config and model): nothing to train")
+        return published
+    resume_from = _prepare_work_dir(job, key, log)
 
     model = AutoModelForCausalLM.from_pretrained(
         job.model_path, dtype=torch.float32, attn_implementation=attention_implementation(job.mask_mode)
@@ -307,6 +326,7 @@ def train_lora(
     (staging / CHECKPOINT_RECORD).write_text(json.dumps(
         {
             **{k: v for k, v in asdict(outcome).items() if k != "curves"},
+            "run_key": key,
             "data_versions": job.data_versions,
             "example_ids": sorted(e.example_id for e in data.train + data.validation),
             "train_example_ids": sorted(e.example_id for e in data.train),
