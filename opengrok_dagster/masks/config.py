@@ -36,7 +36,7 @@ class MaskConfig:
     seed: int = 0
     pos_tags: tuple[str, ...] = DEFAULT_POS_TAGS
     dep_relations: tuple[str, ...] = DEFAULT_DEP_RELATIONS
-    max_length: int = 512
+    max_length: int = 128  # the trainer's default: the table holds exactly the tokens the fine-tune sees
     spacy_model: str = DEFAULT_SPACY_MODEL
     spacy_batch_size: int = 256
     spacy_n_process: int = 1
