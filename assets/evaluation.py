@@ -18,6 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.collect.client import ClientLimits
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.datasets import DatasetError
@@ -84,6 +85,7 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
 @asset(
     deps=["lora_checkpoint"],
     group_name="evaluation",
+    automation_condition=FOLLOWS_UPSTREAM_DATA,
     code_version="1",
     kinds={"python", "parquet"},
     check_specs=[

@@ -19,6 +19,7 @@ from dagster import (
 from dagster._core.errors import DagsterPipesExecutionError  # raised by Pipes clients, not exported publicly
 
 from assets.versioning import content_data_version
+from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.config import TrainingConfig
 from resources import OpenGrokPaths, StudentResource, TrainingResource
@@ -45,6 +46,7 @@ def _embedded_png(path: Path) -> MetadataValue:
 @asset(
     partitions_def=mask_mode_partitions,
     group_name="training",
+    automation_condition=FOLLOWS_UPSTREAM_DATA,
     code_version="1",
     kinds={"pytorch", "python"},
     check_specs=[

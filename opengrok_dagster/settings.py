@@ -36,18 +36,30 @@ class SettingsError(ValueError):
 
 
 DEFAULT_RECOLLECT_CRON = "0 3 * * *"
+DEFAULT_RETRAIN_CRON = "0 4 * * 1"
 
 
 def recollect_cron() -> str:
-    """``$OPENGROK_RECOLLECT_CRON`` (UTC), default daily at 03:00; a value Dagster cannot schedule is refused
+    """``$OPENGROK_RECOLLECT_CRON`` (UTC), default daily at 03:00."""
+    return _cron_setting("OPENGROK_RECOLLECT_CRON", DEFAULT_RECOLLECT_CRON, "daily")
+
+
+def retrain_cron() -> str:
+    """``$OPENGROK_RETRAIN_CRON`` (UTC), default Mondays at 04:00: after that day's re-collection, and rarely
+    enough that the four fine-tunes it can set off do not queue behind each other."""
+    return _cron_setting("OPENGROK_RETRAIN_CRON", DEFAULT_RETRAIN_CRON, "weekly")
+
+
+def _cron_setting(variable: str, default: str, cadence: str) -> str:
+    """The cron in ``$variable``, or ``default`` when unset or blank; a value Dagster cannot schedule is refused
     here, naming the variable, instead of failing the whole code location with a generic schedule error."""
     from dagster._utils.schedules import is_valid_cron_string  # the exact rule Dagster's schedules apply
 
-    cron = os.environ.get("OPENGROK_RECOLLECT_CRON", "").strip() or DEFAULT_RECOLLECT_CRON
+    cron = os.environ.get(variable, "").strip() or default
     if not is_valid_cron_string(cron):
         raise SettingsError(
-            f"OPENGROK_RECOLLECT_CRON={cron!r} is not a cron schedule: give five fields, minute hour "
+            f"{variable}={cron!r} is not a cron schedule: give five fields, minute hour "
             "day-of-month month day-of-week in UTC (e.g. '0 3 * * *' daily at 03:00, '0 */6 * * *' every six "
-            "hours), or unset it for the daily default"
+            f"hours, '0 4 * * 1' Mondays at 04:00), or unset it for the {cadence} default ({default!r})"
         )
     return cron

@@ -1,0 +1,191 @@
+"""Downstream automation, with Dagster's testing utilities: the retrain schedule and its cron setting, and the
+declarative conditions on lora_checkpoint and eval_report evaluated tick by tick against a real instance whose
+materialisations carry the data versions the real assets report."""
+
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import pytest
+from dagster import AssetKey, AssetMaterialization, DefaultSensorStatus, build_schedule_context, evaluate_automation_conditions
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill  # how the daemon records backfills
+from dagster._core.utils import make_new_backfill_id
+
+from opengrok_dagster.automation import DOWNSTREAM_AUTOMATED_ASSETS, downstream_automation_sensor
+from opengrok_dagster.partitions import MASK_MODES
+from opengrok_dagster.schedules import retrain_schedule
+from opengrok_dagster.settings import SettingsError, retrain_cron
+from tests.conftest import REPO_ROOT
+
+MONDAY_0400 = datetime(2026, 11, 23, 4, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def defs(tmp_path, monkeypatch):
+    """The real code location, with its home under tmp_path."""
+    monkeypatch.setenv("OPENGROK_HOME", str(tmp_path / "home"))
+    from opengrok_dagster.definitions import build_definitions
+
+    return build_definitions()
+
+
+def record(instance, asset: str, data_version: str, partitions=(None,)):
+    """What a finished materialisation leaves in the event log: the event with its data version."""
+    for partition in partitions:
+        instance.report_runless_asset_event(
+            AssetMaterialization(asset_key=asset, partition=partition, tags={"dagster/data_version": data_version})
+        )
+
+
+class Ticks:
+    """Successive evaluations of the automation sensor, each continuing from the previous tick's cursor."""
+
+    def __init__(self, defs, instance):
+        self.defs, self.instance, self.cursor = defs, instance, None
+
+    def requested(self) -> dict[str, set]:
+        result = evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        requested = {}
+        for asset in DOWNSTREAM_AUTOMATED_ASSETS:
+            partitions = result.get_requested_partitions(AssetKey(asset))
+            if partitions:
+                requested[asset] = partitions
+        return requested
+
+
+def trained_everything(instance, version: str):
+    """The state after a full pipeline run: every asset of the chain materialised from data ``version``."""
+    record(instance, "filtered_responses", f"filtered-{version}")
+    record(instance, "mask_tables", f"masks-{version}")
+    record(instance, "lora_checkpoint", f"lora-{version}", partitions=MASK_MODES)
+    record(instance, "eval_report", f"report-{version}")
+
+
+def test_unchanged_rerun_of_the_training_data_starts_nothing(defs, persistent_instance):
+    ticks = Ticks(defs, persistent_instance)
+    trained_everything(persistent_instance, "v1")
+    assert ticks.requested() == {}  # the first tick only records where things stand
+
+    record(persistent_instance, "filtered_responses", "filtered-v1")
+    record(persistent_instance, "mask_tables", "masks-v1")
+    assert ticks.requested() == {}
+    assert ticks.requested() == {}
+
+
+def test_changed_mask_tables_retrain_every_mode_and_rebuild_the_report_once(defs, persistent_instance):
+    ticks = Ticks(defs, persistent_instance)
+    trained_everything(persistent_instance, "v1")
+    ticks.requested()
+
+    record(persistent_instance, "filtered_responses", "filtered-v2")
+    record(persistent_instance, "mask_tables", "masks-v2")
+    # One tick requests every mode and the report: the sensor emits them as one backfill, report last.
+    assert ticks.requested() == {"lora_checkpoint": set(MASK_MODES), "eval_report": {None}}
+    with backfill_in_progress(defs, persistent_instance):
+        record(persistent_instance, "lora_checkpoint", "lora-v2", partitions=["none", "paper"])
+        assert ticks.requested() == {}  # new checkpoints while the backfill runs: its report is still to come
+        record(persistent_instance, "lora_checkpoint", "lora-v2", partitions=["hard", "soft"])
+        record(persistent_instance, "eval_report", "report-v2")
+    assert ticks.requested() == {}
+    assert ticks.requested() == {}
+
+
+def test_report_follows_a_filtered_set_change_even_when_the_checkpoints_were_reused(defs, persistent_instance):
+    """Review decisions change the filtered set (and so the test split) without rebuilding the mask tables."""
+    ticks = Ticks(defs, persistent_instance)
+    trained_everything(persistent_instance, "v1")
+    ticks.requested()
+
+    record(persistent_instance, "filtered_responses", "filtered-reviewed")
+    assert ticks.requested() == {"eval_report": {None}}
+    assert ticks.requested() == {}
+
+
+def test_one_retrained_mode_refreshes_the_report_and_no_other_mode(defs, persistent_instance):
+    ticks = Ticks(defs, persistent_instance)
+    trained_everything(persistent_instance, "v1")
+    ticks.requested()
+
+    record(persistent_instance, "lora_checkpoint", "lora-paper-v2", partitions=["paper"])
+    assert ticks.requested() == {"eval_report": {None}}
+
+
+def test_a_change_seen_while_upstream_work_runs_is_acted_on_once_it_finishes(defs, persistent_instance):
+    ticks = Ticks(defs, persistent_instance)
+    trained_everything(persistent_instance, "v1")
+    ticks.requested()
+
+    with backfill_in_progress(defs, persistent_instance, assets=["filtered_responses", "prompt_feedback", "mask_tables"]):
+        record(persistent_instance, "filtered_responses", "filtered-v2")  # the prepare run is half done
+        assert ticks.requested() == {}
+        record(persistent_instance, "mask_tables", "masks-v2")
+    assert ticks.requested() == {"lora_checkpoint": set(MASK_MODES), "eval_report": {None}}
+
+
+@contextmanager
+def backfill_in_progress(defs, instance, assets=DOWNSTREAM_AUTOMATED_ASSETS):
+    """A running backfill of ``assets``, as the daemon records one, completed on exit."""
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(), asset_graph=defs.resolve_asset_graph(), partition_names=None,
+        asset_selection=[AssetKey(asset) for asset in assets], backfill_timestamp=time.time(), tags={},
+        dynamic_partitions_store=instance, all_partitions=True, title=None, description=None, run_config=None,
+    )
+    instance.add_backfill(backfill)
+    yield
+    instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS))
+
+
+def test_the_automation_sensor_runs_by_default_and_evaluates_exactly_the_downstream_assets(defs):
+    sensor = defs.resolve_sensor_def(downstream_automation_sensor.name)
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    assert sensor.asset_selection.resolve(graph) == {AssetKey(asset) for asset in DOWNSTREAM_AUTOMATED_ASSETS}
+    automated = {key for key in graph.get_all_asset_keys() if graph.get(key).automation_condition is not None}
+    assert automated == {AssetKey(asset) for asset in DOWNSTREAM_AUTOMATED_ASSETS}
+    # Every automated asset is covered by our sensor, so Dagster adds no stopped default sensor beside it.
+    assert "default_automation_condition_sensor" not in {s.name for s in defs.get_repository_def().sensor_defs}
+
+
+def test_retrain_schedule_rebuilds_the_training_data_once_per_scheduled_day(persistent_instance):
+    record(persistent_instance, "raw_responses", "raw-v1", partitions=["2026-11-22|climate"])
+    context = build_schedule_context(instance=persistent_instance, scheduled_execution_time=MONDAY_0400)
+    request = retrain_schedule(context)
+    assert request.run_key == "retrain-2026-11-23"
+    assert retrain_schedule.job_name == "prepare_training_data"
+
+
+def test_retrain_schedule_skips_with_a_reason_before_anything_is_collected(persistent_instance):
+    context = build_schedule_context(instance=persistent_instance, scheduled_execution_time=MONDAY_0400)
+    assert "no teacher responses collected yet" in retrain_schedule(context).skip_message
+
+
+def test_retrain_cron_is_weekly_by_default_and_comes_from_the_environment(monkeypatch):
+    assert retrain_schedule.cron_schedule == "0 4 * * 1"
+    monkeypatch.setenv("OPENGROK_RETRAIN_CRON", "0 2 1 * *")
+    assert retrain_cron() == "0 2 1 * *"
+    monkeypatch.setenv("OPENGROK_RETRAIN_CRON", " ")
+    assert retrain_cron() == "0 4 * * 1"
+
+
+@pytest.mark.parametrize("cron", ["weekly", "0 4 * * 8", "0 4 * *"])
+def test_invalid_retrain_cron_names_the_variable_and_the_fix(monkeypatch, cron):
+    monkeypatch.setenv("OPENGROK_RETRAIN_CRON", cron)
+    with pytest.raises(SettingsError) as error:
+        retrain_cron()
+    message = str(error.value)
+    assert f"OPENGROK_RETRAIN_CRON={cron!r} is not a cron schedule" in message
+    assert "'0 4 * * 1' Mondays at 04:00" in message and "weekly default" in message
+
+
+def test_code_location_with_an_invalid_retrain_cron_fails_to_load_with_that_message():
+    """What `dagster dev` shows as the code location's load error."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import opengrok_dagster.schedules"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "OPENGROK_RETRAIN_CRON": "weekly"},
+    )
+    assert loaded.returncode != 0
+    assert "SettingsError: OPENGROK_RETRAIN_CRON='weekly' is not a cron schedule" in loaded.stderr
