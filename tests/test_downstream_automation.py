@@ -9,12 +9,15 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import pytest
-from dagster import AssetKey, AssetMaterialization, DefaultSensorStatus, build_schedule_context, evaluate_automation_conditions
+from dagster import (
+    AssetKey, AssetMaterialization, DataVersion, DefaultSensorStatus, Output, asset, build_schedule_context,
+    evaluate_automation_conditions, materialize,
+)
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill  # how the daemon records backfills
 from dagster._core.utils import make_new_backfill_id
 
-from opengrok_dagster.automation import DOWNSTREAM_AUTOMATED_ASSETS, downstream_automation_sensor
-from opengrok_dagster.partitions import MASK_MODES
+from opengrok_dagster.automation import DOWNSTREAM_AUTOMATED_ASSETS, FOLLOWS_UPSTREAM_DATA, downstream_automation_sensor
+from opengrok_dagster.partitions import MASK_MODES, mask_mode_partitions
 from opengrok_dagster.schedules import retrain_schedule
 from opengrok_dagster.settings import SettingsError, retrain_cron
 from tests.conftest import REPO_ROOT
@@ -42,17 +45,17 @@ def record(instance, asset: str, data_version: str, partitions=(None,)):
 class Ticks:
     """Successive evaluations of the automation sensor, each continuing from the previous tick's cursor."""
 
-    def __init__(self, defs, instance):
-        self.defs, self.instance, self.cursor = defs, instance, None
+    def __init__(self, defs, instance, assets=DOWNSTREAM_AUTOMATED_ASSETS):
+        self.defs, self.instance, self.assets, self.cursor = defs, instance, assets, None
 
     def requested(self) -> dict[str, set]:
         result = evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
         self.cursor = result.cursor
         requested = {}
-        for asset in DOWNSTREAM_AUTOMATED_ASSETS:
-            partitions = result.get_requested_partitions(AssetKey(asset))
+        for asset_name in self.assets:
+            partitions = result.get_requested_partitions(AssetKey(asset_name))
             if partitions:
-                requested[asset] = partitions
+                requested[asset_name] = partitions
         return requested
 
 
@@ -189,3 +192,30 @@ def test_code_location_with_an_invalid_retrain_cron_fails_to_load_with_that_mess
     )
     assert loaded.returncode != 0
     assert "SettingsError: OPENGROK_RETRAIN_CRON='weekly' is not a cron schedule" in loaded.stderr
+
+
+@asset(name="mask_tables", code_version="1")
+def stand_in_mask_tables(context):
+    """Reports a content data version as the real asset does; the content is chosen by the run's tag."""
+    content = context.run.tags["content"]
+    return Output(content, data_version=DataVersion(content))
+
+
+@asset(name="lora_checkpoint", code_version="1", partitions_def=mask_mode_partitions, automation_condition=FOLLOWS_UPSTREAM_DATA)
+def stand_in_lora_checkpoint(mask_tables):
+    """Like the real asset, returns no data version: Dagster derives it from the code and input versions."""
+    return mask_tables
+
+
+def test_real_runs_report_versions_that_start_training_only_for_new_content(persistent_instance):
+    stand_ins = [stand_in_mask_tables, stand_in_lora_checkpoint]
+    ticks = Ticks(stand_ins, persistent_instance, assets=["lora_checkpoint"])
+    materialize([stand_in_mask_tables], instance=persistent_instance, tags={"content": "a"})
+    for mode in MASK_MODES:
+        materialize(stand_ins, selection="lora_checkpoint", partition_key=mode, instance=persistent_instance, tags={"content": "a"})
+    ticks.requested()
+
+    materialize([stand_in_mask_tables], instance=persistent_instance, tags={"content": "a"})
+    assert ticks.requested() == {}
+    materialize([stand_in_mask_tables], instance=persistent_instance, tags={"content": "b"})
+    assert ticks.requested() == {"lora_checkpoint": set(MASK_MODES)}
