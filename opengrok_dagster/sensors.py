@@ -1,16 +1,23 @@
-"""Sensors: keep the topic partitions in step with the topic catalogue file."""
+"""Sensors: topic partitions in step with the catalogue, re-filtering on review decisions, failed runs recorded."""
 
 import json
 from datetime import datetime, timezone
 
-from dagster import AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    AssetSelection,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
 
 from opengrok_dagster.collect.topics import load_topic_catalogue
 from opengrok_dagster.partitions import topic_partitions
 from opengrok_dagster.settings import topic_catalogue_path
-
-from dagster import RunFailureSensorContext, run_failure_sensor
-
 from resources import OpenGrokPaths
 
 
