@@ -6,7 +6,7 @@ import warnings
 from dagster import BetaWarning, Definitions, EnvVar, load_assets_from_modules
 
 from assets import collection, evaluation, filtering, masks, training
-from opengrok_dagster.automation import downstream_automation_sensor
+from opengrok_dagster.automation import downstream_automation_sensor, training_set_drift_sensor
 from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.schedules import recollect_schedule, retrain_schedule
 from opengrok_dagster.sensors import review_decisions_sensor, run_failure_recorder, topic_catalogue_sensor
@@ -72,7 +72,7 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
         assets=load_assets_from_modules(modules),
         jobs=STAGE_JOBS,
         schedules=[recollect_schedule, retrain_schedule],
-        sensors=[topic_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor],
+        sensors=[topic_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor, training_set_drift_sensor],
         resources={
             "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
             "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(topic_catalogue_path())),

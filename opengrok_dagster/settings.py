@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -63,3 +64,24 @@ def _cron_setting(variable: str, default: str, cadence: str) -> str:
             f"hours, '0 4 * * 1' Mondays at 04:00), or unset it for the {cadence} default ({default!r})"
         )
     return cron
+
+
+DEFAULT_RETRAIN_THRESHOLD = 0.2
+
+
+def retrain_threshold() -> float:
+    """``$OPENGROK_RETRAIN_THRESHOLD``: the relative change in trainable (kept train + validation) rows of the
+    filtered set, against the set the mask tables were built from, that rebuilds them between scheduled retrains."""
+    raw = os.environ.get("OPENGROK_RETRAIN_THRESHOLD", "").strip()
+    if not raw:
+        return DEFAULT_RETRAIN_THRESHOLD
+    try:
+        threshold = float(raw)
+    except ValueError:
+        threshold = math.nan
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise SettingsError(
+            f"OPENGROK_RETRAIN_THRESHOLD={raw!r} is not a positive fraction: give the relative change in trainable "
+            f"rows that rebuilds the mask tables (e.g. 0.2 for 20%), or unset it for the default ({DEFAULT_RETRAIN_THRESHOLD})"
+        )
+    return threshold

@@ -11,15 +11,15 @@ from datetime import datetime, timezone
 import pytest
 from dagster import (
     AssetKey, AssetMaterialization, DataVersion, DefaultSensorStatus, Output, asset, build_schedule_context,
-    evaluate_automation_conditions, materialize,
+    build_sensor_context, evaluate_automation_conditions, materialize,
 )
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill  # how the daemon records backfills
 from dagster._core.utils import make_new_backfill_id
 
-from opengrok_dagster.automation import DOWNSTREAM_AUTOMATED_ASSETS, FOLLOWS_UPSTREAM_DATA, downstream_automation_sensor
+from opengrok_dagster.automation import DOWNSTREAM_AUTOMATED_ASSETS, FOLLOWS_UPSTREAM_DATA, downstream_automation_sensor, training_set_drift_sensor
 from opengrok_dagster.partitions import MASK_MODES, mask_mode_partitions
 from opengrok_dagster.schedules import retrain_schedule
-from opengrok_dagster.settings import SettingsError, retrain_cron
+from opengrok_dagster.settings import SettingsError, retrain_cron, retrain_threshold
 from tests.conftest import REPO_ROOT
 
 MONDAY_0400 = datetime(2026, 11, 23, 4, tzinfo=timezone.utc)
@@ -219,3 +219,55 @@ def test_real_runs_report_versions_that_start_training_only_for_new_content(pers
     assert ticks.requested() == {}
     materialize([stand_in_mask_tables], instance=persistent_instance, tags={"content": "b"})
     assert ticks.requested() == {"lora_checkpoint": set(MASK_MODES)}
+
+
+@asset(name="filtered_responses")
+def stand_in_filtered_responses(context):
+    """Reports the trainable split counts the real asset reports, taken from the run's tags."""
+    rows = {split: int(context.run.tags[split]) for split in ("train_rows", "validation_rows")}
+    return Output(rows, metadata=rows)
+
+
+@asset(name="mask_tables")
+def stand_in_mask_tables_of_filtered(filtered_responses):
+    return filtered_responses
+
+
+def filter_run(instance, train_rows: int, with_masks: bool = False):
+    stand_ins = [stand_in_filtered_responses, stand_in_mask_tables_of_filtered]
+    materialize(
+        stand_ins, selection=None if with_masks else "filtered_responses", instance=instance,
+        tags={"train_rows": str(train_rows), "validation_rows": "20"},
+    )
+
+
+def drift(instance):
+    return training_set_drift_sensor(build_sensor_context(instance=instance))
+
+
+def test_drift_sensor_rebuilds_the_mask_tables_only_beyond_the_threshold(persistent_instance):
+    assert "no mask tables built" in drift(persistent_instance).skip_message
+    filter_run(persistent_instance, train_rows=100, with_masks=True)  # 120 trainable rows
+    assert "built from the latest filtered set" in drift(persistent_instance).skip_message
+
+    filter_run(persistent_instance, train_rows=110)  # review decisions: 130 rows, +8%
+    assert drift(persistent_instance).skip_message == "trainable rows 120 -> 130 (8%), below the 20% retrain threshold"
+    filter_run(persistent_instance, train_rows=140)  # 160 rows, +33% against what the mask tables were built from
+    request = drift(persistent_instance)
+    assert request.tags == {"opengrok/trainable_rows": "120 -> 160"}
+    assert drift(persistent_instance).run_key == request.run_key  # the same filtered set is rebuilt once
+
+
+def test_drift_threshold_comes_from_the_environment(persistent_instance, monkeypatch):
+    filter_run(persistent_instance, train_rows=100, with_masks=True)
+    filter_run(persistent_instance, train_rows=110)
+    monkeypatch.setenv("OPENGROK_RETRAIN_THRESHOLD", "0.05")
+    assert retrain_threshold() == 0.05
+    assert drift(persistent_instance).run_key
+
+
+@pytest.mark.parametrize("value", ["20%", "0", "-0.1", "nan"])
+def test_invalid_drift_threshold_names_the_variable_and_the_fix(monkeypatch, value):
+    monkeypatch.setenv("OPENGROK_RETRAIN_THRESHOLD", value)
+    with pytest.raises(SettingsError, match=rf"OPENGROK_RETRAIN_THRESHOLD='{value}' is not a positive fraction: .*e\.g\. 0\.2"):
+        retrain_threshold()
