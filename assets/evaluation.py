@@ -1,7 +1,6 @@
 """Evaluation: the student (base and each LoRA mask mode), the teacher, extra endpoints and cheap baselines,
 on SNS tasks and on agreement with the teacher's held-out responses, published as a report."""
 
-import base64
 import math
 from typing import Optional
 
@@ -18,6 +17,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.metadata import png_markdown
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.collect.client import ClientLimits
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
@@ -73,10 +73,6 @@ def _teacher_model(teacher: TeacherResource) -> ApiModel:
     )
     where = "embedded offline teacher" if teacher.mode == "embedded" else f"{teacher.model} at {teacher.base_url}"
     return ApiModel(TEACHER, teacher.endpoint, where, limits)
-
-
-def _png_markdown(data: bytes, alt: str) -> MetadataValue:
-    return MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})")
 
 
 METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
@@ -142,7 +138,7 @@ def eval_report(
         "notes": MetadataValue.md("\n".join(f"- {n}" for n in results.notes) or "none"),
     }
     if MAIN_PLOT in report.images:
-        metadata["main_plot"] = _png_markdown(report.images[MAIN_PLOT], "primary metric per task and model")
+        metadata["main_plot"] = png_markdown(report.images[MAIN_PLOT], "primary metric per task and model")
     yield Output(frame, metadata=metadata)
 
     expected = set(local.variants)

@@ -15,6 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.metadata import png_markdown
 from assets.versioning import content_data_version
 from opengrok_dagster.masks.builder import build_mask_table, select_training_examples
 from opengrok_dagster.masks.checks import examples_with_bad_lengths, masked_template_tokens, p_values_outside_unit_interval
@@ -78,7 +79,7 @@ def _metadata(table: pd.DataFrame, summary: MaskSummary, result, vocabulary_path
         "unmasked_rate_all_tokens": summary.unmasked_rate_all_tokens,
         "unmasked_by_pos": _rate_table(summary.by_pos, "pos_tag"),
         "unmasked_by_dep": _rate_table(summary.by_dep, "dep_rel"),
-        "p_histogram": MetadataValue.md(f"![p over content tokens](data:image/png;base64,{p_histogram_png(table)})"),
+        "p_histogram": png_markdown(p_histogram_png(table), "p over content tokens"),
         "samples": _samples(table),
         "misaligned_token_rate": result.misaligned_tokens / max(result.content_tokens, 1),
         "words": result.words,

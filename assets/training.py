@@ -1,6 +1,5 @@
 """Masked-attention LoRA fine-tune: one checkpoint per attention-mask mode, trained out of process via Pipes."""
 
-import base64
 import math
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from dagster import (
 )
 from dagster._core.errors import DagsterPipesExecutionError  # raised by Pipes clients, not exported publicly
 
+from assets.metadata import png_markdown
 from assets.versioning import content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.partitions import mask_mode_partitions
@@ -36,11 +36,6 @@ def _loss_table(curves: dict) -> str:
         lines.append(f"| {int(step)} | {loss:.4f} | {validation.pop(int(step), float('nan')):.4f} |")
     lines += [f"| {step} | | {loss:.4f} |" for step, loss in sorted(validation.items())]
     return "\n".join(lines)
-
-
-def _embedded_png(path: Path) -> MetadataValue:
-    encoded = base64.b64encode(path.read_bytes()).decode()
-    return MetadataValue.md(f"![train and validation loss](data:image/png;base64,{encoded})")
 
 
 @asset(
@@ -124,7 +119,7 @@ def lora_checkpoint(
             "device": outcome["device"],
             "lora_targets": ", ".join(outcome["lora_targets"]),
             "sample_generation": outcome["sample_generation"],
-            "loss_plot": _embedded_png(Path(outcome["adapter_dir"]) / "loss_curves.png"),
+            "loss_plot": png_markdown((Path(outcome["adapter_dir"]) / "loss_curves.png").read_bytes(), "train and validation loss"),
             "losses": MetadataValue.md(_loss_table(curves)),
         },
     )

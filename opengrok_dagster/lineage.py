@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from opengrok_dagster.partitions import MASK_MODES
+from opengrok_dagster.training import CHECKPOINT_RECORD
 
-CHECKPOINT_RECORD = "opengrok_checkpoint.json"
 
 
 class LineageError(ValueError):

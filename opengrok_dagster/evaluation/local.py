@@ -16,7 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-CHECKPOINT_RECORD = "opengrok_checkpoint.json"
+from opengrok_dagster.training import CHECKPOINT_RECORD
+
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 

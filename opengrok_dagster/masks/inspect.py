@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass
 
@@ -60,7 +59,7 @@ def summarise(table: pd.DataFrame) -> MaskSummary:
     )
 
 
-def p_histogram_png(table: pd.DataFrame, bins: int = 20) -> str:
+def p_histogram_png(table: pd.DataFrame, bins: int = 20) -> bytes:
     """Base64 PNG of the distribution of p over content tokens, for embedding in Markdown."""
     import matplotlib
 
@@ -76,7 +75,7 @@ def p_histogram_png(table: pd.DataFrame, bins: int = 20) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
 
 
 def _escape(text: str) -> str:

@@ -27,13 +27,13 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.attention import attention_implementation, require_mask_mode
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import MaskCollator, TrainingData, load_training_data
 from opengrok_dagster.training.device import Placement
 from opengrok_dagster.training.report import loss_curves, write_loss_plot, write_model_card
 
-CHECKPOINT_RECORD = "opengrok_checkpoint.json"
 LORA_TARGETS_BY_ARCHITECTURE = (("qkv_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"))
 VERIFY_PROMPT = "Write a short post about the weather."
 
