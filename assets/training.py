@@ -68,13 +68,14 @@ def lora_checkpoint(
     placement = training.check_placement()
     checkpoint_dir = paths.home_dir / "checkpoints" / mode
     checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
-    context.log.info(f"fine-tuning {student.model_path()} with mask mode {mode} on {placement}")
+    model_path = student.model_path()  # verifies the offline checkpoint's hashes: ~0.5 GB read, so once
+    context.log.info(f"fine-tuning {model_path} with mask mode {mode} on {placement}")
     with tempfile.TemporaryDirectory(dir=checkpoint_dir.parent, prefix=f".input-{mode}-") as scratch:
         table_path = Path(scratch) / "mask_tables.parquet"
         mask_tables.to_parquet(table_path, index=False)
         extras = {
             "mask_mode": mode,
-            "model_path": student.model_path(),
+            "model_path": model_path,
             "checkpoint_dir": str(checkpoint_dir),
             "table_path": str(table_path),
             "config": TrainingConfig(**config.model_dump()).model_dump(),
