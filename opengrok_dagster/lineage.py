@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from opengrok_dagster.filtering.review import filtered_responses_path
 from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.training import CHECKPOINT_RECORD
 
@@ -47,7 +48,7 @@ def _checkpoint_dirs(home: Path) -> list[Path]:
 
 def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
     """The chain for one example: checkpoints that trained on it <- filter decision <- teacher request <- prompt."""
-    filtered_path = home / "assets" / "filtered_responses.parquet"
+    filtered_path = filtered_responses_path(home)
     filtered = _read(filtered_path, "filtered_responses")
     rows = filtered[filtered["example_id"] == example_id]
     if rows.empty:
@@ -102,7 +103,7 @@ def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
             {key: value for key, value in record.items() if key != "example_ids"} | {"examples": len(example_ids)},
         )
     ]
-    filtered_path = home / "assets" / "filtered_responses.parquet"
+    filtered_path = filtered_responses_path(home)
     if filtered_path.exists():
         trained = pd.read_parquet(filtered_path)
         trained = trained[trained["example_id"].isin(example_ids)]
