@@ -20,12 +20,14 @@ from pydantic import Field
 from assets.metadata import png_markdown
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.collect.client import ClientLimits
+from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.datasets import DatasetError
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report import MAIN_PLOT, build_report, publish_report, results_frame, summary_table
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS
+from opengrok_dagster.offline.model import MODEL_NAME
 from opengrok_dagster.partitions import MASK_MODES
 from resources import OpenGrokPaths, StudentResource, TeacherResource
 
@@ -56,10 +58,16 @@ class EvalReportConfig(Config):
     teacher_label_examples: int = Field(default=16, description="Train texts the teacher labels for the TF-IDF + LR baseline on teacher labels.")
     torch_threads: int = Field(default=0, description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other jobs).")
     include_teacher: bool = Field(default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server).")
+    reuse_api_answers: bool = Field(
+        default=True,
+        description="Reuse the answers API models gave to the same prompts in earlier runs ($OPENGROK_HOME/eval_answers.sqlite; "
+        "greedy decoding, so the same model answers the same): an unchanged rerun sends no requests. Set false to ask "
+        "again, e.g. when a remote model changed behind the same id.",
+    )
     endpoints: list[EvaluationEndpoint] = Field(default=[], description="Extra OpenAI-compatible models to compare; a failing one is reported, not fatal.")
 
     def evaluation_config(self) -> EvaluationConfig:
-        values = self.model_dump(exclude={"include_teacher", "endpoints"})
+        values = self.model_dump(exclude={"include_teacher", "reuse_api_answers", "endpoints"})
         return EvaluationConfig(
             **(values | {"tasks": tuple(values["tasks"]), "train_paths": {k: tuple(v) for k, v in values["train_paths"].items()}}),
             endpoints=tuple(EndpointSpec(**e.model_dump()) for e in self.endpoints),
@@ -71,7 +79,7 @@ def _teacher_model(teacher: TeacherResource) -> ApiModel:
         max_concurrency=teacher.max_concurrency, requests_per_minute=teacher.requests_per_minute,
         tokens_per_minute=teacher.tokens_per_minute, timeout_s=teacher.timeout_s, max_attempts=teacher.max_attempts,
     )
-    where = "embedded offline teacher" if teacher.mode == "embedded" else f"{teacher.model} at {teacher.base_url}"
+    where = f"embedded offline teacher ({MODEL_NAME})" if teacher.mode == "embedded" else f"{teacher.model} at {teacher.base_url}"
     return ApiModel(TEACHER, teacher.endpoint, where, limits)
 
 
@@ -118,7 +126,8 @@ def eval_report(
     api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]
     heldout = filtered_responses[(filtered_responses["split"] == "heldout") & filtered_responses["response"].notna()]
     try:
-        results = Evaluation(evaluation_config, local, api_models, context.log.info).run(heldout, notes)
+        answers = AnswerCache(paths.home_dir / "eval_answers.sqlite") if config.reuse_api_answers else None
+        results = Evaluation(evaluation_config, local, api_models, context.log.info, answers).run(heldout, notes)
     except DatasetError as exc:
         raise Failure(f"eval_report: {exc}") from None
     report = build_report(results)

@@ -10,7 +10,11 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from assets.evaluation import eval_report
+from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
+from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.evaluation import datasets
+from opengrok_dagster.evaluation.answers import AnswerCache, request_key
+from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
@@ -173,8 +177,40 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     metadata = result.asset_materializations_for_node("eval_report")[0].metadata
     assert "data:image/png;base64," in metadata["main_plot"].value and "| task" in metadata["summary"].value
 
+    # Rerun: the teacher's answers are reused, so nothing is asked and every number (teacher's included) repeats.
+    asked = len(loopback_teacher.requests)
     again = materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config)
-    rerun = pd.read_parquet(assets_dir / "eval_report.parquet")
-    local = lambda f: f[f["model"].isin(["base", "lora:none", "lora:hard", "tfidf-lr:gold"])].reset_index(drop=True)  # noqa: E731
     assert again.success
-    pd.testing.assert_frame_equal(local(frame), local(rerun))
+    assert len(loopback_teacher.requests) == asked
+    pd.testing.assert_frame_equal(frame, pd.read_parquet(assets_dir / "eval_report.parquet"))
+    assert "answers reused from earlier runs" in (reports / "report.md").read_text()
+
+    run_config["ops"]["eval_report"]["config"]["reuse_api_answers"] = False
+    assert materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config).success
+    assert len(loopback_teacher.requests) > asked
+
+
+def test_answer_cache_reuses_answers_and_asks_again_for_failures(tmp_path, loopback_teacher):
+    cache = AnswerCache(tmp_path / "answers.sqlite")
+    model = ApiModel("teacher", lambda: TeacherEndpoint(loopback_teacher.base_url, "loopback"), "loopback at test")
+    questions = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+    cache.put_many(model.description, {request_key(questions[0], 8): "kept answer"})
+    before = len(loopback_teacher.requests)
+    texts, failed, reused = model.complete_all(questions, 8, cache)
+    assert (failed, reused, len(loopback_teacher.requests) - before) == (0, 1, 2)
+    assert texts[0] == "kept answer" and texts[1].startswith("Answer to: question 1")
+    assert model.complete_all(questions, 8, cache) == (texts, 0, 3)
+    assert len(loopback_teacher.requests) - before == 2
+    # Another token budget is another question; another model does not see these answers.
+    assert model.complete_all(questions[:1], 16, cache).reused == 0
+    assert cache.get_many("another model", [request_key(questions[0], 8)]) == {}
+
+
+def test_failed_requests_are_not_kept(tmp_path):
+    cache = AnswerCache(tmp_path / "answers.sqlite")
+    with LoopbackTeacher(LoopbackConfig(fault_rate=1.0, faults=("500",))) as failing:
+        model = ApiModel("flaky", lambda: TeacherEndpoint(failing.base_url, "loopback"), "flaky at test",
+                         ClientLimits(max_concurrency=2, max_attempts=1))
+        with pytest.raises(EndpointFailure, match="'flaky': all 2 requests failed"):
+            model.complete_all([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]], 8, cache)
+    assert cache.get_many("flaky at test", [request_key([{"role": "user", "content": q}], 8) for q in "ab"]) == {}

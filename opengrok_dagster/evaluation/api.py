@@ -1,7 +1,8 @@
 """Models behind an OpenAI-compatible endpoint (the teacher, extra endpoints from config), asked with greedy decoding.
 
 An optional endpoint that fails (refused key, unreachable, every request erroring) is reported, not fatal:
-:class:`EndpointFailure` carries a message that names the endpoint and never the key.
+:class:`EndpointFailure` carries a message that names the endpoint and never the key. Given an
+:class:`AnswerCache`, answers already paid for are reused and only the rest is asked.
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 
 
 class EndpointFailure(RuntimeError):
     """The endpoint answered none of the evaluation's requests."""
+
+
+class Answers(NamedTuple):
+    texts: list[str | None]  # None where a request failed
+    failed: int
+    reused: int  # answers taken from the cache, not asked
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,10 @@ class EndpointSpec:
 
 @dataclass(frozen=True)
 class ApiModel:
-    """``endpoint`` is called on first use, so the embedded teacher's server starts only if it is evaluated."""
+    """``endpoint`` is called on first use, so the embedded teacher's server starts only if something is asked.
+
+    ``description`` says which model answers (id and where it is served); cached answers are keyed by it.
+    """
 
     name: str
     endpoint: Callable[[], TeacherEndpoint]
@@ -49,8 +60,21 @@ class ApiModel:
     def from_spec(cls, spec: EndpointSpec) -> "ApiModel":
         return cls(spec.name, spec.endpoint, f"{spec.model} at {spec.base_url}", ClientLimits(max_concurrency=4, max_attempts=2, timeout_s=60))
 
-    def complete_all(self, messages: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[str | None], int]:
-        """Answers (None where a request failed) and the number of failed requests."""
+    def complete_all(self, messages: list[list[dict[str, str]]], max_tokens: int, cache: AnswerCache | None = None) -> Answers:
+        keys = [request_key(m, max_tokens) for m in messages]
+        known = cache.get_many(self.description, keys) if cache is not None else {}
+        texts = [known.get(key) for key in keys]
+        asked = [index for index, key in enumerate(keys) if key not in known]
+        failed = 0
+        if asked:
+            fresh, failed = self._ask([messages[index] for index in asked], max_tokens)
+            for index, text in zip(asked, fresh):
+                texts[index] = text
+            if cache is not None:
+                cache.put_many(self.description, {keys[i]: text for i, text in zip(asked, fresh) if text is not None})
+        return Answers(texts, failed, reused=len(messages) - len(asked))
+
+    def _ask(self, messages: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[str | None], int]:
         try:
             endpoint = self.endpoint()
         except EndpointFailure:

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.evaluation.bootstrap import Difference, Distribution, bootstrap, paired_difference, resample_indices
@@ -128,12 +129,14 @@ class Evaluation:
         student: LocalStudent | None,
         api_models: list[ApiModel],
         log: Callable[[str], None] = print,
+        answers: AnswerCache | None = None,
     ) -> None:
         self.config = config
         self.student = student
         self.api_models = list(api_models)
+        self.answers = answers
         self.failed_endpoints: dict[str, str] = {}
-        self.failed_requests: dict[str, list[int]] = {}  # model -> [failed, sent], over the whole run
+        self.request_counts: dict[str, list[int]] = {}  # model -> [failed, sent, reused], over the whole run
         self.log = log
 
     # -- model answers ---------------------------------------------------------------------------------
@@ -143,15 +146,17 @@ class Evaluation:
             return None
         started = time.monotonic()
         try:
-            answers, failed = model.complete_all(messages, max_tokens)
-            self.log(f"{model.name} answered {len(messages) - failed} of {len(messages)} prompts in {time.monotonic() - started:.1f}s")
+            answers, failed, reused = model.complete_all(messages, max_tokens, self.answers)
+            self.log(f"{model.name} answered {len(messages) - failed} of {len(messages)} prompts in {time.monotonic() - started:.1f}s"
+                     + (f" ({reused} answers reused from earlier runs)" if reused else ""))
         except EndpointFailure as exc:
             self.failed_endpoints[model.name] = str(exc)
             self.log(f"endpoint {model.name} left out of the report: {exc}")
             return None
-        counts = self.failed_requests.setdefault(model.name, [0, 0])
+        counts = self.request_counts.setdefault(model.name, [0, 0, 0])
         counts[0] += failed
         counts[1] += len(messages)
+        counts[2] += reused
         return answers
 
     def _local_variants(self) -> list[str]:
@@ -368,8 +373,10 @@ class Evaluation:
         else:
             tasks.append(self.run_agreement(heldout))
         notes.extend(f"endpoint {name} failed and is left out: {reason}" for name, reason in self.failed_endpoints.items())
-        notes.extend(
-            f"{name}: {failed} of {sent} requests failed after retries; they count as unparseable answers"
-            for name, (failed, sent) in self.failed_requests.items() if failed
-        )
+        for name, (failed, sent, reused) in self.request_counts.items():
+            if failed:
+                notes.append(f"{name}: {failed} of {sent} requests failed after retries; they count as unparseable answers")
+            if reused:
+                notes.append(f"{name}: {reused} of {sent} answers reused from earlier runs (same model, prompt and token "
+                             "budget, greedy decoding); set reuse_api_answers to false to ask again")
         return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, time.monotonic() - started)
