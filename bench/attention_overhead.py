@@ -3,7 +3,8 @@
 Two levels, both with LoRA r=8 on q/k/v/o_proj and a right-padded batch (the training case):
 - model: the student (SmolLM2-135M by default) forward+backward per mode; the figure that matters for training;
 - attention op: the attention call alone for one forward's worth of layers (bias built once, used per layer).
-Modes are interleaved round by round so CPU frequency drift hits them all alike; medians are reported.
+Modes are interleaved round by round so CPU frequency drift hits them all alike; each round gives a ratio to
+stock SDPA, reported as median (min-max) over the rounds.
 On a CPU shared with other jobs, ``--threads 1 --clock cpu`` times the process's own CPU work.
 Target: masked / stock <= 1.10.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 import torch
@@ -23,6 +23,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from bench.measure import spread
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 from opengrok_dagster.training import attention
 from opengrok_dagster.training.attention import MASK_MODES, attention_implementation
@@ -52,7 +53,7 @@ def _timed(step, clock) -> float:
     return clock() - started
 
 
-def model_level(model_path: str, batch: int, length: int, rounds: int, clock) -> dict[str, float]:
+def model_level(model_path: str, batch: int, length: int, rounds: int, clock) -> dict[str, list[float]]:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
@@ -75,7 +76,7 @@ def model_level(model_path: str, batch: int, length: int, rounds: int, clock) ->
     for _ in range(rounds):
         for name in IMPLEMENTATIONS:
             times[name].append(_timed(step(name), clock))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 class _Module(torch.nn.Module):
@@ -87,7 +88,7 @@ class _Module(torch.nn.Module):
         self.is_causal = True
 
 
-def op_level(batch: int, length: int, layers: int, rounds: int, clock, heads=9, kv_heads=3, head_dim=64) -> dict[str, float]:
+def op_level(batch: int, length: int, layers: int, rounds: int, clock, heads=9, kv_heads=3, head_dim=64) -> dict[str, list[float]]:
     data = training_batch(batch, length, 100)
     module = _Module(heads, kv_heads)
     padding = data["attention_mask"].bool()
@@ -120,13 +121,14 @@ def op_level(batch: int, length: int, layers: int, rounds: int, clock, heads=9, 
     for _ in range(rounds):
         for name in IMPLEMENTATIONS:
             times[name].append(_timed(step(name), clock))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
-def table(title: str, medians: dict[str, float]) -> list[str]:
-    stock = medians["stock sdpa"]
-    lines = [f"### {title}", "", "| attention | median s | vs stock SDPA |", "|---|---:|---:|"]
-    lines += [f"| {name} | {seconds:.4f} | {seconds / stock:.3f} |" for name, seconds in medians.items()]
+def table(title: str, times: dict[str, list[float]]) -> list[str]:
+    stock = times["stock sdpa"]
+    lines = [f"### {title}", "", "| attention | seconds, median (min-max) | vs stock SDPA, median (min-max) of rounds |", "|---|---:|---:|"]
+    for name, seconds in times.items():
+        lines.append(f"| {name} | {spread(seconds, 4)} | {spread([s / b for s, b in zip(seconds, stock)], 3)} |")
     return lines + [""]
 
 
@@ -153,8 +155,8 @@ def main() -> None:
         print("\n".join(table(f"Attention op only, {args.layers} layers per forward", op_level(args.batch, args.length, args.layers, args.rounds, clock))), flush=True)
     if "model" in args.levels:
         model_path = args.model or str(check_offline_model(offline_model_dir()))
-        medians = model_level(model_path, args.batch, args.length, args.rounds, clock)
-        print("\n".join(table(f"Model forward+backward ({model_path.rstrip('/').rsplit('/', 1)[-1]}, LoRA r=8)", medians)))
+        times = model_level(model_path, args.batch, args.length, args.rounds, clock)
+        print("\n".join(table(f"Model forward+backward ({model_path.rstrip('/').rsplit('/', 1)[-1]}, LoRA r=8)", times)))
 
 
 if __name__ == "__main__":

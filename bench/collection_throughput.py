@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.measure import spread
 from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses
 from opengrok_dagster.collect.store import ResponseStore
@@ -87,26 +88,30 @@ def loopback_table(latency_s: float, repeats: int) -> list[str]:
                 limits = ClientLimits(max_concurrency=concurrency, requests_per_minute=rpm)
                 elapsed, _ = timed_collection(base_url, "loopback", n, limits, SamplingParams(), f"c{concurrency}-{rpm}-{repeat}")
                 rates.append(n / elapsed)
-            median = statistics.median(rates)
             lines.append(
-                f"| {concurrency} | {int(rpm) if rpm else '-'} | {n} | {ideal:.1f} | {median:.1f} ({min(rates):.1f}-{max(rates):.1f}) | {median / ideal:.3f} |"
+                f"| {concurrency} | {int(rpm) if rpm else '-'} | {n} | {ideal:.1f} | {spread(rates, 1)} | {statistics.median(rates) / ideal:.3f} |"
             )
     return lines
 
 
-def embedded_table(requests_per_level: int, max_tokens: int) -> list[str]:
+def embedded_table(requests_per_level: int, max_tokens: int, repeats: int) -> list[str]:
     from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
     from opengrok_dagster.offline.server import TeacherServer
 
-    lines = ["| concurrency | requests | max_tokens | seconds | completion tok/s | req/s |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| concurrency | requests | max_tokens | completion tok/s, median (min-max) | req/s, median (min-max) |",
+             "|---:|---:|---:|---:|---:|"]
     with TeacherServer(check_offline_model(offline_model_dir())) as server:
         for concurrency in (1, 8, 32):
             n = max(concurrency, requests_per_level if concurrency > 1 else 4)
-            elapsed, tokens = timed_collection(
-                server.base_url, server.model_id, n, ClientLimits(max_concurrency=concurrency),
-                SamplingParams(max_tokens=max_tokens, temperature=0.7), f"embedded-{concurrency}",
-            )
-            lines.append(f"| {concurrency} | {n} | {max_tokens} | {elapsed:.1f} | {tokens / elapsed:.1f} | {n / elapsed:.2f} |")
+            token_rates, request_rates = [], []
+            for repeat in range(repeats):
+                elapsed, tokens = timed_collection(
+                    server.base_url, server.model_id, n, ClientLimits(max_concurrency=concurrency),
+                    SamplingParams(max_tokens=max_tokens, temperature=0.7), f"embedded-{concurrency}-{repeat}",
+                )
+                token_rates.append(tokens / elapsed)
+                request_rates.append(n / elapsed)
+            lines.append(f"| {concurrency} | {n} | {max_tokens} | {spread(token_rates, 1)} | {spread(request_rates, 2)} |")
     return lines
 
 
@@ -123,7 +128,7 @@ def main() -> None:
     print("\n".join(loopback_table(args.latency, args.repeats)))
     if not args.skip_embedded:
         print("\nEmbedded teacher (transformers serve --continuous-batching, SmolLM2-135M fp32, CPU):\n")
-        print("\n".join(embedded_table(args.embedded_requests, args.embedded_max_tokens)))
+        print("\n".join(embedded_table(args.embedded_requests, args.embedded_max_tokens, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.measure import Measured, gib, machine_details, run_measured
+from bench.measure import Measured, gib, machine_details, run_measured, spread
 
 STAGES = ("start-up", "collect", "filter + masks", "fine-tune", "evaluate")
 STAGE_OF_LABEL = {"[collect": "collect", "[filter + mask tables]": "filter + masks", "[fine-tune]": "fine-tune",
@@ -39,10 +38,6 @@ def opengrok_run(home: Path) -> Measured:
     if measured.returncode:
         raise SystemExit(f"`opengrok run` failed (exit {measured.returncode}) with OPENGROK_HOME={home}; see its output above")
     return measured
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
 def table(fresh: list[Measured], unchanged: list[Measured]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -104,6 +105,11 @@ def machine_details() -> str:
     cpu = platform.processor() or platform.machine()
     return (f"{cpu}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM, {gpu}; {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, {torch_version}")
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """Median (min-max): how every bench reports a figure measured several times."""
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def gib(size: int) -> str:
