@@ -46,8 +46,10 @@ dev: setup
 	$(BIN)/opengrok topics sync
 	$(BIN)/dagster dev -w workspace.yaml
 
+# Every benchmark, written to docs/benchmarks.md; TRL is a bench-only dependency (the training comparison).
 bench: setup
-	$(BIN)/python -m bench.collection_throughput
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .opengrok

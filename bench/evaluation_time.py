@@ -18,6 +18,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def main() -> None:
             for repeat in range(1, args.repeats + 1):
                 started, cpu_started = time.monotonic(), time.process_time()
                 student = LocalStudent(model_path, checkpoints, threads=config.torch_threads)
-                log = lambda m: print(f"[run {repeat}, {time.monotonic() - started:6.1f}s] {m}", flush=True)  # noqa: E731
+                log = lambda m: print(f"[run {repeat}, {time.monotonic() - started:6.1f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
                 results = Evaluation(config, student, api, log=log).run(heldout)
                 publish_report(Path(scratch) / "reports", build_report(results), results_frame(results))
                 walls.append(time.monotonic() - started)

@@ -20,6 +20,7 @@ from itertools import cycle, islice
 
 import pandas as pd
 
+from bench.measure import spread
 from opengrok_dagster.filtering.chain import FilterModels, filter_responses
 from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.filtering.language import language_text
@@ -77,21 +78,19 @@ def main() -> None:
     models.language.detect([language_text(t) for t in texts])
     language_s = time.perf_counter() - started
 
-    median = statistics.median(seconds)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load} (other work slows every figure), "
-          f"python {platform.python_version()}; {args.rows} rows, median of {args.repeats}\n")
+          f"python {platform.python_version()}; {args.rows} rows, {args.repeats} repeats\n")
     print("| stage | seconds | rows/s |\n|---|---:|---:|")
     print(f"| load models (once per run) | {load_s:.1f} | - |")
     print(f"| toxicity alone ({models.toxicity.name}) | {toxicity_s:.2f} | {args.rows / toxicity_s:,.0f} |")
     print(f"| language alone (lingua, {len(config.detected_languages)} languages) | {language_s:.2f} | {args.rows / language_s:,.0f} |")
-    print(f"| whole chain (min-max {min(seconds):.2f}-{max(seconds):.2f} s) | {median:.2f} | {args.rows / median:,.0f} |")
+    print(f"| whole chain, median (min-max) | {spread(seconds, 2)} | {spread([args.rows / s for s in seconds])} |")
     # CPU time (all threads) hardly depends on other work on the machine: the rate an idle core would give.
-    cpu = statistics.median(cpu_seconds)
-    print(f"| whole chain, CPU seconds (all threads) | {cpu:.2f} | {args.rows / cpu:,.0f} per CPU-second |")
+    print(f"| whole chain, CPU seconds (all threads) | {spread(cpu_seconds, 2)} | {spread([args.rows / s for s in cpu_seconds])} per CPU-second |")
     print(f"\nstates: {filtered['state'].value_counts().to_dict()}")
-    print(f"target >= {TARGET_ROWS_PER_S} rows/s: {'met' if args.rows / median >= TARGET_ROWS_PER_S else 'NOT met'}")
-
+    rate = args.rows / statistics.median(seconds)
+    print(f"target >= {TARGET_ROWS_PER_S} rows/s: {'met' if rate >= TARGET_ROWS_PER_S else 'NOT met'}")
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pandas as pd
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from transformers import AutoTokenizer  # noqa: E402  (after the thread-pool setting)
 
+from bench.measure import spread  # noqa: E402
 from opengrok_dagster.masks.builder import build_mask_table  # noqa: E402
 from opengrok_dagster.masks.config import DEFAULT_SPACY_MODEL, MaskConfig  # noqa: E402
 from opengrok_dagster.masks.linguistics import load_spacy  # noqa: E402
@@ -84,18 +84,14 @@ def main() -> None:
         mask_words, seconds = timed(clock, build)
         assert mask_words == words, "both sides must count the same words"
         mask_rates.append(mask_words / seconds)
-    bare, masks = max(bare_rates), max(mask_rates)
-    median_ratio = statistics.median(mask_rates) / statistics.median(bare_rates)
+    ratios = [m / b for m, b in zip(mask_rates, bare_rates)]  # each round times both sides back to back
     print(f"# mask_throughput: {args.examples} examples, {len(texts)} distinct texts, {words} spaCy words, "
           f"{config.spacy_model} {nlp.pipe_names}, batch {config.spacy_batch_size}, n_process {config.spacy_n_process}, "
           f"{platform.processor() or platform.machine()}, {'CPU' if clock is time.process_time else 'wall'} seconds, "
-          f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}")
-    print(f"| run | words/s (best of {args.rounds}) | median | per round |")
-    print("|---|---:|---:|---|")
-    for name, rates in (("bare nlp.pipe", bare_rates), ("build_mask_table", mask_rates)):
-        print(f"| {name} | {max(rates):,.0f} | {statistics.median(rates):,.0f} | {', '.join(f'{r:,.0f}' for r in rates)} |")
-    print(f"ratio mask/bare: {masks / bare:.2f} best, {median_ratio:.2f} median (target >= 0.8); load average {os.getloadavg()[0]:.1f}")
-
+          f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}, {args.rounds} rounds\n")
+    print("| run | words/s, median (min-max) |\n|---|---:|")
+    print(f"| bare nlp.pipe | {spread(bare_rates)} |\n| build_mask_table | {spread(mask_rates)} |")
+    print(f"| ratio mask/bare per round (target >= 0.8) | {spread(ratios, 2)} |")
 
 if __name__ == "__main__":
     main()

@@ -47,9 +47,12 @@ def run_measured(
     interval_s: float = 0.25,
     echo: bool = True,
 ) -> Measured:
-    """Run ``command``; ``stage_of(line)`` names the stage a line of its output starts (None: no change)."""
+    """Run ``command``; ``stage_of(line)`` names the stage a line of its output starts (None: no change).
+
+    Its stdout is captured (the figures) and echoed to stderr as it comes; its stderr passes straight through.
+    """
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
     watched = psutil.Process(process.pid)
     state = {"stage": first_stage, "since": started}
     measured = Measured(returncode=-1, seconds=0.0, output="")
@@ -75,8 +78,8 @@ def run_measured(
     for line in process.stdout:
         lines.append(line)
         if echo:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            sys.stderr.write(line)
+            sys.stderr.flush()
         stage = stage_of(line)
         if stage and stage != state["stage"]:
             now = time.monotonic()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoTokenizer, TrainerCallback
 
+from bench.measure import spread
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 from opengrok_dagster.training.config import TrainingConfig
@@ -147,14 +147,12 @@ def main() -> None:
         results["TRL SFTTrainer"].append(trl(model_path, rows, args))
         for mode in args.modes:
             results[f"ours ({mode})"].append(ours(model_path, table, mode, args))
-    baseline = statistics.median(results["TRL SFTTrainer"])
+    baseline = results["TRL SFTTrainer"]
     print(f"{args.examples - args.validation} train examples, batch {args.batch} x <= {args.length} tokens, {args.steps} steps, "
           f"{args.repeats} repeats, torch {torch.get_num_threads()} threads, {args.clock} clock\n")
-    print("| trainer | tokens/s (median) | runs | vs TRL |\n|---|---:|---|---:|")
+    print("| trainer | tokens/s, median (min-max) | vs TRL, median (min-max) of repeats |\n|---|---:|---:|")
     for name, values in results.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.0f} | {', '.join(f'{v:.0f}' for v in values)} | {median / baseline:.3f} |")
-
+        print(f"| {name} | {spread(values)} | {spread([v / b for v, b in zip(values, baseline)], 3)} |")
 
 if __name__ == "__main__":
     main()
