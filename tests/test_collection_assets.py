@@ -106,3 +106,17 @@ def test_canary_api_key_never_appears_in_logs_events_metadata_or_files(persisten
     # the scan really covers what was written: the response data, or the failure
     assert ("grok-test" if server_key == CANARY else "HTTP 401") in recorded and "raw_responses" in recorded
     assert CANARY not in recorded
+
+
+def test_remote_mode_without_endpoint_names_the_variables(persistent_instance, tmp_path):
+    persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
+    result = materialize(
+        [prompts, raw_responses],
+        resources=resources_for(tmp_path, None) | {"teacher": TeacherResource(mode="remote")},
+        instance=persistent_instance,
+        partition_key=collection_partition_key("climate", ROUND),
+        raise_on_error=False,
+    )
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "set OPENGROK_TEACHER_BASE_URL and OPENGROK_TEACHER_MODEL" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "assets" / "raw_responses").exists()
