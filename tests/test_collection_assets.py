@@ -8,7 +8,7 @@ from assets.collection import prompts, raw_responses
 from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, texts_written_under
 
 CANARY = "xai-canary-9d8c7b6a5f4e3d2c1b0a"
 ROUND = "2026-11-24"
@@ -86,10 +86,8 @@ def test_too_many_errors_fail_the_blocking_check(persistent_instance, tmp_path):
 def _everything_recorded(instance, tmp_path, capfd) -> str:
     events = [entry for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
     runs = [str(run.run_config) + str(run.tags) for run in instance.get_runs()]
-    parquet = [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*.parquet")]
-    database = [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*.sqlite*")]
     captured = capfd.readouterr()
-    return "\n".join([*(repr(e) for e in events), *runs, *parquet, *database, captured.out, captured.err])
+    return "\n".join([*(repr(e) for e in events), *runs, texts_written_under(tmp_path), captured.out, captured.err])
 
 
 @pytest.mark.parametrize("server_key", [CANARY, "a-different-key"], ids=["accepted", "rejected-401"])

@@ -1,0 +1,46 @@
+"""A canary API key through the whole pipeline: `opengrok run` against a remote teacher that requires it.
+
+The key must reach the teacher (every request carries it) and appear nowhere else: not in the CLI's
+output (Dagster's console log and the training subprocess's output included), the event log, the stored
+run config the UI shows, metadata, Parquet files, checkpoints, stores or reports.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from tests.conftest import REPO_ROOT, texts_written_under
+from tests.test_eval_report import tiny_student  # noqa: F401  (fixture)
+
+CANARY = "xai-canary-5e4d3c2b1a0f9e8d7c6b"
+
+
+@pytest.mark.integration
+def test_canary_key_reaches_the_teacher_and_nothing_else_across_the_whole_pipeline(tmp_path, tiny_student):  # noqa: F811
+    home = tmp_path / "home"
+    with LoopbackTeacher(LoopbackConfig(expected_api_key=CANARY)) as teacher:
+        env = {
+            **os.environ,
+            "OPENGROK_HOME": str(home),
+            "DAGSTER_HOME": str(home / "dagster_home"),
+            "OPENGROK_TEACHER_BASE_URL": teacher.base_url,
+            "OPENGROK_TEACHER_MODEL": "grok-canary-test",
+            "XAI_API_KEY": CANARY,
+            "OPENGROK_STUDENT_MODEL": str(tiny_student),
+        }
+        run = subprocess.run(
+            [sys.executable, "-m", "opengrok_dagster.cli", "run", "--topics", "climate,football", "--modes", "none"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert teacher.requests and all(r.authorization == f"Bearer {CANARY}" for r in teacher.requests)
+
+    recorded = "\n".join([run.stdout, run.stderr, texts_written_under(home)])
+    # The scan covers what each stage wrote: responses, the filtered set, masks, the adapter, the report.
+    for written in ("grok-canary-test", "filtered_responses", "mask_tables", "lora_checkpoint", "external reference"):
+        assert written in recorded, written
+    assert (home / "checkpoints" / "none" / "adapter_model.safetensors").exists()
+    assert CANARY not in recorded
