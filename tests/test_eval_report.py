@@ -123,7 +123,7 @@ def test_without_data_the_sns_part_says_so_and_agreement_still_runs(tmp_path, mo
     config = EvaluationConfig(agreement_examples=0, resamples=100, agreement_max_new_tokens=4)
     results = Evaluation(config, LocalStudent(str(tiny_student)), [], log=lambda _: None).run(heldout_frame().iloc[:2])
     assert [t.name for t in results.tasks] == ["teacher_agreement"]
-    assert any("SNS tasks were not evaluated" in note for note in results.notes)
+    assert any("were not evaluated: no data directory was found" in note for note in results.notes)
     assert results.tasks[0].n == 2
 
 

@@ -1,8 +1,8 @@
 """Readers for the social-media datasets as they are laid out in ``shared/data`` (see each folder's SOURCE.md).
 
 Every reader takes a path, so any split (including the withheld test splits) is read by the same code; each
-error names the file and line and says what was expected. Loading from the Hugging Face hub is not offered:
-the ``datasets`` package is not a dependency; download the files and point the data directory at them.
+error names the file and line and says what was expected. The same tasks load from the Hugging Face hub
+through :mod:`opengrok_dagster.evaluation.hub` into the same records.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class ClassificationData:
     labels: np.ndarray  # int class index per text
     label_names: tuple[str, ...]
     source: str
+    version: str = ""  # the data version the report records: a file digest, or the hub dataset's fingerprint
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class MultiLabelData:
     labels: np.ndarray  # bool (n, len(label_names))
     label_names: tuple[str, ...]
     source: str
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class NerData:
     tags: list[list[str]]
     entity_types: tuple[str, ...]
     source: str
+    version: str = ""
 
 
 def resolve_data_dir(configured: str | None = None) -> Path | None:

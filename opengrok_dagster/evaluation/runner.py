@@ -14,7 +14,8 @@ from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.evaluation.bootstrap import Difference, Distribution, bootstrap, paired_difference, resample_indices
-from opengrok_dagster.evaluation.datasets import DatasetError, file_digest, resolve_data_dir
+from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
+from opengrok_dagster.evaluation.hub import is_hub_split
 from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
 from opengrok_dagster.evaluation.ner import ner_messages, parse_entity_lines, spans_to_tags
@@ -192,12 +193,15 @@ class Evaluation:
                 yield model.name, predicted, float((predicted < 0).mean())
 
     def _baselines(
-        self, spec: TaskSpec, data_dir: Path, eval_texts: list[str], eval_names: tuple[str, ...], words: list[str], multi_label: bool, notes: list[str]
+        self, spec: TaskSpec, data_dir: Path | None, eval_texts: list[str], eval_names: tuple[str, ...], words: list[str], multi_label: bool, notes: list[str]
     ):
         """Yields (model, predictions) for TF-IDF + LR on gold train labels, and on teacher labels of train texts;
         a baseline that cannot be trained is explained in ``notes``."""
-        train_relative = self.config.train_paths.get(spec.name) or spec.train_paths
-        train = read_split(spec, data_dir, tuple(train_relative), train=True)
+        train_relative = tuple(self.config.train_paths.get(spec.name) or spec.train_paths)
+        if data_dir is None and not (len(train_relative) == 1 and is_hub_split(train_relative[0])):
+            notes.append("the TF-IDF baselines were not trained: no data directory for the train split; name a hub split in train_paths")
+            return
+        train = read_split(spec, data_dir, train_relative, train=True)
         if tuple(train.label_names) != tuple(eval_names):
             raise DatasetError(
                 f"task {spec.name}: the train split ({train.source}) has labels {list(train.label_names)} but the evaluation "
@@ -274,15 +278,14 @@ class Evaluation:
                 result.comparisons.append(PairedComparison(model, baseline, metric, difference))
         return result
 
-    def run_task(self, spec: TaskSpec, data_dir: Path) -> TaskResult:
+    def run_task(self, spec: TaskSpec, data_dir: Path | None) -> TaskResult:
         cfg = self.config
         relative = cfg.eval_paths.get(spec.name) or spec.eval_path
         data = read_split(spec, data_dir, relative)
         wanted = cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples
         total = len(data.tokens) if spec.kind == "ner" else len(data.texts)
         chosen = sample_items(total, wanted, cfg.seed)
-        source_path = Path(data.source.split(", ")[0])
-        result = TaskResult(spec, spec.name, spec.primary_metric, data.source, file_digest(source_path), total, len(chosen))
+        result = TaskResult(spec, spec.name, spec.primary_metric, data.source, data.version, total, len(chosen))
         self.log(f"{spec.name}: {len(chosen)} of {total} items from {data.source} (seed {cfg.seed})")
         scored: list[tuple[str, object, float | None]] = []
         if spec.kind == "ner":
@@ -358,14 +361,14 @@ class Evaluation:
         cfg = self.config
         notes = list(notes or [])
         data_dir = resolve_data_dir(cfg.data_dir)
-        tasks: list[TaskResult] = []
-        if data_dir is None:
+        runnable = [name for name in cfg.tasks if data_dir is not None or is_hub_split(cfg.eval_paths.get(name, ""))]
+        if len(runnable) < len(cfg.tasks):
             notes.append(
-                "SNS tasks were not evaluated: no data directory was found. Set OPENGROK_DATA_DIR (or the data_dir "
-                "setting) to a folder laid out like shared/data (tweeteval/, wnut17/, ...)."
+                f"SNS tasks {', '.join(n for n in cfg.tasks if n not in runnable)} were not evaluated: no data directory "
+                "was found. Set OPENGROK_DATA_DIR (or the data_dir setting) to a folder laid out like shared/data "
+                "(tweeteval/, wnut17/, ...), or name hub splits (hf:<dataset>:<config>:<split>) in eval_paths."
             )
-        else:
-            tasks.extend(self.run_task(task_spec(name), data_dir) for name in cfg.tasks)
+        tasks: list[TaskResult] = [self.run_task(task_spec(name), data_dir) for name in runnable]
         if self.student is None:
             notes.append("no local student was evaluated")
         elif heldout is None or heldout.empty:

@@ -1,12 +1,13 @@
 """The SNS tasks the report knows: where their files are, how to read and prompt them, how they are scored.
 
 Paths are relative to the data directory and may be overridden per task, so the withheld test splits run
-through the same code (e.g. ``tweeteval/sentiment/test`` or ``wnut17/emerging.test.annotated``).
+through the same code (e.g. ``tweeteval/sentiment/test`` or ``wnut17/emerging.test.annotated``); a path of
+the form ``hf:<dataset>:<config>:<split>`` loads that split from the Hugging Face hub instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from opengrok_dagster.evaluation.datasets import (
@@ -17,8 +18,10 @@ from opengrok_dagster.evaluation.datasets import (
     read_conll,
     read_semeval_tsv,
     read_topic_jsonl,
+    file_digest,
     read_tweeteval,
 )
+from opengrok_dagster.evaluation.hub import is_hub_split, load_hub_split
 
 READERS = {"tweeteval": read_tweeteval, "semeval_tsv": read_semeval_tsv, "topic_jsonl": read_topic_jsonl, "conll": read_conll}
 KIND_OF_FORMAT = {"tweeteval": "classification", "semeval_tsv": "classification", "topic_jsonl": "multilabel", "conll": "ner"}
@@ -50,7 +53,7 @@ class TaskSpec:
         return KIND_OF_FORMAT[self.format]
 
 
-_TWEETEVAL = "Barbieri et al. 2020, TweetEval (Findings of EMNLP), Table 3, test set"
+_TWEETEVAL = "Barbieri et al. 2020, TweetEval (Findings of EMNLP 2020), test set"
 _TWEETEVAL_README = "cardiffnlp/tweeteval README leaderboard, test set"
 _SEMEVAL_TRAIN = ("semeval2017_task4a/twitter-2013train-A.tsv", "semeval2017_task4a/twitter-2016train-A.tsv")
 
@@ -85,8 +88,10 @@ TASKS: dict[str, TaskSpec] = {
             "wnut17", "conll", "wnut17/emerging.dev.conll", ("wnut17/wnut17train.conll",), "f1",
             "List the named entities in this post.",
             references=(
-                ExternalReference("UH-RiTUAL (best shared-task system)", 0.4186, "Derczynski et al. 2017, WNUT-17 shared task results, test set"),
-                ExternalReference("CL-KL", 0.6045, "Wang et al. 2021, ACL, 'Improving NER by External Context Retrieving and Cooperative Learning', test set"),
+                ExternalReference("UH-RiTUAL (first in the WNUT-17 shared task)", 0.4186,
+                                  "Aguilar et al. 2017, WNUT (ACL Anthology W17-4419), entity F1, test set"),
+                ExternalReference("CL-KL", 0.6045, "Wang et al. 2021, ACL, 'Improving Named Entity Recognition by External Context "
+                                  "Retrieving and Cooperative Learning', test set"),
             ),
         ),
         TaskSpec(
@@ -122,17 +127,25 @@ def task_spec(name: str) -> TaskSpec:
 
 
 def read_split(
-    spec: TaskSpec, data_dir: Path, relative: str | tuple[str, ...], *, train: bool = False
+    spec: TaskSpec, data_dir: Path | None, relative: str | tuple[str, ...], *, train: bool = False
 ) -> ClassificationData | MultiLabelData | NerData:
-    """Read one split of ``spec``; ``relative`` is a path (or, for SemEval TSV, several) under ``data_dir``, or absolute."""
-    paths = [data_dir / p for p in ((relative,) if isinstance(relative, str) else relative)]
+    """Read one split of ``spec``: a path (or, for SemEval TSV, several) under ``data_dir``, an absolute path, or a
+    hub split ``hf:<dataset>:<config>:<split>`` (which needs no data directory)."""
+    relative = (relative,) if isinstance(relative, str) else tuple(relative)
+    if len(relative) == 1 and is_hub_split(relative[0]):
+        return load_hub_split(relative[0], spec.kind, tuple(spec.label_words or ()))
+    if data_dir is None:
+        raise DatasetError(f"task {spec.name}: {', '.join(relative)} is a path, but no data directory was found; set "
+                           "OPENGROK_DATA_DIR (or data_dir), or name a hub split hf:<dataset>:<config>:<split>")
+    paths = [data_dir / p for p in relative]
     file_format = (spec.train_format or spec.format) if train else spec.format
     reader = READERS[file_format]
     if file_format == "semeval_tsv":
-        return reader(paths)
+        return replace(reader(paths), version=file_digest(paths[0]))
     if len(paths) != 1:
         raise DatasetError(f"task {spec.name} reads one file per split, got {len(paths)}: {', '.join(map(str, paths))}")
-    return reader(paths[0])
+    data = reader(paths[0])
+    return replace(data, version=file_digest(Path(data.source)))
 
 
 def label_words(spec: TaskSpec, names: tuple[str, ...]) -> list[str]:
