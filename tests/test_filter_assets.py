@@ -158,7 +158,7 @@ def test_a_rejection_rate_above_the_bound_blocks(home, instance):
 
 @pytest.mark.parametrize("breakage, config, message", [
     ("garbage", {}, "cannot read raw responses .*football.parquet"),
-    ("missing_columns", {}, r"lack the columns \['response'"),
+    ("missing_columns", {}, r"lacks the columns \['response'"),
     (None, {"blocklist_path": "/nonexistent/blocklist.txt"}, "blocklist_path '/nonexistent/blocklist.txt' is not a readable file"),
     (None, {"allowed_languages": ["english"]}, "unknown language code 'english'"),
     (None, {"toxicity_classifier": "no_such_module:Model"}, "cannot be imported"),

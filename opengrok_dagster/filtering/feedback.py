@@ -11,11 +11,10 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from opengrok_dagster.collect.prompts import GridRefinement
 from opengrok_dagster.filtering.checks import DEFLECTION, REFUSAL, TEACHER_ERROR
+from opengrok_dagster.filtering.stored import read_stored
 
 FEEDBACK_DIMENSIONS = ("template_id", "platform", "style", "variant")
 FEEDBACK_COLUMNS = ("round", "dimension", "value", "responses", "keep_rate", "refusal_rate", "mean_chars", "distinct_2")
@@ -77,14 +76,7 @@ def read_feedback(path: Path) -> pd.DataFrame | None:
     """The stored feedback history, or None when no feedback was materialised yet."""
     if not path.exists():
         return None
-    try:
-        frame = pq.read_table(path).to_pandas()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"cannot read prompt feedback {path}: {exc}; re-materialise prompt_feedback or delete the file") from None
-    missing = [column for column in FEEDBACK_COLUMNS if column not in frame.columns]
-    if missing:
-        raise ValueError(f"prompt feedback {path} lacks the columns {missing}; re-materialise prompt_feedback")
-    return frame
+    return read_stored(path, "prompt feedback", FEEDBACK_COLUMNS, "re-materialise prompt_feedback or delete the file")
 
 
 def refinement_for_round(feedback: pd.DataFrame | None, round_key: str) -> GridRefinement | None:

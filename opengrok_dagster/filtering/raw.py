@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from opengrok_dagster.filtering.stored import read_stored
 
 RAW_COLUMNS = (
     "prompt_id", "topic", "round", "template_id", "platform", "style", "variant", "system_prompt", "prompt",
@@ -48,15 +48,7 @@ def read_raw_responses(raw_dir: Path, rounds: list[str]) -> pd.DataFrame:
     frames = []
     for round_key in rounds:
         for path in sorted((raw_dir / round_key).glob("*.parquet")):
-            try:
-                frame = pq.read_table(path).to_pandas()
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise ValueError(f"cannot read raw responses {path}: {exc}; re-materialise that raw_responses partition") from None
-            missing = [column for column in RAW_COLUMNS if column not in frame.columns]
-            if missing:
-                raise ValueError(
-                    f"raw responses {path} lack the columns {missing}; re-materialise that raw_responses partition "
-                    "with the current code"
-                )
+            frame = read_stored(path, "raw responses", RAW_COLUMNS,
+                                "re-materialise that raw_responses partition with the current code")
             frames.append(frame.loc[:, list(RAW_COLUMNS)])
     return pd.concat(frames, ignore_index=True)
