@@ -14,7 +14,9 @@ Target: ours / TRL >= 1.0. TRL is a bench-only dependency (``pip install 'trl==1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -143,10 +145,11 @@ def main() -> None:
     rows = conversations(args.examples)
     table = mask_table(tokenizer, rows, args.length, args.validation)
     results: dict[str, list[float]] = {"TRL SFTTrainer": [], **{f"ours ({mode})": [] for mode in args.modes}}
-    for _ in range(args.repeats):  # interleaved, so machine load drifts over all alike
-        results["TRL SFTTrainer"].append(trl(model_path, rows, args))
-        for mode in args.modes:
-            results[f"ours ({mode})"].append(ours(model_path, table, mode, args))
+    with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs; stdout carries the figures only
+        for _ in range(args.repeats):  # interleaved, so machine load drifts over all alike
+            results["TRL SFTTrainer"].append(trl(model_path, rows, args))
+            for mode in args.modes:
+                results[f"ours ({mode})"].append(ours(model_path, table, mode, args))
     baseline = results["TRL SFTTrainer"]
     print(f"{args.examples - args.validation} train examples, batch {args.batch} x <= {args.length} tokens, {args.steps} steps, "
           f"{args.repeats} repeats, torch {torch.get_num_threads()} threads, {args.clock} clock\n")
