@@ -154,3 +154,13 @@ def test_train_and_evaluation_label_mappings_must_agree(tmp_path):
     config = EvaluationConfig(tasks=("tweeteval_sentiment",), data_dir=str(tmp_path), train_paths={"tweeteval_sentiment": ("train.tsv",)})
     with pytest.raises(DatasetError, match=r"train split .*train.tsv\) has labels \['negative', 'neutral', 'positive'\] but the evaluation split has \['negative', 'positive'\]"):
         Evaluation(config, None, [], log=lambda _: None).run(None)
+
+
+def test_data_version_covers_every_file_of_a_split(tmp_path):
+    (tmp_path / "a.tsv").write_text("1\tpositive\tnice\n")
+    (tmp_path / "b.tsv").write_text("2\tnegative\tawful\n")
+    spec = task_spec("tweeteval_sentiment")
+    before = read_split(spec, tmp_path, ("a.tsv", "b.tsv"), train=True).version
+    (tmp_path / "b.tsv").write_text("2\tneutral\tawful\n")
+    after = read_split(spec, tmp_path, ("a.tsv", "b.tsv"), train=True)
+    assert len(before) == 12 and after.version != before and after.labels.tolist() == [2, 1]

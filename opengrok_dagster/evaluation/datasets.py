@@ -76,9 +76,12 @@ def resolve_data_dir(configured: str | None = None) -> Path | None:
     return SHARED_DATA_FALLBACK if SHARED_DATA_FALLBACK.is_dir() else None
 
 
-def file_digest(path: Path) -> str:
-    """Short sha256 of a data file: the data version the report records."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+def file_digest(*paths: Path) -> str:
+    """Short sha256 of one or more data files, in order: the data version the report records."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _lines(path: Path) -> list[str]:

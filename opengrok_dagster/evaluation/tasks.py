@@ -15,10 +15,10 @@ from opengrok_dagster.evaluation.datasets import (
     DatasetError,
     MultiLabelData,
     NerData,
+    file_digest,
     read_conll,
     read_semeval_tsv,
     read_topic_jsonl,
-    file_digest,
     read_tweeteval,
 )
 from opengrok_dagster.evaluation.hub import is_hub_split, load_hub_split
@@ -141,7 +141,7 @@ def read_split(
     file_format = (spec.train_format or spec.format) if train else spec.format
     reader = READERS[file_format]
     if file_format == "semeval_tsv":
-        return replace(reader(paths), version=file_digest(paths[0]))
+        return replace(reader(paths), version=file_digest(*paths))
     if len(paths) != 1:
         raise DatasetError(f"task {spec.name} reads one file per split, got {len(paths)}: {', '.join(map(str, paths))}")
     data = reader(paths[0])
