@@ -74,7 +74,7 @@ def section(name: str, bench: Bench) -> str:
     print(f"== {name}: {' '.join(bench.command()[1:])}", file=sys.stderr, flush=True)
     measured = run_measured(bench.command())
     if measured.returncode:
-        raise SystemExit(f"bench {name} failed (exit {measured.returncode}); docs/benchmarks.md is left as it was")
+        raise SystemExit(f"bench {name} failed (exit {measured.returncode}); its section in docs/benchmarks.md is left as it was")
     facts = (f"`.venv/bin/python -m {bench.module} {' '.join(bench.args)}` | {started:%Y-%m-%d %H:%M} UTC, "
              f"commit {git_commit()} | {measured.seconds:,.0f} s | load average {load_before:.1f} before, "
              f"{os.getloadavg()[0]:.1f} after | peak memory {gib(max(measured.stage_peak_rss.values(), default=0))}")
