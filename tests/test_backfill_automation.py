@@ -30,15 +30,16 @@ def test_invalid_recollect_cron_names_the_variable_and_the_fix(monkeypatch, cron
     assert f"OPENGROK_RECOLLECT_CRON={cron!r}" in message and "'0 3 * * *'" in message
 
 
-def test_code_location_with_an_invalid_cron_fails_to_load_with_that_message():
+@pytest.mark.parametrize(("variable", "value"), [("OPENGROK_RECOLLECT_CRON", "daily"), ("OPENGROK_RETRAIN_CRON", "weekly")])
+def test_code_location_with_an_invalid_cron_fails_to_load_with_that_message(variable, value):
     """What `dagster dev` shows as the code location's load error."""
     loaded = subprocess.run(
         [sys.executable, "-c", "import opengrok_dagster.schedules"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "OPENGROK_RECOLLECT_CRON": "daily"},
+        env={"PATH": "/usr/bin:/bin", variable: value},
     )
     assert loaded.returncode != 0
-    assert "SettingsError: OPENGROK_RECOLLECT_CRON='daily' is not a cron schedule" in loaded.stderr
+    assert f"SettingsError: {variable}={value!r} is not a cron schedule" in loaded.stderr
 
 
 @asset
