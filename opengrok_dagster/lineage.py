@@ -17,7 +17,6 @@ from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.training import CHECKPOINT_RECORD
 
 
-
 class LineageError(ValueError):
     """The artifact asked about does not exist (yet)."""
 
