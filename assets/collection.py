@@ -62,7 +62,7 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     topic = find_topic(paths.topics(), keys["topic"])
     grid = PromptGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.model_dump(exclude={"refine_from_feedback"}).items()})
     # Read by path, not as an asset input: feedback is downstream of prompts, so an input would be a cycle.
-    feedback_file = paths.home_dir / "assets" / "prompt_feedback.parquet"
+    feedback_file = paths.layout.prompt_feedback_path
     try:
         refinement = refinement_for_round(read_feedback(feedback_file), keys["round"]) if config.refine_from_feedback else None
     except ValueError as exc:

@@ -126,13 +126,13 @@ def eval_report(
     api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]
     heldout = filtered_responses[(filtered_responses["split"] == "heldout") & filtered_responses["response"].notna()]
     try:
-        answers = AnswerCache(paths.home_dir / "eval_answers.sqlite") if config.reuse_api_answers else None
+        answers = AnswerCache(paths.layout.eval_answers_path) if config.reuse_api_answers else None
         results = Evaluation(evaluation_config, local, api_models, context.log.info, answers).run(heldout, notes)
     except DatasetError as exc:
         raise Failure(f"eval_report: {exc}") from None
     report = build_report(results)
     frame = results_frame(results)
-    published = publish_report(paths.home_dir / "reports", report, frame)
+    published = publish_report(paths.layout.reports_dir, report, frame)
     context.log.info(f"report written to {published['markdown']} and {published['html']} in {results.seconds:.0f}s")
     metadata = {
         "dagster/row_count": len(frame),

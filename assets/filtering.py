@@ -25,7 +25,7 @@ from opengrok_dagster.filtering.dedup import duplicate_reasons
 from opengrok_dagster.filtering.feedback import merge_history, read_feedback, score_prompts, yield_by_template
 from opengrok_dagster.filtering.pii import find_pii
 from opengrok_dagster.filtering.raw import ROUND_SELECTIONS, available_rounds, choose_rounds, read_raw_responses
-from opengrok_dagster.filtering.review import ReviewStore, review_store_path
+from opengrok_dagster.filtering.review import ReviewStore
 from resources import OpenGrokPaths
 
 _DEFAULTS = FilterConfig.__dataclass_fields__
@@ -104,7 +104,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
     Reads the raw responses' Parquet files directly: loading this unpartitioned asset's partitioned parent
     through the IO manager would read every topic x round partition since the start date.
     """
-    raw_dir = paths.home_dir / "assets" / "raw_responses"
+    raw_dir = paths.layout.raw_responses_dir
     try:
         filter_config = config.filter_config()
         rounds = choose_rounds(available_rounds(raw_dir), config.rounds, config.last_n)
@@ -112,7 +112,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
         models = FilterModels.load(filter_config)
     except ValueError as exc:
         raise Failure(f"filtered_responses: {exc}") from None
-    with ReviewStore(review_store_path(paths.home_dir)) as reviews:
+    with ReviewStore(paths.layout.review_store_path) as reviews:
         decisions = reviews.latest_decisions()
     frame = filter_responses(raw, filter_config, models, decisions)
     context.log.info(f"filtered {len(frame)} responses from rounds {rounds}")
@@ -157,7 +157,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
 def prompt_feedback(context: AssetExecutionContext, filtered_responses: pd.DataFrame, paths: OpenGrokPaths):
     """Keep rate, refusal rate, kept length and answer diversity per template, platform, style and variant,
     per round. The next round's `prompts` read it to weight, rewrite and extend the grid."""
-    feedback_file = paths.home_dir / "assets" / "prompt_feedback.parquet"
+    feedback_file = paths.layout.prompt_feedback_path
     try:
         previous = read_feedback(feedback_file)
     except ValueError as exc:

@@ -126,7 +126,7 @@ def mask_tables(
     table = result.table
     if result.dropped_example_ids:
         context.log.warning(f"{len(result.dropped_example_ids)} examples dropped: their prompt fills max_length={mask_config.max_length}")
-    vocabulary_path = result.tfidf.save(paths.home_dir / "mask_tables")
+    vocabulary_path = result.tfidf.save(paths.layout.tfidf_vocabulary_dir)
     summary = summarise(table)
     yield Output(table, data_version=content_data_version(table), metadata=_metadata(table, summary, result, vocabulary_path, mask_config))
 

@@ -79,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
     from opengrok_dagster.offline.model import provision_offline_model
     from opengrok_dagster.partitions import MASK_MODES
-    from opengrok_dagster.settings import opengrok_home, teacher_is_remote
+    from opengrok_dagster.evaluation.report import REPORT_HTML, REPORT_MARKDOWN
+    from opengrok_dagster.settings import home_layout, teacher_is_remote
 
     modes = args.modes.split(",") if args.modes else list(MASK_MODES)
     unknown = sorted(set(modes) - set(MASK_MODES))
@@ -125,8 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if not _execute(instance, defs.resolve_job_def(evaluate_job.name), "[evaluate]"):
         return 1
-    reports = opengrok_home() / "reports"
-    print(f"done in {time.monotonic() - started:.0f}s: report at {reports / 'report.html'} (and report.md); "
+    reports = home_layout().reports_dir
+    print(f"done in {time.monotonic() - started:.0f}s: report at {reports / REPORT_HTML} (and {REPORT_MARKDOWN}); "
           "`make dev` opens the Dagster UI")
     return 0
 
@@ -134,12 +135,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     """The manual review queue: list, accept, reject, export and import decisions keyed by content hash."""
     from opengrok_dagster.filtering import review
-    from opengrok_dagster.settings import opengrok_home
+    from opengrok_dagster.settings import home_layout
 
-    home = opengrok_home()
-    filtered = review.read_filtered(home)
+    layout = home_layout()
+    filtered = review.read_filtered(layout.home)
     reviewer = args.reviewer or os.environ.get("USER") or None
-    with review.ReviewStore(review.review_store_path(home)) as store:
+    with review.ReviewStore(layout.review_store_path) as store:
         if args.action == "list":
             queue = review.review_queue(filtered, store.latest_decisions())
             if queue.empty:

@@ -10,7 +10,7 @@ from opengrok_dagster.automation import downstream_automation_sensor, training_s
 from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.schedules import recollect_schedule, retrain_schedule
 from opengrok_dagster.sensors import review_decisions_sensor, run_failure_recorder, topic_catalogue_sensor
-from opengrok_dagster.settings import opengrok_home, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
+from opengrok_dagster.settings import home_layout, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource, TrainingResource
 
 
@@ -58,15 +58,15 @@ def build_teacher(keep_server: bool = False) -> TeacherResource:
     embedded_defaults = {"max_concurrency": 16, "max_tokens": 128, "timeout_s": 600.0}
     return TeacherResource(
         mode="embedded",
-        server_log=str(opengrok_home() / "logs" / "teacher-server.log"),
+        server_log=str(home_layout().teacher_server_log),
         keep_server=keep_server,
         **(embedded_defaults | _teacher_tuning()),
     )
 
 
 def build_definitions(keep_teacher_server: bool = False) -> Definitions:
-    home = opengrok_home()
-    (home / "logs").mkdir(parents=True, exist_ok=True)
+    layout = home_layout()
+    layout.logs_dir.mkdir(parents=True, exist_ok=True)
     modules = [collection, filtering, masks, training, evaluation]
     return Definitions(
         assets=load_assets_from_modules(modules),
@@ -74,8 +74,8 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
         schedules=[recollect_schedule, retrain_schedule],
         sensors=[topic_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor, training_set_drift_sensor],
         resources={
-            "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
-            "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(topic_catalogue_path())),
+            "io_manager": ParquetIOManager(base_dir=str(layout.assets_dir)),
+            "paths": OpenGrokPaths(home=str(layout.home), topic_catalogue=str(topic_catalogue_path())),
             "teacher": build_teacher(keep_teacher_server),
             "student": StudentResource(model=os.environ.get("OPENGROK_STUDENT_MODEL") or None),
             "training": TrainingResource(

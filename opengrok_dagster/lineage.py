@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from opengrok_dagster.filtering.review import filtered_responses_path
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.training import CHECKPOINT_RECORD
 
@@ -40,14 +40,15 @@ def _record(path: Path) -> dict:
     return json.loads((path / CHECKPOINT_RECORD).read_text())
 
 
-def _checkpoint_dirs(home: Path) -> list[Path]:
-    root = home / "checkpoints"
+def _checkpoint_dirs(layout: HomeLayout) -> list[Path]:
+    root = layout.checkpoints_dir
     return sorted(p for p in root.iterdir() if (p / CHECKPOINT_RECORD).exists()) if root.exists() else []
 
 
 def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
     """The chain for one example: checkpoints that trained on it <- filter decision <- teacher request <- prompt."""
-    filtered_path = filtered_responses_path(home)
+    layout = HomeLayout(home)
+    filtered_path = layout.filtered_responses_path
     filtered = _read(filtered_path, "filtered_responses")
     rows = filtered[filtered["example_id"] == example_id]
     if rows.empty:
@@ -58,7 +59,7 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
             f"lora_checkpoint[{record['mask_mode']}]", str(path),
             {"base_model": record.get("base_model"), "split": row["split"]},
         )
-        for path in _checkpoint_dirs(home)
+        for path in _checkpoint_dirs(layout)
         if example_id in (record := _record(path)).get("example_ids", [])
     ]
     steps.append(
@@ -67,7 +68,7 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
             {"state": row["state"], "reasons": list(row["reasons"]), "split": row["split"], "content_hash": row["content_hash"]},
         )
     )
-    raw_path = home / "assets" / "raw_responses" / row["round"] / f"{row['topic']}.parquet"
+    raw_path = layout.collection_asset_path("raw_responses", row["topic"], row["round"])
     raw = _read(raw_path, f"raw_responses for topic {row['topic']!r}, round {row['round']}")
     request = raw[raw["prompt_id"] == row["prompt_id"]].iloc[0]
     steps.append(
@@ -78,7 +79,7 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
     )
     steps.append(
         LineageStep(
-            "prompts", str(home / "assets" / "prompts" / row["round"] / f"{row['topic']}.parquet"),
+            "prompts", str(layout.collection_asset_path("prompts", row["topic"], row["round"])),
             {key: request[key] for key in ("prompt_id", "topic", "round", "template_id", "variant", "platform", "style", "grid_version", "seed")}
             | {"prompt": request["prompt"]},
         )
@@ -88,7 +89,8 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
 
 def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
     """The chain for a checkpoint (a mask mode or an adapter directory): what it was trained from."""
-    path = home / "checkpoints" / checkpoint if checkpoint in MASK_MODES else Path(checkpoint)
+    layout = HomeLayout(home)
+    path = layout.checkpoint_dir(checkpoint) if checkpoint in MASK_MODES else Path(checkpoint)
     if not (path / CHECKPOINT_RECORD).exists():
         raise LineageError(
             f"{path} is not an OpenGrok checkpoint (no {CHECKPOINT_RECORD}); give a mask mode ({', '.join(MASK_MODES)}) "
@@ -102,7 +104,7 @@ def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
             {key: value for key, value in record.items() if key != "example_ids"} | {"examples": len(example_ids)},
         )
     ]
-    filtered_path = filtered_responses_path(home)
+    filtered_path = layout.filtered_responses_path
     if filtered_path.exists():
         trained = pd.read_parquet(filtered_path)
         trained = trained[trained["example_id"].isin(example_ids)]

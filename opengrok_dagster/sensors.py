@@ -67,10 +67,10 @@ def run_failure_recorder(context: RunFailureSensorContext, paths: OpenGrokPaths)
 def review_decisions_sensor(context: SensorEvaluationContext):
     """Re-materialise the filtered set when reviewers record new decisions (cursor: the last decision id),
     so accepted rows join the training set and rejected ones leave the queue."""
-    from opengrok_dagster.filtering.review import ReviewStore, review_store_path
-    from opengrok_dagster.settings import opengrok_home
+    from opengrok_dagster.filtering.review import ReviewStore
+    from opengrok_dagster.settings import home_layout
 
-    with ReviewStore(review_store_path(opengrok_home())) as store:
+    with ReviewStore(home_layout().review_store_path) as store:
         last_id = store.last_decision_id()
     seen = int(context.cursor or 0)
     if last_id <= seen:

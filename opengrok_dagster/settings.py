@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+from opengrok_dagster.layout import HomeLayout
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -14,12 +16,17 @@ def opengrok_home() -> Path:
     return Path(os.environ.get("OPENGROK_HOME", ".opengrok")).expanduser().resolve()
 
 
+def home_layout() -> HomeLayout:
+    """The paths under ``$OPENGROK_HOME``."""
+    return HomeLayout(opengrok_home())
+
+
 def topic_catalogue_path() -> Path:
     return Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", REPO_ROOT / "config" / "topics.yaml")).expanduser().resolve()
 
 
 def dagster_home() -> Path:
-    return Path(os.environ.get("DAGSTER_HOME") or opengrok_home() / "dagster_home").resolve()
+    return Path(os.environ.get("DAGSTER_HOME") or home_layout().dagster_home).resolve()
 
 
 def teacher_is_remote() -> bool:

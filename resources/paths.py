@@ -9,6 +9,7 @@ from pydantic import Field
 
 from opengrok_dagster.collect.store import ResponseStore
 from opengrok_dagster.collect.topics import Topic, load_topic_catalogue
+from opengrok_dagster.layout import HomeLayout
 
 
 class OpenGrokPaths(ConfigurableResource):
@@ -18,17 +19,18 @@ class OpenGrokPaths(ConfigurableResource):
     topic_catalogue: str = Field(description="YAML file listing the topics (keys, names, events) to seed partitions from.")
 
     @property
-    def home_dir(self) -> Path:
-        return Path(self.home)
+    def layout(self) -> HomeLayout:
+        """Every path under ``home`` (see ``opengrok_dagster.layout``)."""
+        return HomeLayout(Path(self.home))
 
     @property
     def logs_dir(self) -> Path:
-        path = self.home_dir / "logs"
+        path = self.layout.logs_dir
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def response_store(self) -> ResponseStore:
-        return ResponseStore(self.home_dir / "responses.sqlite")
+        return ResponseStore(self.layout.response_store_path)
 
     def topics(self) -> list[Topic]:
         return load_topic_catalogue(self.topic_catalogue)

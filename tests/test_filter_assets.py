@@ -11,7 +11,8 @@ from assets.collection import prompts, raw_responses
 from assets.filtering import filtered_responses, prompt_feedback
 from opengrok_dagster.filtering.chain import FILTERED_COLUMNS
 from opengrok_dagster.filtering.raw import RAW_COLUMNS
-from opengrok_dagster.filtering.review import ReviewStore, review_store_path
+from opengrok_dagster.filtering.review import ReviewStore
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT, SHARED_DATA
@@ -125,7 +126,7 @@ def test_review_decisions_are_applied_at_the_next_materialisation(home, instance
     frame = pd.read_parquet(home / "assets" / "filtered_responses.parquet")
     queued = frame[frame["state"] == "needs_review"]["content_hash"].tolist()
     assert queued
-    with ReviewStore(review_store_path(home)) as store:
+    with ReviewStore(HomeLayout(home).review_store_path) as store:
         store.record(queued[:1], "accept", note="a quote, not an opinion", reviewer="tester")
         store.record(queued[1:], "reject")
     assert run_filter(home, instance).success

@@ -10,11 +10,10 @@ from opengrok_dagster.cli import main
 from opengrok_dagster.filtering.review import (
     ReviewStore,
     export_queue,
-    filtered_responses_path,
     read_decisions_file,
     review_queue,
-    review_store_path,
 )
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.sensors import review_decisions_sensor
 from resources import OpenGrokPaths
 from tests.conftest import REPO_ROOT
@@ -35,20 +34,20 @@ def filtered_rows() -> pd.DataFrame:
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENGROK_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    path = filtered_responses_path(tmp_path)
+    path = HomeLayout(tmp_path).filtered_responses_path
     path.parent.mkdir(parents=True)
     filtered_rows().to_parquet(path)
     return tmp_path
 
 
 def test_decisions_persist_and_the_latest_wins(tmp_path):
-    with ReviewStore(review_store_path(tmp_path)) as store:
+    with ReviewStore(HomeLayout(tmp_path).review_store_path) as store:
         assert store.last_decision_id() == 0
         store.record(["aaaa1111"], "reject", note="generalisation")
         store.record(["aaaa1111"], "accept", note="it is a quote", reviewer="ana")
         with pytest.raises(ValueError, match="decision must be one of"):
             store.record(["aaaa2222"], "maybe")
-    with ReviewStore(review_store_path(tmp_path)) as reopened:  # a new process sees the same decisions
+    with ReviewStore(HomeLayout(tmp_path).review_store_path) as reopened:  # a new process sees the same decisions
         decision = reopened.latest_decisions()["aaaa1111"]
         assert (decision.decision, decision.note, decision.reviewer) == ("accept", "it is a quote", "ana")
         assert reopened.last_decision_id() == 2
@@ -97,7 +96,7 @@ def test_cli_lists_accepts_rejects_exports_and_imports(home, capsys):
     assert exported["content_hash"].tolist() == ["aaaa2222"]
     exported.assign(decision="reject", note="insult").to_csv(export, index=False)
     assert main(["review", "import", str(export)]) == 0
-    with ReviewStore(review_store_path(home)) as store:
+    with ReviewStore(HomeLayout(home).review_store_path) as store:
         decisions = store.latest_decisions()
     assert {h: d.decision for h, d in decisions.items()} == {"aaaa1111": "accept", "aaaa2222": "reject"}
     assert decisions["aaaa1111"].reviewer == "ana"
@@ -115,7 +114,7 @@ def test_cli_without_a_filtered_set_says_what_to_run(tmp_path, monkeypatch, caps
 def test_sensor_requests_the_filtered_set_once_per_batch_of_decisions(home, instance):
     context = build_sensor_context(instance=instance)
     assert isinstance(review_decisions_sensor(context), SkipReason)
-    with ReviewStore(review_store_path(home)) as store:
+    with ReviewStore(HomeLayout(home).review_store_path) as store:
         store.record(["aaaa1111", "aaaa2222"], "accept")
     result = review_decisions_sensor(build_sensor_context(instance=instance))
     assert result.cursor == "2" and [r.run_key for r in result.run_requests] == ["review-decisions-2"]

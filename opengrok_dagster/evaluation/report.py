@@ -22,6 +22,7 @@ import pandas as pd
 
 from opengrok_dagster.evaluation.runner import EvaluationResults, TaskResult
 
+REPORT_MARKDOWN, REPORT_HTML = "report.md", "report.html"  # in the layout's reports_dir
 MAIN_PLOT = "primary_metrics.png"
 DIFFERENCE_PLOT = "paired_differences.png"
 
@@ -257,7 +258,7 @@ def publish_report(report_dir: Path, report: Report, frame: pd.DataFrame) -> dic
     report_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=report_dir, prefix=".writing-"))
     try:
-        files = {"markdown": scratch / "report.md", "html": scratch / "report.html", "parquet": scratch / "results.parquet"}
+        files = {"markdown": scratch / REPORT_MARKDOWN, "html": scratch / REPORT_HTML, "parquet": scratch / "results.parquet"}
         files["markdown"].write_text(report.markdown(), encoding="utf-8")
         files["html"].write_text(report.html(), encoding="utf-8")
         frame.to_parquet(files["parquet"], index=False)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from opengrok_dagster.layout import HomeLayout
+
 ACCEPT, REJECT = "accept", "reject"
 DECISIONS = (ACCEPT, REJECT)
 QUEUE_COLUMNS = ("content_hash", "example_id", "topic", "round", "template_id", "reasons", "scores", "prompt", "response")
@@ -133,18 +135,8 @@ def read_decisions_file(path: str | Path) -> list[tuple[str, str, str | None]]:
     return decisions
 
 
-def review_store_path(home: str | Path) -> Path:
-    """Beside the response store, in its own file: reviews are written by people, responses by runs."""
-    return Path(home) / "reviews.sqlite"
-
-
-def filtered_responses_path(home: str | Path) -> Path:
-    """Where the Parquet IO manager publishes the unpartitioned filtered set."""
-    return Path(home) / "assets" / "filtered_responses.parquet"
-
-
 def read_filtered(home: str | Path) -> pd.DataFrame:
-    path = filtered_responses_path(home)
+    path = HomeLayout(Path(home)).filtered_responses_path
     if not path.exists():
         raise ValueError(f"no filtered set at {path}; materialise filtered_responses first (Dagster UI or `dagster asset materialize`)")
     return pd.read_parquet(path)
