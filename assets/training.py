@@ -20,8 +20,10 @@ from dagster._core.errors import DagsterPipesExecutionError  # raised by Pipes c
 from assets.metadata import png_markdown
 from assets.versioning import content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.config import TrainingConfig
+from opengrok_dagster.training.manifest import manifest_frame
 from resources import OpenGrokPaths, StudentResource, TrainingResource
 
 
@@ -66,64 +68,12 @@ def lora_checkpoint(
     """
     mode = context.partition_key
     placement = training.check_placement()
-    checkpoint_dir = paths.home_dir / "checkpoints" / mode
-    checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
     model_path = student.model_path()  # verifies the offline checkpoint's hashes: ~0.5 GB read, so once
     context.log.info(f"fine-tuning {model_path} with mask mode {mode} on {placement}")
-    with tempfile.TemporaryDirectory(dir=checkpoint_dir.parent, prefix=f".input-{mode}-") as scratch:
-        table_path = Path(scratch) / "mask_tables.parquet"
-        mask_tables.to_parquet(table_path, index=False)
-        extras = {
-            "mask_mode": mode,
-            "model_path": model_path,
-            "checkpoint_dir": str(checkpoint_dir),
-            "table_path": str(table_path),
-            "config": TrainingConfig(**config.model_dump()).model_dump(),
-            "data_versions": {"mask_tables": content_data_version(mask_tables).value},
-        }
-        try:
-            messages = training.run_training(context, extras).get_custom_messages()
-        except DagsterPipesExecutionError as exc:
-            raise Failure(
-                description=f"the training subprocess for {mode} died ({exc}); nothing was published, and its checkpoints "
-                f"in {checkpoint_dir.with_name('.work-' + mode)} are kept: re-materialise to resume"
-            ) from None
-    errors = [message["error"] for message in messages if "error" in message]
-    outcomes = [message["outcome"] for message in messages if "outcome" in message]
-    if errors or not outcomes:
-        reason = errors[0] if errors else "the training subprocess reported no outcome"
-        raise Failure(description=f"lora_checkpoint[{mode}] was not trained, nothing was published: {reason}")
-    outcome = outcomes[0]
-    manifest = pd.DataFrame([{key: outcome[key] for key in (
-        "mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
-        "train_examples", "validation_examples", "tokens_per_second",
-    )}])
-    curves = outcome["curves"]
-    yield Output(
-        manifest,
-        metadata={
-            "dagster/row_count": 1,
-            "adapter_dir": MetadataValue.path(outcome["adapter_dir"]),
-            "base_model": outcome["base_model"],
-            "best_val_loss": outcome["best_val_loss"],
-            "best_step": outcome["best_step"],
-            "global_step": outcome["global_step"],
-            "early_stopped": outcome["early_stopped"],
-            "early_stop_step": outcome["global_step"] if outcome["early_stopped"] else None,
-            "resumed_from_step": outcome["resumed_from_step"],
-            "reused_published_checkpoint": outcome["reused"],
-            "train_examples": outcome["train_examples"],
-            "validation_examples": outcome["validation_examples"],
-            "dropped_examples": outcome["dropped_examples"],
-            "tokens_per_second": outcome["tokens_per_second"],
-            "peak_memory_mb": round(outcome["peak_memory_bytes"] / 2**20, 1),
-            "device": outcome["device"],
-            "lora_targets": ", ".join(outcome["lora_targets"]),
-            "sample_generation": outcome["sample_generation"],
-            "loss_plot": png_markdown((Path(outcome["adapter_dir"]) / "loss_curves.png").read_bytes(), "train and validation loss"),
-            "losses": MetadataValue.md(_loss_table(curves)),
-        },
-    )
+    messages = _train_out_of_process(context, config, mask_tables, paths.layout, model_path, training)
+    outcome = _reported_outcome(mode, messages)
+    yield Output(manifest_frame(outcome), metadata=_metadata(outcome))
+
     finite = math.isfinite(outcome["best_val_loss"])
     yield AssetCheckResult(
         check_name="finite_validation_loss",
@@ -131,3 +81,58 @@ def lora_checkpoint(
         metadata={"best_val_loss": outcome["best_val_loss"]},
         description=None if finite else "validation loss diverged: lower learning_rate or use fp32, then re-materialise",
     )
+
+
+def _train_out_of_process(
+    context: AssetExecutionContext, config: LoraCheckpointConfig, mask_tables: pd.DataFrame, layout: HomeLayout,
+    model_path: str, training: TrainingResource,
+) -> list[dict]:
+    """Hand the mask table to the Pipes training subprocess through a scratch file; its custom messages."""
+    mode = context.partition_key
+    layout.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=layout.checkpoints_dir, prefix=f".input-{mode}-") as scratch:
+        table_path = Path(scratch) / "mask_tables.parquet"
+        mask_tables.to_parquet(table_path, index=False)
+        extras = {
+            "mask_mode": mode,
+            "model_path": model_path,
+            "checkpoint_dir": str(layout.checkpoint_dir(mode)),
+            "table_path": str(table_path),
+            "config": TrainingConfig(**config.model_dump()).model_dump(),
+            "data_versions": {"mask_tables": content_data_version(mask_tables).value},
+        }
+        try:
+            return training.run_training(context, extras).get_custom_messages()
+        except DagsterPipesExecutionError as exc:
+            raise Failure(
+                description=f"the training subprocess for {mode} died ({exc}); nothing was published, and its checkpoints "
+                f"in {layout.training_work_dir(mode)} are kept: re-materialise to resume"
+            ) from None
+
+
+def _reported_outcome(mode: str, messages: list[dict]) -> dict:
+    """The subprocess's outcome, or a Failure with the bad-input error it reported instead."""
+    errors = [message["error"] for message in messages if "error" in message]
+    outcomes = [message["outcome"] for message in messages if "outcome" in message]
+    if errors or not outcomes:
+        reason = errors[0] if errors else "the training subprocess reported no outcome"
+        raise Failure(description=f"lora_checkpoint[{mode}] was not trained, nothing was published: {reason}")
+    return outcomes[0]
+
+
+def _metadata(outcome: dict) -> dict:
+    return {
+        "dagster/row_count": 1,
+        "adapter_dir": MetadataValue.path(outcome["adapter_dir"]),
+        **{key: outcome[key] for key in (
+            "base_model", "best_val_loss", "best_step", "global_step", "early_stopped", "resumed_from_step",
+            "train_examples", "validation_examples", "dropped_examples", "tokens_per_second", "device",
+            "sample_generation",
+        )},
+        "early_stop_step": outcome["global_step"] if outcome["early_stopped"] else None,
+        "reused_published_checkpoint": outcome["reused"],
+        "peak_memory_mb": round(outcome["peak_memory_bytes"] / 2**20, 1),
+        "lora_targets": ", ".join(outcome["lora_targets"]),
+        "loss_plot": png_markdown((Path(outcome["adapter_dir"]) / "loss_curves.png").read_bytes(), "train and validation loss"),
+        "losses": MetadataValue.md(_loss_table(outcome["curves"])),
+    }

@@ -86,12 +86,6 @@ class TrainingOutcome:
     curves: dict
     reused: bool = False  # the published checkpoint already came from this data, config and model
 
-    def manifest_row(self) -> dict:
-        """The ``lora_checkpoint`` contract columns."""
-        keys = ("mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
-                "train_examples", "validation_examples", "tokens_per_second")
-        return {key: getattr(self, key) for key in keys}
-
 
 def default_lora_targets(model: torch.nn.Module) -> list[str]:
     """``qkv_proj``/``o_proj`` for fused-attention models (Phi-3), else ``q/k/v/o_proj`` (Llama family)."""

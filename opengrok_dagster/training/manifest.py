@@ -1,0 +1,42 @@
+"""The ``lora_checkpoint`` manifest: the one-row contract between a fine-tune and what reads its adapter.
+
+Written from the trainer's outcome (``TrainingOutcome``, as the Pipes message carries it) and read back by the
+evaluation as the adapter directory of each mask mode. Torch-free, so the Dagster layer can import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+MANIFEST_COLUMNS = (
+    "mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
+    "train_examples", "validation_examples", "tokens_per_second",
+)
+
+
+def manifest_row(outcome: Mapping) -> dict:
+    """The contract columns of one outcome (``dataclasses.asdict(TrainingOutcome)`` or the Pipes message)."""
+    return {column: outcome[column] for column in MANIFEST_COLUMNS}
+
+
+def manifest_frame(outcome: Mapping) -> pd.DataFrame:
+    """The asset value of ``lora_checkpoint[mode]``."""
+    return pd.DataFrame([manifest_row(outcome)], columns=list(MANIFEST_COLUMNS))
+
+
+def adapter_dirs(manifests: Mapping[str, pd.DataFrame]) -> dict[str, Path]:
+    """Mask mode -> adapter directory, from the manifests of the materialised ``lora_checkpoint`` partitions."""
+    dirs = {}
+    for partition, manifest in manifests.items():
+        missing = sorted(set(MANIFEST_COLUMNS) - set(manifest.columns))
+        if len(manifest) != 1 or missing:
+            raise ValueError(
+                f"the lora_checkpoint[{partition}] manifest is not one row with the contract columns "
+                f"(missing: {', '.join(missing) or 'none'}, rows: {len(manifest)}); re-materialise lora_checkpoint[{partition}]"
+            )
+        row = manifest.iloc[0]
+        dirs[str(row["mask_mode"])] = Path(row["adapter_dir"])
+    return dirs
