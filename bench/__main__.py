@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.measure import gib, machine_details, run_measured
+from opengrok_dagster.publish import publishing
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "benchmarks.md"
@@ -100,10 +101,8 @@ def main() -> None:
     for name in args.only or BENCHES:
         sections[name] = section(name, BENCHES[name])
         body = "\n".join(sections[key] for key in BENCHES if key in sections)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.output.with_suffix(".md.partial")  # written after each bench, so a later failure loses none
-        partial.write_text(f"{HEADER}\nMachine: {machine_details()}.\n\n{body}")
-        partial.replace(args.output)
+        with publishing(args.output) as (partial,):  # written after each bench, so a later failure loses none
+            partial.write_text(f"{HEADER}\nMachine: {machine_details()}.\n\n{body}")
         print(f"== {name}: written to {args.output}", file=sys.stderr, flush=True)
 
 

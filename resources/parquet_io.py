@@ -1,8 +1,7 @@
-"""Parquet IO manager for pandas DataFrames, publishing each partition atomically."""
+"""Parquet IO manager for pandas DataFrames, publishing each partition atomically on local disks and on fsspec
+object stores (S3, GCS, ...), so assets can live in a bucket when runs go to Kubernetes pods."""
 
 from __future__ import annotations
-
-import os
 
 import pandas as pd
 import pyarrow as pa
@@ -11,22 +10,25 @@ from dagster import ConfigurableIOManagerFactory, InputContext, OutputContext, U
 from pydantic import Field
 from upath import UPath
 
+from opengrok_dagster.layout import ASSET_SUFFIX
+from opengrok_dagster.publish import publishing
+
 
 class _AtomicParquetIO(UPathIOManager):
-    extension = ".parquet"
+    extension = ASSET_SUFFIX
 
     def dump_to_path(self, context: OutputContext, obj: pd.DataFrame, path: UPath) -> None:
-        """Write beside the target, then rename: a failed run never leaves a half-written file behind."""
+        """Write to a temporary key beside the target, then move it there: a failed run publishes nothing."""
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"asset {context.asset_key.to_user_string()} must return a pandas DataFrame, got {type(obj).__name__}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        pq.write_table(pa.Table.from_pandas(obj, preserve_index=False), str(partial))
-        os.replace(partial, path)
+        table = pa.Table.from_pandas(obj, preserve_index=False)
+        with publishing(path) as (partial,), partial.open("wb") as sink:
+            pq.write_table(table, sink)
 
     def load_from_path(self, context: InputContext, path: UPath) -> pd.DataFrame:
         try:
-            return pq.read_table(str(path)).to_pandas()
+            with path.open("rb") as source:
+                return pq.read_table(source).to_pandas()
         except (pa.ArrowInvalid, OSError) as exc:
             raise ValueError(
                 f"cannot read {path} for asset {context.asset_key.to_user_string()}: {exc}; "
@@ -35,9 +37,10 @@ class _AtomicParquetIO(UPathIOManager):
 
 
 class ParquetIOManager(ConfigurableIOManagerFactory):
-    """Stores each asset (partition) as ``<base_dir>/<asset>/<partition dims...>.parquet``."""
+    """Stores each asset (partition) as ``<base_dir>/<asset>/<partition dims...>.parquet``
+    (``opengrok_dagster.layout.HomeLayout.asset_path`` names the same file)."""
 
-    base_dir: str = Field(description="Directory that holds the asset Parquet files.")
+    base_dir: str = Field(description="Directory or fsspec URL (s3://bucket/prefix, ...) that holds the asset Parquet files.")
 
     def create_io_manager(self, context) -> _AtomicParquetIO:
         return _AtomicParquetIO(base_path=UPath(self.base_dir))

