@@ -9,6 +9,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     Config,
     Failure,
     MetadataValue,
@@ -23,12 +24,13 @@ from opengrok_dagster.collect.client import ClientLimits
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.datasets import DatasetError
-from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints
+from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report import MAIN_PLOT, build_report, publish_report, results_frame, summary_table
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS
 from opengrok_dagster.offline.model import MODEL_NAME
-from opengrok_dagster.partitions import MASK_MODES
+from opengrok_dagster.training import MASK_MODES
+from opengrok_dagster.training.manifest import adapter_dirs
 from resources import OpenGrokPaths, StudentResource, TeacherResource
 
 
@@ -87,7 +89,8 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
 
 
 @asset(
-    deps=["lora_checkpoint"],
+    # Every mask mode's manifest; a mode not materialised yet is left out of the dict (and noted in the report).
+    ins={"lora_checkpoint": AssetIn(metadata={"allow_missing_partitions": True})},
     group_name="evaluation",
     automation_condition=FOLLOWS_UPSTREAM_DATA,
     code_version="1",
@@ -103,13 +106,14 @@ def eval_report(
     context: AssetExecutionContext,
     config: EvalReportConfig,
     filtered_responses: pd.DataFrame,
+    lora_checkpoint: dict[str, pd.DataFrame],
     paths: OpenGrokPaths,
     student: StudentResource,
     teacher: TeacherResource,
 ):
     """What distillation and each mask mode buy, task by task, with 95% bootstrap intervals and paired tests.
 
-    Reads the LoRA checkpoints that exist under ``$OPENGROK_HOME/checkpoints/<mode>/`` (missing modes are
+    Reads the LoRA checkpoints the ``lora_checkpoint`` manifests point at (modes not materialised are
     reported), and writes ``report.md``, ``report.html``, the plots and ``results.parquet`` to
     ``$OPENGROK_HOME/reports/``; the asset value is the numbers as a long table.
     """
@@ -118,9 +122,9 @@ def eval_report(
     except (ValueError, DatasetError) as exc:
         raise Failure(f"eval_report config: {exc}") from None
     try:
-        checkpoints, missing = find_checkpoints(paths.home_dir / "checkpoints", MASK_MODES)
+        checkpoints, missing = find_checkpoints(adapter_dirs(lora_checkpoint or {}), MASK_MODES)
         local = LocalStudent(student.model_path(), checkpoints, threads=evaluation_config.torch_threads)
-    except CheckpointError as exc:
+    except ValueError as exc:  # a CheckpointError, or a manifest without the contract columns
         raise Failure(f"eval_report: {exc}") from None
     notes = [f"mask mode {mode} not evaluated: {reason}" for mode, reason in missing.items()]
     api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]

@@ -31,8 +31,8 @@ from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, re
 from opengrok_dagster.evaluation.report import build_report, publish_report, results_frame
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
-from opengrok_dagster.partitions import MASK_MODES
-from opengrok_dagster.settings import opengrok_home
+from opengrok_dagster.settings import home_layout
+from opengrok_dagster.training import MASK_MODES
 from resources import TeacherResource
 
 
@@ -74,9 +74,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="whole evaluations timed; median (min-max) is reported")
     args = parser.parse_args()
     model_path = str(check_offline_model(offline_model_dir()))
-    home = opengrok_home()
-    found, missing = find_checkpoints(home / "checkpoints", MASK_MODES)
-    filtered = home / "assets" / "filtered_responses.parquet"
+    layout = home_layout()
+    found, missing = find_checkpoints({mode: layout.checkpoint_dir(mode) for mode in MASK_MODES}, MASK_MODES)
+    filtered = layout.filtered_responses_path
     print(f"{platform.machine()}, Python {platform.python_version()}, student {model_path}, torch threads {args.threads or 'default'}")
     teacher = TeacherResource(mode="embedded", max_concurrency=16, max_tokens=128)
     api = [] if args.no_teacher else [ApiModel(TEACHER, teacher.endpoint, "embedded offline teacher")]
@@ -84,7 +84,7 @@ def main() -> None:
     walls, cpus = [], []
     with tempfile.TemporaryDirectory() as scratch:
         checkpoints = found if not missing else stand_in_adapters(model_path, Path(scratch) / "checkpoints")
-        print(f"adapters: {'trained, from ' + str(home / 'checkpoints') if not missing else 'four stand-ins (r=8, q/k/v/o)'}")
+        print(f"adapters: {'trained, from ' + str(layout.checkpoints_dir) if not missing else 'four stand-ins (r=8, q/k/v/o)'}")
         if filtered.exists():
             frame = pd.read_parquet(filtered)
             heldout = frame[(frame["split"] == "heldout") & frame["response"].notna()]

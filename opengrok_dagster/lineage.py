@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from opengrok_dagster.layout import HomeLayout
-from opengrok_dagster.partitions import MASK_MODES
-from opengrok_dagster.training import CHECKPOINT_RECORD
+from opengrok_dagster.training import CHECKPOINT_RECORD, MASK_MODES
 
 
 class LineageError(ValueError):

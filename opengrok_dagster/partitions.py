@@ -9,6 +9,7 @@ from dagster import (
 )
 
 from opengrok_dagster.collect.topics import validate_topic_key
+from opengrok_dagster.training import MASK_MODES
 
 topic_partitions = DynamicPartitionsDefinition(name="topics")
 
@@ -22,5 +23,4 @@ def collection_partition_key(topic: str, round_key: str) -> MultiPartitionKey:
     return MultiPartitionKey({"topic": validate_topic_key(topic), "round": round_key})
 
 # One LoRA checkpoint per attention-mask mode, so the evaluation can compare them (the ablation).
-MASK_MODES = ("none", "paper", "hard", "soft")
 mask_mode_partitions = StaticPartitionsDefinition(list(MASK_MODES))

@@ -17,10 +17,14 @@ from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+from opengrok_dagster.layout import HomeLayout
+from opengrok_dagster.partitions import mask_mode_partitions
+from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, manifest_frame
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 SENTIMENT = ["negative", "neutral", "positive"]
+UPSTREAM = [AssetSpec("filtered_responses"), AssetSpec("lora_checkpoint", partitions_def=mask_mode_partitions)]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,11 +62,22 @@ def write_adapter(base_dir, adapter_dir, mode, recorded_base=None, seed=1):
     return adapter_dir
 
 
+def adapters(home):
+    return {mode: HomeLayout(home).checkpoint_dir(mode) for mode in ("none", "hard")}
+
+
+def write_manifests(assets_dir, home):
+    """The lora_checkpoint manifests of the modes checkpoints_home trained, as the IO manager stores them."""
+    for mode, adapter_dir in adapters(home).items():
+        row = {column: 0 for column in MANIFEST_COLUMNS} | {"mask_mode": mode, "adapter_dir": str(adapter_dir)}
+        manifest_frame(row).to_parquet(assets_dir / "lora_checkpoint" / f"{mode}.parquet")
+
+
 @pytest.fixture
 def checkpoints_home(tmp_path, tiny_student):
     home = tmp_path / "home"
     for seed, mode in enumerate(("none", "hard"), 1):
-        write_adapter(tiny_student, home / "checkpoints" / mode, mode, seed=seed)
+        write_adapter(tiny_student, HomeLayout(home).checkpoint_dir(mode), mode, seed=seed)
     return home
 
 
@@ -78,7 +93,7 @@ def heldout_frame() -> pd.DataFrame:
 
 
 def test_cached_label_scoring_equals_a_full_forward_pass(checkpoints_home, tiny_student):
-    checkpoints, _ = find_checkpoints(checkpoints_home / "checkpoints", ("none", "hard"))
+    checkpoints, _ = find_checkpoints(adapters(checkpoints_home), ("none", "hard"))
     student = LocalStudent(str(tiny_student), checkpoints)
     messages = [[{"role": "user", "content": f"How does this post feel? Post: {post}"}] for post in ("what a day", "rain again", "ok")]
     for variant in student.variants:
@@ -106,9 +121,11 @@ def test_adapter_for_another_base_model_is_refused_by_name(tmp_path, tiny_studen
 
 
 def test_missing_modes_and_broken_adapters_are_reported(tmp_path, checkpoints_home):
-    found, missing = find_checkpoints(checkpoints_home / "checkpoints", ("none", "paper", "hard", "soft"))
+    gone = tmp_path / "deleted"  # in a manifest, but removed from disk since
+    found, missing = find_checkpoints(adapters(checkpoints_home) | {"soft": gone}, ("none", "paper", "hard", "soft"))
     assert [c.mask_mode for c in found] == ["none", "hard"]
-    assert set(missing) == {"paper", "soft"} and "lora_checkpoint[paper]" in missing["paper"]
+    assert missing == {"paper": "lora_checkpoint[paper] is not materialised: materialise it to include it",
+                       "soft": f"no adapter at {gone}: re-materialise lora_checkpoint[soft] to include it"}
     assert found[0].record == {"mask_mode": "none", "base_model": found[0].base_model, "global_step": 3, "best_val_loss": 2.5, "examples": 2}
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -133,8 +150,9 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
 ):
     monkeypatch.delenv("OPENGROK_TEST_ABSENT_KEY", raising=False)
     assets_dir = tmp_path / "assets"
-    assets_dir.mkdir()
+    (assets_dir / "lora_checkpoint").mkdir(parents=True)
     heldout_frame().to_parquet(assets_dir / "filtered_responses.parquet")
+    write_manifests(assets_dir, checkpoints_home)  # none and hard; paper and soft are not materialised
     run_config = {"ops": {"eval_report": {"config": {
         "tasks": ["tweeteval_sentiment", "tweet_topic", "wnut17"],
         "classification_examples": 4, "ner_examples": 2, "agreement_examples": 0, "resamples": 200,
@@ -151,7 +169,7 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
         "student": StudentResource(model=str(tiny_student)),
         "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="loopback"),
     }
-    result = materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config)
+    result = materialize(UPSTREAM + [eval_report], instance=instance, resources=resources, run_config=run_config)
     assert result.success
     assert all(check.passed for check in result.get_asset_check_evaluations())
     frame = pd.read_parquet(assets_dir / "eval_report.parquet")
@@ -179,14 +197,14 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
 
     # Rerun: the teacher's answers are reused, so nothing is asked and every number (teacher's included) repeats.
     asked = len(loopback_teacher.requests)
-    again = materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config)
+    again = materialize(UPSTREAM + [eval_report], instance=instance, resources=resources, run_config=run_config)
     assert again.success
     assert len(loopback_teacher.requests) == asked
     pd.testing.assert_frame_equal(frame, pd.read_parquet(assets_dir / "eval_report.parquet"))
     assert "answers reused from earlier runs" in (reports / "report.md").read_text()
 
     run_config["ops"]["eval_report"]["config"]["reuse_api_answers"] = False
-    assert materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config).success
+    assert materialize(UPSTREAM + [eval_report], instance=instance, resources=resources, run_config=run_config).success
     assert len(loopback_teacher.requests) > asked
 
 

@@ -12,7 +12,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -62,15 +62,18 @@ def read_checkpoint(adapter_dir: Path, mask_mode: str) -> Checkpoint:
     return Checkpoint(mask_mode, adapter_dir, str(base_model), _digest(weights), record)
 
 
-def find_checkpoints(root: Path, mask_modes: tuple[str, ...]) -> tuple[list[Checkpoint], dict[str, str]]:
-    """The checkpoints present under ``root/<mode>/``, and for each absent mode the reason, for the report."""
+def find_checkpoints(adapter_dirs: Mapping[str, Path], mask_modes: tuple[str, ...]) -> tuple[list[Checkpoint], dict[str, str]]:
+    """The checkpoints of ``mask_modes`` at ``adapter_dirs`` (mode -> directory, as the ``lora_checkpoint``
+    manifests give them), and for each mode without one the reason, for the report."""
     found, missing = [], {}
     for mode in mask_modes:
-        adapter_dir = Path(root) / mode
-        if not (adapter_dir / "adapter_config.json").is_file():
-            missing[mode] = f"no adapter at {adapter_dir}: materialise lora_checkpoint[{mode}] to include it"
-            continue
-        found.append(read_checkpoint(adapter_dir, mode))
+        adapter_dir = adapter_dirs.get(mode)
+        if adapter_dir is None:
+            missing[mode] = f"lora_checkpoint[{mode}] is not materialised: materialise it to include it"
+        elif not (Path(adapter_dir) / "adapter_config.json").is_file():
+            missing[mode] = f"no adapter at {adapter_dir}: re-materialise lora_checkpoint[{mode}] to include it"
+        else:
+            found.append(read_checkpoint(Path(adapter_dir), mode))
     return found, missing
 
 

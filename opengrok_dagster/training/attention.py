@@ -33,7 +33,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-MASK_MODES = ("none", "paper", "hard", "soft")
+from opengrok_dagster.training import MASK_MODES
+
 TOKEN_MASK_KWARG = "token_mask"
 _IMPLEMENTATION_PREFIX = "opengrok_"
 
