@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from opengrok_dagster.collect.client import TeacherResult
+from opengrok_dagster.sqlite import select_in
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -81,17 +82,13 @@ class ResponseStore:
 
     def answered_prompt_ids(self, key: ResponseKey, prompt_ids: Iterable[str]) -> set[str]:
         """The prompts that already have a successful response under ``key``: never request them again."""
-        wanted = list(prompt_ids)
-        found: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            rows = self._connection().execute(
-                f"SELECT prompt_id FROM responses WHERE teacher_model=? AND sampling_key=? AND round=? "
-                f"AND error IS NULL AND prompt_id IN ({','.join('?' * len(chunk))})",
-                (key.teacher_model, key.sampling_key, key.round, *chunk),
-            )
-            found.update(row["prompt_id"] for row in rows)
-        return found
+        rows = select_in(
+            self._connection(),
+            "SELECT prompt_id FROM responses WHERE teacher_model=? AND sampling_key=? AND round=? "
+            "AND error IS NULL AND prompt_id IN ({marks})",
+            (key.teacher_model, key.sampling_key, key.round), prompt_ids,
+        )
+        return {row["prompt_id"] for row in rows}
 
     def record(self, key: ResponseKey, prompt_id: str, topic: str, result: TeacherResult) -> None:
         """Commit one outcome now. An existing success is kept; an existing error is replaced."""
@@ -114,17 +111,13 @@ class ResponseStore:
             )
 
     def fetch(self, key: ResponseKey, prompt_ids: Iterable[str]) -> list[dict]:
-        wanted = list(prompt_ids)
-        rows: list[dict] = []
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            cursor = self._connection().execute(
-                f"SELECT {', '.join(STORED_COLUMNS)} FROM responses WHERE teacher_model=? AND sampling_key=? "
-                f"AND round=? AND prompt_id IN ({','.join('?' * len(chunk))})",
-                (key.teacher_model, key.sampling_key, key.round, *chunk),
-            )
-            rows.extend(dict(row) for row in cursor)
-        return rows
+        rows = select_in(
+            self._connection(),
+            f"SELECT {', '.join(STORED_COLUMNS)} FROM responses WHERE teacher_model=? AND sampling_key=? "
+            "AND round=? AND prompt_id IN ({marks})",
+            (key.teacher_model, key.sampling_key, key.round), prompt_ids,
+        )
+        return [dict(row) for row in rows]
 
     def close(self) -> None:
         """Close every thread's connection (worker threads commit responses, see the collector)."""

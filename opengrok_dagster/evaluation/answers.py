@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from opengrok_dagster.sqlite import select_in
+
 
 def request_key(messages: list[dict[str, str]], max_tokens: int) -> str:
     """What the answer depends on besides the model: the messages and the token budget (greedy decoding)."""
@@ -43,15 +45,8 @@ class AnswerCache:
 
     def get_many(self, model: str, keys: list[str]) -> dict[str, str]:
         with self._transaction() as connection:
-            found = {}
-            for start in range(0, len(keys), 500):  # below SQLite's bound-parameter limit
-                chunk = keys[start : start + 500]
-                rows = connection.execute(
-                    f"SELECT request_key, answer FROM answers WHERE model = ? AND request_key IN ({','.join('?' * len(chunk))})",
-                    [model, *chunk],
-                )
-                found.update(rows)
-        return found
+            sql = "SELECT request_key, answer FROM answers WHERE model = ? AND request_key IN ({marks})"
+            return dict(select_in(connection, sql, (model,), keys))
 
     def put_many(self, model: str, answers: dict[str, str]) -> None:
         with self._transaction() as connection:
