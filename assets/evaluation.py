@@ -20,7 +20,6 @@ from pydantic import Field
 
 from assets.metadata import png_markdown
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
-from opengrok_dagster.collect.client import ClientLimits
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.datasets import DatasetError
@@ -77,12 +76,8 @@ class EvalReportConfig(Config):
 
 
 def _teacher_model(teacher: TeacherResource) -> ApiModel:
-    limits = ClientLimits(
-        max_concurrency=teacher.max_concurrency, requests_per_minute=teacher.requests_per_minute,
-        tokens_per_minute=teacher.tokens_per_minute, timeout_s=teacher.timeout_s, max_attempts=teacher.max_attempts,
-    )
     where = f"embedded offline teacher ({MODEL_NAME})" if teacher.mode == "embedded" else f"{teacher.model} at {teacher.base_url}"
-    return ApiModel(TEACHER, teacher.endpoint, where, limits)
+    return ApiModel(TEACHER, teacher.endpoint, where, teacher.client_limits())
 
 
 METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}

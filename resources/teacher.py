@@ -98,12 +98,16 @@ class TeacherResource(ConfigurableResource):
         return TeacherClient(
             self.endpoint(),
             self.sampling(),
-            ClientLimits(
-                max_concurrency=self.max_concurrency,
-                requests_per_minute=self.requests_per_minute,
-                tokens_per_minute=self.tokens_per_minute,
-                timeout_s=self.timeout_s,
-                max_attempts=self.max_attempts,
-            ),
+            self.client_limits(),
             Prices(self.prompt_price_per_million, self.completion_price_per_million),
+        )
+
+    def client_limits(self) -> ClientLimits:
+        """Concurrency, rate limits, timeout and retries of every client of this teacher (collection, evaluation)."""
+        return ClientLimits(
+            max_concurrency=self.max_concurrency,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
         )

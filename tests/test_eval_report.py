@@ -9,7 +9,7 @@ from dagster import AssetSpec, materialize
 from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from assets.evaluation import eval_report
+from assets.evaluation import _teacher_model, eval_report
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
 from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.evaluation import datasets
@@ -232,3 +232,11 @@ def test_failed_requests_are_not_kept(tmp_path):
         with pytest.raises(EndpointFailure, match="'flaky': all 2 requests failed"):
             model.complete_all([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]], 8, cache)
     assert cache.get_many("flaky at test", [request_key([{"role": "user", "content": q}], 8) for q in "ab"]) == {}
+
+
+def test_the_evaluation_asks_the_teacher_within_the_collection_limits():
+    teacher = TeacherResource(mode="remote", base_url="http://127.0.0.1:9/v1", model="m", max_concurrency=3,
+                              requests_per_minute=7, max_attempts=2)
+    limits = _teacher_model(teacher).limits
+    assert limits == teacher.client_limits()
+    assert (limits.max_concurrency, limits.requests_per_minute, limits.max_attempts) == (3, 7, 2)
