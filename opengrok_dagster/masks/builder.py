@@ -112,17 +112,26 @@ class _TextFeatures:
         )
 
 
-class _Aligner:
-    """Maps one rendered example's tokens to its words and scores them."""
+@dataclass(frozen=True)
+class _ExampleText:
+    """A rendered example's characters mapped to the words of its messages (system prompt, prompt, response).
 
-    def __init__(self, config: MaskConfig, special_ids: set[int], vocabulary_size: int):
-        self.config = config
-        self.is_special = np.zeros(max(vocabulary_size, *special_ids, 0) + 1, dtype=bool)  # a lookup beats np.isin per example
-        self.is_special[list(special_ids)] = True
+    Per-character arrays have one entry past the end; per-word arrays end in a "no word" entry, so word index -1
+    picks it.
+    """
 
-    def example(self, example_id: str, split: str, rendered: RenderedExample, features: dict[str, _TextFeatures],
-                input_ids: list[int], offsets: list[tuple[int, int]]) -> tuple[dict | None, int, int]:
-        config = self.config
+    char_word: np.ndarray  # per character: index of the word holding it, or -1
+    solid: np.ndarray  # per character: a non-space character of some word
+    content: np.ndarray  # per character (no sentinel): inside a message rather than chat-template scaffolding
+    word_text: list[str]
+    pos_tag: np.ndarray
+    dep_rel: np.ndarray
+    tfidf: np.ndarray
+    pos_score: np.ndarray
+    dep_score: np.ndarray
+
+    @classmethod
+    def join(cls, rendered: RenderedExample, features: dict[str, _TextFeatures]) -> _ExampleText:
         length = len(rendered.text)
         char_word = np.full(length + 1, -1, dtype=np.int64)
         solid = np.zeros(length + 1, dtype=bool)
@@ -134,51 +143,48 @@ class _Aligner:
             char_word[start:end] = np.where(segment.char_word >= 0, segment.char_word + first, -1)
             solid[start:end] = segment.solid
             first += len(segment.words)
-        word_text = [w for segment in segments for w in segment.words.text]
-        # Each per-word array ends in a "no word" entry, so word index -1 picks it.
-        pos_tag = np.array([p for segment in segments for p in segment.words.pos] + [""], dtype=object)
-        dep_rel = np.array([d for segment in segments for d in segment.words.dep] + [""], dtype=object)
-        word_tfidf = np.concatenate([*(segment.tfidf for segment in segments), [0.0]]).astype(np.float32)
-        word_pos = np.concatenate([*(segment.pos_score for segment in segments), [0]]).astype(np.int8)
-        word_dep = np.concatenate([*(segment.dep_score for segment in segments), [0]]).astype(np.int8)
+        return cls(
+            char_word,
+            solid,
+            content,
+            [w for segment in segments for w in segment.words.text],
+            np.array([p for segment in segments for p in segment.words.pos] + [""], dtype=object),
+            np.array([d for segment in segments for d in segment.words.dep] + [""], dtype=object),
+            np.concatenate([*(segment.tfidf for segment in segments), [0.0]]).astype(np.float32),
+            np.concatenate([*(segment.pos_score for segment in segments), [0]]).astype(np.int8),
+            np.concatenate([*(segment.dep_score for segment in segments), [0]]).astype(np.int8),
+        )
 
-        ids = np.asarray(input_ids[:config.max_length], dtype=np.int32)
-        spans = np.asarray(offsets[:config.max_length], dtype=np.int64).reshape(-1, 2)
+
+@dataclass(frozen=True)
+class _Alignment:
+    word_index: np.ndarray  # per token: its word, or -1 for template tokens and tokens holding no word
+    template: np.ndarray  # per token: chat-template scaffolding or a special token, never masked
+    content_tokens: int
+    misaligned: int  # content tokens whose characters span several words
+
+
+class _Aligner:
+    """Maps one rendered example's tokens to its words and scores them."""
+
+    def __init__(self, config: MaskConfig, special_ids: set[int], vocabulary_size: int):
+        self.config = config
+        self.is_special = np.zeros(max(vocabulary_size, *special_ids, 0) + 1, dtype=bool)  # a lookup beats np.isin per example
+        self.is_special[list(special_ids)] = True
+
+    def example(self, example_id: str, split: str, rendered: RenderedExample, features: dict[str, _TextFeatures],
+                input_ids: list[int], offsets: list[tuple[int, int]]) -> tuple[dict | None, int, int]:
+        """The example's table row (None when its prompt fills max_length), its misaligned and content tokens."""
+        ids = np.asarray(input_ids[:self.config.max_length], dtype=np.int32)
+        spans = np.asarray(offsets[:self.config.max_length], dtype=np.int64).reshape(-1, 2)
         starts, ends = spans[:, 0], spans[:, 1]
-        response_char = rendered.spans["response"][0]
-        response_start = int(np.searchsorted(ends, response_char, side="right"))
+        response_start = int(np.searchsorted(ends, rendered.spans["response"][0], side="right"))
         if response_start >= len(ids):
             return None, 0, 0
-
-        # A token takes the word of its first non-space character; a whitespace-only token, its whitespace word.
-        positions = np.arange(length + 1)
-        has_word = char_word >= 0
-        first_solid = _next_true(solid, positions, starts)
-        first_any = _next_true(has_word, positions, starts)
-        first_char = np.where(first_solid < ends, first_solid, first_any)
-        aligned = (first_char < ends) & (ends > starts)
-        word_index = np.where(aligned, char_word[np.minimum(first_char, length)], -1)
-        content_sum = np.concatenate([[0], np.cumsum(content)])
-        is_content = content_sum[np.minimum(ends, length)] - content_sum[np.minimum(starts, length)] > 0
-        template = ~is_content | self.is_special[ids]
-        word_index[template] = -1
-        last_solid = np.maximum.accumulate(np.where(solid, positions, -1))[np.clip(ends - 1, 0, length)]
-        spans_words = (last_solid >= starts) & (char_word[np.maximum(last_solid, 0)] != word_index)
-        misaligned = int((~template & aligned & spans_words).sum())
-
-        token_tfidf, token_pos, token_dep = word_tfidf[word_index], word_pos[word_index], word_dep[word_index]
-        rng = np.random.default_rng(example_seed(config.seed, example_id))
-        random = rng.random(len(ids), dtype=np.float32)
-        logits = config.alpha * token_tfidf + config.beta * token_pos + config.gamma * token_dep + config.delta * random
-        p = np.where(template, 1.0, 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        if config.sampling == "bernoulli":
-            keep = rng.random(len(ids)) < p
-        else:
-            keep = p >= config.threshold
-        content_positions = np.flatnonzero(~template)
-        dropped = rng.choice(content_positions, size=int(round(config.random_mask_rate * len(content_positions))), replace=False)
-        keep[dropped] = False
-        keep[template] = True
+        text = _ExampleText.join(rendered, features)
+        alignment = self._align(text, ids, starts, ends)
+        word_index, template = alignment.word_index, alignment.template
+        p, keep, random = self._sample(example_id, text, alignment)
         return {
             "example_id": example_id,
             "split": split,
@@ -186,19 +192,56 @@ class _Aligner:
             "response_start": response_start,
             "p": p,
             "m": keep.astype(np.int8),
-            "tfidf": token_tfidf,
-            "pos_score": token_pos,
-            "dep_score": token_dep,
+            "tfidf": text.tfidf[word_index],
+            "pos_score": text.pos_score[word_index],
+            "dep_score": text.dep_score[word_index],
             "random": random,
-            "pos_tag": pos_tag[word_index],
-            "dep_rel": dep_rel[word_index],
+            "pos_tag": text.pos_tag[word_index],
+            "dep_rel": text.dep_rel[word_index],
             "word_index": word_index.astype(np.int32),
             "template_token": template.astype(np.int8),
             "char_start": starts.astype(np.int32),
             "char_end": ends.astype(np.int32),
             "text": rendered.text,
-            "words": word_text,
-        }, misaligned, int(is_content.sum())
+            "words": text.word_text,
+        }, alignment.misaligned, alignment.content_tokens
+
+    def _align(self, text: _ExampleText, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> _Alignment:
+        """A token takes the word of its first non-space character; a whitespace-only token, its whitespace word."""
+        length = len(text.content)
+        positions = np.arange(length + 1)
+        first_solid = _next_true(text.solid, positions, starts)
+        first_any = _next_true(text.char_word >= 0, positions, starts)
+        first_char = np.where(first_solid < ends, first_solid, first_any)
+        aligned = (first_char < ends) & (ends > starts)
+        word_index = np.where(aligned, text.char_word[np.minimum(first_char, length)], -1)
+        content_sum = np.concatenate([[0], np.cumsum(text.content)])
+        is_content = content_sum[np.minimum(ends, length)] - content_sum[np.minimum(starts, length)] > 0
+        template = ~is_content | self.is_special[ids]
+        word_index[template] = -1
+        last_solid = np.maximum.accumulate(np.where(text.solid, positions, -1))[np.clip(ends - 1, 0, length)]
+        spans_words = (last_solid >= starts) & (text.char_word[np.maximum(last_solid, 0)] != word_index)
+        misaligned = int((~template & aligned & spans_words).sum())
+        return _Alignment(word_index, template, int(is_content.sum()), misaligned)
+
+    def _sample(self, example_id: str, text: _ExampleText, alignment: _Alignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """p from the token's word scores and seeded noise, then m: sampled (or thresholded), plus random masking;
+        template tokens always have p = m = 1. Returns (p, m as bool, the noise)."""
+        config, word_index, template = self.config, alignment.word_index, alignment.template
+        rng = np.random.default_rng(example_seed(config.seed, example_id))
+        random = rng.random(len(word_index), dtype=np.float32)
+        logits = (config.alpha * text.tfidf[word_index] + config.beta * text.pos_score[word_index]
+                  + config.gamma * text.dep_score[word_index] + config.delta * random)
+        p = np.where(template, 1.0, 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        if config.sampling == "bernoulli":
+            keep = rng.random(len(word_index)) < p
+        else:
+            keep = p >= config.threshold
+        content_positions = np.flatnonzero(~template)
+        dropped = rng.choice(content_positions, size=int(round(config.random_mask_rate * len(content_positions))), replace=False)
+        keep[dropped] = False
+        keep[template] = True
+        return p, keep, random
 
 
 def build_mask_table(
@@ -226,12 +269,33 @@ def build_mask_table(
     words = parse_texts(nlp, segment_texts, config.spacy_batch_size, config.spacy_n_process)
     progress(f"parsed {len(words)} distinct texts from {len(rows)} examples with spaCy")
     if tfidf is None:
-        training = [r for r, row in zip(rendered, rows) if row["split"] == "train"]
-        if not training:
-            raise MaskInputError("no train examples to fit TF-IDF on (only validation); the filtering stage must assign a train split")
-        tfidf = TfidfScorer.fit(
-            [[t for t in words[r.contents[name]].term if t is not None] for r in training for name in ("prompt", "response")]
-        )
+        tfidf = _fit_tfidf([r for r, row in zip(rendered, rows) if row["split"] == "train"], words)
+    built, dropped, misaligned, content = _align_examples(rows, rendered, words, tokenizer, tfidf, config)
+    _require_alignment(len(built), misaligned, content, config)
+    table = pd.DataFrame(built)
+    table["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    table["spacy_model"] = config.spacy_model
+    table["spacy_model_version"] = spacy_model_version(nlp)
+    table["max_length"] = config.max_length
+    table["mask_config"] = json.dumps({**asdict(config), "tfidf_sha": tfidf.sha}, sort_keys=True)
+    word_count = sum(len(words[text]) for text in dict.fromkeys(segment_texts))
+    return MaskTableResult(table, tfidf, dropped, word_count, time.perf_counter() - began, misaligned, content)
+
+
+def _fit_tfidf(training: list[RenderedExample], words: dict[str, Words]) -> TfidfScorer:
+    """IDF over the train examples' prompts and responses (never validation: it would leak into the scores)."""
+    if not training:
+        raise MaskInputError("no train examples to fit TF-IDF on (only validation); the filtering stage must assign a train split")
+    return TfidfScorer.fit(
+        [[t for t in words[r.contents[name]].term if t is not None] for r in training for name in ("prompt", "response")]
+    )
+
+
+def _align_examples(
+    rows: list[dict], rendered: list[RenderedExample], words: dict[str, Words], tokenizer, tfidf: TfidfScorer,
+    config: MaskConfig,
+) -> tuple[list[dict], list[str], int, int]:
+    """Every example's row (and the ids of those dropped), with the misaligned and content tokens summed."""
     encoded = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     pos_tags, relations = frozenset(config.pos_tags), frozenset(config.dep_relations)
     features = {text: _TextFeatures.of(text, text_words, tfidf, pos_tags, relations) for text, text_words in words.items()}
@@ -247,6 +311,10 @@ def build_mask_table(
         built.append(record)
         misaligned += example_misaligned
         content += example_content
+    return built, dropped, misaligned, content
+
+
+def _require_alignment(built: int, misaligned: int, content: int, config: MaskConfig) -> None:
     if not built:
         raise MaskInputError(
             f"every example's prompt fills max_length={config.max_length} tokens, leaving no response to learn from; "
@@ -259,11 +327,3 @@ def build_mask_table(
             "so word scores would be smeared; check that the student's tokenizer reports character offsets into the rendered "
             "text (a normaliser that rewrites text breaks them) or raise max_unaligned_rate"
         )
-    table = pd.DataFrame(built)
-    table["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
-    table["spacy_model"] = config.spacy_model
-    table["spacy_model_version"] = spacy_model_version(nlp)
-    table["max_length"] = config.max_length
-    table["mask_config"] = json.dumps({**asdict(config), "tfidf_sha": tfidf.sha}, sort_keys=True)
-    word_count = sum(len(words[text]) for text in dict.fromkeys(segment_texts))
-    return MaskTableResult(table, tfidf, dropped, word_count, time.perf_counter() - began, misaligned, content)
