@@ -60,6 +60,28 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
     frame = raw.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
     texts = [scrub_pii(text) if isinstance(text, str) else "" for text in frame["response"]]
     hashes = [content_hash(text) for text in texts]
+    rejections = _hard_rejections(frame, texts, config, models)
+    candidates = [i for i, reasons in enumerate(rejections) if not reasons]
+    toxicity, languages = _model_scores(texts, candidates, config, models)
+    reviews = _flag_by_scores(texts, candidates, toxicity, languages, rejections, config, models)
+    states, reasons = _decide(rejections, reviews, hashes, decisions)
+    _reject_duplicates(states, reasons, texts, hashes, config)
+
+    out = frame.assign(response=texts, content_hash=hashes, state=states, reasons=reasons)
+    out["example_id"] = [example_id(*key) for key in zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])]
+    out["scores"] = [
+        json.dumps({"toxicity": round(tox, 4), "language": lang[0] if lang else None,
+                    "language_confidence": round(lang[1], 4) if lang else None, "chars": len(text)})
+        for tox, lang, text in zip(toxicity, languages, texts)
+    ]
+    kept = out[out["state"] == KEPT]
+    splits = assign_splits(kept, config.validation_fraction, config.heldout_fraction, config.split_seed)
+    out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
+    return out.loc[:, list(FILTERED_COLUMNS)]
+
+
+def _hard_rejections(frame: pd.DataFrame, texts: list[str], config: FilterConfig, models: FilterModels) -> list[list[str]]:
+    """Per row, the cheap rejection reasons: errors, then length, then refusals and the block list."""
     rejections: list[list[str]] = []
     for text, error, finish_reason in zip(texts, frame["error"], frame["finish_reason"]):
         reasons = checks.error_reasons(error, finish_reason, config.reject_truncated)
@@ -68,8 +90,13 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
         if not reasons:
             reasons = checks.refusal_reasons(text) + ([checks.BLOCKLIST] if models.blocklist.matches(text) else [])
         rejections.append(reasons)
+    return rejections
 
-    candidates = [i for i, reasons in enumerate(rejections) if not reasons]
+
+def _model_scores(
+    texts: list[str], candidates: list[int], config: FilterConfig, models: FilterModels
+) -> tuple[list[float], list[tuple[str | None, float] | None]]:
+    """Toxicity and language of the rows not rejected yet (the models are the chain's slow part)."""
     toxicity = [0.0] * len(texts)
     for index, score in zip(candidates, models.toxicity.score([texts[i] for i in candidates])):
         toxicity[index] = float(score)
@@ -78,7 +105,14 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
     long_enough = [i for i in candidates if len(language_texts[i]) >= config.language_min_chars]
     for index, detected in zip(long_enough, models.language.detect([language_texts[i] for i in long_enough])):
         languages[index] = detected
+    return toxicity, languages
 
+
+def _flag_by_scores(
+    texts: list[str], candidates: list[int], toxicity: list[float], languages: list, rejections: list[list[str]],
+    config: FilterConfig, models: FilterModels,
+) -> list[list[str]]:
+    """Adds toxicity and language rejections to ``rejections``; returns each row's review flags."""
     reviews: list[list[str]] = [[] for _ in texts]
     for index in candidates:
         if toxicity[index] >= config.toxicity_reject_threshold:
@@ -89,7 +123,13 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
         if code is not None and code not in models.language.allowed:
             rejections[index].append(checks.LANGUAGE)
         reviews[index] += checks.bias_reasons(texts[index], toxicity[index], models.identity, config.bias_toxicity_threshold)
+    return reviews
 
+
+def _decide(
+    rejections: list[list[str]], reviews: list[list[str]], hashes: list[str], decisions: dict[str, Decision]
+) -> tuple[list[str], list[list[str]]]:
+    """Each row's state and reasons: rejected, kept, or flagged for review unless a reviewer decided its text."""
     states, reasons = [], []
     for index, (rejected, review) in enumerate(zip(rejections, reviews)):
         if rejected:
@@ -105,7 +145,11 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
         else:
             states.append(NEEDS_REVIEW)
             reasons.append(review)
+    return states, reasons
 
+
+def _reject_duplicates(states: list[str], reasons: list[list[str]], texts: list[str], hashes: list[str], config: FilterConfig) -> None:
+    """Rejects (in place) the later exact and near duplicates among the rows not rejected: the earliest stays."""
     surviving = [i for i, state in enumerate(states) if state != REJECTED]
     duplicates = duplicate_reasons([texts[i] for i in surviving], [hashes[i] for i in surviving],
                                    config.near_duplicate_threshold, config.minhash_permutations)
@@ -113,15 +157,3 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
         if duplicate:
             states[index] = REJECTED
             reasons[index] = reasons[index] + [duplicate]
-
-    out = frame.assign(response=texts, content_hash=hashes, state=states, reasons=reasons)
-    out["example_id"] = [example_id(*key) for key in zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])]
-    out["scores"] = [
-        json.dumps({"toxicity": round(tox, 4), "language": lang[0] if lang else None,
-                    "language_confidence": round(lang[1], 4) if lang else None, "chars": len(text)})
-        for tox, lang, text in zip(toxicity, languages, texts)
-    ]
-    kept = out[out["state"] == KEPT]
-    splits = assign_splits(kept, config.validation_fraction, config.heldout_fraction, config.split_seed)
-    out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
-    return out.loc[:, list(FILTERED_COLUMNS)]
