@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from bench.measure import Measured, gib, machine_details, run_measured, spread
+from opengrok_dagster.layout import HomeLayout
 
 STAGES = ("start-up", "collect", "filter + masks", "fine-tune", "evaluate")
 STAGE_OF_LABEL = {"[collect": "collect", "[filter + mask tables]": "filter + masks", "[fine-tune]": "fine-tune",
@@ -32,7 +33,7 @@ def stage_of(line: str) -> str | None:
 
 
 def opengrok_run(home: Path) -> Measured:
-    env = {**os.environ, "OPENGROK_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")}
+    env = {**os.environ, "OPENGROK_HOME": str(home), "DAGSTER_HOME": str(HomeLayout(home).dagster_home)}
     measured = run_measured([sys.executable, "-m", "opengrok_dagster.cli", "run"], env=env, stage_of=stage_of,
                             first_stage="start-up")
     if measured.returncode:
@@ -70,7 +71,7 @@ def main() -> None:
         homes = [root / f"run-{existing + number}" for number in range(1, args.fresh + 1)]
         fresh = [opengrok_run(home) for home in homes]
         last = homes[-1] if homes else root / f"run-{existing}"
-        if args.unchanged and not (last / "assets").is_dir():
+        if args.unchanged and not HomeLayout(last).assets_dir.is_dir():
             raise SystemExit(f"--unchanged needs a completed run to repeat; none in {root} (give --fresh 1 or --home-root)")
         unchanged = [opengrok_run(last) for _ in range(args.unchanged)]
     print(f"\n{machine_details()}; load average at the end {os.getloadavg()[0]:.1f}\n")

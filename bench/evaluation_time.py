@@ -31,6 +31,7 @@ from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, re
 from opengrok_dagster.evaluation.report import build_report, publish_report, results_frame
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.settings import home_layout
 from opengrok_dagster.training import MASK_MODES
 from resources import TeacherResource
@@ -83,7 +84,7 @@ def main() -> None:
     config = EvaluationConfig(torch_threads=args.threads)
     walls, cpus = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoints = found if not missing else stand_in_adapters(model_path, Path(scratch) / "checkpoints")
+        checkpoints = found if not missing else stand_in_adapters(model_path, HomeLayout(Path(scratch)).checkpoints_dir)
         print(f"adapters: {'trained, from ' + str(layout.checkpoints_dir) if not missing else 'four stand-ins (r=8, q/k/v/o)'}")
         if filtered.exists():
             frame = pd.read_parquet(filtered)
@@ -98,7 +99,7 @@ def main() -> None:
                 student = LocalStudent(model_path, checkpoints, threads=config.torch_threads)
                 log = lambda m: print(f"[run {repeat}, {time.monotonic() - started:6.1f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
                 results = Evaluation(config, student, api, log=log).run(heldout)
-                publish_report(Path(scratch) / "reports", build_report(results), results_frame(results))
+                publish_report(HomeLayout(Path(scratch)).reports_dir, build_report(results), results_frame(results))
                 walls.append(time.monotonic() - started)
                 cpus.append(time.process_time() - cpu_started)
         finally:

@@ -27,6 +27,7 @@ from peft import LoraConfig
 from transformers import AutoTokenizer, TrainerCallback
 
 from bench.measure import spread
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 from opengrok_dagster.training.config import TrainingConfig
@@ -95,7 +96,7 @@ def ours(model_path: str, table: pd.DataFrame, mode: str, args) -> float:
             batch_size=args.batch, max_length=args.length, max_steps=args.steps, eval_steps=args.steps, save_steps=args.steps,
             learning_rate=2e-4, warmup_steps=0, lora_r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS,
         )
-        job = TrainingJob(mode, model_path, Path(home) / "checkpoints" / mode, config, Placement("cpu", "fp32"))
+        job = TrainingJob(mode, model_path, HomeLayout(Path(home)).checkpoint_dir(mode), config, Placement("cpu", "fp32"))
         train_lora(job, table, log=lambda _: None, callbacks=[step_clock])
     return step_clock.tokens_per_second
 

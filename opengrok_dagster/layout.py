@@ -28,6 +28,10 @@ def partition_parts(partition: str | Mapping[str, str] | None) -> tuple[str, ...
     return tuple(partition[dimension] for dimension in sorted(partition))
 
 
+def _under_home(name: str, doc: str) -> property:
+    return property(lambda layout: layout.home / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class HomeLayout:
     """The paths under one OpenGrok home directory. Nothing here creates a directory."""
@@ -37,10 +41,7 @@ class HomeLayout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
 
-    # Assets (published by resources.ParquetIOManager, whose base_dir is ``assets_dir``)
-    @property
-    def assets_dir(self) -> Path:
-        return self.home / "assets"
+    assets_dir = _under_home("assets", "The base_dir of resources.ParquetIOManager: one Parquet file per asset (partition).")
 
     def asset_dir(self, asset: str) -> Path:
         """The directory of a partitioned asset's files."""
@@ -68,10 +69,7 @@ class HomeLayout:
     def prompt_feedback_path(self) -> Path:
         return self.asset_path("prompt_feedback")
 
-    # Checkpoints
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.home / "checkpoints"
+    checkpoints_dir = _under_home("checkpoints", "The published LoRA adapters and the Trainer's work directories.")
 
     def checkpoint_dir(self, mask_mode: str) -> Path:
         """The published adapter of one mask mode (what ``lora_checkpoint[mode]``'s manifest points at)."""
@@ -81,39 +79,18 @@ class HomeLayout:
         """The Trainer's resumable checkpoints of one mask mode (``training.trainer.TrainingJob.work_dir``)."""
         return self.checkpoints_dir / f".work-{mask_mode}"
 
-    # Reports, vocabularies
-    @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    @property
-    def tfidf_vocabulary_dir(self) -> Path:
-        return self.home / "mask_tables"
-
-    # Stores: one SQLite file each, written by different hands (runs, reviewers, the evaluation)
-    @property
-    def response_store_path(self) -> Path:
-        return self.home / "responses.sqlite"
-
-    @property
-    def review_store_path(self) -> Path:
-        """Beside the response store, in its own file: reviews are written by people, responses by runs."""
-        return self.home / "reviews.sqlite"
-
-    @property
-    def eval_answers_path(self) -> Path:
-        return self.home / "eval_answers.sqlite"
-
-    # Logs and the Dagster instance
-    @property
-    def logs_dir(self) -> Path:
-        return self.home / "logs"
+    # Reports, vocabularies, the stores (one SQLite file each, written by different hands), logs, Dagster
+    reports_dir = _under_home("reports", "report.md, report.html, the plots and results.parquet of eval_report.")
+    tfidf_vocabulary_dir = _under_home("mask_tables", "tfidf-<sha>.json: the vocabulary each mask table used.")
+    response_store_path = _under_home("responses.sqlite", "Every teacher response, committed as it arrives.")
+    review_store_path = _under_home(
+        "reviews.sqlite", "Beside the response store, in its own file: reviews are written by people, responses by runs."
+    )
+    eval_answers_path = _under_home("eval_answers.sqlite", "API models' evaluation answers, reused by unchanged reruns.")
+    logs_dir = _under_home("logs", "The embedded teacher's server log and the run-failure log.")
+    dagster_home = _under_home("dagster_home", "The Dagster instance's directory when $DAGSTER_HOME is unset.")
 
     @property
     def teacher_server_log(self) -> Path:
         return self.logs_dir / "teacher-server.log"
 
-    @property
-    def dagster_home(self) -> Path:
-        """The Dagster instance's directory when ``$DAGSTER_HOME`` is unset."""
-        return self.home / "dagster_home"
