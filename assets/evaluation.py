@@ -133,6 +133,11 @@ def eval_report(
     frame = results_frame(results)
     published = publish_report(paths.layout.reports_dir, report, frame)
     context.log.info(f"report written to {published['markdown']} and {published['html']} in {results.seconds:.0f}s")
+    yield Output(frame, metadata=_metadata(results, report, frame, published, evaluation_config, checkpoints))
+    yield from _checks(results, frame, set(local.variants))
+
+
+def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_config: EvaluationConfig, checkpoints) -> dict:
     metadata = {
         "dagster/row_count": len(frame),
         "summary": MetadataValue.md(summary_table(results).to_markdown(index=False) if results.tasks else "no task was evaluated"),
@@ -147,9 +152,10 @@ def eval_report(
     }
     if MAIN_PLOT in report.images:
         metadata["main_plot"] = png_markdown(report.images[MAIN_PLOT], "primary metric per task and model")
-    yield Output(frame, metadata=metadata)
+    return metadata
 
-    expected = set(local.variants)
+
+def _checks(results, frame: pd.DataFrame, expected: set[str]):
     unscored = {t.name: sorted(expected - {s.model for s in t.scores}) for t in results.tasks}
     unscored = {task: models for task, models in unscored.items() if models}
     yield AssetCheckResult(check_name="every_variant_scored", passed=not unscored, metadata={"unscored": MetadataValue.json(unscored)})
