@@ -94,3 +94,8 @@ class HomeLayout:
     def teacher_server_log(self) -> Path:
         return self.logs_dir / "teacher-server.log"
 
+    @property
+    def run_failures_log(self) -> Path:
+        """One JSON line per failed run (``sensors.run_failure_recorder``), for ``tail -f`` and log shippers."""
+        return self.logs_dir / "run-failures.jsonl"
+

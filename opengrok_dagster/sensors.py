@@ -33,9 +33,6 @@ def topic_catalogue_sensor(context: SensorEvaluationContext):
     return SensorResult(dynamic_partitions_requests=[topic_partitions.build_add_request(missing)])
 
 
-RUN_FAILURES_LOG = "run-failures.jsonl"
-
-
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
 def run_failure_recorder(context: RunFailureSensorContext, paths: OpenGrokPaths):
     """Record each failed run where an operator looks: one JSON line in $OPENGROK_HOME/logs/run-failures.jsonl
@@ -53,7 +50,8 @@ def run_failure_recorder(context: RunFailureSensorContext, paths: OpenGrokPaths)
         "failed_steps": failed_steps,
         "message": context.failure_event.message,
     }
-    log_file = paths.logs_dir / RUN_FAILURES_LOG
+    log_file = paths.layout.run_failures_log
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as failures:
         failures.write(json.dumps(record) + "\n")
     context.instance.report_engine_event(

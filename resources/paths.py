@@ -23,12 +23,6 @@ class OpenGrokPaths(ConfigurableResource):
         """Every path under ``home`` (see ``opengrok_dagster.layout``)."""
         return HomeLayout(Path(self.home))
 
-    @property
-    def logs_dir(self) -> Path:
-        path = self.layout.logs_dir
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def response_store(self) -> ResponseStore:
         return ResponseStore(self.layout.response_store_path)
 

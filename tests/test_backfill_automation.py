@@ -8,7 +8,8 @@ import sys
 import pytest
 from dagster import DagsterEventType, Failure, asset, build_run_status_sensor_context, materialize
 
-from opengrok_dagster.sensors import RUN_FAILURES_LOG, run_failure_recorder
+from opengrok_dagster.layout import HomeLayout
+from opengrok_dagster.sensors import run_failure_recorder
 from opengrok_dagster.settings import SettingsError, recollect_cron
 from resources import OpenGrokPaths
 from tests.conftest import REPO_ROOT
@@ -60,13 +61,14 @@ def test_run_failure_sensor_records_the_failure_in_the_log_file_and_the_runs_eve
 
     run_failure_recorder(context)
 
-    [line] = (tmp_path / "home" / "logs" / RUN_FAILURES_LOG).read_text().splitlines()
+    log_file = HomeLayout(tmp_path / "home").run_failures_log
+    [line] = log_file.read_text().splitlines()
     record = json.loads(line)
     assert record["run_id"] == run.run_id and record["job"] == run.job_name
     assert record["partition"] == "2026-11-24|climate"
     assert record["failed_steps"] == ["unreachable_teacher_asset"]
     engine_messages = [entry.message for entry in persistent_instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)]
-    assert any(RUN_FAILURES_LOG in message and "unreachable_teacher_asset" in message for message in engine_messages)
+    assert any(str(log_file) in message and "unreachable_teacher_asset" in message for message in engine_messages)
 
 
 def test_run_failure_sensor_watches_this_code_location_and_is_on_by_default():
