@@ -6,7 +6,7 @@ import uuid
 
 import pandas as pd
 import pytest
-from dagster import DailyPartitionsDefinition, asset, build_output_context, materialize
+from dagster import AssetKey, DailyPartitionsDefinition, asset, build_input_context, build_output_context, materialize
 from upath import UPath
 
 import resources.parquet_io as parquet_io
@@ -94,3 +94,15 @@ def test_a_non_dataframe_is_refused_before_anything_is_written(base):
     with pytest.raises(TypeError, match="must return a pandas DataFrame"):
         manager.dump_to_path(build_output_context(asset_key="numbers"), {"n": 1}, UPath(base) / "numbers.parquet")
     assert names(base) == []
+
+
+def test_an_unreadable_or_missing_file_is_named_with_the_fix(base):
+    manager = ParquetIOManager(base_dir=str(base)).create_io_manager(None)
+    target = UPath(base) / "numbers.parquet"
+    context = build_input_context(asset_key=AssetKey("numbers"))
+    with pytest.raises(ValueError, match=r"cannot read .*numbers.parquet for asset numbers: .*re-materialise"):
+        manager.load_from_path(context, target)  # missing: a plain input may not be
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"cannot read .*numbers.parquet for asset numbers"):
+        manager.load_from_path(context, target)
