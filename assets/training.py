@@ -105,8 +105,8 @@ def _train_out_of_process(
             return training.run_training(context, extras).get_custom_messages()
         except DagsterPipesExecutionError as exc:
             raise Failure(
-                description=f"the training subprocess for {mode} died ({exc}); nothing was published, and its checkpoints "
-                f"in {layout.training_work_dir(mode)} are kept: re-materialise to resume"
+                description=f"the training subprocess for {mode} died ({exc}); nothing was published, and its "
+                f"checkpoints in {layout.training_work_dir(mode)} are kept: re-materialise to resume"
             ) from None
 
 
@@ -133,6 +133,8 @@ def _metadata(outcome: dict) -> dict:
         "reused_published_checkpoint": outcome["reused"],
         "peak_memory_mb": round(outcome["peak_memory_bytes"] / 2**20, 1),
         "lora_targets": ", ".join(outcome["lora_targets"]),
-        "loss_plot": png_markdown((Path(outcome["adapter_dir"]) / "loss_curves.png").read_bytes(), "train and validation loss"),
+        "loss_plot": png_markdown(
+            (Path(outcome["adapter_dir"]) / "loss_curves.png").read_bytes(), "train and validation loss"
+        ),
         "losses": MetadataValue.md(_loss_table(outcome["curves"])),
     }

@@ -77,10 +77,10 @@ def _execute(instance, job, label: str, partition_key=None) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialise every asset on the configured teacher: each topic partition of the round, then the
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
-    from opengrok_dagster.offline.model import provision_offline_model
-    from opengrok_dagster.training import MASK_MODES
     from opengrok_dagster.evaluation.report import REPORT_HTML, REPORT_MARKDOWN
+    from opengrok_dagster.offline.model import provision_offline_model
     from opengrok_dagster.settings import home_layout, teacher_is_remote
+    from opengrok_dagster.training import MASK_MODES
 
     modes = args.modes.split(",") if args.modes else list(MASK_MODES)
     unknown = sorted(set(modes) - set(MASK_MODES))
@@ -174,8 +174,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Print the provenance chain of a training example, or of a checkpoint (mask mode or adapter directory)."""
     from opengrok_dagster.lineage import checkpoint_lineage, example_lineage, format_lineage
-    from opengrok_dagster.training import MASK_MODES
     from opengrok_dagster.settings import opengrok_home
+    from opengrok_dagster.training import MASK_MODES
 
     home = opengrok_home()
     is_checkpoint = args.target in MASK_MODES or os.path.isdir(args.target)

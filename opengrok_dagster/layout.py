@@ -41,7 +41,7 @@ class HomeLayout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
 
-    assets_dir = _under_home("assets", "The base_dir of resources.ParquetIOManager: one Parquet file per asset (partition).")
+    assets_dir = _under_home("assets", "resources.ParquetIOManager's base_dir: a Parquet file per asset (partition).")
 
     def asset_dir(self, asset: str) -> Path:
         """The directory of a partitioned asset's files."""
@@ -84,9 +84,9 @@ class HomeLayout:
     tfidf_vocabulary_dir = _under_home("mask_tables", "tfidf-<sha>.json: the vocabulary each mask table used.")
     response_store_path = _under_home("responses.sqlite", "Every teacher response, committed as it arrives.")
     review_store_path = _under_home(
-        "reviews.sqlite", "Beside the response store, in its own file: reviews are written by people, responses by runs."
+        "reviews.sqlite", "Beside the response store, in its own file: people write reviews, runs write responses."
     )
-    eval_answers_path = _under_home("eval_answers.sqlite", "API models' evaluation answers, reused by unchanged reruns.")
+    eval_answers_path = _under_home("eval_answers.sqlite", "API models' evaluation answers, reused by reruns.")
     logs_dir = _under_home("logs", "The embedded teacher's server log and the run-failure log.")
     dagster_home = _under_home("dagster_home", "The Dagster instance's directory when $DAGSTER_HOME is unset.")
 

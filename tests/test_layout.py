@@ -17,7 +17,9 @@ PRODUCT = ["opengrok_dagster", "assets", "resources", "bench"]
 # the asset's name, and the layout names the vocabulary directory after it).
 SEGMENTS = {"assets", "checkpoints", "reports", "logs", "dagster_home", "teacher-server.log"}
 # Spelled anywhere: the stores' file names, the Trainer's work directories, paths written out in a string.
-SPELLING = re.compile(r"^(responses|reviews|eval_answers)\.sqlite$|^\.work-|(^|/)(assets|checkpoints|reports|logs|dagster_home)/")
+SPELLING = re.compile(
+    r"^(responses|reviews|eval_answers)\.sqlite$|^\.work-|(^|/)(assets|checkpoints|reports|logs|dagster_home)/"
+)
 # training/trainer.py (the trainer's own module) derives its work directory from the checkpoint directory; the
 # agreement with the layout is tested in test_the_trainer_keeps_its_work_where_the_layout_says.
 ALLOWED = {"opengrok_dagster/training/trainer.py": [".work-"]}
@@ -31,7 +33,10 @@ def spelled_segments(source: str) -> list[str]:
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
         and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
     }
-    joined = {id(node.right) for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)}
+    joined = {
+        id(node.right) for node in ast.walk(tree)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+    }
     return [
         node.value for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings

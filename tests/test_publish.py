@@ -61,10 +61,12 @@ def test_io_manager_writes_partitions_where_the_layout_says(base):
     def daily_numbers(context) -> pd.DataFrame:
         return pd.DataFrame({"day": [context.partition_key], "n": [1]})
 
-    result = materialize([daily_numbers], partition_key="2026-01-02", resources={"io_manager": ParquetIOManager(base_dir=str(base))})
+    resources = {"io_manager": ParquetIOManager(base_dir=str(base))}
+    result = materialize([daily_numbers], partition_key="2026-01-02", resources=resources)
     assert result.success
     layout = HomeLayout(pathlib.Path("/home"))  # the same segments below assets_dir, wherever that is
-    published = UPath(base) / layout.asset_path("daily_numbers", "2026-01-02").relative_to(layout.assets_dir).as_posix()
+    below_assets = layout.asset_path("daily_numbers", "2026-01-02").relative_to(layout.assets_dir)
+    published = UPath(base) / below_assets.as_posix()
     assert names(published.parent) == ["2026-01-02.parquet"]
     with published.open("rb") as handle:
         assert pd.read_parquet(handle)["day"].tolist() == ["2026-01-02"]

@@ -80,7 +80,9 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
     return out.loc[:, list(FILTERED_COLUMNS)]
 
 
-def _hard_rejections(frame: pd.DataFrame, texts: list[str], config: FilterConfig, models: FilterModels) -> list[list[str]]:
+def _hard_rejections(
+    frame: pd.DataFrame, texts: list[str], config: FilterConfig, models: FilterModels
+) -> list[list[str]]:
     """Per row, the cheap rejection reasons: errors, then length, then refusals and the block list."""
     rejections: list[list[str]] = []
     for text, error, finish_reason in zip(texts, frame["error"], frame["finish_reason"]):

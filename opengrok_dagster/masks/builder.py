@@ -224,7 +224,9 @@ class _Aligner:
         misaligned = int((~template & aligned & spans_words).sum())
         return _Alignment(word_index, template, int(is_content.sum()), misaligned)
 
-    def _sample(self, example_id: str, text: _ExampleText, alignment: _Alignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _sample(
+        self, example_id: str, text: _ExampleText, alignment: _Alignment
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """p from the token's word scores and seeded noise, then m: sampled (or thresholded), plus random masking;
         template tokens always have p = m = 1. Returns (p, m as bool, the noise)."""
         config, word_index, template = self.config, alignment.word_index, alignment.template

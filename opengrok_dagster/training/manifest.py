@@ -35,7 +35,8 @@ def adapter_dirs(manifests: Mapping[str, pd.DataFrame]) -> dict[str, Path]:
         if len(manifest) != 1 or missing:
             raise ValueError(
                 f"the lora_checkpoint[{partition}] manifest is not one row with the contract columns "
-                f"(missing: {', '.join(missing) or 'none'}, rows: {len(manifest)}); re-materialise lora_checkpoint[{partition}]"
+                f"(missing: {', '.join(missing) or 'none'}, rows: {len(manifest)}); "
+                f"re-materialise lora_checkpoint[{partition}]"
             )
         row = manifest.iloc[0]
         dirs[str(row["mask_mode"])] = Path(row["adapter_dir"])
