@@ -1,6 +1,7 @@
 """The evaluation on tiny models: adapter loading and checks, cached label scoring, and eval_report end to end."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, fin
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions
-from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, manifest_frame
+from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
@@ -240,3 +241,11 @@ def test_the_evaluation_asks_the_teacher_within_the_collection_limits():
     limits = _teacher_model(teacher).limits
     assert limits == teacher.client_limits()
     assert (limits.max_concurrency, limits.requests_per_minute, limits.max_attempts) == (3, 7, 2)
+
+
+def test_manifests_give_each_modes_adapter_and_a_broken_one_is_named():
+    outcome = {column: 0 for column in MANIFEST_COLUMNS} | {"mask_mode": "hard", "adapter_dir": "/ckpt/hard"}
+    assert list(manifest_frame(outcome).columns) == list(MANIFEST_COLUMNS)
+    assert adapter_dirs({"hard": manifest_frame(outcome)}) == {"hard": Path("/ckpt/hard")}
+    with pytest.raises(ValueError, match=r"lora_checkpoint\[soft\] manifest .*missing: adapter_dir.*re-materialise"):
+        adapter_dirs({"soft": manifest_frame(outcome).drop(columns="adapter_dir")})
