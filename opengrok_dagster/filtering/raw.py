@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from opengrok_dagster.filtering.stored import read_stored
+from opengrok_dagster.layout import ASSET_SUFFIX
 
 RAW_COLUMNS = (
     "prompt_id", "topic", "round", "template_id", "platform", "style", "variant", "system_prompt", "prompt",
@@ -25,7 +26,7 @@ _ROUND_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 def available_rounds(raw_dir: Path) -> list[str]:
     if not raw_dir.is_dir():
         return []
-    return sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and _ROUND_DIR.match(p.name) and any(p.glob("*.parquet")))
+    return sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and _ROUND_DIR.match(p.name) and any(p.glob(f"*{ASSET_SUFFIX}")))
 
 
 def choose_rounds(available: list[str], selection: str, last_n: int) -> list[str]:
@@ -47,7 +48,7 @@ def read_raw_responses(raw_dir: Path, rounds: list[str]) -> pd.DataFrame:
         raise ValueError(f"no collected rounds under {raw_dir}; materialise raw_responses for at least one topic and round first")
     frames = []
     for round_key in rounds:
-        for path in sorted((raw_dir / round_key).glob("*.parquet")):
+        for path in sorted((raw_dir / round_key).glob(f"*{ASSET_SUFFIX}")):
             frame = read_stored(path, "raw responses", RAW_COLUMNS,
                                 "re-materialise that raw_responses partition with the current code")
             frames.append(frame.loc[:, list(RAW_COLUMNS)])
