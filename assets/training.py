@@ -15,7 +15,6 @@ from dagster import (
     Output,
     asset,
 )
-from dagster._core.errors import DagsterPipesExecutionError  # raised by Pipes clients, not exported publicly
 
 from assets.metadata import png_markdown
 from assets.versioning import content_data_version
@@ -23,6 +22,7 @@ from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.config import TrainingConfig
 from resources import OpenGrokPaths, StudentResource, TrainingResource
+from resources.gpu import TrainingProcessError
 
 
 class LoraCheckpointConfig(Config, TrainingConfig):
@@ -83,7 +83,7 @@ def lora_checkpoint(
         }
         try:
             messages = training.run_training(context, extras).get_custom_messages()
-        except DagsterPipesExecutionError as exc:
+        except TrainingProcessError as exc:
             raise Failure(
                 description=f"the training subprocess for {mode} died ({exc}); nothing was published, and its checkpoints "
                 f"in {checkpoint_dir.with_name('.work-' + mode)} are kept: re-materialise to resume"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from dagster import AssetSpec, materialize
 from peft import LoraConfig, get_peft_model
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from assets.evaluation import eval_report
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
@@ -30,22 +30,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_student(tmp_path_factory, offline_model):
-    """A 2-layer Llama with the offline SmolLM2 tokenizer: the real code path at a fraction of the cost."""
-    directory = tmp_path_factory.mktemp("models") / "TinyStudent"
-    tokenizer = AutoTokenizer.from_pretrained(offline_model)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def write_adapter(base_dir, adapter_dir, mode, recorded_base=None, seed=1):

