@@ -1,7 +1,7 @@
 """The training resource: device, precision and gradient checkpointing, and the fine-tune run out of process.
 
 The fine-tune never runs inside the Dagster process: ``run_training`` starts
-``python -m opengrok_dagster.training.pipes_entry`` with Dagster Pipes, which streams the Trainer's losses
+``python -m opengrok_dagster.training_entry`` with Dagster Pipes, which streams the Trainer's losses
 back as run logs and returns the outcome (or a bad-input error) as a Pipes message. A crash or kill of the
 subprocess leaves the Trainer checkpoints in ``$OPENGROK_HOME/checkpoints/.work-<mode>/``; the next
 materialisation resumes from them.
@@ -18,7 +18,7 @@ messages are identical; ``OPENGROK_HOME`` must then be a volume both the pod and
     )
 
 For several GPUs on one machine the command becomes
-``accelerate launch --num_processes <gpus> -m opengrok_dagster.training.pipes_entry``: the Trainer then runs
+``accelerate launch --num_processes <gpus> -m opengrok_dagster.training_entry``: the Trainer then runs
 data-parallel. That path is documented, not tested here (no GPU machine): every rank would open the Pipes
 session and publish, so it needs rank-0-only reporting and publishing before use.
 """
@@ -40,7 +40,7 @@ from pydantic import Field
 
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
 
-TRAINING_ENTRY_MODULE = "opengrok_dagster.training.pipes_entry"
+TRAINING_ENTRY_MODULE = "opengrok_dagster.training_entry"
 # Seconds an interrupted fine-tune gets to exit after SIGINT (as PipesSubprocessClient allows) before it is killed.
 TERMINATION_TIMEOUT_S = 20
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance
 
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from tests.conftest import REPO_ROOT, texts_written_under
 
 CANARY = "xai-canary-5e4d3c2b1a0f9e8d7c6b"

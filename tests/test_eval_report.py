@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 
 from assets.evaluation import eval_report
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.evaluation import datasets
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 
 GRID = """
 from opengrok_dagster.collect.prompts import PromptGridConfig, build_prompt_grid

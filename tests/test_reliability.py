@@ -6,7 +6,7 @@ from collections import Counter
 
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses, response_key
-from opengrok_dagster.collect.loopback import FAULTS, LoopbackConfig, LoopbackTeacher
+from devtools.loopback import FAULTS, LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.store import ResponseStore
 
 PROMPTS = 1000

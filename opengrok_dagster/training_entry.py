@@ -1,4 +1,5 @@
-"""Dagster Pipes entry point of the fine-tune: ``python -m opengrok_dagster.training.pipes_entry``.
+"""Dagster Pipes entry point of the fine-tune: ``python -m opengrok_dagster.training_entry`` (orchestration layer:
+the domain package `training/` stays free of Dagster and its Pipes protocol).
 
 Started by ``resources.TrainingResource`` (a subprocess locally, the same command in a GPU pod with
 ``PipesK8sClient``). Extras in: ``mask_mode, model_path, checkpoint_dir, table_path, config, device,
