@@ -25,7 +25,7 @@ from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLAT
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 from opengrok_dagster.partitions import collection_partitions
-from assets.versioning import content_data_version
+from assets.versioning import asset_code_version, content_data_version
 from resources import OpenGrokPaths, TeacherResource
 
 
@@ -52,7 +52,7 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
 @asset(
     partitions_def=collection_partitions,
     group_name="acquisition",
-    code_version="1",
+    code_version=asset_code_version("prompts"),
     kinds={"python", "parquet"},
     check_specs=[AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice.")],
 )
@@ -118,7 +118,7 @@ class RawResponsesConfig(Config):
 @asset(
     partitions_def=collection_partitions,
     group_name="acquisition",
-    code_version="1",
+    code_version=asset_code_version("raw_responses"),
     kinds={"python", "parquet"},
     pool="teacher",  # bounds concurrent teacher-calling steps across runs (pools in docker/dagster.yaml)
     check_specs=[

@@ -18,6 +18,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import png_markdown
+from assets.versioning import asset_code_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.collect.client import ClientLimits
 from opengrok_dagster.evaluation.answers import AnswerCache
@@ -90,7 +91,7 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
     deps=["lora_checkpoint"],
     group_name="evaluation",
     automation_condition=FOLLOWS_UPSTREAM_DATA,
-    code_version="1",
+    code_version=asset_code_version("eval_report"),
     kinds={"python", "parquet"},
     check_specs=[
         AssetCheckSpec("every_variant_scored", asset="eval_report", blocking=True,

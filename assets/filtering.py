@@ -18,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.versioning import content_data_version
+from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.filtering.chain import KEPT, REJECTED, STATES, FilterModels, filter_responses
 from opengrok_dagster.filtering.config import DEFAULT_DETECTED_LANGUAGES, FilterConfig
 from opengrok_dagster.filtering.dedup import duplicate_reasons
@@ -82,7 +82,7 @@ def _examples_per_reason(frame: pd.DataFrame, per_reason: int = 2) -> MetadataVa
 @asset(
     deps=["raw_responses"],
     group_name="filtering",
-    code_version="1",
+    code_version=asset_code_version("filtered_responses"),
     kinds={"python", "parquet"},
     check_specs=[
         AssetCheckSpec("every_row_has_one_state", asset="filtered_responses", blocking=True,
@@ -153,7 +153,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
     yield AssetCheckResult(check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated})
 
 
-@asset(group_name="filtering", code_version="1", kinds={"python", "parquet"})
+@asset(group_name="filtering", code_version=asset_code_version("prompt_feedback"), kinds={"python", "parquet"})
 def prompt_feedback(context: AssetExecutionContext, filtered_responses: pd.DataFrame, paths: OpenGrokPaths):
     """Keep rate, refusal rate, kept length and answer diversity per template, platform, style and variant,
     per round. The next round's `prompts` read it to weight, rewrite and extend the grid."""

@@ -16,7 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import png_markdown
-from assets.versioning import content_data_version
+from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.masks.builder import build_mask_table, select_training_examples
 from opengrok_dagster.masks.checks import examples_with_bad_lengths, masked_template_tokens, p_values_outside_unit_interval
 from opengrok_dagster.masks.config import MaskConfig, MaskInputError
@@ -95,7 +95,7 @@ def _metadata(table: pd.DataFrame, summary: MaskSummary, result, vocabulary_path
 
 @asset(
     group_name="masks",
-    code_version="1",
+    code_version=asset_code_version("mask_tables"),
     kinds={"python", "parquet", "spacy"},
     check_specs=[
         AssetCheckSpec("lengths_match_tokens", asset="mask_tables", blocking=True, description="Every per-token list has one entry per input id, and no example exceeds max_length."),

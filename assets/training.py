@@ -17,12 +17,16 @@ from dagster import (
 )
 
 from assets.metadata import png_markdown
-from assets.versioning import content_data_version
+from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.config import TrainingConfig
 from resources import OpenGrokPaths, StudentResource, TrainingResource
 from resources.gpu import TrainingProcessError
+
+
+# Computed once: the asset's code version, and part of the training run key (a code change retrains).
+TRAINING_CODE_VERSION = asset_code_version("lora_checkpoint")
 
 
 class LoraCheckpointConfig(Config, TrainingConfig):
@@ -42,7 +46,7 @@ def _loss_table(curves: dict) -> str:
     partitions_def=mask_mode_partitions,
     group_name="training",
     automation_condition=FOLLOWS_UPSTREAM_DATA,
-    code_version="1",
+    code_version=TRAINING_CODE_VERSION,
     kinds={"pytorch", "python"},
     check_specs=[
         AssetCheckSpec(
@@ -80,6 +84,7 @@ def lora_checkpoint(
             "table_path": str(table_path),
             "config": TrainingConfig(**config.model_dump()).model_dump(),
             "data_versions": {"mask_tables": content_data_version(mask_tables).value},
+            "code_version": TRAINING_CODE_VERSION,
         }
         try:
             messages = training.run_training(context, extras).get_custom_messages()

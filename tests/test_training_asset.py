@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from dagster import asset, materialize
 
+from assets import training as training_asset
 from assets.training import lora_checkpoint
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TrainingResource
 from tests.conftest import QUICK, mask_table
@@ -61,6 +62,18 @@ def test_unchanged_data_and_config_reuse_the_published_checkpoint(tmp_path, tiny
     changed = run_checkpoint(tmp_path, table, tiny_student, instance=instance, seed=7)
     assert changed.success and adapter.stat().st_mtime_ns != trained_at
     assert changed.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value is False
+
+
+def test_a_change_to_the_training_code_retrains(tmp_path, tiny_student, tokenizer, instance, monkeypatch):
+    """The run key includes the asset's code version: after a fix to the trainer the adapter is not reused."""
+    table = mask_table(tokenizer)
+    assert run_checkpoint(tmp_path, table, tiny_student, instance=instance).success
+    record = tmp_path / "checkpoints" / "hard" / "opengrok_checkpoint.json"
+    assert json.loads(record.read_text())["code_version"] == training_asset.TRAINING_CODE_VERSION
+    monkeypatch.setattr(training_asset, "TRAINING_CODE_VERSION", "fixed-trainer")
+    again = run_checkpoint(tmp_path, table, tiny_student, instance=instance)
+    assert again.success and again.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value is False
+    assert json.loads(record.read_text())["code_version"] == "fixed-trainer"
 
 
 def test_bad_input_fails_with_the_fix_and_publishes_nothing(tmp_path, tiny_student, tokenizer):
