@@ -3,34 +3,45 @@
 import math
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
-    Config,
     Failure,
     MetadataValue,
     Output,
     asset,
 )
+from pydantic import Field
 
+from assets.config import config_from
 from assets.metadata import png_markdown
 from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.config import TrainingConfig
-from resources import OpenGrokPaths, StudentResource, TrainingResource
+from opengrok_dagster.training.hub import HubPushError, hub_repo_id, push_adapter, require_token
+from resources import HubResource, OpenGrokPaths, StudentResource, TrainingResource
 from resources.gpu import TrainingProcessError
+from resources.hub import HUB_TOKEN_VARIABLE
 
 
 # Computed once: the asset's code version, and part of the training run key (a code change retrains).
 TRAINING_CODE_VERSION = asset_code_version("lora_checkpoint")
 
 
-class LoraCheckpointConfig(Config, TrainingConfig):
-    """Fine-tune hyper-parameters; every field and its description comes from ``TrainingConfig``."""
+class LoraCheckpointConfig(config_from(TrainingConfig)):
+    """Fine-tune hyper-parameters (every field and its description from ``TrainingConfig``), and where to upload."""
+
+    push_to_hub: Optional[str] = Field(
+        default=None,
+        description="Hub repo id to upload the published adapter to, {mask_mode} replaced by the partition (e.g. "
+        "'me/smollm2-opengrok-{mask_mode}'); needs a write token in HF_TOKEN. Unset = no upload. Re-materialise after "
+        "eval_report to upload the card with its scores (training is reused).",
+    )
 
 
 def _loss_table(curves: dict) -> str:
@@ -40,6 +51,27 @@ def _loss_table(curves: dict) -> str:
         lines.append(f"| {int(step)} | {loss:.4f} | {validation.pop(int(step), float('nan')):.4f} |")
     lines += [f"| {step} | | {loss:.4f} |" for step, loss in sorted(validation.items())]
     return "\n".join(lines)
+
+
+def _push_target(config: LoraCheckpointConfig, mode: str, hub: HubResource) -> tuple[str, str] | None:
+    """The repo id and token of the configured upload, or None; refuses one that cannot happen."""
+    if not config.push_to_hub:
+        return None
+    try:
+        repo_id = hub_repo_id(config.push_to_hub, mode)
+        return repo_id, require_token(hub.token, repo_id, HUB_TOKEN_VARIABLE)
+    except HubPushError as exc:
+        raise Failure(description=f"lora_checkpoint[{mode}]: {exc}") from None
+
+
+def _push(context: AssetExecutionContext, adapter_dir: Path, target: tuple[str, str], private: bool) -> str:
+    try:
+        url = push_adapter(adapter_dir, *target, private)
+    except HubPushError as exc:
+        raise Failure(description=f"lora_checkpoint is published at {adapter_dir} but {exc}; re-materialise to retry "
+                      "(the training is reused)") from None
+    context.log.info(f"pushed {adapter_dir} to {url}")
+    return url
 
 
 @asset(
@@ -62,6 +94,7 @@ def lora_checkpoint(
     paths: OpenGrokPaths,
     student: StudentResource,
     training: TrainingResource,
+    hub: HubResource,
 ):
     """LoRA adapter of the student fine-tuned on the teacher's responses with one attention-mask mode.
 
@@ -69,7 +102,9 @@ def lora_checkpoint(
     curves, model card, ``opengrok_checkpoint.json``) and returns its one-row manifest.
     """
     mode = context.partition_key
+    training_config = config.domain_config()  # the run key hashes these settings, not where the adapter is pushed
     placement = training.check_placement()
+    push_target = _push_target(config, mode, hub)  # before training: a push that cannot happen costs no fine-tune
     checkpoint_dir = paths.home_dir / "checkpoints" / mode
     checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
     model_path = student.model_path()  # verifies the offline checkpoint's hashes: ~0.5 GB read, so once
@@ -82,7 +117,7 @@ def lora_checkpoint(
             "model_path": model_path,
             "checkpoint_dir": str(checkpoint_dir),
             "table_path": str(table_path),
-            "config": TrainingConfig(**config.model_dump()).model_dump(),
+            "config": training_config.model_dump(),
             "data_versions": {"mask_tables": content_data_version(mask_tables).value},
             "code_version": TRAINING_CODE_VERSION,
         }
@@ -99,6 +134,7 @@ def lora_checkpoint(
         reason = errors[0] if errors else "the training subprocess reported no outcome"
         raise Failure(description=f"lora_checkpoint[{mode}] was not trained, nothing was published: {reason}")
     outcome = outcomes[0]
+    hub_url = _push(context, Path(outcome["adapter_dir"]), push_target, hub.private) if push_target else None
     manifest = pd.DataFrame([{key: outcome[key] for key in (
         "mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
         "train_examples", "validation_examples", "tokens_per_second",
@@ -127,6 +163,7 @@ def lora_checkpoint(
             "sample_generation": outcome["sample_generation"],
             "loss_plot": png_markdown((Path(outcome["adapter_dir"]) / "loss_curves.png").read_bytes(), "train and validation loss"),
             "losses": MetadataValue.md(_loss_table(curves)),
+            "hub_repo": MetadataValue.url(hub_url) if hub_url else "not pushed",
         },
     )
     finite = math.isfinite(outcome["best_val_loss"])

@@ -11,13 +11,18 @@ from dagster import DataVersion
 
 import opengrok_dagster
 
+
 # The directory holding the `opengrok_dagster` package: the repository, or site-packages for an installed wheel.
 SOURCE_ROOT = Path(opengrok_dagster.__file__).resolve().parent.parent
 
 # The domain code each asset runs, relative to SOURCE_ROOT; the opengrok_dagster modules these import are added.
 # The thin asset modules are left out on purpose: a change to an asset's metadata must not retrain four adapters.
 ASSET_SOURCES = {
-    "prompts": ("opengrok_dagster/collect/prompts.py", "opengrok_dagster/collect/topics.py", "opengrok_dagster/filtering/feedback.py"),
+    "prompts": (
+        "opengrok_dagster/collect/prompts.py",
+        "opengrok_dagster/collect/topics.py",
+        "opengrok_dagster/filtering/feedback.py",
+    ),
     "raw_responses": ("opengrok_dagster/collect",),
     "filtered_responses": ("opengrok_dagster/filtering",),
     "prompt_feedback": ("opengrok_dagster/filtering/feedback.py",),
@@ -65,7 +70,9 @@ def _python_files(root: Path, sources: tuple[str, ...]) -> set[Path]:
         elif path.suffix == ".py" and path.is_file():
             files.add(path)
         else:
-            raise FileNotFoundError(f"code version source {source} is not a package or .py file under {root}: update ASSET_SOURCES")
+            raise FileNotFoundError(
+                f"code version source {source} is not a package or .py file under {root}: update ASSET_SOURCES"
+            )
     return files
 
 
@@ -78,9 +85,16 @@ def _with_imports(root: Path, files: set[Path]) -> set[Path]:
             continue
         seen.add(path)
         for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            )
             for name in names:
                 if name.split(".")[0] == "opengrok_dagster":
-                    pending += [p for p in (root / f"{name.replace('.', '/')}.py", root / name.replace(".", "/") / "__init__.py") if p.is_file()]
+                    pending += [
+                        p
+                        for p in (root / f"{name.replace('.', '/')}.py", root / name.replace(".", "/") / "__init__.py")
+                        if p.is_file()
+                    ]
     return seen

@@ -90,7 +90,8 @@ class TrainingResource(ConfigurableResource):
             message_reader=PipesTempFileMessageReader(),
             extras=extras,
         ) as session:
-            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **session.get_bootstrap_env_vars()}
+            quiet = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, **quiet, **session.get_bootstrap_env_vars()}
             process = subprocess.Popen([sys.executable, "-m", TRAINING_ENTRY_MODULE], env=env)
             try:
                 returncode = process.wait()

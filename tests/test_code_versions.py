@@ -11,7 +11,9 @@ from assets.versioning import ASSET_SOURCES, SOURCE_ROOT, asset_code_version, so
 @pytest.fixture
 def source_copy(tmp_path):
     """The opengrok_dagster package's Python source, copied so that it can be edited."""
-    shutil.copytree(SOURCE_ROOT / "opengrok_dagster", tmp_path / "opengrok_dagster", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        SOURCE_ROOT / "opengrok_dagster", tmp_path / "opengrok_dagster", ignore=shutil.ignore_patterns("__pycache__")
+    )
     return tmp_path
 
 
@@ -31,14 +33,20 @@ def test_a_change_to_training_code_moves_lora_checkpoint_and_not_prompts_or_mask
     before = versions(source_copy)
     append(source_copy / "opengrok_dagster" / "training" / "attention.py")
     changed = moved(before, versions(source_copy))
-    assert "lora_checkpoint" in changed and not {"prompts", "mask_tables", "raw_responses", "filtered_responses"} & changed
+    assert (
+        "lora_checkpoint" in changed
+        and not {"prompts", "mask_tables", "raw_responses", "filtered_responses"} & changed
+    )
 
 
 def test_a_change_to_mask_code_moves_mask_tables_and_not_prompts(source_copy):
     before = versions(source_copy)
     append(source_copy / "opengrok_dagster" / "masks" / "builder.py")
     changed = moved(before, versions(source_copy))
-    assert "mask_tables" in changed and not {"prompts", "raw_responses", "filtered_responses", "prompt_feedback"} & changed
+    assert (
+        "mask_tables" in changed
+        and not {"prompts", "raw_responses", "filtered_responses", "prompt_feedback"} & changed
+    )
 
 
 def test_a_change_to_an_imported_domain_module_moves_its_users(source_copy):
@@ -62,7 +70,9 @@ def test_line_endings_caches_and_other_files_do_not_move_a_version(source_copy):
 
 
 def test_a_source_that_is_gone_is_named(source_copy):
-    with pytest.raises(FileNotFoundError, match="opengrok_dagster/nowhere is not a package or .py file.*ASSET_SOURCES"):
+    with pytest.raises(
+        FileNotFoundError, match="opengrok_dagster/nowhere is not a package or .py file.*ASSET_SOURCES"
+    ):
         source_version(("opengrok_dagster/nowhere",), source_copy)
 
 

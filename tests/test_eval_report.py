@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from dagster import AssetSpec, materialize
+from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
 
@@ -17,6 +18,7 @@ from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+from opengrok_dagster.training.card import card_metadata, write_card
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
@@ -135,6 +137,8 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
         "student": StudentResource(model=str(tiny_student)),
         "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="loopback"),
     }
+    hard_card = checkpoints_home / "checkpoints" / "hard" / "README.md"
+    write_card(hard_card, card_metadata(str(tiny_student), "hard"), "# the trainer's card\n")
     result = materialize([AssetSpec("filtered_responses"), eval_report], instance=instance, resources=resources, run_config=run_config)
     assert result.success
     assert all(check.passed for check in result.get_asset_check_evaluations())
@@ -160,6 +164,13 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
         assert text in markdown, text
     metadata = result.asset_materializations_for_node("eval_report")[0].metadata
     assert "data:image/png;base64," in metadata["main_plot"].value and "| task" in metadata["summary"].value
+    # The evaluated adapter's card now carries its scores as model-index; its text is kept.
+    card = ModelCard.load(hard_card)
+    recorded = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    hard = scores[scores["model"] == "lora:hard"].dropna(subset=["value"])
+    assert recorded == {(row.task, row.metric): pytest.approx(row.value) for row in hard.itertuples()}
+    assert card.text == "# the trainer's card\n"
+    assert sorted(metadata["model_cards_updated"].value) == [str(hard_card), str(hard_card).replace("hard", "none")]
 
     # Rerun: the teacher's answers are reused, so nothing is asked and every number (teacher's included) repeats.
     asked = len(loopback_teacher.requests)

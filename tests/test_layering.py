@@ -12,6 +12,7 @@ from setuptools import find_packages
 
 from tests.conftest import REPO_ROOT
 
+
 DOMAIN_PACKAGES = ("collect", "offline", "filtering", "masks", "training", "evaluation")
 # Code that ships or that users run (bench is run by `make bench`); tests may reach private Dagster APIs where
 # Dagster offers no public one (backfill records, the instance-config schema).
@@ -34,7 +35,9 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_no_product_module_imports_a_private_dagster_module():
     private = {
-        str(path.relative_to(REPO_ROOT)): sorted(m for m in imported_modules(path) if m.split(".")[0].startswith("dagster") and "._" in f".{m}")
+        str(path.relative_to(REPO_ROOT)): sorted(
+            m for m in imported_modules(path) if m.split(".")[0].startswith("dagster") and "._" in f".{m}"
+        )
         for path in python_files(*PRODUCT_DIRS)
     }
     assert {path: modules for path, modules in private.items() if modules} == {}
@@ -42,8 +45,13 @@ def test_no_product_module_imports_a_private_dagster_module():
 
 def test_the_private_import_check_sees_what_it_looks_for(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("from dagster._core.errors import DagsterError\nimport dagster_shared._check\nfrom dagster import asset\n")
-    assert sorted(m for m in imported_modules(sample) if "._" in f".{m}") == ["dagster._core.errors", "dagster_shared._check"]
+    sample.write_text(
+        "from dagster._core.errors import DagsterError\nimport dagster_shared._check\nfrom dagster import asset\n"
+    )
+    assert sorted(m for m in imported_modules(sample) if "._" in f".{m}") == [
+        "dagster._core.errors",
+        "dagster_shared._check",
+    ]
 
 
 # Imports every module of the domain packages, one after another, and names the first that brought in Dagster
@@ -67,24 +75,36 @@ def test_domain_packages_import_no_dagster():
     ]
     assert len(modules) > 40, "every domain module is checked"
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_EACH, json.dumps(modules)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", IMPORT_EACH, json.dumps(modules)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "", f"a domain module imports Dagster: {result.stdout}"
 
 
 def test_devtools_are_neither_installed_nor_imported_by_the_product():
-    include = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    include = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
     installed = find_packages(str(REPO_ROOT), include=include)
-    assert "opengrok_dagster" in installed and not [p for p in installed if p.split(".")[0] in ("devtools", "tests", "bench")]
-    users = [str(p.relative_to(REPO_ROOT)) for p in python_files("opengrok_dagster", "assets", "resources")
-             if any(m.split(".")[0] == "devtools" for m in imported_modules(p))]
+    assert "opengrok_dagster" in installed and not [
+        p for p in installed if p.split(".")[0] in ("devtools", "tests", "bench")
+    ]
+    users = [
+        str(p.relative_to(REPO_ROOT))
+        for p in python_files("opengrok_dagster", "assets", "resources")
+        if any(m.split(".")[0] == "devtools" for m in imported_modules(p))
+    ]
     assert users == []
 
 
 def fixture_names(path: Path) -> set[str]:
     return {
-        node.name for node in ast.parse(path.read_text()).body
+        node.name
+        for node in ast.parse(path.read_text()).body
         if isinstance(node, ast.FunctionDef) and any("fixture" in ast.unparse(d) for d in node.decorator_list)
     }
 
@@ -95,5 +115,7 @@ def test_fixtures_are_shared_through_conftest_not_imported_from_other_test_modul
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.test_"):
                 source = REPO_ROOT / Path(*node.module.split(".")).with_suffix(".py")
-                imported += [f"{path.name}: {alias.name}" for alias in node.names if alias.name in fixture_names(source)]
+                imported += [
+                    f"{path.name}: {alias.name}" for alias in node.names if alias.name in fixture_names(source)
+                ]
     assert imported == []

@@ -20,8 +20,17 @@ from opengrok_dagster.training.report import write_model_card
 
 def outcome(base_model: str, mode: str = "soft") -> SimpleNamespace:
     return SimpleNamespace(
-        base_model=base_model, mask_mode=mode, best_val_loss=1.5, best_step=4, global_step=4, early_stopped=False,
-        train_examples=16, validation_examples=4, tokens_per_second=120.0, device="cpu (fp32)", lora_targets=["q_proj", "v_proj"],
+        base_model=base_model,
+        mask_mode=mode,
+        best_val_loss=1.5,
+        best_step=4,
+        global_step=4,
+        early_stopped=False,
+        train_examples=16,
+        validation_examples=4,
+        tokens_per_second=120.0,
+        device="cpu (fp32)",
+        lora_targets=["q_proj", "v_proj"],
     )
 
 
@@ -70,17 +79,40 @@ def test_evaluation_results_replace_the_model_index_and_keep_the_card(tmp_path):
     text = ModelCard.load(readme).text
 
     def result(value):
-        return EvalResult(task_type="text-classification", dataset_type="cardiffnlp/tweet_eval", dataset_name="tweeteval_sentiment",
-                          dataset_config="sentiment", dataset_split="test", metric_type="macro_recall", metric_value=value)
+        return EvalResult(
+            task_type="text-classification",
+            dataset_type="cardiffnlp/tweet_eval",
+            dataset_name="tweeteval_sentiment",
+            dataset_config="sentiment",
+            dataset_split="test",
+            metric_type="macro_recall",
+            metric_value=value,
+        )
 
-    record_eval_results(readme, [result(0.41)])
-    record_eval_results(readme, [result(0.52)])
+    record_eval_results(readme, "soft", [result(0.41)])
+    record_eval_results(readme, "soft", [result(0.52)])
     card = ModelCard.load(readme)
     assert [(r.dataset_type, r.dataset_config, r.metric_type, r.metric_value) for r in card.data.eval_results] == [
         ("cardiffnlp/tweet_eval", "sentiment", "macro_recall", 0.52)
     ]
     assert card.data.base_model is None and card.text == text
     assert not list(tmp_path.glob(".*partial")), "written atomically, nothing left beside it"
+
+
+def test_a_card_peft_wrote_gets_a_model_name_with_its_scores(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("---\nlibrary_name: peft\n---\n# Model Card for Model ID\n")
+    score = EvalResult(
+        task_type="token-classification",
+        dataset_type="wnut17",
+        dataset_name="wnut17",
+        metric_type="f1",
+        metric_value=0.2,
+    )
+    for _ in range(2):  # the second update reads the model-index the first wrote
+        record_eval_results(readme, "none", [score])
+    card = ModelCard.load(readme)
+    assert card.data.model_name == "opengrok-none" and card.data.eval_results[0].metric_value == 0.2
 
 
 def test_a_push_without_a_token_is_refused_without_touching_the_network():
@@ -93,12 +125,31 @@ def test_scores_become_model_index_entries_naming_hub_splits_and_never_local_pat
     def scored(model, **point):
         return ModelScore(model, Distribution(point, {k: np.array([v]) for k, v in point.items()}), n=4)
 
-    hub_task = TaskResult(TASKS["tweeteval_sentiment"], "tweeteval_sentiment", "macro_recall", "hf:cardiffnlp/tweet_eval:sentiment:test",
-                          "v1", 100, 4, scores=[scored("lora:hard", macro_recall=0.5, accuracy=float("nan")), scored("base", macro_recall=0.3)])
-    local_task = TaskResult(TASKS["wnut17"], "wnut17", "f1", "/data/wnut17/emerging.dev.conll", "v2", 50, 4, scores=[scored("lora:hard", f1=0.2)])
+    hub_task = TaskResult(
+        TASKS["tweeteval_sentiment"],
+        "tweeteval_sentiment",
+        "macro_recall",
+        "hf:cardiffnlp/tweet_eval:sentiment:test",
+        "v1",
+        100,
+        4,
+        scores=[scored("lora:hard", macro_recall=0.5, accuracy=float("nan")), scored("base", macro_recall=0.3)],
+    )
+    local_task = TaskResult(
+        TASKS["wnut17"],
+        "wnut17",
+        "f1",
+        "/data/wnut17/emerging.dev.conll",
+        "v2",
+        50,
+        4,
+        scores=[scored("lora:hard", f1=0.2)],
+    )
     results = EvaluationResults(EvaluationConfig(), None, [hub_task, local_task], [], [], 1.0)
-    entries = [(r.task_type, r.dataset_type, r.dataset_config, r.dataset_split, r.metric_type, r.metric_value)
-               for r in eval_results_for(results, "lora:hard")]
+    entries = [
+        (r.task_type, r.dataset_type, r.dataset_config, r.dataset_split, r.metric_type, r.metric_value)
+        for r in eval_results_for(results, "lora:hard")
+    ]
     assert entries == [
         ("text-classification", "cardiffnlp/tweet_eval", "sentiment", "test", "macro_recall", 0.5),
         ("token-classification", "wnut17", None, None, "f1", 0.2),

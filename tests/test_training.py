@@ -75,6 +75,7 @@ class _KillAfterCheckpoint(TrainerCallback):
 KILLED_TRAINING = """
 import os, signal, sys
 from pathlib import Path
+import pandas as pd
 from transformers import TrainerCallback
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.device import Placement

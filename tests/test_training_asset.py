@@ -5,17 +5,18 @@ import json
 import pandas as pd
 import pytest
 from dagster import asset, materialize
+from huggingface_hub import ModelCard
 
 from assets import training as training_asset
 from assets.training import lora_checkpoint
-from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TrainingResource
+from resources import HubResource, OpenGrokPaths, ParquetIOManager, StudentResource, TrainingResource
 from tests.conftest import QUICK, mask_table
 
 CONTRACT_COLUMNS = ["mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
                     "train_examples", "validation_examples", "tokens_per_second"]
 
 
-def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", instance=None, **config):
+def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", instance=None, hub=None, **config):
     @asset(name="mask_tables")
     def upstream_mask_tables() -> pd.DataFrame:
         return table
@@ -25,6 +26,7 @@ def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", insta
         "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(tmp_path / "topics.yaml")),
         "student": StudentResource(model=model_path),
         "training": TrainingResource(device=device),
+        "hub": hub or HubResource(),
     }
     assert materialize([upstream_mask_tables], resources=resources, instance=instance).success
     return materialize(
@@ -49,6 +51,31 @@ def test_materialises_adapter_manifest_and_metadata(tmp_path, tiny_student, toke
     assert [(c.check_name, c.passed) for c in checks] == [("finite_validation_loss", True)]
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("step 4/4: {'eval_loss'" in message for message in logs), "the Trainer's losses stream into the run log"
+    card = ModelCard.load(tmp_path / "checkpoints" / "hard" / "README.md").data
+    assert (card.library_name, card.pipeline_tag, card.base_model) == ("peft", "text-generation", None)  # a local base
+    readme = (tmp_path / "checkpoints" / "hard" / "README.md").read_text()
+    assert str(tmp_path) not in readme, "no local path in the card"
+    assert metadata["hub_repo"].value == "not pushed"
+
+
+@pytest.mark.parametrize(
+    ("push_to_hub", "token", "message"),
+    [
+        ("me/opengrok-{mask_mode}", None, "push_to_hub to me/opengrok-paper needs a Hugging Face write token: set"),
+        ("opengrok-{mask_mode}", "hf_test", "gives 'opengrok-paper', not a hub repo id: write it as '<user or org>/"),
+        ("me/{mode}", "hf_test", "the only placeholder allowed is {mask_mode}"),
+    ],
+)
+def test_push_to_hub_that_cannot_happen_is_refused_before_training(
+    tmp_path, tiny_student, tokenizer, push_to_hub, token, message
+):
+    table = mask_table(tokenizer)
+    hub = HubResource(token=token)
+    result = run_checkpoint(tmp_path, table, tiny_student, mode="paper", hub=hub, push_to_hub=push_to_hub)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert message in str(failure.event_specific_data.error)
+    checkpoints = tmp_path / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir()), "nothing was trained"
 
 
 def test_unchanged_data_and_config_reuse_the_published_checkpoint(tmp_path, tiny_student, tokenizer, instance):
@@ -72,7 +99,8 @@ def test_a_change_to_the_training_code_retrains(tmp_path, tiny_student, tokenize
     assert json.loads(record.read_text())["code_version"] == training_asset.TRAINING_CODE_VERSION
     monkeypatch.setattr(training_asset, "TRAINING_CODE_VERSION", "fixed-trainer")
     again = run_checkpoint(tmp_path, table, tiny_student, instance=instance)
-    assert again.success and again.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value is False
+    metadata = again.asset_materializations_for_node("lora_checkpoint")[0].metadata
+    assert again.success and metadata["reused_published_checkpoint"].value is False
     assert json.loads(record.read_text())["code_version"] == "fixed-trainer"
 
 

@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from opengrok_dagster.offline import model as offline
 
+
 PIPELINE_TAG = "text-generation"
 TAGS = ["opengrok", "lora", "distillation", "peft"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -64,7 +65,7 @@ def card_metadata(base_model: str, mask_mode: str) -> ModelCardData:
         library_name="peft",
         pipeline_tag=PIPELINE_TAG,
         tags=[*TAGS, f"mask-{mask_mode}"],
-        model_name=f"opengrok-{mask_mode}",
+        model_name=adapter_model_name(mask_mode),
     )
 
 
@@ -75,8 +76,15 @@ def write_card(path: Path, data: ModelCardData, body: str) -> None:
     os.replace(partial, path)
 
 
-def record_eval_results(readme: Path, results: list[EvalResult]) -> None:
-    """Replace the card's ``model-index`` with ``results`` (this evaluation's), keeping the rest of the card."""
+def adapter_model_name(mask_mode: str) -> str:
+    """The adapter's name in its card's ``model-index``."""
+    return f"opengrok-{mask_mode}"
+
+
+def record_eval_results(readme: Path, mask_mode: str, results: list[EvalResult]) -> None:
+    """Replace the card's ``model-index`` with ``results`` (this evaluation's), keeping the rest of the card
+    (a card peft wrote has no model name, which a model-index needs)."""
     card = ModelCard.load(readme)
+    card.data.model_name = card.data.model_name or adapter_model_name(mask_mode)
     card.data.eval_results = results or None
     write_card(readme, card.data, card.text)

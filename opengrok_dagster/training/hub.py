@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -19,7 +20,9 @@ def hub_repo_id(template: str, mask_mode: str) -> str:
     except (KeyError, IndexError, ValueError):
         raise HubPushError(f"push_to_hub {template!r}: the only placeholder allowed is {{mask_mode}}") from None
     if not REPO_ID.match(repo_id):
-        raise HubPushError(f"push_to_hub {template!r} gives {repo_id!r}, not a hub repo id: write it as '<user or org>/<name>'")
+        raise HubPushError(
+            f"push_to_hub {template!r} gives {repo_id!r}, not a hub repo id: write it as '<user or org>/<name>'"
+        )
     return repo_id
 
 
@@ -41,9 +44,13 @@ def push_adapter(adapter_dir: Path, repo_id: str, token: str, private: bool) -> 
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(
-            repo_id=repo_id, folder_path=str(adapter_dir), ignore_patterns=[".*"],
+            repo_id=repo_id,
+            folder_path=str(adapter_dir),
+            ignore_patterns=[".*"],
             commit_message=f"OpenGrok adapter {Path(adapter_dir).name}",
         )
     except (HfHubHTTPError, OSError) as exc:  # refused (401/403), quota, network: the local adapter stays published
-        raise HubPushError(f"pushing {adapter_dir} to {repo_id} failed: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise HubPushError(
+            f"pushing {adapter_dir} to {repo_id} failed: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     return str(url)

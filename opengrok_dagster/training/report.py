@@ -39,7 +39,7 @@ def write_model_card(path: Path, outcome, config, data_versions: dict) -> None:
     """A model card README replacing peft's template: hub metadata, how it was trained and how to load it."""
     metadata = card_metadata(outcome.base_model, outcome.mask_mode)
     base = metadata.base_model or "<the base model's directory>"
-    origin = f"[`{base}`](https://huggingface.co/{base})" if metadata.base_model else "a local checkpoint with no known hub id"
+    origin = f"[`{base}`](https://huggingface.co/{base})" if metadata.base_model else "a local checkpoint (no hub id)"
     hyper = "\n".join(f"| {name} | {value} |" for name, value in config.model_dump().items())
     versions = "\n".join(f"- `{name}`: {version}" for name, version in sorted(data_versions.items())) or "- (not recorded)"
     write_card(path, metadata, f"""
