@@ -21,23 +21,18 @@ from pydantic import Field
 from opengrok_dagster.collect.client import TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.store import STORED_COLUMNS
-from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig, build_prompt_grid
+from opengrok_dagster.collect.prompts import PromptGridConfig, build_prompt_grid
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 from opengrok_dagster.partitions import collection_partitions
-from assets.versioning import content_data_version
+from assets.config import config_from
+from assets.versioning import asset_code_version, content_data_version
 from resources import OpenGrokPaths, TeacherResource
 
 
-class PromptsConfig(Config):
-    base_per_topic: int = Field(default=6, description="Plain template prompts per topic and round.")
-    style_per_topic: int = Field(default=4, description="Style-manipulated prompts (tone, perspective, register, slang, emoji).")
-    adversarial_per_topic: int = Field(default=2, description="Prompt-hacking prompts (conflicting claims, false premises, ...).")
-    seed: int = Field(default=0, description="Seed of the grid sampler: the same seed gives the same prompts.")
-    templates: list[str] = Field(default=[t.template_id for t in BASE_TEMPLATES], description="Base template ids to draw from.")
-    adversarial_templates: list[str] = Field(default=[t.template_id for t in ADVERSARIAL_TEMPLATES], description="Adversarial template ids.")
-    platforms: list[str] = Field(default=list(PLATFORMS), description="Platforms the prompts name.")
-    styles: list[str] = Field(default=[s.style_id for s in STYLES], description="Style ids for style-manipulated prompts.")
+class PromptsConfig(config_from(PromptGridConfig)):
+    """The prompt grid's settings (from ``PromptGridConfig``), and whether the last round's feedback refines it."""
+
     refine_from_feedback: bool = Field(
         default=True,
         description="Weight, rewrite and extend the grid from the prompt_feedback of the latest earlier round, when there is one.",
@@ -52,7 +47,7 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
 @asset(
     partitions_def=collection_partitions,
     group_name="acquisition",
-    code_version="1",
+    code_version=asset_code_version("prompts"),
     kinds={"python", "parquet"},
     check_specs=[AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice.")],
 )
@@ -60,7 +55,7 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants."""
     keys = context.partition_key.keys_by_dimension
     topic = find_topic(paths.topics(), keys["topic"])
-    grid = PromptGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.model_dump(exclude={"refine_from_feedback"}).items()})
+    grid = config.domain_config()
     # Read by path, not as an asset input: feedback is downstream of prompts, so an input would be a cycle.
     feedback_file = paths.layout.prompt_feedback_path
     try:
@@ -118,7 +113,7 @@ class RawResponsesConfig(Config):
 @asset(
     partitions_def=collection_partitions,
     group_name="acquisition",
-    code_version="1",
+    code_version=asset_code_version("raw_responses"),
     kinds={"python", "parquet"},
     pool="teacher",  # bounds concurrent teacher-calling steps across runs (pools in docker/dagster.yaml)
     check_specs=[

@@ -2,7 +2,6 @@
 on SNS tasks and on agreement with the teacher's held-out responses, published as a report."""
 
 import math
-from typing import Optional
 
 import pandas as pd
 from dagster import (
@@ -10,7 +9,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
-    Config,
     Failure,
     MetadataValue,
     Output,
@@ -18,46 +16,31 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.config import config_from
 from assets.metadata import png_markdown
+from assets.versioning import asset_code_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.evaluation.answers import AnswerCache
+from opengrok_dagster.evaluation.cards import eval_results_for
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.datasets import DatasetError
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report import MAIN_PLOT, build_report, publish_report, results_frame, summary_table
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
-from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS
 from opengrok_dagster.offline.model import MODEL_NAME
 from opengrok_dagster.training import MASK_MODES
+from opengrok_dagster.training.card import record_eval_results
 from opengrok_dagster.training.manifest import adapter_dirs
 from resources import OpenGrokPaths, StudentResource, TeacherResource
 
 
-class EvaluationEndpoint(Config):
-    name: str = Field(description="Name the report uses for this model, e.g. 'gpt-4o' or 'phi-3-vllm'.")
-    base_url: str = Field(description="OpenAI-compatible base URL ending in /v1.")
-    model: str = Field(description="Model id sent to the endpoint.")
-    api_key_env: Optional[str] = Field(default=None, description="Name of the environment variable holding its API key (never the key).")
+class EvaluationEndpoint(config_from(EndpointSpec)):
+    """An extra OpenAI-compatible model to compare (fields from ``EndpointSpec``)."""
 
 
-class EvalReportConfig(Config):
-    tasks: list[str] = Field(default=list(DEFAULT_TASKS), description=f"SNS tasks to evaluate; known: {', '.join(TASKS)}.")
-    data_dir: Optional[str] = Field(default=None, description="Data directory laid out like shared/data; unset = $OPENGROK_DATA_DIR, else ../shared/data beside the repository.")
-    eval_paths: dict[str, str] = Field(default={}, description="Per task, the split to evaluate, relative to data_dir (e.g. wnut17: wnut17/emerging.test.annotated).")
-    train_paths: dict[str, list[str]] = Field(default={}, description="Per task, the train file(s) of the TF-IDF baselines, relative to data_dir.")
-    classification_examples: int = Field(default=20, description="Items sampled per classification/topic task (0 = the whole split).")
-    ner_examples: int = Field(default=6, description="Sentences sampled per NER task (0 = the whole split).")
-    agreement_examples: int = Field(default=6, description="Held-out teacher responses sampled for teacher agreement (0 = all).")
-    seed: int = Field(default=0, description="Seed of the item sampling and the bootstrap.")
-    resamples: int = Field(default=1000, description="Bootstrap resamples per interval.")
-    confidence: float = Field(default=0.95, description="Confidence level of the intervals.")
-    topic_threshold: float = Field(default=0.3, description="Normalised label probability above which a topic is predicted (besides the top one).")
-    ner_max_new_tokens: int = Field(default=40, description="Tokens generated per NER answer.")
-    agreement_max_new_tokens: int = Field(default=48, description="Tokens the student generates per held-out prompt.")
-    api_max_tokens: int = Field(default=32, description="Completion tokens per classification answer from an API model.")
-    baseline_train_examples: int = Field(default=4000, description="Train items for the TF-IDF + LR baseline on gold labels (0 = all).")
-    teacher_label_examples: int = Field(default=16, description="Train texts the teacher labels for the TF-IDF + LR baseline on teacher labels.")
-    torch_threads: int = Field(default=0, description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other jobs).")
+class EvalReportConfig(config_from(EvaluationConfig, exclude=("endpoints",))):
+    """The evaluation's settings (from ``EvaluationConfig``), and which API models and cached answers it uses."""
+
     include_teacher: bool = Field(default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server).")
     reuse_api_answers: bool = Field(
         default=True,
@@ -65,19 +48,25 @@ class EvalReportConfig(Config):
         "greedy decoding, so the same model answers the same): an unchanged rerun sends no requests. Set false to ask "
         "again, e.g. when a remote model changed behind the same id.",
     )
-    endpoints: list[EvaluationEndpoint] = Field(default=[], description="Extra OpenAI-compatible models to compare; a failing one is reported, not fatal.")
-
-    def evaluation_config(self) -> EvaluationConfig:
-        values = self.model_dump(exclude={"include_teacher", "reuse_api_answers", "endpoints"})
-        return EvaluationConfig(
-            **(values | {"tasks": tuple(values["tasks"]), "train_paths": {k: tuple(v) for k, v in values["train_paths"].items()}}),
-            endpoints=tuple(EndpointSpec(**e.model_dump()) for e in self.endpoints),
-        )
+    endpoints: list[EvaluationEndpoint] = Field(
+        default=[], description=EvaluationConfig.model_fields["endpoints"].description
+    )
 
 
 def _teacher_model(teacher: TeacherResource) -> ApiModel:
     where = f"embedded offline teacher ({MODEL_NAME})" if teacher.mode == "embedded" else f"{teacher.model} at {teacher.base_url}"
     return ApiModel(TEACHER, teacher.endpoint, where, teacher.client_limits())
+
+
+def _record_scores_in_model_cards(checkpoints, results) -> list[str]:
+    """Each evaluated adapter's card gets this evaluation's scores as its model-index; returns the cards written."""
+    written = []
+    for checkpoint in checkpoints:
+        readme = checkpoint.adapter_dir / "README.md"
+        if readme.is_file():
+            record_eval_results(readme, checkpoint.mask_mode, eval_results_for(results, checkpoint.variant))
+            written.append(str(readme))
+    return written
 
 
 METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
@@ -88,7 +77,7 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
     ins={"lora_checkpoint": AssetIn(metadata={"allow_missing_partitions": True})},
     group_name="evaluation",
     automation_condition=FOLLOWS_UPSTREAM_DATA,
-    code_version="1",
+    code_version=asset_code_version("eval_report"),
     kinds={"python", "parquet"},
     check_specs=[
         AssetCheckSpec("every_variant_scored", asset="eval_report", blocking=True,
@@ -112,10 +101,7 @@ def eval_report(
     reported), and writes ``report.md``, ``report.html``, the plots and ``results.parquet`` to
     ``$OPENGROK_HOME/reports/``; the asset value is the numbers as a long table.
     """
-    try:
-        evaluation_config = config.evaluation_config()
-    except (ValueError, DatasetError) as exc:
-        raise Failure(f"eval_report config: {exc}") from None
+    evaluation_config = config.domain_config()
     try:
         checkpoints, missing = find_checkpoints(adapter_dirs(lora_checkpoint or {}), MASK_MODES)
         local = LocalStudent(student.model_path(), checkpoints, threads=evaluation_config.torch_threads)
@@ -133,11 +119,12 @@ def eval_report(
     frame = results_frame(results)
     published = publish_report(paths.layout.reports_dir, report, frame)
     context.log.info(f"report written to {published['markdown']} and {published['html']} in {results.seconds:.0f}s")
-    yield Output(frame, metadata=_metadata(results, report, frame, published, evaluation_config, checkpoints))
+    cards = _record_scores_in_model_cards(checkpoints, results)
+    yield Output(frame, metadata=_metadata(results, report, frame, published, evaluation_config, checkpoints, cards))
     yield from _checks(results, frame, set(local.variants))
 
 
-def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_config: EvaluationConfig, checkpoints) -> dict:
+def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_config: EvaluationConfig, checkpoints, cards) -> dict:
     metadata = {
         "dagster/row_count": len(frame),
         "summary": MetadataValue.md(summary_table(results).to_markdown(index=False) if results.tasks else "no task was evaluated"),
@@ -148,6 +135,7 @@ def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_
         "resamples": evaluation_config.resamples,
         "seconds": round(results.seconds, 1),
         "checkpoints": MetadataValue.json({c.mask_mode: {"dir": str(c.adapter_dir), "version": c.version} for c in checkpoints}),
+        "model_cards_updated": MetadataValue.json(cards),
         "notes": MetadataValue.md("\n".join(f"- {n}" for n in results.notes) or "none"),
     }
     if MAIN_PLOT in report.images:

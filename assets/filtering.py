@@ -3,14 +3,12 @@ feedback that refines the next collection round."""
 
 import json
 from collections import Counter
-from dataclasses import fields
 
 import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
-    Config,
     Failure,
     MetadataValue,
     Output,
@@ -18,9 +16,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.versioning import content_data_version
+from assets.config import config_from
+from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.filtering.chain import KEPT, REJECTED, STATES, FilterModels, filter_responses
-from opengrok_dagster.filtering.config import DEFAULT_DETECTED_LANGUAGES, FilterConfig
+from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.filtering.dedup import duplicate_reasons
 from opengrok_dagster.filtering.feedback import merge_history, read_feedback, score_prompts, yield_by_template
 from opengrok_dagster.filtering.pii import find_pii
@@ -28,40 +27,12 @@ from opengrok_dagster.filtering.raw import ROUND_SELECTIONS, available_rounds, c
 from opengrok_dagster.filtering.review import ReviewStore
 from resources import OpenGrokPaths
 
-_DEFAULTS = FilterConfig.__dataclass_fields__
+class FilteredResponsesConfig(config_from(FilterConfig)):
+    """The filter chain's settings (from ``FilterConfig``), which rounds it reads, and its blocking bound."""
 
-
-def _default(name: str):
-    return _DEFAULTS[name].default
-
-
-class FilteredResponsesConfig(Config):
     rounds: str = Field(default="latest", description=f"Which collection rounds to filter: one of {ROUND_SELECTIONS}.")
     last_n: int = Field(default=3, description="How many of the newest rounds `rounds: last_n` reads.")
     max_rejection_rate: float = Field(default=0.8, description="Highest share of rejected rows before the blocking check stops downstream assets.")
-    min_chars: int = Field(default=_default("min_chars"), description="Shorter responses (after PII scrubbing) are rejected as too_short.")
-    max_chars: int = Field(default=_default("max_chars"), description="Longer responses are rejected as too_long.")
-    min_words: int = Field(default=_default("min_words"), description="Responses with fewer words are rejected as too_short.")
-    reject_truncated: bool = Field(default=_default("reject_truncated"), description="Reject responses cut off by max_tokens (finish_reason == 'length').")
-    blocklist_path: str = Field(default=_default("blocklist_path"), description="Block list file: one term or phrase a line; a match rejects the response.")
-    identity_terms_path: str = Field(default=_default("identity_terms_path"), description="Identity terms for the bias check (generalisations go to review).")
-    toxicity_classifier: str = Field(default=_default("toxicity_classifier"), description="'profanity_check' (bundled model) or 'package.module:factory' for another classifier.")
-    toxicity_reject_threshold: float = Field(default=_default("toxicity_reject_threshold"), description="Toxicity at or above this rejects the response.")
-    toxicity_review_threshold: float = Field(default=_default("toxicity_review_threshold"), description="Toxicity at or above this (below the reject threshold) sends it to review.")
-    bias_toxicity_threshold: float = Field(default=_default("bias_toxicity_threshold"), description="An identity term with toxicity at or above this sends it to review.")
-    allowed_languages: list[str] = Field(default=list(_default("allowed_languages")), description="ISO 639-1 codes of the languages kept.")
-    detected_languages: list[str] = Field(default=list(DEFAULT_DETECTED_LANGUAGES), description="ISO 639-1 codes the detector tells apart (allowed ones are added).")
-    language_min_chars: int = Field(default=_default("language_min_chars"), description="Texts with fewer letters (without mentions, hashtags, URLs) skip language detection.")
-    language_min_confidence: float = Field(default=_default("language_min_confidence"), description="Below this confidence the language counts as unknown and is not rejected.")
-    near_duplicate_threshold: float = Field(default=_default("near_duplicate_threshold"), description="Estimated Jaccard similarity of word 3-grams from which a later response is a near duplicate.")
-    minhash_permutations: int = Field(default=_default("minhash_permutations"), description="MinHash permutations: more is more precise and slower.")
-    validation_fraction: float = Field(default=_default("validation_fraction"), description="Share of each topic's trainable prompts used for validation.")
-    heldout_fraction: float = Field(default=_default("heldout_fraction"), description="Share of prompts held out of training for the teacher-agreement evaluation.")
-    split_seed: int = Field(default=_default("split_seed"), description="Seed of the prompt hash that decides the split.")
-
-    def filter_config(self) -> FilterConfig:
-        values = self.model_dump()
-        return FilterConfig(**{f.name: tuple(values[f.name]) if isinstance(values[f.name], list) else values[f.name] for f in fields(FilterConfig)})
 
 
 def _markdown_counts(frame: pd.DataFrame, by: str) -> MetadataValue:
@@ -82,7 +53,7 @@ def _examples_per_reason(frame: pd.DataFrame, per_reason: int = 2) -> MetadataVa
 @asset(
     deps=["raw_responses"],
     group_name="filtering",
-    code_version="1",
+    code_version=asset_code_version("filtered_responses"),
     kinds={"python", "parquet"},
     check_specs=[
         AssetCheckSpec("every_row_has_one_state", asset="filtered_responses", blocking=True,
@@ -106,7 +77,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
     """
     raw_dir = paths.layout.raw_responses_dir
     try:
-        filter_config = config.filter_config()
+        filter_config = config.domain_config()
         rounds = choose_rounds(available_rounds(raw_dir), config.rounds, config.last_n)
         raw = read_raw_responses(raw_dir, rounds)
         models = FilterModels.load(filter_config)
@@ -153,7 +124,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
     yield AssetCheckResult(check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated})
 
 
-@asset(group_name="filtering", code_version="1", kinds={"python", "parquet"})
+@asset(group_name="filtering", code_version=asset_code_version("prompt_feedback"), kinds={"python", "parquet"})
 def prompt_feedback(context: AssetExecutionContext, filtered_responses: pd.DataFrame, paths: OpenGrokPaths):
     """Keep rate, refusal rate, kept length and answer diversity per template, platform, style and variant,
     per round. The next round's `prompts` read it to weight, rewrite and extend the grid."""

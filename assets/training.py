@@ -3,32 +3,47 @@
 import math
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
-    Config,
     Failure,
     MetadataValue,
     Output,
     asset,
 )
-from dagster._core.errors import DagsterPipesExecutionError  # raised by Pipes clients, not exported publicly
+from pydantic import Field
 
+from assets.config import config_from
 from assets.metadata import png_markdown
-from assets.versioning import content_data_version
+from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.config import TrainingConfig
+from opengrok_dagster.training.hub import HubPushError, hub_repo_id, push_adapter, require_token
 from opengrok_dagster.training.manifest import manifest_frame
-from resources import OpenGrokPaths, StudentResource, TrainingResource
+from resources import HubResource, OpenGrokPaths, StudentResource, TrainingResource
+from resources.gpu import TrainingProcessError
+from resources.hub import HUB_TOKEN_VARIABLE
 
 
-class LoraCheckpointConfig(Config, TrainingConfig):
-    """Fine-tune hyper-parameters; every field and its description comes from ``TrainingConfig``."""
+# Computed once: the asset's code version, and part of the training run key (a code change retrains).
+TRAINING_CODE_VERSION = asset_code_version("lora_checkpoint")
+
+
+class LoraCheckpointConfig(config_from(TrainingConfig)):
+    """Fine-tune hyper-parameters (every field and its description from ``TrainingConfig``), and where to upload."""
+
+    push_to_hub: Optional[str] = Field(
+        default=None,
+        description="Hub repo id to upload the published adapter to, {mask_mode} replaced by the partition (e.g. "
+        "'me/smollm2-opengrok-{mask_mode}'); needs a write token in HF_TOKEN. Unset = no upload. Re-materialise after "
+        "eval_report to upload the card with its scores (training is reused).",
+    )
 
 
 def _loss_table(curves: dict) -> str:
@@ -40,11 +55,32 @@ def _loss_table(curves: dict) -> str:
     return "\n".join(lines)
 
 
+def _push_target(config: LoraCheckpointConfig, mode: str, hub: HubResource) -> tuple[str, str] | None:
+    """The repo id and token of the configured upload, or None; refuses one that cannot happen."""
+    if not config.push_to_hub:
+        return None
+    try:
+        repo_id = hub_repo_id(config.push_to_hub, mode)
+        return repo_id, require_token(hub.token, repo_id, HUB_TOKEN_VARIABLE)
+    except HubPushError as exc:
+        raise Failure(description=f"lora_checkpoint[{mode}]: {exc}") from None
+
+
+def _push(context: AssetExecutionContext, adapter_dir: Path, target: tuple[str, str], private: bool) -> str:
+    try:
+        url = push_adapter(adapter_dir, *target, private)
+    except HubPushError as exc:
+        raise Failure(description=f"lora_checkpoint is published at {adapter_dir} but {exc}; re-materialise to retry "
+                      "(the training is reused)") from None
+    context.log.info(f"pushed {adapter_dir} to {url}")
+    return url
+
+
 @asset(
     partitions_def=mask_mode_partitions,
     group_name="training",
     automation_condition=FOLLOWS_UPSTREAM_DATA,
-    code_version="1",
+    code_version=TRAINING_CODE_VERSION,
     kinds={"pytorch", "python"},
     check_specs=[
         AssetCheckSpec(
@@ -60,6 +96,7 @@ def lora_checkpoint(
     paths: OpenGrokPaths,
     student: StudentResource,
     training: TrainingResource,
+    hub: HubResource,
 ):
     """LoRA adapter of the student fine-tuned on the teacher's responses with one attention-mask mode.
 
@@ -67,13 +104,15 @@ def lora_checkpoint(
     curves, model card, ``opengrok_checkpoint.json``) and returns its one-row manifest.
     """
     mode = context.partition_key
+    training_config = config.domain_config()  # the run key hashes these settings, not where the adapter is pushed
     placement = training.check_placement()
+    push_target = _push_target(config, mode, hub)  # before training: a push that cannot happen costs no fine-tune
     model_path = student.model_path()  # verifies the offline checkpoint's hashes: ~0.5 GB read, so once
     context.log.info(f"fine-tuning {model_path} with mask mode {mode} on {placement}")
-    messages = _train_out_of_process(context, config, mask_tables, paths.layout, model_path, training)
+    messages = _train_out_of_process(context, training_config, mask_tables, paths.layout, model_path, training)
     outcome = _reported_outcome(mode, messages)
-    yield Output(manifest_frame(outcome), metadata=_metadata(outcome))
-
+    hub_url = _push(context, Path(outcome["adapter_dir"]), push_target, hub.private) if push_target else None
+    yield Output(manifest_frame(outcome), metadata=_metadata(outcome, hub_url))
     finite = math.isfinite(outcome["best_val_loss"])
     yield AssetCheckResult(
         check_name="finite_validation_loss",
@@ -84,7 +123,7 @@ def lora_checkpoint(
 
 
 def _train_out_of_process(
-    context: AssetExecutionContext, config: LoraCheckpointConfig, mask_tables: pd.DataFrame, layout: HomeLayout,
+    context: AssetExecutionContext, training_config: TrainingConfig, mask_tables: pd.DataFrame, layout: HomeLayout,
     model_path: str, training: TrainingResource,
 ) -> list[dict]:
     """Hand the mask table to the Pipes training subprocess through a scratch file; its custom messages."""
@@ -98,12 +137,13 @@ def _train_out_of_process(
             "model_path": model_path,
             "checkpoint_dir": str(layout.checkpoint_dir(mode)),
             "table_path": str(table_path),
-            "config": TrainingConfig(**config.model_dump()).model_dump(),
+            "config": training_config.model_dump(),
             "data_versions": {"mask_tables": content_data_version(mask_tables).value},
+            "code_version": TRAINING_CODE_VERSION,
         }
         try:
             return training.run_training(context, extras).get_custom_messages()
-        except DagsterPipesExecutionError as exc:
+        except TrainingProcessError as exc:
             raise Failure(
                 description=f"the training subprocess for {mode} died ({exc}); nothing was published, and its "
                 f"checkpoints in {layout.training_work_dir(mode)} are kept: re-materialise to resume"
@@ -120,7 +160,7 @@ def _reported_outcome(mode: str, messages: list[dict]) -> dict:
     return outcomes[0]
 
 
-def _metadata(outcome: dict) -> dict:
+def _metadata(outcome: dict, hub_url: str | None) -> dict:
     return {
         "dagster/row_count": 1,
         "adapter_dir": MetadataValue.path(outcome["adapter_dir"]),
@@ -137,4 +177,5 @@ def _metadata(outcome: dict) -> dict:
             (Path(outcome["adapter_dir"]) / "loss_curves.png").read_bytes(), "train and validation loss"
         ),
         "losses": MetadataValue.md(_loss_table(outcome["curves"])),
+        "hub_repo": MetadataValue.url(hub_url) if hub_url else "not pushed",
     }

@@ -34,7 +34,11 @@ from opengrok_dagster.offline.server import free_loopback_port
 def loopback_server(latency_s: float):
     """The loopback teacher in its own process, so the server does not compete with the client for the GIL."""
     port = free_loopback_port()
-    process = subprocess.Popen([sys.executable, "-m", "opengrok_dagster.collect.loopback", "--port", str(port), "--latency", str(latency_s)])
+    # devtools/ is not installed: run it from the repository root.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.loopback", "--port", str(port), "--latency", str(latency_s)],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         for _ in range(200):
             try:

@@ -62,8 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=MaskConfig.spacy_batch_size)
-    parser.add_argument("--n-process", type=int, default=MaskConfig.spacy_n_process)
+    parser.add_argument("--batch-size", type=int, default=MaskConfig.model_fields["spacy_batch_size"].default)
+    parser.add_argument("--n-process", type=int, default=MaskConfig.model_fields["spacy_n_process"].default)
     parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL)
     args = parser.parse_args()
 

@@ -11,7 +11,8 @@ from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.schedules import recollect_schedule, retrain_schedule
 from opengrok_dagster.sensors import review_decisions_sensor, run_failure_recorder, topic_catalogue_sensor
 from opengrok_dagster.settings import home_layout, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
-from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource, TrainingResource
+from resources import HubResource, OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource, TrainingResource
+from resources.hub import HUB_TOKEN_VARIABLE
 
 
 # Content-hash data versions (Output(data_version=...)) are how unchanged inputs leave downstream assets fresh;
@@ -82,6 +83,8 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
                 device=os.environ.get("OPENGROK_TRAINING_DEVICE", "auto"),
                 precision=os.environ.get("OPENGROK_TRAINING_PRECISION", "auto"),
             ),
+            # The token as an EnvVar (never its value), and only when it is set: runs that push nothing need none.
+            "hub": HubResource(token=EnvVar(HUB_TOKEN_VARIABLE) if os.environ.get(HUB_TOKEN_VARIABLE) else None),
         },
     )
 

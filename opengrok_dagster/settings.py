@@ -61,16 +61,25 @@ def retrain_cron() -> str:
 def _cron_setting(variable: str, default: str, cadence: str) -> str:
     """The cron in ``$variable``, or ``default`` when unset or blank; a value Dagster cannot schedule is refused
     here, naming the variable, instead of failing the whole code location with a generic schedule error."""
-    from dagster._utils.schedules import is_valid_cron_string  # the exact rule Dagster's schedules apply
-
     cron = os.environ.get(variable, "").strip() or default
-    if not is_valid_cron_string(cron):
+    if not _dagster_accepts_cron(cron):
         raise SettingsError(
             f"{variable}={cron!r} is not a cron schedule: give five fields, minute hour "
             "day-of-month month day-of-week in UTC (e.g. '0 3 * * *' daily at 03:00, '0 */6 * * *' every six "
             f"hours, '0 4 * * 1' Mondays at 04:00), or unset it for the {cadence} default ({default!r})"
         )
     return cron
+
+
+def _dagster_accepts_cron(cron: str) -> bool:
+    """Whether Dagster can schedule ``cron``: building a schedule applies exactly the rule its schedules use."""
+    from dagster import DagsterInvalidDefinitionError, ScheduleDefinition
+
+    try:
+        ScheduleDefinition(name="cron_check", cron_schedule=cron, target="*")
+    except DagsterInvalidDefinitionError:
+        return False
+    return True
 
 
 DEFAULT_RETRAIN_THRESHOLD = 0.2

@@ -4,6 +4,9 @@ from resources.parquet_io import ParquetIOManager
 from resources.paths import OpenGrokPaths
 from resources.student import StudentResource
 from resources.gpu import TrainingResource
+from resources.hub import HubResource
 from resources.teacher import TeacherResource
 
-__all__ = ["OpenGrokPaths", "ParquetIOManager", "StudentResource", "TeacherResource", "TrainingResource"]
+__all__ = [
+    "HubResource", "OpenGrokPaths", "ParquetIOManager", "StudentResource", "TeacherResource", "TrainingResource",
+]

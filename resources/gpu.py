@@ -1,7 +1,7 @@
 """The training resource: device, precision and gradient checkpointing, and the fine-tune run out of process.
 
 The fine-tune never runs inside the Dagster process: ``run_training`` starts
-``python -m opengrok_dagster.training.pipes_entry`` with Dagster Pipes, which streams the Trainer's losses
+``python -m opengrok_dagster.training_entry`` with Dagster Pipes, which streams the Trainer's losses
 back as run logs and returns the outcome (or a bad-input error) as a Pipes message. A crash or kill of the
 subprocess leaves the Trainer checkpoints in ``$OPENGROK_HOME/checkpoints/.work-<mode>/``; the next
 materialisation resumes from them.
@@ -18,19 +18,35 @@ messages are identical; ``OPENGROK_HOME`` must then be a volume both the pod and
     )
 
 For several GPUs on one machine the command becomes
-``accelerate launch --num_processes <gpus> -m opengrok_dagster.training.pipes_entry``: the Trainer then runs
+``accelerate launch --num_processes <gpus> -m opengrok_dagster.training_entry``: the Trainer then runs
 data-parallel. That path is documented, not tested here (no GPU machine): every rank would open the Pipes
 session and publish, so it needs rank-0-only reporting and publishing before use.
 """
 
+import os
+import signal
+import subprocess
 import sys
 
-from dagster import ConfigurableResource, Failure, PipesClientCompletedInvocation, PipesSubprocessClient
+from dagster import (
+    ConfigurableResource,
+    Failure,
+    PipesClientCompletedInvocation,
+    PipesTempFileContextInjector,
+    PipesTempFileMessageReader,
+    open_pipes_session,
+)
 from pydantic import Field
 
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
 
-TRAINING_ENTRY_MODULE = "opengrok_dagster.training.pipes_entry"
+TRAINING_ENTRY_MODULE = "opengrok_dagster.training_entry"
+# Seconds an interrupted fine-tune gets to exit after SIGINT (as PipesSubprocessClient allows) before it is killed.
+TERMINATION_TIMEOUT_S = 20
+
+
+class TrainingProcessError(RuntimeError):
+    """The training subprocess exited non-zero (a crash or a kill): it reported no outcome."""
 
 
 class TrainingResource(ConfigurableResource):
@@ -56,15 +72,36 @@ class TrainingResource(ConfigurableResource):
             raise Failure(description=str(exc)) from None
 
     def run_training(self, context, extras: dict) -> PipesClientCompletedInvocation:
-        """Run the fine-tune in a subprocess with Pipes; ``extras`` as documented in the entry module."""
-        client = PipesSubprocessClient(env={"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
-        return client.run(
+        """Run the fine-tune in a subprocess with Pipes; ``extras`` as documented in the entry module.
+
+        The subprocess is started here rather than by ``PipesSubprocessClient`` so that its death surfaces as
+        ``TrainingProcessError`` (the client's own error class is not public API); an interrupted run still
+        forwards SIGINT, as that client does, so the Trainer can stop cleanly.
+        """
+        extras = {
+            **extras,
+            "device": self.device,
+            "precision": self.precision,
+            "gradient_checkpointing": self.gradient_checkpointing,
+        }
+        with open_pipes_session(
             context=context,
-            command=[sys.executable, "-m", TRAINING_ENTRY_MODULE],
-            extras={
-                **extras,
-                "device": self.device,
-                "precision": self.precision,
-                "gradient_checkpointing": self.gradient_checkpointing,
-            },
-        )
+            context_injector=PipesTempFileContextInjector(),
+            message_reader=PipesTempFileMessageReader(),
+            extras=extras,
+        ) as session:
+            quiet = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, **quiet, **session.get_bootstrap_env_vars()}
+            process = subprocess.Popen([sys.executable, "-m", TRAINING_ENTRY_MODULE], env=env)
+            try:
+                returncode = process.wait()
+            except BaseException:  # the run was cancelled or interrupted: let the Trainer stop, then re-raise
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=TERMINATION_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                raise
+            if returncode != 0:
+                raise TrainingProcessError(f"the training subprocess exited with code {returncode}")
+        return PipesClientCompletedInvocation(session)

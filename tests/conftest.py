@@ -1,5 +1,7 @@
-"""Shared fixtures: a temporary Dagster instance and OpenGrok home, the loopback teacher, the offline model."""
+"""Shared fixtures: a temporary Dagster instance and OpenGrok home, the loopback teacher, the offline model and a
+tiny student built from config, and the helpers several test modules use."""
 
+import random
 import sqlite3
 from pathlib import Path
 
@@ -7,11 +9,14 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance
 
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
+from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# Fine-tune settings that train the tiny student in seconds (4 optimizer steps, two evaluations).
+QUICK = dict(batch_size=4, max_steps=4, eval_steps=2, save_steps=2, max_length=48, warmup_steps=1, learning_rate=1e-3)
 
 
 def texts_written_under(root: Path) -> str:
@@ -71,3 +76,50 @@ def loopback_teacher():
 def offline_model() -> Path:
     """The provisioned SmolLM2 checkpoint; `make test` provisions it, so its absence is a failure."""
     return check_offline_model(offline_model_dir())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(offline_model):
+    """The student's tokenizer (SmolLM2's)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(offline_model))
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory, tokenizer, offline_model) -> str:
+    """A 2-layer Llama with the student's tokenizer: the real code paths of training and evaluation at a fraction
+    of the cost. Its directory has the student's name because the tokenizer fingerprint of mask tables includes it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = tmp_path_factory.mktemp("tiny_student") / offline_model.name
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    ))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def mask_table(tokenizer, train=16, validation=4) -> pd.DataFrame:
+    """A mask table in the `mask_tables` contract for ``train`` + ``validation`` short synthetic examples."""
+    rng = random.Random(0)
+    rows = []
+    for index in range(train + validation):
+        prompt = tokenizer(f"Write a post about topic {index}:")["input_ids"]
+        response = tokenizer(f" Loving the news about {index}! #topic{index} great day")["input_ids"]
+        ids = prompt + response
+        rows.append({
+            "example_id": f"ex{index:03d}",
+            "split": "train" if index < train else "validation",
+            "input_ids": ids,
+            "response_start": len(prompt),
+            "m": [rng.choice([0, 1, 1]) for _ in ids],
+            "p": [round(rng.uniform(0.05, 1.0), 3) for _ in ids],
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        })
+    return pd.DataFrame(rows)

@@ -18,7 +18,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
 
-from opengrok_dagster.collect.loopback import LoopbackTeacher
+from devtools.loopback import LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from tests.conftest import REPO_ROOT
 

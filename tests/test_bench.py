@@ -2,6 +2,8 @@
 
 import sys
 
+import pytest
+
 from bench.__main__ import kept_sections
 from bench.end_to_end import stage_of
 from bench.measure import run_measured
@@ -16,6 +18,7 @@ print("figures", flush=True)
 """
 
 
+@pytest.mark.timing  # the child must still hold its memory when the sampler looks
 def test_peak_memory_is_attributed_to_the_stage_whose_child_used_it():
     measured = run_measured([sys.executable, "-c", TREE], stage_of=lambda line: line.split()[0] if line.endswith(" ...\n") else None,
                             interval_s=0.05, echo=False)

@@ -11,15 +11,14 @@ import sys
 
 import pytest
 
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from tests.conftest import REPO_ROOT, texts_written_under
-from tests.test_eval_report import tiny_student  # noqa: F401  (fixture)
 
 CANARY = "xai-canary-5e4d3c2b1a0f9e8d7c6b"
 
 
 @pytest.mark.integration
-def test_canary_key_reaches_the_teacher_and_nothing_else_across_the_whole_pipeline(tmp_path, tiny_student):  # noqa: F811
+def test_canary_key_reaches_the_teacher_and_nothing_else_across_the_whole_pipeline(tmp_path, tiny_student):
     home = tmp_path / "home"
     with LoopbackTeacher(LoopbackConfig(expected_api_key=CANARY)) as teacher:
         env = {

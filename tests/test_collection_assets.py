@@ -5,7 +5,7 @@ import pytest
 from dagster import EnvVar, materialize
 
 from assets.collection import prompts, raw_responses
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT, texts_written_under

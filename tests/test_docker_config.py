@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster._core.errors import DagsterInvalidConfigError
+from dagster import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
 
 from tests.conftest import REPO_ROOT

@@ -15,7 +15,6 @@ from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from tests.conftest import SHARED_DATA
-from tests.test_eval_report import tiny_student  # noqa: F401  (fixture)
 
 HATE = SHARED_DATA / "tweeteval" / "hate"
 
@@ -84,7 +83,7 @@ def test_hub_split_with_another_number_of_classes_is_refused(tmp_path):
         read_split(task_spec("tweeteval_hate"), None, f"hf:{repository}::test")
 
 
-def test_evaluation_runs_on_hub_splits_without_a_data_directory(tmp_path, monkeypatch, hate_repository, tiny_student):  # noqa: F811
+def test_evaluation_runs_on_hub_splits_without_a_data_directory(tmp_path, monkeypatch, hate_repository, tiny_student):
     monkeypatch.delenv(datasets.DATA_DIR_VARIABLE, raising=False)
     monkeypatch.setattr(datasets, "SHARED_DATA_FALLBACK", tmp_path / "absent")
     config = EvaluationConfig(

@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 from dagster import AssetSpec, materialize
+from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from assets.evaluation import _teacher_model, eval_report
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.evaluation import datasets
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
@@ -21,6 +22,7 @@ from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
+from opengrok_dagster.training.card import card_metadata, write_card
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
@@ -35,22 +37,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_student(tmp_path_factory, offline_model):
-    """A 2-layer Llama with the offline SmolLM2 tokenizer: the real code path at a fraction of the cost."""
-    directory = tmp_path_factory.mktemp("models") / "TinyStudent"
-    tokenizer = AutoTokenizer.from_pretrained(offline_model)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def write_adapter(base_dir, adapter_dir, mode, recorded_base=None, seed=1):
@@ -170,6 +156,8 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
         "student": StudentResource(model=str(tiny_student)),
         "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="loopback"),
     }
+    hard_card = checkpoints_home / "checkpoints" / "hard" / "README.md"
+    write_card(hard_card, card_metadata(str(tiny_student), "hard"), "# the trainer's card\n")
     result = materialize(UPSTREAM + [eval_report], instance=instance, resources=resources, run_config=run_config)
     assert result.success
     assert all(check.passed for check in result.get_asset_check_evaluations())
@@ -195,6 +183,13 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
         assert text in markdown, text
     metadata = result.asset_materializations_for_node("eval_report")[0].metadata
     assert "data:image/png;base64," in metadata["main_plot"].value and "| task" in metadata["summary"].value
+    # The evaluated adapter's card now carries its scores as model-index; its text is kept.
+    card = ModelCard.load(hard_card)
+    recorded = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    hard = scores[scores["model"] == "lora:hard"].dropna(subset=["value"])
+    assert recorded == {(row.task, row.metric): pytest.approx(row.value) for row in hard.itertuples()}
+    assert card.text == "# the trainer's card\n"
+    assert sorted(metadata["model_cards_updated"].value) == [str(hard_card), str(hard_card).replace("hard", "none")]
 
     # Rerun: the teacher's answers are reused, so nothing is asked and every number (teacher's included) repeats.
     asked = len(loopback_teacher.requests)

@@ -7,7 +7,11 @@ import subprocess
 import sys
 import time
 
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+import pytest
+
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
+
+pytestmark = pytest.mark.timing  # the kill must land while the child is mid-collection
 
 GRID = """
 from opengrok_dagster.collect.prompts import PromptGridConfig, build_prompt_grid

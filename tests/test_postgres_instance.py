@@ -14,9 +14,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg2
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
-from dagster._core.errors import DagsterInvalidConfigError
-from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster import AssetKey, DagsterInstance, DagsterInvalidConfigError, QueuedRunCoordinator, materialize
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 from dagster_postgres.utils import DagsterPostgresException
 

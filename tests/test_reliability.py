@@ -4,10 +4,14 @@ import asyncio
 from bisect import bisect_left
 from collections import Counter
 
+import pytest
+
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses, response_key
-from opengrok_dagster.collect.loopback import FAULTS, LoopbackConfig, LoopbackTeacher
+from devtools.loopback import FAULTS, LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.store import ResponseStore
+
+pytestmark = pytest.mark.timing  # rate-limit windows and client timeouts are measured on the wall clock
 
 PROMPTS = 1000
 RPM = 3_000  # 50 requests/s: below what the loopback server sustains (~110/s), so the limiter paces the run

@@ -1,21 +1,19 @@
 """The LoRA fine-tune on a tiny Llama student (SmolLM2's tokenizer, a 2-layer model built from config)."""
 
 import json
-import random
 import signal
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
-from opengrok_dagster.masks.tokenizer import TokenizerMismatchError, tokenizer_fingerprint
+from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError
 from opengrok_dagster.training.manifest import manifest_row
@@ -23,49 +21,9 @@ from opengrok_dagster.training.device import DeviceUnavailableError, Placement, 
 from opengrok_dagster.training.trainer import (
     CHECKPOINT_RECORD, LoraTargetError, NonFiniteLossError, TrainingJob, train_lora,
 )
+from tests.conftest import QUICK, mask_table
 
 CPU = Placement("cpu", "fp32")
-QUICK = dict(batch_size=4, max_steps=4, eval_steps=2, save_steps=2, max_length=48, warmup_steps=1, learning_rate=1e-3)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(offline_model):
-    return AutoTokenizer.from_pretrained(offline_model)
-
-
-@pytest.fixture(scope="module")
-def tiny_student(tmp_path_factory, tokenizer, offline_model):
-    """A 2-layer Llama with the student's tokenizer, so mask tables built for SmolLM2 fit it."""
-    # Same directory name as the student: the fingerprint includes it.
-    directory = tmp_path_factory.mktemp("tiny_student") / offline_model.name
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    ))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
-
-
-def mask_table(tokenizer, train=16, validation=4) -> pd.DataFrame:
-    rng = random.Random(0)
-    rows = []
-    for index in range(train + validation):
-        prompt = tokenizer(f"Write a post about topic {index}:")["input_ids"]
-        response = tokenizer(f" Loving the news about {index}! #topic{index} great day")["input_ids"]
-        ids = prompt + response
-        rows.append({
-            "example_id": f"ex{index:03d}",
-            "split": "train" if index < train else "validation",
-            "input_ids": ids,
-            "response_start": len(prompt),
-            "m": [rng.choice([0, 1, 1]) for _ in ids],
-            "p": [round(rng.uniform(0.05, 1.0), 3) for _ in ids],
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        })
-    return pd.DataFrame(rows)
 
 
 def job(tmp_path, model_path, mode="hard", **overrides) -> TrainingJob:

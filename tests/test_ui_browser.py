@@ -18,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from assets.collection import prompts, raw_responses
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT

@@ -10,7 +10,9 @@ import hashlib
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.collect.topics import Topic
 
@@ -94,22 +96,31 @@ STYLES: tuple[Style, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class PromptGridConfig:
+class PromptGridConfig(BaseModel):
     """How many prompts of each variant to draw per topic, from which axes, with which seed."""
 
-    base_per_topic: int = 6
-    style_per_topic: int = 4
-    adversarial_per_topic: int = 2
-    seed: int = 0
-    templates: tuple[str, ...] = field(default_factory=lambda: tuple(t.template_id for t in BASE_TEMPLATES))
-    adversarial_templates: tuple[str, ...] = field(
-        default_factory=lambda: tuple(t.template_id for t in ADVERSARIAL_TEMPLATES)
-    )
-    platforms: tuple[str, ...] = PLATFORMS
-    styles: tuple[str, ...] = field(default_factory=lambda: tuple(s.style_id for s in STYLES))
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
+    base_per_topic: int = Field(default=6, description="Plain template prompts per topic and round.")
+    style_per_topic: int = Field(
+        default=4, description="Style-manipulated prompts (tone, perspective, register, slang, emoji)."
+    )
+    adversarial_per_topic: int = Field(
+        default=2, description="Prompt-hacking prompts (conflicting claims, false premises, ...)."
+    )
+    seed: int = Field(default=0, description="Seed of the grid sampler: the same seed gives the same prompts.")
+    templates: tuple[str, ...] = Field(
+        default=tuple(t.template_id for t in BASE_TEMPLATES), description="Base template ids to draw from."
+    )
+    adversarial_templates: tuple[str, ...] = Field(
+        default=tuple(t.template_id for t in ADVERSARIAL_TEMPLATES), description="Adversarial template ids."
+    )
+    platforms: tuple[str, ...] = Field(default=PLATFORMS, description="Platforms the prompts name.")
+    styles: tuple[str, ...] = Field(
+        default=tuple(s.style_id for s in STYLES), description="Style ids for style-manipulated prompts."
+    )
+
+    def model_post_init(self, context) -> None:
         for name in ("base_per_topic", "style_per_topic", "adversarial_per_topic"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherConfigurationError, TeacherEndpoint
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 
@@ -26,14 +28,17 @@ class Answers(NamedTuple):
     reused: int  # answers taken from the cache, not asked
 
 
-@dataclass(frozen=True)
-class EndpointSpec:
+class EndpointSpec(BaseModel):
     """An extra OpenAI-compatible model to compare; the key is read from the variable ``api_key_env`` names."""
 
-    name: str
-    base_url: str
-    model: str
-    api_key_env: str | None = None
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Name the report uses for this model, e.g. 'gpt-4o' or 'phi-3-vllm'.")
+    base_url: str = Field(description="OpenAI-compatible base URL ending in /v1.")
+    model: str = Field(description="Model id sent to the endpoint.")
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding its API key (never the key)."
+    )
 
     def endpoint(self) -> TeacherEndpoint:
         key = None

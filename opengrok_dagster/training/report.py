@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from opengrok_dagster.training.card import card_metadata, write_card
+
 
 def loss_curves(log_history: list[dict]) -> dict[str, list[list[float]]]:
     """``{"train": [[step, loss], ...], "validation": [[step, eval_loss], ...]}`` from the Trainer's log history."""
@@ -34,27 +36,26 @@ def write_loss_plot(curves: dict, path: Path, *, title: str) -> None:
 
 
 def write_model_card(path: Path, outcome, config, data_versions: dict) -> None:
-    """A model card README replacing peft's template: how it was trained and how to load it."""
+    """A model card README replacing peft's template: hub metadata, how it was trained and how to load it."""
+    metadata = card_metadata(outcome.base_model, outcome.mask_mode)
+    base = metadata.base_model or "<the base model's directory>"
+    origin = f"[`{base}`](https://huggingface.co/{base})" if metadata.base_model else "a local checkpoint (no hub id)"
     hyper = "\n".join(f"| {name} | {value} |" for name, value in config.model_dump().items())
     versions = "\n".join(f"- `{name}`: {version}" for name, version in sorted(data_versions.items())) or "- (not recorded)"
-    path.write_text(f"""---
-library_name: peft
-base_model: {outcome.base_model}
-tags: [opengrok, lora, distillation]
----
+    write_card(path, metadata, f"""
 # OpenGrok LoRA adapter: `{outcome.mask_mode}` attention mask
 
-A LoRA adapter distilled from teacher responses to social-media prompts (OpenGrok report, sections 3.2 and 3.3.2).
-During training the attention scores were masked in mode `{outcome.mask_mode}`; the mask is a training-time
-mechanism only, so the adapter runs with stock attention:
+A LoRA adapter of {origin}, distilled from teacher responses to social-media prompts (OpenGrok report, sections
+3.2 and 3.3.2). During training the attention scores were masked in mode `{outcome.mask_mode}`; the mask is a
+training-time mechanism only, so the adapter runs with stock attention:
 
 ```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-base = AutoModelForCausalLM.from_pretrained("{outcome.base_model}")
-model = PeftModel.from_pretrained(base, "<this directory>")
-tokenizer = AutoTokenizer.from_pretrained("<this directory>")
+base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "<this directory or hub repo>")
+tokenizer = AutoTokenizer.from_pretrained("<this directory or hub repo>")
 ```
 
 ## Result
@@ -68,8 +69,11 @@ tokenizer = AutoTokenizer.from_pretrained("<this directory>")
 | LoRA targets | {", ".join(outcome.lora_targets)} |
 
 Loss curves: `loss_curves.json`, `loss_curves.png`. Provenance and example ids: `opengrok_checkpoint.json`.
+Scores on the evaluation tasks are in the metadata's `model-index` once `eval_report` has run.
 
-## Inputs (data versions)
+## Training data
+The teacher's responses to OpenGrok's prompt grid, filtered (`filtered_responses`) and masked (`mask_tables`);
+they are not a hub dataset. Data versions:
 {versions}
 
 ## Hyper-parameters
@@ -77,4 +81,3 @@ Loss curves: `loss_curves.json`, `loss_curves.png`. Provenance and example ids: 
 |---|---|
 {hyper}
 """)
-

@@ -57,6 +57,7 @@ class TrainingJob:
     placement: Placement
     gradient_checkpointing: bool = False
     data_versions: dict = field(default_factory=dict)
+    code_version: str = ""  # of the training code (the lora_checkpoint asset's): a code change retrains
 
     @property
     def work_dir(self) -> Path:
@@ -151,9 +152,10 @@ class _Progress(TrainerCallback):
 
 
 def run_key(job: TrainingJob, data: TrainingData) -> str:
-    """Identity of a run: a checkpoint resumes only a run with the same data, config, model and mode."""
+    """Identity of a run: a checkpoint resumes only a run with the same data, config, model, mode and code."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([job.mask_mode, job.model_path, job.config.model_dump(), job.placement.precision]).encode())
+    identity = [job.mask_mode, job.model_path, job.config.model_dump(), job.placement.precision, job.code_version]
+    digest.update(json.dumps(identity).encode())
     for example in data.train + data.validation:
         digest.update(json.dumps(asdict(example)).encode())
     return digest.hexdigest()[:16]
@@ -322,6 +324,7 @@ def train_lora(
             **{k: v for k, v in asdict(outcome).items() if k != "curves"},
             "run_key": key,
             "data_versions": job.data_versions,
+            "code_version": job.code_version,
             "example_ids": sorted(e.example_id for e in data.train + data.validation),
             "train_example_ids": sorted(e.example_id for e in data.train),
         },

@@ -1,8 +1,9 @@
-"""Dagster Pipes entry point of the fine-tune: ``python -m opengrok_dagster.training.pipes_entry``.
+"""Dagster Pipes entry point of the fine-tune: ``python -m opengrok_dagster.training_entry`` (orchestration layer:
+the domain package `training/` stays free of Dagster and its Pipes protocol).
 
 Started by ``resources.TrainingResource`` (a subprocess locally, the same command in a GPU pod with
 ``PipesK8sClient``). Extras in: ``mask_mode, model_path, checkpoint_dir, table_path, config, device,
-precision, gradient_checkpointing, data_versions``. Out: progress as Pipes log lines, then one custom
+precision, gradient_checkpointing, data_versions, code_version``. Out: progress as Pipes log lines, then one custom
 message, ``{"outcome": ...}`` or ``{"error": ...}`` for bad input, which the asset turns into its result
 or a ``Failure``. Anything else (a crash, a kill) exits non-zero and the work dir keeps its checkpoints.
 """
@@ -43,6 +44,7 @@ def main() -> None:
                 placement=placement,
                 gradient_checkpointing=bool(extras["gradient_checkpointing"]),
                 data_versions=dict(extras["data_versions"]),
+                code_version=extras["code_version"],
             )
             pipes.log.info(f"training mask mode {job.mask_mode} of {job.model_path} on {placement.description}")
             outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=pipes.log.info)

@@ -1,0 +1,2 @@
+"""Development tools for tests and benchmarks: loopback servers standing in for what a real teacher cannot be made
+to do (inject faults on demand). Not part of the installed package; import it from the repository root."""
