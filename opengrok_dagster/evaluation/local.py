@@ -88,31 +88,58 @@ def require_base_model(checkpoint: Checkpoint, student_model: str) -> None:
         )
 
 
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# Tokens per forward pass (as padded; answers scored after a prompt included): on this 2-core CPU larger batches
+# gain nothing (bench/evaluation_floor.py), and the full-vocabulary logits of a batch stay near 200 MB (fp32).
+DEFAULT_BATCH_TOKENS = 1024
+
+
 class LocalStudent:
-    """The base student plus every checkpoint as a named peft adapter; ``using(variant)`` activates one."""
+    """The base student plus every checkpoint as a named peft adapter; ``using(variant)`` activates one.
+
+    The model sits on the resolved device in the resolved precision (``auto``: cuda bf16, else fp16 on older
+    CUDA GPUs, mps and cpu fp32). Posts are scored and generated in batches of about ``batch_tokens`` tokens.
+    """
 
     BASE = "base"
 
-    def __init__(self, model_path: str, checkpoints: list[Checkpoint] = (), max_length: int = 512, threads: int = 0) -> None:
+    def __init__(
+        self, model_path: str, checkpoints: list[Checkpoint] = (), max_length: int = 512, threads: int = 0,
+        device: str = "auto", precision: str = "auto", batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    ) -> None:
         """``threads`` > 0 sets torch's CPU threads: on a machine shared with other jobs, 1 thread avoids the
         spin-waiting that makes 2 threads many times slower (bench/evaluation_time.py); 0 keeps torch's default."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from opengrok_dagster.training.device import resolve_placement
+
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+        self.placement = resolve_placement(device, precision, stage="evaluation", setting="eval_report's device")
         if threads > 0:
             torch.set_num_threads(threads)
         self.model_path = model_path
         self.max_length = max_length
+        self.batch_tokens = batch_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, DTYPES[self.placement.precision]))
         self.checkpoints = list(checkpoints)
         for checkpoint in self.checkpoints:
             require_base_model(checkpoint, model_path)
             model = self._attach(model, checkpoint)
-        self.model = model.eval()
+        self.model = model.to(self.placement.device).eval()
         self._continuations: dict[str, list[int]] = {}
+
+    @property
+    def device(self) -> str:
+        return self.placement.device
+
+    @property
+    def dtype(self) -> str:
+        return self.placement.precision
 
     @staticmethod
     def _attach(model, checkpoint: Checkpoint):
@@ -163,76 +190,137 @@ class LocalStudent:
                 self._continuations[answer] = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         return self._continuations[answer]
 
+    def _tensor(self, rows):
+        import torch
+
+        return torch.tensor(rows, device=self.placement.device)
+
     def label_logprobs(self, messages: list[list[dict[str, str]]], answers: list[str]) -> np.ndarray:
         """(items x answers) summed log-probability of each answer after each prompt.
 
-        The prompts' common prefix (system prompt, question, label list) is run once; each item continues
-        from a copy of its KV cache, and every answer continues from the item's cache.
+        The prompts' common prefix (system prompt, question, label list) is run once; batches of items continue
+        from copies of its KV cache (each item's own tokens left-padded), and every answer of every item in a
+        batch is then scored in one more forward from the items' caches.
         """
         import torch
 
         continuations = [self._continuation(a) for a in answers]
-        width = max(map(len, continuations))
-        candidates = torch.tensor([c + [self.tokenizer.pad_token_id] * (width - len(c)) for c in continuations])
-        candidate_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in continuations])
         prompts = [self._prompt_ids(item) for item in messages]
-        shared = _common_prefix_length(prompts)
         scores = np.zeros((len(messages), len(answers)))
+        if not prompts:
+            return scores
+        shared = _common_prefix_length(prompts)
+        answer_tokens = sum(len(c) - 1 for c in continuations)
         with torch.inference_mode():
-            prefix_cache = self.model(input_ids=torch.tensor([prompts[0][:shared]]), use_cache=True, logits_to_keep=1).past_key_values if shared else None
-            for row, prompt in enumerate(prompts):
-                cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
-                out = self.model(
-                    input_ids=torch.tensor([prompt[shared:]]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1,
-                )
-                first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-                cache = out.past_key_values
-                cache.batch_repeat_interleave(len(answers))
-                mask = torch.cat([torch.ones(len(answers), len(prompt), dtype=torch.long), candidate_mask], dim=1)
-                rest = torch.log_softmax(self.model(input_ids=candidates, attention_mask=mask, past_key_values=cache).logits.float(), dim=-1)
-                token_logprobs = torch.cat(
-                    [first[candidates[:, 0]].unsqueeze(1), rest[:, :-1].gather(2, candidates[:, 1:].unsqueeze(2)).squeeze(2)], dim=1
-                )
-                scores[row] = (token_logprobs * candidate_mask).sum(dim=1).numpy()
+            prefix_cache = None
+            if shared:
+                prefix = self._tensor([prompts[0][:shared]])
+                prefix_cache = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            for rows in _length_batches([len(p) - shared for p in prompts], answer_tokens, self.batch_tokens):
+                suffixes = [prompts[r][shared:] for r in rows]
+                scores[rows] = self._score_batch(suffixes, shared, prefix_cache, continuations).cpu().numpy()
         return scores
 
-    def generate(self, messages: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-        """Greedy completions, batched with left padding."""
+    def _score_batch(self, suffixes: list[list[int]], shared: int, prefix_cache, continuations: list[list[int]]):
+        """(batch x answers) answer log-probabilities for prompts ``prefix + suffix``, the prefix cached."""
         import torch
 
-        texts = []
+        batch, answers = len(suffixes), len(continuations)
         pad = self.tokenizer.pad_token_id
+        width = max(map(len, suffixes))
+        own = self._tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
+        attention = torch.cat([own.new_ones(batch, shared), own], dim=1)
+        positions = shared + (own.cumsum(1) - 1).clamp(min=0)  # left padding: each item's tokens keep their positions
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(batch)
+        out = self.model(
+            input_ids=self._tensor([[pad] * (width - len(s)) + s for s in suffixes]), attention_mask=attention,
+            position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (batch, vocab): every answer's first token
+        scores = first[:, [c[0] for c in continuations]]
+        longest = max(map(len, continuations))
+        if longest == 1:
+            return scores
+        # every answer's later tokens, for every item, in one forward from the items' caches
+        steps = longest - 1
+        inputs = self._tensor([c[:-1] + [pad] * (longest - len(c)) for c in continuations]).repeat(batch, 1)
+        targets = self._tensor([c[1:] + [pad] * (longest - len(c)) for c in continuations]).repeat(batch, 1)
+        valid = self._tensor([[1] * (len(c) - 1) + [0] * (longest - len(c)) for c in continuations]).repeat(batch, 1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(answers)
+        lengths = own.sum(1).repeat_interleave(answers)
+        logits = self.model(
+            input_ids=inputs,
+            attention_mask=torch.cat([attention.repeat_interleave(answers, dim=0), valid.new_ones(batch * answers, steps)], dim=1),
+            position_ids=shared + lengths[:, None] + torch.arange(steps, device=lengths.device),
+            past_key_values=cache,
+        ).logits.float()
+        token_logprobs = logits.gather(2, targets.unsqueeze(2)).squeeze(2) - logits.logsumexp(dim=2)
+        return scores + (token_logprobs * valid).sum(dim=1).view(batch, answers)
+
+    def generate(self, messages: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+        """Greedy completions, batched with left padding; prompts of similar length share a batch."""
+        import torch
+
+        prompts = [self._prompt_ids(m) for m in messages]
+        texts: list[str] = [""] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         with torch.inference_mode():
-            for start in range(0, len(messages), batch_size):
-                prompts = [self._prompt_ids(m) for m in messages[start:start + batch_size]]
-                width = max(map(len, prompts))
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                width = max(len(prompts[r]) for r in rows)
+                ids = self._tensor([[pad] * (width - len(prompts[r])) + prompts[r] for r in rows])
+                mask = self._tensor([[0] * (width - len(prompts[r])) + [1] * len(prompts[r]) for r in rows])
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                 )
-                texts.extend(self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+                for row, text in zip(rows, self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
+                    texts[row] = text
         return texts
 
     def response_nll(self, messages: list[list[dict[str, str]]], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Summed negative log-likelihood of each response after its prompt, and its token count."""
+        """Summed negative log-likelihood of each response after its prompt, and its token count (batched,
+        right-padded)."""
         import torch
 
-        nll, counts = np.zeros(len(messages)), np.zeros(len(messages), dtype=np.int64)
+        sequences, starts = [], []
+        for item, response in zip(messages, responses):
+            prompt = self.tokenizer.apply_chat_template(item, add_generation_prompt=True, tokenize=True, return_dict=False)
+            full = list(self.tokenizer.apply_chat_template(item + [{"role": "assistant", "content": response}], tokenize=True, return_dict=False))
+            overflow = max(0, len(full) - self.max_length)  # keep the response whole: drop the prompt's start
+            sequences.append(full[overflow:])
+            starts.append(max(1, len(prompt) - overflow))
+        nll, counts = np.zeros(len(sequences)), np.zeros(len(sequences), dtype=np.int64)
+        pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            for row, (item, response) in enumerate(zip(messages, responses)):
-                prompt = self.tokenizer.apply_chat_template(item, add_generation_prompt=True, tokenize=True, return_dict=False)
-                full = list(self.tokenizer.apply_chat_template(item + [{"role": "assistant", "content": response}], tokenize=True, return_dict=False))
-                overflow = max(0, len(full) - self.max_length)  # keep the response whole: drop the prompt's start
-                full = full[overflow:]
-                start = max(1, len(prompt) - overflow)
-                ids = torch.tensor([full])
-                logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, start - 1:-1].float(), dim=-1)
-                targets = ids[0, start:]
-                nll[row] = float(-logprobs.gather(1, targets.unsqueeze(1)).sum())
-                counts[row] = len(targets)
+            for rows in _length_batches([len(s) for s in sequences], 0, self.batch_tokens):
+                width = max(len(sequences[r]) for r in rows)
+                ids = self._tensor([sequences[r] + [pad] * (width - len(sequences[r])) for r in rows])
+                real = self._tensor([[1] * len(sequences[r]) + [0] * (width - len(sequences[r])) for r in rows])
+                scored = self._tensor([[0] * starts[r] + [1] * (len(sequences[r]) - starts[r]) + [0] * (width - len(sequences[r])) for r in rows])
+                logits = self.model(input_ids=ids, attention_mask=real).logits[:, :-1].float()
+                token_logprobs = logits.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2) - logits.logsumexp(dim=2)
+                nll[rows] = (-(token_logprobs * scored[:, 1:]).sum(dim=1)).cpu().numpy()
+                counts[rows] = scored.sum(dim=1).cpu().numpy()
         return nll, counts
+
+
+def _length_batches(lengths: list[int], extra_per_item: int, budget: int) -> Iterator[list[int]]:
+    """Indices grouped by similar length (so little is padding), each group at most ``budget`` tokens as padded
+    (``extra_per_item`` more tokens per item, e.g. the answers scored after it); at least one item per group."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    group: list[int] = []
+    for index in order:
+        if group and (len(group) + 1) * (lengths[index] + extra_per_item) > budget:
+            yield group
+            group = []
+        group.append(index)
+    if group:
+        yield group
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:
