@@ -23,12 +23,13 @@ from opengrok_dagster.collect.client import ClientLimits
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.datasets import DatasetError
-from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints
+from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, CheckpointError, LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report import MAIN_PLOT, build_report, publish_report, results_frame, summary_table
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS
 from opengrok_dagster.offline.model import MODEL_NAME
 from opengrok_dagster.partitions import MASK_MODES
+from opengrok_dagster.training.device import DeviceUnavailableError
 from resources import OpenGrokPaths, StudentResource, TeacherResource
 
 
@@ -57,6 +58,9 @@ class EvalReportConfig(Config):
     baseline_train_examples: int = Field(default=4000, description="Train items for the TF-IDF + LR baseline on gold labels (0 = all).")
     teacher_label_examples: int = Field(default=16, description="Train texts the teacher labels for the TF-IDF + LR baseline on teacher labels.")
     torch_threads: int = Field(default=0, description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other jobs).")
+    device: str = Field(default="auto", description="Where the local student runs: 'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'.")
+    precision: str = Field(default="auto", description="The local student's weights: 'auto' (bf16 on GPUs that have it, else fp16 on CUDA, fp32 on mps/cpu), 'bf16', 'fp16' or 'fp32'.")
+    batch_tokens: int = Field(default=DEFAULT_BATCH_TOKENS, description="Tokens per forward pass of the local student, padding and scored labels included (raise it on a GPU).")
     include_teacher: bool = Field(default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server).")
     reuse_api_answers: bool = Field(
         default=True,
@@ -119,8 +123,11 @@ def eval_report(
         raise Failure(f"eval_report config: {exc}") from None
     try:
         checkpoints, missing = find_checkpoints(paths.home_dir / "checkpoints", MASK_MODES)
-        local = LocalStudent(student.model_path(), checkpoints, threads=evaluation_config.torch_threads)
-    except CheckpointError as exc:
+        local = LocalStudent(
+            student.model_path(), checkpoints, threads=evaluation_config.torch_threads, device=evaluation_config.device,
+            precision=evaluation_config.precision, batch_tokens=evaluation_config.batch_tokens,
+        )
+    except (CheckpointError, DeviceUnavailableError) as exc:
         raise Failure(f"eval_report: {exc}") from None
     notes = [f"mask mode {mode} not evaluated: {reason}" for mode, reason in missing.items()]
     api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]
@@ -143,6 +150,8 @@ def eval_report(
         "seed": evaluation_config.seed,
         "resamples": evaluation_config.resamples,
         "seconds": round(results.seconds, 1),
+        "device": f"{local.device} ({local.dtype})",
+        "posts_per_second": MetadataValue.json(results.throughput.get("posts_per_second", {})),
         "checkpoints": MetadataValue.json({c.mask_mode: {"dir": str(c.adapter_dir), "version": c.version} for c in checkpoints}),
         "notes": MetadataValue.md("\n".join(f"- {n}" for n in results.notes) or "none"),
     }
