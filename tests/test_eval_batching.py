@@ -102,3 +102,20 @@ def test_a_device_this_machine_lacks_is_refused_naming_the_setting(tiny_student)
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(DeviceUnavailableError, match="evaluation device 'cuda' is not available on this machine .* set eval_report's device"):
         LocalStudent(str(tiny_student), device="cuda")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_verify_adapter_generates_what_the_evaluation_will(checkpoints_home, tiny_student, precision):  # noqa: F811
+    """The trainer's check loads the adapter as the evaluation does: same device, same precision, same tokens."""
+    from transformers import AutoTokenizer
+
+    from opengrok_dagster.training.device import resolve_placement
+    from opengrok_dagster.training.trainer import VERIFY_PROMPT, verify_adapter
+
+    adapter = checkpoints_home / "checkpoints" / "hard"
+    AutoTokenizer.from_pretrained(tiny_student).save_pretrained(adapter)
+    checkpoints, _ = find_checkpoints(checkpoints_home / "checkpoints", ("hard",))
+    student = LocalStudent(str(tiny_student), checkpoints, precision=precision)
+    with student.using("lora:hard"):
+        evaluated = student.generate([[{"role": "user", "content": VERIFY_PROMPT}]], max_new_tokens=12)[0]
+    assert verify_adapter(adapter, str(tiny_student), resolve_placement("auto", precision)) == evaluated
