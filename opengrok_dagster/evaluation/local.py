@@ -1,7 +1,9 @@
 """The student on this machine: the base model and every LoRA checkpoint, loaded once and switched in place.
 
-Classification is scored by label log-likelihood: the prompt is run once, its KV cache is shared by every
-label's continuation, and the label whose tokens (up to the end of the assistant turn) are most likely wins.
+Classification is scored by label log-likelihood: the label whose tokens (up to the end of the assistant
+turn) are most likely after the prompt wins. The prefix every prompt shares (system prompt, question, label
+list) is run once and its KV cache reused; posts then go in left-padded batches, each row carrying every
+label's tokens behind the post under a mask that keeps the labels apart, so a batch costs one forward.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ class LocalStudent:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, DTYPES[self.placement.precision]))
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, DTYPES[self.placement.precision]), attn_implementation="sdpa"
+        )
         self.checkpoints = list(checkpoints)
         for checkpoint in self.checkpoints:
             require_base_model(checkpoint, model_path)
@@ -198,9 +202,8 @@ class LocalStudent:
     def label_logprobs(self, messages: list[list[dict[str, str]]], answers: list[str]) -> np.ndarray:
         """(items x answers) summed log-probability of each answer after each prompt.
 
-        The prompts' common prefix (system prompt, question, label list) is run once; batches of items continue
-        from copies of its KV cache (each item's own tokens left-padded), and every answer of every item in a
-        batch is then scored in one more forward from the items' caches.
+        The prompts' common prefix is run once; batches of items of similar length continue from copies of its
+        KV cache, all answers of a batch scored in the same forward (``_score_batch``).
         """
         import torch
 
@@ -210,7 +213,7 @@ class LocalStudent:
         if not prompts:
             return scores
         shared = _common_prefix_length(prompts)
-        answer_tokens = sum(len(c) - 1 for c in continuations)
+        answer_tokens = sum(len(c) - 1 for c in continuations)  # the answer block each row carries
         with torch.inference_mode():
             prefix_cache = None
             if shared:
@@ -222,44 +225,51 @@ class LocalStudent:
         return scores
 
     def _score_batch(self, suffixes: list[list[int]], shared: int, prefix_cache, continuations: list[list[int]]):
-        """(batch x answers) answer log-probabilities for prompts ``prefix + suffix``, the prefix cached."""
+        """(batch x answers) answer log-probabilities for prompts ``prefix + suffix``, the prefix cached.
+
+        One forward per batch: each row is the item's own tokens (left-padded) followed by every answer's tokens
+        but the last, side by side; a 4D mask lets each answer see the prompt and its own earlier tokens only,
+        and each answer's positions restart where the prompt ends, so every answer is scored as if alone.
+        """
         import torch
 
-        batch, answers = len(suffixes), len(continuations)
-        pad = self.tokenizer.pad_token_id
-        width = max(map(len, suffixes))
-        own = self._tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
-        attention = torch.cat([own.new_ones(batch, shared), own], dim=1)
-        positions = shared + (own.cumsum(1) - 1).clamp(min=0)  # left padding: each item's tokens keep their positions
+        batch, width = len(suffixes), max(map(len, suffixes))
+        pad, device = self.tokenizer.pad_token_id, self.placement.device
+        answer_inputs = [c[:-1] for c in continuations]
+        block = sum(map(len, answer_inputs))
+        own = torch.tensor([[False] * (width - len(s)) + [True] * len(s) for s in suffixes], device=device)
+        ids = self._tensor([[pad] * (width - len(s)) + s + [t for a in answer_inputs for t in a] for s in suffixes])
+        # which answer each column of the answer block belongs to, and its step within that answer
+        owner = torch.tensor([j for j, a in enumerate(answer_inputs) for _ in a], device=device, dtype=torch.long)
+        step = torch.tensor([k for a in answer_inputs for k in range(len(a))], device=device, dtype=torch.long)
+        prompt_to_prompt = torch.ones(width, width, dtype=torch.bool, device=device).tril() & own[:, None, :]
+        prompt_to_prompt |= torch.eye(width, dtype=torch.bool, device=device)  # a pad sees itself: no empty row
+        block_to_block = (owner[:, None] == owner[None, :]) & (step[:, None] >= step[None, :])
+        mask = torch.cat([
+            torch.cat([prompt_to_prompt, own.new_zeros(batch, width, block)], dim=2),
+            torch.cat([own[:, None, :].expand(batch, block, width), block_to_block.expand(batch, block, block)], dim=2),
+        ], dim=1)
+        mask = torch.cat([mask.new_ones(batch, width + block, shared), mask], dim=2)[:, None]
+        lengths = own.sum(1, keepdim=True)
+        positions = torch.cat([shared + (own.cumsum(1) - 1).clamp(min=0), shared + lengths + step[None, :]], dim=1)
         cache = None
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(batch)
-        out = self.model(
-            input_ids=self._tensor([[pad] * (width - len(s)) + s for s in suffixes]), attention_mask=attention,
-            position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1,
-        )
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (batch, vocab): every answer's first token
-        scores = first[:, [c[0] for c in continuations]]
-        longest = max(map(len, continuations))
-        if longest == 1:
-            return scores
-        # every answer's later tokens, for every item, in one forward from the items' caches
-        steps = longest - 1
-        inputs = self._tensor([c[:-1] + [pad] * (longest - len(c)) for c in continuations]).repeat(batch, 1)
-        targets = self._tensor([c[1:] + [pad] * (longest - len(c)) for c in continuations]).repeat(batch, 1)
-        valid = self._tensor([[1] * (len(c) - 1) + [0] * (longest - len(c)) for c in continuations]).repeat(batch, 1)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(answers)
-        lengths = own.sum(1).repeat_interleave(answers)
+        if self.model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 or the dtype's min
+            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=device).masked_fill(~mask, torch.finfo(self.model.dtype).min)
+        keep = torch.arange(width - 1, width + block, device=device)  # the prompt's last token, then the block
         logits = self.model(
-            input_ids=inputs,
-            attention_mask=torch.cat([attention.repeat_interleave(answers, dim=0), valid.new_ones(batch * answers, steps)], dim=1),
-            position_ids=shared + lengths[:, None] + torch.arange(steps, device=lengths.device),
-            past_key_values=cache,
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=keep,
         ).logits.float()
-        token_logprobs = logits.gather(2, targets.unsqueeze(2)).squeeze(2) - logits.logsumexp(dim=2)
-        return scores + (token_logprobs * valid).sum(dim=1).view(batch, answers)
+        logprobs = logits - logits.logsumexp(dim=2, keepdim=True)
+        scores = logprobs[:, 0, [c[0] for c in continuations]]
+        if block:
+            # answer token k+1 is predicted at the answer's input k; its input 0 follows the prompt's last token
+            targets = self._tensor([t for c in continuations for t in c[1:]])
+            later = logprobs[:, 1:].gather(2, targets[None, :, None].expand(batch, block, 1)).squeeze(2)
+            scores = scores.index_add(1, owner, later)
+        return scores
 
     def generate(self, messages: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
         """Greedy completions, batched with left padding; prompts of similar length share a batch."""
