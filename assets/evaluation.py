@@ -29,6 +29,7 @@ from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationCo
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS
 from opengrok_dagster.offline.model import MODEL_NAME
 from opengrok_dagster.partitions import MASK_MODES
+from opengrok_dagster.profiles import EVAL_REPORT, with_profile_defaults
 from opengrok_dagster.training.device import DeviceUnavailableError
 from resources import OpenGrokPaths, StudentResource, TeacherResource
 
@@ -40,6 +41,7 @@ class EvaluationEndpoint(Config):
     api_key_env: Optional[str] = Field(default=None, description="Name of the environment variable holding its API key (never the key).")
 
 
+@with_profile_defaults(EVAL_REPORT)  # config/profiles/: sample sizes and device of the deployment
 class EvalReportConfig(Config):
     tasks: list[str] = Field(default=list(DEFAULT_TASKS), description=f"SNS tasks to evaluate; known: {', '.join(TASKS)}.")
     data_dir: Optional[str] = Field(default=None, description="Data directory laid out like shared/data; unset = $OPENGROK_DATA_DIR, else ../shared/data beside the repository.")

@@ -24,6 +24,7 @@ from opengrok_dagster.masks.inspect import MaskSummary, p_histogram_png, render_
 from opengrok_dagster.masks.linguistics import SpacyModelError, load_spacy
 from opengrok_dagster.masks.render import ChatTemplateError
 from opengrok_dagster.masks.tokenizer import TokenizerOffsetsError, structural_special_ids
+from opengrok_dagster.profiles import MASK_TABLES, with_profile_defaults
 from resources import OpenGrokPaths, StudentResource
 
 _DEFAULTS = MaskConfig()
@@ -31,6 +32,7 @@ _DEFAULTS = MaskConfig()
 _INPUT_ERRORS = (MaskInputError, SpacyModelError, TokenizerOffsetsError, ChatTemplateError)
 
 
+@with_profile_defaults(MASK_TABLES)  # config/profiles/: the deployment's max_length
 class MaskTablesConfig(Config):
     alpha: float = Field(default=_DEFAULTS.alpha, description="Weight of the word's TF-IDF score (0-1, 1 = the document's most distinctive word) in p's logit.")
     beta: float = Field(default=_DEFAULTS.beta, description="Weight of the POS score (1 for the tags in pos_tags) in p's logit.")

@@ -21,10 +21,12 @@ from assets.metadata import png_markdown
 from assets.versioning import content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
 from opengrok_dagster.partitions import mask_mode_partitions
+from opengrok_dagster.profiles import LORA_CHECKPOINT, ProfileError, require_matching_max_length, with_profile_defaults
 from opengrok_dagster.training.config import TrainingConfig
 from resources import OpenGrokPaths, StudentResource, TrainingResource
 
 
+@with_profile_defaults(LORA_CHECKPOINT)  # config/profiles/: steps, epochs and max_length of the deployment
 class LoraCheckpointConfig(Config, TrainingConfig):
     """Fine-tune hyper-parameters; every field and its description comes from ``TrainingConfig``."""
 
@@ -65,6 +67,12 @@ def lora_checkpoint(
     curves, model card, ``opengrok_checkpoint.json``) and returns its one-row manifest.
     """
     mode = context.partition_key
+    try:
+        if len(mask_tables) and "max_length" in mask_tables.columns:  # the cut the table was built with
+            built_with = {"max_length": int(mask_tables["max_length"].iloc[0])}
+            require_matching_max_length(built_with, {"max_length": config.max_length}, f"lora_checkpoint[{mode}]")
+    except ProfileError as exc:
+        raise Failure(description=f"{exc}; or re-materialise mask_tables with max_length {config.max_length}") from None
     placement = training.check_placement()
     checkpoint_dir = paths.home_dir / "checkpoints" / mode
     checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
