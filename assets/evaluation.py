@@ -19,6 +19,7 @@ from pydantic import Field
 
 from assets.metadata import png_markdown
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
+from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.collect.client import ClientLimits
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
@@ -95,6 +96,7 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
 @asset(
     deps=["lora_checkpoint"],
     group_name="evaluation",
+    pool=GPU_POOL,  # shares the GPU with the fine-tunes: one at a time (instance.py)
     automation_condition=FOLLOWS_UPSTREAM_DATA,
     code_version="1",
     kinds={"python", "parquet"},

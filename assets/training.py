@@ -20,6 +20,7 @@ from dagster._core.errors import DagsterPipesExecutionError  # raised by Pipes c
 from assets.metadata import png_markdown
 from assets.versioning import content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
+from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.profiles import LORA_CHECKPOINT, ProfileError, require_matching_max_length, with_profile_defaults
 from opengrok_dagster.training.config import TrainingConfig
@@ -43,6 +44,7 @@ def _loss_table(curves: dict) -> str:
 @asset(
     partitions_def=mask_mode_partitions,
     group_name="training",
+    pool=GPU_POOL,  # one fine-tune or evaluation on the GPU at a time, across all runs (instance.py)
     automation_condition=FOLLOWS_UPSTREAM_DATA,
     code_version="1",
     kinds={"pytorch", "python"},

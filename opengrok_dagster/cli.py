@@ -12,16 +12,15 @@ from opengrok_dagster.offline.model import OfflineModelError
 
 
 def _instance():
-    """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home)."""
+    """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home), with the
+    gpu and teacher pools (instance.py); `make dev` opens the same one."""
     from dagster import DagsterInstance
 
+    from opengrok_dagster.instance import write_local_instance_config
     from opengrok_dagster.settings import dagster_home
 
     home = dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():  # local SQLite storage; no telemetry from an offline pipeline
-        config.write_text("telemetry:\n  enabled: false\n")
+    write_local_instance_config(home)
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 

@@ -1,0 +1,58 @@
+"""One GPU job at a time, proved on a real instance and daemon: the instance config `opengrok` writes for local use
+(the one `opengrok run` and `make dev` open), a real `dagster-daemon`, and two fine-tune runs submitted to its
+queued run coordinator by `dagster job backfill`. Both runs are in progress together; their gpu-pool steps run
+one after the other."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from opengrok_dagster.instance import write_local_instance_config
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+LOCATION = REPO_ROOT / "tests" / "locations" / "gpu_pool.py"
+
+
+def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_path):
+    home, windows = tmp_path / "dagster_home", tmp_path / "windows"
+    windows.mkdir()
+    write_local_instance_config(home)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "OPENGROK_POOL_TEST_DIR": str(windows), "PYTHONPATH": str(REPO_ROOT)}
+    log = (tmp_path / "daemon.log").open("w")
+    daemon_cli = Path(sys.executable).with_name("dagster-daemon")  # installed beside this interpreter with dagster
+    daemon = subprocess.Popen([str(daemon_cli), "run", "-f", str(LOCATION)], cwd=REPO_ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        submitted = subprocess.run(
+            [sys.executable, "-m", "dagster", "job", "backfill", "-f", str(LOCATION), "-j", "fine_tune_job",
+             "--partitions", "none,hard", "--noprompt"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+        with DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.monotonic() + 420
+            while True:
+                runs = instance.get_runs(RunsFilter(job_name="fine_tune_job"))
+                if len(runs) == 2 and all(run.is_finished for run in runs):
+                    break
+                assert time.monotonic() < deadline, f"runs did not finish: {[(r.run_id, r.status) for r in runs]}"
+                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(1)
+            assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS] * 2, (tmp_path / "daemon.log").read_text()[-3000:]
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGTERM)  # the daemon's own session: it and the code server it started
+            daemon.wait(timeout=60)
+    assert len(list(windows.glob("prepare-*"))) == 2  # the barrier passed: both runs were in progress together
+    (first_start, first_end), (second_start, second_end) = sorted(
+        tuple(map(float, (windows / f"fine_tune-{mode}").read_text().split())) for mode in ("none", "hard")
+    )
+    assert first_end <= second_start, f"gpu steps overlapped: {first_start:.1f}-{first_end:.1f} and {second_start:.1f}-{second_end:.1f}"
