@@ -95,37 +95,49 @@ def _execute(instance, job, label: str, partition_key=None, run_config: dict | N
     return result.success
 
 
+def _profile_and_run_config(args: argparse.Namespace) -> dict:
+    """Select the profile (before the definitions load: the assets' config defaults come from it), refuse one
+    this machine cannot run, and read --config, whose max_length must agree over the profile's; its run config."""
+    from opengrok_dagster.profiles import (
+        LORA_CHECKPOINT, MASK_TABLES, PROFILE_VARIABLE, load_profile, load_run_config, require_devices, require_matching_max_length,
+    )
+
+    if args.profile:
+        os.environ[PROFILE_VARIABLE] = args.profile
+    profile = load_profile()
+    require_devices(profile)
+    run_config = load_run_config(args.config) if args.config else {}
+    ops = run_config.get("ops", {})
+    effective = {op: profile.op_config(op) | ops.get(op, {}).get("config", {}) for op in (MASK_TABLES, LORA_CHECKPOINT)}
+    require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], f"--config {args.config} over profile {profile.name}")
+    print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""), flush=True)
+    return run_config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialise every asset on the configured teacher: each topic partition of the round, then the
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
     from opengrok_dagster.offline.model import provision_offline_model
     from opengrok_dagster.partitions import MASK_MODES
-    from opengrok_dagster.profiles import (
-        LORA_CHECKPOINT, MASK_TABLES, PROFILE_VARIABLE, load_profile, load_run_config, require_devices, require_matching_max_length,
-    )
     from opengrok_dagster.settings import opengrok_home, teacher_is_remote
 
     modes = args.modes.split(",") if args.modes else list(MASK_MODES)
     unknown = sorted(set(modes) - set(MASK_MODES))
     if unknown:
         raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
-    if args.profile:
-        os.environ[PROFILE_VARIABLE] = args.profile  # before the definitions load: the assets' defaults come from it
-    profile = load_profile()
-    require_devices(profile)
-    run_config = load_run_config(args.config) if args.config else {}
+    run_config = _profile_and_run_config(args)
+    from opengrok_dagster.definitions import build_definitions
+    from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
+    from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+
+    defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
+    jobs = {job.name: defs.resolve_job_def(job.name) for job in (collect_job, prepare_job, fine_tune_job, evaluate_job)}
     if args.config:
-        ops = run_config.get("ops", {})
-        effective = {op: profile.op_config(op) | ops.get(op, {}).get("config", {}) for op in (MASK_TABLES, LORA_CHECKPOINT)}
-        require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], f"--config {args.config} over profile {profile.name}")
-    print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""), flush=True)
+        _check_run_config(list(jobs.values()), run_config, args.config)  # before any work
     instance = _instance()
     if not teacher_is_remote():
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))
-    from opengrok_dagster.definitions import build_definitions
-    from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
-    from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
     round_key = args.round or datetime.now(timezone.utc).strftime("%Y-%m-%d")
     known = instance.get_dynamic_partitions(topic_partitions.name)
@@ -135,10 +147,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
                          f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
     started = time.monotonic()
-    defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
-    jobs = {job.name: defs.resolve_job_def(job.name) for job in (collect_job, prepare_job, fine_tune_job, evaluate_job)}
-    if args.config:
-        _check_run_config(list(jobs.values()), run_config, args.config)
     collect = jobs[collect_job.name]
     failed = [
         topic

@@ -20,6 +20,12 @@ from tests.test_training import mask_table, tiny_student, tokenizer  # noqa: F40
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 
 
+@pytest.fixture(autouse=True)
+def no_profile_in_the_environment(monkeypatch):
+    """`opengrok run --profile` sets OPENGROK_PROFILE for the definitions it loads; monkeypatch restores it after."""
+    monkeypatch.delenv("OPENGROK_PROFILE", raising=False)
+
+
 def test_cpu_demo_is_exactly_the_built_in_defaults():
     profile = load_profile("cpu-demo")
     assert (profile.student_model, profile.training_device, profile.training_precision) == (None, "auto", "auto")
@@ -125,3 +131,17 @@ def test_a_fine_tune_on_mask_tables_cut_at_another_max_length_fails_before_train
             "same value") in str(failure.event_specific_data.error)
     assert "re-materialise mask_tables with max_length 48" in str(failure.event_specific_data.error)
     assert not (tmp_path / "checkpoints" / "hard").exists()
+
+
+def test_a_run_config_file_for_no_asset_or_with_a_misspelt_field_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENGROK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    path = tmp_path / "run.yaml"
+    path.write_text("ops:\n  lora_checkpont: {config: {max_steps: 3}}\n")
+    assert cli.main(["run", "--config", str(path)]) == 2
+    assert "no asset named lora_checkpont; configurable assets: " in capsys.readouterr().err
+    path.write_text("ops:\n  lora_checkpoint: {config: {max_stepz: 3}}\n")
+    assert cli.main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert 'Received unexpected config entry "max_stepz" at path root:ops:lora_checkpoint:config; fix the file' in err
+    assert err.count("\n") == 1 and not (tmp_path / "dagster_home").exists()
