@@ -61,9 +61,20 @@ class EvalReportConfig(Config):
     baseline_train_examples: int = Field(default=4000, description="Train items for the TF-IDF + LR baseline on gold labels (0 = all).")
     teacher_label_examples: int = Field(default=16, description="Train texts the teacher labels for the TF-IDF + LR baseline on teacher labels.")
     torch_threads: int = Field(default=0, description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other jobs).")
-    device: str = Field(default="auto", description="Where the local student runs: 'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'.")
-    precision: str = Field(default="auto", description="The local student's weights: 'auto' (bf16 on GPUs that have it, else fp16 on CUDA, fp32 on mps/cpu), 'bf16', 'fp16' or 'fp32'.")
-    batch_tokens: int = Field(default=DEFAULT_BATCH_TOKENS, description="Tokens per forward pass of the local student, padding and scored labels included (raise it on a GPU).")
+    device: str = Field(
+        default="auto",
+        description="Where the local student runs: 'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'.",
+    )
+    precision: str = Field(
+        default="auto",
+        description="The local student's weights: 'auto' (bf16 on GPUs that have it, else fp16 on CUDA, fp32 on "
+        "mps/cpu), 'bf16', 'fp16' or 'fp32'.",
+    )
+    batch_tokens: int = Field(
+        default=DEFAULT_BATCH_TOKENS,
+        description="Tokens per forward pass of the local student, padding and scored labels included (raise it on "
+        "a GPU).",
+    )
     include_teacher: bool = Field(default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server).")
     reuse_api_answers: bool = Field(
         default=True,
@@ -128,8 +139,9 @@ def eval_report(
     try:
         checkpoints, missing = find_checkpoints(paths.home_dir / "checkpoints", MASK_MODES)
         local = LocalStudent(
-            student.model_path(), checkpoints, threads=evaluation_config.torch_threads, device=evaluation_config.device,
-            precision=evaluation_config.precision, batch_tokens=evaluation_config.batch_tokens,
+            student.model_path(), checkpoints, threads=evaluation_config.torch_threads,
+            device=evaluation_config.device, precision=evaluation_config.precision,
+            batch_tokens=evaluation_config.batch_tokens,
         )
     except (CheckpointError, DeviceUnavailableError) as exc:
         raise Failure(f"eval_report: {exc}") from None

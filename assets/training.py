@@ -74,7 +74,8 @@ def lora_checkpoint(
             built_with = {"max_length": int(mask_tables["max_length"].iloc[0])}
             require_matching_max_length(built_with, {"max_length": config.max_length}, f"lora_checkpoint[{mode}]")
     except ProfileError as exc:
-        raise Failure(description=f"{exc}; or re-materialise mask_tables with max_length {config.max_length}") from None
+        fix = f"or re-materialise mask_tables with max_length {config.max_length}"
+        raise Failure(description=f"{exc}; {fix}") from None
     placement = training.check_placement()
     checkpoint_dir = paths.home_dir / "checkpoints" / mode
     checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -65,21 +65,30 @@ def timed(step, clock) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=48, help="validation posts per task")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved scorer/floor rounds; median (min-max) reported")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved scorer/floor rounds; median (min-max) reported"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="cpu: this process's CPU time; wall: elapsed")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="cpu", help="cpu: this process's CPU time; wall: elapsed"
+    )
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     parser.add_argument("--precision", default="auto", help="auto, bf16, fp16 or fp32")
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="tokens per forward pass")
     parser.add_argument("--model", default=None, help="student checkpoint (default: the offline SmolLM2)")
     args = parser.parse_args()
     model_path = args.model or str(check_offline_model(offline_model_dir()))
-    student = LocalStudent(model_path, threads=args.threads, device=args.device, precision=args.precision, batch_tokens=args.batch_tokens)
+    student = LocalStudent(
+        model_path, threads=args.threads, device=args.device, precision=args.precision, batch_tokens=args.batch_tokens
+    )
     clock = CLOCKS[args.clock]
-    print(f"{platform.machine()}, student {model_path} on {student.device} ({student.dtype}), torch threads "
-          f"{args.threads or 'default'}, batch {args.batch_tokens} tokens, {args.clock} clock, {args.rounds} rounds, "
-          f"{args.posts} TweetEval validation posts per task")
-    print("\n| task | labels | prompt tokens per post | scorer s/post | floor s/post | floor ms/token | scorer / floor | posts/s |")
+    print(
+        f"{platform.machine()}, student {model_path} on {student.device} ({student.dtype}), torch threads "
+        f"{args.threads or 'default'}, batch {args.batch_tokens} tokens, {args.clock} clock, {args.rounds} rounds, "
+        f"{args.posts} TweetEval validation posts per task"
+    )
+    print("\n| task | labels | prompt tokens per post | scorer s/post | floor s/post | floor ms/token "
+          "| scorer / floor | posts/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in TASKS:
         messages, words = task_prompts(name, args.posts)
@@ -93,8 +102,10 @@ def main() -> None:
             floor.append(timed(lambda: floor_forward(student, prompts), clock) / len(messages))
             ratios.append(scorer[-1] / floor[-1])
         per_token_ms = [f * len(messages) / tokens * 1000 for f in floor]
-        print(f"| {name} | {len(words)} | {tokens / len(prompts):.0f} | {spread(scorer, 4)} | {spread(floor, 4)} | "
-              f"{spread(per_token_ms, 2)} | {spread(ratios, 2)} | {1 / statistics.median(scorer):.1f} |")
+        print(
+            f"| {name} | {len(words)} | {tokens / len(prompts):.0f} | {spread(scorer, 4)} | {spread(floor, 4)} | "
+            f"{spread(per_token_ms, 2)} | {spread(ratios, 2)} | {1 / statistics.median(scorer):.1f} |"
+        )
 
 
 if __name__ == "__main__":

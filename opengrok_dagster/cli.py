@@ -76,20 +76,23 @@ def _check_run_config(jobs, run_config: dict, source: str) -> None:
     covered = set().union(*(job.graph.node_names() for job in jobs))
     unknown = sorted(set(run_config.get("ops", {})) - covered)
     if unknown:
-        raise ValueError(f"--config {source}: no asset named {', '.join(unknown)}; configurable assets: {', '.join(sorted(covered))}")
+        raise ValueError(f"--config {source}: no asset named {', '.join(unknown)}; "
+                         f"configurable assets: {', '.join(sorted(covered))}")
     for job in jobs:
         try:
             validate_run_config(job, _job_run_config(job, run_config))
         except DagsterInvalidConfigError as exc:
             reasons = "; ".join(error.message.split(". Expected")[0] for error in exc.errors)
-            raise ValueError(f"--config {source}: {reasons}; fix the file (`dagster dev` shows each asset's config)") from None
+            raise ValueError(f"--config {source}: {reasons}; fix the file (`dagster dev` shows each asset's config)") \
+                from None
 
 
 def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None) -> bool:
     started = time.monotonic()
     print(f"{label} ...", flush=True)
     result = job.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False, run_config=_job_run_config(job, run_config or {})
+        instance=instance, partition_key=partition_key, raise_on_error=False,
+        run_config=_job_run_config(job, run_config or {}),
     )
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
     return result.success
@@ -99,7 +102,8 @@ def _profile_and_run_config(args: argparse.Namespace) -> dict:
     """Select the profile (before the definitions load: the assets' config defaults come from it), refuse one
     this machine cannot run, and read --config, whose max_length must agree over the profile's; its run config."""
     from opengrok_dagster.profiles import (
-        LORA_CHECKPOINT, MASK_TABLES, PROFILE_VARIABLE, load_profile, load_run_config, require_devices, require_matching_max_length,
+        LORA_CHECKPOINT, MASK_TABLES, PROFILE_VARIABLE, load_profile, load_run_config, require_devices,
+        require_matching_max_length,
     )
 
     if args.profile:
@@ -108,9 +112,12 @@ def _profile_and_run_config(args: argparse.Namespace) -> dict:
     require_devices(profile)
     run_config = load_run_config(args.config) if args.config else {}
     ops = run_config.get("ops", {})
-    effective = {op: profile.op_config(op) | ops.get(op, {}).get("config", {}) for op in (MASK_TABLES, LORA_CHECKPOINT)}
-    require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], f"--config {args.config} over profile {profile.name}")
-    print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""), flush=True)
+    effective = {
+        op: profile.op_config(op) | ops.get(op, {}).get("config", {}) for op in (MASK_TABLES, LORA_CHECKPOINT)
+    }
+    source = f"--config {args.config} over profile {profile.name}"
+    require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], source)
+    print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""))
     return run_config
 
 
@@ -131,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
     defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
-    jobs = {job.name: defs.resolve_job_def(job.name) for job in (collect_job, prepare_job, fine_tune_job, evaluate_job)}
+    stage_jobs = (collect_job, prepare_job, fine_tune_job, evaluate_job)
+    jobs = {job.name: defs.resolve_job_def(job.name) for job in stage_jobs}
     if args.config:
         _check_run_config(list(jobs.values()), run_config, args.config)  # before any work
     instance = _instance()
@@ -163,7 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not _execute(instance, jobs[prepare_job.name], "[filter + mask tables]", run_config=run_config):
         return 1
     fine_tune = jobs[fine_tune_job.name]
-    failed = [mode for mode in modes if not _execute(instance, fine_tune, f"[fine-tune] mask mode {mode}", mode, run_config)]
+    failed = [
+        mode for mode in modes if not _execute(instance, fine_tune, f"[fine-tune] mask mode {mode}", mode, run_config)
+    ]
     if failed:
         print(f"fine-tune failed for mask mode(s) {', '.join(failed)}; rerun `opengrok run --modes {','.join(failed)}` "
               "(it resumes from the last checkpoint)", file=sys.stderr)
@@ -247,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--topics", default=None, help="comma-separated topic keys (default: all partitions)")
     run.add_argument("--modes", default=None, help="comma-separated mask modes to fine-tune (default: none,paper,hard,soft)")
     run.add_argument("--collect-only", action="store_true", help="stop after collecting the teacher's responses")
-    run.add_argument("--profile", default=None, help="profile in config/profiles/ (cpu-demo, gpu) or a profile .yaml path "
-                     "(default: $OPENGROK_PROFILE, else cpu-demo)")
-    run.add_argument("--config", default=None, help="a Dagster run config YAML (ops: <asset>: config: ...) applied over the profile")
+    run.add_argument("--profile", default=None, help="profile in config/profiles/ (cpu-demo, gpu) or a profile .yaml "
+                     "path (default: $OPENGROK_PROFILE, else cpu-demo)")
+    run.add_argument("--config", default=None,
+                     help="a Dagster run config YAML (ops: <asset>: config: ...) applied over the profile")
     run.set_defaults(handler=cmd_run)
 
     review_parser = commands.add_parser("review", help="manual review of borderline filtered responses")

@@ -68,7 +68,8 @@ def build_teacher(keep_server: bool = False) -> TeacherResource:
 def _training_placement(profile) -> dict:
     """Device and precision: the environment's, else the profile's, else the resource's defaults."""
     chosen = {"device": profile.training_device, "precision": profile.training_precision}
-    chosen |= {field: os.environ[variable] for field, variable in (("device", "OPENGROK_TRAINING_DEVICE"), ("precision", "OPENGROK_TRAINING_PRECISION")) if os.environ.get(variable)}
+    variables = {"device": "OPENGROK_TRAINING_DEVICE", "precision": "OPENGROK_TRAINING_PRECISION"}
+    chosen |= {field: os.environ[variable] for field, variable in variables.items() if os.environ.get(variable)}
     return {field: value for field, value in chosen.items() if value}
 
 

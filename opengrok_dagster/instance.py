@@ -20,8 +20,8 @@ POOLS = {"default_limit": 1, "granularity": "op"}
 LOCAL_INSTANCE_CONFIG = {"telemetry": {"enabled": False}, "concurrency": {"pools": POOLS}}
 
 WRITTEN_BY_OPENGROK = (
-    "# Written by `opengrok` for `opengrok run` and `make dev` (opengrok_dagster/instance.py): local SQLite storage, no\n"
-    "# telemetry, and the gpu and teacher pools at one step at a time. Remove this line to keep your own edits.\n"
+    "# Written by `opengrok` for `opengrok run` and `make dev` (opengrok_dagster/instance.py): local SQLite\n"
+    "# storage, no telemetry, the gpu and teacher pools one step at a time. Remove this line to keep your edits.\n"
 )
 # What earlier versions wrote, with no pools: upgraded in place, since nobody edited it.
 _EARLIER_LOCAL_CONFIG = "telemetry:\n  enabled: false\n"
@@ -33,6 +33,10 @@ def write_local_instance_config(dagster_home: Path) -> Path:
     path = dagster_home / "dagster.yaml"
     wanted = WRITTEN_BY_OPENGROK + yaml.safe_dump(LOCAL_INSTANCE_CONFIG, sort_keys=False)
     current = path.read_text() if path.exists() else None
-    if current is None or current == _EARLIER_LOCAL_CONFIG or (current.startswith(WRITTEN_BY_OPENGROK) and current != wanted):
+    if (
+        current is None
+        or current == _EARLIER_LOCAL_CONFIG
+        or (current.startswith(WRITTEN_BY_OPENGROK) and current != wanted)
+    ):
         path.write_text(wanted)
     return path

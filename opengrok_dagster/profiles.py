@@ -36,9 +36,15 @@ class Profile(BaseModel):
 
     name: str = Field(description="The profile's name (its file name without .yaml).")
     description: str = Field(default="", description="What the profile is for, shown by `opengrok run`.")
-    student_model: Optional[str] = Field(default=None, description="Student path or hub id; unset = the offline SmolLM2.")
-    training_device: Optional[str] = Field(default=None, description="The training resource's device; unset = its default.")
-    training_precision: Optional[str] = Field(default=None, description="The training resource's precision; unset = its default.")
+    student_model: Optional[str] = Field(
+        default=None, description="Student path or hub id; unset = the offline SmolLM2."
+    )
+    training_device: Optional[str] = Field(
+        default=None, description="The training resource's device; unset = its default."
+    )
+    training_precision: Optional[str] = Field(
+        default=None, description="The training resource's precision; unset = its default."
+    )
     ops: dict[str, dict[str, dict[str, Any]]] = Field(
         default={}, description="Default run config per asset, shaped as Dagster run config: <asset>: {config: {...}}."
     )
@@ -49,7 +55,10 @@ class Profile(BaseModel):
 
     def devices(self) -> dict[str, str]:
         """Each device the profile asks for by name, by the setting that asks."""
-        asked = {"training_device": self.training_device, f"ops.{EVAL_REPORT}.config.device": self.op_config(EVAL_REPORT).get("device")}
+        asked = {
+            "training_device": self.training_device,
+            f"ops.{EVAL_REPORT}.config.device": self.op_config(EVAL_REPORT).get("device"),
+        }
         return {setting: device for setting, device in asked.items() if device and device != "auto"}
 
 
@@ -71,18 +80,21 @@ def _read_yaml(path: Path, what: str) -> dict:
 
 def _check_ops(ops: Any, source: str) -> None:
     if not isinstance(ops, dict) or any(not isinstance(v, dict) or set(v) - {"config"} for v in ops.values()):
-        raise ProfileError(f"{source}: ops must map each asset to {{config: {{field: value}}}}, as Dagster run config does")
+        raise ProfileError(
+            f"{source}: ops must map each asset to {{config: {{field: value}}}}, as Dagster run config does"
+        )
 
 
 def load_profile(name: str | None = None) -> Profile:
     """The profile ``name`` (a name in config/profiles/ or a path), default ``$OPENGROK_PROFILE`` or cpu-demo."""
-    name = (name or os.environ.get(PROFILE_VARIABLE, "").strip() or DEFAULT_PROFILE)
+    name = name or os.environ.get(PROFILE_VARIABLE, "").strip() or DEFAULT_PROFILE
     path = Path(name).expanduser()
     if path.suffix not in (".yaml", ".yml"):
         path = PROFILE_DIR / f"{name}.yaml"
         if not path.is_file():
             raise ProfileError(
-                f"unknown profile {name!r} ({PROFILE_VARIABLE} or --profile): use one of {', '.join(known_profiles())} "
+                f"unknown profile {name!r} ({PROFILE_VARIABLE} or --profile): "
+                f"use one of {', '.join(known_profiles())} "
                 f"(files in {PROFILE_DIR}), or the path of a profile .yaml"
             )
     values = _read_yaml(path, "profile")
@@ -108,8 +120,10 @@ def load_run_config(path: str | Path) -> dict:
     values = _read_yaml(path, "run config")
     unknown = set(values) - {"ops"}
     if unknown:
-        raise ProfileError(f"run config {path}: only ops: is read (asset config), not {', '.join(sorted(unknown))}; "
-                           "resources come from the profile and the environment")
+        raise ProfileError(
+            f"run config {path}: only ops: is read (asset config), not {', '.join(sorted(unknown))}; "
+            "resources come from the profile and the environment"
+        )
     _check_ops(values.get("ops", {}), str(path))
     return values
 
@@ -137,9 +151,9 @@ def require_devices(profile: Profile) -> None:
             resolve_placement(device, "auto")
         except DeviceUnavailableError:
             raise ProfileError(
-                f"profile {profile.name!r} ({profile.source}) asks for {setting}: {device}, which this machine does not "
-                f"have: run it on a machine with {device}, or choose a profile for this one ({PROFILE_VARIABLE}=cpu-demo "
-                "or `opengrok run --profile cpu-demo`)"
+                f"profile {profile.name!r} ({profile.source}) asks for {setting}: {device}, which this machine "
+                f"does not have: run it on a machine with {device}, or choose a profile for this one "
+                f"({PROFILE_VARIABLE}=cpu-demo or `opengrok run --profile cpu-demo`)"
             ) from None
 
 
@@ -151,8 +165,10 @@ def with_profile_defaults(asset: str, profile: Profile | None = None):
         values = chosen.op_config(asset)
         unknown = sorted(set(values) - set(cls.model_fields))
         if unknown:
-            raise ProfileError(f"{chosen.source}: ops.{asset}.config has no field(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(cls.model_fields)}")
+            raise ProfileError(
+                f"{chosen.source}: ops.{asset}.config has no field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(cls.model_fields)}"
+            )
         if not values:
             return cls
         try:
@@ -161,7 +177,10 @@ def with_profile_defaults(asset: str, profile: Profile | None = None):
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
             raise ProfileError(f"{chosen.source}: ops.{asset}.config: {problems}; fix the file") from None
         fields = {
-            name: (cls.model_fields[name].annotation, Field(default=value, description=cls.model_fields[name].description))
+            name: (
+                cls.model_fields[name].annotation,
+                Field(default=value, description=cls.model_fields[name].description),
+            )
             for name, value in values.items()
         }
         return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)

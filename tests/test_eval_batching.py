@@ -16,8 +16,14 @@ from opengrok_dagster.training.device import DeviceUnavailableError
 from tests.test_eval_report import checkpoints_home, one_torch_thread, tiny_student  # noqa: F401  (fixtures)
 
 TOPICS = ["arts & culture", "business & entrepreneurs", "celebrity & pop culture", "sports", "science & technology"]
-POSTS = ["what a day", "rain again, the third week in a row and the trains are late", "ok",
-         "Messi scores twice as Inter Miami win the final", "new GPU launch sold out in minutes #tech", "meh"]
+POSTS = [
+    "what a day",
+    "rain again, the third week in a row and the trains are late",
+    "ok",
+    "Messi scores twice as Inter Miami win the final",
+    "new GPU launch sold out in minutes #tech",
+    "meh",
+]
 
 
 def per_post_label_logprobs(student: LocalStudent, messages, answers) -> np.ndarray:
@@ -33,18 +39,33 @@ def per_post_label_logprobs(student: LocalStudent, messages, answers) -> np.ndar
     scores = np.zeros((len(messages), len(answers)))
     model = student.model
     with torch.inference_mode():
-        prefix_cache = model(input_ids=torch.tensor([prompts[0][:shared]]), use_cache=True, logits_to_keep=1).past_key_values if shared else None
+        prefix_cache = (
+            model(input_ids=torch.tensor([prompts[0][:shared]]), use_cache=True, logits_to_keep=1).past_key_values
+            if shared
+            else None
+        )
         for row, prompt in enumerate(prompts):
             cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
-            out = model(input_ids=torch.tensor([prompt[shared:]]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=torch.tensor([prompt[shared:]]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             cache = out.past_key_values
             cache.batch_repeat_interleave(len(answers))
             mask = torch.cat([torch.ones(len(answers), len(prompt), dtype=torch.long), candidate_mask], dim=1)
-            rest = torch.log_softmax(model(input_ids=candidates, attention_mask=mask, past_key_values=cache).logits.float(), dim=-1)
+            rest = torch.log_softmax(
+                model(input_ids=candidates, attention_mask=mask, past_key_values=cache).logits.float(), dim=-1
+            )
             token_logprobs = torch.cat(
-                [first[candidates[:, 0]].unsqueeze(1), rest[:, :-1].gather(2, candidates[:, 1:].unsqueeze(2)).squeeze(2)], dim=1
+                [
+                    first[candidates[:, 0]].unsqueeze(1),
+                    rest[:, :-1].gather(2, candidates[:, 1:].unsqueeze(2)).squeeze(2),
+                ],
+                dim=1,
             )
             scores[row] = (token_logprobs * candidate_mask).sum(dim=1).numpy()
     return scores
@@ -100,7 +121,10 @@ def test_the_student_sits_on_the_resolved_device_in_its_precision(tiny_student):
 def test_a_device_this_machine_lacks_is_refused_naming_the_setting(tiny_student):  # noqa: F811
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    with pytest.raises(DeviceUnavailableError, match="evaluation device 'cuda' is not available on this machine .* set eval_report's device"):
+    with pytest.raises(
+        DeviceUnavailableError,
+        match="evaluation device 'cuda' is not available on this machine .* set eval_report's device",
+    ):
         LocalStudent(str(tiny_student), device="cuda")
 
 

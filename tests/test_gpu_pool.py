@@ -25,16 +25,43 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
     home, windows = tmp_path / "dagster_home", tmp_path / "windows"
     windows.mkdir()
     write_local_instance_config(home)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "OPENGROK_POOL_TEST_DIR": str(windows), "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "OPENGROK_POOL_TEST_DIR": str(windows),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     log = (tmp_path / "daemon.log").open("w")
     daemon_cli = Path(sys.executable).with_name("dagster-daemon")  # installed beside this interpreter with dagster
-    daemon = subprocess.Popen([str(daemon_cli), "run", "-f", str(LOCATION)], cwd=REPO_ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = subprocess.Popen(
+        [str(daemon_cli), "run", "-f", str(LOCATION)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         submitted = subprocess.run(
-            [sys.executable, "-m", "dagster", "job", "backfill", "-f", str(LOCATION), "-j", "fine_tune_job",
-             "--partitions", "none,hard", "--noprompt"],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "job",
+                "backfill",
+                "-f",
+                str(LOCATION),
+                "-j",
+                "fine_tune_job",
+                "--partitions",
+                "none,hard",
+                "--noprompt",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert submitted.returncode == 0, submitted.stderr[-2000:]
         with DagsterInstance.from_config(str(home)) as instance:
@@ -46,7 +73,9 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
                 assert time.monotonic() < deadline, f"runs did not finish: {[(r.run_id, r.status) for r in runs]}"
                 assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
                 time.sleep(1)
-            assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS] * 2, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS] * 2, (
+                tmp_path / "daemon.log"
+            ).read_text()[-3000:]
     finally:
         if daemon.poll() is None:
             os.killpg(daemon.pid, signal.SIGTERM)  # the daemon's own session: it and the code server it started
@@ -55,4 +84,6 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
     (first_start, first_end), (second_start, second_end) = sorted(
         tuple(map(float, (windows / f"fine_tune-{mode}").read_text().split())) for mode in ("none", "hard")
     )
-    assert first_end <= second_start, f"gpu steps overlapped: {first_start:.1f}-{first_end:.1f} and {second_start:.1f}-{second_end:.1f}"
+    assert first_end <= second_start, (
+        f"gpu steps overlapped: {first_start:.1f}-{first_end:.1f} and {second_start:.1f}-{second_end:.1f}"
+    )

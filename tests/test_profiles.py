@@ -49,14 +49,19 @@ def test_gpu_profile_is_phi3_in_bf16_at_512_tokens_with_early_stopping_on_full_s
 
 
 def test_unknown_profile_names_the_known_ones():
-    with pytest.raises(ProfileError, match=r"^unknown profile 'gpu-large' \(OPENGROK_PROFILE or --profile\): use one of cpu-demo, gpu") as error:
+    with pytest.raises(
+        ProfileError, match=r"^unknown profile 'gpu-large' \(OPENGROK_PROFILE or --profile\): use one of cpu-demo, gpu"
+    ) as error:
         load_profile("gpu-large")
     assert "\n" not in str(error.value)
 
 
 @NO_CUDA
 def test_a_profile_asking_for_cuda_on_a_cpu_machine_is_refused_in_one_line(capsys):
-    with pytest.raises(ProfileError, match="asks for training_device: cuda, which this machine does not have: run it on a machine with cuda, or choose a profile"):
+    with pytest.raises(
+        ProfileError,
+        match="asks for training_device: cuda, which this machine does not have: run it on a machine with cuda, or",
+    ):
         require_devices(load_profile("gpu"))
     assert cli.main(["run", "--profile", "gpu"]) == 2
     err = capsys.readouterr().err
@@ -66,7 +71,10 @@ def test_a_profile_asking_for_cuda_on_a_cpu_machine_is_refused_in_one_line(capsy
 def test_mismatched_max_length_is_refused_naming_both(tmp_path, capsys):
     profile = tmp_path / "long-masks.yaml"
     profile.write_text("ops:\n  mask_tables: {config: {max_length: 256}}\n")
-    with pytest.raises(ProfileError, match=r"max_length differs between mask_tables \(256\) and lora_checkpoint \(128\); set both to the same value"):
+    with pytest.raises(
+        ProfileError,
+        match=r"max_length differs between mask_tables \(256\) and lora_checkpoint \(128\); set both to the",
+    ):
         load_profile(str(profile))
     run_config = tmp_path / "run.yaml"
     run_config.write_text("ops:\n  lora_checkpoint: {config: {max_length: 64}}\n")
@@ -89,23 +97,37 @@ def test_the_profile_is_the_default_config_of_every_asset_and_resource(tmp_path)
     profile = tmp_path / "small.yaml"
     profile.write_text(
         "description: test\nstudent_model: /models/student\ntraining_device: cpu\n"
-        "ops:\n  mask_tables: {config: {max_length: 96}}\n  lora_checkpoint: {config: {max_length: 96, max_steps: 3}}\n"
+        "ops:\n  mask_tables: {config: {max_length: 96}}\n"
+        "  lora_checkpoint: {config: {max_length: 96, max_steps: 3}}\n"
         "  eval_report: {config: {classification_examples: 7, device: cpu}}\n"
     )
     probe = (
         "import json; from opengrok_dagster.definitions import defs\n"
-        "default = lambda asset, field: defs.get_assets_def(asset).op.config_schema.config_type.fields[field].default_value\n"
-        "resources = defs.resources\n"
-        "print(json.dumps({'masks': default('mask_tables', 'max_length'), 'steps': default('lora_checkpoint', 'max_steps'),\n"
-        "  'length': default('lora_checkpoint', 'max_length'), 'items': default('eval_report', 'classification_examples'),\n"
-        "  'device': default('eval_report', 'device'), 'student': resources['student'].model, 'training': resources['training'].device}))\n"
+        "fields = lambda asset: defs.get_assets_def(asset).op.config_schema.config_type.fields\n"
+        "default = lambda asset, field: fields(asset)[field].default_value\n"
+        "print(json.dumps({'masks': default('mask_tables', 'max_length'),\n"
+        "  'steps': default('lora_checkpoint', 'max_steps'), 'length': default('lora_checkpoint', 'max_length'),\n"
+        "  'items': default('eval_report', 'classification_examples'), 'device': default('eval_report', 'device'),\n"
+        "  'student': defs.resources['student'].model, 'training': defs.resources['training'].device}))\n"
     )
-    env = {key: value for key, value in os.environ.items() if key not in ("OPENGROK_STUDENT_MODEL", "OPENGROK_TRAINING_DEVICE")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OPENGROK_STUDENT_MODEL", "OPENGROK_TRAINING_DEVICE")
+    }
     env |= {"OPENGROK_PROFILE": str(profile), "OPENGROK_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
-        "masks": 96, "steps": 3, "length": 96, "items": 7, "device": "cpu", "student": "/models/student", "training": "cpu",
+        "masks": 96,
+        "steps": 3,
+        "length": 96,
+        "items": 7,
+        "device": "cpu",
+        "student": "/models/student",
+        "training": "cpu",
     }
 
 
@@ -122,18 +144,26 @@ def test_a_profile_value_of_the_wrong_type_names_the_field(tmp_path):
         with_profile_defaults("lora_checkpoint", load_profile(str(path)))(LoraCheckpointConfig)
 
 
-def test_a_fine_tune_on_mask_tables_cut_at_another_max_length_fails_before_training(tmp_path, tiny_student, tokenizer):  # noqa: F811
+def test_a_fine_tune_on_mask_tables_cut_at_another_max_length_fails_before_training(
+    tmp_path,
+    tiny_student,  # noqa: F811
+    tokenizer,  # noqa: F811
+):
     from tests.test_training_asset import run_checkpoint
 
     result = run_checkpoint(tmp_path, mask_table(tokenizer).assign(max_length=64), tiny_student)  # QUICK trains at 48
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert ("lora_checkpoint[hard]: max_length differs between mask_tables (64) and lora_checkpoint (48); set both to the "
-            "same value") in str(failure.event_specific_data.error)
+    assert (
+        "lora_checkpoint[hard]: max_length differs between mask_tables (64) and lora_checkpoint (48); set both to the "
+        "same value"
+    ) in str(failure.event_specific_data.error)
     assert "re-materialise mask_tables with max_length 48" in str(failure.event_specific_data.error)
     assert not (tmp_path / "checkpoints" / "hard").exists()
 
 
-def test_a_run_config_file_for_no_asset_or_with_a_misspelt_field_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+def test_a_run_config_file_for_no_asset_or_with_a_misspelt_field_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("OPENGROK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     path = tmp_path / "run.yaml"

@@ -247,7 +247,7 @@ class LocalStudent:
         block_to_block = (owner[:, None] == owner[None, :]) & (step[:, None] >= step[None, :])
         mask = torch.cat([
             torch.cat([prompt_to_prompt, own.new_zeros(batch, width, block)], dim=2),
-            torch.cat([own[:, None, :].expand(batch, block, width), block_to_block.expand(batch, block, block)], dim=2),
+            torch.cat([own[:, None, :].expand(batch, block, width), block_to_block.expand(batch, block, block)], 2),
         ], dim=1)
         mask = torch.cat([mask.new_ones(batch, width + block, shared), mask], dim=2)[:, None]
         lengths = own.sum(1, keepdim=True)
@@ -257,7 +257,8 @@ class LocalStudent:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(batch)
         if self.model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 or the dtype's min
-            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=device).masked_fill(~mask, torch.finfo(self.model.dtype).min)
+            additive = torch.zeros(mask.shape, dtype=self.model.dtype, device=device)
+            mask = additive.masked_fill(~mask, torch.finfo(self.model.dtype).min)
         keep = torch.arange(width - 1, width + block, device=device)  # the prompt's last token, then the block
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=keep,
@@ -299,8 +300,10 @@ class LocalStudent:
 
         sequences, starts = [], []
         for item, response in zip(messages, responses):
-            prompt = self.tokenizer.apply_chat_template(item, add_generation_prompt=True, tokenize=True, return_dict=False)
-            full = list(self.tokenizer.apply_chat_template(item + [{"role": "assistant", "content": response}], tokenize=True, return_dict=False))
+            template = self.tokenizer.apply_chat_template
+            prompt = template(item, add_generation_prompt=True, tokenize=True, return_dict=False)
+            answered = item + [{"role": "assistant", "content": response}]
+            full = list(template(answered, tokenize=True, return_dict=False))
             overflow = max(0, len(full) - self.max_length)  # keep the response whole: drop the prompt's start
             sequences.append(full[overflow:])
             starts.append(max(1, len(prompt) - overflow))
@@ -311,7 +314,10 @@ class LocalStudent:
                 width = max(len(sequences[r]) for r in rows)
                 ids = self._tensor([sequences[r] + [pad] * (width - len(sequences[r])) for r in rows])
                 real = self._tensor([[1] * len(sequences[r]) + [0] * (width - len(sequences[r])) for r in rows])
-                scored = self._tensor([[0] * starts[r] + [1] * (len(sequences[r]) - starts[r]) + [0] * (width - len(sequences[r])) for r in rows])
+                scored = self._tensor([
+                    [0] * starts[r] + [1] * (len(sequences[r]) - starts[r]) + [0] * (width - len(sequences[r]))
+                    for r in rows
+                ])
                 logits = self.model(input_ids=ids, attention_mask=real).logits[:, :-1].float()
                 token_logprobs = logits.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2) - logits.logsumexp(dim=2)
                 nll[rows] = (-(token_logprobs * scored[:, 1:]).sum(dim=1)).cpu().numpy()

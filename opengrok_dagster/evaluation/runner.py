@@ -413,10 +413,13 @@ class Evaluation:
         throughput = self._throughput_summary()
         if throughput:
             rates = ", ".join(f"{task} {rate:g}" for task, rate in throughput["posts_per_second"].items())
-            notes.append(f"local student on {throughput['device']} ({throughput['dtype']}), posts per second per variant: {rates}")
-        return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, time.monotonic() - started, throughput)
+            notes.append(f"local student on {throughput['device']} ({throughput['dtype']}), "
+                         f"posts per second per variant: {rates}")
+        seconds = time.monotonic() - started
+        return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, seconds, throughput)
 
     def _throughput_summary(self) -> dict:
         if self.student is None or not self.throughput.posts:
             return {}
-        return {"device": self.student.device, "dtype": self.student.dtype, "posts_per_second": self.throughput.per_second()}
+        student = self.student
+        return {"device": student.device, "dtype": student.dtype, "posts_per_second": self.throughput.per_second()}

@@ -10,7 +10,14 @@ import os
 import time
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Definitions, StaticPartitionsDefinition, asset, define_asset_job, in_process_executor
+from dagster import (
+    AssetExecutionContext,
+    Definitions,
+    StaticPartitionsDefinition,
+    asset,
+    define_asset_job,
+    in_process_executor,
+)
 
 from opengrok_dagster.instance import GPU_POOL
 
@@ -35,6 +42,8 @@ def fine_tune(context: AssetExecutionContext) -> None:
     (WINDOWS / f"fine_tune-{context.partition_key}").write_text(f"{started} {time.time()}")
 
 
-fine_tune_job = define_asset_job("fine_tune_job", selection=[prepare, fine_tune], partitions_def=MODES, executor_def=in_process_executor)
+fine_tune_job = define_asset_job(
+    "fine_tune_job", selection=[prepare, fine_tune], partitions_def=MODES, executor_def=in_process_executor
+)
 
 defs = Definitions(assets=[prepare, fine_tune], jobs=[fine_tune_job])
