@@ -88,10 +88,12 @@ def _check_run_config(jobs, run_config: dict, source: str) -> None:
 
 
 def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None) -> bool:
+    from opengrok_dagster.instance import runner_tags
+
     started = time.monotonic()
     print(f"{label} ...", flush=True)
     result = job.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False,
+        instance=instance, partition_key=partition_key, raise_on_error=False, tags=runner_tags(),
         run_config=_job_run_config(job, run_config or {}),
     )
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
@@ -134,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
     run_config = _profile_and_run_config(args)
     from opengrok_dagster.definitions import build_definitions
+    from opengrok_dagster.instance import release_abandoned_runs
     from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
     from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
@@ -143,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config:
         _check_run_config(list(jobs.values()), run_config, args.config)  # before any work
     instance = _instance()
+    for run_id in release_abandoned_runs(instance):
+        print(f"run {run_id} of an earlier `opengrok run` was abandoned (killed): marked failed, its pool slots freed")
     if not teacher_is_remote():
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))

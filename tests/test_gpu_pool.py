@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from opengrok_dagster.instance import write_local_instance_config
+from opengrok_dagster.cli import _execute
+from opengrok_dagster.instance import GPU_POOL, release_abandoned_runs, write_local_instance_config
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -25,6 +26,8 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
     home, windows = tmp_path / "dagster_home", tmp_path / "windows"
     windows.mkdir()
     write_local_instance_config(home)
+    with DagsterInstance.from_config(str(home)) as instance:  # storage made once: two processes would race to make it
+        assert instance.event_log_storage.supports_global_concurrency_limits
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -76,6 +79,7 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
             assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS] * 2, (
                 tmp_path / "daemon.log"
             ).read_text()[-3000:]
+            assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1  # the steps claimed it
     finally:
         if daemon.poll() is None:
             os.killpg(daemon.pid, signal.SIGTERM)  # the daemon's own session: it and the code server it started
@@ -87,3 +91,42 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
     assert first_end <= second_start, (
         f"gpu steps overlapped: {first_start:.1f}-{first_end:.1f} and {second_start:.1f}-{second_end:.1f}"
     )
+
+
+HOLD_THE_GPU = """
+import sys
+from dagster import DagsterInstance
+from opengrok_dagster.cli import _execute
+from tests.locations.gpu_pool import defs
+with DagsterInstance.from_config(sys.argv[1]) as instance:
+    _execute(instance, defs.resolve_job_def("gpu_step_job"), "holding the gpu", "none")
+"""
+
+
+def test_a_killed_opengrok_run_does_not_keep_the_gpu_from_the_next(tmp_path):
+    """`opengrok run` SIGKILLed (or out of memory) inside a gpu step leaves its slot claimed and its run started;
+    the next `opengrok run` marks that run failed and frees the slot, then gets the GPU at once."""
+    home, windows = tmp_path / "dagster_home", tmp_path / "windows"
+    windows.mkdir()
+    write_local_instance_config(home)
+    holding = {"OPENGROK_POOL_TEST_DIR": str(windows), "OPENGROK_POOL_TEST_HOLD_S": "600"}
+    env = {**os.environ, **holding, "PYTHONPATH": str(REPO_ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", HOLD_THE_GPU, str(home)], cwd=REPO_ROOT, env=env)
+    deadline = time.monotonic() + 240
+    while not (windows / "holding-none").exists():
+        assert child.poll() is None and time.monotonic() < deadline, "the child never held the gpu"
+        time.sleep(0.2)
+    child.kill()
+    child.wait()
+    with DagsterInstance.from_config(str(home)) as instance:
+        [held] = instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots
+        assert instance.get_run_by_id(held.run_id).status == DagsterRunStatus.STARTED
+        assert release_abandoned_runs(instance) == [held.run_id]
+        assert instance.get_run_by_id(held.run_id).status == DagsterRunStatus.FAILURE
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots == []
+        from tests.locations.gpu_pool import defs
+
+        started = time.monotonic()
+        assert _execute(instance, defs.resolve_job_def("gpu_step_job"), "next fine-tune", "hard")
+        assert time.monotonic() - started < 120
+        assert release_abandoned_runs(instance) == []  # a finished run is not touched

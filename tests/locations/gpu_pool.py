@@ -23,6 +23,7 @@ from opengrok_dagster.instance import GPU_POOL
 
 MODES = StaticPartitionsDefinition(["none", "hard"])
 WINDOWS = Path(os.environ.get("OPENGROK_POOL_TEST_DIR", "."))
+HOLD_S = float(os.environ.get("OPENGROK_POOL_TEST_HOLD_S", "3"))  # how long a fine-tune holds the GPU
 
 
 @asset(partitions_def=MODES)
@@ -38,12 +39,14 @@ def prepare(context: AssetExecutionContext) -> None:
 @asset(partitions_def=MODES, pool=GPU_POOL, deps=[prepare])
 def fine_tune(context: AssetExecutionContext) -> None:
     started = time.time()
-    time.sleep(3)
+    (WINDOWS / f"holding-{context.partition_key}").touch()
+    time.sleep(HOLD_S)
     (WINDOWS / f"fine_tune-{context.partition_key}").write_text(f"{started} {time.time()}")
 
 
 fine_tune_job = define_asset_job(
     "fine_tune_job", selection=[prepare, fine_tune], partitions_def=MODES, executor_def=in_process_executor
 )
+gpu_step_job = define_asset_job("gpu_step_job", selection=[fine_tune], partitions_def=MODES)
 
-defs = Definitions(assets=[prepare, fine_tune], jobs=[fine_tune_job])
+defs = Definitions(assets=[prepare, fine_tune], jobs=[fine_tune_job, gpu_step_job])
