@@ -103,10 +103,11 @@ def test_batched_generation_and_nll_equal_one_post_at_a_time(student):
     responses = [post.upper() for post in POSTS]
     with student.using("lora:hard"):
         batched = student.generate(messages, max_new_tokens=6, batch_size=4)
+        by_budget = student.generate(messages, max_new_tokens=6)  # batches of up to batch_tokens (96) tokens
         single = [student.generate([m], max_new_tokens=6, batch_size=1)[0] for m in messages]
         nll, tokens = student.response_nll(messages, responses)
         one_by_one = [student.response_nll([m], [r]) for m, r in zip(messages, responses)]
-    assert batched == single
+    assert batched == single == by_budget
     np.testing.assert_allclose(nll, [n[0] for n, _ in one_by_one], atol=1e-4, rtol=0)
     assert tokens.tolist() == [int(t[0]) for _, t in one_by_one]
 

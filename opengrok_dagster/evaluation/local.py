@@ -272,17 +272,23 @@ class LocalStudent:
             scores = scores.index_add(1, owner, later)
         return scores
 
-    def generate(self, messages: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-        """Greedy completions, batched with left padding; prompts of similar length share a batch."""
+    def generate(
+        self, messages: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int | None = None
+    ) -> list[str]:
+        """Greedy completions, batched with left padding; prompts of similar length share a batch of at most
+        ``batch_size`` prompts, by default as many as fit ``batch_tokens`` with their new tokens."""
         import torch
 
         prompts = [self._prompt_ids(m) for m in messages]
         texts: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        if batch_size is None:
+            batches = _length_batches([len(p) for p in prompts], max_new_tokens, self.batch_tokens)
+        else:
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            batches = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+            for rows in batches:
                 width = max(len(prompts[r]) for r in rows)
                 ids = self._tensor([[pad] * (width - len(prompts[r])) + prompts[r] for r in rows])
                 mask = self._tensor([[0] * (width - len(prompts[r])) + [1] * len(prompts[r]) for r in rows])
