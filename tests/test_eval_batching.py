@@ -89,6 +89,18 @@ def test_batched_label_scores_equal_the_per_post_path(student, multi_label):
         assert (batched.argmax(axis=1) == reference.argmax(axis=1)).all()
 
 
+def test_eager_attention_takes_the_same_mask_as_an_additive_one(student):
+    """Models without SDPA load with eager attention, which adds the mask instead of selecting by it."""
+    words = ["negative", "neutral", "positive"]
+    messages = [classification_messages("How does this post feel?", post, words) for post in POSTS]
+    student.model.set_attn_implementation("eager")
+    assert student.model.config._attn_implementation == "eager"
+    with student.using("lora:none"):
+        np.testing.assert_allclose(
+            student.label_logprobs(messages, words), per_post_label_logprobs(student, messages, words), atol=1e-4, rtol=0
+        )
+
+
 def test_posts_with_no_common_prefix_are_scored_from_left_padding_alone(student):
     """No shared prefix means no cache: the left padding is then the first thing in each row."""
     messages = [[{"role": "user", "content": post}] for post in POSTS]

@@ -127,9 +127,7 @@ class LocalStudent:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, DTYPES[self.placement.precision]), attn_implementation="sdpa"
-        )
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, DTYPES[self.placement.precision]))
         self.checkpoints = list(checkpoints)
         for checkpoint in self.checkpoints:
             require_base_model(checkpoint, model_path)
@@ -256,7 +254,7 @@ class LocalStudent:
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(batch)
-        if self.model.config._attn_implementation != "sdpa":  # eager attention adds the mask: 0 or the dtype's min
+        if self.model.config._attn_implementation == "eager":  # eager adds the mask: 0 or the dtype's min
             additive = torch.zeros(mask.shape, dtype=self.model.dtype, device=device)
             mask = additive.masked_fill(~mask, torch.finfo(self.model.dtype).min)
         keep = torch.arange(width - 1, width + block, device=device)  # the prompt's last token, then the block
