@@ -127,7 +127,8 @@ class LocalStudent:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, DTYPES[self.placement.precision]))
+        dtype = getattr(torch, DTYPES[self.placement.precision])
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.checkpoints = list(checkpoints)
         for checkpoint in self.checkpoints:
             require_base_model(checkpoint, model_path)
