@@ -103,12 +103,13 @@ with DagsterInstance.from_config(sys.argv[1]) as instance:
 """
 
 
-def test_a_killed_opengrok_run_does_not_keep_the_gpu_from_the_next(tmp_path):
+def test_a_killed_opengrok_run_does_not_keep_the_gpu_from_the_next(tmp_path, monkeypatch):
     """`opengrok run` SIGKILLed (or out of memory) inside a gpu step leaves its slot claimed and its run started;
     the next `opengrok run` marks that run failed and frees the slot, then gets the GPU at once."""
     home, windows = tmp_path / "dagster_home", tmp_path / "windows"
     windows.mkdir()
     write_local_instance_config(home)
+    monkeypatch.setenv("OPENGROK_POOL_TEST_DIR", str(windows))  # for the next run, in this process
     holding = {"OPENGROK_POOL_TEST_DIR": str(windows), "OPENGROK_POOL_TEST_HOLD_S": "600"}
     env = {**os.environ, **holding, "PYTHONPATH": str(REPO_ROOT)}
     child = subprocess.Popen([sys.executable, "-c", HOLD_THE_GPU, str(home)], cwd=REPO_ROOT, env=env)

@@ -22,15 +22,18 @@ from dagster import (
 from opengrok_dagster.instance import GPU_POOL
 
 MODES = StaticPartitionsDefinition(["none", "hard"])
-WINDOWS = Path(os.environ.get("OPENGROK_POOL_TEST_DIR", "."))
-HOLD_S = float(os.environ.get("OPENGROK_POOL_TEST_HOLD_S", "3"))  # how long a fine-tune holds the GPU
+
+
+def windows() -> Path:
+    """Where the steps record what they did: set by the test, read when a step runs."""
+    return Path(os.environ["OPENGROK_POOL_TEST_DIR"])
 
 
 @asset(partitions_def=MODES)
 def prepare(context: AssetExecutionContext) -> None:
-    (WINDOWS / f"prepare-{context.partition_key}").touch()
+    (windows() / f"prepare-{context.partition_key}").touch()
     deadline = time.monotonic() + 180
-    while len(list(WINDOWS.glob("prepare-*"))) < len(MODES.get_partition_keys()):
+    while len(list(windows().glob("prepare-*"))) < len(MODES.get_partition_keys()):
         if time.monotonic() > deadline:
             raise RuntimeError("the other run never started: the two runs were not in progress together")
         time.sleep(0.2)
@@ -39,9 +42,9 @@ def prepare(context: AssetExecutionContext) -> None:
 @asset(partitions_def=MODES, pool=GPU_POOL, deps=[prepare])
 def fine_tune(context: AssetExecutionContext) -> None:
     started = time.time()
-    (WINDOWS / f"holding-{context.partition_key}").touch()
-    time.sleep(HOLD_S)
-    (WINDOWS / f"fine_tune-{context.partition_key}").write_text(f"{started} {time.time()}")
+    (windows() / f"holding-{context.partition_key}").touch()
+    time.sleep(float(os.environ.get("OPENGROK_POOL_TEST_HOLD_S", "3")))  # how long a fine-tune holds the GPU
+    (windows() / f"fine_tune-{context.partition_key}").write_text(f"{started} {time.time()}")
 
 
 fine_tune_job = define_asset_job(
