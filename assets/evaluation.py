@@ -20,6 +20,7 @@ from assets.config import config_from
 from assets.metadata import png_markdown
 from assets.versioning import asset_code_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
+from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.cards import eval_results_for
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
@@ -28,8 +29,10 @@ from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report import MAIN_PLOT, build_report, publish_report, results_frame, summary_table
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.offline.model import MODEL_NAME
+from opengrok_dagster.profiles import EVAL_REPORT, with_profile_defaults
 from opengrok_dagster.training import MASK_MODES
 from opengrok_dagster.training.card import record_eval_results
+from opengrok_dagster.training.device import DeviceUnavailableError
 from opengrok_dagster.training.manifest import adapter_dirs
 from resources import OpenGrokPaths, StudentResource, TeacherResource
 
@@ -38,6 +41,7 @@ class EvaluationEndpoint(config_from(EndpointSpec)):
     """An extra OpenAI-compatible model to compare (fields from ``EndpointSpec``)."""
 
 
+@with_profile_defaults(EVAL_REPORT)  # config/profiles/: sample sizes and device of the deployment
 class EvalReportConfig(config_from(EvaluationConfig, exclude=("endpoints",))):
     """The evaluation's settings (from ``EvaluationConfig``), and which API models and cached answers it uses."""
 
@@ -76,6 +80,7 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
     # Every mask mode's manifest; a mode not materialised yet is left out of the dict (and noted in the report).
     ins={"lora_checkpoint": AssetIn(metadata={"allow_missing_partitions": True})},
     group_name="evaluation",
+    pool=GPU_POOL,  # shares the GPU with the fine-tunes: one at a time (instance.py)
     automation_condition=FOLLOWS_UPSTREAM_DATA,
     code_version=asset_code_version("eval_report"),
     kinds={"python", "parquet"},
@@ -104,8 +109,12 @@ def eval_report(
     evaluation_config = config.domain_config()
     try:
         checkpoints, missing = find_checkpoints(adapter_dirs(lora_checkpoint or {}), MASK_MODES)
-        local = LocalStudent(student.model_path(), checkpoints, threads=evaluation_config.torch_threads)
-    except ValueError as exc:  # a CheckpointError, or a manifest without the contract columns
+        local = LocalStudent(
+            student.model_path(), checkpoints, threads=evaluation_config.torch_threads,
+            device=evaluation_config.device, precision=evaluation_config.precision,
+            batch_tokens=evaluation_config.batch_tokens,
+        )
+    except (ValueError, DeviceUnavailableError) as exc:  # a CheckpointError, a manifest without the contract columns
         raise Failure(f"eval_report: {exc}") from None
     notes = [f"mask mode {mode} not evaluated: {reason}" for mode, reason in missing.items()]
     api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]
@@ -134,6 +143,8 @@ def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_
         "seed": evaluation_config.seed,
         "resamples": evaluation_config.resamples,
         "seconds": round(results.seconds, 1),
+        "device": f"{local.device} ({local.dtype})",
+        "posts_per_second": MetadataValue.json(results.throughput.get("posts_per_second", {})),
         "checkpoints": MetadataValue.json({c.mask_mode: {"dir": str(c.adapter_dir), "version": c.version} for c in checkpoints}),
         "model_cards_updated": MetadataValue.json(cards),
         "notes": MetadataValue.md("\n".join(f"- {n}" for n in results.notes) or "none"),

@@ -22,12 +22,14 @@ from opengrok_dagster.masks.inspect import MaskSummary, p_histogram_png, render_
 from opengrok_dagster.masks.linguistics import SpacyModelError, load_spacy
 from opengrok_dagster.masks.render import ChatTemplateError
 from opengrok_dagster.masks.tokenizer import TokenizerOffsetsError, structural_special_ids
+from opengrok_dagster.profiles import MASK_TABLES, with_profile_defaults
 from resources import OpenGrokPaths, StudentResource
 
 # Errors whose message already names the bad input and the fix: shown as the run's failure, without a traceback.
 _INPUT_ERRORS = (MaskInputError, SpacyModelError, TokenizerOffsetsError, ChatTemplateError)
 
 
+@with_profile_defaults(MASK_TABLES)  # config/profiles/: the deployment's max_length
 class MaskTablesConfig(config_from(MaskConfig)):
     """The mask stage's settings (from ``MaskConfig``) and the bounds of the blocking unmasked-rate check."""
 

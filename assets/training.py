@@ -21,8 +21,10 @@ from assets.config import config_from
 from assets.metadata import png_markdown
 from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
+from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions
+from opengrok_dagster.profiles import LORA_CHECKPOINT, ProfileError, require_matching_max_length, with_profile_defaults
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.hub import HubPushError, hub_repo_id, push_adapter, require_token
 from opengrok_dagster.training.manifest import manifest_frame
@@ -35,6 +37,7 @@ from resources.hub import HUB_TOKEN_VARIABLE
 TRAINING_CODE_VERSION = asset_code_version("lora_checkpoint")
 
 
+@with_profile_defaults(LORA_CHECKPOINT)  # config/profiles/: steps, epochs and max_length of the deployment
 class LoraCheckpointConfig(config_from(TrainingConfig)):
     """Fine-tune hyper-parameters (every field and its description from ``TrainingConfig``), and where to upload."""
 
@@ -79,6 +82,7 @@ def _push(context: AssetExecutionContext, adapter_dir: Path, target: tuple[str, 
 @asset(
     partitions_def=mask_mode_partitions,
     group_name="training",
+    pool=GPU_POOL,  # one fine-tune or evaluation on the GPU at a time, across all runs (instance.py)
     automation_condition=FOLLOWS_UPSTREAM_DATA,
     code_version=TRAINING_CODE_VERSION,
     kinds={"pytorch", "python"},
@@ -105,6 +109,13 @@ def lora_checkpoint(
     """
     mode = context.partition_key
     training_config = config.domain_config()  # the run key hashes these settings, not where the adapter is pushed
+    try:
+        if len(mask_tables) and "max_length" in mask_tables.columns:  # the cut the table was built with
+            built_with = {"max_length": int(mask_tables["max_length"].iloc[0])}
+            require_matching_max_length(built_with, {"max_length": config.max_length}, f"lora_checkpoint[{mode}]")
+    except ProfileError as exc:
+        fix = f"or re-materialise mask_tables with max_length {config.max_length}"
+        raise Failure(description=f"{exc}; {fix}") from None
     placement = training.check_placement()
     push_target = _push_target(config, mode, hub)  # before training: a push that cannot happen costs no fine-tune
     model_path = student.model_path()  # verifies the offline checkpoint's hashes: ~0.5 GB read, so once

@@ -50,6 +50,9 @@ BENCHES = {
     "training": Bench("Training tokens/s vs TRL SFTTrainer", "bench.training_throughput",
                       ("--steps", "6", "--repeats", "3", "--threads", "1", "--clock", "cpu"), "ours / TRL >= 1.0"),
     "evaluation": Bench("Default evaluation", "bench.evaluation_time", ("--repeats", "3"), "<= 300 s"),
+    "eval_floor": Bench("Evaluation seconds per post vs the post's compute floor", "bench.evaluation_floor",
+                        ("--posts", "48", "--rounds", "5", "--threads", "1", "--clock", "cpu"),
+                        "scorer / floor <= 1.5"),
     "end_to_end": Bench("End to end: `opengrok run` on the offline default", "bench.end_to_end",
                         ("--fresh", "3", "--unchanged", "1"), "fresh run <= 15 minutes"),
 }

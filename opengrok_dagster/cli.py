@@ -12,16 +12,15 @@ from opengrok_dagster.offline.model import OfflineModelError
 
 
 def _instance():
-    """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home)."""
+    """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home), with the
+    gpu and teacher pools (instance.py); `make dev` opens the same one."""
     from dagster import DagsterInstance
 
+    from opengrok_dagster.instance import write_local_instance_config
     from opengrok_dagster.settings import dagster_home
 
     home = dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():  # local SQLite storage; no telemetry from an offline pipeline
-        config.write_text("telemetry:\n  enabled: false\n")
+    write_local_instance_config(home)
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
@@ -64,14 +63,64 @@ def cmd_topics(args: argparse.Namespace) -> int:
 CONSOLE_AT_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def _execute(instance, job, label: str, partition_key=None) -> bool:
+def _job_run_config(job, run_config: dict) -> dict:
+    """The part of a run config file (``ops:``) for the assets of ``job``, plus the console log level."""
+    nodes = set(job.graph.node_names())
+    return CONSOLE_AT_INFO | {"ops": {op: value for op, value in run_config.get("ops", {}).items() if op in nodes}}
+
+
+def _check_run_config(jobs, run_config: dict, source: str) -> None:
+    """Refuse a run config file before anything runs: an asset no job has, or config its asset does not take."""
+    from dagster import DagsterInvalidConfigError, validate_run_config
+
+    covered = set().union(*(job.graph.node_names() for job in jobs))
+    unknown = sorted(set(run_config.get("ops", {})) - covered)
+    if unknown:
+        raise ValueError(f"--config {source}: no asset named {', '.join(unknown)}; "
+                         f"configurable assets: {', '.join(sorted(covered))}")
+    for job in jobs:
+        try:
+            validate_run_config(job, _job_run_config(job, run_config))
+        except DagsterInvalidConfigError as exc:
+            reasons = "; ".join(error.message.split(". Expected")[0] for error in exc.errors)
+            raise ValueError(f"--config {source}: {reasons}; fix the file (`dagster dev` shows each asset's config)") \
+                from None
+
+
+def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None) -> bool:
+    from opengrok_dagster.instance import runner_tags
+
     started = time.monotonic()
     print(f"{label} ...", flush=True)
     result = job.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False, run_config=CONSOLE_AT_INFO
+        instance=instance, partition_key=partition_key, raise_on_error=False, tags=runner_tags(),
+        run_config=_job_run_config(job, run_config or {}),
     )
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
     return result.success
+
+
+def _profile_and_run_config(args: argparse.Namespace) -> dict:
+    """Select the profile (before the definitions load: the assets' config defaults come from it), refuse one
+    this machine cannot run, and read --config, whose max_length must agree over the profile's; its run config."""
+    from opengrok_dagster.profiles import (
+        LORA_CHECKPOINT, MASK_TABLES, PROFILE_VARIABLE, load_profile, load_run_config, require_devices,
+        require_matching_max_length,
+    )
+
+    if args.profile:
+        os.environ[PROFILE_VARIABLE] = args.profile
+    profile = load_profile()
+    require_devices(profile)
+    run_config = load_run_config(args.config) if args.config else {}
+    ops = run_config.get("ops", {})
+    effective = {
+        op: profile.op_config(op) | ops.get(op, {}).get("config", {}) for op in (MASK_TABLES, LORA_CHECKPOINT)
+    }
+    source = f"--config {args.config} over profile {profile.name}"
+    require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], source)
+    print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""))
+    return run_config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -86,13 +135,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     unknown = sorted(set(modes) - set(MASK_MODES))
     if unknown:
         raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
+    run_config = _profile_and_run_config(args)
+    from opengrok_dagster.definitions import build_definitions
+    from opengrok_dagster.instance import release_abandoned_runs
+    from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
+    from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+
+    defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
+    stage_jobs = (collect_job, prepare_job, fine_tune_job, evaluate_job)
+    jobs = {job.name: defs.resolve_job_def(job.name) for job in stage_jobs}
+    if args.config:
+        _check_run_config(list(jobs.values()), run_config, args.config)  # before any work
     instance = _instance()
+    for run_id in release_abandoned_runs(instance):
+        print(f"run {run_id} of an earlier `opengrok run` was abandoned (killed): marked failed, its pool slots freed")
     if not teacher_is_remote():
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))
-    from opengrok_dagster.definitions import build_definitions
-    from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
-    from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
     round_key = args.round or datetime.now(timezone.utc).strftime("%Y-%m-%d")
     known = instance.get_dynamic_partitions(topic_partitions.name)
@@ -102,13 +161,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
                          f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
     started = time.monotonic()
-    defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
-    collect = defs.resolve_job_def(collect_job.name)
+    collect = jobs[collect_job.name]
     failed = [
         topic
         for number, topic in enumerate(topics, start=1)
         if not _execute(instance, collect, f"[collect {number}/{len(topics)}] topic {topic!r}, round {round_key}",
-                        collection_partition_key(topic, round_key))
+                        collection_partition_key(topic, round_key), run_config)
     ]
     if failed:
         print(f"failed partitions: {', '.join(failed)}; rerun `opengrok run --topics {','.join(failed)}` "
@@ -116,15 +174,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if args.collect_only:
         return 0
-    if not _execute(instance, defs.resolve_job_def(prepare_job.name), "[filter + mask tables]"):
+    if not _execute(instance, jobs[prepare_job.name], "[filter + mask tables]", run_config=run_config):
         return 1
-    fine_tune = defs.resolve_job_def(fine_tune_job.name)
-    failed = [mode for mode in modes if not _execute(instance, fine_tune, f"[fine-tune] mask mode {mode}", mode)]
+    fine_tune = jobs[fine_tune_job.name]
+    failed = [
+        mode for mode in modes if not _execute(instance, fine_tune, f"[fine-tune] mask mode {mode}", mode, run_config)
+    ]
     if failed:
         print(f"fine-tune failed for mask mode(s) {', '.join(failed)}; rerun `opengrok run --modes {','.join(failed)}` "
               "(it resumes from the last checkpoint)", file=sys.stderr)
         return 1
-    if not _execute(instance, defs.resolve_job_def(evaluate_job.name), "[evaluate]"):
+    if not _execute(instance, jobs[evaluate_job.name], "[evaluate]", run_config=run_config):
         return 1
     reports = home_layout().reports_dir
     print(f"done in {time.monotonic() - started:.0f}s: report at {reports / REPORT_HTML} (and {REPORT_MARKDOWN}); "
@@ -203,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--topics", default=None, help="comma-separated topic keys (default: all partitions)")
     run.add_argument("--modes", default=None, help="comma-separated mask modes to fine-tune (default: none,paper,hard,soft)")
     run.add_argument("--collect-only", action="store_true", help="stop after collecting the teacher's responses")
+    run.add_argument("--profile", default=None, help="profile in config/profiles/ (cpu-demo, gpu) or a profile .yaml "
+                     "path (default: $OPENGROK_PROFILE, else cpu-demo)")
+    run.add_argument("--config", default=None,
+                     help="a Dagster run config YAML (ops: <asset>: config: ...) applied over the profile")
     run.set_defaults(handler=cmd_run)
 
     review_parser = commands.add_parser("review", help="manual review of borderline filtered responses")

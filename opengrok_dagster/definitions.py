@@ -8,6 +8,7 @@ from dagster import BetaWarning, Definitions, EnvVar, load_assets_from_modules
 from assets import collection, evaluation, filtering, masks, training
 from opengrok_dagster.automation import downstream_automation_sensor, training_set_drift_sensor
 from opengrok_dagster.jobs import STAGE_JOBS
+from opengrok_dagster.profiles import active_profile, require_devices
 from opengrok_dagster.schedules import recollect_schedule, retrain_schedule
 from opengrok_dagster.sensors import review_decisions_sensor, run_failure_recorder, topic_catalogue_sensor
 from opengrok_dagster.settings import home_layout, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
@@ -65,7 +66,19 @@ def build_teacher(keep_server: bool = False) -> TeacherResource:
     )
 
 
+def _training_placement(profile) -> dict:
+    """Device and precision: the environment's, else the profile's, else the resource's defaults."""
+    chosen = {"device": profile.training_device, "precision": profile.training_precision}
+    variables = {"device": "OPENGROK_TRAINING_DEVICE", "precision": "OPENGROK_TRAINING_PRECISION"}
+    chosen |= {field: os.environ[variable] for field, variable in variables.items() if os.environ.get(variable)}
+    return {field: value for field, value in chosen.items() if value}
+
+
 def build_definitions(keep_teacher_server: bool = False) -> Definitions:
+    """The code location under the active profile (OPENGROK_PROFILE): its sizes are the assets' config defaults
+    (set when the asset modules load), its student and devices the resources' unless the environment names them."""
+    profile = active_profile()
+    require_devices(profile)
     layout = home_layout()
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
     modules = [collection, filtering, masks, training, evaluation]
@@ -78,11 +91,8 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
             "io_manager": ParquetIOManager(base_dir=str(layout.assets_dir)),
             "paths": OpenGrokPaths(home=str(layout.home), topic_catalogue=str(topic_catalogue_path())),
             "teacher": build_teacher(keep_teacher_server),
-            "student": StudentResource(model=os.environ.get("OPENGROK_STUDENT_MODEL") or None),
-            "training": TrainingResource(
-                device=os.environ.get("OPENGROK_TRAINING_DEVICE", "auto"),
-                precision=os.environ.get("OPENGROK_TRAINING_PRECISION", "auto"),
-            ),
+            "student": StudentResource(model=os.environ.get("OPENGROK_STUDENT_MODEL") or profile.student_model),
+            "training": TrainingResource(**_training_placement(profile)),
             # The token as an EnvVar (never its value), and only when it is set: runs that push nothing need none.
             "hub": HubResource(token=EnvVar(HUB_TOKEN_VARIABLE) if os.environ.get(HUB_TOKEN_VARIABLE) else None),
         },

@@ -1,6 +1,7 @@
 """`opengrok topics ...` against a real on-disk Dagster instance."""
 
 import pytest
+import yaml
 
 from opengrok_dagster.cli import main
 
@@ -19,7 +20,9 @@ def test_topics_sync_add_list_remove(opengrok_home, capsys):
     capsys.readouterr()
     assert main(["topics", "list"]) == 0
     assert capsys.readouterr().out.split() == ["climate", "smartphones", "k-pop"]
-    assert (opengrok_home / "dagster_home" / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    written = yaml.safe_load((opengrok_home / "dagster_home" / "dagster.yaml").read_text())
+    assert written["telemetry"] == {"enabled": False}
+    assert written["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}  # gpu and teacher pools: 1
 
 
 def test_invalid_topic_key_is_refused_without_traceback(opengrok_home, capsys):

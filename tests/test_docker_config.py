@@ -145,6 +145,22 @@ def test_instance_config_passes_dagsters_schema_with_postgres_queue_and_limits(t
     assert config["telemetry"]["enabled"] is False
 
 
+def test_the_local_instance_has_the_same_pools_as_the_deployment(tmp_path):
+    """`opengrok run` and `make dev` open the instance opengrok writes: the gpu and teacher pools hold there too."""
+    from dagster import DagsterInstance
+
+    from opengrok_dagster.instance import POOLS, write_local_instance_config
+
+    assert yaml.safe_load((DOCKER / "dagster.yaml").read_text())["concurrency"]["pools"] == POOLS
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # what earlier versions wrote: upgraded
+    write_local_instance_config(tmp_path)
+    with DagsterInstance.from_config(str(tmp_path)) as local:
+        assert local.get_concurrency_config().pool_config.default_pool_limit == 1
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")  # someone's own file is left alone
+    write_local_instance_config(tmp_path)
+    assert (tmp_path / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -175,9 +191,16 @@ def test_build_context_leaves_out_local_state_and_the_secrets_file():
 
 def test_the_instance_limits_reach_the_runs_and_steps_they_are_written_for():
     """A limit on a tag or pool that nothing carries is dead config: training runs must carry the tag that
-    the one-training-run limit matches, and collection must take a slot of the teacher pool."""
+    the one-training-run limit matches, collection must take a slot of the teacher pool, and the fine-tunes and
+    the evaluation a slot of the gpu pool."""
     from assets.collection import raw_responses
+    from assets.evaluation import eval_report
+    from assets.training import lora_checkpoint
+    from opengrok_dagster.instance import GPU_POOL, TEACHER_POOL
     from opengrok_dagster.jobs import fine_tune_job
+
+    assert (lora_checkpoint.op.pool, eval_report.op.pool, GPU_POOL) == ("gpu", "gpu", "gpu")
+    assert TEACHER_POOL == "teacher"
 
     assert fine_tune_job.tags.get("opengrok/stage") == "training", (
         "tag the fine-tune job's runs: define_asset_job(..., tags={'opengrok/stage': 'training'})")

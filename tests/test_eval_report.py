@@ -190,6 +190,9 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     assert recorded == {(row.task, row.metric): pytest.approx(row.value) for row in hard.itertuples()}
     assert card.text == "# the trainer's card\n"
     assert sorted(metadata["model_cards_updated"].value) == [str(hard_card), str(hard_card).replace("hard", "none")]
+    assert metadata["device"].value == "cpu (fp32)" and "local student on cpu (fp32), posts per second" in markdown
+    rates = metadata["posts_per_second"].value
+    assert set(rates) == {"tweeteval_sentiment", "tweet_topic", "wnut17", "teacher_agreement"}
 
     # Rerun: the teacher's answers are reused, so nothing is asked and every number (teacher's included) repeats.
     asked = len(loopback_teacher.requests)

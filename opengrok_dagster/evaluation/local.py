@@ -1,7 +1,9 @@
 """The student on this machine: the base model and every LoRA checkpoint, loaded once and switched in place.
 
-Classification is scored by label log-likelihood: the prompt is run once, its KV cache is shared by every
-label's continuation, and the label whose tokens (up to the end of the assistant turn) are most likely wins.
+Classification is scored by label log-likelihood: the label whose tokens (up to the end of the assistant
+turn) are most likely after the prompt wins. The prefix every prompt shares (system prompt, question, label
+list) is run once and its KV cache reused; posts then go in left-padded batches, each row carrying every
+label's tokens behind the post under a mask that keeps the labels apart, so a batch costs one forward.
 """
 
 from __future__ import annotations
@@ -91,31 +93,59 @@ def require_base_model(checkpoint: Checkpoint, student_model: str) -> None:
         )
 
 
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# Tokens per forward pass (as padded; answers scored after a prompt included): on this 2-core CPU larger batches
+# gain nothing (bench/evaluation_floor.py), and the full-vocabulary logits of a batch stay near 200 MB (fp32).
+DEFAULT_BATCH_TOKENS = 1024
+
+
 class LocalStudent:
-    """The base student plus every checkpoint as a named peft adapter; ``using(variant)`` activates one."""
+    """The base student plus every checkpoint as a named peft adapter; ``using(variant)`` activates one.
+
+    The model sits on the resolved device in the resolved precision (``auto``: cuda bf16, else fp16 on older
+    CUDA GPUs, mps and cpu fp32). Posts are scored and generated in batches of about ``batch_tokens`` tokens.
+    """
 
     BASE = "base"
 
-    def __init__(self, model_path: str, checkpoints: list[Checkpoint] = (), max_length: int = 512, threads: int = 0) -> None:
+    def __init__(
+        self, model_path: str, checkpoints: list[Checkpoint] = (), max_length: int = 512, threads: int = 0,
+        device: str = "auto", precision: str = "auto", batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    ) -> None:
         """``threads`` > 0 sets torch's CPU threads: on a machine shared with other jobs, 1 thread avoids the
         spin-waiting that makes 2 threads many times slower (bench/evaluation_time.py); 0 keeps torch's default."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from opengrok_dagster.training.device import resolve_placement
+
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+        self.placement = resolve_placement(device, precision, stage="evaluation", setting="eval_report's device")
         if threads > 0:
             torch.set_num_threads(threads)
         self.model_path = model_path
         self.max_length = max_length
+        self.batch_tokens = batch_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        dtype = getattr(torch, DTYPES[self.placement.precision])
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         self.checkpoints = list(checkpoints)
         for checkpoint in self.checkpoints:
             require_base_model(checkpoint, model_path)
             model = self._attach(model, checkpoint)
-        self.model = model.eval()
+        self.model = model.to(self.placement.device).eval()
         self._continuations: dict[str, list[int]] = {}
+
+    @property
+    def device(self) -> str:
+        return self.placement.device
+
+    @property
+    def dtype(self) -> str:
+        return self.placement.precision
 
     @staticmethod
     def _attach(model, checkpoint: Checkpoint):
@@ -166,76 +196,155 @@ class LocalStudent:
                 self._continuations[answer] = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         return self._continuations[answer]
 
+    def _tensor(self, rows):
+        import torch
+
+        return torch.tensor(rows, device=self.placement.device)
+
     def label_logprobs(self, messages: list[list[dict[str, str]]], answers: list[str]) -> np.ndarray:
         """(items x answers) summed log-probability of each answer after each prompt.
 
-        The prompts' common prefix (system prompt, question, label list) is run once; each item continues
-        from a copy of its KV cache, and every answer continues from the item's cache.
+        The prompts' common prefix is run once; batches of items of similar length continue from copies of its
+        KV cache, all answers of a batch scored in the same forward (``_score_batch``).
         """
         import torch
 
         continuations = [self._continuation(a) for a in answers]
-        width = max(map(len, continuations))
-        candidates = torch.tensor([c + [self.tokenizer.pad_token_id] * (width - len(c)) for c in continuations])
-        candidate_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in continuations])
         prompts = [self._prompt_ids(item) for item in messages]
-        shared = _common_prefix_length(prompts)
         scores = np.zeros((len(messages), len(answers)))
+        if not prompts:
+            return scores
+        shared = _common_prefix_length(prompts)
+        answer_tokens = sum(len(c) - 1 for c in continuations)  # the answer block each row carries
         with torch.inference_mode():
-            prefix_cache = self.model(input_ids=torch.tensor([prompts[0][:shared]]), use_cache=True, logits_to_keep=1).past_key_values if shared else None
-            for row, prompt in enumerate(prompts):
-                cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
-                out = self.model(
-                    input_ids=torch.tensor([prompt[shared:]]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1,
-                )
-                first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-                cache = out.past_key_values
-                cache.batch_repeat_interleave(len(answers))
-                mask = torch.cat([torch.ones(len(answers), len(prompt), dtype=torch.long), candidate_mask], dim=1)
-                rest = torch.log_softmax(self.model(input_ids=candidates, attention_mask=mask, past_key_values=cache).logits.float(), dim=-1)
-                token_logprobs = torch.cat(
-                    [first[candidates[:, 0]].unsqueeze(1), rest[:, :-1].gather(2, candidates[:, 1:].unsqueeze(2)).squeeze(2)], dim=1
-                )
-                scores[row] = (token_logprobs * candidate_mask).sum(dim=1).numpy()
+            prefix_cache = None
+            if shared:
+                prefix = self._tensor([prompts[0][:shared]])
+                prefix_cache = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            for rows in _length_batches([len(p) - shared for p in prompts], answer_tokens, self.batch_tokens):
+                suffixes = [prompts[r][shared:] for r in rows]
+                scores[rows] = self._score_batch(suffixes, shared, prefix_cache, continuations).cpu().numpy()
         return scores
 
-    def generate(self, messages: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-        """Greedy completions, batched with left padding."""
+    def _score_batch(self, suffixes: list[list[int]], shared: int, prefix_cache, continuations: list[list[int]]):
+        """(batch x answers) answer log-probabilities for prompts ``prefix + suffix``, the prefix cached.
+
+        One forward per batch: each row is the item's own tokens (left-padded) followed by every answer's tokens
+        but the last, side by side; a 4D mask lets each answer see the prompt and its own earlier tokens only,
+        and each answer's positions restart where the prompt ends, so every answer is scored as if alone.
+        """
         import torch
 
-        texts = []
+        batch, width = len(suffixes), max(map(len, suffixes))
+        pad, device = self.tokenizer.pad_token_id, self.placement.device
+        answer_inputs = [c[:-1] for c in continuations]
+        block = sum(map(len, answer_inputs))
+        own = torch.tensor([[False] * (width - len(s)) + [True] * len(s) for s in suffixes], device=device)
+        ids = self._tensor([[pad] * (width - len(s)) + s + [t for a in answer_inputs for t in a] for s in suffixes])
+        # which answer each column of the answer block belongs to, and its step within that answer
+        owner = torch.tensor([j for j, a in enumerate(answer_inputs) for _ in a], device=device, dtype=torch.long)
+        step = torch.tensor([k for a in answer_inputs for k in range(len(a))], device=device, dtype=torch.long)
+        prompt_to_prompt = torch.ones(width, width, dtype=torch.bool, device=device).tril() & own[:, None, :]
+        prompt_to_prompt |= torch.eye(width, dtype=torch.bool, device=device)  # a pad sees itself: no empty row
+        block_to_block = (owner[:, None] == owner[None, :]) & (step[:, None] >= step[None, :])
+        mask = torch.cat([
+            torch.cat([prompt_to_prompt, own.new_zeros(batch, width, block)], dim=2),
+            torch.cat([own[:, None, :].expand(batch, block, width), block_to_block.expand(batch, block, block)], 2),
+        ], dim=1)
+        mask = torch.cat([mask.new_ones(batch, width + block, shared), mask], dim=2)[:, None]
+        lengths = own.sum(1, keepdim=True)
+        positions = torch.cat([shared + (own.cumsum(1) - 1).clamp(min=0), shared + lengths + step[None, :]], dim=1)
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(batch)
+        if self.model.config._attn_implementation == "eager":  # eager adds the mask: 0 or the dtype's min
+            additive = torch.zeros(mask.shape, dtype=self.model.dtype, device=device)
+            mask = additive.masked_fill(~mask, torch.finfo(self.model.dtype).min)
+        keep = torch.arange(width - 1, width + block, device=device)  # the prompt's last token, then the block
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=keep,
+        ).logits.float()
+        logprobs = logits - logits.logsumexp(dim=2, keepdim=True)
+        scores = logprobs[:, 0, [c[0] for c in continuations]]
+        if block:
+            # answer token k+1 is predicted at the answer's input k; its input 0 follows the prompt's last token
+            targets = self._tensor([t for c in continuations for t in c[1:]])
+            later = logprobs[:, 1:].gather(2, targets[None, :, None].expand(batch, block, 1)).squeeze(2)
+            scores = scores.index_add(1, owner, later)
+        return scores
+
+    def generate(
+        self, messages: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int | None = None
+    ) -> list[str]:
+        """Greedy completions, batched with left padding; prompts of similar length share a batch of at most
+        ``batch_size`` prompts, by default as many as fit ``batch_tokens`` with their new tokens."""
+        import torch
+
+        prompts = [self._prompt_ids(m) for m in messages]
+        texts: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
+        if batch_size is None:
+            batches = _length_batches([len(p) for p in prompts], max_new_tokens, self.batch_tokens)
+        else:
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            batches = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
         with torch.inference_mode():
-            for start in range(0, len(messages), batch_size):
-                prompts = [self._prompt_ids(m) for m in messages[start:start + batch_size]]
-                width = max(map(len, prompts))
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            for rows in batches:
+                width = max(len(prompts[r]) for r in rows)
+                ids = self._tensor([[pad] * (width - len(prompts[r])) + prompts[r] for r in rows])
+                mask = self._tensor([[0] * (width - len(prompts[r])) + [1] * len(prompts[r]) for r in rows])
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                 )
-                texts.extend(self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+                for row, text in zip(rows, self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
+                    texts[row] = text
         return texts
 
     def response_nll(self, messages: list[list[dict[str, str]]], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Summed negative log-likelihood of each response after its prompt, and its token count."""
+        """Summed negative log-likelihood of each response after its prompt, and its token count (batched,
+        right-padded)."""
         import torch
 
-        nll, counts = np.zeros(len(messages)), np.zeros(len(messages), dtype=np.int64)
+        sequences, starts = [], []
+        for item, response in zip(messages, responses):
+            template = self.tokenizer.apply_chat_template
+            prompt = template(item, add_generation_prompt=True, tokenize=True, return_dict=False)
+            answered = item + [{"role": "assistant", "content": response}]
+            full = list(template(answered, tokenize=True, return_dict=False))
+            overflow = max(0, len(full) - self.max_length)  # keep the response whole: drop the prompt's start
+            sequences.append(full[overflow:])
+            starts.append(max(1, len(prompt) - overflow))
+        nll, counts = np.zeros(len(sequences)), np.zeros(len(sequences), dtype=np.int64)
+        pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            for row, (item, response) in enumerate(zip(messages, responses)):
-                prompt = self.tokenizer.apply_chat_template(item, add_generation_prompt=True, tokenize=True, return_dict=False)
-                full = list(self.tokenizer.apply_chat_template(item + [{"role": "assistant", "content": response}], tokenize=True, return_dict=False))
-                overflow = max(0, len(full) - self.max_length)  # keep the response whole: drop the prompt's start
-                full = full[overflow:]
-                start = max(1, len(prompt) - overflow)
-                ids = torch.tensor([full])
-                logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, start - 1:-1].float(), dim=-1)
-                targets = ids[0, start:]
-                nll[row] = float(-logprobs.gather(1, targets.unsqueeze(1)).sum())
-                counts[row] = len(targets)
+            for rows in _length_batches([len(s) for s in sequences], 0, self.batch_tokens):
+                width = max(len(sequences[r]) for r in rows)
+                ids = self._tensor([sequences[r] + [pad] * (width - len(sequences[r])) for r in rows])
+                real = self._tensor([[1] * len(sequences[r]) + [0] * (width - len(sequences[r])) for r in rows])
+                scored = self._tensor([
+                    [0] * starts[r] + [1] * (len(sequences[r]) - starts[r]) + [0] * (width - len(sequences[r]))
+                    for r in rows
+                ])
+                logits = self.model(input_ids=ids, attention_mask=real).logits[:, :-1].float()
+                token_logprobs = logits.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2) - logits.logsumexp(dim=2)
+                nll[rows] = (-(token_logprobs * scored[:, 1:]).sum(dim=1)).cpu().numpy()
+                counts[rows] = scored.sum(dim=1).cpu().numpy()
         return nll, counts
+
+
+def _length_batches(lengths: list[int], extra_per_item: int, budget: int) -> Iterator[list[int]]:
+    """Indices grouped by similar length (so little is padding), each group at most ``budget`` tokens as padded
+    (``extra_per_item`` more tokens per item, e.g. the answers scored after it); at least one item per group."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    group: list[int] = []
+    for index in order:
+        if group and (len(group) + 1) * (lengths[index] + extra_per_item) > budget:
+            yield group
+            group = []
+        group.append(index)
+    if group:
+        yield group
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:

@@ -17,7 +17,7 @@ from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, traina
 from opengrok_dagster.evaluation.bootstrap import Difference, Distribution, bootstrap, paired_difference, resample_indices
 from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
 from opengrok_dagster.evaluation.hub import is_hub_split
-from opengrok_dagster.evaluation.local import LocalStudent
+from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
 from opengrok_dagster.evaluation.ner import ner_messages, parse_entity_lines, spans_to_tags
 from opengrok_dagster.evaluation.prompting import classification_messages, find_labels, parse_single_label
@@ -78,6 +78,20 @@ class EvaluationConfig(BaseModel):
         description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other "
         "jobs).",
     )
+    device: str = Field(
+        default="auto",
+        description="Where the local student runs: 'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'.",
+    )
+    precision: str = Field(
+        default="auto",
+        description="The local student's weights: 'auto' (bf16 on GPUs that have it, else fp16 on CUDA, fp32 on "
+        "mps/cpu), 'bf16', 'fp16' or 'fp32'.",
+    )
+    batch_tokens: int = Field(
+        default=DEFAULT_BATCH_TOKENS,
+        description="Tokens per forward pass of the local student, padding and scored labels included (raise it on "
+        "a GPU).",
+    )
     endpoints: tuple[EndpointSpec, ...] = Field(
         default=(), description="Extra OpenAI-compatible models to compare; a failing one is reported, not fatal."
     )
@@ -89,6 +103,8 @@ class EvaluationConfig(BaseModel):
             if name not in self.tasks:
                 raise ValueError(f"a split path is given for task {name!r}, which is not among the tasks evaluated ({', '.join(self.tasks)})")
         counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples", "torch_threads")
+        if self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)}")
@@ -138,6 +154,22 @@ class EvaluationResults:
     models: list[dict]
     notes: list[str]
     seconds: float
+    throughput: dict = field(default_factory=dict)  # device, dtype, and posts/s of the local student per task
+
+
+@dataclass
+class Throughput:
+    """Posts the local student handled and the seconds it took, per task (every variant summed)."""
+
+    posts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, task: str, posts: int, seconds: float) -> None:
+        self.posts[task] = self.posts.get(task, 0) + posts
+        self.seconds[task] = self.seconds.get(task, 0.0) + seconds
+
+    def per_second(self) -> dict[str, float]:
+        return {task: round(self.posts[task] / self.seconds[task], 2) for task in self.posts if self.seconds[task] > 0}
 
 
 def sample_items(total: int, wanted: int, seed: int) -> np.ndarray:
@@ -170,6 +202,7 @@ class Evaluation:
         self.answers = answers
         self.failed_endpoints: dict[str, str] = {}
         self.request_counts: dict[str, list[int]] = {}  # model -> [failed, sent, reused], over the whole run
+        self.throughput = Throughput()
         self.log = log
 
     # -- model answers ---------------------------------------------------------------------------------
@@ -202,7 +235,9 @@ class Evaluation:
             started = time.monotonic()
             with self.student.using(variant):
                 logprobs = self.student.label_logprobs(messages, words)
-            self.log(f"{spec.name}: {variant} scored {len(texts)} items in {time.monotonic() - started:.1f}s")
+            seconds = time.monotonic() - started
+            self.throughput.add(spec.name, len(texts), seconds)
+            self.log(f"{spec.name}: {variant} scored {len(texts)} items in {seconds:.1f}s")
             if multi_label:
                 probabilities = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
                 probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -291,7 +326,9 @@ class Evaluation:
             started = time.monotonic()
             with self.student.using(variant):
                 answers = self.student.generate(messages, self.config.ner_max_new_tokens)
-            self.log(f"{spec.name}: {variant} tagged {len(tokens)} sentences in {time.monotonic() - started:.1f}s")
+            seconds = time.monotonic() - started
+            self.throughput.add(spec.name, len(tokens), seconds)
+            self.log(f"{spec.name}: {variant} tagged {len(tokens)} sentences in {seconds:.1f}s")
             yield (variant, *tag(answers))
         for model in self.api_models:
             answers = self._api_answers(model, messages, self.config.ner_max_new_tokens)
@@ -363,7 +400,9 @@ class Evaluation:
             with self.student.using(variant):
                 generated = self.student.generate(messages, cfg.agreement_max_new_tokens)
                 nll, tokens = self.student.response_nll(messages, references)
-            self.log(f"{AGREEMENT_TASK}: {variant} in {time.monotonic() - started:.1f}s")
+            seconds = time.monotonic() - started
+            self.throughput.add(AGREEMENT_TASK, len(messages), seconds)
+            self.log(f"{AGREEMENT_TASK}: {variant} in {seconds:.1f}s")
             scored.append((variant, AgreementScores(sentence_chrf(generated, references), nll, tokens), None))
         result.notes.append(
             f"student generations are greedy and capped at {cfg.agreement_max_new_tokens} new tokens, so chrF against longer "
@@ -414,4 +453,16 @@ class Evaluation:
             if reused:
                 notes.append(f"{name}: {reused} of {sent} answers reused from earlier runs (same model, prompt and token "
                              "budget, greedy decoding); set reuse_api_answers to false to ask again")
-        return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, time.monotonic() - started)
+        throughput = self._throughput_summary()
+        if throughput:
+            rates = ", ".join(f"{task} {rate:g}" for task, rate in throughput["posts_per_second"].items())
+            notes.append(f"local student on {throughput['device']} ({throughput['dtype']}), "
+                         f"posts per second per variant: {rates}")
+        seconds = time.monotonic() - started
+        return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, seconds, throughput)
+
+    def _throughput_summary(self) -> dict:
+        if self.student is None or not self.throughput.posts:
+            return {}
+        student = self.student
+        return {"device": student.device, "dtype": student.dtype, "posts_per_second": self.throughput.per_second()}

@@ -29,11 +29,14 @@ def _available() -> dict[str, bool]:
     return {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
 
 
-def resolve_placement(device: str, precision: str) -> Placement:
+def resolve_placement(
+    device: str, precision: str, stage: str = "training", setting: str = "the training resource's device"
+) -> Placement:
     """``auto`` picks cuda, then mps, then cpu; precision ``auto`` is bf16 on a GPU that has it, fp16 on
-    other CUDA GPUs, fp32 on mps and cpu (CPU bf16 autocast is slower than fp32 on most CPUs)."""
+    other CUDA GPUs, fp32 on mps and cpu (CPU bf16 autocast is slower than fp32 on most CPUs).
+    Training and evaluation share the rule; ``stage`` and ``setting`` name where the device was asked for."""
     if device not in DEVICES:
-        raise DeviceUnavailableError(f"unknown training device {device!r}; use one of {', '.join(DEVICES)}")
+        raise DeviceUnavailableError(f"unknown {stage} device {device!r}; use one of {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
         raise DeviceUnavailableError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     available = _available()
@@ -42,8 +45,8 @@ def resolve_placement(device: str, precision: str) -> Placement:
     elif not available[device]:
         present = ", ".join(name for name, ok in available.items() if ok)
         raise DeviceUnavailableError(
-            f"training device {device!r} is not available on this machine (available: {present}); "
-            "set the training resource's device to 'auto' or one of those"
+            f"{stage} device {device!r} is not available on this machine (available: {present}); "
+            f"set {setting} to 'auto' or one of those"
         )
     bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
     if precision == "auto":

@@ -292,7 +292,7 @@ def train_lora(
         shutil.rmtree(staging)
     trainer.model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    sample = verify_adapter(staging, job.model_path)
+    sample = verify_adapter(staging, job.model_path, job.placement)
     outcome = TrainingOutcome(
         mask_mode=job.mask_mode,
         adapter_dir=str(job.checkpoint_dir),
@@ -337,12 +337,14 @@ def train_lora(
     return outcome
 
 
-def verify_adapter(adapter_dir: Path, model_path: str) -> str:
-    """Load the adapter with plain transformers + peft (stock attention) and greedily generate a few tokens."""
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+def verify_adapter(adapter_dir: Path, model_path: str, placement: Placement = Placement("cpu", "fp32")) -> str:
+    """Load the adapter with plain transformers + peft (stock attention) on the training device, in its precision
+    (as the evaluation will load it), and greedily generate a few tokens."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(placement.precision, torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(placement.device)
     if base.config._attn_implementation.startswith("opengrok_"):
         raise RuntimeError(f"the base model at {model_path} asks for the training-only attention; it must load with stock attention")
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).to(placement.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     if tokenizer.chat_template:
         inputs = tokenizer.apply_chat_template(
@@ -350,6 +352,7 @@ def verify_adapter(adapter_dir: Path, model_path: str) -> str:
         )
     else:
         inputs = tokenizer(VERIFY_PROMPT, return_tensors="pt")
+    inputs = inputs.to(placement.device)
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     return tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
