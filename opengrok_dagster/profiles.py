@@ -133,7 +133,7 @@ def require_matching_max_length(mask_config: dict, training_config: dict, source
     from opengrok_dagster.masks.config import MaskConfig
     from opengrok_dagster.training.config import TrainingConfig
 
-    masks = mask_config.get("max_length", MaskConfig.max_length)
+    masks = mask_config.get("max_length", MaskConfig.model_fields["max_length"].default)
     training = training_config.get("max_length", TrainingConfig.model_fields["max_length"].default)
     if masks != training:
         raise ProfileError(

@@ -2,14 +2,19 @@
 tiny student built from config, and the helpers several test modules use."""
 
 import random
+import json
 import sqlite3
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from dagster import DagsterInstance
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaForCausalLM
 
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 
@@ -123,3 +128,35 @@ def mask_table(tokenizer, train=16, validation=4) -> pd.DataFrame:
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         })
     return pd.DataFrame(rows)
+
+
+# The evaluation's tiny adapters (tests/test_eval_report.py, tests/test_eval_batching.py).
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine two spin-wait many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_adapter(base_dir, adapter_dir, mode, recorded_base=None, seed=1):
+    """A peft LoRA adapter with non-zero weights and the checkpoint record the trainer writes beside it."""
+    torch.manual_seed(seed)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(adapter_dir)
+    record = {"mask_mode": mode, "base_model": str(recorded_base or base_dir), "global_step": 3, "best_val_loss": 2.5, "example_ids": ["e1", "e2"]}
+    (adapter_dir / "opengrok_checkpoint.json").write_text(json.dumps(record))
+    return adapter_dir
+
+
+def adapters(home):
+    return {mode: HomeLayout(home).checkpoint_dir(mode) for mode in ("none", "hard")}
+
+
+@pytest.fixture
+def checkpoints_home(tmp_path, tiny_student):
+    home = tmp_path / "home"
+    for seed, mode in enumerate(("none", "hard"), 1):
+        write_adapter(tiny_student, HomeLayout(home).checkpoint_dir(mode), mode, seed=seed)
+    return home

@@ -13,7 +13,9 @@ import torch
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.prompting import classification_messages
 from opengrok_dagster.training.device import DeviceUnavailableError
-from tests.test_eval_report import checkpoints_home, one_torch_thread, tiny_student  # noqa: F401  (fixtures)
+from tests.conftest import adapters
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOPICS = ["arts & culture", "business & entrepreneurs", "celebrity & pop culture", "sports", "science & technology"]
 POSTS = [
@@ -72,8 +74,8 @@ def per_post_label_logprobs(student: LocalStudent, messages, answers) -> np.ndar
 
 
 @pytest.fixture
-def student(checkpoints_home, tiny_student):  # noqa: F811
-    checkpoints, _ = find_checkpoints(checkpoints_home / "checkpoints", ("none", "hard"))
+def student(checkpoints_home, tiny_student):
+    checkpoints, _ = find_checkpoints(adapters(checkpoints_home), ("none", "hard"))
     return LocalStudent(str(tiny_student), checkpoints, batch_tokens=96)  # small batches: several per call, uneven
 
 
@@ -123,14 +125,14 @@ def test_batched_generation_and_nll_equal_one_post_at_a_time(student):
     assert tokens.tolist() == [int(t[0]) for _, t in one_by_one]
 
 
-def test_the_student_sits_on_the_resolved_device_in_its_precision(tiny_student):  # noqa: F811
+def test_the_student_sits_on_the_resolved_device_in_its_precision(tiny_student):
     student = LocalStudent(str(tiny_student), precision="bf16")
     assert (student.device, student.dtype) == ("cpu", "bf16")
     assert next(student.model.parameters()).dtype == torch.bfloat16
     assert np.isfinite(student.label_logprobs([[{"role": "user", "content": "hi"}]] * 2, ["a", "b"])).all()
 
 
-def test_a_device_this_machine_lacks_is_refused_naming_the_setting(tiny_student):  # noqa: F811
+def test_a_device_this_machine_lacks_is_refused_naming_the_setting(tiny_student):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(
@@ -141,16 +143,16 @@ def test_a_device_this_machine_lacks_is_refused_naming_the_setting(tiny_student)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_verify_adapter_generates_what_the_evaluation_will(checkpoints_home, tiny_student, precision):  # noqa: F811
+def test_verify_adapter_generates_what_the_evaluation_will(checkpoints_home, tiny_student, precision):
     """The trainer's check loads the adapter as the evaluation does: same device, same precision, same tokens."""
     from transformers import AutoTokenizer
 
     from opengrok_dagster.training.device import resolve_placement
     from opengrok_dagster.training.trainer import VERIFY_PROMPT, verify_adapter
 
-    adapter = checkpoints_home / "checkpoints" / "hard"
+    adapter = adapters(checkpoints_home)["hard"]
     AutoTokenizer.from_pretrained(tiny_student).save_pretrained(adapter)
-    checkpoints, _ = find_checkpoints(checkpoints_home / "checkpoints", ("hard",))
+    checkpoints, _ = find_checkpoints({"hard": adapters(checkpoints_home)["hard"]}, ("hard",))
     student = LocalStudent(str(tiny_student), checkpoints, precision=precision)
     with student.using("lora:hard"):
         evaluated = student.generate([[{"role": "user", "content": VERIFY_PROMPT}]], max_new_tokens=12)[0]

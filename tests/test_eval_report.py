@@ -24,33 +24,13 @@ from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
 from opengrok_dagster.training.card import card_metadata, write_card
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import REPO_ROOT, SHARED_DATA, adapters, write_adapter
 
 SENTIMENT = ["negative", "neutral", "positive"]
 UPSTREAM = [AssetSpec("filtered_responses"), AssetSpec("lora_checkpoint", partitions_def=mask_mode_partitions)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine two spin-wait many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_adapter(base_dir, adapter_dir, mode, recorded_base=None, seed=1):
-    """A peft LoRA adapter with non-zero weights and the checkpoint record the trainer writes beside it."""
-    torch.manual_seed(seed)
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    model.save_pretrained(adapter_dir)
-    record = {"mask_mode": mode, "base_model": str(recorded_base or base_dir), "global_step": 3, "best_val_loss": 2.5, "example_ids": ["e1", "e2"]}
-    (adapter_dir / "opengrok_checkpoint.json").write_text(json.dumps(record))
-    return adapter_dir
-
-
-def adapters(home):
-    return {mode: HomeLayout(home).checkpoint_dir(mode) for mode in ("none", "hard")}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_manifests(assets_dir, home):
@@ -58,14 +38,6 @@ def write_manifests(assets_dir, home):
     for mode, adapter_dir in adapters(home).items():
         row = {column: 0 for column in MANIFEST_COLUMNS} | {"mask_mode": mode, "adapter_dir": str(adapter_dir)}
         manifest_frame(row).to_parquet(assets_dir / "lora_checkpoint" / f"{mode}.parquet")
-
-
-@pytest.fixture
-def checkpoints_home(tmp_path, tiny_student):
-    home = tmp_path / "home"
-    for seed, mode in enumerate(("none", "hard"), 1):
-        write_adapter(tiny_student, HomeLayout(home).checkpoint_dir(mode), mode, seed=seed)
-    return home
 
 
 def heldout_frame() -> pd.DataFrame:

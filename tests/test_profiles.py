@@ -12,10 +12,9 @@ import torch
 from opengrok_dagster import cli
 from opengrok_dagster.evaluation.runner import EvaluationConfig
 from opengrok_dagster.masks.config import MaskConfig
-from opengrok_dagster.profiles import ProfileError, load_profile, load_run_config, require_devices
+from opengrok_dagster.profiles import ProfileError, active_profile, load_profile, load_run_config, require_devices
 from opengrok_dagster.training.config import TrainingConfig
-from tests.conftest import REPO_ROOT
-from tests.test_training import mask_table, tiny_student, tokenizer  # noqa: F401 (fixtures)
+from tests.conftest import REPO_ROOT, mask_table
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 
@@ -24,6 +23,9 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 def no_profile_in_the_environment(monkeypatch):
     """`opengrok run --profile` sets OPENGROK_PROFILE for the definitions it loads; monkeypatch restores it after."""
     monkeypatch.delenv("OPENGROK_PROFILE", raising=False)
+    active_profile.cache_clear()
+    yield
+    active_profile.cache_clear()  # the next test module sees the environment's profile, not the last one loaded here
 
 
 def test_cpu_demo_is_exactly_the_built_in_defaults():
@@ -146,8 +148,8 @@ def test_a_profile_value_of_the_wrong_type_names_the_field(tmp_path):
 
 def test_a_fine_tune_on_mask_tables_cut_at_another_max_length_fails_before_training(
     tmp_path,
-    tiny_student,  # noqa: F811
-    tokenizer,  # noqa: F811
+    tiny_student,
+    tokenizer,
 ):
     from tests.test_training_asset import run_checkpoint
 
