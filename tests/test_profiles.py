@@ -22,7 +22,8 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 @pytest.fixture(autouse=True)
 def no_profile_in_the_environment(monkeypatch):
     """`opengrok run --profile` sets OPENGROK_PROFILE for the definitions it loads; monkeypatch restores it after."""
-    monkeypatch.delenv("OPENGROK_PROFILE", raising=False)
+    monkeypatch.setenv("OPENGROK_PROFILE", "")  # recorded, so what the CLI sets is undone after the test
+    monkeypatch.delenv("OPENGROK_PROFILE")
     active_profile.cache_clear()
     yield
     active_profile.cache_clear()  # the next test module sees the environment's profile, not the last one loaded here
