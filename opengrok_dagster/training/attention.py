@@ -7,7 +7,9 @@ It therefore works for any causal LM that dispatches through the attention inter
 
 The per-token mask reaches every attention layer as the forward keyword ``token_mask`` (shape batch x keys,
 sent by :class:`opengrok_dagster.training.data.MaskCollator`); without it every mode is stock SDPA, so
-generation and evaluation never need it. Modes:
+generation and evaluation never need it. A packed batch (several examples in one row) also sends
+``segment_ids`` (batch x keys, the example each token belongs to): every mode then adds a block-diagonal
+mask, so a token sees only its own example, while the token mask stays that example's own. Modes:
 
 - ``none``: stock SDPA.
 - ``paper``: exactly as the report writes it, scores multiplied by the key mask before the softmax. Because
@@ -35,6 +37,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 MASK_MODES = ("none", "paper", "hard", "soft")
 TOKEN_MASK_KWARG = "token_mask"
+SEGMENT_IDS_KWARG = "segment_ids"
 _IMPLEMENTATION_PREFIX = "opengrok_"
 
 
@@ -63,8 +66,10 @@ def register_masked_attention() -> None:
 
 
 def _attention_for(mode: str) -> Callable:
-    def masked_attention(module, query, key, value, attention_mask, token_mask=None, **kwargs):
-        return masked_sdpa_attention(module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, **kwargs)
+    def masked_attention(module, query, key, value, attention_mask, token_mask=None, segment_ids=None, **kwargs):
+        return masked_sdpa_attention(
+            module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, segment_ids=segment_ids, **kwargs
+        )
 
     masked_attention.__name__ = f"masked_sdpa_attention_{mode}"
     return masked_attention
@@ -79,26 +84,44 @@ def masked_sdpa_attention(
     *,
     mode: str,
     token_mask: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Stock SDPA with the per-token mask applied in ``mode``; shapes as transformers' ``sdpa_attention_forward``."""
+    """Stock SDPA with the per-token mask applied in ``mode``; shapes as transformers' ``sdpa_attention_forward``.
+
+    ``segment_ids`` (packed rows) confine attention to each token's own example in every mode.
+    """
+    q_length, kv_length = query.shape[2], key.shape[2]
+    for name, tensor in ((TOKEN_MASK_KWARG, token_mask), (SEGMENT_IDS_KWARG, segment_ids)):
+        if tensor is not None and tensor.shape != (key.shape[0], kv_length):
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)} but the attention has batch {key.shape[0]} x {kv_length} keys; "
+                "it is a training-time input for full sequences (leave it out when generating with a cache)"
+            )
+    if segment_ids is not None:
+        attention_mask = _PER_FORWARD.get(
+            "segments", (q_length, kv_length), (segment_ids, attention_mask),
+            lambda: block_diagonal_mask(segment_ids, attention_mask, q_length, kv_length),
+        )
     if mode == "none" or token_mask is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    q_length, kv_length = query.shape[2], key.shape[2]
-    if token_mask.shape != (key.shape[0], kv_length):
-        raise ValueError(
-            f"token_mask has shape {tuple(token_mask.shape)} but the attention has batch {key.shape[0]} x {kv_length} "
-            "keys; the mask is a training-time input for full sequences (leave it out when generating with a cache)"
-        )
     if mode == "paper":
-        scale = _PER_FORWARD.get(("paper", key.dtype), (token_mask,), lambda: key_scale(token_mask, key.dtype))
+        scale = _PER_FORWARD.get("scale", key.dtype, (token_mask,), lambda: key_scale(token_mask, key.dtype))
         return sdpa_attention_forward(module, query, key * scale, value, attention_mask, **kwargs)
     bias = _PER_FORWARD.get(
-        (mode, query.dtype, q_length, kv_length),
-        (token_mask, attention_mask),
+        "bias", (mode, query.dtype, q_length, kv_length), (token_mask, attention_mask),
         lambda: attention_bias(mode, token_mask, attention_mask, q_length, kv_length, query.dtype),
     )
     return sdpa_attention_forward(module, query, key, value, bias, **kwargs)
+
+
+def block_diagonal_mask(
+    segment_ids: torch.Tensor, attention_mask: torch.Tensor | None, q_length: int, kv_length: int
+) -> torch.Tensor:
+    """Causal + padding mask (batch, 1, queries, keys) restricted to pairs of tokens of the same packed example."""
+    allowed = _causal_padding_mask(attention_mask, segment_ids.shape[0], q_length, kv_length, segment_ids.device)
+    same_example = segment_ids[:, None, kv_length - q_length :, None] == segment_ids[:, None, None, :]
+    return allowed & same_example
 
 
 def key_scale(token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -145,18 +168,19 @@ def _causal_padding_mask(attention_mask, batch_size, q_length, kv_length, device
 
 
 class _PerForwardBias:
-    """Caches the bias built from the tensors of the current forward.
+    """Caches what is built from the tensors of the current forward, one slot per kind (segments, scale, bias).
 
     All layers of one forward get the very same mask tensor objects, so identity (held by weak reference,
-    never by id alone) says whether the cached bias still applies. Gradient-checkpoint recomputation reuses
-    it too. One slot per thread.
+    never by id alone) says whether a cached value still applies. Gradient-checkpoint recomputation reuses
+    it too. Slots are per thread.
     """
 
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def get(self, key: tuple, sources: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-        cached = getattr(self._local, "entry", None)
+    def get(self, slot: str, key, sources: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        entries = self._local.__dict__.setdefault("entries", {})
+        cached = entries.get(slot)
         if cached is not None:
             cached_key, refs, value = cached
             if cached_key == key and len(refs) == len(sources) and all(
@@ -165,7 +189,7 @@ class _PerForwardBias:
                 return value
         value = build()
         refs = tuple(None if source is None else weakref.ref(source) for source in sources)
-        self._local.entry = (key, refs, value)
+        entries[slot] = (key, refs, value)
         return value
 
 
