@@ -1,5 +1,6 @@
 """The LoRA fine-tune on a tiny Llama student (SmolLM2's tokenizer, a 2-layer model built from config)."""
 
+import importlib.util
 import json
 import random
 import signal
@@ -20,7 +21,7 @@ from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError, load_training_data
 from opengrok_dagster.training.device import DeviceUnavailableError, Placement, resolve_placement
 from opengrok_dagster.training.trainer import (
-    CHECKPOINT_RECORD, LoraTargetError, NonFiniteLossError, TrainingJob, train_lora,
+    CHECKPOINT_RECORD, LoraTargetError, NonFiniteLossError, TrainingJob, TrainingOptionUnavailableError, train_lora,
 )
 
 CPU = Placement("cpu", "fp32")
@@ -273,3 +274,41 @@ def test_length_grouped_batches_pad_less(tmp_path, tiny_student, tokenizer):
         assert sorted(len(b["input_ids"]) for b in batches) == [4] * 12
         padded[grouped] = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
     assert padded[True] < padded[False] / 2
+
+
+def test_packed_training_matches_unpacked(tmp_path, tiny_student, tokenizer):
+    """Packing changes the batch layout, not the math: same losses and adapter (no dropout, whose draws follow shapes)."""
+    table = mask_table(tokenizer)
+    runs = {}
+    for packing in (False, True):
+        losses = _StepLosses()
+        outcome = train_lora(job(tmp_path / str(packing), tiny_student, "hard", packing=packing, group_by_length=False,
+                                 lora_dropout=0.0), table, log=lambda _: None, callbacks=[losses])
+        runs[packing] = (losses.losses, adapter_weights(Path(outcome.adapter_dir)))
+    torch.testing.assert_close(torch.tensor(runs[True][0]), torch.tensor(runs[False][0]), rtol=1e-5, atol=1e-6)
+    for name, weight in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], weight, rtol=1e-4, atol=1e-6)
+
+
+def test_qlora_without_cuda_is_a_one_line_error(tmp_path, tiny_student, tokenizer):
+    target = job(tmp_path, tiny_student, load_in_4bit=True)
+    with pytest.raises(TrainingOptionUnavailableError, match="load_in_4bit \\(QLoRA\\) needs a CUDA GPU but this run trains on cpu"):
+        train_lora(target, mask_table(tokenizer), log=lambda _: None)
+    assert not target.checkpoint_dir.exists() and not target.work_dir.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="checks the error when mlflow is absent")
+def test_tracker_without_its_package_names_the_extra(tmp_path, tiny_student, tokenizer):
+    with pytest.raises(TrainingOptionUnavailableError, match=r"pip install 'opengrok-dagster\[tracking\]'"):
+        train_lora(job(tmp_path, tiny_student, report_to="mlflow"), mask_table(tokenizer), log=lambda _: None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs the tracking extra (tensorboard)")
+def test_loss_curves_reach_tensorboard(tmp_path, tiny_student, tokenizer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    target = job(tmp_path, tiny_student, "none", report_to="tensorboard")
+    train_lora(target, mask_table(tokenizer), log=lambda _: None)
+    (run,) = target.tensorboard_dir.iterdir()
+    events = EventAccumulator(str(run)).Reload()
+    assert len(events.Scalars("train/loss")) == 4 and len(events.Scalars("eval/loss")) == 2
