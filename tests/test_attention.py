@@ -6,7 +6,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
 from opengrok_dagster.training import attention
-from opengrok_dagster.training.attention import MASK_MODES, attention_bias, attention_implementation
+from opengrok_dagster.training.attention import (
+    FLEX_MODES, MASK_MODES, attention_bias, attention_implementation, block_diagonal_mask,
+)
 from opengrok_dagster.training.data import MaskCollator, MaskedExample, pack_rows
 
 VOCAB = 97
@@ -263,3 +265,39 @@ def test_pack_rows_first_fit_decreasing_within_capacity():
     examples = [MaskedExample(str(n), [1] * n, 1, [1] * n, [1] * n) for n in (9, 3, 7, 5, 2)]
     rows = pack_rows(examples, 10)
     assert [[int(e.example_id) for e in row] for row in rows] == [[9], [7, 3], [5, 2]]
+
+
+class _AttentionLayer(torch.nn.Module):
+    """What transformers' SDPA forward reads from an attention module."""
+
+    is_causal = True
+    num_key_value_groups = 2
+
+
+@pytest.mark.parametrize("mode", FLEX_MODES)
+def test_flex_attention_equals_the_sdpa_path(mode):
+    """FlexAttention against SDPA with the dense mask on a padded batch with packed rows and GQA.
+
+    Forward only: torch 2.13's FlexAttention has no backward on CPU (NotImplementedError), so the compiled
+    forward + backward comparison runs on CUDA in bench/gpu_check.py.
+    """
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, length, dim = 2, 4, 2, 40, 8
+    query, key, value = (torch.randn(batch, h, length, dim, generator=generator) for h in (heads, kv_heads, kv_heads))
+    padding = torch.ones(batch, length, dtype=torch.bool)
+    padding[1, 30:] = False
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    segments = torch.ones(batch, length, dtype=torch.long)
+    segments[0, 17:] = 2
+    allowed = block_diagonal_mask(segments, causal & padding[:, None, None, :], length, length)
+    token_mask = torch.rand(batch, length, generator=generator)
+    token_mask = token_mask.round() if mode == "hard" else token_mask.clamp(min=0.05)
+    layer = _AttentionLayer().eval()
+    sdpa, _ = attention.masked_sdpa_attention(layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5)
+    flex, _ = attention.flex_masked_attention(
+        layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
+    )
+    torch.testing.assert_close(flex[padding], sdpa[padding], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(flex, attention.flex_masked_attention(
+        layer, query, key, value, None, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
+    )[0])  # the mask matters: without the packing/padding mask the result differs

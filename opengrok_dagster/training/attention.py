@@ -20,6 +20,11 @@ mask, so a token sees only its own example, while the token mask stays that exam
   token still attends to itself, so no softmax row is empty and no NaN appears; causal and padding masks kept.
 - ``soft``: ``log(p_j)`` of the mask probabilities is added to the scores (``p = 0`` acts like ``hard``).
 
+On CUDA, ``hard`` and ``soft`` run through compiled FlexAttention instead (:func:`flex_masked_attention`):
+the mask becomes a block mask (a ``mask_mod``: whole blocks of masked or future keys are skipped, where SDPA
+with a dense mask computes them all) and ``soft`` adds ``log p`` in a ``score_mod``; same result within
+floating-point tolerance (tested against the SDPA path).
+
 The bias (or key scale) is built once per forward: every layer receives the same ``attention_mask`` and
 ``token_mask`` tensors, so the first layer builds it and the others reuse it (:class:`_PerForwardBias`).
 """
@@ -36,6 +41,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 MASK_MODES = ("none", "paper", "hard", "soft")
+FLEX_MODES = ("hard", "soft")  # on CUDA these run through FlexAttention
 TOKEN_MASK_KWARG = "token_mask"
 SEGMENT_IDS_KWARG = "segment_ids"
 _IMPLEMENTATION_PREFIX = "opengrok_"
@@ -108,11 +114,79 @@ def masked_sdpa_attention(
     if mode == "paper":
         scale = _PER_FORWARD.get("scale", key.dtype, (token_mask,), lambda: key_scale(token_mask, key.dtype))
         return sdpa_attention_forward(module, query, key * scale, value, attention_mask, **kwargs)
+    if mode in FLEX_MODES and query.is_cuda and not (module.training and getattr(module, "attention_dropout", 0.0)):
+        return flex_masked_attention(module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, **kwargs)
     bias = _PER_FORWARD.get(
         "bias", (mode, query.dtype, q_length, kv_length), (token_mask, attention_mask),
         lambda: attention_bias(mode, token_mask, attention_mask, q_length, kv_length, query.dtype),
     )
     return sdpa_attention_forward(module, query, key, value, bias, **kwargs)
+
+
+def flex_masked_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    mode: str,
+    token_mask: torch.Tensor,
+    scaling: float | None = None,
+    compiled: bool | None = None,
+    **_,
+) -> tuple[torch.Tensor, None]:
+    """``hard`` / ``soft`` with FlexAttention: the allowed pairs as a block mask, ``soft``'s ``log p`` as a score_mod.
+
+    ``attention_mask`` is the boolean causal + padding (+ block-diagonal) mask or None (plain causal), as for
+    :func:`attention_bias`. ``compiled`` defaults to compiling on CUDA (the fused kernel); eager elsewhere.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    batch, q_length, kv_length = query.shape[0], query.shape[2], key.shape[2]
+    compiled = query.is_cuda if compiled is None else compiled
+
+    def build():
+        allowed = _causal_padding_mask(attention_mask, batch, q_length, kv_length, query.device)[:, 0]
+        keep = token_mask > 0
+        offset = kv_length - q_length
+
+        def mask_mod(b, h, q_index, kv_index):
+            pair = allowed[b, q_index, kv_index]
+            if mode == "hard":  # a token always sees itself, as in attention_bias
+                pair = (pair & keep[b, kv_index]) | (q_index + offset == kv_index)
+            return pair
+
+        block_mask = create_block_mask(mask_mod, batch, None, q_length, kv_length, device=query.device, _compile=compiled)
+        finite_min = torch.finfo(query.dtype).min
+        log_p = torch.log(token_mask.to(query.dtype).clamp(min=0.0)).clamp(min=finite_min)
+        return block_mask, log_p
+
+    block_mask, log_p = _PER_FORWARD.get(
+        "flex", (mode, query.dtype, q_length, kv_length, compiled), (token_mask, attention_mask), build
+    )
+
+    def add_log_p(score, b, h, q_index, kv_index):
+        return score + log_p[b, kv_index]
+
+    attend = _compiled_flex_attention() if compiled else flex_attention
+    output = attend(
+        query, key, value, score_mod=add_log_p if mode == "soft" else None, block_mask=block_mask, scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+_COMPILED_FLEX: list[Callable] = []
+
+
+def _compiled_flex_attention() -> Callable:
+    """FlexAttention compiled once per process (eager FlexAttention materialises every score)."""
+    if not _COMPILED_FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=True))
+    return _COMPILED_FLEX[0]
 
 
 def block_diagonal_mask(

@@ -150,8 +150,11 @@ class _ResponseLossTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         if self._lengths is None:
             return super()._get_train_sampler(train_dataset)
-        # No generator of its own: the order comes from torch's global RNG, which a resumed run restores.
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self._lengths)
+        # Grouped by the global batch (every rank draws the same order and takes its share of each batch), so
+        # N processes train on the batches one process would. No generator of its own: the order comes from
+        # torch's global RNG, which a resumed run restores.
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return LengthGroupedSampler(global_batch, lengths=self._lengths)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -280,6 +283,9 @@ def train_lora(
     args = _training_arguments(job, job.work_dir / "trainer")  # sets up the process group under torchrun
     if args.process_index:
         log = _silent
+    if args.world_size > 1:
+        log(f"data-parallel over {args.world_size} processes ({torch.distributed.get_backend()}), "
+            f"{job.config.batch_size} examples per process per forward")
     resume_from = _setup_work_dir(job, key, args, log)
     model, targets = _setup_model(job)
     progress = _Progress(log)
