@@ -98,7 +98,7 @@ def ours(model_path: str, table: pd.DataFrame, mode: str, args, packing: bool = 
     with tempfile.TemporaryDirectory() as home:
         config = TrainingConfig(
             batch_size=args.batch, max_length=args.length, max_steps=args.steps, eval_steps=args.steps, save_steps=args.steps,
-            learning_rate=2e-4, warmup_steps=0, lora_r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS,
+            learning_rate=2e-4, warmup_steps=0, lora_r=8, lora_alpha=16, lora_dropout=0.05, target_modules=args.targets,
             packing=packing,
         )
         placement = resolve_placement(args.device, args.precision)
@@ -125,7 +125,7 @@ def trl(model_path: str, rows: list[dict], args) -> float:
                 model_init_kwargs={"dtype": TRAINING_DTYPES[placement.precision]},
             ),
             train_dataset=Dataset.from_list(rows[args.validation:]),
-            peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM"),
+            peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=args.targets, task_type="CAUSAL_LM"),
             callbacks=[step_clock],
         )
         trainer.train()
@@ -171,6 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clock", choices=sorted(CLOCKS), default="wall",
         help="'cpu' (process CPU time) with --threads 1 measures the work itself when other jobs share the CPU",
     )
+    parser.add_argument("--targets", nargs="+", default=TARGETS, help="LoRA target modules (Phi-3: qkv_proj o_proj)")
     parser.add_argument("--device", default="cpu", help="training device for both trainers (cpu, cuda, auto)")
     parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 or auto, for both trainers")
 
