@@ -98,8 +98,8 @@ def ours(model_path: str, table: pd.DataFrame, mode: str, args, packing: bool = 
     with tempfile.TemporaryDirectory() as home:
         config = TrainingConfig(
             batch_size=args.batch, max_length=args.length, max_steps=args.steps, eval_steps=args.steps, save_steps=args.steps,
-            learning_rate=2e-4, warmup_steps=0, lora_r=8, lora_alpha=16, lora_dropout=0.05, target_modules=args.targets,
-            packing=packing,
+            learning_rate=2e-4, warmup_steps=0, lora_r=8, lora_alpha=16, lora_dropout=0.05,
+            target_modules=args.targets, packing=packing,
         )
         placement = resolve_placement(args.device, args.precision)
         job = TrainingJob(mode, model_path, Path(home) / "checkpoints" / mode, config, placement)
@@ -119,13 +119,17 @@ def trl(model_path: str, rows: list[dict], args) -> float:
             args=SFTConfig(
                 output_dir=output, per_device_train_batch_size=args.batch, max_length=args.length, max_steps=args.steps,
                 learning_rate=2e-4, warmup_steps=0, completion_only_loss=True, packing=False,
-                use_cpu=placement.device == "cpu", bf16=placement.precision == "bf16", fp16=placement.precision == "fp16",
+                use_cpu=placement.device == "cpu",
+                bf16=placement.precision == "bf16",
+                fp16=placement.precision == "fp16",
                 include_num_input_tokens_seen="non_padding", eval_strategy="no", save_strategy="no", report_to=[],
                 disable_tqdm=True, logging_steps=args.steps, seed=0,
                 model_init_kwargs={"dtype": TRAINING_DTYPES[placement.precision]},
             ),
             train_dataset=Dataset.from_list(rows[args.validation:]),
-            peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=args.targets, task_type="CAUSAL_LM"),
+            peft_config=LoraConfig(
+                r=8, lora_alpha=16, lora_dropout=0.05, target_modules=args.targets, task_type="CAUSAL_LM"
+            ),
             callbacks=[step_clock],
         )
         trainer.train()

@@ -49,7 +49,10 @@ class TrainingResource(ConfigurableResource):
     )
     processes: int = Field(
         default=1, ge=1,
-        description="Data-parallel training processes on this machine (one per GPU); above 1 the fine-tune runs under torchrun.",
+        description=(
+            "Data-parallel training processes on this machine (one per GPU); above 1 the fine-tune runs under "
+            "torchrun."
+        ),
     )
 
     def command(self) -> list[str]:

@@ -247,7 +247,8 @@ def test_packed_batch_has_each_examples_unpacked_loss(family, mode):
     for example_id, loss in unpacked.items():
         assert packed[example_id] == pytest.approx(loss, rel=1e-5, abs=1e-5), example_id
     total = sum(len(e.input_ids) - e.response_start for e in examples)
-    assert int((packed_batch["labels"] != -100).sum()) == total == int((MaskCollator(0, mode)(examples)["labels"] != -100).sum())
+    unpacked_labels = MaskCollator(0, mode)(examples)["labels"]
+    assert int((packed_batch["labels"] != -100).sum()) == total == int((unpacked_labels != -100).sum())
 
 
 def test_packing_without_segments_would_leak_across_examples():
@@ -293,7 +294,9 @@ def test_flex_attention_equals_the_sdpa_path(mode):
     token_mask = torch.rand(batch, length, generator=generator)
     token_mask = token_mask.round() if mode == "hard" else token_mask.clamp(min=0.05)
     layer = _AttentionLayer().eval()
-    sdpa, _ = attention.masked_sdpa_attention(layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5)
+    sdpa, _ = attention.masked_sdpa_attention(
+        layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5
+    )
     flex, _ = attention.flex_masked_attention(
         layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
     )

@@ -63,5 +63,7 @@ def test_gpu_check_runs_shrunk_on_cpu():
 def test_gpu_check_refuses_to_run_full_size_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    process = subprocess.run([sys.executable, "-m", "bench.gpu_check"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    process = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
     assert process.returncode == 1 and "needs a CUDA GPU; on a CPU run it shrunk with --smoke" in process.stderr

@@ -237,7 +237,9 @@ class _StepLosses(TrainerCallback):
 
 
 @pytest.mark.parametrize("mode", ["none", "soft"])
-def test_response_only_loss_trains_as_the_stock_full_vocabulary_loss(tmp_path, tiny_student, tokenizer, monkeypatch, mode):
+def test_response_only_loss_trains_as_the_stock_full_vocabulary_loss(
+    tmp_path, tiny_student, tokenizer, monkeypatch, mode
+):
     """Same data order (no length grouping): the loss per step and the adapter equal the stock Trainer loss's."""
     table = mask_table(tokenizer)
     runs = {}
@@ -277,7 +279,7 @@ def test_length_grouped_batches_pad_less(tmp_path, tiny_student, tokenizer):
 
 
 def test_packed_training_matches_unpacked(tmp_path, tiny_student, tokenizer):
-    """Packing changes the batch layout, not the math: same losses and adapter (no dropout, whose draws follow shapes)."""
+    """Packing changes the batch layout, not the math: same losses and adapter (no dropout: draws follow shapes)."""
     table = mask_table(tokenizer)
     runs = {}
     for packing in (False, True):
@@ -292,7 +294,8 @@ def test_packed_training_matches_unpacked(tmp_path, tiny_student, tokenizer):
 
 def test_qlora_without_cuda_is_a_one_line_error(tmp_path, tiny_student, tokenizer):
     target = job(tmp_path, tiny_student, load_in_4bit=True)
-    with pytest.raises(TrainingOptionUnavailableError, match="load_in_4bit \\(QLoRA\\) needs a CUDA GPU but this run trains on cpu"):
+    message = "load_in_4bit \\(QLoRA\\) needs a CUDA GPU but this run trains on cpu"
+    with pytest.raises(TrainingOptionUnavailableError, match=message):
         train_lora(target, mask_table(tokenizer), log=lambda _: None)
     assert not target.checkpoint_dir.exists() and not target.work_dir.exists()
 

@@ -86,7 +86,7 @@ def test_absent_device_fails_before_training(tmp_path, tiny_student, tokenizer, 
 
 @pytest.mark.integration
 def test_two_gloo_processes_train_the_adapter_of_one_process(tmp_path, tiny_student, tokenizer, instance):
-    """torchrun with 2 CPU ranks x batch 2 = one process x batch 4: same adapter; rank 0 alone reports and publishes."""
+    """torchrun, 2 CPU ranks x batch 2 = one process x batch 4: same adapter; rank 0 alone reports and publishes."""
     from safetensors.torch import load_file
 
     table = mask_table(tokenizer)

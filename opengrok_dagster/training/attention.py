@@ -74,7 +74,8 @@ def register_masked_attention() -> None:
 def _attention_for(mode: str) -> Callable:
     def masked_attention(module, query, key, value, attention_mask, token_mask=None, segment_ids=None, **kwargs):
         return masked_sdpa_attention(
-            module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, segment_ids=segment_ids, **kwargs
+            module, query, key, value, attention_mask,
+            mode=mode, token_mask=token_mask, segment_ids=segment_ids, **kwargs,
         )
 
     masked_attention.__name__ = f"masked_sdpa_attention_{mode}"
@@ -101,7 +102,8 @@ def masked_sdpa_attention(
     for name, tensor in ((TOKEN_MASK_KWARG, token_mask), (SEGMENT_IDS_KWARG, segment_ids)):
         if tensor is not None and tensor.shape != (key.shape[0], kv_length):
             raise ValueError(
-                f"{name} has shape {tuple(tensor.shape)} but the attention has batch {key.shape[0]} x {kv_length} keys; "
+                f"{name} has shape {tuple(tensor.shape)} but the attention has batch {key.shape[0]} x "
+                f"{kv_length} keys; "
                 "it is a training-time input for full sequences (leave it out when generating with a cache)"
             )
     if segment_ids is not None:
@@ -115,7 +117,9 @@ def masked_sdpa_attention(
         scale = _PER_FORWARD.get("scale", key.dtype, (token_mask,), lambda: key_scale(token_mask, key.dtype))
         return sdpa_attention_forward(module, query, key * scale, value, attention_mask, **kwargs)
     if mode in FLEX_MODES and query.is_cuda and not (module.training and getattr(module, "attention_dropout", 0.0)):
-        return flex_masked_attention(module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, **kwargs)
+        return flex_masked_attention(
+            module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, **kwargs
+        )
     bias = _PER_FORWARD.get(
         "bias", (mode, query.dtype, q_length, kv_length), (token_mask, attention_mask),
         lambda: attention_bias(mode, token_mask, attention_mask, q_length, kv_length, query.dtype),
@@ -157,7 +161,9 @@ def flex_masked_attention(
                 pair = (pair & keep[b, kv_index]) | (q_index + offset == kv_index)
             return pair
 
-        block_mask = create_block_mask(mask_mod, batch, None, q_length, kv_length, device=query.device, _compile=compiled)
+        block_mask = create_block_mask(
+            mask_mod, batch, None, q_length, kv_length, device=query.device, _compile=compiled
+        )
         finite_min = torch.finfo(query.dtype).min
         log_p = torch.log(token_mask.to(query.dtype).clamp(min=0.0)).clamp(min=finite_min)
         return block_mask, log_p

@@ -48,8 +48,8 @@ class TrainingConfig(BaseModel):
     report_to: Literal["none", "tensorboard", "mlflow"] = Field(
         default="none",
         description=(
-            "Where the loss curves also go: 'tensorboard' (event files under checkpoints/tensorboard/<mode>/) or 'mlflow' "
-            "(MLFLOW_TRACKING_URI); they are always in the checkpoint's loss_curves.json."
+            "Where the loss curves also go: 'tensorboard' (event files under checkpoints/tensorboard/<mode>/) "
+            "or 'mlflow' (MLFLOW_TRACKING_URI); they are always in the checkpoint's loss_curves.json."
         ),
     )
     load_in_4bit: bool = Field(

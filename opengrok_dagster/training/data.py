@@ -118,7 +118,8 @@ class MaskCollator:
                 span = slice(offset, offset + size)
                 input_ids[row, span] = example.input_ids
                 attention_mask[row, span] = 1
-                labels[row, offset + example.response_start : offset + size] = example.input_ids[example.response_start :]
+                response = example.input_ids[example.response_start :]
+                labels[row, offset + example.response_start : offset + size] = response
                 labels[row, offset] = IGNORE_INDEX
                 token_mask[row, span] = example.p if self.mask_mode == "soft" else example.m
                 position_ids[row, span] = np.arange(size)

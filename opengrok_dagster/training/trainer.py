@@ -248,7 +248,8 @@ def require_training_options(job: TrainingJob) -> None:
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainingOptionUnavailableError(
-                "load_in_4bit (QLoRA) needs bitsandbytes: pip install 'opengrok-dagster[qlora]', or set load_in_4bit to false"
+                "load_in_4bit (QLoRA) needs bitsandbytes: pip install 'opengrok-dagster[qlora]', "
+                "or set load_in_4bit to false"
             )
     if config.report_to in TRACKERS:
         module, extra = TRACKERS[config.report_to]
@@ -318,7 +319,8 @@ def _setup_data(job: TrainingJob, table: pd.DataFrame, tokenizer, log: Callable[
     data = load_training_data(table, tokenizer, job.config.max_length)
     log(
         f"{len(data.train)} train / {len(data.validation)} validation examples "
-        f"({data.truncated} cut to {job.config.max_length} tokens, {data.dropped_without_response} without response tokens dropped)"
+        f"({data.truncated} cut to {job.config.max_length} tokens, "
+        f"{data.dropped_without_response} without response tokens dropped)"
     )
     return data
 
@@ -348,7 +350,8 @@ def _setup_model(job: TrainingJob) -> tuple[torch.nn.Module, list[str]]:
 
         quantization = {
             "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
             ),
             "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))},
         }
@@ -360,7 +363,9 @@ def _setup_model(job: TrainingJob) -> tuple[torch.nn.Module, list[str]]:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=job.gradient_checkpointing)
     config = job.config
-    targets = require_lora_targets(model, config.target_modules) if config.target_modules else default_lora_targets(model)
+    targets = (
+        require_lora_targets(model, config.target_modules) if config.target_modules else default_lora_targets(model)
+    )
     torch.manual_seed(config.seed)
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets,
@@ -425,7 +430,9 @@ def _setup_trainer(
         args=args,
         train_dataset=data.train,
         eval_dataset=data.validation,
-        data_collator=MaskCollator(tokenizer.pad_token_id, job.mask_mode, pack_to=config.max_length if config.packing else None),
+        data_collator=MaskCollator(
+            tokenizer.pad_token_id, job.mask_mode, pack_to=config.max_length if config.packing else None
+        ),
         callbacks=[EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold), *callbacks],
         lengths=[len(example.input_ids) for example in data.train] if config.group_by_length else None,
     )
