@@ -4,6 +4,10 @@ Layout under ``$OPENGROK_HOME/checkpoints/``: ``.work-<mode>/`` holds the Traine
 ``save_steps``) and ``run.json`` (what the run trains on); a killed run with the same data and config resumes
 from the last checkpoint there, anything else starts afresh. The finished adapter is staged in the work dir,
 checked to load and generate with plain transformers + peft, then renamed to ``<mode>/``.
+
+``train_lora`` is a sequence of ``_setup_*`` steps (tokenizer, data, work dir, model, trainer), the training
+and ``_publish``. The loss reads response positions only (:class:`_ResponseLossTrainer`); under torchrun the
+ranks train data-parallel and rank 0 alone publishes.
 """
 
 from __future__ import annotations
@@ -270,7 +274,7 @@ def train_lora(
     """Fine-tune, verify and publish ``job.checkpoint_dir``; nothing is published if any step fails.
 
     Under ``torchrun`` / ``accelerate launch`` every rank trains its share of each batch (data-parallel); rank 0
-    alone logs, publishes and returns the outcome, the other ranks return None.
+    alone logs, publishes and returns the outcome; the other ranks return None after training.
     """
     require_mask_mode(job.mask_mode)
     require_training_options(job)
