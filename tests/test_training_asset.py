@@ -103,3 +103,10 @@ def test_two_gloo_processes_train_the_adapter_of_one_process(tmp_path, tiny_stud
         assert sum(message.startswith("step 4/4: {'eval_loss'") for message in logs) == 1
     for name, weight in adapters[1].items():
         torch.testing.assert_close(adapters[2][name], weight, rtol=1e-4, atol=1e-5)
+
+
+def test_several_processes_launch_the_entry_point_under_torchrun():
+    assert TrainingResource().command()[1:] == ["-m", "opengrok_dagster.training.pipes_entry"]
+    assert TrainingResource(processes=4).command()[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "opengrok_dagster.training.pipes_entry",
+    ]
