@@ -2,19 +2,24 @@
 the domain package `training/` stays free of Dagster and its Pipes protocol).
 
 Started by ``resources.TrainingResource`` (a subprocess locally, the same command in a GPU pod with
-``PipesK8sClient``). Extras in: ``mask_mode, model_path, checkpoint_dir, table_path, config, device,
-precision, gradient_checkpointing, data_versions, code_version``. Out: progress as Pipes log lines, then one custom
+``PipesK8sClient``); for several GPUs the same module runs under ``torchrun --nproc_per_node N -m`` or
+``accelerate launch --num_processes N -m``: every rank trains, rank 0 alone opens the Pipes session, reports
+and publishes (the other ranks read the same extras from the Pipes context and stay silent).
+
+Extras in: ``mask_mode, model_path, checkpoint_dir, table_path, config, device, precision,
+gradient_checkpointing, data_versions, code_version``. Out: progress as Pipes log lines, then one custom
 message, ``{"outcome": ...}`` or ``{"error": ...}`` for bad input, which the asset turns into its result
 or a ``Failure``. Anything else (a crash, a kill) exits non-zero and the work dir keeps its checkpoints.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
-from dagster_pipes import open_dagster_pipes
+from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 from pydantic import ValidationError
 
 from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
@@ -22,36 +27,50 @@ from opengrok_dagster.training.attention import UnknownMaskModeError
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
-from opengrok_dagster.training.trainer import LoraTargetError, NonFiniteLossError, TrainingJob, train_lora
+from opengrok_dagster.training.trainer import (
+    LoraTargetError, NonFiniteLossError, TrainingJob, TrainingOptionUnavailableError, train_lora,
+)
 
 # Bad input or settings: the message names the fix, so it is reported rather than dumped as a traceback.
 REPORTED_ERRORS = (
     TrainingDataError, TokenizerMismatchError, LoraTargetError, UnknownMaskModeError, ValidationError,
-    NonFiniteLossError, DeviceUnavailableError,
+    NonFiniteLossError, DeviceUnavailableError, TrainingOptionUnavailableError,
 )
 
 
 def main() -> None:
-    with open_dagster_pipes() as pipes:
-        extras = pipes.extras
-        try:
-            placement = resolve_placement(extras["device"], extras["precision"])
-            job = TrainingJob(
-                mask_mode=extras["mask_mode"],
-                model_path=extras["model_path"],
-                checkpoint_dir=Path(extras["checkpoint_dir"]),
-                config=TrainingConfig(**extras["config"]),
-                placement=placement,
-                gradient_checkpointing=bool(extras["gradient_checkpointing"]),
-                data_versions=dict(extras["data_versions"]),
-                code_version=extras["code_version"],
-            )
-            pipes.log.info(f"training mask mode {job.mask_mode} of {job.model_path} on {placement.description}")
-            outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=pipes.log.info)
-        except REPORTED_ERRORS as exc:
-            pipes.report_custom_message({"error": f"{type(exc).__name__}: {exc}"})
-            return
-        pipes.report_custom_message({"outcome": asdict(outcome)})
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open_dagster_pipes() as pipes:
+            pipes.report_custom_message(train(pipes.extras, pipes.log.info))
+    else:
+        train(_pipes_extras(), log=lambda _: None)
+
+
+def train(extras: dict, log) -> dict:
+    """Train as ``extras`` say; the Pipes message: ``{"outcome": ...}`` or ``{"error": ...}`` for bad input."""
+    try:
+        placement = resolve_placement(extras["device"], extras["precision"])
+        job = TrainingJob(
+            mask_mode=extras["mask_mode"],
+            model_path=extras["model_path"],
+            checkpoint_dir=Path(extras["checkpoint_dir"]),
+            config=TrainingConfig(**extras["config"]),
+            placement=placement,
+            gradient_checkpointing=bool(extras["gradient_checkpointing"]),
+            data_versions=dict(extras["data_versions"]),
+            code_version=extras["code_version"],
+        )
+        log(f"training mask mode {job.mask_mode} of {job.model_path} on {placement.description}")
+        outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=log)
+    except REPORTED_ERRORS as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"outcome": asdict(outcome) if outcome is not None else None}
+
+
+def _pipes_extras() -> dict:
+    """The extras of the Pipes context without opening a message channel (ranks other than 0)."""
+    with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as context:
+        return dict(context["extras"])
 
 
 if __name__ == "__main__":

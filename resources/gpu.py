@@ -17,10 +17,10 @@ messages are identical; ``OPENGROK_HOME`` must then be a volume both the pod and
         base_pod_spec={"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
     )
 
-For several GPUs on one machine the command becomes
-``accelerate launch --num_processes <gpus> -m opengrok_dagster.training_entry``: the Trainer then runs
-data-parallel. That path is documented, not tested here (no GPU machine): every rank would open the Pipes
-session and publish, so it needs rank-0-only reporting and publishing before use.
+For several GPUs on one machine set ``processes`` (one per GPU): the command becomes
+``python -m torch.distributed.run --standalone --nproc_per_node <processes> -m <entry module>`` (``accelerate
+launch --num_processes <n> -m <entry module>`` works the same): the Trainer runs data-parallel (NCCL on GPUs,
+gloo on CPUs), rank 0 alone reports through Pipes and publishes. Tested with two gloo processes on a CPU.
 """
 
 import os
@@ -63,6 +63,20 @@ class TrainingResource(ConfigurableResource):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass: less memory, ~30% more time (for Phi-3 on small GPUs)."
     )
+    processes: int = Field(
+        default=1, ge=1,
+        description=(
+            "Data-parallel training processes on this machine (one per GPU); above 1 the fine-tune runs under "
+            "torchrun."
+        ),
+    )
+
+    def command(self) -> list[str]:
+        """The entry point, under torchrun when training data-parallel."""
+        if self.processes == 1:
+            return [sys.executable, "-m", TRAINING_ENTRY_MODULE]
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}"]
+        return [sys.executable, *launcher, "-m", TRAINING_ENTRY_MODULE]
 
     def check_placement(self) -> str:
         """Fail before starting a subprocess when the device is not on this machine (the subprocess runs here)."""
@@ -92,7 +106,7 @@ class TrainingResource(ConfigurableResource):
         ) as session:
             quiet = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
             env = {**os.environ, **quiet, **session.get_bootstrap_env_vars()}
-            process = subprocess.Popen([sys.executable, "-m", TRAINING_ENTRY_MODULE], env=env)
+            process = subprocess.Popen(self.command(), env=env)
             try:
                 returncode = process.wait()
             except BaseException:  # the run was cancelled or interrupted: let the Trainer stop, then re-raise

@@ -6,8 +6,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
 from opengrok_dagster.training import attention
-from opengrok_dagster.training.attention import MASK_MODES, attention_bias, attention_implementation
-from opengrok_dagster.training.data import MaskCollator, MaskedExample
+from opengrok_dagster.training.attention import (
+    FLEX_MODES, MASK_MODES, attention_bias, attention_implementation, block_diagonal_mask,
+)
+from opengrok_dagster.training.data import MaskCollator, MaskedExample, pack_rows
 
 VOCAB = 97
 
@@ -202,3 +204,103 @@ def test_smollm2_modes_match_stock_with_all_ones_and_hard_ignores_masked_tokens(
     torch.testing.assert_close(
         logits(model, altered, attention_mask, token_mask)[:, kept], logits(model, ids, attention_mask, token_mask)[:, kept], rtol=0, atol=0
     )
+
+
+def random_examples(count=7, seed=4):
+    rng = torch.Generator().manual_seed(seed)
+    examples = []
+    for index in range(count):
+        length = int(torch.randint(5, 20, (1,), generator=rng))
+        ids = torch.randint(1, VOCAB, (length,), generator=rng).tolist()
+        m = torch.rand(length, generator=rng).round().tolist()
+        p = torch.rand(length, generator=rng).clamp(min=0.05).tolist()
+        examples.append(MaskedExample(f"e{index}", ids, int(torch.randint(1, length - 1, (1,), generator=rng)), m, p))
+    return examples
+
+
+def per_example_losses(model, batch, rows, drop=()) -> dict[str, float]:
+    """Summed next-token loss of each example, found through its segment (packed) or its row (unpacked)."""
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k not in drop}).logits
+    token_loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="none"
+    )
+    segments = batch.get("segment_ids", batch["attention_mask"])[:, 1:]
+    return {
+        example.example_id: float(token_loss[row][segments[row] == segment].sum())
+        for row, packed in enumerate(rows) for segment, example in enumerate(packed, start=1)
+    }
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_packed_batch_has_each_examples_unpacked_loss(family, mode):
+    """Block-diagonal attention, restarted positions, each example's own token mask: packing changes no loss."""
+    model = build(family, attention_implementation(mode))
+    examples = random_examples()
+    unpacked = per_example_losses(model, MaskCollator(0, mode)(examples), [[example] for example in examples])
+    rows = pack_rows(examples, 40)
+    packed_batch = MaskCollator(0, mode, pack_to=40)(examples)
+    assert len(rows) < len(examples) and packed_batch["input_ids"].shape[0] == len(rows)
+    packed = per_example_losses(model, packed_batch, rows)
+    assert packed.keys() == unpacked.keys()
+    for example_id, loss in unpacked.items():
+        assert packed[example_id] == pytest.approx(loss, rel=1e-5, abs=1e-5), example_id
+    total = sum(len(e.input_ids) - e.response_start for e in examples)
+    unpacked_labels = MaskCollator(0, mode)(examples)["labels"]
+    assert int((packed_batch["labels"] != -100).sum()) == total == int((unpacked_labels != -100).sum())
+
+
+def test_packing_without_segments_would_leak_across_examples():
+    """The block-diagonal mask is what keeps packed examples apart (the packing test above can fail)."""
+    model = build("llama", attention_implementation("hard"))
+    examples = random_examples()
+    batch = MaskCollator(0, "hard", pack_to=40)(examples)
+    rows = pack_rows(examples, 40)
+    separate = per_example_losses(model, batch, rows)
+    leaking = per_example_losses(model, batch, rows, drop=("segment_ids",))
+    assert any(abs(separate[k] - leaking[k]) > 1e-3 for k in separate)
+
+
+def test_pack_rows_first_fit_decreasing_within_capacity():
+    examples = [MaskedExample(str(n), [1] * n, 1, [1] * n, [1] * n) for n in (9, 3, 7, 5, 2)]
+    rows = pack_rows(examples, 10)
+    assert [[int(e.example_id) for e in row] for row in rows] == [[9], [7, 3], [5, 2]]
+
+
+class _AttentionLayer(torch.nn.Module):
+    """What transformers' SDPA forward reads from an attention module."""
+
+    is_causal = True
+    num_key_value_groups = 2
+
+
+@pytest.mark.parametrize("mode", FLEX_MODES)
+def test_flex_attention_equals_the_sdpa_path(mode):
+    """FlexAttention against SDPA with the dense mask on a padded batch with packed rows and GQA.
+
+    Forward only: torch 2.13's FlexAttention has no backward on CPU (NotImplementedError), so the compiled
+    forward + backward comparison runs on CUDA in bench/gpu_check.py.
+    """
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, length, dim = 2, 4, 2, 40, 8
+    query, key, value = (torch.randn(batch, h, length, dim, generator=generator) for h in (heads, kv_heads, kv_heads))
+    padding = torch.ones(batch, length, dtype=torch.bool)
+    padding[1, 30:] = False
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    segments = torch.ones(batch, length, dtype=torch.long)
+    segments[0, 17:] = 2
+    allowed = block_diagonal_mask(segments, causal & padding[:, None, None, :], length, length)
+    token_mask = torch.rand(batch, length, generator=generator)
+    token_mask = token_mask.round() if mode == "hard" else token_mask.clamp(min=0.05)
+    layer = _AttentionLayer().eval()
+    sdpa, _ = attention.masked_sdpa_attention(
+        layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5
+    )
+    flex, _ = attention.flex_masked_attention(
+        layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
+    )
+    torch.testing.assert_close(flex[padding], sdpa[padding], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(flex, attention.flex_masked_attention(
+        layer, query, key, value, None, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
+    )[0])  # the mask matters: without the packing/padding mask the result differs

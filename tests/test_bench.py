@@ -1,12 +1,19 @@
 """The benchmark harness: per-stage memory of a process tree, and partial reruns keeping the other sections."""
 
+import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+import torch
 
 import pytest
 
 from bench.__main__ import kept_sections
 from bench.end_to_end import stage_of
 from bench.measure import run_measured
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # A parent that starts a child holding ~300 MB during stage "grow": the sampler must see the child's memory.
 TREE = """
@@ -39,3 +46,27 @@ def test_rerunning_one_bench_keeps_the_other_sections():
     sections = kept_sections(text)
     assert list(sections) == ["filter", "mask"]
     assert sections["filter"] == "<!-- bench:filter -->\n## Filter\n| a |\n<!-- /bench:filter -->\n"
+
+
+@pytest.mark.integration
+def test_gpu_check_runs_shrunk_on_cpu():
+    """bench/gpu_check.py has never had a GPU here: its --smoke run takes every code path it can on a CPU."""
+    process = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--budget-s", "1200"],
+                             capture_output=True, text=True, timeout=1500, cwd=REPO_ROOT)
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = process.stdout
+    for mode in ("none", "paper", "hard", "soft"):
+        assert f"| {mode} (SDPA) |" in report
+    assert "| FlexAttention block mask |" in report and "largest |flex - sdpa|: output" in report
+    assert "skipped:" not in report.replace("skipped in the smoke run", "")
+    assert "| ours (hard) |" in report and "| ours (hard, packed) |" in report and "TRL SFTTrainer" in report
+    assert "posts/s" in report
+
+
+def test_gpu_check_refuses_to_run_full_size_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    process = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert process.returncode == 1 and "needs a CUDA GPU; on a CPU run it shrunk with --smoke" in process.stderr

@@ -1,5 +1,6 @@
 """The LoRA fine-tune on a tiny Llama student (SmolLM2's tokenizer, a 2-layer model built from config)."""
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -11,15 +12,16 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 
-from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
+from opengrok_dagster.masks.tokenizer import TokenizerMismatchError, tokenizer_fingerprint
+from opengrok_dagster.training import trainer as trainer_module
 from opengrok_dagster.training.config import TrainingConfig
-from opengrok_dagster.training.data import TrainingDataError
+from opengrok_dagster.training.data import TrainingDataError, load_training_data
 from opengrok_dagster.training.manifest import manifest_row
 from opengrok_dagster.training.device import DeviceUnavailableError, Placement, resolve_placement
 from opengrok_dagster.training.trainer import (
-    CHECKPOINT_RECORD, LoraTargetError, NonFiniteLossError, TrainingJob, train_lora,
+    CHECKPOINT_RECORD, LoraTargetError, NonFiniteLossError, TrainingJob, TrainingOptionUnavailableError, train_lora,
 )
 from tests.conftest import QUICK, mask_table
 
@@ -178,3 +180,93 @@ def test_save_steps_must_align_with_evaluations():
 def test_smollm2_trains_in_hard_mode_and_generates(tmp_path, offline_model, tokenizer):
     outcome = train_lora(job(tmp_path, str(offline_model), "hard", max_steps=2, eval_steps=1, save_steps=1), mask_table(tokenizer, 8, 2), log=lambda _: None)
     assert outcome.global_step == 2 and outcome.sample_generation.strip()
+
+
+class _StepLosses(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+@pytest.mark.parametrize("mode", ["none", "soft"])
+def test_response_only_loss_trains_as_the_stock_full_vocabulary_loss(
+    tmp_path, tiny_student, tokenizer, monkeypatch, mode
+):
+    """Same data order (no length grouping): the loss per step and the adapter equal the stock Trainer loss's."""
+    table = mask_table(tokenizer)
+    runs = {}
+    for name in ("stock", "response_only"):
+        losses = _StepLosses()
+        with monkeypatch.context() as patch:
+            if name == "stock":
+                patch.setattr(trainer_module._ResponseLossTrainer, "compute_loss", Trainer.compute_loss)
+            outcome = train_lora(job(tmp_path / name, tiny_student, mode, group_by_length=False), table,
+                                 log=lambda _: None, callbacks=[losses])
+        runs[name] = (losses.losses, outcome, adapter_weights(Path(outcome.adapter_dir)))
+    (stock_losses, stock, stock_weights), (losses, ours, weights) = runs["stock"], runs["response_only"]
+    assert len(losses) == 4
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(stock_losses), rtol=1e-5, atol=1e-6)
+    assert ours.best_val_loss == pytest.approx(stock.best_val_loss, rel=1e-5)
+    for name in stock_weights:
+        torch.testing.assert_close(weights[name], stock_weights[name], rtol=1e-4, atol=1e-6)
+
+
+def test_length_grouped_batches_pad_less(tmp_path, tiny_student, tokenizer):
+    table = mask_table(tokenizer, train=48)
+    rng = random.Random(1)
+    table["input_ids"] = [ids + [ids[-1]] * rng.randrange(0, 30) for ids in table["input_ids"]]  # varied lengths
+    table["m"] = [[1] * len(ids) for ids in table["input_ids"]]
+    table["p"] = table["m"]
+    padded = {}
+    for grouped in (False, True):
+        target = job(tmp_path / str(grouped), tiny_student, "none", group_by_length=grouped, max_length=96)
+        data = load_training_data(table, tokenizer, target.config.max_length)
+        args = trainer_module._training_arguments(target, tmp_path / "out")
+        model, _ = trainer_module._setup_model(target)
+        trainer = trainer_module._setup_trainer(target, args, model, tokenizer, data, [])
+        batches = list(trainer.get_train_dataloader())
+        assert sorted(len(b["input_ids"]) for b in batches) == [4] * 12
+        padded[grouped] = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+    assert padded[True] < padded[False] / 2
+
+
+def test_packed_training_matches_unpacked(tmp_path, tiny_student, tokenizer):
+    """Packing changes the batch layout, not the math: same losses and adapter (no dropout: draws follow shapes)."""
+    table = mask_table(tokenizer)
+    runs = {}
+    for packing in (False, True):
+        losses = _StepLosses()
+        outcome = train_lora(job(tmp_path / str(packing), tiny_student, "hard", packing=packing, group_by_length=False,
+                                 lora_dropout=0.0), table, log=lambda _: None, callbacks=[losses])
+        runs[packing] = (losses.losses, adapter_weights(Path(outcome.adapter_dir)))
+    torch.testing.assert_close(torch.tensor(runs[True][0]), torch.tensor(runs[False][0]), rtol=1e-5, atol=1e-6)
+    for name, weight in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], weight, rtol=1e-4, atol=1e-6)
+
+
+def test_qlora_without_cuda_is_a_one_line_error(tmp_path, tiny_student, tokenizer):
+    target = job(tmp_path, tiny_student, load_in_4bit=True)
+    message = "load_in_4bit \\(QLoRA\\) needs a CUDA GPU but this run trains on cpu"
+    with pytest.raises(TrainingOptionUnavailableError, match=message):
+        train_lora(target, mask_table(tokenizer), log=lambda _: None)
+    assert not target.checkpoint_dir.exists() and not target.work_dir.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="checks the error when mlflow is absent")
+def test_tracker_without_its_package_names_the_extra(tmp_path, tiny_student, tokenizer):
+    with pytest.raises(TrainingOptionUnavailableError, match=r"pip install 'opengrok-dagster\[tracking\]'"):
+        train_lora(job(tmp_path, tiny_student, report_to="mlflow"), mask_table(tokenizer), log=lambda _: None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs the tracking extra (tensorboard)")
+def test_loss_curves_reach_tensorboard(tmp_path, tiny_student, tokenizer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    target = job(tmp_path, tiny_student, "none", report_to="tensorboard")
+    train_lora(target, mask_table(tokenizer), log=lambda _: None)
+    (run,) = target.tensorboard_dir.iterdir()
+    events = EventAccumulator(str(run)).Reload()
+    assert len(events.Scalars("train/loss")) == 4 and len(events.Scalars("eval/loss")) == 2

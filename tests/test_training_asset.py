@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from dagster import asset, materialize
 from huggingface_hub import ModelCard
 
@@ -16,7 +17,7 @@ CONTRACT_COLUMNS = ["mask_mode", "adapter_dir", "base_model", "best_val_loss", "
                     "train_examples", "validation_examples", "tokens_per_second"]
 
 
-def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", instance=None, hub=None, **config):
+def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", instance=None, hub=None, processes=1, **config):
     @asset(name="mask_tables")
     def upstream_mask_tables() -> pd.DataFrame:
         return table
@@ -25,7 +26,7 @@ def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", insta
         "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
         "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(tmp_path / "topics.yaml")),
         "student": StudentResource(model=model_path),
-        "training": TrainingResource(device=device),
+        "training": TrainingResource(device=device, processes=processes),
         "hub": hub or HubResource(),
     }
     assert materialize([upstream_mask_tables], resources=resources, instance=instance).success
@@ -132,3 +133,31 @@ def test_a_training_subprocess_that_dies_fails_the_step_with_how_to_resume(tmp_p
     message = str(failure.event_specific_data.error)
     assert "the training subprocess for paper died (the training subprocess exited with code 1)" in message
     assert "re-materialise to resume" in message and not (tmp_path / "checkpoints" / "paper").exists()
+
+
+@pytest.mark.integration
+def test_two_gloo_processes_train_the_adapter_of_one_process(tmp_path, tiny_student, tokenizer, instance):
+    """torchrun, 2 CPU ranks x batch 2 = one process x batch 4: same adapter; rank 0 alone reports and publishes."""
+    from safetensors.torch import load_file
+
+    table = mask_table(tokenizer)
+    adapters = {}
+    for processes, batch in ((1, 4), (2, 2)):
+        home = tmp_path / f"processes-{processes}"
+        result = run_checkpoint(home, table, tiny_student, instance=instance, processes=processes, batch_size=batch,
+                                lora_dropout=0.0)
+        assert result.success
+        adapters[processes] = load_file(str(home / "checkpoints" / "hard" / "adapter_model.safetensors"))
+        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+        assert sum("published" in message for message in logs) == 1
+        assert any("data-parallel over 2 processes (gloo)" in message for message in logs) == (processes == 2)
+        assert sum(message.startswith("step 4/4: {'eval_loss'") for message in logs) == 1
+    for name, weight in adapters[1].items():
+        torch.testing.assert_close(adapters[2][name], weight, rtol=1e-4, atol=1e-5)
+
+
+def test_several_processes_launch_the_entry_point_under_torchrun():
+    assert TrainingResource().command()[1:] == ["-m", "opengrok_dagster.training_entry"]
+    assert TrainingResource(processes=4).command()[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "opengrok_dagster.training_entry",
+    ]

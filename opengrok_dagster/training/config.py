@@ -6,7 +6,7 @@ For a real run on a GPU raise ``max_length``, ``num_epochs`` and ``max_steps`` (
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,6 +34,28 @@ class TrainingConfig(BaseModel):
     lora_r: int = Field(default=8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    group_by_length: bool = Field(
+        default=True,
+        description="Draw batches of similar length (seeded, as transformers' LengthGroupedSampler): less padding.",
+    )
+    packing: bool = Field(
+        default=False,
+        description=(
+            "Pack each batch's examples into rows of up to max_length tokens with a block-diagonal attention mask "
+            "that keeps every example's own token mask; the loss is the same as unpacked."
+        ),
+    )
+    report_to: Literal["none", "tensorboard", "mlflow"] = Field(
+        default="none",
+        description=(
+            "Where the loss curves also go: 'tensorboard' (event files under checkpoints/tensorboard/<mode>/) "
+            "or 'mlflow' (MLFLOW_TRACKING_URI); they are always in the checkpoint's loss_curves.json."
+        ),
+    )
+    load_in_4bit: bool = Field(
+        default=False,
+        description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes, CUDA only; the 'qlora' extra).",
+    )
     target_modules: Optional[list[str]] = Field(
         default=None,
         description="Module names LoRA adapts; unset = per architecture (q/k/v/o_proj, or qkv_proj/o_proj for Phi-3).",

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from opengrok_dagster.masks.tokenizer import require_same_tokenizer
-from opengrok_dagster.training.attention import TOKEN_MASK_KWARG, require_mask_mode
+from opengrok_dagster.training.attention import SEGMENT_IDS_KWARG, TOKEN_MASK_KWARG, require_mask_mode
 
 IGNORE_INDEX = -100
 REQUIRED_COLUMNS = ("example_id", "split", "input_ids", "response_start", "m", "p", "tokenizer_fingerprint")
@@ -88,30 +88,67 @@ class MaskCollator:
 
     For the masked modes it adds ``token_mask`` (batch x sequence): ``m`` for paper/hard, ``p`` for soft,
     1 on padding (padding is already excluded by the attention mask).
+
+    With ``pack_to`` the batch's examples are packed first-fit (longest first) into as few rows of at most
+    ``pack_to`` tokens as they fit: ``position_ids`` restart at 0 for each example, ``segment_ids`` (1, 2, ...
+    per example, 0 on padding) make the attention block-diagonal, and each example's first token carries no
+    label (it would be predicted from the previous example). The loss sums the same response tokens as
+    unpacked, so a batch's loss is the same.
     """
 
-    def __init__(self, pad_token_id: int, mask_mode: str) -> None:
+    def __init__(self, pad_token_id: int, mask_mode: str, pack_to: int | None = None) -> None:
         self.pad_token_id = pad_token_id
         self.mask_mode = require_mask_mode(mask_mode)
+        self.pack_to = pack_to
 
     def __call__(self, examples: list[MaskedExample]) -> dict[str, torch.Tensor]:
-        length = max(len(example.input_ids) for example in examples)
-        batch = len(examples)
-        input_ids = np.full((batch, length), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((batch, length), dtype=np.int64)
-        labels = np.full((batch, length), IGNORE_INDEX, dtype=np.int64)
-        token_mask = np.ones((batch, length), dtype=np.float32)
-        for row, example in enumerate(examples):
-            size = len(example.input_ids)
-            input_ids[row, :size] = example.input_ids
-            attention_mask[row, :size] = 1
-            labels[row, example.response_start : size] = example.input_ids[example.response_start :]
-            token_mask[row, :size] = example.p if self.mask_mode == "soft" else example.m
+        rows = pack_rows(examples, self.pack_to) if self.pack_to else [[example] for example in examples]
+        length = max(sum(len(example.input_ids) for example in row) for row in rows)
+        shape = (len(rows), length)
+        input_ids = np.full(shape, self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros(shape, dtype=np.int64)
+        labels = np.full(shape, IGNORE_INDEX, dtype=np.int64)
+        token_mask = np.ones(shape, dtype=np.float32)
+        position_ids = np.zeros(shape, dtype=np.int64)
+        segment_ids = np.zeros(shape, dtype=np.int64)
+        for row, packed in enumerate(rows):
+            offset = 0
+            for segment, example in enumerate(packed, start=1):
+                size = len(example.input_ids)
+                span = slice(offset, offset + size)
+                input_ids[row, span] = example.input_ids
+                attention_mask[row, span] = 1
+                response = example.input_ids[example.response_start :]
+                labels[row, offset + example.response_start : offset + size] = response
+                labels[row, offset] = IGNORE_INDEX
+                token_mask[row, span] = example.p if self.mask_mode == "soft" else example.m
+                position_ids[row, span] = np.arange(size)
+                segment_ids[row, span] = segment
+                offset += size
         out = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention_mask),
             "labels": torch.from_numpy(labels),
         }
+        if self.pack_to:
+            out["position_ids"] = torch.from_numpy(position_ids)
+            out[SEGMENT_IDS_KWARG] = torch.from_numpy(segment_ids)
         if self.mask_mode != "none":
             out[TOKEN_MASK_KWARG] = torch.from_numpy(token_mask)
         return out
+
+
+def pack_rows(examples: list[MaskedExample], capacity: int) -> list[list[MaskedExample]]:
+    """First-fit decreasing: each example goes into the first row it fits, longest examples first."""
+    rows: list[list[MaskedExample]] = []
+    free: list[int] = []
+    for example in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
+        size = len(example.input_ids)
+        row = next((index for index, room in enumerate(free) if room >= size), None)
+        if row is None:
+            rows.append([])
+            free.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(example)
+        free[row] -= size
+    return rows

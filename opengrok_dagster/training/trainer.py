@@ -4,11 +4,16 @@ Layout under ``$OPENGROK_HOME/checkpoints/``: ``.work-<mode>/`` holds the Traine
 ``save_steps``) and ``run.json`` (what the run trains on); a killed run with the same data and config resumes
 from the last checkpoint there, anything else starts afresh. The finished adapter is staged in the work dir,
 checked to load and generate with plain transformers + peft, then renamed to ``<mode>/``.
+
+``train_lora`` is a sequence of ``_setup_*`` steps (tokenizer, data, work dir, model, trainer), the training
+and ``_publish``. The loss reads response positions only (:class:`_ResponseLossTrainer`); under torchrun the
+ranks train data-parallel and rank 0 alone publishes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import resource
@@ -24,18 +29,22 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from opengrok_dagster.publish import publish_directory
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.attention import attention_implementation, require_mask_mode
 from opengrok_dagster.training.config import TrainingConfig
-from opengrok_dagster.training.data import MaskCollator, TrainingData, load_training_data
+from opengrok_dagster.training.data import IGNORE_INDEX, MaskCollator, TrainingData, load_training_data
 from opengrok_dagster.training.device import Placement
 from opengrok_dagster.training.report import loss_curves, write_loss_plot, write_model_card
 
 LORA_TARGETS_BY_ARCHITECTURE = (("qkv_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"))
 VERIFY_PROMPT = "Write a short post about the weather."
+TRAINING_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# report_to value -> (module it needs, extra that installs it)
+TRACKERS = {"tensorboard": ("tensorboard", "tracking"), "mlflow": ("mlflow", "tracking")}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +53,10 @@ class NonFiniteLossError(RuntimeError):
 
 class LoraTargetError(ValueError):
     """The LoRA target modules are not in the model."""
+
+
+class TrainingOptionUnavailableError(RuntimeError):
+    """A training option (QLoRA, an experiment tracker) this machine or installation cannot run."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,11 @@ class TrainingJob:
     @property
     def work_dir(self) -> Path:
         return self.checkpoint_dir.with_name(f".work-{self.checkpoint_dir.name}")
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Event files of ``report_to: tensorboard``, kept across runs (``tensorboard --logdir`` its parent)."""
+        return self.checkpoint_dir.parent / "tensorboard" / self.checkpoint_dir.name
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,37 @@ def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
-class _FiniteLossTrainer(Trainer):
-    """Stops at the first non-finite loss (Trainer itself only filters NaN out of its logs)."""
+class _ResponseLossTrainer(Trainer):
+    """The loss from response positions only, length-grouped batches, and a stop at the first non-finite loss.
+
+    The stock causal-LM loss projects every position onto the full vocabulary, though only response tokens
+    carry labels; here the model body runs as usual (``logits_to_keep=1``), the hidden states of the positions
+    that predict a response token are gathered, and only those go through the LM head. The sum over those
+    tokens divided by ``num_items_in_batch`` is exactly the stock loss (same tokens, same normalisation).
+    """
+
+    def __init__(self, *args, lengths: Sequence[int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lengths = list(lengths) if lengths is not None else None
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self._lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        # Grouped by the global batch (every rank draws the same order and takes its share of each batch), so
+        # N processes train on the batches one process would. No generator of its own: the order comes from
+        # torch's global RNG, which a resumed run restores.
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return LengthGroupedSampler(global_batch, lengths=self._lengths)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        loss = response_loss(outputs.hidden_states[-1], labels, head, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks; the count is global
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -126,6 +173,22 @@ class _FiniteLossTrainer(Trainer):
                 "use precision fp32 or bf16 instead of fp16, or check the mask table for empty responses"
             )
         return loss
+
+
+def response_loss(
+    hidden_states: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, num_items_in_batch=None
+) -> torch.Tensor:
+    """Next-token cross-entropy at the labelled positions only (labels -100 elsewhere), as transformers' causal-LM
+    loss: a sum over the tokens divided by ``num_items_in_batch`` when given, else their mean."""
+    targets = labels[:, 1:].to(hidden_states.device)
+    selected = targets != IGNORE_INDEX
+    logits = head(hidden_states[:, :-1][selected]).float()
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits, targets[selected])
+    total = torch.nn.functional.cross_entropy(logits, targets[selected], reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
 
 
 class _Progress(TrainerCallback):
@@ -174,18 +237,141 @@ def _published_outcome(job: TrainingJob, key: str) -> TrainingOutcome | None:
     return TrainingOutcome(**{name: record[name] for name in names}, curves=curves, reused=True)
 
 
-def _prepare_work_dir(job: TrainingJob, key: str, log: Callable[[str], None]) -> Path | None:
-    """Return the checkpoint to resume from, clearing a work dir left by a different run."""
+def require_training_options(job: TrainingJob) -> None:
+    """QLoRA needs CUDA and bitsandbytes, a tracker its package: refuse up front with the fix, before any loading."""
+    config = job.config
+    if config.load_in_4bit:
+        if job.placement.device != "cuda":
+            raise TrainingOptionUnavailableError(
+                f"load_in_4bit (QLoRA) needs a CUDA GPU but this run trains on {job.placement.device}; "
+                "set load_in_4bit to false or train on a CUDA machine"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainingOptionUnavailableError(
+                "load_in_4bit (QLoRA) needs bitsandbytes: pip install 'opengrok-dagster[qlora]', "
+                "or set load_in_4bit to false"
+            )
+    if config.report_to in TRACKERS:
+        module, extra = TRACKERS[config.report_to]
+        if importlib.util.find_spec(module) is None:
+            raise TrainingOptionUnavailableError(
+                f"report_to {config.report_to!r} needs the {module} package: pip install 'opengrok-dagster[{extra}]', "
+                "or set report_to to 'none'"
+            )
+
+
+def train_lora(
+    job: TrainingJob,
+    table: pd.DataFrame,
+    *,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainingOutcome | None:
+    """Fine-tune, verify and publish ``job.checkpoint_dir``; nothing is published if any step fails.
+
+    Under ``torchrun`` / ``accelerate launch`` every rank trains its share of each batch (data-parallel); rank 0
+    alone logs, publishes and returns the outcome; the other ranks return None after training.
+    """
+    require_mask_mode(job.mask_mode)
+    require_training_options(job)
+    tokenizer = _setup_tokenizer(job)
+    data = _setup_data(job, table, tokenizer, log)
+    key = run_key(job, data)
+    published = _published_outcome(job, key)
+    if published is not None:
+        log(f"{job.checkpoint_dir} is up to date (same data, config and model): nothing to train")
+        return published
+    args = _training_arguments(job, job.work_dir / "trainer")  # sets up the process group under torchrun
+    if args.process_index:
+        log = _silent
+    if args.world_size > 1:
+        log(f"data-parallel over {args.world_size} processes ({torch.distributed.get_backend()}), "
+            f"{job.config.batch_size} examples per process per forward")
+    resume_from = _setup_work_dir(job, key, args, log)
+    model, targets = _setup_model(job)
+    progress = _Progress(log)
+    trainer = _setup_trainer(job, args, model, tokenizer, data, [progress, *callbacks])
+    if resume_from:
+        log(f"resuming from {resume_from.name}")
+    if job.placement.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    outcome = None
+    if trainer.is_world_process_zero():
+        outcome = _publish(job, trainer, tokenizer, data, key, targets, progress, resume_from)
+        log(f"published {job.checkpoint_dir}")
+    trainer.accelerator.wait_for_everyone()
+    return outcome
+
+
+def _silent(_: str) -> None:
+    """The log of ranks other than 0: one rank reports."""
+
+
+def _setup_tokenizer(job: TrainingJob):
+    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _setup_data(job: TrainingJob, table: pd.DataFrame, tokenizer, log: Callable[[str], None]) -> TrainingData:
+    data = load_training_data(table, tokenizer, job.config.max_length)
+    log(
+        f"{len(data.train)} train / {len(data.validation)} validation examples "
+        f"({data.truncated} cut to {job.config.max_length} tokens, "
+        f"{data.dropped_without_response} without response tokens dropped)"
+    )
+    return data
+
+
+def _setup_work_dir(job: TrainingJob, key: str, args: TrainingArguments, log: Callable[[str], None]) -> Path | None:
+    """Return the checkpoint to resume from; rank 0 first clears a work dir left by a different run."""
     record = job.work_dir / "run.json"
-    if job.work_dir.exists():
-        previous = json.loads(record.read_text()).get("run_key") if record.exists() else None
-        if previous != key:
-            log(f"discarding {job.work_dir}: left by a run with other data or config")
-            shutil.rmtree(job.work_dir)
-    job.work_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"run_key": key}))
+    with args.main_process_first(local=False, desc="preparing the work dir"):
+        if args.process_index == 0:
+            if job.work_dir.exists():
+                previous = json.loads(record.read_text()).get("run_key") if record.exists() else None
+                if previous != key:
+                    log(f"discarding {job.work_dir}: left by a run with other data or config")
+                    shutil.rmtree(job.work_dir)
+            job.work_dir.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"run_key": key}))
     last = get_last_checkpoint(str(job.work_dir / "trainer")) if (job.work_dir / "trainer").exists() else None
     return Path(last) if last else None
+
+
+def _setup_model(job: TrainingJob) -> tuple[torch.nn.Module, list[str]]:
+    """The base in the training precision (4-bit NF4 for QLoRA) with the masked attention, and its LoRA adapter."""
+    dtype = TRAINING_DTYPES[job.placement.precision]
+    quantization = {}
+    if job.config.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quantization = {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            ),
+            "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))},
+        }
+    model = AutoModelForCausalLM.from_pretrained(
+        job.model_path, dtype=dtype, attn_implementation=attention_implementation(job.mask_mode), **quantization
+    )
+    if job.config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=job.gradient_checkpointing)
+    config = job.config
+    targets = (
+        require_lora_targets(model, config.target_modules) if config.target_modules else default_lora_targets(model)
+    )
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), targets
 
 
 def _training_arguments(job: TrainingJob, output_dir: Path) -> TrainingArguments:
@@ -211,6 +397,7 @@ def _training_arguments(job: TrainingJob, output_dir: Path) -> TrainingArguments
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
+        prediction_loss_only=True,  # evaluation needs the loss only, not every batch's outputs gathered
         logging_steps=config.logging_steps,
         seed=config.seed,
         data_seed=config.seed,
@@ -222,71 +409,45 @@ def _training_arguments(job: TrainingJob, output_dir: Path) -> TrainingArguments
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # the collator's token_mask must reach the model's forward
         dataloader_num_workers=0,
-        report_to=[],
+        report_to=["mlflow"] if config.report_to == "mlflow" else [],  # tensorboard: a callback with our log dir
+        run_name=f"opengrok-{job.mask_mode}",
         disable_tqdm=True,
     )
 
 
-def train_lora(
-    job: TrainingJob,
-    table: pd.DataFrame,
-    *,
-    log: Callable[[str], None] = print,
-    callbacks: Sequence[TrainerCallback] = (),
-) -> TrainingOutcome:
-    """Fine-tune, verify and publish ``job.checkpoint_dir``; nothing is published if any step fails."""
-    require_mask_mode(job.mask_mode)
-    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    data = load_training_data(table, tokenizer, job.config.max_length)
-    log(
-        f"{len(data.train)} train / {len(data.validation)} validation examples "
-        f"({data.truncated} cut to {job.config.max_length} tokens, {data.dropped_without_response} without response tokens dropped)"
-    )
-    key = run_key(job, data)
-    published = _published_outcome(job, key)
-    if published is not None:
-        log(f"{job.checkpoint_dir} is up to date (same data, config and model): nothing to train")
-        return published
-    resume_from = _prepare_work_dir(job, key, log)
+def _setup_trainer(
+    job: TrainingJob, args: TrainingArguments, model, tokenizer, data: TrainingData, callbacks: list[TrainerCallback]
+) -> Trainer:
+    config = job.config
+    if config.report_to == "tensorboard" and args.process_index == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
 
-    model = AutoModelForCausalLM.from_pretrained(
-        job.model_path, dtype=torch.float32, attn_implementation=attention_implementation(job.mask_mode)
-    )
-    targets = require_lora_targets(model, job.config.target_modules) if job.config.target_modules else default_lora_targets(model)
-    torch.manual_seed(job.config.seed)
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=job.config.lora_r, lora_alpha=job.config.lora_alpha, lora_dropout=job.config.lora_dropout,
-            target_modules=targets, task_type="CAUSAL_LM",
-        ),
-    )
-    progress = _Progress(log)
-    trainer = _FiniteLossTrainer(
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        callbacks = [*callbacks, TensorBoardCallback(SummaryWriter(log_dir=str(job.tensorboard_dir / stamp)))]
+    trainer = _ResponseLossTrainer(
         model=model,
-        args=_training_arguments(job, job.work_dir / "trainer"),
+        args=args,
         train_dataset=data.train,
         eval_dataset=data.validation,
-        data_collator=MaskCollator(tokenizer.pad_token_id, job.mask_mode),
-        callbacks=[
-            EarlyStoppingCallback(job.config.early_stopping_patience, job.config.early_stopping_threshold),
-            progress,
-            *callbacks,
-        ],
+        data_collator=MaskCollator(
+            tokenizer.pad_token_id, job.mask_mode, pack_to=config.max_length if config.packing else None
+        ),
+        callbacks=[EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold), *callbacks],
+        lengths=[len(example.input_ids) for example in data.train] if config.group_by_length else None,
     )
     trainer.remove_callback(PrinterCallback)  # _Progress reports through ``log`` instead of stdout
-    if resume_from:
-        log(f"resuming from {resume_from.name}")
-    if job.placement.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return trainer
+
+
+def _publish(
+    job: TrainingJob, trainer: Trainer, tokenizer, data: TrainingData, key: str, targets: list[str],
+    progress: _Progress, resume_from: Path | None,
+) -> TrainingOutcome:
+    """Stage the adapter with its record, curves and card, check it loads and generates, then swap it in."""
     state = trainer.state
     train_tokens = int(state.num_input_tokens_seen - progress.tokens_at_start)
-    best_step = int(state.best_global_step or state.global_step)
     curves = loss_curves(state.log_history)
-
     staging = job.work_dir / "adapter"
     if staging.exists():
         shutil.rmtree(staging)
@@ -298,7 +459,7 @@ def train_lora(
         adapter_dir=str(job.checkpoint_dir),
         base_model=job.model_path,
         best_val_loss=float(state.best_metric if state.best_metric is not None else math.nan),
-        best_step=best_step,
+        best_step=int(state.best_global_step or state.global_step),
         global_step=int(state.global_step),
         early_stopped=bool(state.global_step < state.max_steps),
         resumed_from_step=int(resume_from.name.rsplit("-", 1)[-1]) if resume_from else 0,
@@ -333,7 +494,6 @@ def train_lora(
     write_model_card(staging / "README.md", outcome, job.config, job.data_versions)
     publish_directory(staging, job.checkpoint_dir)
     shutil.rmtree(job.work_dir)
-    log(f"published {job.checkpoint_dir}")
     return outcome
 
 
