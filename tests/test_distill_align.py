@@ -107,9 +107,8 @@ def test_byte_level_markers_without_bytes_are_decoded(tokenizer, vocabulary):
     response = "café time 😀"
     pieces = student_pieces(tokenizer, vocabulary, response)
     symbols = {byte: char for char, byte in byte_level_alphabet().items()}
-    entries = [
-        entry("".join(symbols[b] for b in piece), alternatives=[("Ġtime", -3.0)], with_bytes=False) for piece in pieces
-    ]
+    spelled = ["".join(symbols[b] for b in piece) for piece in pieces]
+    entries = [entry(piece, alternatives=[("Ġtime", -3.0)], with_bytes=False) for piece in spelled]
     targets, _, _ = align_response(tokenizer, vocabulary, response, entries)
     assert targets.aligned_tokens == len(pieces)
     assert all(vocabulary.by_bytes[b" time"] in candidates for candidates in targets.token_ids)

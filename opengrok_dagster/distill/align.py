@@ -16,6 +16,7 @@ differs from the teacher's text (the filter scrubbed PII), only spans inside unc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -30,7 +31,10 @@ from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 
 Span = tuple[int, int]
-KD_COLUMNS = ("example_id", "kd_positions", "kd_token_ids", "kd_logprobs", "response_tokens", "aligned_tokens")
+KD_COLUMNS = (
+    "example_id", "input_ids_digest", "kd_positions", "kd_token_ids", "kd_logprobs",
+    "response_tokens", "aligned_tokens",
+)
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SENTENCEPIECE_SPACE = "\u2581"
 
@@ -39,16 +43,23 @@ class TeacherLogprobsError(ValueError):
     """A row's ``logprobs`` value is not the chat-completions ``logprobs.content`` shape."""
 
 
+class AlignmentInputError(ValueError):
+    """The mask table and the responses it is aligned with disagree; the message names the fix."""
+
+
 class StudentVocabularyError(ValueError):
     """The student's tokenizer cannot spell its tokens as bytes, which the alignment needs."""
+
+
+def input_ids_digest(input_ids) -> str:
+    """Identity of a mask-table row's tokens: targets index into exactly these positions."""
+    return hashlib.sha256(np.asarray(input_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)
 def byte_level_alphabet() -> dict[str, int]:
     """GPT-2's byte-to-printable-character table, inverted: each byte-level BPE symbol to its byte."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     symbols, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -94,8 +105,9 @@ class StudentVocabulary:
         else:
             name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
             raise StudentVocabularyError(
-                f"student tokenizer {name!r} has decoder {sorted(k for k in kinds if k)}, which does not spell tokens as "
-                "bytes; token-level distillation needs a byte-level BPE or SentencePiece student (GPT-2/Llama/Phi style)"
+                f"student tokenizer {name!r} has decoder {sorted(k for k in kinds if k)}, which does not spell "
+                "tokens as bytes; token-level distillation needs a byte-level BPE or SentencePiece student "
+                "(GPT-2/Llama/Phi style)"
             )
         vocabulary = tokenizer.get_vocab()
         added = {token.content for token in tokenizer.added_tokens_decoder.values()}
@@ -151,7 +163,8 @@ def parse_teacher_logprobs(value, where: str) -> list[TeacherToken] | None:
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise TeacherLogprobsError(
-                f"{where}: logprobs entry {index} is not {{token, logprob, bytes, top_logprobs}} ({type(exc).__name__}: {exc}); {fix}"
+                f"{where}: logprobs entry {index} is not {{token, logprob, bytes, top_logprobs}} "
+                f"({type(exc).__name__}: {exc}); {fix}"
             ) from None
     return tokens
 
@@ -298,51 +311,36 @@ def build_kd_targets(mask_table: pd.DataFrame, responses: pd.DataFrame, tokenize
     """
     vocabulary = StudentVocabulary.of(tokenizer)
     renderer = ChatRenderer(tokenizer)
-    by_id = responses.set_index("example_id")
+    by_id = responses.drop_duplicates("example_id").set_index("example_id")
     rows, response_tokens, aligned_tokens, with_logprobs = [], 0, 0, 0
     for row in mask_table.itertuples(index=False):
-        example_id = str(row.example_id)
+        example_id, input_ids = str(row.example_id), [int(i) for i in row.input_ids]
         source = by_id.loc[example_id] if example_id in by_id.index else None
-        teacher = (
-            None
-            if source is None
-            else parse_teacher_logprobs(source["logprobs"], f"raw response of example {example_id}")
-        )
-        if teacher is None:
-            rows.append(
-                {
-                    "example_id": example_id,
-                    "kd_positions": [],
-                    "kd_token_ids": [],
-                    "kd_logprobs": [],
-                    "response_tokens": 0,
-                    "aligned_tokens": 0,
-                }
-            )
-            continue
-        system = None if pd.isna(source["system_prompt"]) else str(source["system_prompt"])
-        rendered = renderer.render(system, str(source["prompt"]), str(source["response"]))
-        targets = align_example(
-            [int(i) for i in row.input_ids],
-            rendered.text,
-            rendered.spans["response"],
-            int(row.response_start),
-            teacher,
-            vocabulary,
-        )
-        with_logprobs += 1
-        response_tokens += targets.response_tokens
-        aligned_tokens += targets.aligned_tokens
-        rows.append(
-            {
-                "example_id": example_id,
-                "kd_positions": np.asarray(targets.positions, dtype=np.int32),
-                "kd_token_ids": [np.asarray(ids, dtype=np.int32) for ids in targets.token_ids],
-                "kd_logprobs": [np.asarray(lp, dtype=np.float32) for lp in targets.logprobs],
-                "response_tokens": targets.response_tokens,
-                "aligned_tokens": targets.aligned_tokens,
-            }
-        )
+        where = f"raw response of example {example_id}"
+        teacher = None if source is None else parse_teacher_logprobs(source["logprobs"], where)
+        targets = ExampleTargets([], [], [], 0)
+        if teacher is not None:
+            system = None if pd.isna(source["system_prompt"]) else str(source["system_prompt"])
+            rendered = renderer.render(system, str(source["prompt"]), str(source["response"]))
+            if hasattr(row, "text") and rendered.text != row.text:
+                raise AlignmentInputError(
+                    f"mask_tables row {example_id!r} was rendered from other texts than filtered_responses holds now; "
+                    "re-materialise mask_tables before kd_targets"
+                )
+            span = rendered.spans["response"]
+            targets = align_example(input_ids, rendered.text, span, int(row.response_start), teacher, vocabulary)
+            with_logprobs += 1
+            response_tokens += targets.response_tokens
+            aligned_tokens += targets.aligned_tokens
+        rows.append({
+            "example_id": example_id,
+            "input_ids_digest": input_ids_digest(input_ids),
+            "kd_positions": np.asarray(targets.positions, dtype=np.int32),
+            "kd_token_ids": [np.asarray(ids, dtype=np.int32) for ids in targets.token_ids],
+            "kd_logprobs": [np.asarray(lp, dtype=np.float32) for lp in targets.logprobs],
+            "response_tokens": targets.response_tokens,
+            "aligned_tokens": targets.aligned_tokens,
+        })
     table = pd.DataFrame(rows, columns=list(KD_COLUMNS))
     table["tokenizer_fingerprint"] = vocabulary.fingerprint
     return KDTargetsResult(table, response_tokens, aligned_tokens, with_logprobs)
