@@ -6,10 +6,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from opengrok_dagster.distill.targets import KDCollator, KDTargets, ExampleTargets
+from opengrok_dagster.distill.targets import ExampleTargets, KDCollator, KDTargets
 from opengrok_dagster.training.attention import MASK_MODES, attention_implementation
 from opengrok_dagster.training.data import MaskCollator, MaskedExample
-from opengrok_dagster.training.distill_loss import KD_INPUTS, KD_LOGPROBS, KD_TOKEN_IDS, distillation_loss, sparse_kl_sum
+from opengrok_dagster.training.distill_loss import (
+    KD_INPUTS, KD_LOGPROBS, KD_TOKEN_IDS, distillation_loss, sparse_kl_sum,
+)
 
 VOCAB = 61
 TOP_K = 4
@@ -166,7 +168,8 @@ def test_kl_descent_moves_the_student_to_the_teacher():
         optimiser.step()
     probabilities = torch.softmax(logits.detach(), -1)[0]
     assert first > 0.5 and kl.item() < 1e-4
-    assert probabilities[3].item() == pytest.approx(0.7, abs=1e-2) and probabilities[7].item() == pytest.approx(0.2, abs=1e-2)
+    assert probabilities[3].item() == pytest.approx(0.7, abs=1e-2)
+    assert probabilities[7].item() == pytest.approx(0.2, abs=1e-2)
 
 
 def test_targets_outside_the_labels_add_nothing():

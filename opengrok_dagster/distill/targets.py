@@ -38,8 +38,13 @@ class KDTargets:
     digest: str
 
     @classmethod
-    def of(cls, table: pd.DataFrame, mask_table: pd.DataFrame, tokenizer) -> KDTargets:
+    def of(cls, table: pd.DataFrame | None, mask_table: pd.DataFrame, tokenizer) -> KDTargets:
         """Refuse targets made for another tokenizer or another version of ``mask_table``'s rows."""
+        if table is None:
+            raise KDTargetsError(
+                "kd_alpha > 0 but no kd_targets were given; materialise kd_targets (from raw responses collected "
+                "with logprobs) or set kd_alpha to 0"
+            )
         missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
         if missing:
             raise KDTargetsError(

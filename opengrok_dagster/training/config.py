@@ -34,6 +34,13 @@ class TrainingConfig(BaseModel):
     lora_r: int = Field(default=8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    kd_alpha: float = Field(
+        default=0.0, ge=0,
+        description="Weight of the KL to the teacher's top-k logprobs (kd_targets) per aligned response token; 0 = CE only.",
+    )
+    kd_temperature: float = Field(
+        default=1.0, gt=0, description="Temperature of the distillation KL (scaled by its square); 1 = as sampled."
+    )
     target_modules: Optional[list[str]] = Field(
         default=None,
         description="Module names LoRA adapts; unset = per architecture (q/k/v/o_proj, or qkv_proj/o_proj for Phi-3).",

@@ -2,9 +2,10 @@
 
 Started by ``resources.TrainingResource`` (a subprocess locally, the same command in a GPU pod with
 ``PipesK8sClient``). Extras in: ``mask_mode, model_path, checkpoint_dir, table_path, config, device,
-precision, gradient_checkpointing, data_versions``. Out: progress as Pipes log lines, then one custom
-message, ``{"outcome": ...}`` or ``{"error": ...}`` for bad input, which the asset turns into its result
-or a ``Failure``. Anything else (a crash, a kill) exits non-zero and the work dir keeps its checkpoints.
+precision, gradient_checkpointing, data_versions``, optionally ``kd_targets_path``. Out: progress as Pipes
+log lines, then one custom message, ``{"outcome": ...}`` or ``{"error": ...}`` for bad input, which the asset
+turns into its result or a ``Failure``. Anything else (a crash, a kill) exits non-zero and the work dir keeps
+its checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 from dagster_pipes import open_dagster_pipes
 from pydantic import ValidationError
 
+from opengrok_dagster.distill.targets import KDTargetsError
 from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
 from opengrok_dagster.training.attention import UnknownMaskModeError
 from opengrok_dagster.training.config import TrainingConfig
@@ -26,7 +28,7 @@ from opengrok_dagster.training.trainer import LoraTargetError, NonFiniteLossErro
 # Bad input or settings: the message names the fix, so it is reported rather than dumped as a traceback.
 REPORTED_ERRORS = (
     TrainingDataError, TokenizerMismatchError, LoraTargetError, UnknownMaskModeError, ValidationError,
-    NonFiniteLossError, DeviceUnavailableError,
+    NonFiniteLossError, DeviceUnavailableError, KDTargetsError,
 )
 
 
@@ -45,7 +47,8 @@ def main() -> None:
                 data_versions=dict(extras["data_versions"]),
             )
             pipes.log.info(f"training mask mode {job.mask_mode} of {job.model_path} on {placement.description}")
-            outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=pipes.log.info)
+            kd_targets = pd.read_parquet(extras["kd_targets_path"]) if extras.get("kd_targets_path") else None
+            outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=pipes.log.info, kd_targets=kd_targets)
         except REPORTED_ERRORS as exc:
             pipes.report_custom_message({"error": f"{type(exc).__name__}: {exc}"})
             return

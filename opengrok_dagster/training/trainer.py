@@ -27,11 +27,13 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from opengrok_dagster.distill.targets import KDTargets
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.attention import attention_implementation, require_mask_mode
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import MaskCollator, TrainingData, load_training_data
 from opengrok_dagster.training.device import Placement
+from opengrok_dagster.training.distill_loss import KD_INPUTS, distillation_loss
 from opengrok_dagster.training.report import loss_curves, write_loss_plot, write_model_card
 
 LORA_TARGETS_BY_ARCHITECTURE = (("qkv_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -121,7 +123,23 @@ def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
 
 
 class _FiniteLossTrainer(Trainer):
-    """Stops at the first non-finite loss (Trainer itself only filters NaN out of its logs)."""
+    """Stops at the first non-finite loss (Trainer itself only filters NaN out of its logs); adds the KD term."""
+
+    kd_alpha, kd_temperature = 0.0, 1.0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        targets = {key: inputs.pop(key) for key in KD_INPUTS if key in inputs}
+        if not (targets and self.kd_alpha and model.training):  # validation loss stays plain cross-entropy
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels, num_items = inputs.pop("labels"), num_items_in_batch if self.model_accepts_loss_kwargs else None
+        outputs = model(**inputs)
+        loss = distillation_loss(
+            outputs.logits, labels, **targets, alpha=self.kd_alpha, temperature=self.kd_temperature,
+            num_items_in_batch=num_items,
+        )
+        if self.args.average_tokens_across_devices and num_items is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales the cross-entropy
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -156,9 +174,9 @@ class _Progress(TrainerCallback):
         self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
 
 
-def run_key(job: TrainingJob, data: TrainingData) -> str:
+def run_key(job: TrainingJob, data: TrainingData, kd: KDTargets | None = None) -> str:
     """Identity of a run: a checkpoint resumes only a run with the same data, config, model and mode."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(kd.digest.encode() if kd else b"")
     digest.update(json.dumps([job.mask_mode, job.model_path, job.config.model_dump(), job.placement.precision]).encode())
     for example in data.train + data.validation:
         digest.update(json.dumps(asdict(example)).encode())
@@ -237,6 +255,7 @@ def train_lora(
     *,
     log: Callable[[str], None] = print,
     callbacks: Sequence[TrainerCallback] = (),
+    kd_targets: pd.DataFrame | None = None,
 ) -> TrainingOutcome:
     """Fine-tune, verify and publish ``job.checkpoint_dir``; nothing is published if any step fails."""
     require_mask_mode(job.mask_mode)
@@ -248,7 +267,8 @@ def train_lora(
         f"{len(data.train)} train / {len(data.validation)} validation examples "
         f"({data.truncated} cut to {job.config.max_length} tokens, {data.dropped_without_response} without response tokens dropped)"
     )
-    key = run_key(job, data)
+    kd = KDTargets.of(kd_targets, table, tokenizer) if job.config.kd_alpha else None
+    key = run_key(job, data, kd)
     published = _published_outcome(job, key)
     if published is not None:
         log(f"{job.checkpoint_dir} is up to date (same data, config and model): nothing to train")
@@ -268,18 +288,20 @@ def train_lora(
         ),
     )
     progress = _Progress(log)
+    collator = MaskCollator(tokenizer.pad_token_id, job.mask_mode)
     trainer = _FiniteLossTrainer(
         model=model,
         args=_training_arguments(job, job.work_dir / "trainer"),
         train_dataset=data.train,
         eval_dataset=data.validation,
-        data_collator=MaskCollator(tokenizer.pad_token_id, job.mask_mode),
+        data_collator=kd.collator(collator) if kd else collator,
         callbacks=[
             EarlyStoppingCallback(job.config.early_stopping_patience, job.config.early_stopping_threshold),
             progress,
             *callbacks,
         ],
     )
+    trainer.kd_alpha, trainer.kd_temperature = job.config.kd_alpha, job.config.kd_temperature
     trainer.remove_callback(PrinterCallback)  # _Progress reports through ``log`` instead of stdout
     if resume_from:
         log(f"resuming from {resume_from.name}")
