@@ -48,6 +48,8 @@ BENCHES = {
                        ("--rounds", "5", "--threads", "1", "--clock", "cpu"), "masked / stock <= 1.10"),
     "training": Bench("Training tokens/s vs TRL SFTTrainer", "bench.training_throughput",
                       ("--steps", "6", "--repeats", "3", "--threads", "1", "--clock", "cpu"), "ours / TRL >= 1.0"),
+    "kd_alignment": Bench("Distillation: aligned share of response tokens across tokenizers", "bench.kd_alignment", (),
+                          ">= 80% of English tweet response tokens"),
     "evaluation": Bench("Default evaluation", "bench.evaluation_time", ("--repeats", "3"), "<= 300 s"),
     "end_to_end": Bench("End to end: `opengrok run` on the offline default", "bench.end_to_end",
                         ("--fresh", "3", "--unchanged", "1"), "fresh run <= 15 minutes"),
