@@ -50,6 +50,8 @@ BENCHES = {
                       ("--steps", "6", "--repeats", "3", "--threads", "1", "--clock", "cpu"), "ours / TRL >= 1.0"),
     "kd_alignment": Bench("Distillation: aligned share of response tokens across tokenizers", "bench.kd_alignment", (),
                           ">= 80% of English tweet response tokens"),
+    "kd_overhead": Bench("Distillation: training step with the KD term vs cross-entropy only", "bench.kd_overhead",
+                         ("--rounds", "5", "--threads", "1", "--clock", "cpu"), "KD / CE <= 1.15"),
     "evaluation": Bench("Default evaluation", "bench.evaluation_time", ("--repeats", "3"), "<= 300 s"),
     "end_to_end": Bench("End to end: `opengrok run` on the offline default", "bench.end_to_end",
                         ("--fresh", "3", "--unchanged", "1"), "fresh run <= 15 minutes"),

@@ -154,6 +154,39 @@ def test_a_matching_student_has_the_cross_entropy_gradient_alone_in_every_parame
         torch.testing.assert_close(kd_grad, ce_grad, rtol=1e-4, atol=1e-6)
 
 
+def reference_kl(logits, ids, logprobs, temperature):
+    """The definition with autograd in float64: masked log-sum-exp for the student's "other" bucket."""
+    valid = ids >= 0
+    scaled = logits.double() / temperature
+    normaliser = torch.logsumexp(scaled, -1, keepdim=True)
+    top = scaled.gather(-1, ids.clamp(min=0)) - normaliser
+    targets = torch.zeros_like(scaled, dtype=torch.bool).scatter_(-1, ids.clamp(min=0), valid)
+    other = torch.logsumexp(scaled.masked_fill(targets, float("-inf")), -1, keepdim=True) - normaliser
+    teacher = torch.where(valid, logprobs.double(), float("-inf"))
+    teacher = torch.cat([teacher, (1 - teacher.exp().sum(-1, keepdim=True)).log()], -1) / temperature
+    teacher = teacher - torch.logsumexp(teacher, -1, keepdim=True)
+    student = torch.cat([top, other], -1)
+    keep = torch.cat([valid, torch.ones_like(valid[:, :1])], -1)
+    return torch.where(keep, teacher.exp() * (teacher - student), 0.0).sum()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_the_kl_and_its_gradient_equal_autograd_of_the_definition(temperature):
+    generator = torch.Generator().manual_seed(4)
+    logits = (torch.randn(5, VOCAB, generator=generator) * 4).requires_grad_()
+    ids = torch.stack([torch.randperm(VOCAB, generator=generator)[:TOP_K] for _ in range(5)])
+    ids[1, 1:] = -1
+    ids[3] = -1  # a row without targets contributes nothing
+    logprobs = torch.log(torch.rand(5, TOP_K + 1, generator=generator).softmax(-1)[:, :TOP_K])
+    kl = sparse_kl_sum(logits, ids, logprobs, temperature)
+    (ours,) = torch.autograd.grad(kl, logits)
+    expected = reference_kl(logits, ids, logprobs, temperature)
+    (theirs,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(kl.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    assert ours[3].abs().max() == 0
+
+
 def test_kl_descent_moves_the_student_to_the_teacher():
     logits = torch.zeros(1, VOCAB, requires_grad=True)
     ids = torch.tensor([[3, 7]])

@@ -29,25 +29,64 @@ def sparse_kl_sum(
     """Σ over rows of KL(teacher || student) between the coarse distributions (the ``k`` ids + other).
 
     ``logits`` (n x vocab) are the student's at the rows to compare; ``token_ids``/``logprobs`` (n x k) the
-    teacher's targets there, ids ``-1`` for padding. Rows without a valid id contribute 0.
+    teacher's targets there, distinct ids per row, ``-1`` for padding. Rows without a valid id contribute 0.
     """
     valid = token_ids >= 0
-    ids = token_ids.clamp(min=0)
-    scaled = logits.float() / temperature
-    normaliser = torch.logsumexp(scaled, dim=-1, keepdim=True)
-    student_top = scaled.gather(-1, ids) - normaliser
-    is_target = torch.zeros_like(scaled, dtype=torch.bool).scatter_(-1, ids, valid)
-    student_other = torch.logsumexp(scaled.masked_fill(is_target, float("-inf")), dim=-1, keepdim=True) - normaliser
-    student = torch.cat([student_top, student_other], dim=-1)
+    rows = valid.any(-1)
+    if not bool(rows.all()):
+        logits, token_ids, logprobs, valid = logits[rows], token_ids[rows], logprobs[rows], valid[rows]
+    first_valid = token_ids.gather(-1, valid.int().argmax(-1, keepdim=True))
+    ids = torch.where(valid, token_ids, first_valid)  # padding repeats a real id, with zero teacher probability
+    teacher_top, teacher_other = _tempered_teacher(logprobs.to(logits.device), valid, temperature)
+    return _CoarseKL.apply(logits, ids, valid, teacher_top, teacher_other, temperature)
 
-    teacher_top = torch.where(valid, logprobs.float(), float("-inf"))
-    other_mass = (1.0 - teacher_top.exp().sum(-1, keepdim=True)).clamp(min=0.0)
-    teacher = torch.cat([teacher_top, other_mass.log()], dim=-1) / temperature
-    teacher = teacher - torch.logsumexp(teacher, dim=-1, keepdim=True)
-    probability = teacher.exp()
-    present = probability > 0  # 0 · log 0 = 0, computed without an inf or NaN reaching the gradient
-    terms = probability * (torch.where(present, teacher, 0.0) - torch.where(present, student, 0.0))
-    return (terms * valid.any(-1, keepdim=True)).sum()
+
+def _tempered_teacher(logprobs: torch.Tensor, valid: torch.Tensor, temperature: float):
+    """The teacher's coarse distribution (k ids + other = 1 - their mass), softened: q ∝ q^(1/T)."""
+    top = torch.where(valid, logprobs.float(), float("-inf"))
+    other = (1.0 - top.exp().sum(-1, keepdim=True)).clamp(min=0.0).log()
+    tempered = torch.cat([top, other], dim=-1) / temperature
+    probability = (tempered - torch.logsumexp(tempered, dim=-1, keepdim=True)).exp()
+    return probability[:, :-1], probability[:, -1:]
+
+
+def _kl_terms(target: torch.Tensor, log_target: torch.Tensor, log_student: torch.Tensor) -> torch.Tensor:
+    """q (log q - log p), 0 where q = 0."""
+    present = target > 0
+    return torch.where(present, target * (log_target - log_student), 0.0)
+
+
+class _CoarseKL(torch.autograd.Function):
+    """KL(q || coarse softmax(z / T)) summed over rows, and its gradient, in one pass over the vocabulary each.
+
+    With p = softmax(z / T), C the target ids and p_o = Σ_{v∉C} p_v, the gradient is (p_v - q_v) / T on C and
+    p_v (1 - q_o / p_o) / T elsewhere: autograd through the same expression keeps several vocabulary-wide
+    intermediates alive and is ~2x slower (bench/kd_overhead.py).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, ids, valid, teacher_top, teacher_other, temperature):
+        scaled = logits.float() / temperature
+        normaliser = torch.logsumexp(scaled, dim=-1, keepdim=True)
+        log_top = scaled.gather(-1, ids) - normaliser
+        rest = scaled.sub_(normaliser).exp_().scatter_(-1, ids, 0.0)  # p outside the targets, in place
+        other = rest.sum(-1, keepdim=True)
+        log_other = other.clamp(min=torch.finfo(other.dtype).tiny).log()
+        kl = (_kl_terms(teacher_top, teacher_top.log(), log_top) * valid).sum()
+        kl = kl + _kl_terms(teacher_other, teacher_other.log(), log_other).sum()
+        ctx.save_for_backward(rest, log_top, other, ids, valid, teacher_top, teacher_other)
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        rest, log_top, other, ids, valid, teacher_top, teacher_other = ctx.saved_tensors
+        scale = grad_output / ctx.temperature
+        on_targets = log_top.exp() - teacher_top * valid
+        on_targets = torch.where(valid, on_targets, on_targets.gather(-1, valid.int().argmax(-1, keepdim=True)))
+        ratio = torch.where(other > 0, teacher_other / other.clamp(min=torch.finfo(other.dtype).tiny), 0.0)
+        grad = (rest * (1.0 - ratio)).scatter_(-1, ids, on_targets).mul_(scale)
+        return grad.to(ctx.dtype), None, None, None, None, None
 
 
 def distillation_loss(
