@@ -38,7 +38,18 @@ def _loss_table(curves: dict) -> str:
     return "\n".join(lines)
 
 
+def _kd_targets_extras(paths: OpenGrokPaths, data_versions: dict) -> dict:
+    """The published kd_targets file for the training subprocess, its data version recorded with the others."""
+    path = paths.home_dir / "assets" / "kd_targets.parquet"
+    if not path.exists():
+        raise Failure(description=f"lora_checkpoint: kd_alpha > 0 but {path} does not exist; materialise kd_targets "
+                      "(job prepare_training_data) from responses collected with logprobs, or set kd_alpha to 0")
+    data_versions["kd_targets"] = content_data_version(pd.read_parquet(path)).value
+    return {"kd_targets_path": str(path)}
+
+
 @asset(
+    deps=["kd_targets"],  # read from its Parquet file only when kd_alpha > 0 (distillation is opt-in)
     partitions_def=mask_mode_partitions,
     group_name="training",
     automation_condition=FOLLOWS_UPSTREAM_DATA,
@@ -81,6 +92,8 @@ def lora_checkpoint(
             "config": TrainingConfig(**config.model_dump()).model_dump(),
             "data_versions": {"mask_tables": content_data_version(mask_tables).value},
         }
+        if config.kd_alpha:
+            extras.update(_kd_targets_extras(paths, extras["data_versions"]))
         try:
             messages = training.run_training(context, extras).get_custom_messages()
         except DagsterPipesExecutionError as exc:

@@ -1,5 +1,6 @@
 """The fine-tune with distillation targets: the KD term reaches the loss, and foreign targets are refused."""
 
+import json
 import math
 
 import pandas as pd
@@ -8,8 +9,9 @@ import pytest
 from opengrok_dagster.distill.align import input_ids_digest
 from opengrok_dagster.distill.targets import KDTargetsError
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
+from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.trainer import train_lora
-from tests import test_training
+from tests import test_training, test_training_asset
 
 # The tiny student of the fine-tune's own tests (module-scoped fixtures), and its mask table and job helpers.
 tokenizer, tiny_student = test_training.tokenizer, test_training.tiny_student
@@ -78,3 +80,24 @@ def test_targets_aligned_to_other_tokens_are_refused(tmp_path, tiny_student, tok
 def test_kd_alpha_without_targets_is_refused(tmp_path, tiny_student, tokenizer):
     with pytest.raises(KDTargetsError, match="kd_alpha > 0 but no kd_targets were given"):
         train_lora(job(tmp_path, tiny_student, kd_alpha=0.5), mask_table(tokenizer), log=quiet)
+
+
+def test_lora_checkpoint_distils_from_the_published_kd_targets(tmp_path, tiny_student, tokenizer):
+    table = mask_table(tokenizer)
+    (tmp_path / "assets").mkdir(parents=True)
+    kd_table(table, tokenizer).to_parquet(tmp_path / "assets" / "kd_targets.parquet")
+    result = test_training_asset.run_checkpoint(tmp_path, table, tiny_student, kd_alpha=0.5, max_steps=2, eval_steps=2,
+                                                save_steps=2)
+    assert result.success
+    record = json.loads((tmp_path / "checkpoints" / "hard" / CHECKPOINT_RECORD).read_text())
+    assert set(record["data_versions"]) == {"mask_tables", "kd_targets"}
+
+
+def test_lora_checkpoint_with_kd_alpha_but_no_kd_targets_fails_naming_the_fix(tmp_path, tiny_student, tokenizer):
+    result = test_training_asset.run_checkpoint(tmp_path, mask_table(tokenizer), tiny_student, kd_alpha=0.5)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "kd_alpha > 0 but" in str(failure.event_specific_data.error) and "materialise kd_targets" in str(
+        failure.event_specific_data.error
+    )
+    assert not (tmp_path / "checkpoints" / "hard").exists()
