@@ -36,7 +36,7 @@ class TrainingConfig(BaseModel):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     kd_alpha: float = Field(
         default=0.0, ge=0,
-        description="Weight of the KL to the teacher's top-k logprobs (kd_targets) per aligned response token; 0 = CE only.",
+        description="Weight of the KL to the teacher's top-k logprobs (kd_targets) per aligned token; 0 = CE only.",
     )
     kd_temperature: float = Field(
         default=1.0, gt=0, description="Temperature of the distillation KL (scaled by its square); 1 = as sampled."
