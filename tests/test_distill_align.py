@@ -5,7 +5,8 @@ import math
 
 import pandas as pd
 import pytest
-from transformers import AutoTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from opengrok_dagster.distill.align import (
     StudentVocabulary,
@@ -205,3 +206,36 @@ def test_build_kd_targets_gives_one_row_per_mask_row_and_counts_the_aligned_shar
     assert result.rows_with_logprobs == 2 and result.aligned_share == 1.0
     for row in table.itertuples():
         assert len(row.kd_positions) == len(row.kd_token_ids) == len(row.kd_logprobs) == row.aligned_tokens
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_student():
+    """A Llama/Phi-3-style tokenizer: ▁ for spaces (one prepended to the text), <0xNN> byte fallback, turns."""
+    texts = ["the match was great tonight", "what a game, final score three to two", "great news about the weather"]
+    base = Tokenizer(models.BPE(unk_token="<unk>"))
+    base.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    base.train_from_iterator(texts * 5, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    vocab, merges = base.get_vocab(), [tuple(m) for m in json.loads(base.to_str())["model"]["merges"]]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = base.pre_tokenizer
+    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), decoders.Metaspace()])
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"])
+    student = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    student.chat_template = (
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    )
+    return student
+
+
+def test_a_sentencepiece_student_with_byte_fallback_aligns_by_bytes(sentencepiece_student, tokenizer, vocabulary):
+    student = StudentVocabulary.of(sentencepiece_student)
+    response = "great news, the match 😍 tonight"
+    assert student.token_bytes[sentencepiece_student.convert_tokens_to_ids("<0xF0>")] == b"\xf0"
+    teacher = [entry(piece) for piece in student_pieces(tokenizer, vocabulary, response)]  # SmolLM2 as the teacher
+    targets, ids, start = align_response(sentencepiece_student, student, response, teacher)
+    aligned = [student.token_bytes[ids[p]] for p in targets.positions]
+    assert b" the" in aligned and b"\x8d" in aligned  # a whole word, and the emoji's last byte in both
+    assert targets.response_tokens == len(ids) - start - 2  # every student token of the response, not <|end|>\n
