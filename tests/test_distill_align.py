@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from opengrok_dagster.distill.align import (
     StudentVocabulary,
+    StudentVocabularyError,
     TeacherLogprobsError,
     align_example,
     build_kd_targets,
@@ -239,3 +240,16 @@ def test_a_sentencepiece_student_with_byte_fallback_aligns_by_bytes(sentencepiec
     aligned = [student.token_bytes[ids[p]] for p in targets.positions]
     assert b" the" in aligned and b"\x8d" in aligned  # a whole word, and the emoji's last byte in both
     assert targets.response_tokens == len(ids) - start - 2  # every student token of the response, not <|end|>\n
+
+
+def test_a_student_that_cannot_spell_bytes_is_refused_only_when_there_are_logprobs():
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "hello": 1, "##s": 2}, unk_token="[UNK]"))
+    wordpiece.decoder = decoders.WordPiece()
+    student = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]")
+    masks = pd.DataFrame([{"example_id": "e0", "input_ids": [1, 2], "response_start": 1}])
+    responses = pd.DataFrame([{"example_id": "e0", "system_prompt": None, "prompt": "p", "response": "hellos",
+                               "logprobs": None}])
+    assert build_kd_targets(masks, responses, student).rows_with_logprobs == 0
+    with pytest.raises(StudentVocabularyError, match="does not spell tokens as bytes") as caught:
+        build_kd_targets(masks, responses.assign(logprobs=json.dumps([entry("hellos")])), student)
+    assert "\n" not in str(caught.value)

@@ -309,8 +309,7 @@ def build_kd_targets(mask_table: pd.DataFrame, responses: pd.DataFrame, tokenize
     ``responses`` holds, per ``example_id``, the rendered texts (``system_prompt, prompt, response``) and the
     teacher's ``logprobs``; each example is re-rendered with the student's chat template to locate its response.
     """
-    vocabulary = StudentVocabulary.of(tokenizer)
-    renderer = ChatRenderer(tokenizer)
+    vocabulary = renderer = None  # built for the first row with logprobs: without any, nothing is asked of the student
     by_id = responses.drop_duplicates("example_id").set_index("example_id")
     rows, response_tokens, aligned_tokens, with_logprobs = [], 0, 0, 0
     for row in mask_table.itertuples(index=False):
@@ -320,6 +319,8 @@ def build_kd_targets(mask_table: pd.DataFrame, responses: pd.DataFrame, tokenize
         teacher = None if source is None else parse_teacher_logprobs(source["logprobs"], where)
         targets = ExampleTargets([], [], [], 0)
         if teacher is not None:
+            if vocabulary is None:
+                vocabulary, renderer = StudentVocabulary.of(tokenizer), ChatRenderer(tokenizer)
             system = None if pd.isna(source["system_prompt"]) else str(source["system_prompt"])
             rendered = renderer.render(system, str(source["prompt"]), str(source["response"]))
             if hasattr(row, "text") and rendered.text != row.text:
@@ -342,5 +343,5 @@ def build_kd_targets(mask_table: pd.DataFrame, responses: pd.DataFrame, tokenize
             "aligned_tokens": targets.aligned_tokens,
         })
     table = pd.DataFrame(rows, columns=list(KD_COLUMNS))
-    table["tokenizer_fingerprint"] = vocabulary.fingerprint
+    table["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     return KDTargetsResult(table, response_tokens, aligned_tokens, with_logprobs)
