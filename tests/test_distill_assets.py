@@ -120,3 +120,18 @@ def test_malformed_logprobs_fail_the_step_naming_the_example(instance, tmp_path,
     message = failure.step_failure_data.error.message
     assert f"raw response of example {filtered['example_id'].iloc[0]}: logprobs is not JSON" in message
     assert not (tmp_path / "assets" / "kd_targets.parquet").exists()
+
+
+def test_raw_files_collected_without_logprobs_give_none_by_example_id(tmp_path):
+    from opengrok_dagster.distill.raw import read_teacher_logprobs
+
+    keys = {"prompt_id": ["p1", "p2"], "teacher_model": "grok-4", "sampling_key": "t0.7", "round": ROUND}
+    (tmp_path / ROUND).mkdir()
+    pd.DataFrame(keys).to_parquet(tmp_path / ROUND / "old.parquet")  # collected before logprobs existed
+    newer = pd.DataFrame({**keys, "prompt_id": ["p3", "p4"], "logprobs": ["[]", None]})
+    newer.to_parquet(tmp_path / ROUND / "new.parquet")
+    frame = read_teacher_logprobs(tmp_path, [ROUND, ROUND])
+    expected = {example_id(p, "grok-4", "t0.7", ROUND): value for p, value in
+                [("p1", None), ("p2", None), ("p3", "[]"), ("p4", None)]}
+    assert dict(zip(frame["example_id"], frame["logprobs"])) == expected
+    assert read_teacher_logprobs(tmp_path, ["2026-01-01"]).empty

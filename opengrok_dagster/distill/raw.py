@@ -27,4 +27,6 @@ def read_teacher_logprobs(raw_dir: Path, rounds: Iterable[str]) -> pd.DataFrame:
             }))
     if not frames:
         return pd.DataFrame({"example_id": pd.Series(dtype=str), LOGPROBS_COLUMN: pd.Series(dtype=object)})
-    return pd.concat(frames, ignore_index=True).drop_duplicates("example_id", keep="last")
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates("example_id", keep="last")
+    values = frame[LOGPROBS_COLUMN].astype(object)
+    return frame.assign(**{LOGPROBS_COLUMN: values.where(values.notna(), None)})  # None, never NaN, when absent
