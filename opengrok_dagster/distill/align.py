@@ -217,7 +217,7 @@ def project_spans(spans: list[Span], source: bytes, target: bytes) -> list[Span 
 
 
 @dataclass(frozen=True)
-class ExampleTargets:
+class AlignedExample:
     """Sparse targets of one example: for each aligned input position, student token ids and teacher logprobs."""
 
     positions: list[int]
@@ -237,7 +237,7 @@ def align_example(
     response_start: int,
     teacher: list[TeacherToken],
     vocabulary: StudentVocabulary,
-) -> ExampleTargets:
+) -> AlignedExample:
     """Targets for the student tokens ``input_ids[response_start:]`` of ``text`` (the chat-templated example whose
     response occupies characters ``response_span``) from the teacher tokens of that response."""
     text_bytes = text.encode("utf-8")
@@ -271,7 +271,7 @@ def align_example(
             positions.append(position)
             token_ids.append(list(candidates))
             logprobs.append(list(candidates.values()))
-    return ExampleTargets(positions, token_ids, logprobs, response_tokens)
+    return AlignedExample(positions, token_ids, logprobs, response_tokens)
 
 
 def _student_candidates(token: TeacherToken, spelling, vocabulary: StudentVocabulary) -> dict[int, float]:
@@ -317,7 +317,7 @@ def build_kd_targets(mask_table: pd.DataFrame, responses: pd.DataFrame, tokenize
         source = by_id.loc[example_id] if example_id in by_id.index else None
         where = f"raw response of example {example_id}"
         teacher = None if source is None else parse_teacher_logprobs(source["logprobs"], where)
-        targets = ExampleTargets([], [], [], 0)
+        targets = AlignedExample([], [], [], 0)
         if teacher is not None:
             if vocabulary is None:
                 vocabulary, renderer = StudentVocabulary.of(tokenizer), ChatRenderer(tokenizer)
