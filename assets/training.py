@@ -79,7 +79,18 @@ def _push(context: AssetExecutionContext, adapter_dir: Path, target: tuple[str, 
     return url
 
 
+def _kd_targets_extras(layout: HomeLayout, data_versions: dict) -> dict:
+    """The published kd_targets file for the training subprocess, its data version recorded with the others."""
+    path = layout.asset_path("kd_targets")
+    if not path.exists():
+        raise Failure(description=f"lora_checkpoint: kd_alpha > 0 but {path} does not exist; materialise kd_targets "
+                      "(job prepare_training_data) from responses collected with logprobs, or set kd_alpha to 0")
+    data_versions["kd_targets"] = content_data_version(pd.read_parquet(path)).value
+    return {"kd_targets_path": str(path)}
+
+
 @asset(
+    deps=["kd_targets"],  # read from its Parquet file only when kd_alpha > 0 (distillation is opt-in)
     partitions_def=mask_mode_partitions,
     group_name="training",
     pool=GPU_POOL,  # one fine-tune or evaluation on the GPU at a time, across all runs (instance.py)
@@ -152,6 +163,8 @@ def _train_out_of_process(
             "data_versions": {"mask_tables": content_data_version(mask_tables).value},
             "code_version": TRAINING_CODE_VERSION,
         }
+        if training_config.kd_alpha:
+            extras.update(_kd_targets_extras(layout, extras["data_versions"]))
         try:
             return training.run_training(context, extras).get_custom_messages()
         except TrainingProcessError as exc:

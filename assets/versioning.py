@@ -27,6 +27,7 @@ ASSET_SOURCES = {
     "filtered_responses": ("opengrok_dagster/filtering",),
     "prompt_feedback": ("opengrok_dagster/filtering/feedback.py",),
     "mask_tables": ("opengrok_dagster/masks",),
+    "kd_targets": ("opengrok_dagster/distill",),
     "lora_checkpoint": ("opengrok_dagster/training", "opengrok_dagster/training_entry.py"),
     "eval_report": ("opengrok_dagster/evaluation",),
 }

@@ -5,7 +5,7 @@ import warnings
 
 from dagster import BetaWarning, Definitions, EnvVar, load_assets_from_modules
 
-from assets import collection, evaluation, filtering, masks, training
+from assets import collection, distillation, evaluation, filtering, masks, training
 from opengrok_dagster.automation import downstream_automation_sensor, training_set_drift_sensor
 from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.profiles import active_profile, require_devices
@@ -81,7 +81,7 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
     require_devices(profile)
     layout = home_layout()
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
-    modules = [collection, filtering, masks, training, evaluation]
+    modules = [collection, filtering, masks, distillation, training, evaluation]
     return Definitions(
         assets=load_assets_from_modules(modules),
         jobs=STAGE_JOBS,

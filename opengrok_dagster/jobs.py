@@ -11,8 +11,9 @@ collect_job = define_asset_job(
 
 prepare_job = define_asset_job(
     "prepare_training_data",
-    selection=AssetSelection.assets("filtered_responses", "prompt_feedback", "mask_tables"),
-    description="Filter the collected responses, score the prompts for the next round, and build the mask tables.",
+    selection=AssetSelection.assets("filtered_responses", "prompt_feedback", "mask_tables", "kd_targets"),
+    description="Filter the collected responses, score the prompts for the next round, and build the mask tables "
+    "and the distillation targets.",
 )
 
 fine_tune_job = define_asset_job(

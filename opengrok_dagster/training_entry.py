@@ -7,7 +7,7 @@ Started by ``resources.TrainingResource`` (a subprocess locally, the same comman
 and publishes (the other ranks read the same extras from the Pipes context and stay silent).
 
 Extras in: ``mask_mode, model_path, checkpoint_dir, table_path, config, device, precision,
-gradient_checkpointing, data_versions, code_version``. Out: progress as Pipes log lines, then one custom
+gradient_checkpointing, data_versions, code_version``, optionally ``kd_targets_path``. Out: progress as Pipes log lines, then one custom
 message, ``{"outcome": ...}`` or ``{"error": ...}`` for bad input, which the asset turns into its result
 or a ``Failure``. Anything else (a crash, a kill) exits non-zero and the work dir keeps its checkpoints.
 """
@@ -22,6 +22,7 @@ import pandas as pd
 from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 from pydantic import ValidationError
 
+from opengrok_dagster.distill.targets import KDTargetsError
 from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
 from opengrok_dagster.training.attention import UnknownMaskModeError
 from opengrok_dagster.training.config import TrainingConfig
@@ -34,7 +35,7 @@ from opengrok_dagster.training.trainer import (
 # Bad input or settings: the message names the fix, so it is reported rather than dumped as a traceback.
 REPORTED_ERRORS = (
     TrainingDataError, TokenizerMismatchError, LoraTargetError, UnknownMaskModeError, ValidationError,
-    NonFiniteLossError, DeviceUnavailableError, TrainingOptionUnavailableError,
+    NonFiniteLossError, DeviceUnavailableError, KDTargetsError, TrainingOptionUnavailableError,
 )
 
 
@@ -61,7 +62,8 @@ def train(extras: dict, log) -> dict:
             code_version=extras["code_version"],
         )
         log(f"training mask mode {job.mask_mode} of {job.model_path} on {placement.description}")
-        outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=log)
+        kd_targets = pd.read_parquet(extras["kd_targets_path"]) if extras.get("kd_targets_path") else None
+        outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=log, kd_targets=kd_targets)
     except REPORTED_ERRORS as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"outcome": asdict(outcome) if outcome is not None else None}

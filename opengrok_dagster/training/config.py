@@ -56,6 +56,13 @@ class TrainingConfig(BaseModel):
         default=False,
         description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes, CUDA only; the 'qlora' extra).",
     )
+    kd_alpha: float = Field(
+        default=0.0, ge=0,
+        description="Weight of the KL to the teacher's top-k logprobs (kd_targets) per aligned token; 0 = CE only.",
+    )
+    kd_temperature: float = Field(
+        default=1.0, gt=0, description="Temperature of the distillation KL (scaled by its square); 1 = as sampled."
+    )
     target_modules: Optional[list[str]] = Field(
         default=None,
         description="Module names LoRA adapts; unset = per architecture (q/k/v/o_proj, or qkv_proj/o_proj for Phi-3).",

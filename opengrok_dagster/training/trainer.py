@@ -33,11 +33,13 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from opengrok_dagster.publish import publish_directory
+from opengrok_dagster.distill.targets import KDTargets
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.attention import attention_implementation, require_mask_mode
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import IGNORE_INDEX, MaskCollator, TrainingData, load_training_data
 from opengrok_dagster.training.device import Placement
+from opengrok_dagster.training.distill_loss import KD_INPUTS, distillation_loss
 from opengrok_dagster.training.report import loss_curves, write_loss_plot, write_model_card
 
 LORA_TARGETS_BY_ARCHITECTURE = (("qkv_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -134,7 +136,7 @@ def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
 
 
 class _ResponseLossTrainer(Trainer):
-    """The loss from response positions only, length-grouped batches, and a stop at the first non-finite loss.
+    """The loss from response positions only (+ the KD term), length-grouped batches, a stop at the first non-finite loss.
 
     The stock causal-LM loss projects every position onto the full vocabulary, though only response tokens
     carry labels; here the model body runs as usual (``logits_to_keep=1``), the hidden states of the positions
@@ -155,12 +157,22 @@ class _ResponseLossTrainer(Trainer):
         global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         return LengthGroupedSampler(global_batch, lengths=self._lengths)
 
+    kd_alpha, kd_temperature = 0.0, 1.0  # set by _setup_trainer from the config; 0 = cross-entropy only
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        loss = response_loss(outputs.hidden_states[-1], labels, head, num_items_in_batch)
+        targets = {key: inputs.pop(key) for key in KD_INPUTS if key in inputs}
+        if targets and self.kd_alpha and model.training:  # validation loss stays plain cross-entropy
+            outputs = model(**inputs)  # the KL reads the student's distribution at every aligned position
+            loss = distillation_loss(
+                outputs.logits, labels, **targets, alpha=self.kd_alpha, temperature=self.kd_temperature,
+                num_items_in_batch=num_items_in_batch,
+            )
+        else:
+            outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            loss = response_loss(outputs.hidden_states[-1], labels, head, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks; the count is global
         return (loss, outputs) if return_outputs else loss
@@ -214,9 +226,9 @@ class _Progress(TrainerCallback):
         self.log(f"step {state.global_step}/{state.max_steps}: {shown}")
 
 
-def run_key(job: TrainingJob, data: TrainingData) -> str:
-    """Identity of a run: a checkpoint resumes only a run with the same data, config, model, mode and code."""
-    digest = hashlib.sha256()
+def run_key(job: TrainingJob, data: TrainingData, kd: KDTargets | None = None) -> str:
+    """Identity of a run: a checkpoint resumes only a run with the same data, KD targets, config, model, mode and code."""
+    digest = hashlib.sha256(kd.digest.encode() if kd else b"")  # without KD the key is what it always was
     identity = [job.mask_mode, job.model_path, job.config.model_dump(), job.placement.precision, job.code_version]
     digest.update(json.dumps(identity).encode())
     for example in data.train + data.validation:
@@ -266,6 +278,7 @@ def train_lora(
     *,
     log: Callable[[str], None] = print,
     callbacks: Sequence[TrainerCallback] = (),
+    kd_targets: pd.DataFrame | None = None,
 ) -> TrainingOutcome | None:
     """Fine-tune, verify and publish ``job.checkpoint_dir``; nothing is published if any step fails.
 
@@ -276,7 +289,12 @@ def train_lora(
     require_training_options(job)
     tokenizer = _setup_tokenizer(job)
     data = _setup_data(job, table, tokenizer, log)
-    key = run_key(job, data)
+    if job.config.kd_alpha and job.config.packing:
+        raise TrainingOptionUnavailableError(
+            "kd_alpha > 0 with packing: the KD targets follow one example per batch row; set packing to false"
+        )
+    kd = KDTargets.of(kd_targets, table, tokenizer) if job.config.kd_alpha else None
+    key = run_key(job, data, kd)
     published = _published_outcome(job, key)
     if published is not None:
         log(f"{job.checkpoint_dir} is up to date (same data, config and model): nothing to train")
@@ -290,7 +308,7 @@ def train_lora(
     resume_from = _setup_work_dir(job, key, args, log)
     model, targets = _setup_model(job)
     progress = _Progress(log)
-    trainer = _setup_trainer(job, args, model, tokenizer, data, [progress, *callbacks])
+    trainer = _setup_trainer(job, args, model, tokenizer, data, [progress, *callbacks], kd)
     if resume_from:
         log(f"resuming from {resume_from.name}")
     if job.placement.device == "cuda":
@@ -416,7 +434,8 @@ def _training_arguments(job: TrainingJob, output_dir: Path) -> TrainingArguments
 
 
 def _setup_trainer(
-    job: TrainingJob, args: TrainingArguments, model, tokenizer, data: TrainingData, callbacks: list[TrainerCallback]
+    job: TrainingJob, args: TrainingArguments, model, tokenizer, data: TrainingData, callbacks: list[TrainerCallback],
+    kd: KDTargets | None = None,
 ) -> Trainer:
     config = job.config
     if config.report_to == "tensorboard" and args.process_index == 0:
@@ -425,17 +444,17 @@ def _setup_trainer(
 
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         callbacks = [*callbacks, TensorBoardCallback(SummaryWriter(log_dir=str(job.tensorboard_dir / stamp)))]
+    collator = MaskCollator(tokenizer.pad_token_id, job.mask_mode, pack_to=config.max_length if config.packing else None)
     trainer = _ResponseLossTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.validation,
-        data_collator=MaskCollator(
-            tokenizer.pad_token_id, job.mask_mode, pack_to=config.max_length if config.packing else None
-        ),
+        data_collator=kd.collator(collator) if kd else collator,
         callbacks=[EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold), *callbacks],
         lengths=[len(example.input_ids) for example in data.train] if config.group_by_length else None,
     )
+    trainer.kd_alpha, trainer.kd_temperature = job.config.kd_alpha, job.config.kd_temperature
     trainer.remove_callback(PrinterCallback)  # _Progress reports through ``log`` instead of stdout
     return trainer
 
