@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import random
 import signal
 import subprocess
 import sys
