@@ -18,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from opengrok_dagster.collect.client import TeacherConfigurationError
+from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.store import STORED_COLUMNS
 from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig, build_prompt_grid
@@ -165,6 +165,8 @@ def raw_responses(
             **asdict(summary),
             "errors": int(frame["error"].notna().sum()),
             "error_rate": error_rate,
+            "refusals": int(frame["anomaly"].isin(REFUSED_ANOMALIES).sum()),
+            "overlong_answers": int((frame["anomaly"] == OVERLONG).sum()),
             "teacher_model": key.teacher_model,
             "sampling": key.sampling_key,
             "prompt_tokens": int(frame["prompt_tokens"].fillna(0).sum()),

@@ -26,6 +26,51 @@ def _instance():
     return DagsterInstance.get()
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown choice, a missing argument) as one line and exit 2, like the rest."""
+
+    def error(self, message: str):
+        self.exit(2, f"opengrok: error: {message}; `{self.prog} --help` lists the arguments\n")
+
+
+def _round_key(value: str | None) -> str:
+    """``--round``: a YYYY-MM-DD day between the first round partition and today (UTC); default today."""
+    from opengrok_dagster.partitions import ROUND_START_DATE
+
+    today = datetime.now(timezone.utc).date()
+    if value is None:
+        return today.isoformat()
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise ValueError(f"--round {value!r} is not a date: give the round as YYYY-MM-DD, e.g. {today.isoformat()}, "
+                         "or leave it out for today (UTC)") from None
+    if day.isoformat() != value:  # strptime accepts 2026-1-5
+        raise ValueError(f"--round {value!r}: write the date as YYYY-MM-DD ({day.isoformat()})")
+    if day > today:
+        raise ValueError(f"--round {value} is in the future (today is {today.isoformat()} UTC); collect today's or an earlier round")
+    if day.isoformat() < ROUND_START_DATE:
+        raise ValueError(f"--round {value} is before the first round partition ({ROUND_START_DATE})")
+    return value
+
+
+def _comma_list(flag: str, value: str) -> list[str]:
+    """The items of a comma-separated argument, in order, once each; an empty item is an error."""
+    items = [item.strip() for item in value.split(",")]
+    if not all(items):
+        raise ValueError(f"{flag} {value!r} has an empty item: give comma-separated names without spaces or "
+                         "trailing commas, e.g. football,climate")
+    return list(dict.fromkeys(items))
+
+
+def _content_hash_prefix(value: str) -> str:
+    """A review target: a content hash or its prefix, 16 hex digits at most (see filtering.dedup.content_hash)."""
+    if not value or len(value) > 16 or any(c not in "0123456789abcdef" for c in value.lower()):
+        raise ValueError(f"{value!r} is not a content hash: give the 16 hex digits (or a unique prefix) that "
+                         "`opengrok review list` prints first on each line")
+    return value
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     from opengrok_dagster.offline.model import provision_offline_model
 
@@ -81,10 +126,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from opengrok_dagster.partitions import MASK_MODES
     from opengrok_dagster.settings import opengrok_home, teacher_is_remote
 
-    modes = args.modes.split(",") if args.modes else list(MASK_MODES)
-    unknown = sorted(set(modes) - set(MASK_MODES))
+    from opengrok_dagster.collect.topics import validate_topic_key
+
+    modes = _comma_list("--modes", args.modes) if args.modes is not None else list(MASK_MODES)
+    unknown = [mode for mode in modes if mode not in MASK_MODES]
     if unknown:
         raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
+    round_key = _round_key(args.round)
+    requested_topics = [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
     instance = _instance()
     if not teacher_is_remote():
         provision_offline_model()
@@ -93,9 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
     from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
-    round_key = args.round or datetime.now(timezone.utc).strftime("%Y-%m-%d")
     known = instance.get_dynamic_partitions(topic_partitions.name)
-    topics = args.topics.split(",") if args.topics else known
+    topics = requested_topics or known
     unknown = [topic for topic in topics if topic not in known]
     if unknown:
         raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
@@ -136,6 +184,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     from opengrok_dagster.filtering import review
     from opengrok_dagster.settings import opengrok_home
 
+    if args.action in ("accept", "reject"):
+        for target in args.targets:
+            _content_hash_prefix(target)
     home = opengrok_home()
     filtered = review.read_filtered(home)
     reviewer = args.reviewer or os.environ.get("USER") or None
@@ -178,14 +229,18 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     home = opengrok_home()
     is_checkpoint = args.target in MASK_MODES or os.path.isdir(args.target)
+    if not is_checkpoint and (os.sep in args.target or len(args.target) != 16 or
+                              any(c not in "0123456789abcdef" for c in args.target)):
+        raise ValueError(f"no example {args.target!r}: a lineage target is an example_id (16 hex digits, from "
+                         f"filtered_responses), a mask mode ({', '.join(MASK_MODES)}) or an adapter directory")
     steps = checkpoint_lineage(home, args.target) if is_checkpoint else example_lineage(home, args.target)
     print(format_lineage(steps))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opengrok", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="opengrok", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     provision = commands.add_parser("provision", help="build the offline SmolLM2 checkpoint (once)")
     provision.add_argument("--cache-dir", default=None, help="default $OPENGROK_CACHE_DIR or ~/.cache/opengrok")

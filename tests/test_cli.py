@@ -46,3 +46,31 @@ def test_run_refuses_unknown_partitions_before_any_work(opengrok_home, capsys, a
     err = capsys.readouterr().err
     assert err.startswith(f"opengrok: error: {message}") and "Traceback" not in err
     assert not (opengrok_home / "assets").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["run", "--round", "2026-13-01"], "--round '2026-13-01' is not a date: give the round as YYYY-MM-DD"),
+        (["run", "--round", "yesterday"], "--round 'yesterday' is not a date"),
+        (["run", "--round", "2026-1-5"], "--round '2026-1-5': write the date as YYYY-MM-DD (2026-01-05)"),
+        (["run", "--round", "2999-01-01"], "--round 2999-01-01 is in the future"),
+        (["run", "--round", "2025-12-31"], "--round 2025-12-31 is before the first round partition (2026-01-01)"),
+        (["run", "--topics", "football,,climate"], "--topics 'football,,climate' has an empty item"),
+        (["run", "--topics", "News/Tech"], "topic key 'News/Tech'"),
+        (["run", "--modes", ""], "--modes '' has an empty item"),
+        (["review", "accept", "zz-not-hex"], "'zz-not-hex' is not a content hash"),
+        (["lineage", "no/such/dir"], "no example 'no/such/dir': a lineage target is an example_id (16 hex digits"),
+        (["run", "--bogus"], "unrecognized arguments: --bogus"),
+        (["review", "approve"], "argument action: invalid choice: 'approve'"),
+    ],
+    ids=["month-13", "word-date", "unpadded", "future", "before-start", "empty-topic", "bad-topic-key", "empty-modes",
+         "review-hash", "lineage-id", "unknown-flag", "unknown-action"],
+)
+def test_every_cli_argument_is_validated_with_one_line_and_exit_2(opengrok_home, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(arguments))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"opengrok: error: {message}") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (opengrok_home / "assets").exists() and not (opengrok_home / "dagster_home").exists()

@@ -2,7 +2,10 @@
 
 Retries (tenacity): 429, 5xx, timeouts, connection errors and unreadable bodies, with exponential backoff
 and jitter, honouring ``Retry-After``. Never retried: 400/401/403/404 and other 4xx, which cannot succeed
-by waiting. The API key is sent only in the Authorization header and redacted from every message.
+by waiting, and answers that are odd but final (a refusal, a content filter, null content, no choices, an
+answer far past max_tokens): they are paid for and recorded as what they are (``anomaly``), for the filter
+and the prompt feedback to count. The API key is sent only in the Authorization header and redacted from
+every message.
 """
 
 from __future__ import annotations
@@ -82,6 +85,33 @@ class Prices:
         return ((prompt_tokens or 0) * self.prompt_per_million + (completion_tokens or 0) * self.completion_per_million) / 1e6
 
 
+# What an answer that is no plain text is recorded as (the ``anomaly`` column); none of them is retried.
+CONTENT_FILTER = "content_filter"  # finish_reason "content_filter": the provider filtered the answer
+REFUSAL = "refusal"  # message.refusal set: the model declined (OpenAI's structured refusal field)
+NULL_CONTENT = "null_content"  # message.content null without either of the above
+NO_CHOICES = "no_choices"  # a well-formed body with an empty choices list
+OVERLONG = "overlong"  # more than OVERLONG_FACTOR x max_tokens: the endpoint ignored the cap (or its usage is wrong)
+REFUSED_ANOMALIES = (CONTENT_FILTER, REFUSAL, NULL_CONTENT, NO_CHOICES)
+OVERLONG_FACTOR = 2.0
+
+
+def answer_anomaly(choices: list, max_tokens: int, completion_tokens: int | None) -> str | None:
+    """What is odd about a well-formed response, or None for a plain text answer."""
+    if not choices:
+        return NO_CHOICES
+    choice = choices[0]
+    message = choice.get("message") or {}
+    if choice.get("finish_reason") == CONTENT_FILTER:
+        return CONTENT_FILTER
+    if message.get("refusal"):
+        return REFUSAL
+    if message.get("content") is None:
+        return NULL_CONTENT
+    # Without reported usage, ~4 characters a token.
+    tokens = completion_tokens if completion_tokens is not None else len(message["content"]) / 4
+    return OVERLONG if tokens > OVERLONG_FACTOR * max_tokens else None
+
+
 @dataclass
 class TeacherResult:
     """One prompt's outcome: a response, or the final error after retries."""
@@ -97,6 +127,7 @@ class TeacherResult:
     request_id: str | None
     error: str | None = None
     status_code: int | None = None
+    anomaly: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -251,18 +282,20 @@ class TeacherClient:
             raise _Final(f"HTTP {status} from {url}: {self._redact(raw[:300].decode(errors='replace'))}", status)
         try:
             payload = json.loads(raw)
-            choice = payload["choices"][0]
-            text = choice["message"]["content"]
-            if not isinstance(text, str):
+            choices = payload["choices"]
+            if not isinstance(choices, list) or (choices and not isinstance(choices[0].get("message"), dict)):
+                raise TypeError("choices is not a list of messages")
+            text = choices[0]["message"].get("content") if choices else None
+            if text is not None and not isinstance(text, str):
                 raise TypeError("message content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            usage = payload.get("usage") or {}
+            prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Retryable(f"unreadable response body from {url} ({type(exc).__name__}: {exc})", status_code=status) from None
-        usage = payload.get("usage") or {}
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         self._rate.settle(estimated, (prompt_tokens or 0) + (completion_tokens or 0) if usage else None)
         return TeacherResult(
             text=text,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=choices[0].get("finish_reason") if choices else None,
             model=payload.get("model") or self.endpoint.model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -270,4 +303,5 @@ class TeacherClient:
             latency_s=time.monotonic() - started,
             attempts=attempts,
             request_id=request_id or payload.get("id"),
+            anomaly=answer_anomaly(choices, self.sampling.max_tokens, completion_tokens),
         )

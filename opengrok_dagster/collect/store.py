@@ -36,14 +36,17 @@ CREATE TABLE IF NOT EXISTS responses (
     error TEXT,
     status_code INTEGER,
     collected_at TEXT NOT NULL,
+    anomaly TEXT,
     PRIMARY KEY (prompt_id, teacher_model, sampling_key, round)
 )
 """
 STORED_COLUMNS = (
     "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
-    "status_code", "collected_at",
+    "status_code", "collected_at", "anomaly",
 )
+# Columns added after the first release, with their SQL type: a store written before gets them on open.
+_ADDED_COLUMNS = {"anomaly": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class ResponseStore:
         self._connections_lock = threading.Lock()
         with self._connection() as connection:
             connection.execute(_SCHEMA)
+            present = {row["name"] for row in connection.execute("PRAGMA table_info(responses)")}
+            for name, sql_type in _ADDED_COLUMNS.items():
+                if name not in present:
+                    connection.execute(f"ALTER TABLE responses ADD COLUMN {name} {sql_type}")
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)

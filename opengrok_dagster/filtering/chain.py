@@ -61,8 +61,10 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
     texts = [scrub_pii(text) if isinstance(text, str) else "" for text in frame["response"]]
     hashes = [content_hash(text) for text in texts]
     rejections: list[list[str]] = []
-    for text, error, finish_reason in zip(texts, frame["error"], frame["finish_reason"]):
-        reasons = checks.error_reasons(error, finish_reason, config.reject_truncated)
+    anomalies = frame["anomaly"] if "anomaly" in frame else [None] * len(frame)
+    flagged = [checks.anomaly_reasons(anomaly) for anomaly in anomalies]
+    for text, error, finish_reason, (refused, _) in zip(texts, frame["error"], frame["finish_reason"], flagged):
+        reasons = checks.error_reasons(error, finish_reason, config.reject_truncated) or refused
         if not reasons:
             reasons = checks.length_reasons(text, config.min_chars, config.max_chars, config.min_words)
         if not reasons:
@@ -79,7 +81,7 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
     for index, detected in zip(long_enough, models.language.detect([language_texts[i] for i in long_enough])):
         languages[index] = detected
 
-    reviews: list[list[str]] = [[] for _ in texts]
+    reviews: list[list[str]] = [list(review) for _, review in flagged]
     for index in candidates:
         if toxicity[index] >= config.toxicity_reject_threshold:
             rejections[index].append(checks.TOXIC)
