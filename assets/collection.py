@@ -21,9 +21,9 @@ from pydantic import Field
 from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.store import STORED_COLUMNS
-from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig, build_prompt_grid
+from opengrok_dagster.collect.plan import CollectionEstimate, estimate_collection, round_prompt_grid
+from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig
 from opengrok_dagster.collect.topics import find_topic
-from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 from opengrok_dagster.partitions import collection_partitions
 from assets.versioning import content_data_version
 from resources import OpenGrokPaths, TeacherResource
@@ -56,21 +56,22 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
     kinds={"python", "parquet"},
     check_specs=[AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice.")],
 )
-def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths):
-    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants."""
+def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths, teacher: TeacherResource):
+    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants, with the
+    estimate of what collecting it will send and cost (the `opengrok run --dry-run` figures)."""
     keys = context.partition_key.keys_by_dimension
     topic = find_topic(paths.topics(), keys["topic"])
     grid = PromptGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.model_dump(exclude={"refine_from_feedback"}).items()})
     # Read by path, not as an asset input: feedback is downstream of prompts, so an input would be a cycle.
-    feedback_file = paths.home_dir / "assets" / "prompt_feedback.parquet"
+    feedback_file = paths.home_dir / "assets" / "prompt_feedback.parquet" if config.refine_from_feedback else None
     try:
-        refinement = refinement_for_round(read_feedback(feedback_file), keys["round"]) if config.refine_from_feedback else None
+        rows, refinement = round_prompt_grid(topic, grid, keys["round"], feedback_file)
     except ValueError as exc:
         raise Failure(f"{exc}; or set refine_from_feedback: false") from None
-    frame = pd.DataFrame(build_prompt_grid(topic, grid, refinement))
-    if frame.empty:
+    if not rows:
         raise Failure(f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic")
-    frame["round"] = keys["round"]
+    frame = pd.DataFrame(rows)
+    estimate = _estimate(teacher, paths, topic.key, keys["round"], rows)
     yield Output(
         frame,
         data_version=content_data_version(frame),
@@ -81,6 +82,7 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
             **{f"by_{column}": _count_table(frame, column) for column in ("variant", "template_id", "platform", "style")},
             "preview": MetadataValue.md(frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)),
             "refined_from_round": refinement.from_round if refinement else "none",
+            **estimate.as_metadata(),
             **({"refinement": MetadataValue.json({
                 "template_weights": dict(refinement.template_weights),
                 "rewritten_templates": sorted(refinement.rewritten_templates),
@@ -90,6 +92,16 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     )
     duplicates = int(frame["prompt_id"].duplicated().sum())
     yield AssetCheckResult(check_name="unique_prompt_ids", passed=duplicates == 0, metadata={"duplicates": duplicates})
+
+
+def _estimate(teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_key: str, rows: list[dict]) -> CollectionEstimate:
+    store = paths.response_store()
+    try:
+        answered = store.answered_prompt_ids(teacher.response_key(round_key), (row["prompt_id"] for row in rows))
+    finally:
+        store.close()
+    count_tokens, tokenizer = teacher.token_counter()
+    return estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(), tokenizer)
 
 
 def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str) -> CollectionSummary:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 
 from opengrok_dagster.offline.model import OfflineModelError
@@ -135,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     round_key = _round_key(args.round)
     requested_topics = [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
     instance = _instance()
-    if not teacher_is_remote():
+    if not teacher_is_remote() and not args.dry_run:
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))
     from opengrok_dagster.definitions import build_definitions
@@ -148,6 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
                          f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
+    if args.dry_run:
+        return _dry_run(topics, round_key)
     started = time.monotonic()
     defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
     collect = defs.resolve_job_def(collect_job.name)
@@ -176,6 +179,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     reports = opengrok_home() / "reports"
     print(f"done in {time.monotonic() - started:.0f}s: report at {reports / 'report.html'} (and report.md); "
           "`make dev` opens the Dagster UI")
+    return 0
+
+
+def _dry_run(topics: list[str], round_key: str) -> int:
+    """Print what collecting ``topics`` in ``round_key`` would send and cost, with the default prompt grid and
+    the configured teacher's max_tokens and prices; sends nothing and starts no server."""
+    from opengrok_dagster.collect.plan import estimate_collection, format_estimates, round_prompt_grid
+    from opengrok_dagster.collect.prompts import PromptGridConfig
+    from opengrok_dagster.collect.topics import find_topic
+    from opengrok_dagster.definitions import build_teacher
+    from opengrok_dagster.settings import opengrok_home, topic_catalogue_path
+    from resources import OpenGrokPaths
+
+    paths = OpenGrokPaths(home=str(opengrok_home()), topic_catalogue=str(topic_catalogue_path()))
+    catalogue = paths.topics()
+    estimates = []
+    # Resolves the EnvVar settings; the embedded server starts only on a request, and none is made.
+    with build_teacher(with_key=False).process_config_and_initialize_cm() as teacher, closing(paths.response_store()) as store:
+        count_tokens, tokenizer = teacher.token_counter()
+        for topic in topics:
+            rows, _ = round_prompt_grid(find_topic(catalogue, topic), PromptGridConfig(), round_key,
+                                        paths.home_dir / "assets" / "prompt_feedback.parquet")
+            answered = store.answered_prompt_ids(teacher.response_key(round_key), (row["prompt_id"] for row in rows))
+            estimates.append(estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens,
+                                                 teacher.prices(), tokenizer))
+    teacher_name = teacher.response_key(round_key).teacher_model
+    print(f"dry run: round {round_key}, teacher {teacher_name} ({teacher.mode}), max_tokens {teacher.max_tokens}, "
+          f"USD per million tokens {teacher.prompt_price_per_million} prompt / {teacher.completion_price_per_million} "
+          f"completion; prompt tokens by {tokenizer}; nothing sent")
+    print(format_estimates(estimates))
     return 0
 
 
@@ -257,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--topics", default=None, help="comma-separated topic keys (default: all partitions)")
     run.add_argument("--modes", default=None, help="comma-separated mask modes to fine-tune (default: none,paper,hard,soft)")
     run.add_argument("--collect-only", action="store_true", help="stop after collecting the teacher's responses")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the requests, estimated tokens and USD per topic and in total; send nothing")
     run.set_defaults(handler=cmd_run)
 
     review_parser = commands.add_parser("review", help="manual review of borderline filtered responses")

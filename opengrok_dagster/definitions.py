@@ -42,15 +42,16 @@ def _teacher_tuning() -> dict:
     return tuning
 
 
-def build_teacher(keep_server: bool = False) -> TeacherResource:
+def build_teacher(keep_server: bool = False, with_key: bool = True) -> TeacherResource:
     """Embedded SmolLM2 teacher by default; OPENGROK_TEACHER_BASE_URL switches to that endpoint, with the
-    key read (as an EnvVar, never a value) from the variable named by OPENGROK_TEACHER_API_KEY_VAR."""
+    key read (as an EnvVar, never a value) from the variable named by OPENGROK_TEACHER_API_KEY_VAR.
+    ``with_key=False`` is for what sends nothing (the dry run), which must work before a key is set."""
     if teacher_is_remote():
         return TeacherResource(
             mode="remote",
             base_url=EnvVar("OPENGROK_TEACHER_BASE_URL"),
             model=EnvVar("OPENGROK_TEACHER_MODEL"),
-            api_key=EnvVar(teacher_api_key_variable()),
+            api_key=EnvVar(teacher_api_key_variable()) if with_key else None,
             **_teacher_tuning(),
         )
     # CPU serving (see bench/collection_throughput.py); a loaded CPU can take minutes per batch, and a local

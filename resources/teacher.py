@@ -8,8 +8,16 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from opengrok_dagster.collect.store import ResponseKey
-from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams, TeacherClient, TeacherEndpoint
-from opengrok_dagster.offline.model import MODEL_NAME, check_offline_model, offline_model_dir
+from opengrok_dagster.collect.client import (
+    ClientLimits,
+    Prices,
+    SamplingParams,
+    TeacherClient,
+    TeacherEndpoint,
+    characters_token_count,
+)
+from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
+from opengrok_dagster.offline.model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
 from opengrok_dagster.offline.server import TeacherServer
 
 
@@ -90,6 +98,19 @@ class TeacherResource(ConfigurableResource):
         label = MODEL_NAME if self.mode == "embedded" else (self.model or "")
         return ResponseKey(label, self.sampling().key(), round_key)
 
+    def prices(self) -> Prices:
+        return Prices(self.prompt_price_per_million, self.completion_price_per_million)
+
+    def token_counter(self) -> tuple[TokenCounter, str]:
+        """How to count prompt tokens before sending (and what that is called, for metadata): the embedded
+        teacher's own tokenizer when provisioned; ~4 characters a token for a remote endpoint."""
+        if self.mode == "embedded":
+            try:
+                return tokenizer_token_counter(check_offline_model(offline_model_dir(self.cache_dir))), f"{MODEL_NAME} tokenizer"
+            except OfflineModelError:
+                return characters_token_count, "~4 characters a token (offline model not provisioned)"
+        return characters_token_count, "~4 characters a token"
+
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed)
 
@@ -105,5 +126,5 @@ class TeacherResource(ConfigurableResource):
                 timeout_s=self.timeout_s,
                 max_attempts=self.max_attempts,
             ),
-            Prices(self.prompt_price_per_million, self.completion_price_per_million),
+            self.prices(),
         )

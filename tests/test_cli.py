@@ -74,3 +74,21 @@ def test_every_cli_argument_is_validated_with_one_line_and_exit_2(opengrok_home,
     err = capsys.readouterr().err
     assert err.startswith(f"opengrok: error: {message}") and err.count("\n") == 1 and "Traceback" not in err
     assert not (opengrok_home / "assets").exists() and not (opengrok_home / "dagster_home").exists()
+
+
+def test_dry_run_prints_requests_tokens_and_usd_per_topic_and_sends_nothing(opengrok_home, capsys, monkeypatch, loopback_teacher):
+    monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", loopback_teacher.base_url)
+    monkeypatch.setenv("OPENGROK_TEACHER_MODEL", "grok-test")
+    monkeypatch.setenv("OPENGROK_TEACHER_MAX_TOKENS", "100")
+    monkeypatch.setenv("OPENGROK_TEACHER_PROMPT_PRICE", "2")
+    monkeypatch.setenv("OPENGROK_TEACHER_COMPLETION_PRICE", "10")
+    assert main(["run", "--dry-run", "--round", "2026-11-24", "--topics", "climate,football"]) == 0
+    out = capsys.readouterr().out
+    assert loopback_teacher.requests == [] and not (opengrok_home / "assets").exists()
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in out.splitlines() if line.startswith("| ") and not line.startswith("| topic")}
+    assert set(rows) == {"climate", "football", "total"}
+    prompts, requests, prompt_tokens, completion_tokens, usd = rows["climate"]
+    assert (prompts, requests, completion_tokens) == ("12", "12", "1200")
+    assert float(usd) == pytest.approx((int(prompt_tokens) * 2 + 1200 * 10) / 1e6, abs=1e-4)
+    assert rows["total"][1] == "24" and "nothing sent" in out and "~4 characters a token" in out

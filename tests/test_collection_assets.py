@@ -50,6 +50,18 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
     assert checks == {"unique_prompt_ids": True, "error_rate": True}
 
 
+def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(persistent_instance, tmp_path, loopback_teacher):
+    prices = {"prompt_price_per_million": 3.0, "completion_price_per_million": 15.0, "max_tokens": 64}
+    first = run_partition(persistent_instance, tmp_path, loopback_teacher, **prices)
+    estimate = {k: v.value for k, v in first.asset_materializations_for_node("prompts")[0].metadata.items() if k.startswith("estimate_")}
+    assert (estimate["estimate_requests"], estimate["estimate_completion_tokens"]) == (12, 12 * 64)
+    assert estimate["estimate_usd"] == pytest.approx((estimate["estimate_prompt_tokens"] * 3 + 12 * 64 * 15) / 1e6)
+    spent = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")["cost_usd"].sum()
+    assert 0 < spent <= estimate["estimate_usd"]  # completion at max_tokens is the worst case
+    again = run_partition(persistent_instance, tmp_path, loopback_teacher, **prices)
+    assert again.asset_materializations_for_node("prompts")[0].metadata["estimate_requests"].value == 0
+
+
 def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(persistent_instance, tmp_path, loopback_teacher):
     first_run = run_partition(persistent_instance, tmp_path, loopback_teacher)
     first = len(loopback_teacher.requests)

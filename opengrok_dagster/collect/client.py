@@ -167,9 +167,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+def characters_token_count(messages: list[dict[str, str]]) -> int:
+    """Prompt tokens without a tokenizer: ~4 characters a token plus a few tokens of chat framing a message."""
+    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages)
+
+
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
-    """Upper-ish estimate for the TPM bucket before the server reports usage: ~4 characters a token."""
-    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + max_tokens
+    """Upper-ish estimate for the TPM bucket before the server reports usage."""
+    return characters_token_count(messages) + max_tokens
 
 
 class TeacherClient:
