@@ -114,8 +114,8 @@ def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherR
             context.log.info(f"{received} teacher responses received this run")
 
     async def run() -> CollectionSummary:
-        async with teacher.client() as client:
-            return await collect_responses(rows, client, store, round_key, on_result)
+        async with teacher.client(store) as client:
+            return await collect_responses(rows, client, store, round_key, on_result, teacher.leases())
 
     try:
         return asyncio.run(run())
@@ -157,7 +157,7 @@ def raw_responses(
     key = teacher.response_key(round_key)
     rows = prompts.to_dict("records")
     answered = store.answered_prompt_ids(key, prompts["prompt_id"])
-    summary = CollectionSummary(len(rows), len(answered), 0, 0, 0)
+    summary = CollectionSummary(len(rows), len(answered), 0, 0, 0, 0)
     if len(answered) < len(rows):
         summary = _collect(context, rows, teacher, store, round_key)
     stored = pd.DataFrame(store.fetch(key, prompts["prompt_id"]), columns=STORED_COLUMNS)

@@ -12,19 +12,44 @@ from datetime import datetime, timezone
 from opengrok_dagster.offline.model import OfflineModelError
 
 
+INSTANCE_LOCK_TIMEOUT_S = 300.0
+
+
 def _instance():
-    """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home)."""
+    """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home).
+
+    Creating it is serialised by a file lock: SQLite storages created by two processes at once each stamp
+    their own alembic revision, and every later run fails with "more than one head present". Under the lock
+    the instance is opened and each storage touched once, so that all of them exist before the lock is let go.
+    """
+    import fcntl
+
     from dagster import DagsterInstance
 
     from opengrok_dagster.settings import dagster_home
 
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():  # local SQLite storage; no telemetry from an offline pipeline
-        config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+    with open(home / ".opengrok-instance.lock", "w") as lock:
+        deadline = time.monotonic() + INSTANCE_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"another opengrok process has held {lock.name} for {INSTANCE_LOCK_TIMEOUT_S:.0f}s "
+                                     "while opening the Dagster instance; wait for it to finish and retry") from None
+                time.sleep(0.1)
+        config = home / "dagster.yaml"
+        if not config.exists():  # local SQLite storage; no telemetry from an offline pipeline
+            config.write_text("telemetry:\n  enabled: false\n")
+        instance = DagsterInstance.get()
+        instance.get_runs(limit=1)
+        instance.get_dynamic_partitions("topics")
+        instance.all_instigator_state()
+        return instance  # closing the file releases the lock
 
 
 class _OneLineParser(argparse.ArgumentParser):

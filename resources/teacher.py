@@ -7,7 +7,8 @@ from typing import Literal, Optional
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from opengrok_dagster.collect.store import ResponseKey
+from opengrok_dagster.collect.ratelimit import SharedRateLimiter
+from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.collect.client import (
     ClientLimits,
     Prices,
@@ -16,6 +17,7 @@ from opengrok_dagster.collect.client import (
     TeacherEndpoint,
     characters_token_count,
 )
+from opengrok_dagster.collect.collector import Leases
 from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
 from opengrok_dagster.offline.model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
 from opengrok_dagster.offline.server import TeacherServer
@@ -60,6 +62,11 @@ class TeacherResource(ConfigurableResource):
     seed: Optional[int] = Field(default=None, description="Sampling seed sent to the endpoint, where it supports one.")
     prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
     completion_price_per_million: float = Field(default=0.0, description="USD per million completion tokens (cost estimate).")
+    lease_s: float = Field(
+        default=Leases().lease_s,
+        description="Seconds a claim on a prompt lasts unrenewed: a killed run's prompts are taken over by the next "
+        "run after this long (a live run renews its claims every lease_s / 3).",
+    )
     server_log: Optional[str] = Field(default=None, description="File that receives the embedded server's output.")
     keep_server: bool = Field(
         default=False,
@@ -98,6 +105,9 @@ class TeacherResource(ConfigurableResource):
         label = MODEL_NAME if self.mode == "embedded" else (self.model or "")
         return ResponseKey(label, self.sampling().key(), round_key)
 
+    def leases(self) -> Leases:
+        return Leases(lease_s=self.lease_s)
+
     def prices(self) -> Prices:
         return Prices(self.prompt_price_per_million, self.completion_price_per_million)
 
@@ -114,10 +124,16 @@ class TeacherResource(ConfigurableResource):
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed)
 
-    def client(self) -> TeacherClient:
-        """A fresh client (enter it with ``async with``); starts the embedded server if needed."""
+    def client(self, store: Optional[ResponseStore] = None) -> TeacherClient:
+        """A fresh client (enter it with ``async with``); starts the embedded server if needed. With ``store``,
+        the RPM/TPM limits hold across every process that shares it (one account's limits, one window)."""
+        endpoint = self.endpoint()
+        shared = None
+        if store is not None and (self.requests_per_minute or self.tokens_per_minute):
+            shared = SharedRateLimiter(store, f"{endpoint.base_url}|{endpoint.model}", self.requests_per_minute,
+                                       self.tokens_per_minute)
         return TeacherClient(
-            self.endpoint(),
+            endpoint,
             self.sampling(),
             ClientLimits(
                 max_concurrency=self.max_concurrency,
@@ -127,4 +143,5 @@ class TeacherResource(ConfigurableResource):
                 max_attempts=self.max_attempts,
             ),
             self.prices(),
+            shared_limiter=shared,
         )

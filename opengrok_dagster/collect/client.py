@@ -19,7 +19,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from opengrok_dagster.collect.ratelimit import RateLimiter
+from opengrok_dagster.collect.ratelimit import RateLimiter, SharedRateLimiter
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,7 @@ class TeacherClient:
         prices: Prices = Prices(),
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        shared_limiter: SharedRateLimiter | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.sampling = sampling
@@ -195,6 +196,7 @@ class TeacherClient:
         self.prices = prices
         self._transport = transport
         self._rate = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
+        self._shared = shared_limiter  # the same limits across processes; the local buckets smooth each one
         self._slots = asyncio.Semaphore(limits.max_concurrency)
         # Jitter in proportion to the first backoff, so many clients retrying together spread out.
         self._backoff = wait_exponential_jitter(
@@ -253,20 +255,26 @@ class TeacherClient:
             error=self._redact(error), status_code=status_code,
         )
 
+    async def _settle(self, ticket: int | None, estimated: int, actual: int | None) -> None:
+        self._rate.settle(estimated, actual)
+        if ticket is not None:
+            await self._shared.settle(ticket, actual)
+
     async def _attempt(self, messages: list[dict[str, str]], started: float, attempts: int) -> TeacherResult:
         body = {"model": self.endpoint.model, "messages": messages, **self.sampling.request_fields()}
         estimated = estimate_tokens(messages, self.sampling.max_tokens)
         url = self.endpoint.chat_url
         async with self._slots:
             await self._rate.acquire(estimated)
+            ticket = await self._shared.acquire(estimated) if self._shared else None
             try:
                 response = await self._http.post(url, json=body)
                 raw = await response.aread()
             except httpx.TimeoutException as exc:
-                self._rate.settle(estimated, 0)
+                await self._settle(ticket, estimated, 0)
                 raise _Retryable(f"timeout after {self.limits.timeout_s:.0f}s ({type(exc).__name__}) from {url}") from None
             except httpx.TransportError as exc:
-                self._rate.settle(estimated, 0)
+                await self._settle(ticket, estimated, 0)
                 raise _Retryable(f"connection error from {url}: {type(exc).__name__}: {self._redact(str(exc))}") from None
         status = response.status_code
         request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
@@ -297,7 +305,7 @@ class TeacherClient:
             prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Retryable(f"unreadable response body from {url} ({type(exc).__name__}: {exc})", status_code=status) from None
-        self._rate.settle(estimated, (prompt_tokens or 0) + (completion_tokens or 0) if usage else None)
+        await self._settle(ticket, estimated, (prompt_tokens or 0) + (completion_tokens or 0) if usage else None)
         return TeacherResult(
             text=text,
             finish_reason=choices[0].get("finish_reason") if choices else None,

@@ -11,8 +11,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 
 from opengrok_dagster.collect.client import TeacherResult
@@ -40,6 +44,28 @@ CREATE TABLE IF NOT EXISTS responses (
     PRIMARY KEY (prompt_id, teacher_model, sampling_key, round)
 )
 """
+# A run claims a prompt here before sending it (exactly once across processes); the owner renews its claims
+# while it runs, so a killed run's claims lapse at expires_at and another run may take the prompt.
+_CLAIMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    prompt_id TEXT NOT NULL,
+    teacher_model TEXT NOT NULL,
+    sampling_key TEXT NOT NULL,
+    round TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (prompt_id, teacher_model, sampling_key, round)
+)
+"""
+# Requests and tokens admitted per rate-limit scope (one teacher account), shared by every process.
+_RATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_events (
+    id INTEGER PRIMARY KEY,
+    scope TEXT NOT NULL,
+    at REAL NOT NULL,
+    tokens REAL NOT NULL
+)
+"""
 STORED_COLUMNS = (
     "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
@@ -47,6 +73,15 @@ STORED_COLUMNS = (
 )
 # Columns added after the first release, with their SQL type: a store written before gets them on open.
 _ADDED_COLUMNS = {"anomaly": "TEXT"}
+
+
+class Claim(Enum):
+    """What :meth:`ResponseStore.claim` found: the prompt is now ours to send, already answered, or being
+    sent by another live run."""
+
+    MINE = "mine"
+    ANSWERED = "answered"
+    HELD = "held"
 
 
 @dataclass(frozen=True)
@@ -68,7 +103,9 @@ class ResponseStore:
         self._connections: list[sqlite3.Connection] = []  # one per thread that touched the store
         self._connections_lock = threading.Lock()
         with self._connection() as connection:
-            connection.execute(_SCHEMA)
+            for schema in (_SCHEMA, _CLAIMS_SCHEMA, _RATE_SCHEMA):
+                connection.execute(schema)
+            connection.execute("CREATE INDEX IF NOT EXISTS rate_events_scope_at ON rate_events (scope, at)")
             present = {row["name"] for row in connection.execute("PRAGMA table_info(responses)")}
             for name, sql_type in _ADDED_COLUMNS.items():
                 if name not in present:
@@ -86,6 +123,77 @@ class ResponseStore:
                 self._connections.append(connection)
         return connection
 
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken at once (BEGIN IMMEDIATE): its reads and writes are atomic across processes."""
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+    def claim(self, key: ResponseKey, prompt_id: str, owner: str, lease_s: float) -> Claim:
+        """Claim ``prompt_id`` for ``owner`` until ``lease_s`` from now, unless it is answered or claimed by
+        another owner whose lease has not lapsed; checked and taken in one transaction."""
+        ident = (prompt_id, key.teacher_model, key.sampling_key, key.round)
+        where = "prompt_id=? AND teacher_model=? AND sampling_key=? AND round=?"
+        now = time.time()
+        with self._immediate() as connection:
+            if connection.execute(f"SELECT 1 FROM responses WHERE {where} AND error IS NULL", ident).fetchone():
+                return Claim.ANSWERED
+            held = connection.execute(f"SELECT owner, expires_at FROM claims WHERE {where}", ident).fetchone()
+            if held and held["owner"] != owner and held["expires_at"] > now:
+                return Claim.HELD
+            connection.execute(
+                "INSERT INTO claims (prompt_id, teacher_model, sampling_key, round, owner, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (prompt_id, teacher_model, sampling_key, round) "
+                "DO UPDATE SET owner=excluded.owner, expires_at=excluded.expires_at",
+                (*ident, owner, now + lease_s),
+            )
+            return Claim.MINE
+
+    def renew_claims(self, owner: str, lease_s: float) -> None:
+        """Extend every claim of ``owner`` (a running collection's heartbeat)."""
+        with self._immediate() as connection:
+            connection.execute("UPDATE claims SET expires_at=? WHERE owner=?", (time.time() + lease_s, owner))
+
+    def release_claims(self, owner: str) -> None:
+        """Give up every claim of ``owner`` still open (prompts it did not send stay missing for the next run)."""
+        with self._immediate() as connection:
+            connection.execute("DELETE FROM claims WHERE owner=?", (owner,))
+
+    def admit_rate(self, scope: str, window_s: float, requests: float | None, tokens: float | None,
+                   amount: float) -> tuple[int | None, float]:
+        """Admit one request of ``amount`` tokens under at most ``requests`` requests and ``tokens`` tokens per
+        ``window_s`` in ``scope``, across processes: returns (event id, 0) when admitted, else (None, seconds
+        until it may be). A request larger than the whole token limit is admitted into an empty window."""
+        now = time.time()
+        with self._immediate() as connection:
+            connection.execute("DELETE FROM rate_events WHERE scope=? AND at<=?", (scope, now - window_s))
+            events = connection.execute("SELECT at, tokens FROM rate_events WHERE scope=? ORDER BY at", (scope,)).fetchall()
+            waits = []
+            if requests is not None and len(events) + 1 > requests:
+                waits.append(events[len(events) - int(requests)]["at"] + window_s - now)
+            if tokens is not None and events:
+                excess = sum(e["tokens"] for e in events) + min(amount, tokens) - tokens
+                for event in events:  # the window frees tokens as its oldest events age out
+                    if excess <= 1e-9:
+                        break
+                    excess -= event["tokens"]
+                    waits.append(event["at"] + window_s - now)
+            if waits:
+                return None, max(0.001, max(waits))
+            cursor = connection.execute("INSERT INTO rate_events (scope, at, tokens) VALUES (?, ?, ?)", (scope, now, amount))
+            return cursor.lastrowid, 0.0
+
+    def settle_rate(self, event_id: int, tokens: float) -> None:
+        """Replace an admitted request's estimated tokens with what the server reported."""
+        with self._immediate() as connection:
+            connection.execute("UPDATE rate_events SET tokens=? WHERE id=?", (tokens, event_id))
+
     def answered_prompt_ids(self, key: ResponseKey, prompt_ids: Iterable[str]) -> set[str]:
         """The prompts that already have a successful response under ``key``: never request them again."""
         wanted = list(prompt_ids)
@@ -100,8 +208,9 @@ class ResponseStore:
             found.update(row["prompt_id"] for row in rows)
         return found
 
-    def record(self, key: ResponseKey, prompt_id: str, topic: str, result: TeacherResult) -> None:
-        """Commit one outcome now. An existing success is kept; an existing error is replaced."""
+    def record(self, key: ResponseKey, prompt_id: str, topic: str, result: TeacherResult, owner: str | None = None) -> None:
+        """Commit one outcome now, releasing ``owner``'s claim on the prompt in the same transaction. An existing
+        success is kept; an existing error is replaced."""
         values = {
             "prompt_id": prompt_id,
             **asdict(key),
@@ -112,13 +221,18 @@ class ResponseStore:
         columns = ", ".join(STORED_COLUMNS)
         placeholders = ", ".join(f":{name}" for name in STORED_COLUMNS)
         updates = ", ".join(f"{name}=excluded.{name}" for name in STORED_COLUMNS[5:])
-        with self._connection() as connection:  # commits on exit
+        with self._immediate() as connection:
             connection.execute(
                 f"INSERT INTO responses ({columns}) VALUES ({placeholders}) "
                 f"ON CONFLICT (prompt_id, teacher_model, sampling_key, round) DO UPDATE SET {updates} "
                 f"WHERE responses.error IS NOT NULL",
                 values,
             )
+            if owner is not None:
+                connection.execute(
+                    "DELETE FROM claims WHERE prompt_id=? AND teacher_model=? AND sampling_key=? AND round=? AND owner=?",
+                    (prompt_id, key.teacher_model, key.sampling_key, key.round, owner),
+                )
 
     def fetch(self, key: ResponseKey, prompt_ids: Iterable[str]) -> list[dict]:
         wanted = list(prompt_ids)
