@@ -95,13 +95,15 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
 
 
 def _estimate(teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_key: str, rows: list[dict]) -> CollectionEstimate:
+    key = teacher.response_key(round_key)
     store = paths.response_store()
     try:
-        answered = store.answered_prompt_ids(teacher.response_key(round_key), (row["prompt_id"] for row in rows))
+        answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
+        history = store.completion_history(key.teacher_model, key.sampling_key)
     finally:
         store.close()
     count_tokens, tokenizer = teacher.token_counter()
-    return estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(), tokenizer)
+    return estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(), tokenizer, history)
 
 
 def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str) -> CollectionSummary:

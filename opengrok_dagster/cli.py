@@ -226,13 +226,15 @@ def _dry_run(topics: list[str], round_key: str) -> int:
         for topic in topics:
             rows, _ = round_prompt_grid(find_topic(catalogue, topic), PromptGridConfig(), round_key,
                                         paths.home_dir / "assets" / "prompt_feedback.parquet")
-            answered = store.answered_prompt_ids(teacher.response_key(round_key), (row["prompt_id"] for row in rows))
-            estimates.append(estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens,
-                                                 teacher.prices(), tokenizer))
+            key = teacher.response_key(round_key)
+            answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
+            estimates.append(estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(),
+                                                 tokenizer, store.completion_history(key.teacher_model, key.sampling_key)))
     teacher_name = teacher.response_key(round_key).teacher_model
     print(f"dry run: round {round_key}, teacher {teacher_name} ({teacher.mode}), max_tokens {teacher.max_tokens}, "
           f"USD per million tokens {teacher.prompt_price_per_million} prompt / {teacher.completion_price_per_million} "
-          f"completion; prompt tokens by {tokenizer}; nothing sent")
+          f"completion; prompt tokens by {tokenizer}; expected completion from "
+          f"{estimates[0].completion_basis if estimates else 'max_tokens'}; nothing sent")
     print(format_estimates(estimates))
     return 0
 

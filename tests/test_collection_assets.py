@@ -22,13 +22,13 @@ def resources_for(tmp_path, base_url, **teacher):
     }
 
 
-def run_partition(instance, tmp_path, server, topic="climate", **teacher):
+def run_partition(instance, tmp_path, server, topic="climate", round_key=ROUND, **teacher):
     instance.add_dynamic_partitions(topic_partitions.name, [topic])
     return materialize(
         [prompts, raw_responses],
         resources=resources_for(tmp_path, server.base_url, **teacher),
         instance=instance,
-        partition_key=collection_partition_key(topic, ROUND),
+        partition_key=collection_partition_key(topic, round_key),
         raise_on_error=False,
     )
 
@@ -53,13 +53,25 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
 def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(persistent_instance, tmp_path, loopback_teacher):
     prices = {"prompt_price_per_million": 3.0, "completion_price_per_million": 15.0, "max_tokens": 64}
     first = run_partition(persistent_instance, tmp_path, loopback_teacher, **prices)
-    estimate = {k: v.value for k, v in first.asset_materializations_for_node("prompts")[0].metadata.items() if k.startswith("estimate_")}
-    assert (estimate["estimate_requests"], estimate["estimate_completion_tokens"]) == (12, 12 * 64)
-    assert estimate["estimate_usd"] == pytest.approx((estimate["estimate_prompt_tokens"] * 3 + 12 * 64 * 15) / 1e6)
+    estimate = estimate_of(first)
+    assert (estimate["estimate_requests"], estimate["estimate_completion_tokens_max"]) == (12, 12 * 64)
+    assert estimate["estimate_completion_tokens"] == 12 * 64  # no stored answers yet: expect the worst case
+    assert estimate["estimate_usd_max"] == pytest.approx((estimate["estimate_prompt_tokens"] * 3 + 12 * 64 * 15) / 1e6)
     spent = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")["cost_usd"].sum()
-    assert 0 < spent <= estimate["estimate_usd"]  # completion at max_tokens is the worst case
+    assert 0 < spent <= estimate["estimate_usd_max"]
     again = run_partition(persistent_instance, tmp_path, loopback_teacher, **prices)
-    assert again.asset_materializations_for_node("prompts")[0].metadata["estimate_requests"].value == 0
+    assert estimate_of(again)["estimate_requests"] == 0
+    # the next round expects the stored answers' mean length (the loopback's 16 tokens): within 2x of the real cost
+    next_round = run_partition(persistent_instance, tmp_path, loopback_teacher, round_key="2026-11-25", **prices)
+    expected = estimate_of(next_round)
+    assert expected["estimate_completion_tokens"] == 12 * 16 and expected["estimate_completion_basis"] == "mean of 12 stored answers"
+    real = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-25" / "climate.parquet")["cost_usd"].sum()
+    assert 0.5 <= expected["estimate_usd"] / real <= 2.0
+
+
+def estimate_of(result) -> dict:
+    metadata = result.asset_materializations_for_node("prompts")[0].metadata
+    return {k: v.value for k, v in metadata.items() if k.startswith("estimate_")}
 
 
 def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(persistent_instance, tmp_path, loopback_teacher):

@@ -234,6 +234,15 @@ class ResponseStore:
                     (prompt_id, key.teacher_model, key.sampling_key, key.round, owner),
                 )
 
+    def completion_history(self, teacher_model: str, sampling_key: str) -> tuple[float | None, int]:
+        """(mean completion tokens, count) of the successful answers of this teacher and sampling, any round."""
+        row = self._connection().execute(
+            "SELECT AVG(completion_tokens) AS mean, COUNT(completion_tokens) AS n FROM responses "
+            "WHERE teacher_model=? AND sampling_key=? AND error IS NULL AND completion_tokens IS NOT NULL",
+            (teacher_model, sampling_key),
+        ).fetchone()
+        return row["mean"], row["n"]
+
     def fetch(self, key: ResponseKey, prompt_ids: Iterable[str]) -> list[dict]:
         wanted = list(prompt_ids)
         rows: list[dict] = []
