@@ -18,6 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from opengrok_dagster.collect.budget import Budget, utc_day
 from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.store import STORED_COLUMNS
@@ -54,7 +55,14 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
     group_name="acquisition",
     code_version="1",
     kinds={"python", "parquet"},
-    check_specs=[AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice.")],
+    check_specs=[
+        AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice."),
+        AssetCheckSpec(
+            "within_daily_budget", asset="prompts", blocking=True,
+            description="The collection's expected cost fits what is left of today's teacher budget "
+            "(OPENGROK_TEACHER_DAILY_BUDGET_USD); otherwise raw_responses does not start.",
+        ),
+    ],
 )
 def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths, teacher: TeacherResource):
     """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants, with the
@@ -92,6 +100,29 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     )
     duplicates = int(frame["prompt_id"].duplicated().sum())
     yield AssetCheckResult(check_name="unique_prompt_ids", passed=duplicates == 0, metadata={"duplicates": duplicates})
+    yield _daily_budget_check(teacher, paths, estimate)
+
+
+def _daily_budget_check(teacher: TeacherResource, paths: OpenGrokPaths, estimate: CollectionEstimate) -> AssetCheckResult:
+    limit = teacher.daily_budget_usd
+    if limit is None:
+        return AssetCheckResult(check_name="within_daily_budget", passed=True, metadata={"daily_budget_usd": "unset"})
+    store = paths.response_store()
+    try:
+        remaining = max(0.0, limit - store.spent(day=utc_day()))
+    finally:
+        store.close()
+    passed = estimate.usd <= remaining
+    return AssetCheckResult(
+        check_name="within_daily_budget",
+        passed=passed,
+        metadata={"estimate_usd": estimate.usd, "estimate_usd_max": estimate.usd_max, "daily_budget_usd": limit,
+                  "remaining_today_usd": remaining},
+        description=None if passed else (
+            f"the collection is expected to cost USD {estimate.usd:.6f} but only {remaining:.6f} of today's "
+            f"OPENGROK_TEACHER_DAILY_BUDGET_USD={limit:g} is left: raise it, collect fewer prompts, or wait for the "
+            "next UTC day"),
+    )
 
 
 def _estimate(teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_key: str, rows: list[dict]) -> CollectionEstimate:
@@ -106,7 +137,29 @@ def _estimate(teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_
     return estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(), tokenizer, history)
 
 
-def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str) -> CollectionSummary:
+# `opengrok run` tags every run it starts with one id, so OPENGROK_TEACHER_BUDGET_USD covers the whole command.
+BUDGET_RUN_TAG = "opengrok/budget_run"
+
+
+def _budget(context: AssetExecutionContext, teacher: TeacherResource, store) -> Budget:
+    partition = context.partition_key if isinstance(context.partition_key, str) else str(context.partition_key)
+    return Budget(store, teacher.budget_limits(), context.run.tags.get(BUDGET_RUN_TAG, context.run_id), partition)
+
+
+def _spend_metadata(budget: Budget) -> dict:
+    """USD spent by this partition in this run, by the whole run, and today (UTC) across runs."""
+    store, today = budget.store, utc_day()
+    remaining = budget.remaining_today()
+    return {
+        "spend_usd_partition_this_run": store.spent(run_id=budget.run_id, partition=budget.partition),
+        "spend_usd_run": store.spent(run_id=budget.run_id),
+        "spend_usd_today": store.spent(day=today),
+        **({"daily_budget_remaining_usd": remaining} if remaining is not None else {}),
+    }
+
+
+def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str,
+             budget: Budget) -> CollectionSummary:
     received = 0
 
     def on_result(row: dict, result) -> None:
@@ -116,7 +169,7 @@ def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherR
             context.log.info(f"{received} teacher responses received this run")
 
     async def run() -> CollectionSummary:
-        async with teacher.client(store) as client:
+        async with teacher.client(store, budget) as client:
             return await collect_responses(rows, client, store, round_key, on_result, teacher.leases())
 
     try:
@@ -159,11 +212,20 @@ def raw_responses(
     key = teacher.response_key(round_key)
     rows = prompts.to_dict("records")
     answered = store.answered_prompt_ids(key, prompts["prompt_id"])
-    summary = CollectionSummary(len(rows), len(answered), 0, 0, 0, 0)
+    budget = _budget(context, teacher, store)
+    summary = CollectionSummary(len(rows), len(answered), 0, 0, 0)
     if len(answered) < len(rows):
-        summary = _collect(context, rows, teacher, store, round_key)
+        summary = _collect(context, rows, teacher, store, round_key, budget)
     stored = pd.DataFrame(store.fetch(key, prompts["prompt_id"]), columns=STORED_COLUMNS)
+    spend = _spend_metadata(budget)
     store.close()
+    if summary.budget_stop:
+        raise Failure(
+            description=f"stopped on budget: {summary.budget_stop}. {summary.unsent} prompts were not sent; they stay "
+            "missing and the next run collects them (raise the budget, or wait for the next UTC day). "
+            f"Received responses are kept ({summary.succeeded + summary.failed} this run).",
+            metadata={**spend, "unsent": summary.unsent, "requested": summary.requested},
+        )
     frame = prompts.merge(stored.rename(columns={"text": "response"}), on=["prompt_id", "topic", "round"], how="left")
     missing = frame["collected_at"].isna().sum()
     if missing:
@@ -176,7 +238,8 @@ def raw_responses(
         data_version=content_data_version(frame),
         metadata={
             "dagster/row_count": len(frame),
-            **asdict(summary),
+            **{name: value for name, value in asdict(summary).items() if value is not None},
+            **spend,
             "errors": int(frame["error"].notna().sum()),
             "error_rate": error_rate,
             "refusals": int(frame["anomaly"].isin(REFUSED_ANOMALIES).sum()),

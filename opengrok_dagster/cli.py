@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from contextlib import closing
 from datetime import datetime, timezone
 
@@ -135,11 +136,11 @@ def cmd_topics(args: argparse.Namespace) -> int:
 CONSOLE_AT_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def _execute(instance, job, label: str, partition_key=None) -> bool:
+def _execute(instance, job, label: str, partition_key=None, tags=None) -> bool:
     started = time.monotonic()
     print(f"{label} ...", flush=True)
     result = job.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False, run_config=CONSOLE_AT_INFO
+        instance=instance, partition_key=partition_key, raise_on_error=False, run_config=CONSOLE_AT_INFO, tags=tags
     )
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
     return result.success
@@ -164,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not teacher_is_remote() and not args.dry_run:
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))
+    from assets.collection import BUDGET_RUN_TAG
     from opengrok_dagster.definitions import build_definitions
     from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
     from opengrok_dagster.partitions import collection_partition_key, topic_partitions
@@ -179,11 +181,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
     collect = defs.resolve_job_def(collect_job.name)
+    one_budget = {BUDGET_RUN_TAG: uuid.uuid4().hex}  # OPENGROK_TEACHER_BUDGET_USD covers this whole command
     failed = [
         topic
         for number, topic in enumerate(topics, start=1)
         if not _execute(instance, collect, f"[collect {number}/{len(topics)}] topic {topic!r}, round {round_key}",
-                        collection_partition_key(topic, round_key))
+                        collection_partition_key(topic, round_key), one_budget)
     ]
     if failed:
         print(f"failed partitions: {', '.join(failed)}; rerun `opengrok run --topics {','.join(failed)}` "

@@ -28,6 +28,8 @@ TEACHER_TUNING_VARIABLES = {
     "temperature": ("OPENGROK_TEACHER_TEMPERATURE", float),
     "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
+    "budget_usd": ("OPENGROK_TEACHER_BUDGET_USD", float),
+    "daily_budget_usd": ("OPENGROK_TEACHER_DAILY_BUDGET_USD", float),
 }
 
 

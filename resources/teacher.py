@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.ratelimit import SharedRateLimiter
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.collect.client import (
@@ -62,6 +63,16 @@ class TeacherResource(ConfigurableResource):
     seed: Optional[int] = Field(default=None, description="Sampling seed sent to the endpoint, where it supports one.")
     prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
     completion_price_per_million: float = Field(default=0.0, description="USD per million completion tokens (cost estimate).")
+    budget_usd: Optional[float] = Field(
+        default=None,
+        description="USD per run (OPENGROK_TEACHER_BUDGET_USD): a request is sent only if its worst case fits what "
+        "is left; unset = no limit. `opengrok run` counts all its partitions as one run.",
+    )
+    daily_budget_usd: Optional[float] = Field(
+        default=None,
+        description="USD per UTC day across every run and process sharing the response store "
+        "(OPENGROK_TEACHER_DAILY_BUDGET_USD); unset = no limit.",
+    )
     lease_s: float = Field(
         default=Leases().lease_s,
         description="Seconds a claim on a prompt lasts unrenewed: a killed run's prompts are taken over by the next "
@@ -124,9 +135,13 @@ class TeacherResource(ConfigurableResource):
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed)
 
-    def client(self, store: Optional[ResponseStore] = None) -> TeacherClient:
+    def budget_limits(self) -> BudgetLimits:
+        return BudgetLimits(self.budget_usd, self.daily_budget_usd)
+
+    def client(self, store: Optional[ResponseStore] = None, budget: Optional[Budget] = None) -> TeacherClient:
         """A fresh client (enter it with ``async with``); starts the embedded server if needed. With ``store``,
-        the RPM/TPM limits hold across every process that shares it (one account's limits, one window)."""
+        the RPM/TPM limits hold across every process that shares it (one account's limits, one window); with
+        ``budget``, a request is sent only if its worst case fits."""
         endpoint = self.endpoint()
         shared = None
         if store is not None and (self.requests_per_minute or self.tokens_per_minute):
@@ -144,4 +159,5 @@ class TeacherResource(ConfigurableResource):
             ),
             self.prices(),
             shared_limiter=shared,
+            budget=budget if budget is not None and budget.limits.limited else None,
         )

@@ -47,7 +47,7 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
     assert metadata["requested"].value == 12 and metadata["error_rate"].value == 0.0
     assert {"latency_p50_s", "latency_p95_s", "cost_usd_estimate", "completion_tokens"} <= set(metadata)
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"unique_prompt_ids": True, "error_rate": True}
+    assert checks == {"unique_prompt_ids": True, "within_daily_budget": True, "error_rate": True}
 
 
 def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(persistent_instance, tmp_path, loopback_teacher):

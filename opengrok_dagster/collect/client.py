@@ -15,11 +15,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from opengrok_dagster.collect.ratelimit import RateLimiter, SharedRateLimiter
+
+if TYPE_CHECKING:
+    from opengrok_dagster.collect.budget import Budget
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ class TeacherClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         shared_limiter: SharedRateLimiter | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.sampling = sampling
@@ -197,6 +202,7 @@ class TeacherClient:
         self._transport = transport
         self._rate = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
         self._shared = shared_limiter  # the same limits across processes; the local buckets smooth each one
+        self.budget = budget
         self._slots = asyncio.Semaphore(limits.max_concurrency)
         # Jitter in proportion to the first backoff, so many clients retrying together spread out.
         self._backoff = wait_exponential_jitter(
@@ -227,9 +233,25 @@ class TeacherClient:
             return min(error.retry_after_s, self.limits.max_retry_after_s)
         return self._backoff(state)
 
-    async def complete(self, messages: list[dict[str, str]]) -> TeacherResult:
+    def worst_case_usd(self, messages: list[dict[str, str]]) -> float:
+        """What one request can cost at most: the prompt estimate and max_tokens at the configured prices."""
+        return self.prices.cost(characters_token_count(messages), self.sampling.max_tokens)
+
+    async def complete(self, messages: list[dict[str, str]], prompt_id: str = "") -> TeacherResult:
         """Send one chat completion with retries. Returns a result (``error`` set after the last attempt
-        or on a per-prompt 4xx); raises :class:`TeacherConfigurationError` on 401/403/404."""
+        or on a per-prompt 4xx); raises :class:`TeacherConfigurationError` on 401/403/404, and
+        :class:`~opengrok_dagster.collect.budget.BudgetExhausted` (sending nothing) when the budget is spent."""
+        if self.budget is None:
+            return await self._complete(messages)
+        reservation = await self.budget.admit(prompt_id, self.worst_case_usd(messages))
+        result = None
+        try:
+            result = await self._complete(messages)
+            return result
+        finally:  # settled to the real cost; a refused key (401...) cost nothing
+            await self.budget.settle(reservation, result.cost_usd if result else 0.0)
+
+    async def _complete(self, messages: list[dict[str, str]]) -> TeacherResult:
         started = time.monotonic()
         attempts = 0
         try:

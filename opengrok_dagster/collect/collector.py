@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from opengrok_dagster.collect.budget import BudgetExhausted
 from opengrok_dagster.collect.client import TeacherClient, TeacherConfigurationError, TeacherResult
 from opengrok_dagster.collect.prompts import prompt_messages
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
@@ -28,6 +29,8 @@ class CollectionSummary:
     succeeded: int
     failed: int
     waited: int = 0  # prompts another run was sending when this one reached them
+    unsent: int = 0  # prompts left missing because the budget was spent (the next run collects them)
+    budget_stop: str | None = None  # why the budget stopped admitting, if it did
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ async def collect_responses(
     owner = claim_owner()
     answered = store.answered_prompt_ids(key, (p["prompt_id"] for p in prompts))
     pending = [p for p in prompts if p["prompt_id"] not in answered]
-    counts = {"requested": 0, "succeeded": 0, "failed": 0, "reused": len(answered), "waited": 0}
+    counts = {"requested": 0, "succeeded": 0, "failed": 0, "reused": len(answered), "waited": 0, "unsent": 0}
+    budget_stop: list[str] = []  # set once: no request is admitted after the budget refused one
     # The claim-to-record span is what one request holds: no more claims than requests in flight.
     slots = asyncio.Semaphore(client.limits.max_concurrency)
 
@@ -76,10 +80,19 @@ async def collect_responses(
         waited = False
         while True:
             async with slots:
+                if budget_stop:
+                    counts["unsent"] += 1
+                    return
                 claim = await asyncio.to_thread(store.claim, key, row["prompt_id"], owner, leases.lease_s)
                 if claim is Claim.MINE:
+                    try:
+                        result = await client.complete(prompt_messages(row), row["prompt_id"])
+                    except BudgetExhausted as exc:
+                        budget_stop.append(str(exc))
+                        counts["unsent"] += 1
+                        await asyncio.to_thread(store.release_claim, key, row["prompt_id"], owner)
+                        return
                     counts["requested"] += 1
-                    result = await client.complete(prompt_messages(row))
                     # Off the event loop: the commit waits for fsync, and other responses keep arriving meanwhile.
                     await asyncio.to_thread(store.record, key, row["prompt_id"], row["topic"], result, owner)
                     counts["succeeded" if result.ok else "failed"] += 1
@@ -110,4 +123,4 @@ async def collect_responses(
         beating.cancel()
         await asyncio.to_thread(store.release_claims, owner)
     return CollectionSummary(len(prompts), counts["reused"], counts["requested"], counts["succeeded"],
-                             counts["failed"], counts["waited"])
+                             counts["failed"], counts["waited"], counts["unsent"], budget_stop[0] if budget_stop else None)

@@ -66,6 +66,19 @@ CREATE TABLE IF NOT EXISTS rate_events (
     tokens REAL NOT NULL
 )
 """
+# One row per admitted request: its worst case reserved before sending, its real cost once answered.
+_SPEND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spend (
+    id INTEGER PRIMARY KEY,
+    day TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    prompt_id TEXT NOT NULL,
+    reserved_usd REAL NOT NULL,
+    actual_usd REAL,
+    reserved_at TEXT NOT NULL
+)
+"""
 STORED_COLUMNS = (
     "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
@@ -103,9 +116,11 @@ class ResponseStore:
         self._connections: list[sqlite3.Connection] = []  # one per thread that touched the store
         self._connections_lock = threading.Lock()
         with self._connection() as connection:
-            for schema in (_SCHEMA, _CLAIMS_SCHEMA, _RATE_SCHEMA):
+            for schema in (_SCHEMA, _CLAIMS_SCHEMA, _RATE_SCHEMA, _SPEND_SCHEMA):
                 connection.execute(schema)
             connection.execute("CREATE INDEX IF NOT EXISTS rate_events_scope_at ON rate_events (scope, at)")
+            connection.execute("CREATE INDEX IF NOT EXISTS spend_day ON spend (day)")
+            connection.execute("CREATE INDEX IF NOT EXISTS spend_run ON spend (run_id)")
             present = {row["name"] for row in connection.execute("PRAGMA table_info(responses)")}
             for name, sql_type in _ADDED_COLUMNS.items():
                 if name not in present:
@@ -160,6 +175,14 @@ class ResponseStore:
         with self._immediate() as connection:
             connection.execute("UPDATE claims SET expires_at=? WHERE owner=?", (time.time() + lease_s, owner))
 
+    def release_claim(self, key: ResponseKey, prompt_id: str, owner: str) -> None:
+        """Give up one claim without an answer (the budget refused the request): the prompt stays missing."""
+        with self._immediate() as connection:
+            connection.execute(
+                "DELETE FROM claims WHERE prompt_id=? AND teacher_model=? AND sampling_key=? AND round=? AND owner=?",
+                (prompt_id, key.teacher_model, key.sampling_key, key.round, owner),
+            )
+
     def release_claims(self, owner: str) -> None:
         """Give up every claim of ``owner`` still open (prompts it did not send stay missing for the next run)."""
         with self._immediate() as connection:
@@ -193,6 +216,41 @@ class ResponseStore:
         """Replace an admitted request's estimated tokens with what the server reported."""
         with self._immediate() as connection:
             connection.execute("UPDATE rate_events SET tokens=? WHERE id=?", (tokens, event_id))
+
+    def reserve_spend(self, day: str, run_id: str, partition: str, prompt_id: str, worst_usd: float,
+                      run_budget: float | None, daily_budget: float | None) -> int | None:
+        """Reserve ``worst_usd`` if it fits both budgets (what is spent counts settled costs and open
+        reservations); returns the reservation's id, or None when it does not fit. One transaction."""
+        with self._immediate() as connection:
+            for budget, column, value in ((run_budget, "run_id", run_id), (daily_budget, "day", day)):
+                if budget is not None and self._spent(connection, column, value) + worst_usd > budget + 1e-12:
+                    return None
+            cursor = connection.execute(
+                "INSERT INTO spend (day, run_id, partition, prompt_id, reserved_usd, reserved_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (day, run_id, partition, prompt_id, worst_usd, datetime.now(timezone.utc).isoformat(timespec="milliseconds")),
+            )
+            return cursor.lastrowid
+
+    def settle_spend(self, reservation: int, actual_usd: float) -> None:
+        with self._immediate() as connection:
+            connection.execute("UPDATE spend SET actual_usd=? WHERE id=?", (actual_usd, reservation))
+
+    def spent(self, *, day: str | None = None, run_id: str | None = None, partition: str | None = None) -> float:
+        """USD spent (settled, plus open reservations at their worst case) in a day, run and/or partition."""
+        filters = {"day": day, "run_id": run_id, "partition": partition}
+        where = " AND ".join(f"{column}=?" for column, value in filters.items() if value is not None) or "1"
+        row = self._connection().execute(
+            f"SELECT COALESCE(SUM(COALESCE(actual_usd, reserved_usd)), 0) FROM spend WHERE {where}",
+            [value for value in filters.values() if value is not None],
+        ).fetchone()
+        return float(row[0])
+
+    @staticmethod
+    def _spent(connection: sqlite3.Connection, column: str, value: str) -> float:
+        row = connection.execute(
+            f"SELECT COALESCE(SUM(COALESCE(actual_usd, reserved_usd)), 0) FROM spend WHERE {column}=?", (value,)
+        ).fetchone()
+        return float(row[0])
 
     def answered_prompt_ids(self, key: ResponseKey, prompt_ids: Iterable[str]) -> set[str]:
         """The prompts that already have a successful response under ``key``: never request them again."""
