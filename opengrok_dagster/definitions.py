@@ -28,6 +28,7 @@ TEACHER_TUNING_VARIABLES = {
     "temperature": ("OPENGROK_TEACHER_TEMPERATURE", float),
     "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
+    "top_logprobs": ("OPENGROK_TEACHER_TOP_LOGPROBS", int),
     "budget_usd": ("OPENGROK_TEACHER_BUDGET_USD", float),
     "daily_budget_usd": ("OPENGROK_TEACHER_DAILY_BUDGET_USD", float),
 }

@@ -61,6 +61,12 @@ class TeacherResource(ConfigurableResource):
     top_p: float = Field(default=0.95, description="Nucleus sampling top_p.")
     max_tokens: int = Field(default=256, description="Maximum completion tokens per response.")
     seed: Optional[int] = Field(default=None, description="Sampling seed sent to the endpoint, where it supports one.")
+    top_logprobs: Optional[int] = Field(
+        default=None,
+        description="Request logprobs with this many alternatives per token (xAI allows up to 8, OpenAI 20), stored "
+        "with each response for token-level distillation; unset = none. An endpoint that answers without them "
+        "(e.g. `transformers serve`) stops the collection with an error saying so.",
+    )
     prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
     completion_price_per_million: float = Field(default=0.0, description="USD per million completion tokens (cost estimate).")
     budget_usd: Optional[float] = Field(
@@ -133,7 +139,7 @@ class TeacherResource(ConfigurableResource):
         return characters_token_count, "~4 characters a token"
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed)
+        return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed, self.top_logprobs)
 
     def budget_limits(self) -> BudgetLimits:
         return BudgetLimits(self.budget_usd, self.daily_budget_usd)

@@ -1,5 +1,7 @@
 """The prompts and raw_responses assets on a real Dagster instance against a real loopback HTTP teacher."""
 
+import json
+
 import pandas as pd
 import pytest
 from dagster import EnvVar, materialize
@@ -141,4 +143,24 @@ def test_remote_mode_without_endpoint_names_the_variables(persistent_instance, t
     )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "set OPENGROK_TEACHER_BASE_URL and OPENGROK_TEACHER_MODEL" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "assets" / "raw_responses").exists()
+
+
+def test_logprobs_are_stored_with_each_response_and_in_raw_responses(persistent_instance, tmp_path, loopback_teacher):
+    result = run_partition(persistent_instance, tmp_path, loopback_teacher, top_logprobs=3)
+    assert result.success
+    frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
+    for response, logprobs in zip(frame["response"], frame["logprobs"]):
+        tokens = json.loads(logprobs)
+        assert "".join(token["token"] for token in tokens) == response
+        assert all(len(token["top_logprobs"]) == 3 and bytes(token["bytes"]).decode() == token["token"] for token in tokens)
+    plain = run_partition(persistent_instance, tmp_path, loopback_teacher, round_key="2026-11-25")
+    assert plain.success and pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-25" / "climate.parquet")["logprobs"].isna().all()
+
+
+def test_an_endpoint_without_logprobs_stops_the_collection_saying_so(persistent_instance, tmp_path):
+    with LoopbackTeacher(LoopbackConfig(returns_logprobs=False)) as server:
+        result = run_partition(persistent_instance, tmp_path, server, top_logprobs=3)
+    failure = result.failure_data_for_node("raw_responses").user_failure_data
+    assert "answered without logprobs though top_logprobs=3 was requested" in failure.description
     assert not (tmp_path / "assets" / "raw_responses").exists()

@@ -54,7 +54,7 @@ def test_a_refusal_is_stored_as_answered_and_an_old_store_gains_the_new_columns(
     from opengrok_dagster.collect import store as store_module
 
     old = sqlite3.connect(tmp_path / "old.sqlite")  # a store written before the anomaly column existed
-    old.execute(store_module._SCHEMA.replace("    anomaly TEXT,\n", ""))
+    old.execute(store_module._SCHEMA.replace("    anomaly TEXT,\n", "").replace("    logprobs TEXT,\n", ""))
     old.commit()
     old.close()
     store = ResponseStore(tmp_path / "old.sqlite")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
@@ -43,16 +43,39 @@ class TeacherEndpoint:
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    def check_top_logprobs(self, top_logprobs: int | None) -> None:
+        """Refuse a top_logprobs the provider would reject, before anything is sent."""
+        host = httpx.URL(self.base_url).host
+        limit = TOP_LOGPROBS_LIMITS.get(host, OPENAI_TOP_LOGPROBS_LIMIT)
+        if top_logprobs is not None and top_logprobs > limit:
+            raise ValueError(f"top_logprobs={top_logprobs} is more than {host} returns ({limit}); "
+                             f"set OPENGROK_TEACHER_TOP_LOGPROBS to at most {limit}")
+
+
+# The most top_logprobs a provider returns, by API host; others are held to OpenAI's limit.
+TOP_LOGPROBS_LIMITS = {"api.x.ai": 8}
+OPENAI_TOP_LOGPROBS_LIMIT = 20
+
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """``top_logprobs``: request each answer token's logprob and its k most likely alternatives (None: none)."""
+
     temperature: float = 0.7
     top_p: float = 0.95
     max_tokens: int = 256
     seed: int | None = None
+    top_logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= OPENAI_TOP_LOGPROBS_LIMIT:
+            raise ValueError(f"top_logprobs={self.top_logprobs} must be between 0 and {OPENAI_TOP_LOGPROBS_LIMIT} "
+                             "(OpenAI allows 20, xAI 8), or unset for no logprobs")
 
     def request_fields(self) -> dict:
         fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.top_logprobs is not None:
+            fields |= {"logprobs": True, "top_logprobs": self.top_logprobs}
         return fields | ({"seed": self.seed} if self.seed is not None else {})
 
     def key(self) -> str:
@@ -132,6 +155,7 @@ class TeacherResult:
     error: str | None = None
     status_code: int | None = None
     anomaly: str | None = None
+    logprobs: str | None = None  # JSON text of choices[0].logprobs.content, when requested
 
     @property
     def ok(self) -> bool:
@@ -140,6 +164,15 @@ class TeacherResult:
 
 class TeacherConfigurationError(RuntimeError):
     """The endpoint refused us in a way no retry fixes (401/403/404): stop collecting and tell the user."""
+
+
+class LogprobsUnsupported(TeacherConfigurationError):
+    """Logprobs were requested and the endpoint answered without them. ``result`` is the answer, kept as an
+    error row (it lacks what its sampling key promises; the next run asks again)."""
+
+    def __init__(self, message: str, result: TeacherResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class _Retryable(Exception):
@@ -203,6 +236,7 @@ class TeacherClient:
         self._rate = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
         self._shared = shared_limiter  # the same limits across processes; the local buckets smooth each one
         self.budget = budget
+        endpoint.check_top_logprobs(sampling.top_logprobs)
         self._slots = asyncio.Semaphore(limits.max_concurrency)
         # Jitter in proportion to the first backoff, so many clients retrying together spread out.
         self._backoff = wait_exponential_jitter(
@@ -244,12 +278,16 @@ class TeacherClient:
         if self.budget is None:
             return await self._complete(messages)
         reservation = await self.budget.admit(prompt_id, self.worst_case_usd(messages))
-        result = None
+        cost = 0.0  # a refused key (401...) costs nothing
         try:
             result = await self._complete(messages)
+            cost = result.cost_usd
             return result
-        finally:  # settled to the real cost; a refused key (401...) cost nothing
-            await self.budget.settle(reservation, result.cost_usd if result else 0.0)
+        except LogprobsUnsupported as exc:
+            cost = exc.result.cost_usd
+            raise
+        finally:  # settled to the real cost
+            await self.budget.settle(reservation, cost)
 
     async def _complete(self, messages: list[dict[str, str]]) -> TeacherResult:
         started = time.monotonic()
@@ -328,7 +366,7 @@ class TeacherClient:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Retryable(f"unreadable response body from {url} ({type(exc).__name__}: {exc})", status_code=status) from None
         await self._settle(ticket, estimated, (prompt_tokens or 0) + (completion_tokens or 0) if usage else None)
-        return TeacherResult(
+        result = TeacherResult(
             text=text,
             finish_reason=choices[0].get("finish_reason") if choices else None,
             model=payload.get("model") or self.endpoint.model,
@@ -340,3 +378,14 @@ class TeacherClient:
             request_id=request_id or payload.get("id"),
             anomaly=answer_anomaly(choices, self.sampling.max_tokens, completion_tokens),
         )
+        if self.sampling.top_logprobs is None or result.anomaly in REFUSED_ANOMALIES:
+            return result
+        content = (choices[0].get("logprobs") or {}).get("content")
+        if not isinstance(content, list):
+            raise LogprobsUnsupported(
+                f"{url} answered without logprobs though top_logprobs={self.sampling.top_logprobs} was requested "
+                "(`transformers serve` ignores the field): unset OPENGROK_TEACHER_TOP_LOGPROBS or use an endpoint "
+                "that returns logprobs (OpenAI, xAI, vLLM)",
+                replace(result, error="the endpoint returned no logprobs", text=result.text),
+            )
+        return replace(result, logprobs=json.dumps(content, ensure_ascii=False))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from opengrok_dagster.collect.budget import BudgetExhausted
-from opengrok_dagster.collect.client import TeacherClient, TeacherConfigurationError, TeacherResult
+from opengrok_dagster.collect.client import LogprobsUnsupported, TeacherClient, TeacherConfigurationError, TeacherResult
 from opengrok_dagster.collect.prompts import prompt_messages
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 
@@ -87,6 +87,9 @@ async def collect_responses(
                 if claim is Claim.MINE:
                     try:
                         result = await client.complete(prompt_messages(row), row["prompt_id"])
+                    except LogprobsUnsupported as exc:  # paid for: kept as an error row, then stop
+                        await asyncio.to_thread(store.record, key, row["prompt_id"], row["topic"], exc.result, owner)
+                        raise
                     except BudgetExhausted as exc:
                         budget_stop.append(str(exc))
                         counts["unsent"] += 1

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS responses (
     status_code INTEGER,
     collected_at TEXT NOT NULL,
     anomaly TEXT,
+    logprobs TEXT,
     PRIMARY KEY (prompt_id, teacher_model, sampling_key, round)
 )
 """
@@ -82,10 +83,10 @@ CREATE TABLE IF NOT EXISTS spend (
 STORED_COLUMNS = (
     "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
-    "status_code", "collected_at", "anomaly",
+    "status_code", "collected_at", "anomaly", "logprobs",
 )
 # Columns added after the first release, with their SQL type: a store written before gets them on open.
-_ADDED_COLUMNS = {"anomaly": "TEXT"}
+_ADDED_COLUMNS = {"anomaly": "TEXT", "logprobs": "TEXT"}
 
 
 class Claim(Enum):
