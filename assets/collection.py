@@ -18,6 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from opengrok_dagster.collect.batch import collect_batch
 from opengrok_dagster.collect.budget import Budget, utc_day
 from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
@@ -173,6 +174,13 @@ def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherR
             return await collect_responses(rows, client, store, round_key, on_result, teacher.leases())
 
     try:
+        if teacher.collection == "batch":
+            if teacher.mode == "embedded":
+                raise Failure("collection 'batch' needs an endpoint with the Batch API (/v1/files, /v1/batches); the "
+                              "embedded `transformers serve` teacher has none: set OPENGROK_TEACHER_COLLECTION=online")
+            topic = context.partition_key.keys_by_dimension["topic"]
+            return collect_batch(rows, teacher.endpoint(), teacher.sampling(), teacher.prices(), store, round_key, topic,
+                                 teacher.batch_settings(), budget if budget.limits.limited else None, context.log.info)
         return asyncio.run(run())
     except TeacherConfigurationError as exc:
         raise Failure(description=f"teacher refused the request: {exc}. Responses received so far are kept.") from None

@@ -29,6 +29,8 @@ TEACHER_TUNING_VARIABLES = {
     "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
     "top_logprobs": ("OPENGROK_TEACHER_TOP_LOGPROBS", int),
+    "collection": ("OPENGROK_TEACHER_COLLECTION", str),
+    "batch_price_factor": ("OPENGROK_TEACHER_BATCH_PRICE_FACTOR", float),
     "budget_usd": ("OPENGROK_TEACHER_BUDGET_USD", float),
     "daily_budget_usd": ("OPENGROK_TEACHER_DAILY_BUDGET_USD", float),
 }

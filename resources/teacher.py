@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from opengrok_dagster.collect.batch import BatchSettings
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.ratelimit import SharedRateLimiter
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
@@ -79,6 +80,17 @@ class TeacherResource(ConfigurableResource):
         description="USD per UTC day across every run and process sharing the response store "
         "(OPENGROK_TEACHER_DAILY_BUDGET_USD); unset = no limit.",
     )
+    collection: Literal["online", "batch"] = Field(
+        default="online",
+        description="'online': one chat completion per prompt; 'batch': the partition's prompts through the "
+        "provider's Files + Batches API (OpenAI, xAI) at the batch price, resumed, not resubmitted, after a kill "
+        "(OPENGROK_TEACHER_COLLECTION).",
+    )
+    batch_price_factor: float = Field(
+        default=BatchSettings().price_factor,
+        description="Batch price over the online price (OpenAI: 0.5), applied to the configured prices.",
+    )
+    batch_poll_s: float = Field(default=BatchSettings().poll_s, description="Seconds between polls of a batch's status.")
     lease_s: float = Field(
         default=Leases().lease_s,
         description="Seconds a claim on a prompt lasts unrenewed: a killed run's prompts are taken over by the next "
@@ -121,6 +133,9 @@ class TeacherResource(ConfigurableResource):
         """The store key of this teacher's responses in ``round_key``; never starts the server."""
         label = MODEL_NAME if self.mode == "embedded" else (self.model or "")
         return ResponseKey(label, self.sampling().key(), round_key)
+
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings(poll_s=self.batch_poll_s, price_factor=self.batch_price_factor)
 
     def leases(self) -> Leases:
         return Leases(lease_s=self.lease_s)

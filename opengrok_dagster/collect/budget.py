@@ -50,15 +50,17 @@ class Budget:
     run_id: str
     partition: str
 
-    async def admit(self, prompt_id: str, worst_usd: float) -> int:
+    def reserve(self, prompt_id: str, worst_usd: float) -> int:
         """Reserve ``worst_usd`` for one request; raises :class:`BudgetExhausted` when it does not fit."""
-        ticket = await asyncio.to_thread(
-            self.store.reserve_spend, utc_day(), self.run_id, self.partition, prompt_id, worst_usd,
-            self.limits.run_usd, self.limits.daily_usd,
-        )
+        ticket = self.store.reserve_spend(utc_day(), self.run_id, self.partition, prompt_id, worst_usd,
+                                          self.limits.run_usd, self.limits.daily_usd)
         if ticket is None:
             raise BudgetExhausted(self.describe_stop(worst_usd))
         return ticket
+
+    async def admit(self, prompt_id: str, worst_usd: float) -> int:
+        """:meth:`reserve` off the event loop (the commit waits for fsync)."""
+        return await asyncio.to_thread(self.reserve, prompt_id, worst_usd)
 
     async def settle(self, ticket: int, actual_usd: float) -> None:
         await asyncio.to_thread(self.store.settle_spend, ticket, actual_usd)

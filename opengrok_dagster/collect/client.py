@@ -162,6 +162,40 @@ class TeacherResult:
         return self.error is None
 
 
+class UnreadableAnswer(ValueError):
+    """A chat-completion body that is not one (malformed JSON, choices not a list of messages...)."""
+
+
+def result_from_payload(payload: object, sampling: SamplingParams, prices: Prices, model: str) -> TeacherResult:
+    """The outcome recorded for one chat-completion body, online or from a batch's output file; latency and
+    attempts are the caller's. Raises :class:`UnreadableAnswer` for a body that is not a chat completion."""
+    try:
+        choices = payload["choices"]
+        if not isinstance(choices, list) or (choices and not isinstance(choices[0].get("message"), dict)):
+            raise TypeError("choices is not a list of messages")
+        text = choices[0]["message"].get("content") if choices else None
+        if text is not None and not isinstance(text, str):
+            raise TypeError("message content is not a string")
+        usage = payload.get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise UnreadableAnswer(f"{type(exc).__name__}: {exc}") from None
+    content = (choices[0].get("logprobs") or {}).get("content") if choices and sampling.top_logprobs is not None else None
+    return TeacherResult(
+        text=text,
+        finish_reason=choices[0].get("finish_reason") if choices else None,
+        model=payload.get("model") or model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=prices.cost(prompt_tokens, completion_tokens),
+        latency_s=0.0,
+        attempts=1,
+        request_id=payload.get("id"),
+        anomaly=answer_anomaly(choices, sampling.max_tokens, completion_tokens),
+        logprobs=json.dumps(content, ensure_ascii=False) if isinstance(content, list) else None,
+    )
+
+
 class TeacherConfigurationError(RuntimeError):
     """The endpoint refused us in a way no retry fixes (401/403/404): stop collecting and tell the user."""
 
@@ -355,37 +389,22 @@ class TeacherClient:
             raise _Final(f"HTTP {status} from {url}: {self._redact(raw[:300].decode(errors='replace'))}", status)
         try:
             payload = json.loads(raw)
-            choices = payload["choices"]
-            if not isinstance(choices, list) or (choices and not isinstance(choices[0].get("message"), dict)):
-                raise TypeError("choices is not a list of messages")
-            text = choices[0]["message"].get("content") if choices else None
-            if text is not None and not isinstance(text, str):
-                raise TypeError("message content is not a string")
             usage = payload.get("usage") or {}
-            prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _Retryable(f"unreadable response body from {url} ({type(exc).__name__}: {exc})", status_code=status) from None
-        await self._settle(ticket, estimated, (prompt_tokens or 0) + (completion_tokens or 0) if usage else None)
-        result = TeacherResult(
-            text=text,
-            finish_reason=choices[0].get("finish_reason") if choices else None,
-            model=payload.get("model") or self.endpoint.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_usd=self.prices.cost(prompt_tokens, completion_tokens),
-            latency_s=time.monotonic() - started,
-            attempts=attempts,
-            request_id=request_id or payload.get("id"),
-            anomaly=answer_anomaly(choices, self.sampling.max_tokens, completion_tokens),
-        )
-        if self.sampling.top_logprobs is None or result.anomaly in REFUSED_ANOMALIES:
-            return result
-        content = (choices[0].get("logprobs") or {}).get("content")
-        if not isinstance(content, list):
+            actual = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0) if usage else None
+        except (ValueError, AttributeError):
+            payload, actual = None, None
+        await self._settle(ticket, estimated, actual)
+        try:
+            result = result_from_payload(payload, self.sampling, self.prices, self.endpoint.model)
+        except UnreadableAnswer as exc:
+            raise _Retryable(f"unreadable response body from {url} ({exc})", status_code=status) from None
+        result = replace(result, latency_s=time.monotonic() - started, attempts=attempts,
+                         request_id=request_id or result.request_id)
+        if self.sampling.top_logprobs is not None and result.anomaly not in REFUSED_ANOMALIES and result.logprobs is None:
             raise LogprobsUnsupported(
                 f"{url} answered without logprobs though top_logprobs={self.sampling.top_logprobs} was requested "
                 "(`transformers serve` ignores the field): unset OPENGROK_TEACHER_TOP_LOGPROBS or use an endpoint "
                 "that returns logprobs (OpenAI, xAI, vLLM)",
-                replace(result, error="the endpoint returned no logprobs", text=result.text),
+                replace(result, error="the endpoint returned no logprobs"),
             )
-        return replace(result, logprobs=json.dumps(content, ensure_ascii=False))
+        return result

@@ -8,6 +8,7 @@ lost or re-bought; an error row is replaced when a later run gets a response.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -80,6 +81,21 @@ CREATE TABLE IF NOT EXISTS spend (
     reserved_at TEXT NOT NULL
 )
 """
+# One row per batch submission: written before anything is uploaded, so a killed run finds its batch again
+# (by batch_id, or by the submission token in the batch's metadata when it died before recording the id).
+_BATCHES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    submission TEXT PRIMARY KEY,
+    teacher_model TEXT NOT NULL,
+    sampling_key TEXT NOT NULL,
+    round TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    batch_id TEXT,
+    state TEXT NOT NULL,
+    prompts TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)
+"""
 STORED_COLUMNS = (
     "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
@@ -117,7 +133,7 @@ class ResponseStore:
         self._connections: list[sqlite3.Connection] = []  # one per thread that touched the store
         self._connections_lock = threading.Lock()
         with self._connection() as connection:
-            for schema in (_SCHEMA, _CLAIMS_SCHEMA, _RATE_SCHEMA, _SPEND_SCHEMA):
+            for schema in (_SCHEMA, _CLAIMS_SCHEMA, _RATE_SCHEMA, _SPEND_SCHEMA, _BATCHES_SCHEMA):
                 connection.execute(schema)
             connection.execute("CREATE INDEX IF NOT EXISTS rate_events_scope_at ON rate_events (scope, at)")
             connection.execute("CREATE INDEX IF NOT EXISTS spend_day ON spend (day)")
@@ -252,6 +268,29 @@ class ResponseStore:
             f"SELECT COALESCE(SUM(COALESCE(actual_usd, reserved_usd)), 0) FROM spend WHERE {column}=?", (value,)
         ).fetchone()
         return float(row[0])
+
+    def open_batch(self, key: ResponseKey, topic: str) -> dict | None:
+        """The unfinished batch submission of this key and topic, if any: ``prompts`` maps each prompt id
+        in it to its budget reservation (or None)."""
+        row = self._connection().execute(
+            "SELECT * FROM batches WHERE teacher_model=? AND sampling_key=? AND round=? AND topic=? AND state NOT IN ('done', 'abandoned') "
+            "ORDER BY created_at LIMIT 1", (key.teacher_model, key.sampling_key, key.round, topic),
+        ).fetchone()
+        return dict(row, prompts=json.loads(row["prompts"])) if row else None
+
+    def add_batch(self, submission: str, key: ResponseKey, topic: str, prompts: dict[str, int | None]) -> None:
+        with self._immediate() as connection:
+            connection.execute(
+                "INSERT INTO batches (submission, teacher_model, sampling_key, round, topic, state, prompts, created_at) "
+                "VALUES (?, ?, ?, ?, ?, 'submitting', ?, ?)",
+                (submission, key.teacher_model, key.sampling_key, key.round, topic, json.dumps(prompts),
+                 datetime.now(timezone.utc).isoformat(timespec="milliseconds")),
+            )
+
+    def set_batch_state(self, submission: str, state: str, batch_id: str | None = None) -> None:
+        with self._immediate() as connection:
+            connection.execute("UPDATE batches SET state=?, batch_id=COALESCE(?, batch_id) WHERE submission=?",
+                               (state, batch_id, submission))
 
     def answered_prompt_ids(self, key: ResponseKey, prompt_ids: Iterable[str]) -> set[str]:
         """The prompts that already have a successful response under ``key``: never request them again."""
