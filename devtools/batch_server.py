@@ -61,8 +61,13 @@ class LoopbackBatchServer:
             status, payload = self._route(method, path, headers, body)
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         kind = b"application/octet-stream" if isinstance(payload, bytes) else b"application/json"
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", kind), (b"content-length", str(len(content)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(content)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
     def _route(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict | bytes]:
@@ -80,18 +85,34 @@ class LoopbackBatchServer:
                 return 400, {"error": {"message": "input_file_id is not an uploaded file"}}
             batch_id = f"batch_{uuid.uuid4().hex[:12]}"
             self.batches[batch_id] = {
-                "id": batch_id, "object": "batch", "endpoint": request["endpoint"], "errors": None,
-                "input_file_id": request["input_file_id"], "completion_window": request["completion_window"],
-                "status": "in_progress", "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
-                "metadata": request.get("metadata"), "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": request["endpoint"],
+                "errors": None,
+                "input_file_id": request["input_file_id"],
+                "completion_window": request["completion_window"],
+                "status": "in_progress",
+                "output_file_id": None,
+                "error_file_id": None,
+                "created_at": int(time.time()),
+                "metadata": request.get("metadata"),
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
                 "_created": time.monotonic(),
             }
             self.created.append(batch_id)
             return 200, self._public(batch_id)
         if method == "GET" and path == "/v1/batches":
-            return 200, {"object": "list", "data": [self._public(b) for b in reversed(self.created)], "has_more": False}
+            return 200, {
+                "object": "list",
+                "data": [self._public(b) for b in reversed(self.created)],
+                "has_more": False,
+            }
         if method == "GET" and (match := re.fullmatch(r"/v1/batches/([\w-]+)", path)):
-            return (200, self._public(match.group(1))) if match.group(1) in self.batches else (404, {"error": {"message": "no such batch"}})
+            return (
+                (200, self._public(match.group(1)))
+                if match.group(1) in self.batches
+                else (404, {"error": {"message": "no such batch"}})
+            )
         return 404, {"error": {"message": f"no route {method} {path}"}}
 
     def _public(self, batch_id: str) -> dict:
@@ -106,18 +127,32 @@ class LoopbackBatchServer:
         for line in lines:
             custom_id = line["custom_id"]
             if custom_id in self.config.fail_custom_ids:
-                errors.append({"id": f"batch_req_{custom_id}", "custom_id": custom_id, "response": None,
-                               "error": {"code": "server_error", "message": "the request failed in the batch"}})
+                errors.append(
+                    {
+                        "id": f"batch_req_{custom_id}",
+                        "custom_id": custom_id,
+                        "response": None,
+                        "error": {"code": "server_error", "message": "the request failed in the batch"},
+                    }
+                )
                 continue
             user = next(m["content"] for m in reversed(line["body"]["messages"]) if m["role"] == "user")
             text = f"Answer to: {user[:40]} " + " ".join(["word"] * self.config.completion_tokens)
             completion = {
-                "id": f"chatcmpl-{custom_id}", "object": "chat.completion", "model": line["body"]["model"],
+                "id": f"chatcmpl-{custom_id}",
+                "object": "chat.completion",
+                "model": line["body"]["model"],
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
                 "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": self.config.completion_tokens},
             }
-            outputs.append({"id": f"batch_req_{custom_id}", "custom_id": custom_id, "error": None,
-                            "response": {"status_code": 200, "request_id": f"req-{custom_id}", "body": completion}})
+            outputs.append(
+                {
+                    "id": f"batch_req_{custom_id}",
+                    "custom_id": custom_id,
+                    "error": None,
+                    "response": {"status_code": 200, "request_id": f"req-{custom_id}", "body": completion},
+                }
+            )
         for name, records in (("output_file_id", outputs), ("error_file_id", errors)):
             if records:
                 file_id = f"file-{uuid.uuid4().hex[:12]}"
@@ -127,8 +162,9 @@ class LoopbackBatchServer:
         batch["request_counts"] = {"total": len(lines), "completed": len(outputs), "failed": len(errors)}
 
     def start(self) -> "LoopbackBatchServer":
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off",
-                                interface="asgi3")
+        config = uvicorn.Config(
+            self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -152,8 +188,15 @@ class LoopbackBatchServer:
 
 
 def _file_object(file_id: str, size: int, purpose: str) -> dict:
-    return {"id": file_id, "object": "file", "bytes": size, "created_at": int(time.time()), "filename": "batch.jsonl",
-            "purpose": purpose, "status": "processed"}
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": size,
+        "created_at": int(time.time()),
+        "filename": "batch.jsonl",
+        "purpose": purpose,
+        "status": "processed",
+    }
 
 
 def _multipart_file(content_type: str, body: bytes) -> bytes:

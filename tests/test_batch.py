@@ -16,7 +16,10 @@ from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherConfi
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 from tests.conftest import REPO_ROOT
 
-ROWS = [{"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"} for i in range(30)]
+ROWS = [
+    {"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"}
+    for i in range(30)
+]
 PRICES = Prices(1000.0, 1000.0)
 FAST = BatchSettings(poll_s=0.05, price_factor=0.5)
 COLLECT = """
@@ -29,8 +32,10 @@ from tests.test_batch import ROWS
 print(collect_batch(ROWS, TeacherEndpoint(sys.argv[1], "m"), SamplingParams(max_tokens=64), Prices(1000.0, 1000.0),
                     ResponseStore(sys.argv[2]), "2026-11-24", "climate", BatchSettings(poll_s=0.05)), flush=True)
 """
-COMPARED = "prompt_id, teacher_model, sampling_key, round, topic, text, finish_reason, model, prompt_tokens, " \
-           "completion_tokens, cost_usd, attempts, request_id, error, status_code, anomaly, logprobs"
+COMPARED = (
+    "prompt_id, teacher_model, sampling_key, round, topic, text, finish_reason, model, prompt_tokens, "
+    "completion_tokens, cost_usd, attempts, request_id, error, status_code, anomaly, logprobs"
+)
 
 
 def responses(database) -> list[tuple]:
@@ -39,8 +44,18 @@ def responses(database) -> list[tuple]:
 
 
 def collect(server, store, **kwargs):
-    return collect_batch(ROWS, TeacherEndpoint(server.base_url, "m"), SamplingParams(max_tokens=64), PRICES, store,
-                         "2026-11-24", "climate", FAST, log=lambda message: None, **kwargs)
+    return collect_batch(
+        ROWS,
+        TeacherEndpoint(server.base_url, "m"),
+        SamplingParams(max_tokens=64),
+        PRICES,
+        store,
+        "2026-11-24",
+        "climate",
+        FAST,
+        log=lambda message: None,
+        **kwargs,
+    )
 
 
 def test_a_batch_writes_ordinary_responses_at_the_batch_price_and_a_rerun_submits_nothing(tmp_path):
@@ -49,8 +64,15 @@ def test_a_batch_writes_ordinary_responses_at_the_batch_price_and_a_rerun_submit
         summary = collect(server, store)
         assert (summary.requested, summary.succeeded, summary.failed) == (30, 29, 1)
         rows = {row[0]: row for row in responses(tmp_path / "responses.sqlite")}
-        text, prompt_tokens, completion_tokens, cost = rows["p001"][5], rows["p001"][8], rows["p001"][9], rows["p001"][10]
-        assert text.startswith("Answer to: prompt number 1 ") and cost == pytest.approx((prompt_tokens + completion_tokens) * 1000 * 0.5 / 1e6)
+        text, prompt_tokens, completion_tokens, cost = (
+            rows["p001"][5],
+            rows["p001"][8],
+            rows["p001"][9],
+            rows["p001"][10],
+        )
+        assert text.startswith("Answer to: prompt number 1 ") and cost == pytest.approx(
+            (prompt_tokens + completion_tokens) * 1000 * 0.5 / 1e6
+        )
         assert rows["p007"][13] == "batch " + server.created[0] + ": the request failed in the batch"
         server.config.fail_custom_ids = frozenset()
         again = collect(server, store)  # only the failed request goes in a new batch
@@ -99,9 +121,20 @@ def test_a_batch_budget_admits_only_what_fits_and_the_rest_stays_missing(tmp_pat
 def test_an_endpoint_without_the_batch_api_is_refused_clearly(tmp_path):
     with LoopbackBatchServer() as server:  # under another prefix every route is a 404, as on `transformers serve`
         without_batches = server.base_url.replace("/v1", "/chat-only/v1")
-        with pytest.raises(TeacherConfigurationError, match="refused the Batch API .*OPENGROK_TEACHER_COLLECTION=online"):
-            collect_batch(ROWS, TeacherEndpoint(without_batches, "m"), SamplingParams(), PRICES,
-                          ResponseStore(tmp_path / "r.sqlite"), "2026-11-24", "climate", FAST, log=lambda m: None)
+        with pytest.raises(
+            TeacherConfigurationError, match="refused the Batch API .*OPENGROK_TEACHER_COLLECTION=online"
+        ):
+            collect_batch(
+                ROWS,
+                TeacherEndpoint(without_batches, "m"),
+                SamplingParams(),
+                PRICES,
+                ResponseStore(tmp_path / "r.sqlite"),
+                "2026-11-24",
+                "climate",
+                FAST,
+                log=lambda m: None,
+            )
     store = ResponseStore(tmp_path / "r.sqlite")  # nothing was submitted: the prompts are free for an online run
     assert store.claim(ResponseKey("m", SamplingParams().key(), "2026-11-24"), "p000", "online", 5) is Claim.MINE
 
@@ -116,10 +149,20 @@ def test_raw_responses_in_batch_mode_materialise_from_one_batch(persistent_insta
 
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
     with LoopbackBatchServer(BatchServerConfig(processing_s=0.2)) as server:
-        resources = resources_for(tmp_path, server.base_url, collection="batch", batch_poll_s=0.05,
-                                  prompt_price_per_million=2.0, completion_price_per_million=8.0)
-        result = materialize([prompts, raw_responses], resources=resources, instance=persistent_instance,
-                             partition_key=collection_partition_key("climate", ROUND))
+        resources = resources_for(
+            tmp_path,
+            server.base_url,
+            collection="batch",
+            batch_poll_s=0.05,
+            prompt_price_per_million=2.0,
+            completion_price_per_million=8.0,
+        )
+        result = materialize(
+            [prompts, raw_responses],
+            resources=resources,
+            instance=persistent_instance,
+            partition_key=collection_partition_key("climate", ROUND),
+        )
         assert result.success and len(server.created) == 1
     frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
     assert len(frame) == 12 and frame["error"].isna().all() and frame["request_id"].str.startswith("req-").all()

@@ -22,14 +22,18 @@ from tests.test_collection_assets import ROUND, resources_for
 
 PRICES = Prices(prompt_per_million=1000.0, completion_per_million=1000.0)  # 0.001 USD a token: visible sums
 SAMPLING = SamplingParams(max_tokens=64)
-ROWS = [{"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"} for i in range(40)]
+ROWS = [
+    {"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"}
+    for i in range(40)
+]
 
 
 def collect(server, store, limits, run_id="run-1"):
     async def go():
         budget = Budget(store, limits, run_id, "climate|2026-11-24")
-        async with TeacherClient(TeacherEndpoint(server.base_url, "m"), SAMPLING, ClientLimits(max_concurrency=4), PRICES,
-                                 budget=budget) as client:
+        async with TeacherClient(
+            TeacherEndpoint(server.base_url, "m"), SAMPLING, ClientLimits(max_concurrency=4), PRICES, budget=budget
+        ) as client:
             return await collect_responses(ROWS, client, store, "2026-11-24")
 
     return asyncio.run(go())
@@ -37,7 +41,8 @@ def collect(server, store, limits, run_id="run-1"):
 
 def worst_case():
     return TeacherClient(TeacherEndpoint("http://x/v1", "m"), SAMPLING, prices=PRICES).worst_case_usd(
-        [{"role": "system", "content": "s"}, {"role": "user", "content": "prompt number 10"}])
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "prompt number 10"}]
+    )
 
 
 def test_a_run_budget_stops_admitting_and_the_next_run_collects_the_rest_exactly_once(tmp_path):
@@ -67,7 +72,8 @@ from opengrok_dagster.collect.store import ResponseStore
 
 base_url, database, daily, run_id = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 PRICES, SAMPLING = Prices(1000.0, 1000.0), SamplingParams(max_tokens=64)
-ROWS = [{"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"} for i in range(40)]
+ROWS = [{"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"}
+        for i in range(40)]
 
 async def main():
     store = ResponseStore(database)
@@ -86,13 +92,23 @@ def test_the_daily_budget_holds_across_concurrent_processes(tmp_path):
     daily = 6 * worst_case()  # about 20 of the 40 prompts' real cost
     env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
     with LoopbackTeacher(LoopbackConfig(completion_tokens=16, latency_s=0.02)) as server:
-        children = [subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, str(database), str(daily), f"run-{n}"],
-                                     stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT) for n in range(3)]
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, server.base_url, str(database), str(daily), f"run-{n}"],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=REPO_ROOT,
+            )
+            for n in range(3)
+        ]
         summaries = [json.loads(child.communicate(timeout=180)[0]) for child in children]
         sent = [request.user_prompt for request in server.requests]
     store = ResponseStore(database)
     assert store.spent(day=utc_day()) <= daily + worst_case()
-    assert all(s["budget_stop"] and "OPENGROK_TEACHER_DAILY_BUDGET_USD" in s["budget_stop"] for s in summaries), summaries
+    assert all(s["budget_stop"] and "OPENGROK_TEACHER_DAILY_BUDGET_USD" in s["budget_stop"] for s in summaries), (
+        summaries
+    )
     assert len(sent) == len(set(sent)) == sum(s["requested"] for s in summaries) < 40
 
 
@@ -103,10 +119,21 @@ def test_a_budget_that_is_not_a_positive_amount_is_refused_by_name():
 
 def run_partition(instance, tmp_path, server, **teacher):
     instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
-    resources = resources_for(tmp_path, server.base_url, prompt_price_per_million=1000.0,
-                              completion_price_per_million=1000.0, max_tokens=64, **teacher)
-    return materialize([prompts, raw_responses], resources=resources, instance=instance,
-                       partition_key=collection_partition_key("climate", ROUND), raise_on_error=False)
+    resources = resources_for(
+        tmp_path,
+        server.base_url,
+        prompt_price_per_million=1000.0,
+        completion_price_per_million=1000.0,
+        max_tokens=64,
+        **teacher,
+    )
+    return materialize(
+        [prompts, raw_responses],
+        resources=resources,
+        instance=instance,
+        partition_key=collection_partition_key("climate", ROUND),
+        raise_on_error=False,
+    )
 
 
 def test_a_partition_that_stops_on_budget_says_so_and_publishes_nothing(persistent_instance, tmp_path):

@@ -3,6 +3,7 @@ and concurrent first runs on a fresh Dagster home. Children are real processes a
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ from opengrok_dagster.collect.ratelimit import SharedRateLimiter
 from opengrok_dagster.collect.store import ResponseStore
 
 base_url, database, prompts, rpm = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-rows = [{"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt {i}"} for i in range(prompts)]
+rows = [{"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt {i}"}
+        for i in range(prompts)]
 
 async def main():
     store = ResponseStore(database)
@@ -38,8 +40,12 @@ asyncio.run(main())
 
 def run_concurrently(server, database, processes, prompts, rpm=0.0):
     children = [
-        subprocess.Popen([sys.executable, "-c", COLLECT, server.base_url, str(database), str(prompts), str(rpm)],
-                         stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(REPO_ROOT)})
+        subprocess.Popen(
+            [sys.executable, "-c", COLLECT, server.base_url, str(database), str(prompts), str(rpm)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"PYTHONPATH": str(REPO_ROOT)},
+        )
         for _ in range(processes)
     ]
     outputs = [child.communicate(timeout=180)[0] for child in children]
@@ -80,22 +86,31 @@ def test_rpm_limit_holds_across_processes(tmp_path):
     with LoopbackTeacher(LoopbackConfig()) as server:
         run_concurrently(server, database, processes=3, prompts=18, rpm=5)
         arrivals = sorted(request.at for request in server.requests)
-    assert len(arrivals) == 18
-    # admission times are 1 s apart per 5 requests; arrival adds a few ms of jitter, hence the 0.9 s window
-    busiest = max(sum(1 for t in arrivals if start <= t < start + 0.9) for start in arrivals)
-    assert busiest <= 5
-    assert arrivals[-1] - arrivals[0] >= 3.0  # 18 requests at 5 a second need at least 3 full windows
+    with sqlite3.connect(database) as connection:
+        admitted = sorted(at for (at,) in connection.execute("SELECT at FROM rate_events WHERE scope='loopback'"))
+    assert len(arrivals) == len(admitted) == 18
+    # the guarantee is on admissions (arrival adds the transport's jitter, large on a loaded CPU)
+    assert max(sum(1 for t in admitted if start <= t < start + 1.0) for start in admitted) <= 5
+    assert admitted[-1] - admitted[0] >= 3.0  # 18 requests at 5 a window need at least 3 full windows
 
 
 def test_concurrent_first_runs_on_a_fresh_home_each_succeed_and_leave_the_instance_usable(tmp_path):
     """Without the instance lock, 4 of 8 failed with alembic's 'more than one head present', for good."""
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {
-        "OPENGROK_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
+        "OPENGROK_HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     command = [sys.executable, "-m", "opengrok_dagster.cli", "topics", "sync"]
-    children = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(8)]
+    children = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)
+    ]
     results = [(child.wait(timeout=300), child.stderr.read()) for child in children]
     assert all(code == 0 for code, _ in results), [err[-300:] for _, err in results]
-    listed = subprocess.run([sys.executable, "-m", "opengrok_dagster.cli", "topics", "list"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "opengrok_dagster.cli", "topics", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0 and listed.stdout.split() == ["climate", "smartphones", "football"]

@@ -46,7 +46,9 @@ class BatchSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.price_factor <= 1:
-            raise ValueError(f"batch_price_factor={self.price_factor} must be in (0, 1]: the batch price over the online price")
+            raise ValueError(
+                f"batch_price_factor={self.price_factor} must be in (0, 1]: the batch price over the online price"
+            )
 
 
 def _openai_client(endpoint: TeacherEndpoint):
@@ -71,7 +73,9 @@ def collect_batch(
     import openai
 
     key = ResponseKey(endpoint.model_label, sampling.key(), round_key)
-    batch_prices = Prices(prices.prompt_per_million * settings.price_factor, prices.completion_per_million * settings.price_factor)
+    batch_prices = Prices(
+        prices.prompt_per_million * settings.price_factor, prices.completion_per_million * settings.price_factor
+    )
     answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
     by_id = {row["prompt_id"]: row for row in rows}
     client = _openai_client(endpoint)
@@ -82,32 +86,43 @@ def collect_batch(
             pending = [row for row in rows if row["prompt_id"] not in answered]
             if not pending:
                 return CollectionSummary(len(rows), len(answered), 0, 0, 0)
-            submission, unsent, budget_stop = _new_submission(pending, key, topic, store, settings, batch_prices, sampling, budget)
+            submission, unsent, budget_stop = _new_submission(
+                pending, key, topic, store, settings, batch_prices, sampling, budget
+            )
             if not submission["prompts"]:
                 return CollectionSummary(len(rows), len(answered), 0, 0, 0, 0, unsent, budget_stop)
         else:
-            log(f"resuming batch submission {submission['submission']} ({submission['batch_id'] or 'not yet created'})")
-        batch_id = submission["batch_id"] or _find_or_submit(client, submission, by_id, endpoint, sampling, settings, store, log)
+            log(
+                f"resuming batch submission {submission['submission']} ({submission['batch_id'] or 'not yet created'})"
+            )
+        batch_id = submission["batch_id"] or _find_or_submit(
+            client, submission, by_id, endpoint, sampling, settings, store, log
+        )
         batch = _wait(client, batch_id, settings, log)
         results = _results(client, batch, sampling, batch_prices, endpoint.model)
     except (openai.NotFoundError, openai.AuthenticationError, openai.PermissionDeniedError) as exc:
         if submission and not submission.get("batch_id"):  # nothing was submitted: give the prompts back
             _abandon(store, submission)
         raise TeacherConfigurationError(
-            f"{endpoint.base_url} refused the Batch API ({type(exc).__name__}, HTTP {exc.status_code}): check the key, "
+            f"{endpoint.base_url} refused the Batch API ({type(exc).__name__}, HTTP {exc.status_code}): "
+            "check the key, "
             "or collect online (OPENGROK_TEACHER_COLLECTION=online) from an endpoint without /v1/files and /v1/batches"
         ) from None
     owner = _owner(submission["submission"])
     succeeded = failed = 0
     for prompt_id, reservation in submission["prompts"].items():
-        result = results.get(prompt_id) or _failure(f"batch {batch_id} ended {batch.status} without a result for this request")
+        result = results.get(prompt_id) or _failure(
+            f"batch {batch_id} ended {batch.status} without a result for this request"
+        )
         store.record(key, prompt_id, by_id[prompt_id]["topic"] if prompt_id in by_id else topic, result, owner)
         if budget is not None and reservation is not None:
             store.settle_spend(reservation, result.cost_usd)
         succeeded, failed = (succeeded + 1, failed) if result.ok else (succeeded, failed + 1)
     store.set_batch_state(submission["submission"], "done")
     store.release_claims(owner)
-    return CollectionSummary(len(rows), len(answered), len(submission["prompts"]), succeeded, failed, 0, unsent, budget_stop)
+    return CollectionSummary(
+        len(rows), len(answered), len(submission["prompts"]), succeeded, failed, 0, unsent, budget_stop
+    )
 
 
 def _abandon(store: ResponseStore, submission: dict) -> None:
@@ -156,14 +171,27 @@ def _find_or_submit(client, submission, by_id, endpoint, sampling, settings, sto
             store.set_batch_state(token, "submitted", batch.id)
             return batch.id
     lines = [
-        {"custom_id": prompt_id, "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": endpoint.model, "messages": prompt_messages(by_id[prompt_id]), **sampling.request_fields()}}
+        {
+            "custom_id": prompt_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": endpoint.model,
+                "messages": prompt_messages(by_id[prompt_id]),
+                **sampling.request_fields(),
+            },
+        }
         for prompt_id in submission["prompts"]
     ]
-    upload = client.files.create(file=("batch.jsonl", io.BytesIO("".join(json.dumps(line) + "\n" for line in lines).encode())),
-                                 purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                  completion_window=settings.completion_window, metadata={SUBMISSION_METADATA: token})
+    upload = client.files.create(
+        file=("batch.jsonl", io.BytesIO("".join(json.dumps(line) + "\n" for line in lines).encode())), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window=settings.completion_window,
+        metadata={SUBMISSION_METADATA: token},
+    )
     store.set_batch_state(token, "submitted", batch.id)
     log(f"submitted batch {batch.id}: {len(lines)} requests")
     return batch.id
@@ -176,7 +204,9 @@ def _wait(client, batch_id: str, settings: BatchSettings, log):
         if batch.status in FINAL_STATES:
             return batch
         if time.monotonic() > deadline:
-            raise TimeoutError(f"batch {batch_id} is still {batch.status} after {settings.max_wait_s:.0f}s; rerun to keep polling it")
+            raise TimeoutError(
+                f"batch {batch_id} is still {batch.status} after {settings.max_wait_s:.0f}s; rerun to keep polling it"
+            )
         counts = batch.request_counts
         log(f"batch {batch_id} {batch.status}" + (f": {counts.completed}/{counts.total} done" if counts else ""))
         time.sleep(settings.poll_s)

@@ -28,9 +28,14 @@ class BudgetLimits:
     daily_usd: float | None = None
 
     def __post_init__(self) -> None:
-        for name, value in (("OPENGROK_TEACHER_BUDGET_USD", self.run_usd), ("OPENGROK_TEACHER_DAILY_BUDGET_USD", self.daily_usd)):
+        for name, value in (
+            ("OPENGROK_TEACHER_BUDGET_USD", self.run_usd),
+            ("OPENGROK_TEACHER_DAILY_BUDGET_USD", self.daily_usd),
+        ):
             if value is not None and not value > 0:
-                raise ValueError(f"{name}={value!r} is not a positive amount of USD: give e.g. 5 or 0.50, or unset it for no limit")
+                raise ValueError(
+                    f"{name}={value!r} is not a positive amount of USD: give e.g. 5 or 0.50, or unset it for no limit"
+                )
 
     @property
     def limited(self) -> bool:
@@ -52,8 +57,9 @@ class Budget:
 
     def reserve(self, prompt_id: str, worst_usd: float) -> int:
         """Reserve ``worst_usd`` for one request; raises :class:`BudgetExhausted` when it does not fit."""
-        ticket = self.store.reserve_spend(utc_day(), self.run_id, self.partition, prompt_id, worst_usd,
-                                          self.limits.run_usd, self.limits.daily_usd)
+        ticket = self.store.reserve_spend(
+            utc_day(), self.run_id, self.partition, prompt_id, worst_usd, self.limits.run_usd, self.limits.daily_usd
+        )
         if ticket is None:
             raise BudgetExhausted(self.describe_stop(worst_usd))
         return ticket
@@ -76,6 +82,8 @@ class Budget:
         if self.limits.run_usd is not None:
             parts.append(f"run budget OPENGROK_TEACHER_BUDGET_USD={self.limits.run_usd:g}, spent {spent_run:.6f}")
         if self.limits.daily_usd is not None:
-            parts.append(f"daily budget OPENGROK_TEACHER_DAILY_BUDGET_USD={self.limits.daily_usd:g}, "
-                         f"spent {spent_day:.6f} today (UTC)")
+            parts.append(
+                f"daily budget OPENGROK_TEACHER_DAILY_BUDGET_USD={self.limits.daily_usd:g}, "
+                f"spent {spent_day:.6f} today (UTC)"
+            )
         return f"the next request's worst case (USD {worst_usd:.6f}) does not fit: {'; '.join(parts)}"

@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from opengrok_dagster.collect.budget import BudgetExhausted
-from opengrok_dagster.collect.client import LogprobsUnsupported, TeacherClient, TeacherConfigurationError, TeacherResult
+from opengrok_dagster.collect.client import (
+    LogprobsUnsupported,
+    TeacherClient,
+    TeacherConfigurationError,
+    TeacherResult,
+)
 from opengrok_dagster.collect.prompts import prompt_messages
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 
@@ -125,5 +130,13 @@ async def collect_responses(
     finally:
         beating.cancel()
         await asyncio.to_thread(store.release_claims, owner)
-    return CollectionSummary(len(prompts), counts["reused"], counts["requested"], counts["succeeded"],
-                             counts["failed"], counts["waited"], counts["unsent"], budget_stop[0] if budget_stop else None)
+    return CollectionSummary(
+        len(prompts),
+        counts["reused"],
+        counts["requested"],
+        counts["succeeded"],
+        counts["failed"],
+        counts["waited"],
+        counts["unsent"],
+        budget_stop[0] if budget_stop else None,
+    )

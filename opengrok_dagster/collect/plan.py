@@ -91,8 +91,18 @@ def estimate_collection(
     prompt_tokens = sum(count_tokens(prompt_messages(row)) for row in pending)
     per_request, basis = expected_completion_tokens(max_tokens, history)
     expected, worst = round(per_request * len(pending)), max_tokens * len(pending)
-    return CollectionEstimate(topic, len(rows), len(pending), prompt_tokens, expected, worst,
-                              prices.cost(prompt_tokens, expected), prices.cost(prompt_tokens, worst), tokenizer, basis)
+    return CollectionEstimate(
+        topic,
+        len(rows),
+        len(pending),
+        prompt_tokens,
+        expected,
+        worst,
+        prices.cost(prompt_tokens, expected),
+        prices.cost(prompt_tokens, worst),
+        tokenizer,
+        basis,
+    )
 
 
 def total_estimate(estimates: Sequence[CollectionEstimate]) -> CollectionEstimate:
@@ -103,16 +113,28 @@ def total_estimate(estimates: Sequence[CollectionEstimate]) -> CollectionEstimat
         return sum(getattr(e, name) for e in estimates)
 
     return CollectionEstimate(
-        "total", summed("prompts"), summed("requests"), summed("prompt_tokens"), summed("completion_tokens"),
-        summed("completion_tokens_max"), summed("usd"), summed("usd_max"), joined("tokenizer"), joined("completion_basis"),
+        "total",
+        summed("prompts"),
+        summed("requests"),
+        summed("prompt_tokens"),
+        summed("completion_tokens"),
+        summed("completion_tokens_max"),
+        summed("usd"),
+        summed("usd_max"),
+        joined("tokenizer"),
+        joined("completion_basis"),
     )
 
 
 def format_estimates(estimates: Sequence[CollectionEstimate]) -> str:
     """A Markdown table, one row per topic and a total row."""
-    lines = ["| topic | prompts | requests | prompt tokens | completion tokens (expected / max) | USD (expected / max) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| topic | prompts | requests | prompt tokens | completion tokens (expected / max) | USD (expected / max) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for e in [*estimates, total_estimate(estimates)]:
-        lines.append(f"| {e.topic} | {e.prompts} | {e.requests} | {e.prompt_tokens} | "
-                     f"{e.completion_tokens} / {e.completion_tokens_max} | {e.usd:.4f} / {e.usd_max:.4f} |")
+        lines.append(
+            f"| {e.topic} | {e.prompts} | {e.requests} | {e.prompt_tokens} | "
+            f"{e.completion_tokens} / {e.completion_tokens_max} | {e.usd:.4f} / {e.usd_max:.4f} |"
+        )
     return "\n".join(lines)

@@ -212,8 +212,11 @@ class ResponseStore:
         until it may be). A request larger than the whole token limit is admitted into an empty window."""
         now = time.time()
         with self._immediate() as connection:
-            connection.execute("DELETE FROM rate_events WHERE scope=? AND at<=?", (scope, now - window_s))
-            events = connection.execute("SELECT at, tokens FROM rate_events WHERE scope=? ORDER BY at", (scope,)).fetchall()
+            # Kept for ten windows (a record of what was admitted), counted for one.
+            connection.execute("DELETE FROM rate_events WHERE scope=? AND at<=?", (scope, now - 10 * window_s))
+            events = connection.execute(
+                "SELECT at, tokens FROM rate_events WHERE scope=? AND at>? ORDER BY at", (scope, now - window_s)
+            ).fetchall()
             waits = []
             if requests is not None and len(events) + 1 > requests:
                 waits.append(events[len(events) - int(requests)]["at"] + window_s - now)
