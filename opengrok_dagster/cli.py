@@ -217,9 +217,12 @@ def _dry_run(topics: list[str], round_key: str) -> int:
     from opengrok_dagster.collect.prompts import PromptGridConfig
     from opengrok_dagster.collect.topics import find_topic
     from opengrok_dagster.definitions import build_teacher
-    from opengrok_dagster.settings import opengrok_home, topic_catalogue_path
+    from opengrok_dagster.settings import opengrok_home, teacher_is_remote, topic_catalogue_path
     from resources import OpenGrokPaths
 
+    if teacher_is_remote() and not os.environ.get("OPENGROK_TEACHER_MODEL"):
+        raise ValueError("OPENGROK_TEACHER_BASE_URL is set but OPENGROK_TEACHER_MODEL is not: set the model id "
+                         "(e.g. grok-4), or unset OPENGROK_TEACHER_BASE_URL for the embedded teacher")
     paths = OpenGrokPaths(home=str(opengrok_home()), topic_catalogue=str(topic_catalogue_path()))
     catalogue = paths.topics()
     estimates = []

@@ -18,6 +18,13 @@ from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherR
 # the API is marked beta, and its warning on every materialisation would only be noise to our users.
 warnings.filterwarnings("ignore", message="Parameter `data_version`", category=BetaWarning)
 
+def online_or_batch(value: str) -> str:
+    """OPENGROK_TEACHER_COLLECTION: 'online' or 'batch'."""
+    if value not in ("online", "batch"):
+        raise ValueError(value)
+    return value
+
+
 # Non-secret teacher settings that may come from the environment, by resource field.
 TEACHER_TUNING_VARIABLES = {
     "max_concurrency": ("OPENGROK_TEACHER_CONCURRENCY", int),
@@ -29,7 +36,7 @@ TEACHER_TUNING_VARIABLES = {
     "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
     "top_logprobs": ("OPENGROK_TEACHER_TOP_LOGPROBS", int),
-    "collection": ("OPENGROK_TEACHER_COLLECTION", str),
+    "collection": ("OPENGROK_TEACHER_COLLECTION", online_or_batch),
     "batch_price_factor": ("OPENGROK_TEACHER_BATCH_PRICE_FACTOR", float),
     "budget_usd": ("OPENGROK_TEACHER_BUDGET_USD", float),
     "daily_budget_usd": ("OPENGROK_TEACHER_DAILY_BUDGET_USD", float),

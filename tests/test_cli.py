@@ -92,3 +92,10 @@ def test_dry_run_prints_requests_tokens_and_usd_per_topic_and_sends_nothing(open
     assert (prompts, requests, completion_tokens) == ("12", "12", "1200 / 1200")  # no history: expected = max
     assert float(usd.split(" / ")[1]) == pytest.approx((int(prompt_tokens) * 2 + 1200 * 10) / 1e6, abs=1e-4)
     assert rows["total"][1] == "24" and "nothing sent" in out and "~4 characters a token" in out
+
+
+def test_dry_run_against_a_remote_url_without_a_model_names_the_variable(opengrok_home, capsys, monkeypatch):
+    monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", "https://api.x.ai/v1")
+    monkeypatch.delenv("OPENGROK_TEACHER_MODEL", raising=False)
+    assert main(["run", "--dry-run"]) == 2
+    assert "OPENGROK_TEACHER_BASE_URL is set but OPENGROK_TEACHER_MODEL is not" in capsys.readouterr().err
