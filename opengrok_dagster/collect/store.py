@@ -243,7 +243,7 @@ class ResponseStore:
         reservations); returns the reservation's id, or None when it does not fit. One transaction."""
         with self._immediate() as connection:
             for budget, column, value in ((run_budget, "run_id", run_id), (daily_budget, "day", day)):
-                if budget is not None and self._spent(connection, column, value) + worst_usd > budget + 1e-12:
+                if budget is not None and _spent(connection, {column: value}) + worst_usd > budget + 1e-12:
                     return None
             cursor = connection.execute(
                 "INSERT INTO spend (day, run_id, partition, prompt_id, reserved_usd, reserved_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -258,19 +258,7 @@ class ResponseStore:
     def spent(self, *, day: str | None = None, run_id: str | None = None, partition: str | None = None) -> float:
         """USD spent (settled, plus open reservations at their worst case) in a day, run and/or partition."""
         filters = {"day": day, "run_id": run_id, "partition": partition}
-        where = " AND ".join(f"{column}=?" for column, value in filters.items() if value is not None) or "1"
-        row = self._connection().execute(
-            f"SELECT COALESCE(SUM(COALESCE(actual_usd, reserved_usd)), 0) FROM spend WHERE {where}",
-            [value for value in filters.values() if value is not None],
-        ).fetchone()
-        return float(row[0])
-
-    @staticmethod
-    def _spent(connection: sqlite3.Connection, column: str, value: str) -> float:
-        row = connection.execute(
-            f"SELECT COALESCE(SUM(COALESCE(actual_usd, reserved_usd)), 0) FROM spend WHERE {column}=?", (value,)
-        ).fetchone()
-        return float(row[0])
+        return _spent(self._connection(), {column: value for column, value in filters.items() if value is not None})
 
     def open_batch(self, key: ResponseKey, topic: str) -> dict | None:
         """The unfinished batch submission of this key and topic, if any: ``prompts`` maps each prompt id
@@ -364,3 +352,12 @@ class ResponseStore:
                 connection.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _spent(connection: sqlite3.Connection, filters: dict[str, str]) -> float:
+    """Settled costs plus open reservations at their worst case, of the spend rows matching ``filters``."""
+    where = " AND ".join(f"{column}=?" for column in filters) or "1"
+    row = connection.execute(
+        f"SELECT COALESCE(SUM(COALESCE(actual_usd, reserved_usd)), 0) FROM spend WHERE {where}", list(filters.values())
+    ).fetchone()
+    return float(row[0])
