@@ -144,7 +144,7 @@ BUDGET_RUN_TAG = "opengrok/budget_run"
 
 def _budget(context: AssetExecutionContext, teacher: TeacherResource, store) -> Budget:
     partition = context.partition_key if isinstance(context.partition_key, str) else str(context.partition_key)
-    return Budget(store, teacher.budget_limits(), context.run.tags.get(BUDGET_RUN_TAG, context.run_id), partition)
+    return Budget(store, teacher.budget_limits(), context.run.tags.get(BUDGET_RUN_TAG, context.run.run_id), partition)
 
 
 def _spend_metadata(budget: Budget) -> dict:
