@@ -18,12 +18,14 @@ from dagster import (
 )
 from pydantic import Field
 
-from opengrok_dagster.collect.client import TeacherConfigurationError
+from opengrok_dagster.collect.batch import collect_batch
+from opengrok_dagster.collect.budget import Budget, utc_day
+from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.store import STORED_COLUMNS
-from opengrok_dagster.collect.prompts import PromptGridConfig, build_prompt_grid
+from opengrok_dagster.collect.plan import CollectionEstimate, estimate_collection, round_prompt_grid
+from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig
 from opengrok_dagster.collect.topics import find_topic
-from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 from opengrok_dagster.partitions import collection_partitions
 from assets.config import config_from
 from assets.versioning import asset_code_version, content_data_version
@@ -49,23 +51,31 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
     group_name="acquisition",
     code_version=asset_code_version("prompts"),
     kinds={"python", "parquet"},
-    check_specs=[AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice.")],
+    check_specs=[
+        AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice."),
+        AssetCheckSpec(
+            "within_daily_budget", asset="prompts", blocking=True,
+            description="The collection's expected cost fits what is left of today's teacher budget "
+            "(OPENGROK_TEACHER_DAILY_BUDGET_USD); otherwise raw_responses does not start.",
+        ),
+    ],
 )
-def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths):
-    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants."""
+def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths, teacher: TeacherResource):
+    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants, with the
+    estimate of what collecting it will send and cost (the `opengrok run --dry-run` figures)."""
     keys = context.partition_key.keys_by_dimension
     topic = find_topic(paths.topics(), keys["topic"])
     grid = config.domain_config()
     # Read by path, not as an asset input: feedback is downstream of prompts, so an input would be a cycle.
-    feedback_file = paths.layout.prompt_feedback_path
+    feedback_file = paths.layout.prompt_feedback_path if config.refine_from_feedback else None
     try:
-        refinement = refinement_for_round(read_feedback(feedback_file), keys["round"]) if config.refine_from_feedback else None
+        rows, refinement = round_prompt_grid(topic, grid, keys["round"], feedback_file)
     except ValueError as exc:
         raise Failure(f"{exc}; or set refine_from_feedback: false") from None
-    frame = pd.DataFrame(build_prompt_grid(topic, grid, refinement))
-    if frame.empty:
+    if not rows:
         raise Failure(f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic")
-    frame["round"] = keys["round"]
+    frame = pd.DataFrame(rows)
+    estimate = _estimate(teacher, paths, topic.key, keys["round"], rows)
     yield Output(
         frame,
         data_version=content_data_version(frame),
@@ -76,6 +86,7 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
             **{f"by_{column}": _count_table(frame, column) for column in ("variant", "template_id", "platform", "style")},
             "preview": MetadataValue.md(frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)),
             "refined_from_round": refinement.from_round if refinement else "none",
+            **estimate.as_metadata(),
             **({"refinement": MetadataValue.json({
                 "template_weights": dict(refinement.template_weights),
                 "rewritten_templates": sorted(refinement.rewritten_templates),
@@ -85,9 +96,66 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     )
     duplicates = int(frame["prompt_id"].duplicated().sum())
     yield AssetCheckResult(check_name="unique_prompt_ids", passed=duplicates == 0, metadata={"duplicates": duplicates})
+    yield _daily_budget_check(teacher, paths, estimate)
 
 
-def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str) -> CollectionSummary:
+def _daily_budget_check(teacher: TeacherResource, paths: OpenGrokPaths, estimate: CollectionEstimate) -> AssetCheckResult:
+    limit = teacher.daily_budget_usd
+    if limit is None:
+        return AssetCheckResult(check_name="within_daily_budget", passed=True, metadata={"daily_budget_usd": "unset"})
+    store = paths.response_store()
+    try:
+        remaining = max(0.0, limit - store.spent(day=utc_day()))
+    finally:
+        store.close()
+    passed = estimate.usd <= remaining
+    return AssetCheckResult(
+        check_name="within_daily_budget",
+        passed=passed,
+        metadata={"estimate_usd": estimate.usd, "estimate_usd_max": estimate.usd_max, "daily_budget_usd": limit,
+                  "remaining_today_usd": remaining},
+        description=None if passed else (
+            f"the collection is expected to cost USD {estimate.usd:.6f} but only {remaining:.6f} of today's "
+            f"OPENGROK_TEACHER_DAILY_BUDGET_USD={limit:g} is left: raise it, collect fewer prompts, or wait for the "
+            "next UTC day"),
+    )
+
+
+def _estimate(teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_key: str, rows: list[dict]) -> CollectionEstimate:
+    key = teacher.response_key(round_key)
+    store = paths.response_store()
+    try:
+        answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
+        history = store.completion_history(key.teacher_model, key.sampling_key)
+    finally:
+        store.close()
+    count_tokens, tokenizer = teacher.token_counter()
+    return estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(), tokenizer, history)
+
+
+# `opengrok run` tags every run it starts with one id, so OPENGROK_TEACHER_BUDGET_USD covers the whole command.
+BUDGET_RUN_TAG = "opengrok/budget_run"
+
+
+def _budget(context: AssetExecutionContext, teacher: TeacherResource, store) -> Budget:
+    partition = context.partition_key if isinstance(context.partition_key, str) else str(context.partition_key)
+    return Budget(store, teacher.budget_limits(), context.run.tags.get(BUDGET_RUN_TAG, context.run.run_id), partition)
+
+
+def _spend_metadata(budget: Budget) -> dict:
+    """USD spent by this partition in this run, by the whole run, and today (UTC) across runs."""
+    store, today = budget.store, utc_day()
+    remaining = budget.remaining_today()
+    return {
+        "spend_usd_partition_this_run": store.spent(run_id=budget.run_id, partition=budget.partition),
+        "spend_usd_run": store.spent(run_id=budget.run_id),
+        "spend_usd_today": store.spent(day=today),
+        **({"daily_budget_remaining_usd": remaining} if remaining is not None else {}),
+    }
+
+
+def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str,
+             budget: Budget) -> CollectionSummary:
     received = 0
 
     def on_result(row: dict, result) -> None:
@@ -97,10 +165,17 @@ def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherR
             context.log.info(f"{received} teacher responses received this run")
 
     async def run() -> CollectionSummary:
-        async with teacher.client() as client:
-            return await collect_responses(rows, client, store, round_key, on_result)
+        async with teacher.client(store, budget) as client:
+            return await collect_responses(rows, client, store, round_key, on_result, teacher.leases())
 
     try:
+        if teacher.collection == "batch":
+            if teacher.mode == "embedded":
+                raise Failure("collection 'batch' needs an endpoint with the Batch API (/v1/files, /v1/batches); the "
+                              "embedded `transformers serve` teacher has none: set OPENGROK_TEACHER_COLLECTION=online")
+            topic = context.partition_key.keys_by_dimension["topic"]
+            return collect_batch(rows, teacher.endpoint(), teacher.sampling(), teacher.prices(), store, round_key, topic,
+                                 teacher.batch_settings(), budget if budget.limits.limited else None, context.log.info)
         return asyncio.run(run())
     except TeacherConfigurationError as exc:
         raise Failure(description=f"teacher refused the request: {exc}. Responses received so far are kept.") from None
@@ -140,11 +215,20 @@ def raw_responses(
     key = teacher.response_key(round_key)
     rows = prompts.to_dict("records")
     answered = store.answered_prompt_ids(key, prompts["prompt_id"])
+    budget = _budget(context, teacher, store)
     summary = CollectionSummary(len(rows), len(answered), 0, 0, 0)
     if len(answered) < len(rows):
-        summary = _collect(context, rows, teacher, store, round_key)
+        summary = _collect(context, rows, teacher, store, round_key, budget)
     stored = pd.DataFrame(store.fetch(key, prompts["prompt_id"]), columns=STORED_COLUMNS)
+    spend = _spend_metadata(budget)
     store.close()
+    if summary.budget_stop:
+        raise Failure(
+            description=f"stopped on budget: {summary.budget_stop}. {summary.unsent} prompts were not sent; they stay "
+            "missing and the next run collects them (raise the budget, or wait for the next UTC day). "
+            f"Received responses are kept ({summary.succeeded + summary.failed} this run).",
+            metadata={**spend, "unsent": summary.unsent, "requested": summary.requested},
+        )
     frame = prompts.merge(stored.rename(columns={"text": "response"}), on=["prompt_id", "topic", "round"], how="left")
     missing = frame["collected_at"].isna().sum()
     if missing:
@@ -157,9 +241,12 @@ def raw_responses(
         data_version=content_data_version(frame),
         metadata={
             "dagster/row_count": len(frame),
-            **asdict(summary),
+            **{name: value for name, value in asdict(summary).items() if value is not None},
+            **spend,
             "errors": int(frame["error"].notna().sum()),
             "error_rate": error_rate,
+            "refusals": int(frame["anomaly"].isin(REFUSED_ANOMALIES).sum()),
+            "overlong_answers": int((frame["anomaly"] == OVERLONG).sum()),
             "teacher_model": key.teacher_model,
             "sampling": key.sampling_key,
             "prompt_tokens": int(frame["prompt_tokens"].fillna(0).sum()),

@@ -40,6 +40,7 @@ class LoopbackConfig:
     stall_s: float = 5.0
     expected_api_key: str | None = None
     seed: int = 0
+    returns_logprobs: bool = True  # False: ignore logprobs/top_logprobs, as `transformers serve` does
 
 
 @dataclass
@@ -91,9 +92,13 @@ class LoopbackTeacher:
             await asyncio.sleep(self.config.stall_s)
         request_id = str(uuid.uuid4())
         text = " ".join(["word"] * self.config.completion_tokens)
+        content = f"Answer to: {user_prompt[:40]} {text}"
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+        if request.get("logprobs") and self.config.returns_logprobs:
+            choice["logprobs"] = {"content": chat_logprobs(content, int(request.get("top_logprobs") or 0))}
         payload = json.dumps({
             "id": request_id, "object": "chat.completion", "model": request.get("model", "loopback"),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": f"Answer to: {user_prompt[:40]} {text}"}}],
+            "choices": [choice],
             "usage": {"prompt_tokens": len(user_prompt) // 4, "completion_tokens": self.config.completion_tokens},
         }).encode()
         if fault in ("truncated_body", "connection_reset"):
@@ -126,6 +131,20 @@ class LoopbackTeacher:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def chat_logprobs(content: str, top_logprobs: int) -> list[dict]:
+    """OpenAI's ``choices[0].logprobs.content`` for ``content``, one entry per whitespace-split token."""
+    tokens = [token + " " for token in content.split(" ")]
+    tokens[-1] = tokens[-1].rstrip()
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    def alternatives(token: str) -> list[dict]:
+        return ([entry(token, -0.25)] + [entry(f"alt{k}", -1.0 - k) for k in range(1, top_logprobs)])[:top_logprobs]
+
+    return [entry(token, -0.25) | {"top_logprobs": alternatives(token)} for token in tokens]
 
 
 async def _respond(send, status: int, body: bytes, extra_headers: list | None = None) -> None:

@@ -6,23 +6,96 @@ import argparse
 import os
 import sys
 import time
+import uuid
+from contextlib import closing
 from datetime import datetime, timezone
 
 from opengrok_dagster.offline.model import OfflineModelError
 
 
+INSTANCE_LOCK_TIMEOUT_S = 300.0
+
+
 def _instance():
     """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home), with the
-    gpu and teacher pools (instance.py); `make dev` opens the same one."""
+    gpu and teacher pools (instance.py); `make dev` opens the same one.
+
+    Creating it is serialised by a file lock: SQLite storages created by two processes at once each stamp
+    their own alembic revision, and every later run fails with "more than one head present". Under the lock
+    the instance is opened and each storage touched once, so that all of them exist before the lock is let go.
+    """
+    import fcntl
+
     from dagster import DagsterInstance
 
     from opengrok_dagster.instance import write_local_instance_config
     from opengrok_dagster.settings import dagster_home
 
     home = dagster_home()
-    write_local_instance_config(home)
+    home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+    with open(home / ".opengrok-instance.lock", "w") as lock:
+        deadline = time.monotonic() + INSTANCE_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"another opengrok process has held {lock.name} for {INSTANCE_LOCK_TIMEOUT_S:.0f}s "
+                                     "while opening the Dagster instance; wait for it to finish and retry") from None
+                time.sleep(0.1)
+        write_local_instance_config(home)  # local SQLite storage, the pools; no telemetry from an offline pipeline
+        instance = DagsterInstance.get()
+        instance.get_runs(limit=1)
+        instance.get_dynamic_partitions("topics")
+        instance.all_instigator_state()
+        return instance  # closing the file releases the lock
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown choice, a missing argument) as one line and exit 2, like the rest."""
+
+    def error(self, message: str):
+        self.exit(2, f"opengrok: error: {message}; `{self.prog} --help` lists the arguments\n")
+
+
+def _round_key(value: str | None) -> str:
+    """``--round``: a YYYY-MM-DD day between the first round partition and today (UTC); default today."""
+    from opengrok_dagster.partitions import ROUND_START_DATE
+
+    today = datetime.now(timezone.utc).date()
+    if value is None:
+        return today.isoformat()
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise ValueError(f"--round {value!r} is not a date: give the round as YYYY-MM-DD, e.g. {today.isoformat()}, "
+                         "or leave it out for today (UTC)") from None
+    if day.isoformat() != value:  # strptime accepts 2026-1-5
+        raise ValueError(f"--round {value!r}: write the date as YYYY-MM-DD ({day.isoformat()})")
+    if day > today:
+        raise ValueError(f"--round {value} is in the future (today is {today.isoformat()} UTC); collect today's or an earlier round")
+    if day.isoformat() < ROUND_START_DATE:
+        raise ValueError(f"--round {value} is before the first round partition ({ROUND_START_DATE})")
+    return value
+
+
+def _comma_list(flag: str, value: str) -> list[str]:
+    """The items of a comma-separated argument, in order, once each; an empty item is an error."""
+    items = [item.strip() for item in value.split(",")]
+    if not all(items):
+        raise ValueError(f"{flag} {value!r} has an empty item: give comma-separated names without spaces or "
+                         "trailing commas, e.g. football,climate")
+    return list(dict.fromkeys(items))
+
+
+def _content_hash_prefix(value: str) -> str:
+    """A review target: a content hash or its prefix, 16 hex digits at most (see filtering.dedup.content_hash)."""
+    if not value or len(value) > 16 or any(c not in "0123456789abcdef" for c in value.lower()):
+        raise ValueError(f"{value!r} is not a content hash: give the 16 hex digits (or a unique prefix) that "
+                         "`opengrok review list` prints first on each line")
+    return value
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
@@ -87,13 +160,13 @@ def _check_run_config(jobs, run_config: dict, source: str) -> None:
                 from None
 
 
-def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None) -> bool:
+def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None, tags=None) -> bool:
     from opengrok_dagster.instance import runner_tags
 
     started = time.monotonic()
     print(f"{label} ...", flush=True)
     result = job.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False, tags=runner_tags(),
+        instance=instance, partition_key=partition_key, raise_on_error=False, tags=runner_tags() | (tags or {}),
         run_config=_job_run_config(job, run_config or {}),
     )
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
@@ -131,11 +204,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from opengrok_dagster.settings import home_layout, teacher_is_remote
     from opengrok_dagster.training import MASK_MODES
 
-    modes = args.modes.split(",") if args.modes else list(MASK_MODES)
-    unknown = sorted(set(modes) - set(MASK_MODES))
+    from opengrok_dagster.collect.topics import validate_topic_key
+
+    modes = _comma_list("--modes", args.modes) if args.modes is not None else list(MASK_MODES)
+    unknown = [mode for mode in modes if mode not in MASK_MODES]
     if unknown:
         raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
+    round_key = _round_key(args.round)
+    requested_topics = [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
     run_config = _profile_and_run_config(args)
+    from assets.collection import BUDGET_RUN_TAG
     from opengrok_dagster.definitions import build_definitions
     from opengrok_dagster.instance import release_abandoned_runs
     from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
@@ -149,24 +227,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     instance = _instance()
     for run_id in release_abandoned_runs(instance):
         print(f"run {run_id} of an earlier `opengrok run` was abandoned (killed): marked failed, its pool slots freed")
-    if not teacher_is_remote():
+    if not teacher_is_remote() and not args.dry_run:
         provision_offline_model()
     cmd_topics(argparse.Namespace(action="sync"))
 
-    round_key = args.round or datetime.now(timezone.utc).strftime("%Y-%m-%d")
     known = instance.get_dynamic_partitions(topic_partitions.name)
-    topics = args.topics.split(",") if args.topics else known
+    topics = requested_topics or known
     unknown = [topic for topic in topics if topic not in known]
     if unknown:
         raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
                          f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
+    if args.dry_run:
+        return _dry_run(topics, round_key)
     started = time.monotonic()
     collect = jobs[collect_job.name]
+    one_budget = {BUDGET_RUN_TAG: uuid.uuid4().hex}  # OPENGROK_TEACHER_BUDGET_USD covers this whole command
     failed = [
         topic
         for number, topic in enumerate(topics, start=1)
         if not _execute(instance, collect, f"[collect {number}/{len(topics)}] topic {topic!r}, round {round_key}",
-                        collection_partition_key(topic, round_key), run_config)
+                        collection_partition_key(topic, round_key), run_config, one_budget)
     ]
     if failed:
         print(f"failed partitions: {', '.join(failed)}; rerun `opengrok run --topics {','.join(failed)}` "
@@ -192,11 +272,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(topics: list[str], round_key: str) -> int:
+    """Print what collecting ``topics`` in ``round_key`` would send and cost, with the default prompt grid and
+    the configured teacher's max_tokens and prices; sends nothing and starts no server."""
+    from opengrok_dagster.collect.plan import estimate_collection, format_estimates, round_prompt_grid
+    from opengrok_dagster.collect.prompts import PromptGridConfig
+    from opengrok_dagster.collect.topics import find_topic
+    from opengrok_dagster.definitions import build_teacher
+    from opengrok_dagster.settings import opengrok_home, teacher_is_remote, topic_catalogue_path
+    from resources import OpenGrokPaths
+
+    if teacher_is_remote() and not os.environ.get("OPENGROK_TEACHER_MODEL"):
+        raise ValueError("OPENGROK_TEACHER_BASE_URL is set but OPENGROK_TEACHER_MODEL is not: set the model id "
+                         "(e.g. grok-4), or unset OPENGROK_TEACHER_BASE_URL for the embedded teacher")
+    paths = OpenGrokPaths(home=str(opengrok_home()), topic_catalogue=str(topic_catalogue_path()))
+    catalogue = paths.topics()
+    estimates = []
+    # Resolves the EnvVar settings; the embedded server starts only on a request, and none is made.
+    with build_teacher(with_key=False).process_config_and_initialize_cm() as teacher, closing(paths.response_store()) as store:
+        count_tokens, tokenizer = teacher.token_counter()
+        for topic in topics:
+            rows, _ = round_prompt_grid(find_topic(catalogue, topic), PromptGridConfig(), round_key,
+                                        paths.layout.prompt_feedback_path)
+            key = teacher.response_key(round_key)
+            answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
+            estimates.append(estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(),
+                                                 tokenizer, store.completion_history(key.teacher_model, key.sampling_key)))
+    teacher_name = teacher.response_key(round_key).teacher_model
+    print(f"dry run: round {round_key}, teacher {teacher_name} ({teacher.mode}), max_tokens {teacher.max_tokens}, "
+          f"USD per million tokens {teacher.prompt_price_per_million} prompt / {teacher.completion_price_per_million} "
+          f"completion; prompt tokens by {tokenizer}; expected completion from "
+          f"{estimates[0].completion_basis if estimates else 'max_tokens'}; nothing sent")
+    print(format_estimates(estimates))
+    return 0
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     """The manual review queue: list, accept, reject, export and import decisions keyed by content hash."""
     from opengrok_dagster.filtering import review
     from opengrok_dagster.settings import home_layout
 
+    if args.action in ("accept", "reject"):
+        for target in args.targets:
+            _content_hash_prefix(target)
     layout = home_layout()
     filtered = review.read_filtered(layout.home)
     reviewer = args.reviewer or os.environ.get("USER") or None
@@ -239,14 +357,18 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     home = opengrok_home()
     is_checkpoint = args.target in MASK_MODES or os.path.isdir(args.target)
+    if not is_checkpoint and (os.sep in args.target or len(args.target) != 16 or
+                              any(c not in "0123456789abcdef" for c in args.target)):
+        raise ValueError(f"no example {args.target!r}: a lineage target is an example_id (16 hex digits, from "
+                         f"filtered_responses), a mask mode ({', '.join(MASK_MODES)}) or an adapter directory")
     steps = checkpoint_lineage(home, args.target) if is_checkpoint else example_lineage(home, args.target)
     print(format_lineage(steps))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opengrok", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="opengrok", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     provision = commands.add_parser("provision", help="build the offline SmolLM2 checkpoint (once)")
     provision.add_argument("--cache-dir", default=None, help="default $OPENGROK_CACHE_DIR or ~/.cache/opengrok")
@@ -267,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "path (default: $OPENGROK_PROFILE, else cpu-demo)")
     run.add_argument("--config", default=None,
                      help="a Dagster run config YAML (ops: <asset>: config: ...) applied over the profile")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the requests, estimated tokens and USD per topic and in total; send nothing")
     run.set_defaults(handler=cmd_run)
 
     review_parser = commands.add_parser("review", help="manual review of borderline filtered responses")

@@ -20,6 +20,13 @@ from resources.hub import HUB_TOKEN_VARIABLE
 # the API is marked beta, and its warning on every materialisation would only be noise to our users.
 warnings.filterwarnings("ignore", message="Parameter `data_version`", category=BetaWarning)
 
+def online_or_batch(value: str) -> str:
+    """OPENGROK_TEACHER_COLLECTION: 'online' or 'batch'."""
+    if value not in ("online", "batch"):
+        raise ValueError(value)
+    return value
+
+
 # Non-secret teacher settings that may come from the environment, by resource field.
 TEACHER_TUNING_VARIABLES = {
     "max_concurrency": ("OPENGROK_TEACHER_CONCURRENCY", int),
@@ -30,6 +37,11 @@ TEACHER_TUNING_VARIABLES = {
     "temperature": ("OPENGROK_TEACHER_TEMPERATURE", float),
     "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
+    "top_logprobs": ("OPENGROK_TEACHER_TOP_LOGPROBS", int),
+    "collection": ("OPENGROK_TEACHER_COLLECTION", online_or_batch),
+    "batch_price_factor": ("OPENGROK_TEACHER_BATCH_PRICE_FACTOR", float),
+    "budget_usd": ("OPENGROK_TEACHER_BUDGET_USD", float),
+    "daily_budget_usd": ("OPENGROK_TEACHER_DAILY_BUDGET_USD", float),
 }
 
 
@@ -44,15 +56,16 @@ def _teacher_tuning() -> dict:
     return tuning
 
 
-def build_teacher(keep_server: bool = False) -> TeacherResource:
+def build_teacher(keep_server: bool = False, with_key: bool = True) -> TeacherResource:
     """Embedded SmolLM2 teacher by default; OPENGROK_TEACHER_BASE_URL switches to that endpoint, with the
-    key read (as an EnvVar, never a value) from the variable named by OPENGROK_TEACHER_API_KEY_VAR."""
+    key read (as an EnvVar, never a value) from the variable named by OPENGROK_TEACHER_API_KEY_VAR.
+    ``with_key=False`` is for what sends nothing (the dry run), which must work before a key is set."""
     if teacher_is_remote():
         return TeacherResource(
             mode="remote",
             base_url=EnvVar("OPENGROK_TEACHER_BASE_URL"),
             model=EnvVar("OPENGROK_TEACHER_MODEL"),
-            api_key=EnvVar(teacher_api_key_variable()),
+            api_key=EnvVar(teacher_api_key_variable()) if with_key else None,
             **_teacher_tuning(),
         )
     # CPU serving (see bench/collection_throughput.py); a loaded CPU can take minutes per batch, and a local

@@ -14,7 +14,8 @@ from opengrok_dagster.training import MASK_MODES
 topic_partitions = DynamicPartitionsDefinition(name="topics")
 
 # end_offset=1 makes today's round exist, so a scheduled re-collection gathers today's responses.
-round_partitions = DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1, timezone="UTC")
+ROUND_START_DATE = "2026-01-01"
+round_partitions = DailyPartitionsDefinition(start_date=ROUND_START_DATE, end_offset=1, timezone="UTC")
 
 collection_partitions = MultiPartitionsDefinition({"topic": topic_partitions, "round": round_partitions})
 

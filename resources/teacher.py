@@ -7,9 +7,21 @@ from typing import Literal, Optional
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from opengrok_dagster.collect.store import ResponseKey
-from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams, TeacherClient, TeacherEndpoint
-from opengrok_dagster.offline.model import MODEL_NAME, check_offline_model, offline_model_dir
+from opengrok_dagster.collect.batch import BatchSettings
+from opengrok_dagster.collect.budget import Budget, BudgetLimits
+from opengrok_dagster.collect.ratelimit import SharedRateLimiter
+from opengrok_dagster.collect.store import ResponseKey, ResponseStore
+from opengrok_dagster.collect.client import (
+    ClientLimits,
+    Prices,
+    SamplingParams,
+    TeacherClient,
+    TeacherEndpoint,
+    characters_token_count,
+)
+from opengrok_dagster.collect.collector import Leases
+from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
+from opengrok_dagster.offline.model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
 from opengrok_dagster.offline.server import TeacherServer
 
 
@@ -50,8 +62,40 @@ class TeacherResource(ConfigurableResource):
     top_p: float = Field(default=0.95, description="Nucleus sampling top_p.")
     max_tokens: int = Field(default=256, description="Maximum completion tokens per response.")
     seed: Optional[int] = Field(default=None, description="Sampling seed sent to the endpoint, where it supports one.")
+    top_logprobs: Optional[int] = Field(
+        default=None,
+        description="Request logprobs with this many alternatives per token (xAI allows up to 8, OpenAI 20), stored "
+        "with each response for token-level distillation; unset = none. An endpoint that answers without them "
+        "(e.g. `transformers serve`) stops the collection with an error saying so.",
+    )
     prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
     completion_price_per_million: float = Field(default=0.0, description="USD per million completion tokens (cost estimate).")
+    budget_usd: Optional[float] = Field(
+        default=None,
+        description="USD per run (OPENGROK_TEACHER_BUDGET_USD): a request is sent only if its worst case fits what "
+        "is left; unset = no limit. `opengrok run` counts all its partitions as one run.",
+    )
+    daily_budget_usd: Optional[float] = Field(
+        default=None,
+        description="USD per UTC day across every run and process sharing the response store "
+        "(OPENGROK_TEACHER_DAILY_BUDGET_USD); unset = no limit.",
+    )
+    collection: Literal["online", "batch"] = Field(
+        default="online",
+        description="'online': one chat completion per prompt; 'batch': the partition's prompts through the "
+        "provider's Files + Batches API (OpenAI, xAI) at the batch price, resumed, not resubmitted, after a kill "
+        "(OPENGROK_TEACHER_COLLECTION).",
+    )
+    batch_price_factor: float = Field(
+        default=BatchSettings().price_factor,
+        description="Batch price over the online price (OpenAI: 0.5), applied to the configured prices.",
+    )
+    batch_poll_s: float = Field(default=BatchSettings().poll_s, description="Seconds between polls of a batch's status.")
+    lease_s: float = Field(
+        default=Leases().lease_s,
+        description="Seconds a claim on a prompt lasts unrenewed: a killed run's prompts are taken over by the next "
+        "run after this long (a live run renews its claims every lease_s / 3).",
+    )
     server_log: Optional[str] = Field(default=None, description="File that receives the embedded server's output.")
     keep_server: bool = Field(
         default=False,
@@ -90,16 +134,47 @@ class TeacherResource(ConfigurableResource):
         label = MODEL_NAME if self.mode == "embedded" else (self.model or "")
         return ResponseKey(label, self.sampling().key(), round_key)
 
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed)
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings(poll_s=self.batch_poll_s, price_factor=self.batch_price_factor)
 
-    def client(self) -> TeacherClient:
-        """A fresh client (enter it with ``async with``); starts the embedded server if needed."""
+    def leases(self) -> Leases:
+        return Leases(lease_s=self.lease_s)
+
+    def prices(self) -> Prices:
+        return Prices(self.prompt_price_per_million, self.completion_price_per_million)
+
+    def token_counter(self) -> tuple[TokenCounter, str]:
+        """How to count prompt tokens before sending (and what that is called, for metadata): the embedded
+        teacher's own tokenizer when provisioned; ~4 characters a token for a remote endpoint."""
+        if self.mode == "embedded":
+            try:
+                return tokenizer_token_counter(check_offline_model(offline_model_dir(self.cache_dir))), f"{MODEL_NAME} tokenizer"
+            except OfflineModelError:
+                return characters_token_count, "~4 characters a token (offline model not provisioned)"
+        return characters_token_count, "~4 characters a token"
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_p, self.max_tokens, self.seed, self.top_logprobs)
+
+    def budget_limits(self) -> BudgetLimits:
+        return BudgetLimits(self.budget_usd, self.daily_budget_usd)
+
+    def client(self, store: Optional[ResponseStore] = None, budget: Optional[Budget] = None) -> TeacherClient:
+        """A fresh client (enter it with ``async with``); starts the embedded server if needed. With ``store``,
+        the RPM/TPM limits hold across every process that shares it (one account's limits, one window); with
+        ``budget``, a request is sent only if its worst case fits."""
+        endpoint = self.endpoint()
+        shared = None
+        if store is not None and (self.requests_per_minute or self.tokens_per_minute):
+            shared = SharedRateLimiter(store, f"{endpoint.base_url}|{endpoint.model}", self.requests_per_minute,
+                                       self.tokens_per_minute)
         return TeacherClient(
-            self.endpoint(),
+            endpoint,
             self.sampling(),
             self.client_limits(),
-            Prices(self.prompt_price_per_million, self.completion_price_per_million),
+            self.prices(),
+            shared_limiter=shared,
+            budget=budget if budget is not None and budget.limits.limited else None,
         )
 
     def client_limits(self) -> ClientLimits:

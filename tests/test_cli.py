@@ -49,3 +49,56 @@ def test_run_refuses_unknown_partitions_before_any_work(opengrok_home, capsys, a
     err = capsys.readouterr().err
     assert err.startswith(f"opengrok: error: {message}") and "Traceback" not in err
     assert not (opengrok_home / "assets").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["run", "--round", "2026-13-01"], "--round '2026-13-01' is not a date: give the round as YYYY-MM-DD"),
+        (["run", "--round", "yesterday"], "--round 'yesterday' is not a date"),
+        (["run", "--round", "2026-1-5"], "--round '2026-1-5': write the date as YYYY-MM-DD (2026-01-05)"),
+        (["run", "--round", "2999-01-01"], "--round 2999-01-01 is in the future"),
+        (["run", "--round", "2025-12-31"], "--round 2025-12-31 is before the first round partition (2026-01-01)"),
+        (["run", "--topics", "football,,climate"], "--topics 'football,,climate' has an empty item"),
+        (["run", "--topics", "News/Tech"], "topic key 'News/Tech'"),
+        (["run", "--modes", ""], "--modes '' has an empty item"),
+        (["review", "accept", "zz-not-hex"], "'zz-not-hex' is not a content hash"),
+        (["lineage", "no/such/dir"], "no example 'no/such/dir': a lineage target is an example_id (16 hex digits"),
+        (["run", "--bogus"], "unrecognized arguments: --bogus"),
+        (["review", "approve"], "argument action: invalid choice: 'approve'"),
+    ],
+    ids=["month-13", "word-date", "unpadded", "future", "before-start", "empty-topic", "bad-topic-key", "empty-modes",
+         "review-hash", "lineage-id", "unknown-flag", "unknown-action"],
+)
+def test_every_cli_argument_is_validated_with_one_line_and_exit_2(opengrok_home, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(arguments))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"opengrok: error: {message}") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (opengrok_home / "assets").exists() and not (opengrok_home / "dagster_home").exists()
+
+
+def test_dry_run_prints_requests_tokens_and_usd_per_topic_and_sends_nothing(opengrok_home, capsys, monkeypatch, loopback_teacher):
+    monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", loopback_teacher.base_url)
+    monkeypatch.setenv("OPENGROK_TEACHER_MODEL", "grok-test")
+    monkeypatch.setenv("OPENGROK_TEACHER_MAX_TOKENS", "100")
+    monkeypatch.setenv("OPENGROK_TEACHER_PROMPT_PRICE", "2")
+    monkeypatch.setenv("OPENGROK_TEACHER_COMPLETION_PRICE", "10")
+    assert main(["run", "--dry-run", "--round", "2026-11-24", "--topics", "climate,football"]) == 0
+    out = capsys.readouterr().out
+    assert loopback_teacher.requests == [] and not (opengrok_home / "assets").exists()
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in out.splitlines() if line.startswith("| ") and not line.startswith("| topic")}
+    assert set(rows) == {"climate", "football", "total"}
+    prompts, requests, prompt_tokens, completion_tokens, usd = rows["climate"]
+    assert (prompts, requests, completion_tokens) == ("12", "12", "1200 / 1200")  # no history: expected = max
+    assert float(usd.split(" / ")[1]) == pytest.approx((int(prompt_tokens) * 2 + 1200 * 10) / 1e6, abs=1e-4)
+    assert rows["total"][1] == "24" and "nothing sent" in out and "~4 characters a token" in out
+
+
+def test_dry_run_against_a_remote_url_without_a_model_names_the_variable(opengrok_home, capsys, monkeypatch):
+    monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", "https://api.x.ai/v1")
+    monkeypatch.delenv("OPENGROK_TEACHER_MODEL", raising=False)
+    assert main(["run", "--dry-run"]) == 2
+    assert "OPENGROK_TEACHER_BASE_URL is set but OPENGROK_TEACHER_MODEL is not" in capsys.readouterr().err

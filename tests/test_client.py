@@ -73,13 +73,13 @@ def test_429_waits_for_retry_after_then_succeeds(monkeypatch):
         httpx.Response(500),
         httpx.Response(503),
         httpx.Response(200, content=b'{"choices": [{"message": '),  # malformed JSON
-        httpx.Response(200, json={"choices": []}),  # well-formed but unusable
+        httpx.Response(200, json={"choices": [{"message": "not an object"}]}),  # well-formed JSON, unusable
         httpx.ConnectError("connection refused"),
         httpx.ReadError("connection reset by peer"),
         httpx.ReadTimeout("timed out"),
         httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
     ],
-    ids=["500", "503", "malformed-json", "no-choices", "connect", "reset", "timeout", "truncated"],
+    ids=["500", "503", "malformed-json", "message-not-object", "connect", "reset", "timeout", "truncated"],
 )
 def test_transient_failures_are_retried(failure):
     route = respx.post(URL).mock(side_effect=[failure, failure, ok()])
@@ -151,3 +151,61 @@ def test_concurrency_cap_is_never_exceeded():
 
     results = asyncio.run(go())
     assert all(r.ok for r in results) and peak == 3
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("body", "anomaly", "text"),
+    [
+        ({"choices": [{"message": {"content": None}, "finish_reason": "content_filter"}]}, "content_filter", None),
+        ({"choices": [{"message": {"content": None, "refusal": "I can't help with that."}, "finish_reason": "stop"}]},
+         "refusal", None),
+        ({"choices": [{"message": {"content": None}, "finish_reason": "stop"}]}, "null_content", None),
+        ({"choices": []}, "no_choices", None),
+        ({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 129}}, "overlong", "fine"),
+        ({"choices": [{"message": {"content": "x" * 600}, "finish_reason": "stop"}]}, "overlong", "x" * 600),
+        ({"choices": [{"message": {"content": "fine"}, "finish_reason": "length"}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 64}}, None, "fine"),
+    ],
+    ids=["content-filter", "structured-refusal", "null-content", "no-choices", "overlong-usage", "overlong-text", "at-cap"],
+)
+def test_refusals_and_odd_answers_are_recorded_as_what_they_are_without_retry(body, anomaly, text):
+    route = respx.post(URL).mock(return_value=httpx.Response(200, json=body))
+    result = complete(sampling=SamplingParams(max_tokens=64))
+    assert route.call_count == 1 and result.ok  # paid for and final: a retry would pay again for the same refusal
+    assert (result.anomaly, result.text) == (anomaly, text)
+    assert result.finish_reason == (body["choices"][0]["finish_reason"] if body["choices"] else None)
+
+
+@respx.mock
+def test_logprobs_are_requested_and_kept_in_the_openai_shape():
+    content = [{"token": "fine", "logprob": -0.1, "bytes": [102, 105, 110, 101],
+                "top_logprobs": [{"token": "fine", "logprob": -0.1, "bytes": [102, 105, 110, 101]},
+                                 {"token": "good", "logprob": -2.5, "bytes": None}]}]
+    body = {"choices": [{"message": {"content": "fine"}, "finish_reason": "stop", "logprobs": {"content": content}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    route = respx.post(URL).mock(return_value=httpx.Response(200, json=body))
+    result = complete(sampling=SamplingParams(top_logprobs=2))
+    sent = json.loads(route.calls.last.request.content)
+    assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+    assert result.ok and json.loads(result.logprobs) == content
+    assert SamplingParams(top_logprobs=2).key() != SamplingParams().key()  # a different request, stored apart
+
+
+@respx.mock
+def test_an_endpoint_answering_without_logprobs_is_refused_clearly_keeping_the_answer():
+    from opengrok_dagster.collect.client import LogprobsUnsupported
+
+    respx.post(URL).mock(return_value=ok())  # e.g. `transformers serve`, which ignores logprobs
+    with pytest.raises(LogprobsUnsupported, match="answered without logprobs though top_logprobs=5 was requested") as error:
+        complete(sampling=SamplingParams(top_logprobs=5))
+    assert error.value.result.text == "fine" and error.value.result.error  # kept as an error row, asked again later
+
+
+def test_top_logprobs_beyond_what_the_provider_returns_is_refused_before_sending():
+    with pytest.raises(ValueError, match="top_logprobs=12 is more than api.x.ai returns \\(8\\)"):
+        TeacherClient(TeacherEndpoint("https://api.x.ai/v1", "grok-4"), SamplingParams(top_logprobs=12))
+    TeacherClient(TeacherEndpoint("https://api.openai.com/v1", "gpt-4o"), SamplingParams(top_logprobs=12))
+    with pytest.raises(ValueError, match="top_logprobs=21 must be between 0 and 20"):
+        SamplingParams(top_logprobs=21)

@@ -1,5 +1,7 @@
 """The prompts and raw_responses assets on a real Dagster instance against a real loopback HTTP teacher."""
 
+import json
+
 import pandas as pd
 import pytest
 from dagster import EnvVar, materialize
@@ -22,13 +24,13 @@ def resources_for(tmp_path, base_url, **teacher):
     }
 
 
-def run_partition(instance, tmp_path, server, topic="climate", **teacher):
+def run_partition(instance, tmp_path, server, topic="climate", round_key=ROUND, **teacher):
     instance.add_dynamic_partitions(topic_partitions.name, [topic])
     return materialize(
         [prompts, raw_responses],
         resources=resources_for(tmp_path, server.base_url, **teacher),
         instance=instance,
-        partition_key=collection_partition_key(topic, ROUND),
+        partition_key=collection_partition_key(topic, round_key),
         raise_on_error=False,
     )
 
@@ -47,7 +49,31 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
     assert metadata["requested"].value == 12 and metadata["error_rate"].value == 0.0
     assert {"latency_p50_s", "latency_p95_s", "cost_usd_estimate", "completion_tokens"} <= set(metadata)
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"unique_prompt_ids": True, "error_rate": True}
+    assert checks == {"unique_prompt_ids": True, "within_daily_budget": True, "error_rate": True}
+
+
+def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(persistent_instance, tmp_path, loopback_teacher):
+    prices = {"prompt_price_per_million": 3.0, "completion_price_per_million": 15.0, "max_tokens": 64}
+    first = run_partition(persistent_instance, tmp_path, loopback_teacher, **prices)
+    estimate = estimate_of(first)
+    assert (estimate["estimate_requests"], estimate["estimate_completion_tokens_max"]) == (12, 12 * 64)
+    assert estimate["estimate_completion_tokens"] == 12 * 64  # no stored answers yet: expect the worst case
+    assert estimate["estimate_usd_max"] == pytest.approx((estimate["estimate_prompt_tokens"] * 3 + 12 * 64 * 15) / 1e6)
+    spent = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")["cost_usd"].sum()
+    assert 0 < spent <= estimate["estimate_usd_max"]
+    again = run_partition(persistent_instance, tmp_path, loopback_teacher, **prices)
+    assert estimate_of(again)["estimate_requests"] == 0
+    # the next round expects the stored answers' mean length (the loopback's 16 tokens): within 2x of the real cost
+    next_round = run_partition(persistent_instance, tmp_path, loopback_teacher, round_key="2026-11-25", **prices)
+    expected = estimate_of(next_round)
+    assert expected["estimate_completion_tokens"] == 12 * 16 and expected["estimate_completion_basis"] == "mean of 12 stored answers"
+    real = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-25" / "climate.parquet")["cost_usd"].sum()
+    assert 0.5 <= expected["estimate_usd"] / real <= 2.0
+
+
+def estimate_of(result) -> dict:
+    metadata = result.asset_materializations_for_node("prompts")[0].metadata
+    return {k: v.value for k, v in metadata.items() if k.startswith("estimate_")}
 
 
 def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(persistent_instance, tmp_path, loopback_teacher):
@@ -117,4 +143,24 @@ def test_remote_mode_without_endpoint_names_the_variables(persistent_instance, t
     )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "set OPENGROK_TEACHER_BASE_URL and OPENGROK_TEACHER_MODEL" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "assets" / "raw_responses").exists()
+
+
+def test_logprobs_are_stored_with_each_response_and_in_raw_responses(persistent_instance, tmp_path, loopback_teacher):
+    result = run_partition(persistent_instance, tmp_path, loopback_teacher, top_logprobs=3)
+    assert result.success
+    frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
+    for response, logprobs in zip(frame["response"], frame["logprobs"]):
+        tokens = json.loads(logprobs)
+        assert "".join(token["token"] for token in tokens) == response
+        assert all(len(token["top_logprobs"]) == 3 and bytes(token["bytes"]).decode() == token["token"] for token in tokens)
+    plain = run_partition(persistent_instance, tmp_path, loopback_teacher, round_key="2026-11-25")
+    assert plain.success and pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-25" / "climate.parquet")["logprobs"].isna().all()
+
+
+def test_an_endpoint_without_logprobs_stops_the_collection_saying_so(persistent_instance, tmp_path):
+    with LoopbackTeacher(LoopbackConfig(returns_logprobs=False)) as server:
+        result = run_partition(persistent_instance, tmp_path, server, top_logprobs=3)
+    failure = result.failure_data_for_node("raw_responses").user_failure_data
+    assert "answered without logprobs though top_logprobs=3 was requested" in failure.description
     assert not (tmp_path / "assets" / "raw_responses").exists()

@@ -240,3 +240,29 @@ def test_refiltering_the_same_rounds_gives_the_same_data_version(home, instance)
         result = run_filter(home, instance)
         versions.append(result.asset_materializations_for_node("filtered_responses")[0].tags["dagster/data_version"])
     assert versions[0] == versions[1]
+
+
+def test_provider_refusals_reach_the_filter_as_refusals_and_the_feedback_as_refusal_rate(tmp_path, instance):
+    """The client records a content filter, a structured refusal, null content and empty choices as anomalies
+    (paid for, not retried); the filter rejects them as refusals and prompt_feedback counts them."""
+    tweets = sentiment_tweets(12)
+    frame = raw_frame(tweets, "climate", "2026-11-24").assign(template_id=["trends"] * 4 + ["sentiment"] * 8, anomaly=None)
+    refused = {0: "content_filter", 1: "refusal", 2: "null_content", 3: "no_choices"}
+    for index, anomaly in refused.items():
+        frame.loc[index, ["response", "anomaly"]] = [None, anomaly]
+    frame.loc[4, "anomaly"] = "overlong"
+    write_raw(tmp_path, frame)
+    result = run_filter(tmp_path, instance, assets=(filtered_responses, prompt_feedback))
+    assert result.success
+    filtered = pd.read_parquet(tmp_path / "assets" / "filtered_responses.parquet").set_index("request_id")
+    for index in refused:
+        assert (filtered.loc[f"req-{index}", "state"], list(filtered.loc[f"req-{index}", "reasons"])) == ("rejected", ["refusal"])
+    assert filtered.loc["req-4", "state"] == "needs_review" and "overlong" in filtered.loc["req-4", "reasons"]
+    feedback = pd.read_parquet(tmp_path / "assets" / "prompt_feedback.parquet")
+    templates = feedback[feedback["dimension"] == "template_id"].set_index("value")
+    assert templates.loc["trends", "refusal_rate"] == 1.0 and templates.loc["sentiment", "refusal_rate"] == 0.0
+
+
+def test_raw_responses_written_before_the_anomaly_column_still_filter(tmp_path, instance):
+    write_raw(tmp_path, raw_frame(sentiment_tweets(6), "climate", "2026-11-24"))  # no anomaly column
+    assert run_filter(tmp_path, instance).success

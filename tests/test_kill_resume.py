@@ -23,12 +23,14 @@ rows = build_prompt_grid(Topic("climate", "climate change", ("the heatwave", "th
 COLLECT = GRID + """
 import asyncio, sys
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
-from opengrok_dagster.collect.collector import collect_responses
+from opengrok_dagster.collect.collector import Leases, collect_responses
 from opengrok_dagster.collect.store import ResponseStore
 
 async def main():
+    # The killed run's claims on its in-flight prompts lapse after lease_s; the rerun then takes them.
     async with TeacherClient(TeacherEndpoint(sys.argv[1], "m"), limits=ClientLimits(max_concurrency=4)) as client:
-        print(await collect_responses(rows, client, ResponseStore(sys.argv[2]), "2026-11-24"), flush=True)
+        print(await collect_responses(rows, client, ResponseStore(sys.argv[2]), "2026-11-24",
+                                      leases=Leases(lease_s=2.0, poll_s=0.1)), flush=True)
 
 asyncio.run(main())
 """

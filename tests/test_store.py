@@ -46,3 +46,20 @@ def test_lookups_work_beyond_sqlite_parameter_limits(tmp_path):
         store.record(KEY, prompt_id, "climate", result(text="ok"))
     assert store.answered_prompt_ids(KEY, ids) == set(ids[::3])
     assert len(store.fetch(KEY, ids)) == len(ids[::3])
+
+
+def test_a_refusal_is_stored_as_answered_and_an_old_store_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    from opengrok_dagster.collect import store as store_module
+
+    old = sqlite3.connect(tmp_path / "old.sqlite")  # a store written before the anomaly column existed
+    old.execute(store_module._SCHEMA.replace("    anomaly TEXT,\n", "").replace("    logprobs TEXT,\n", ""))
+    old.commit()
+    old.close()
+    store = ResponseStore(tmp_path / "old.sqlite")
+    refusal = TeacherResult(None, "content_filter", "grok-test", 3, 0, 0.0, 0.1, 1, "req", anomaly="content_filter")
+    store.record(KEY, "p1", "climate", refusal)
+    [row] = store.fetch(KEY, ["p1"])
+    assert (row["text"], row["anomaly"], row["finish_reason"]) == (None, "content_filter", "content_filter")
+    assert store.answered_prompt_ids(KEY, ["p1"]) == {"p1"}  # paid for: not requested again

@@ -2,7 +2,10 @@
 
 Retries (tenacity): 429, 5xx, timeouts, connection errors and unreadable bodies, with exponential backoff
 and jitter, honouring ``Retry-After``. Never retried: 400/401/403/404 and other 4xx, which cannot succeed
-by waiting. The API key is sent only in the Authorization header and redacted from every message.
+by waiting, and answers that are odd but final (a refusal, a content filter, null content, no choices, an
+answer far past max_tokens): they are paid for and recorded as what they are (``anomaly``), for the filter
+and the prompt feedback to count. The API key is sent only in the Authorization header and redacted from
+every message.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from opengrok_dagster.collect.ratelimit import RateLimiter
+from opengrok_dagster.collect.ratelimit import RateLimiter, SharedRateLimiter
+
+if TYPE_CHECKING:
+    from opengrok_dagster.collect.budget import Budget
 
 
 @dataclass(frozen=True)
@@ -36,16 +43,39 @@ class TeacherEndpoint:
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    def check_top_logprobs(self, top_logprobs: int | None) -> None:
+        """Refuse a top_logprobs the provider would reject, before anything is sent."""
+        host = httpx.URL(self.base_url).host
+        limit = TOP_LOGPROBS_LIMITS.get(host, OPENAI_TOP_LOGPROBS_LIMIT)
+        if top_logprobs is not None and top_logprobs > limit:
+            raise ValueError(f"top_logprobs={top_logprobs} is more than {host} returns ({limit}); "
+                             f"set OPENGROK_TEACHER_TOP_LOGPROBS to at most {limit}")
+
+
+# The most top_logprobs a provider returns, by API host; others are held to OpenAI's limit.
+TOP_LOGPROBS_LIMITS = {"api.x.ai": 8}
+OPENAI_TOP_LOGPROBS_LIMIT = 20
+
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """``top_logprobs``: request each answer token's logprob and its k most likely alternatives (None: none)."""
+
     temperature: float = 0.7
     top_p: float = 0.95
     max_tokens: int = 256
     seed: int | None = None
+    top_logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= OPENAI_TOP_LOGPROBS_LIMIT:
+            raise ValueError(f"top_logprobs={self.top_logprobs} must be between 0 and {OPENAI_TOP_LOGPROBS_LIMIT} "
+                             "(OpenAI allows 20, xAI 8), or unset for no logprobs")
 
     def request_fields(self) -> dict:
         fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.top_logprobs is not None:
+            fields |= {"logprobs": True, "top_logprobs": self.top_logprobs}
         return fields | ({"seed": self.seed} if self.seed is not None else {})
 
     def key(self) -> str:
@@ -82,6 +112,33 @@ class Prices:
         return ((prompt_tokens or 0) * self.prompt_per_million + (completion_tokens or 0) * self.completion_per_million) / 1e6
 
 
+# What an answer that is no plain text is recorded as (the ``anomaly`` column); none of them is retried.
+CONTENT_FILTER = "content_filter"  # finish_reason "content_filter": the provider filtered the answer
+REFUSAL = "refusal"  # message.refusal set: the model declined (OpenAI's structured refusal field)
+NULL_CONTENT = "null_content"  # message.content null without either of the above
+NO_CHOICES = "no_choices"  # a well-formed body with an empty choices list
+OVERLONG = "overlong"  # more than OVERLONG_FACTOR x max_tokens: the endpoint ignored the cap (or its usage is wrong)
+REFUSED_ANOMALIES = (CONTENT_FILTER, REFUSAL, NULL_CONTENT, NO_CHOICES)
+OVERLONG_FACTOR = 2.0
+
+
+def answer_anomaly(choices: list, max_tokens: int, completion_tokens: int | None) -> str | None:
+    """What is odd about a well-formed response, or None for a plain text answer."""
+    if not choices:
+        return NO_CHOICES
+    choice = choices[0]
+    message = choice.get("message") or {}
+    if choice.get("finish_reason") == CONTENT_FILTER:
+        return CONTENT_FILTER
+    if message.get("refusal"):
+        return REFUSAL
+    if message.get("content") is None:
+        return NULL_CONTENT
+    # Without reported usage, ~4 characters a token.
+    tokens = completion_tokens if completion_tokens is not None else len(message["content"]) / 4
+    return OVERLONG if tokens > OVERLONG_FACTOR * max_tokens else None
+
+
 @dataclass
 class TeacherResult:
     """One prompt's outcome: a response, or the final error after retries."""
@@ -97,14 +154,59 @@ class TeacherResult:
     request_id: str | None
     error: str | None = None
     status_code: int | None = None
+    anomaly: str | None = None
+    logprobs: str | None = None  # JSON text of choices[0].logprobs.content, when requested
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
+class UnreadableAnswer(ValueError):
+    """A chat-completion body that is not one (malformed JSON, choices not a list of messages...)."""
+
+
+def result_from_payload(payload: object, sampling: SamplingParams, prices: Prices, model: str) -> TeacherResult:
+    """The outcome recorded for one chat-completion body, online or from a batch's output file; latency and
+    attempts are the caller's. Raises :class:`UnreadableAnswer` for a body that is not a chat completion."""
+    try:
+        choices = payload["choices"]
+        if not isinstance(choices, list) or (choices and not isinstance(choices[0].get("message"), dict)):
+            raise TypeError("choices is not a list of messages")
+        text = choices[0]["message"].get("content") if choices else None
+        if text is not None and not isinstance(text, str):
+            raise TypeError("message content is not a string")
+        usage = payload.get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise UnreadableAnswer(f"{type(exc).__name__}: {exc}") from None
+    content = (choices[0].get("logprobs") or {}).get("content") if choices and sampling.top_logprobs is not None else None
+    return TeacherResult(
+        text=text,
+        finish_reason=choices[0].get("finish_reason") if choices else None,
+        model=payload.get("model") or model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=prices.cost(prompt_tokens, completion_tokens),
+        latency_s=0.0,
+        attempts=1,
+        request_id=payload.get("id"),
+        anomaly=answer_anomaly(choices, sampling.max_tokens, completion_tokens),
+        logprobs=json.dumps(content, ensure_ascii=False) if isinstance(content, list) else None,
+    )
+
+
 class TeacherConfigurationError(RuntimeError):
     """The endpoint refused us in a way no retry fixes (401/403/404): stop collecting and tell the user."""
+
+
+class LogprobsUnsupported(TeacherConfigurationError):
+    """Logprobs were requested and the endpoint answered without them. ``result`` is the answer, kept as an
+    error row (it lacks what its sampling key promises; the next run asks again)."""
+
+    def __init__(self, message: str, result: TeacherResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class _Retryable(Exception):
@@ -136,9 +238,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+def characters_token_count(messages: list[dict[str, str]]) -> int:
+    """Prompt tokens without a tokenizer: ~4 characters a token plus a few tokens of chat framing a message."""
+    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages)
+
+
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
-    """Upper-ish estimate for the TPM bucket before the server reports usage: ~4 characters a token."""
-    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages) + max_tokens
+    """Upper-ish estimate for the TPM bucket before the server reports usage."""
+    return characters_token_count(messages) + max_tokens
 
 
 class TeacherClient:
@@ -152,6 +259,8 @@ class TeacherClient:
         prices: Prices = Prices(),
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        shared_limiter: SharedRateLimiter | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.sampling = sampling
@@ -159,6 +268,9 @@ class TeacherClient:
         self.prices = prices
         self._transport = transport
         self._rate = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
+        self._shared = shared_limiter  # the same limits across processes; the local buckets smooth each one
+        self.budget = budget
+        endpoint.check_top_logprobs(sampling.top_logprobs)
         self._slots = asyncio.Semaphore(limits.max_concurrency)
         # Jitter in proportion to the first backoff, so many clients retrying together spread out.
         self._backoff = wait_exponential_jitter(
@@ -189,9 +301,29 @@ class TeacherClient:
             return min(error.retry_after_s, self.limits.max_retry_after_s)
         return self._backoff(state)
 
-    async def complete(self, messages: list[dict[str, str]]) -> TeacherResult:
+    def worst_case_usd(self, messages: list[dict[str, str]]) -> float:
+        """What one request can cost at most: the prompt estimate and max_tokens at the configured prices."""
+        return self.prices.cost(characters_token_count(messages), self.sampling.max_tokens)
+
+    async def complete(self, messages: list[dict[str, str]], prompt_id: str = "") -> TeacherResult:
         """Send one chat completion with retries. Returns a result (``error`` set after the last attempt
-        or on a per-prompt 4xx); raises :class:`TeacherConfigurationError` on 401/403/404."""
+        or on a per-prompt 4xx); raises :class:`TeacherConfigurationError` on 401/403/404, and
+        :class:`~opengrok_dagster.collect.budget.BudgetExhausted` (sending nothing) when the budget is spent."""
+        if self.budget is None:
+            return await self._complete(messages)
+        reservation = await self.budget.admit(prompt_id, self.worst_case_usd(messages))
+        cost = 0.0  # a refused key (401...) costs nothing
+        try:
+            result = await self._complete(messages)
+            cost = result.cost_usd
+            return result
+        except LogprobsUnsupported as exc:
+            cost = exc.result.cost_usd
+            raise
+        finally:  # settled to the real cost
+            await self.budget.settle(reservation, cost)
+
+    async def _complete(self, messages: list[dict[str, str]]) -> TeacherResult:
         started = time.monotonic()
         attempts = 0
         try:
@@ -217,20 +349,26 @@ class TeacherClient:
             error=self._redact(error), status_code=status_code,
         )
 
+    async def _settle(self, ticket: int | None, estimated: int, actual: int | None) -> None:
+        self._rate.settle(estimated, actual)
+        if ticket is not None:
+            await self._shared.settle(ticket, actual)
+
     async def _attempt(self, messages: list[dict[str, str]], started: float, attempts: int) -> TeacherResult:
         body = {"model": self.endpoint.model, "messages": messages, **self.sampling.request_fields()}
         estimated = estimate_tokens(messages, self.sampling.max_tokens)
         url = self.endpoint.chat_url
         async with self._slots:
             await self._rate.acquire(estimated)
+            ticket = await self._shared.acquire(estimated) if self._shared else None
             try:
                 response = await self._http.post(url, json=body)
                 raw = await response.aread()
             except httpx.TimeoutException as exc:
-                self._rate.settle(estimated, 0)
+                await self._settle(ticket, estimated, 0)
                 raise _Retryable(f"timeout after {self.limits.timeout_s:.0f}s ({type(exc).__name__}) from {url}") from None
             except httpx.TransportError as exc:
-                self._rate.settle(estimated, 0)
+                await self._settle(ticket, estimated, 0)
                 raise _Retryable(f"connection error from {url}: {type(exc).__name__}: {self._redact(str(exc))}") from None
         status = response.status_code
         request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
@@ -251,23 +389,22 @@ class TeacherClient:
             raise _Final(f"HTTP {status} from {url}: {self._redact(raw[:300].decode(errors='replace'))}", status)
         try:
             payload = json.loads(raw)
-            choice = payload["choices"][0]
-            text = choice["message"]["content"]
-            if not isinstance(text, str):
-                raise TypeError("message content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise _Retryable(f"unreadable response body from {url} ({type(exc).__name__}: {exc})", status_code=status) from None
-        usage = payload.get("usage") or {}
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        self._rate.settle(estimated, (prompt_tokens or 0) + (completion_tokens or 0) if usage else None)
-        return TeacherResult(
-            text=text,
-            finish_reason=choice.get("finish_reason"),
-            model=payload.get("model") or self.endpoint.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_usd=self.prices.cost(prompt_tokens, completion_tokens),
-            latency_s=time.monotonic() - started,
-            attempts=attempts,
-            request_id=request_id or payload.get("id"),
-        )
+            usage = payload.get("usage") or {}
+            actual = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0) if usage else None
+        except (ValueError, AttributeError):
+            payload, actual = None, None
+        await self._settle(ticket, estimated, actual)
+        try:
+            result = result_from_payload(payload, self.sampling, self.prices, self.endpoint.model)
+        except UnreadableAnswer as exc:
+            raise _Retryable(f"unreadable response body from {url} ({exc})", status_code=status) from None
+        result = replace(result, latency_s=time.monotonic() - started, attempts=attempts,
+                         request_id=request_id or result.request_id)
+        if self.sampling.top_logprobs is not None and result.anomaly not in REFUSED_ANOMALIES and result.logprobs is None:
+            raise LogprobsUnsupported(
+                f"{url} answered without logprobs though top_logprobs={self.sampling.top_logprobs} was requested "
+                "(`transformers serve` ignores the field): unset OPENGROK_TEACHER_TOP_LOGPROBS or use an endpoint "
+                "that returns logprobs (OpenAI, xAI, vLLM)",
+                replace(result, error="the endpoint returned no logprobs"),
+            )
+        return result

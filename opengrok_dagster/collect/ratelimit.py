@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opengrok_dagster.collect.store import ResponseStore
 
 
 class TokenBucket:
@@ -70,3 +74,39 @@ class RateLimiter:
     def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         if self.tokens and actual_tokens is not None and actual_tokens < estimated_tokens:
             self.tokens.refund(estimated_tokens - actual_tokens)
+
+
+class SharedRateLimiter:
+    """The same limits across every process that shares one response store (parallel partitions, a schedule
+    tick beside a manual run): a sliding window of admitted requests in SQLite admits at most ``requests_per_minute``
+    requests and ``tokens_per_minute`` tokens in any window of ``window_s`` seconds, whoever sends them."""
+
+    def __init__(
+        self,
+        store: "ResponseStore",
+        scope: str,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        *,
+        window_s: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        for limit in (requests_per_minute, tokens_per_minute):
+            if limit is not None and limit <= 0:
+                raise ValueError(f"a per-minute limit must be > 0, got {limit}")
+        self._store, self._scope, self._window_s, self._sleep = store, scope, window_s, sleep
+        self._requests, self._tokens = requests_per_minute, tokens_per_minute
+
+    async def acquire(self, estimated_tokens: int) -> int:
+        """Wait until the window admits one more request; returns its ticket for :meth:`settle`."""
+        while True:
+            ticket, wait_s = await asyncio.to_thread(
+                self._store.admit_rate, self._scope, self._window_s, self._requests, self._tokens, estimated_tokens
+            )
+            if ticket is not None:
+                return ticket
+            await self._sleep(min(wait_s, self._window_s))
+
+    async def settle(self, ticket: int, actual_tokens: int | None) -> None:
+        if actual_tokens is not None:
+            await asyncio.to_thread(self._store.settle_rate, ticket, actual_tokens)

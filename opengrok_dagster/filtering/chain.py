@@ -60,10 +60,10 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
     frame = raw.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
     texts = [scrub_pii(text) if isinstance(text, str) else "" for text in frame["response"]]
     hashes = [content_hash(text) for text in texts]
-    rejections = _hard_rejections(frame, texts, config, models)
+    rejections, reviews = _hard_rejections(frame, texts, config, models)
     candidates = [i for i, reasons in enumerate(rejections) if not reasons]
     toxicity, languages = _model_scores(texts, candidates, config, models)
-    reviews = _flag_by_scores(texts, candidates, toxicity, languages, rejections, config, models)
+    reviews = _flag_by_scores(texts, candidates, toxicity, languages, rejections, reviews, config, models)
     states, reasons = _decide(rejections, reviews, hashes, decisions)
     _reject_duplicates(states, reasons, texts, hashes, config)
 
@@ -82,17 +82,20 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
 
 def _hard_rejections(
     frame: pd.DataFrame, texts: list[str], config: FilterConfig, models: FilterModels
-) -> list[list[str]]:
-    """Per row, the cheap rejection reasons: errors, then length, then refusals and the block list."""
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Per row, the cheap rejection reasons (errors, then length, then refusals and the block list), and the review
+    flags of odd answers (an overlong one)."""
     rejections: list[list[str]] = []
-    for text, error, finish_reason in zip(texts, frame["error"], frame["finish_reason"]):
-        reasons = checks.error_reasons(error, finish_reason, config.reject_truncated)
+    anomalies = frame["anomaly"] if "anomaly" in frame else [None] * len(frame)
+    flagged = [checks.anomaly_reasons(anomaly) for anomaly in anomalies]
+    for text, error, finish_reason, (refused, _) in zip(texts, frame["error"], frame["finish_reason"], flagged):
+        reasons = checks.error_reasons(error, finish_reason, config.reject_truncated) or refused
         if not reasons:
             reasons = checks.length_reasons(text, config.min_chars, config.max_chars, config.min_words)
         if not reasons:
             reasons = checks.refusal_reasons(text) + ([checks.BLOCKLIST] if models.blocklist.matches(text) else [])
         rejections.append(reasons)
-    return rejections
+    return rejections, [list(review) for _, review in flagged]
 
 
 def _model_scores(
@@ -112,10 +115,9 @@ def _model_scores(
 
 def _flag_by_scores(
     texts: list[str], candidates: list[int], toxicity: list[float], languages: list, rejections: list[list[str]],
-    config: FilterConfig, models: FilterModels,
+    reviews: list[list[str]], config: FilterConfig, models: FilterModels,
 ) -> list[list[str]]:
-    """Adds toxicity and language rejections to ``rejections``; returns each row's review flags."""
-    reviews: list[list[str]] = [[] for _ in texts]
+    """Adds toxicity and language rejections to ``rejections`` and review flags to ``reviews``; returns ``reviews``."""
     for index in candidates:
         if toxicity[index] >= config.toxicity_reject_threshold:
             rejections[index].append(checks.TOXIC)

@@ -13,6 +13,7 @@ EMPTY = "empty"
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
 REFUSAL = "refusal"
+OVERLONG = "overlong"
 DEFLECTION = "deflection"
 BLOCKLIST = "blocklist"
 TOXIC = "toxic"
@@ -35,6 +36,20 @@ def error_reasons(error: object, finish_reason: object, reject_truncated: bool) 
     if reject_truncated and finish_reason == "length":
         return [TRUNCATED]
     return []
+
+
+# The client's anomaly codes (opengrok_dagster.collect.client) that mean the teacher declined to answer.
+_REFUSED_ANOMALIES = ("content_filter", "refusal", "null_content", "no_choices")
+
+
+def anomaly_reasons(anomaly: object) -> tuple[list[str], list[str]]:
+    """(rejections, review flags) for the client's record of an odd answer: a provider refusal, content filter,
+    null content or empty choices is a refusal; an answer far past max_tokens goes to review."""
+    if anomaly in _REFUSED_ANOMALIES:
+        return [REFUSAL], []
+    if anomaly == "overlong":
+        return [], [OVERLONG]
+    return [], []
 
 
 def length_reasons(text: str, min_chars: int, max_chars: int, min_words: int) -> list[str]:

@@ -19,6 +19,8 @@ RAW_COLUMNS = (
     "prompt_id", "topic", "round", "template_id", "platform", "style", "variant", "system_prompt", "prompt",
     "teacher_model", "sampling_key", "response", "finish_reason", "request_id", "error", "collected_at",
 )
+# Added later: files written before it read as "no anomaly" rather than needing a re-collection.
+OPTIONAL_RAW_COLUMNS = ("anomaly",)
 ROUND_SELECTIONS = ("latest", "last_n", "all")
 _ROUND_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -51,5 +53,5 @@ def read_raw_responses(raw_dir: Path, rounds: list[str]) -> pd.DataFrame:
         for path in sorted((raw_dir / round_key).glob(f"*{ASSET_SUFFIX}")):
             frame = read_stored(path, "raw responses", RAW_COLUMNS,
                                 "re-materialise that raw_responses partition with the current code")
-            frames.append(frame.loc[:, list(RAW_COLUMNS)])
+            frames.append(frame.reindex(columns=[*RAW_COLUMNS, *OPTIONAL_RAW_COLUMNS]))
     return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,170 @@
+"""Batch collection through the Files + Batches API, against the loopback batch server (SIGKILL included)."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from devtools.batch_server import BatchServerConfig, LoopbackBatchServer
+from opengrok_dagster.collect.batch import BatchSettings, collect_batch
+from opengrok_dagster.collect.budget import Budget, BudgetLimits
+from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
+from tests.conftest import REPO_ROOT
+
+ROWS = [
+    {"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"}
+    for i in range(30)
+]
+PRICES = Prices(1000.0, 1000.0)
+FAST = BatchSettings(poll_s=0.05, price_factor=0.5)
+COLLECT = """
+import sys
+from opengrok_dagster.collect.batch import BatchSettings, collect_batch
+from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherEndpoint
+from opengrok_dagster.collect.store import ResponseStore
+from tests.test_batch import ROWS
+
+print(collect_batch(ROWS, TeacherEndpoint(sys.argv[1], "m"), SamplingParams(max_tokens=64), Prices(1000.0, 1000.0),
+                    ResponseStore(sys.argv[2]), "2026-11-24", "climate", BatchSettings(poll_s=0.05)), flush=True)
+"""
+COMPARED = (
+    "prompt_id, teacher_model, sampling_key, round, topic, text, finish_reason, model, prompt_tokens, "
+    "completion_tokens, cost_usd, attempts, request_id, error, status_code, anomaly, logprobs"
+)
+
+
+def responses(database) -> list[tuple]:
+    with sqlite3.connect(database) as connection:
+        return connection.execute(f"SELECT {COMPARED} FROM responses ORDER BY prompt_id").fetchall()
+
+
+def collect(server, store, **kwargs):
+    return collect_batch(
+        ROWS,
+        TeacherEndpoint(server.base_url, "m"),
+        SamplingParams(max_tokens=64),
+        PRICES,
+        store,
+        "2026-11-24",
+        "climate",
+        FAST,
+        log=lambda message: None,
+        **kwargs,
+    )
+
+
+def test_a_batch_writes_ordinary_responses_at_the_batch_price_and_a_rerun_submits_nothing(tmp_path):
+    store = ResponseStore(tmp_path / "responses.sqlite")
+    with LoopbackBatchServer(BatchServerConfig(processing_s=0.2, fail_custom_ids=frozenset({"p007"}))) as server:
+        summary = collect(server, store)
+        assert (summary.requested, summary.succeeded, summary.failed) == (30, 29, 1)
+        rows = {row[0]: row for row in responses(tmp_path / "responses.sqlite")}
+        text, prompt_tokens, completion_tokens, cost = (
+            rows["p001"][5],
+            rows["p001"][8],
+            rows["p001"][9],
+            rows["p001"][10],
+        )
+        assert text.startswith("Answer to: prompt number 1 ") and cost == pytest.approx(
+            (prompt_tokens + completion_tokens) * 1000 * 0.5 / 1e6
+        )
+        assert rows["p007"][13] == "batch " + server.created[0] + ": the request failed in the batch"
+        server.config.fail_custom_ids = frozenset()
+        again = collect(server, store)  # only the failed request goes in a new batch
+        assert (again.requested, again.succeeded, len(server.created)) == (1, 1, 2)
+        assert collect(server, store).requested == 0 and len(server.created) == 2
+
+
+@pytest.mark.parametrize("kill_after", ["created", "recorded"])
+def test_sigkill_while_a_batch_is_in_flight_then_rerun_resumes_polling_without_resubmitting(tmp_path, kill_after):
+    killed, reference = tmp_path / "killed.sqlite", tmp_path / "reference.sqlite"
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
+    with LoopbackBatchServer(BatchServerConfig(processing_s=2.0)) as server:
+        child = subprocess.Popen([sys.executable, "-c", COLLECT, server.base_url, str(killed)], env=env, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 120
+        while not server.created or (kill_after == "recorded" and not _recorded_batch_id(killed)):
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        assert len(server.created) == 1 and not responses(killed)
+        summary = collect(server, ResponseStore(killed))
+        assert len(server.created) == 1 and summary.succeeded == 30  # 0 resubmissions
+        collect(server, ResponseStore(reference))  # the same partition, never interrupted
+    assert responses(killed) == responses(reference)  # identical responses table
+
+
+def _recorded_batch_id(database) -> bool:
+    try:
+        with sqlite3.connect(database) as connection:
+            return bool(connection.execute("SELECT batch_id FROM batches WHERE batch_id IS NOT NULL").fetchone())
+    except sqlite3.OperationalError:
+        return False
+
+
+def test_a_batch_budget_admits_only_what_fits_and_the_rest_stays_missing(tmp_path):
+    store = ResponseStore(tmp_path / "responses.sqlite")
+    budget = Budget(store, BudgetLimits(run_usd=0.5), "run-1", "climate|2026-11-24")
+    with LoopbackBatchServer(BatchServerConfig(processing_s=0.1)) as server:
+        summary = collect(server, store, budget=budget)
+        assert summary.budget_stop and 0 < summary.requested < 30 and summary.requested + summary.unsent == 30
+        assert store.spent(run_id="run-1") <= 0.5
+        rest = collect(server, store)
+    assert rest.requested == summary.unsent and len(responses(tmp_path / "responses.sqlite")) == 30
+
+
+def test_an_endpoint_without_the_batch_api_is_refused_clearly(tmp_path):
+    with LoopbackBatchServer() as server:  # under another prefix every route is a 404, as on `transformers serve`
+        without_batches = server.base_url.replace("/v1", "/chat-only/v1")
+        with pytest.raises(
+            TeacherConfigurationError, match="refused the Batch API .*OPENGROK_TEACHER_COLLECTION=online"
+        ):
+            collect_batch(
+                ROWS,
+                TeacherEndpoint(without_batches, "m"),
+                SamplingParams(),
+                PRICES,
+                ResponseStore(tmp_path / "r.sqlite"),
+                "2026-11-24",
+                "climate",
+                FAST,
+                log=lambda m: None,
+            )
+    store = ResponseStore(tmp_path / "r.sqlite")  # nothing was submitted: the prompts are free for an online run
+    assert store.claim(ResponseKey("m", SamplingParams().key(), "2026-11-24"), "p000", "online", 5) is Claim.MINE
+
+
+def test_raw_responses_in_batch_mode_materialise_from_one_batch(persistent_instance, tmp_path):
+    import pandas as pd
+    from dagster import materialize
+
+    from assets.collection import prompts, raw_responses
+    from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+    from tests.test_collection_assets import ROUND, resources_for
+
+    persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
+    with LoopbackBatchServer(BatchServerConfig(processing_s=0.2)) as server:
+        resources = resources_for(
+            tmp_path,
+            server.base_url,
+            collection="batch",
+            batch_poll_s=0.05,
+            prompt_price_per_million=2.0,
+            completion_price_per_million=8.0,
+        )
+        result = materialize(
+            [prompts, raw_responses],
+            resources=resources,
+            instance=persistent_instance,
+            partition_key=collection_partition_key("climate", ROUND),
+        )
+        assert result.success and len(server.created) == 1
+    frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
+    assert len(frame) == 12 and frame["error"].isna().all() and frame["request_id"].str.startswith("req-").all()
+    expected = (frame["prompt_tokens"] * 2.0 + frame["completion_tokens"] * 8.0) * 0.5 / 1e6
+    assert frame["cost_usd"].tolist() == pytest.approx(expected.tolist())  # the batch price
