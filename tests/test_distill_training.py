@@ -11,11 +11,9 @@ from opengrok_dagster.distill.targets import KDTargetsError
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.trainer import train_lora
-from tests import test_training, test_training_asset
-
-# The tiny student of the fine-tune's own tests (module-scoped fixtures), and its mask table and job helpers.
-tokenizer, tiny_student = test_training.tokenizer, test_training.tiny_student
-mask_table, job = test_training.mask_table, test_training.job
+from tests.conftest import mask_table
+from tests.test_training import job
+from tests.test_training_asset import run_checkpoint
 
 
 def kd_table(table: pd.DataFrame, tokenizer) -> pd.DataFrame:
@@ -86,7 +84,7 @@ def test_lora_checkpoint_distils_from_the_published_kd_targets(tmp_path, tiny_st
     table = mask_table(tokenizer)
     (tmp_path / "assets").mkdir(parents=True)
     kd_table(table, tokenizer).to_parquet(tmp_path / "assets" / "kd_targets.parquet")
-    result = test_training_asset.run_checkpoint(tmp_path, table, tiny_student, kd_alpha=0.5, max_steps=2, eval_steps=2,
+    result = run_checkpoint(tmp_path, table, tiny_student, kd_alpha=0.5, max_steps=2, eval_steps=2,
                                                 save_steps=2)
     assert result.success
     record = json.loads((tmp_path / "checkpoints" / "hard" / CHECKPOINT_RECORD).read_text())
@@ -94,7 +92,7 @@ def test_lora_checkpoint_distils_from_the_published_kd_targets(tmp_path, tiny_st
 
 
 def test_lora_checkpoint_with_kd_alpha_but_no_kd_targets_fails_naming_the_fix(tmp_path, tiny_student, tokenizer):
-    result = test_training_asset.run_checkpoint(tmp_path, mask_table(tokenizer), tiny_student, kd_alpha=0.5)
+    result = run_checkpoint(tmp_path, mask_table(tokenizer), tiny_student, kd_alpha=0.5)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "kd_alpha > 0 but" in str(failure.event_specific_data.error) and "materialise kd_targets" in str(
