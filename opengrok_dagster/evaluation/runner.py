@@ -18,9 +18,15 @@ from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
 from opengrok_dagster.evaluation.hub import is_hub_split
 from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
-from opengrok_dagster.evaluation.ner import ner_messages, parse_entity_lines, spans_to_tags
-from opengrok_dagster.evaluation.prompting import classification_messages, find_labels, parse_single_label
+from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TaskSpec, label_words, read_split, task_spec
+from opengrok_dagster.sns_tasks import (
+    classification_messages,
+    find_labels,
+    ner_messages,
+    parse_entity_lines,
+    parse_single_label,
+)
 
 TEACHER = "teacher"
 GOLD_BASELINE, TEACHER_BASELINE = "tfidf-lr:gold", "tfidf-lr:teacher"
