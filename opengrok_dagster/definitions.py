@@ -5,11 +5,16 @@ import warnings
 
 from dagster import BetaWarning, Definitions, EnvVar, load_assets_from_modules
 
-from assets import collection, evaluation, filtering, masks, training
+from assets import collection, evaluation, filtering, masks, posts, training
 from opengrok_dagster.automation import downstream_automation_sensor, training_set_drift_sensor
 from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.schedules import recollect_schedule, retrain_schedule
-from opengrok_dagster.sensors import review_decisions_sensor, run_failure_recorder, topic_catalogue_sensor
+from opengrok_dagster.sensors import (
+    posts_catalogue_sensor,
+    review_decisions_sensor,
+    run_failure_recorder,
+    topic_catalogue_sensor,
+)
 from opengrok_dagster.settings import opengrok_home, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource, TrainingResource
 
@@ -67,12 +72,12 @@ def build_teacher(keep_server: bool = False) -> TeacherResource:
 def build_definitions(keep_teacher_server: bool = False) -> Definitions:
     home = opengrok_home()
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    modules = [collection, filtering, masks, training, evaluation]
+    modules = [posts, collection, filtering, masks, training, evaluation]
     return Definitions(
         assets=load_assets_from_modules(modules),
         jobs=STAGE_JOBS,
         schedules=[recollect_schedule, retrain_schedule],
-        sensors=[topic_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor, training_set_drift_sensor],
+        sensors=[topic_catalogue_sensor, posts_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor, training_set_drift_sensor],
         resources={
             "io_manager": ParquetIOManager(base_dir=str(home / "assets")),
             "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(topic_catalogue_path())),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +20,7 @@ from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
 from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TaskSpec, label_words, read_split, task_spec
+from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
 from opengrok_dagster.sns_tasks import (
     classification_messages,
     find_labels,
@@ -129,6 +130,16 @@ def ablation_pairs(models: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _without_eval_posts(train, eval_posts: dict[str, str]):
+    """The train split without the posts of any evaluated split (a baseline trained on them scores inflated),
+    and how many were left out."""
+    keep = np.array([split is None for split in eval_split_of(train.texts, eval_posts)], dtype=bool)
+    if keep.all():
+        return train, 0
+    kept = replace(train, texts=[t for t, k in zip(train.texts, keep) if k], labels=train.labels[keep])
+    return kept, int((~keep).sum())
+
+
 class Evaluation:
     def __init__(
         self,
@@ -144,6 +155,7 @@ class Evaluation:
         self.answers = answers
         self.failed_endpoints: dict[str, str] = {}
         self.request_counts: dict[str, list[int]] = {}  # model -> [failed, sent, reused], over the whole run
+        self.eval_posts: dict[str, str] = {}  # normalised text hash -> eval split, over every task evaluated
         self.log = log
 
     # -- model answers ---------------------------------------------------------------------------------
@@ -213,6 +225,10 @@ class Evaluation:
                 f"task {spec.name}: the train split ({train.source}) has labels {list(train.label_names)} but the evaluation "
                 f"split has {list(eval_names)}; point both at files with the same label mapping"
             )
+        train, leaked = _without_eval_posts(train, self.eval_posts)
+        if leaked:
+            notes.append(f"{leaked} posts of the train split ({train.source}) are evaluation posts and were left "
+                         "out of the TF-IDF baselines' training data")
         cfg = self.config
         chosen = sample_items(len(train.texts), cfg.baseline_train_examples, cfg.seed)
         train_texts, train_labels = [train.texts[i] for i in chosen], train.labels[chosen]
@@ -374,6 +390,7 @@ class Evaluation:
                 "was found. Set OPENGROK_DATA_DIR (or the data_dir setting) to a folder laid out like shared/data "
                 "(tweeteval/, wnut17/, ...), or name hub splits (hf:<dataset>:<config>:<split>) in eval_paths."
             )
+        self.eval_posts = eval_hashes(runnable, data_dir, cfg.eval_paths)
         tasks: list[TaskResult] = [self.run_task(task_spec(name), data_dir) for name in runnable]
         if self.student is None:
             notes.append("no local student was evaluated")
