@@ -6,9 +6,11 @@ from dataclasses import asdict
 
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     Config,
     Failure,
@@ -18,6 +20,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from opengrok_dagster.collect.annotation import (
+    RESPONSE_FORMATS,
+    annotation_count,
+    build_annotation_prompts,
+    posts_for_topic,
+)
 from opengrok_dagster.collect.client import TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.store import STORED_COLUMNS
@@ -25,6 +33,7 @@ from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLAT
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 from opengrok_dagster.partitions import collection_partitions
+from opengrok_dagster.sns_tasks import TASK_FORMATS
 from assets.versioning import content_data_version
 from resources import OpenGrokPaths, TeacherResource
 
@@ -42,6 +51,17 @@ class PromptsConfig(Config):
         default=True,
         description="Weight, rewrite and extend the grid from the prompt_feedback of the latest earlier round, when there is one.",
     )
+    annotation_share: float = Field(
+        default=0.0,
+        description="Share of all prompts that ask the teacher to annotate real posts (from `posts`) for an SNS task, "
+        "as the evaluation asks; 0 = generative prompts only, 1 = annotation prompts only.",
+    )
+    annotation_tasks: list[str] = Field(default=list(TASK_FORMATS), description="SNS tasks posts are annotated for.")
+    structured_output: str = Field(
+        default="json_schema",
+        description=f"Structured output asked of the teacher, one of {', '.join(RESPONSE_FORMATS)}; an endpoint that "
+        "refuses it is asked with the next (the response records which answered).",
+    )
 
 
 def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
@@ -55,19 +75,37 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
     code_version="1",
     kinds={"python", "parquet"},
     check_specs=[AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice.")],
+    # Every shard of the user's posts feeds the annotation prompts; read from their Parquet files so that a
+    # grid without annotation prompts needs no posts materialised.
+    deps=[AssetDep("posts", partition_mapping=AllPartitionMapping())],
 )
 def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths):
-    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants."""
+    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants, and (a share of
+    annotation_share) prompts that ask the teacher to annotate real posts as the evaluation asks."""
     keys = context.partition_key.keys_by_dimension
     topic = find_topic(paths.topics(), keys["topic"])
-    grid = PromptGridConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.model_dump(exclude={"refine_from_feedback"}).items()})
+    annotation_fields = {"annotation_share", "annotation_tasks", "structured_output"}
+    grid = PromptGridConfig(**{
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in config.model_dump(exclude={"refine_from_feedback", *annotation_fields}).items()
+    })
     # Read by path, not as an asset input: feedback is downstream of prompts, so an input would be a cycle.
     feedback_file = paths.home_dir / "assets" / "prompt_feedback.parquet"
     try:
         refinement = refinement_for_round(read_feedback(feedback_file), keys["round"]) if config.refine_from_feedback else None
     except ValueError as exc:
         raise Failure(f"{exc}; or set refine_from_feedback: false") from None
-    frame = pd.DataFrame(build_prompt_grid(topic, grid, refinement))
+    rows = build_prompt_grid(topic, grid, refinement)
+    try:
+        wanted = annotation_count(len(rows), config.annotation_share)
+        rows = rows if config.annotation_share < 1 else []
+        annotations = build_annotation_prompts(
+            _posts_of(paths, topic.key, [t.key for t in paths.topics()]) if wanted else pd.DataFrame(),
+            topic.key, wanted, tuple(config.annotation_tasks), config.structured_output, config.seed,
+        )
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+    frame = pd.DataFrame(rows + annotations)
     if frame.empty:
         raise Failure(f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic")
     frame["round"] = keys["round"]
@@ -79,6 +117,9 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
             "topic": topic.key,
             "round": keys["round"],
             **{f"by_{column}": _count_table(frame, column) for column in ("variant", "template_id", "platform", "style")},
+            "annotation_prompts": len(annotations),
+            "annotation_share": config.annotation_share,
+            "structured_output": config.structured_output,
             "preview": MetadataValue.md(frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)),
             "refined_from_round": refinement.from_round if refinement else "none",
             **({"refinement": MetadataValue.json({
@@ -90,6 +131,15 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     )
     duplicates = int(frame["prompt_id"].duplicated().sum())
     yield AssetCheckResult(check_name="unique_prompt_ids", passed=duplicates == 0, metadata={"duplicates": duplicates})
+
+
+def _posts_of(paths: OpenGrokPaths, topic: str, topics: list[str]) -> pd.DataFrame:
+    """This topic's share of every materialised posts shard; an annotated grid without posts is an error."""
+    files = sorted((paths.home_dir / "assets" / "posts").glob("*.parquet"))
+    if not files:
+        raise ValueError("annotation_share > 0 but no posts shard is materialised; materialise posts "
+                         "(its partitions come from config/posts.yaml), or set annotation_share: 0")
+    return posts_for_topic(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), topic, topics)
 
 
 def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str) -> CollectionSummary:

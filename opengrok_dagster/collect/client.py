@@ -97,6 +97,7 @@ class TeacherResult:
     request_id: str | None
     error: str | None = None
     status_code: int | None = None
+    response_format: str | None = None  # the structured-output mode an annotation prompt was answered in
 
     @property
     def ok(self) -> bool:
@@ -189,9 +190,10 @@ class TeacherClient:
             return min(error.retry_after_s, self.limits.max_retry_after_s)
         return self._backoff(state)
 
-    async def complete(self, messages: list[dict[str, str]]) -> TeacherResult:
-        """Send one chat completion with retries. Returns a result (``error`` set after the last attempt
-        or on a per-prompt 4xx); raises :class:`TeacherConfigurationError` on 401/403/404."""
+    async def complete(self, messages: list[dict[str, str]], response_format: dict | None = None) -> TeacherResult:
+        """Send one chat completion with retries (and ``response_format``, when given). Returns a result
+        (``error`` set after the last attempt or on a per-prompt 4xx); raises :class:`TeacherConfigurationError`
+        on 401/403/404."""
         started = time.monotonic()
         attempts = 0
         try:
@@ -203,7 +205,7 @@ class TeacherClient:
             ):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return await self._attempt(messages, started, attempts)
+                    return await self._attempt(messages, started, attempts, response_format)
         except _Retryable as exc:
             return self._failure(f"gave up after {attempts} attempts: {exc}", exc.status_code, started, attempts)
         except _Final as exc:
@@ -217,8 +219,12 @@ class TeacherClient:
             error=self._redact(error), status_code=status_code,
         )
 
-    async def _attempt(self, messages: list[dict[str, str]], started: float, attempts: int) -> TeacherResult:
+    async def _attempt(
+        self, messages: list[dict[str, str]], started: float, attempts: int, response_format: dict | None = None
+    ) -> TeacherResult:
         body = {"model": self.endpoint.model, "messages": messages, **self.sampling.request_fields()}
+        if response_format is not None:
+            body["response_format"] = response_format
         estimated = estimate_tokens(messages, self.sampling.max_tokens)
         url = self.endpoint.chat_url
         async with self._slots:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from opengrok_dagster.collect.client import TeacherClient, TeacherConfigurationError, TeacherResult
-from opengrok_dagster.collect.prompts import prompt_messages
+from opengrok_dagster.collect.annotation import complete_prompt
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 
 
@@ -43,7 +43,7 @@ async def collect_responses(
 
     async def one(row: dict) -> None:
         nonlocal succeeded, failed
-        result = await client.complete(prompt_messages(row))
+        result = await complete_prompt(client, row)
         # Off the event loop: the commit waits for fsync, and other responses keep arriving meanwhile.
         await asyncio.to_thread(store.record, key, row["prompt_id"], row["topic"], result)
         succeeded, failed = (succeeded + 1, failed) if result.ok else (succeeded, failed + 1)

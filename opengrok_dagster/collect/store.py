@@ -36,13 +36,14 @@ CREATE TABLE IF NOT EXISTS responses (
     error TEXT,
     status_code INTEGER,
     collected_at TEXT NOT NULL,
+    response_format TEXT,
     PRIMARY KEY (prompt_id, teacher_model, sampling_key, round)
 )
 """
 STORED_COLUMNS = (
     "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
-    "status_code", "collected_at",
+    "status_code", "collected_at", "response_format",
 )
 
 
@@ -66,6 +67,9 @@ class ResponseStore:
         self._connections_lock = threading.Lock()
         with self._connection() as connection:
             connection.execute(_SCHEMA)
+            columns = {row["name"] for row in connection.execute("PRAGMA table_info(responses)")}
+            if "response_format" not in columns:  # a store written before annotation prompts existed
+                connection.execute("ALTER TABLE responses ADD COLUMN response_format TEXT")
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
