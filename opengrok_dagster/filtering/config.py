@@ -7,6 +7,7 @@ from pathlib import Path
 
 from opengrok_dagster.settings import REPO_ROOT
 
+LABEL_ISSUE_ACTIONS = ("review", "reject", "off")
 DEFAULT_BLOCKLIST = REPO_ROOT / "config" / "blocklist.txt"
 DEFAULT_IDENTITY_TERMS = REPO_ROOT / "config" / "identity_terms.txt"
 
@@ -38,6 +39,7 @@ class FilterConfig:
     validation_fraction: float = 0.1
     heldout_fraction: float = 0.1
     split_seed: int = 0
+    label_issues: str = "review"  # likely-wrong annotation labels (confident learning): review | reject | off
 
     def __post_init__(self) -> None:
         if not 0 < self.min_chars <= self.max_chars:
@@ -60,6 +62,9 @@ class FilterConfig:
             raise ValueError(f"minhash_permutations must be >= 16, got {self.minhash_permutations}")
         if self.validation_fraction + self.heldout_fraction >= 1.0:
             raise ValueError("validation_fraction + heldout_fraction must leave room for a training split (sum < 1)")
+        if self.label_issues not in LABEL_ISSUE_ACTIONS:
+            choices = ", ".join(LABEL_ISSUE_ACTIONS)
+            raise ValueError(f"label_issues must be one of {choices}, got {self.label_issues!r}")
         if not self.allowed_languages:
             raise ValueError("allowed_languages must name at least one ISO 639-1 code, e.g. ['en']")
         for name in ("blocklist_path", "identity_terms_path"):
