@@ -32,6 +32,9 @@ from opengrok_dagster.partitions import MASK_MODES
 from resources import OpenGrokPaths, StudentResource, TeacherResource
 
 
+_DEFAULTS = EvaluationConfig()
+
+
 class EvaluationEndpoint(Config):
     name: str = Field(description="Name the report uses for this model, e.g. 'gpt-4o' or 'phi-3-vllm'.")
     base_url: str = Field(description="OpenAI-compatible base URL ending in /v1.")
@@ -44,7 +47,12 @@ class EvalReportConfig(Config):
     data_dir: Optional[str] = Field(default=None, description="Data directory laid out like shared/data; unset = $OPENGROK_DATA_DIR, else ../shared/data beside the repository.")
     eval_paths: dict[str, str] = Field(default={}, description="Per task, the split to evaluate, relative to data_dir (e.g. wnut17: wnut17/emerging.test.annotated).")
     train_paths: dict[str, list[str]] = Field(default={}, description="Per task, the train file(s) of the TF-IDF baselines, relative to data_dir.")
-    classification_examples: int = Field(default=20, description="Items sampled per classification/topic task (0 = the whole split).")
+    classification_examples: int = Field(default=_DEFAULTS.classification_examples, description="Items sampled per classification/topic task (0 = the whole split).")
+    task_examples: dict[str, int] = Field(
+        default=_DEFAULTS.task_examples,
+        description="Per task, items sampled instead of classification_examples/ner_examples (0 = the whole split); "
+        "TweetEval sentiment's 1,000 keep the paired difference's 95% interval within +-0.06.",
+    )
     ner_examples: int = Field(default=6, description="Sentences sampled per NER task (0 = the whole split).")
     agreement_examples: int = Field(default=6, description="Held-out teacher responses sampled for teacher agreement (0 = all).")
     seed: int = Field(default=0, description="Seed of the item sampling and the bootstrap.")
@@ -57,6 +65,8 @@ class EvalReportConfig(Config):
     baseline_train_examples: int = Field(default=4000, description="Train items for the TF-IDF + LR baseline on gold labels (0 = all).")
     teacher_label_examples: int = Field(default=16, description="Train texts the teacher labels for the TF-IDF + LR baseline on teacher labels.")
     torch_threads: int = Field(default=0, description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other jobs).")
+    calibrate: bool = Field(default=_DEFAULTS.calibrate, description="Calibrate local models' label scores against content-free prompts ('N/A', '', '[MASK]') so a label prior does not decide.")
+    example_posts: int = Field(default=_DEFAULTS.example_posts, description="Example posts per classification task shown in the report with each model's answer.")
     include_teacher: bool = Field(default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server).")
     reuse_api_answers: bool = Field(
         default=True,

@@ -14,6 +14,7 @@ from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.evaluation.bootstrap import Difference, Distribution, bootstrap, paired_difference, resample_indices
+from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
 from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
 from opengrok_dagster.evaluation.hub import is_hub_split
 from opengrok_dagster.evaluation.local import LocalStudent
@@ -36,13 +37,19 @@ AGREEMENT_TASK = "teacher_agreement"
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """Sizes are items sampled per task (0 = the whole split); the same config and inputs give the same numbers."""
+    """Sizes are items sampled per task (0 = the whole split); the same config and inputs give the same numbers.
+
+    TweetEval sentiment defaults to 1,000 val posts, sized so that the 95% interval of the paired difference
+    student - base on macro recall is at most +-0.06 wide (docs/efficacy.md: the width measured on fewer posts,
+    scaled by 1/sqrt(n)).
+    """
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
     data_dir: str | None = None
     eval_paths: dict[str, str] = field(default_factory=dict)
     train_paths: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    classification_examples: int = 20
+    classification_examples: int = 100
+    task_examples: dict[str, int] = field(default_factory=lambda: {"tweeteval_sentiment": 1000})
     ner_examples: int = 6
     agreement_examples: int = 6
     seed: int = 0
@@ -55,6 +62,8 @@ class EvaluationConfig:
     baseline_train_examples: int = 4000
     teacher_label_examples: int = 16
     torch_threads: int = 0
+    calibrate: bool = True
+    example_posts: int = 5
     endpoints: tuple[EndpointSpec, ...] = ()
 
     def __post_init__(self) -> None:
@@ -63,7 +72,11 @@ class EvaluationConfig:
         for name in (*self.eval_paths, *self.train_paths):
             if name not in self.tasks:
                 raise ValueError(f"a split path is given for task {name!r}, which is not among the tasks evaluated ({', '.join(self.tasks)})")
-        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples", "torch_threads")
+        for name, size in self.task_examples.items():
+            if size < 0:
+                raise ValueError(f"task_examples[{name!r}] must be >= 0 (0 = all), got {size}")
+        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples",
+                  "torch_threads", "example_posts")
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)}")
@@ -92,6 +105,18 @@ class PairedComparison:
 
 
 @dataclass
+class ItemAnswers:
+    """Each model's answer per item of a classification task, for the report's confusion matrices and examples:
+    class indices (-1 unparseable), or for multi-label tasks boolean (items x labels) matrices."""
+
+    texts: list[str]
+    gold: np.ndarray
+    words: list[str]
+    multi_label: bool
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class TaskResult:
     spec: TaskSpec | None  # None for teacher agreement
     name: str
@@ -103,6 +128,7 @@ class TaskResult:
     scores: list[ModelScore] = field(default_factory=list)
     comparisons: list[PairedComparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    answers: ItemAnswers | None = None  # classification tasks only
 
 
 @dataclass
@@ -184,10 +210,13 @@ class Evaluation:
     def _classify(self, spec: TaskSpec, texts: list[str], words: list[str], multi_label: bool):
         """Yields (model, predictions, unparseable_rate) for every local variant and API model."""
         messages = [classification_messages(spec.question, t, words, multi_label) for t in texts]
+        content_free = content_free_messages(lambda post: classification_messages(spec.question, post, words, multi_label))
         for variant in self._local_variants():
             started = time.monotonic()
             with self.student.using(variant):
                 logprobs = self.student.label_logprobs(messages, words)
+                if self.config.calibrate:
+                    logprobs = calibrate(logprobs, self.student.label_logprobs(content_free, words))
             self.log(f"{spec.name}: {variant} scored {len(texts)} items in {time.monotonic() - started:.1f}s")
             if multi_label:
                 probabilities = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
@@ -304,7 +333,7 @@ class Evaluation:
         cfg = self.config
         relative = cfg.eval_paths.get(spec.name) or spec.eval_path
         data = read_split(spec, data_dir, relative)
-        wanted = cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples
+        wanted = cfg.task_examples.get(spec.name, cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples)
         total = len(data.tokens) if spec.kind == "ner" else len(data.texts)
         chosen = sample_items(total, wanted, cfg.seed)
         result = TaskResult(spec, spec.name, spec.primary_metric, data.source, data.version, total, len(chosen))
@@ -318,6 +347,7 @@ class Evaluation:
         multi_label = spec.kind == "multilabel"
         words = label_words(spec, data.label_names)
         texts, gold = [data.texts[i] for i in chosen], data.labels[chosen]
+        result.answers = ItemAnswers(texts, gold, words, multi_label)
 
         def scores_of(predicted):
             if multi_label:
@@ -326,8 +356,10 @@ class Evaluation:
 
         for model, predicted, unparseable in self._classify(spec, texts, words, multi_label):
             scored.append((model, scores_of(predicted), unparseable))
+            result.answers.predictions[model] = predicted
         for model, predicted in self._baselines(spec, data_dir, texts, data.label_names, words, multi_label, result.notes):
             scored.append((model, scores_of(predicted), None))
+            result.answers.predictions[model] = predicted
         return self._finish(result, scored, (spec.primary_metric,))
 
     def run_agreement(self, heldout: pd.DataFrame) -> TaskResult:
