@@ -220,3 +220,8 @@ def test_mask_tables_of_annotation_examples_are_the_evaluations_prompt_and_answe
         # What training teaches after the prompt is exactly the continuation the evaluation scores or parses.
         assert list(row.input_ids) == full["input_ids"] and row.response_start == len(prompt["input_ids"])
         assert len(row.m) == len(row.p) == len(row.input_ids)
+
+
+def test_an_unknown_label_issue_action_is_named():
+    with pytest.raises(ValueError, match=r"label_issues must be one of review, reject, off, got 'maybe'"):
+        FilterConfig(label_issues="maybe")

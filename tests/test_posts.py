@@ -211,3 +211,18 @@ def test_gold_baseline_leaves_out_train_posts_that_are_eval_posts(tmp_path):
     results = Evaluation(config, None, [], log=lambda _: None).run(None)
     assert "1 posts of the train split" in " ".join(results.tasks[0].notes)
     assert "left out of the TF-IDF baselines' training data" in " ".join(results.tasks[0].notes)
+
+
+def test_sensor_adds_a_partition_for_each_new_catalogue_shard(persistent_instance, tmp_path, monkeypatch):
+    from dagster import build_sensor_context
+
+    from opengrok_dagster.sensors import posts_catalogue_sensor
+
+    catalogue = tmp_path / "posts.yaml"
+    catalogue.write_text("shards:\n  - key: a\n    path: a.jsonl\n  - key: b\n    path: b.jsonl\n")
+    monkeypatch.setenv("OPENGROK_POSTS_CATALOGUE", str(catalogue))
+    persistent_instance.add_dynamic_partitions(post_shard_partitions.name, ["a"])
+    [request] = posts_catalogue_sensor(build_sensor_context(instance=persistent_instance)).dynamic_partitions_requests
+    assert list(request.partition_keys) == ["b"]
+    persistent_instance.add_dynamic_partitions(post_shard_partitions.name, ["b"])
+    assert posts_catalogue_sensor(build_sensor_context(instance=persistent_instance)).skip_message
