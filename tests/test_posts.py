@@ -226,3 +226,18 @@ def test_sensor_adds_a_partition_for_each_new_catalogue_shard(persistent_instanc
     assert list(request.partition_keys) == ["b"]
     persistent_instance.add_dynamic_partitions(post_shard_partitions.name, ["b"])
     assert posts_catalogue_sensor(build_sensor_context(instance=persistent_instance)).skip_message
+
+
+def test_a_hub_split_is_a_shard_and_its_label_column_is_never_read(tmp_path, monkeypatch):
+    import datasets as hf_datasets
+
+    monkeypatch.setattr(hf_datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    repository = tmp_path / "my-posts"
+    (repository / "data").mkdir(parents=True)
+    columns = {"text": ["hub post one", "hub post two"], "label": [0, 1], "platform": ["Reddit", "X"]}
+    hf_datasets.Dataset.from_dict(columns).to_parquet(repository / "data" / "train-00000-of-00001.parquet")
+    frame = read_shard(PostShard(key="hub", path=f"hf:{repository}::train"), tmp_path)
+    assert frame["text"].tolist() == ["hub post one", "hub post two"] and frame["platform"].tolist() == ["Reddit", "X"]
+    assert frame["source"].eq(f"hf:{repository}::train").all() and "label" not in frame.columns
+    with pytest.raises(PostsError, match=r"^posts shard hub: hf:.*::nope could not be loaded from the Hugging Face hub"):
+        read_shard(PostShard(key="hub", path=f"hf:{repository}::nope"), tmp_path)
