@@ -49,6 +49,8 @@ BENCHES = {
     "training": Bench("Training tokens/s vs TRL SFTTrainer", "bench.training_throughput",
                       ("--steps", "6", "--repeats", "3", "--threads", "1", "--clock", "cpu"), "ours / TRL >= 1.0"),
     "evaluation": Bench("Default evaluation", "bench.evaluation_time", ("--repeats", "3"), "<= 300 s"),
+    "efficacy": Bench("Distillation efficacy (full page: docs/efficacy.md, figures: docs/efficacy.json)", "bench.distillation_efficacy",
+                      ("--threads", "1"), "reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0"),
     "end_to_end": Bench("End to end: `opengrok run` on the offline default", "bench.end_to_end",
                         ("--fresh", "3", "--unchanged", "1"), "fresh run <= 15 minutes"),
 }
