@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, Definitions, materialize
 
 from assets.posts import posts
 from opengrok_dagster.evaluation.datasets import read_semeval_tsv, read_tweeteval
@@ -60,7 +60,7 @@ def test_a_glob_reads_every_matching_file(tmp_path):
         (
             lambda d: (d / "x.csv").write_text("body\nhello\n"),
             PostShard(key="x", path="x.csv"),
-            r"^posts shard x: .*x.csv has columns \['body'\] but no text column 'text'; set text_column in the posts"
+            r"^posts shard x: .*x.csv has columns \['body'\] but no text column 'text'; set text_column in the posts",
         ),
         (
             lambda d: (d / "e.jsonl").write_text(json.dumps({"text": "  "}) + "\n"),
@@ -239,5 +239,28 @@ def test_a_hub_split_is_a_shard_and_its_label_column_is_never_read(tmp_path, mon
     frame = read_shard(PostShard(key="hub", path=f"hf:{repository}::train"), tmp_path)
     assert frame["text"].tolist() == ["hub post one", "hub post two"] and frame["platform"].tolist() == ["Reddit", "X"]
     assert frame["source"].eq(f"hf:{repository}::train").all() and "label" not in frame.columns
-    with pytest.raises(PostsError, match=r"^posts shard hub: hf:.*::nope could not be loaded from the Hugging Face hub"):
+    with pytest.raises(
+        PostsError, match=r"^posts shard hub: hf:.*::nope could not be loaded from the Hugging Face hub"
+    ):
         read_shard(PostShard(key="hub", path=f"hf:{repository}::nope"), tmp_path)
+
+
+def test_the_default_semeval_shard_loads_through_its_job_without_its_tweeteval_val_posts(tmp_path):
+    from opengrok_dagster.jobs import posts_job
+
+    job = Definitions(assets=[posts], jobs=[posts_job], resources=posts_resources(tmp_path)).resolve_job_def(
+        posts_job.name
+    )
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(post_shard_partitions.name, ["semeval2016-train"])
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key="semeval2016-train",
+            run_config={"ops": {"posts": {"config": {"data_dir": str(SHARED_DATA)}}}},
+        )
+    metadata = result.asset_materializations_for_node("posts")[0].metadata
+    assert metadata["eval_posts_dropped"].value == 264 and metadata["dagster/row_count"].value == 5975 - 264
+    assert metadata["eval_posts_by_split"].value == {
+        f"tweeteval_sentiment ({SHARED_DATA / 'tweeteval' / 'sentiment' / 'val_text.txt'})": 260,
+        f"semeval_sentiment ({SHARED_DATA / 'semeval2017_task4a' / 'twitter-2016devtest-A.tsv'})": 4,
+    }
