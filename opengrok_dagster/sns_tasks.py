@@ -240,12 +240,15 @@ class TaskFormat:
             return Annotation(reason="invalid_json")
         if not isinstance(value, dict):
             return Annotation(reason="invalid_json")
+        if set(value) != set(self.json_schema()["required"]):
+            return Annotation(reason="schema_mismatch")
         index = {word: i for i, word in enumerate(self.words)}
         if self.kind == "ner":
             entities = value.get("entities")
             fields = ("type", "text")
             if not isinstance(entities, list) or not all(
-                isinstance(e, dict) and all(isinstance(e.get(f), str) for f in fields) for e in entities
+                isinstance(e, dict) and set(e) == set(fields) and all(isinstance(e[f], str) for f in fields)
+                for e in entities
             ):
                 return Annotation(reason="schema_mismatch")
             if any(e["type"] not in index for e in entities):

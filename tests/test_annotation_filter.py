@@ -98,24 +98,20 @@ def raw_rows(annotations, generated=0):
 
 
 @pytest.mark.parametrize(
-    "task, answer, mode, reason",
+    "task, answer, reason",
     [
-        ("tweeteval_sentiment", '{"label": "mixed"}', "json_schema", "label_outside_vocabulary"),
-        ("tweeteval_sentiment", "positive", "json_object", "invalid_json"),
-        ("tweeteval_sentiment", "It could be either.", "text", "no_label"),
-        ("tweet_topic", '{"topics": ["music"], "extra": 1}', "json_schema", None),
-        ("wnut17", '{"entities": [{"type": "person", "text": "Ed Sheeran"}]}', "json_schema", "span_not_in_post"),
-        ("btc", "organisation: Apple\nlocation: Paris", "text", None),
-        (
-            "btc",
-            '{"entities": [{"type": "organisation", "text": "Apple"}]}',
-            "text",
-            None,
-        ),  # JSON asked, free text mode
+        ("tweeteval_sentiment", '{"label": "mixed"}', "label_outside_vocabulary"),
+        ("tweeteval_sentiment", '{"label": "positive"', "invalid_json"),
+        ("tweeteval_sentiment", "positive", None),  # an endpoint that ignored response_format answers free text
+        ("tweeteval_sentiment", "It could be either.", "no_label"),
+        ("tweet_topic", '{"topics": ["music"], "extra": 1}', "schema_mismatch"),
+        ("wnut17", '{"entities": [{"type": "person", "text": "Ed Sheeran"}]}', "span_not_in_post"),
+        ("btc", "organisation: Apple\nlocation: Paris", None),
+        ("btc", '```json\n{"entities": [{"type": "organisation", "text": "Apple"}]}\n```', None),
     ],
 )
-def test_annotations_are_parsed_as_the_evaluation_reads_them(task, answer, mode, reason):
-    assert parse_annotation(task, answer, POST, mode).reason == reason
+def test_annotations_are_parsed_as_the_evaluation_reads_them(task, answer, reason):
+    assert parse_annotation(task, answer, POST).reason == reason
 
 
 def test_kept_annotations_become_the_evaluations_prompt_and_answer_and_bad_ones_keep_their_reason():
@@ -182,7 +178,7 @@ def test_filter_chain_keeps_annotations_apart_and_sends_label_issues_where_confi
     assert {"a003", "a020", "a040"} <= set(flagged.index) and (flagged["state"] == state).all()
     assert annotations.loc["a048", "reasons"] == ["label_outside_vocabulary"]
     assert annotations.loc["a000", "state"] == KEPT and annotations.loc["a000", "response"] in words
-    assert annotations.loc["a000", "split"] in ("train", "validation", "heldout")
+    assert set(annotations.loc[annotations["state"] == KEPT, "split"]) == {"train", "validation"}  # none held out
     assert json.loads(annotations.loc["a000", "scores"])["response_format"] == "json_schema"
     assert (out[out["task"].isna()]["state"] == KEPT).all()  # generated responses went through the usual chain
 

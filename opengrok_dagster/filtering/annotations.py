@@ -26,14 +26,16 @@ DUPLICATE_ANNOTATION = "duplicate_annotation"
 MIN_FOLDS = 2
 
 
-def parse_annotation(task: str, answer: str | None, post_text: str, response_format: str | None) -> Annotation:
-    """JSON strictly when the answer was given in a structured mode; in free text a JSON object is still read
-    as JSON (the prompt asked for one when the endpoint refused structured output), anything else as text."""
+def looks_like_json(answer: str | None) -> bool:
+    return (answer or "").strip().startswith(("{", "```"))
+
+
+def parse_annotation(task: str, answer: str | None, post_text: str) -> Annotation:
+    """An answer that is (or starts as) a JSON object is validated strictly against the task's schema; any other
+    answer is read as the evaluation reads free text. Endpoints that ignore ``response_format`` (``transformers
+    serve`` does, with a warning) answer in free text even in a structured mode."""
     fmt = task_format(task)
-    stripped = (answer or "").strip()
-    if response_format in ("json_schema", "json_object") or stripped.startswith(("{", "```")):
-        return fmt.parse_json(answer, post_text)
-    return fmt.parse(answer, post_text)
+    return fmt.parse_json(answer, post_text) if looks_like_json(answer) else fmt.parse(answer, post_text)
 
 
 def as_training_example(task: str, post_text: str, annotation: Annotation) -> tuple[str, str, str]:
@@ -58,7 +60,7 @@ def check_annotations(rows: pd.DataFrame, reject_truncated: bool) -> pd.DataFram
         found = checks.error_reasons(row.error, row.finish_reason, reject_truncated)
         annotation = Annotation()
         if not found:
-            annotation = parse_annotation(row.task, row.response, row.post_text, row.response_format)
+            annotation = parse_annotation(row.task, row.response, row.post_text)
             found = [annotation.reason] if annotation.reason else []
         if not found and (row.task, row.post_id) in seen:
             found = [DUPLICATE_ANNOTATION]
@@ -129,7 +131,9 @@ def flag_label_issues(kept: pd.DataFrame, seed: int) -> dict[str, tuple[np.ndarr
     return results
 
 
-def annotation_scores(response_format: str | None, quality: float | None) -> str:
-    return json.dumps(
-        {"response_format": response_format, "label_quality": None if quality is None else round(quality, 4)}
-    )
+def annotation_scores(response_format: str | None, answer: str | None, quality: float | None) -> str:
+    """What the filter knew of an annotation: the mode that answered, whether it was read as JSON, label quality."""
+    return json.dumps({
+        "response_format": response_format, "read_as": "json" if looks_like_json(answer) else "text",
+        "label_quality": None if quality is None else round(quality, 4),
+    })

@@ -74,11 +74,15 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
              if not part.empty]
     out = pd.concat(parts, ignore_index=True) if parts else _filter_generated(frame, config, models, decisions)
     out = out.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
-    kept = out[out["state"] == KEPT]
-    splits = assign_splits(kept, config.validation_fraction, config.heldout_fraction, config.split_seed)
-    out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
     if "task" not in out.columns:
         out["task"] = None
+    kept = out[out["state"] == KEPT]
+    # Annotations are never held out: the evaluation scores their tasks on its own splits, and teacher agreement
+    # (what held-out prompts measure) is about generated answers.
+    generated, annotations = kept[kept["task"].isna()], kept[kept["task"].notna()]
+    splits = assign_splits(generated, config.validation_fraction, config.heldout_fraction, config.split_seed)
+    splits |= assign_splits(annotations, config.validation_fraction, 0.0, config.split_seed)
+    out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
     return out.loc[:, list(FILTERED_COLUMNS)]
 
 
@@ -181,5 +185,6 @@ def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: di
     out = checked.assign(content_hash=hashes, state=states, reasons=reasons)
     keys = zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])
     out["example_id"] = [example_id(*key) for key in keys]
-    out["scores"] = [annotation_scores(mode, score) for mode, score in zip(out["response_format"], quality)]
+    answers = frame["response"]  # as the teacher gave it: kept rows now hold the training answer
+    out["scores"] = [annotation_scores(*values) for values in zip(out["response_format"], answers, quality)]
     return out
