@@ -376,10 +376,20 @@ def kept_notes(path: Path) -> str:
     return match.group(0) + "\n" if match else ""
 
 
+def earlier_runs(path: Path) -> list[dict]:
+    """The runs already in the JSON file (``--append`` adds one, e.g. a cell a shared CPU could only fit in another run)."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    return data["runs"] if "runs" in data else [data]
+
+
 def write_outputs(result: dict, args, partial: bool) -> None:
-    body = markdown(result, partial)
-    for path, text in ((args.output, PAGE_HEADER + kept_notes(args.output) + "## Measured\n\n" + body),
-                       (args.json, json.dumps(result | {"partial": partial}, indent=2, default=float) + "\n")):
+    runs = [*args.earlier, result | {"partial": partial}]
+    sections = [f"## Measured{f' (run {i} of {len(runs)})' if len(runs) > 1 else ''}\n\n{markdown(run, run['partial'])}"
+                for i, run in enumerate(runs, 1)]
+    page = PAGE_HEADER + kept_notes(args.output) + "\n".join(sections)
+    for path, text in ((args.output, page), (args.json, json.dumps({"runs": runs}, indent=2, default=float) + "\n")):
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_suffix(path.suffix + ".partial")
         staging.write_text(text)
@@ -399,6 +409,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the local models (0 = torch's default)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "efficacy.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "efficacy.json")
+    parser.add_argument("--append", action="store_true", help="keep the runs already in --json and add this one")
     args = parser.parse_args()
     import torch
 
@@ -407,6 +418,7 @@ def main() -> None:
     preset = GRIDS[args.grid or ("gpu" if torch.cuda.is_available() else "cpu")]
     grid = Grid(*(getattr(args, name) or getattr(preset, name) for name in ("teachers", "sizes", "seeds", "modes", "strengths")),
                 preset.val_posts if args.val_posts is None else args.val_posts)
+    args.earlier = earlier_runs(args.json) if args.append else []
     command = "python -m bench.distillation_efficacy " + shlex.join(sys.argv[1:])
     result = run(grid, args, command.strip())
     write_outputs(result, args, partial=False)
