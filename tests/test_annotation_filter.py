@@ -221,3 +221,22 @@ def test_mask_tables_of_annotation_examples_are_the_evaluations_prompt_and_answe
 def test_an_unknown_label_issue_action_is_named():
     with pytest.raises(ValueError, match=r"label_issues must be one of review, reject, off, got 'maybe'"):
         FilterConfig(label_issues="maybe")
+
+
+def test_a_reviewer_accepting_a_doubted_label_keeps_it_on_the_next_filtering():
+    from opengrok_dagster.filtering.review import ACCEPT, REJECT, Decision
+
+    texts, labels = cued_posts()
+    words = task_format("tweeteval_sentiment").words
+    answers = [json.dumps({"label": words[(v + 1) % 3] if i in (3, 20) else words[v]}) for i, v in enumerate(labels)]
+    raw = raw_rows([("tweeteval_sentiment", t, a) for t, a in zip(texts, answers)])
+    config = FilterConfig()
+    first = filter_responses(raw, config, filter_models(config), {}).set_index("prompt_id")
+    assert first.loc[["a003", "a020"], "state"].eq(NEEDS_REVIEW).all()
+    decisions = {
+        first.loc[pid, "content_hash"]: Decision(n, first.loc[pid, "content_hash"], verdict, None, "me", "2026-12-01")
+        for n, (pid, verdict) in enumerate((("a003", ACCEPT), ("a020", REJECT)))
+    }
+    again = filter_responses(raw, config, filter_models(config), decisions).set_index("prompt_id")
+    assert again.loc["a003", ["state", "reasons"]].tolist() == [KEPT, ["label_issue", "review_accepted"]]
+    assert again.loc["a020", ["state", "reasons"]].tolist() == [REJECTED, ["label_issue", "review_rejected"]]
