@@ -150,8 +150,14 @@ def test_confident_learning_finds_the_labels_that_were_flipped():
     assert quality[flipped].max() < np.median(quality)
 
 
-def test_confident_learning_skips_a_task_too_small_to_cross_validate():
+def test_confident_learning_skips_a_task_too_small_to_cross_validate_and_classes_given_once():
     assert label_issues(["a", "b", "c"], [[0], [0], [1]], 3, False, seed=0) is None
+    texts, labels = cued_posts()
+    issues, quality = label_issues([*texts, "a lone post"], [*([int(v)] for v in labels), [1, 2]], 3, False, seed=0)
+    assert not issues[-1] and np.isnan(quality[-1]) and not np.isnan(quality[:-1]).any()
+    topics = [[0], [0], [1], [1], [0, 1], [0, 1], [7]]
+    issues, quality = label_issues([f"post {i}" for i in range(7)], topics, 19, True, seed=0)
+    assert np.isnan(quality[-1]) and not issues[-1]  # topic 7 was given once: its post is not scored
 
 
 def filter_models(config):

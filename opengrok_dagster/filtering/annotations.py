@@ -82,39 +82,48 @@ def check_annotations(rows: pd.DataFrame, reject_truncated: bool) -> pd.DataFram
 
 
 def label_issues(texts: list[str], labels: list[list[int]], n_classes: int, multi_label: bool, seed: int):
-    """Per row, cleanlab's likely-label-error flag and the label quality score, from out-of-fold probabilities of
-    the TF-IDF + logistic-regression classifier; None when some class has fewer than two examples (no folds)."""
+    """Per row, cleanlab's likely-label-error flag and label quality score (NaN where not scored), from out-of-fold
+    probabilities of the TF-IDF + logistic-regression classifier. A class given fewer than ``MIN_FOLDS`` times
+    cannot be cross-validated: its rows are not scored. None when fewer than two classes remain."""
+    matrix = np.zeros((len(labels), n_classes), dtype=bool)
+    for row, chosen in enumerate(labels):
+        matrix[row, chosen] = True
+    scored_classes = matrix.sum(axis=0) >= MIN_FOLDS
+    matrix = matrix[:, scored_classes]
+    rows = matrix.any(axis=1) if multi_label else matrix.sum(axis=1) == 1
+    if scored_classes.sum() < 2 or rows.sum() < 2 * MIN_FOLDS:
+        return None
+    texts = [t for t, keep in zip(texts, rows) if keep]
+    flags, quality = (_multilabel_issues if multi_label else _single_label_issues)(texts, matrix[rows], seed)
+    all_flags, all_quality = np.zeros(len(labels), dtype=bool), np.full(len(labels), np.nan)
+    all_flags[rows], all_quality[rows] = flags, quality
+    return all_flags, all_quality
+
+
+def _single_label_issues(texts: list[str], onehot: np.ndarray, seed: int):
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    if multi_label:
-        matrix = np.zeros((len(labels), n_classes), dtype=int)
-        for row, chosen in enumerate(labels):
-            matrix[row, chosen] = 1
-        present = matrix.sum(axis=0)
-        if (present[present > 0] < MIN_FOLDS).any() or (present > 0).sum() < 2:
-            return None
-        used = present > 0  # a topic nobody was given cannot be predicted; cleanlab sees the topics in use
-        folds = KFold(min(5, len(labels)), shuffle=True, random_state=seed)
-        probabilities = cross_val_predict(
-            tfidf_classifier(seed, True), texts, matrix[:, used], cv=folds, method="predict_proba"
-        )
-        remap = {old: new for new, old in enumerate(np.flatnonzero(used))}
-        given = [[remap[c] for c in chosen] for chosen in labels]
-        issues = find_label_issues(given, probabilities, multi_label=True)
-        from cleanlab.multilabel_classification.rank import get_label_quality_scores as multilabel_scores
-
-        return issues, multilabel_scores(given, probabilities)
-    single = np.array([chosen[0] for chosen in labels])
-    counts = np.bincount(single, minlength=n_classes)
-    if (counts[counts > 0] < MIN_FOLDS).any() or (counts > 0).sum() < 2:
-        return None
-    classes = np.flatnonzero(counts)  # cleanlab needs the classes 0..k-1 that occur
-    given = np.searchsorted(classes, single)
-    folds = StratifiedKFold(min(5, int(counts[counts > 0].min())), shuffle=True, random_state=seed)
+    given = onehot.argmax(axis=1)
+    folds = StratifiedKFold(min(5, int(onehot.sum(axis=0).min())), shuffle=True, random_state=seed)
     probabilities = cross_val_predict(tfidf_classifier(seed), texts, given, cv=folds, method="predict_proba")
-    return find_label_issues(given, probabilities), get_label_quality_scores(given, probabilities)
+    return find_label_issues(given, probabilities, n_jobs=1), get_label_quality_scores(given, probabilities)
+
+
+def _multilabel_issues(texts: list[str], multihot: np.ndarray, seed: int):
+    from cleanlab.filter import find_label_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    folds = KFold(min(5, len(texts)), shuffle=True, random_state=seed)
+    probabilities = cross_val_predict(
+        tfidf_classifier(seed, True), texts, multihot.astype(int), cv=folds, method="predict_proba"
+    )
+    given = [list(np.flatnonzero(row)) for row in multihot]
+    return find_label_issues(given, probabilities, multi_label=True, n_jobs=1), get_label_quality_scores(
+        given, probabilities
+    )
 
 
 def flag_label_issues(kept: pd.DataFrame, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
@@ -133,7 +142,10 @@ def flag_label_issues(kept: pd.DataFrame, seed: int) -> dict[str, tuple[np.ndarr
 
 def annotation_scores(response_format: str | None, answer: str | None, quality: float | None) -> str:
     """What the filter knew of an annotation: the mode that answered, whether it was read as JSON, label quality."""
-    return json.dumps({
-        "response_format": response_format, "read_as": "json" if looks_like_json(answer) else "text",
-        "label_quality": None if quality is None else round(quality, 4),
-    })
+    return json.dumps(
+        {
+            "response_format": response_format,
+            "read_as": "json" if looks_like_json(answer) else "text",
+            "label_quality": None if quality is None else round(quality, 4),
+        }
+    )

@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from opengrok_dagster.collect.annotation import ANNOTATION_VARIANT
@@ -172,7 +173,7 @@ def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: di
             if flagged is None:
                 continue
             for index, issue, score in zip(kept.index[kept["task"] == task], *flagged):
-                quality[index] = float(score)
+                quality[index] = None if np.isnan(score) else float(score)
                 if issue:
                     states[index] = REJECTED if config.label_issues == "reject" else NEEDS_REVIEW
                     reasons[index] = [LABEL_ISSUE]
