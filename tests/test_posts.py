@@ -264,3 +264,25 @@ def test_the_default_semeval_shard_loads_through_its_job_without_its_tweeteval_v
         f"tweeteval_sentiment ({SHARED_DATA / 'tweeteval' / 'sentiment' / 'val_text.txt'})": 260,
         f"semeval_sentiment ({SHARED_DATA / 'semeval2017_task4a' / 'twitter-2016devtest-A.tsv'})": 4,
     }
+
+
+def test_without_a_data_directory_posts_load_and_say_which_eval_splits_went_unchecked(tmp_path, monkeypatch):
+    import opengrok_dagster.evaluation.datasets as datasets
+
+    monkeypatch.delenv("OPENGROK_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "SHARED_DATA_FALLBACK", tmp_path / "no-such-dir")
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"text": "my own post"}) + "\n")
+    (tmp_path / "posts.yaml").write_text("shards:\n  - key: mine\n    path: mine.jsonl\n")
+    config = {"catalogue": str(tmp_path / "posts.yaml"), "eval_tasks": ["tweeteval_sentiment", "wnut17"]}
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(post_shard_partitions.name, ["mine"])
+        result = materialize(
+            [posts],
+            instance=instance,
+            partition_key="mine",
+            resources=posts_resources(tmp_path),
+            run_config={"ops": {"posts": {"config": config}}},
+        )
+    metadata = result.asset_materializations_for_node("posts")[0].metadata
+    assert metadata["eval_splits_checked"].value == 0
+    assert metadata["eval_tasks_unchecked"].value == "tweeteval_sentiment, wnut17"
