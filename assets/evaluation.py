@@ -51,7 +51,7 @@ class EvalReportConfig(Config):
     task_examples: dict[str, int] = Field(
         default=_DEFAULTS.task_examples,
         description="Per task, items sampled instead of classification_examples/ner_examples (0 = the whole split); "
-        "TweetEval sentiment's 1,000 keep the paired difference's 95% interval within +-0.06.",
+        "TweetEval sentiment's 500 keep the paired difference's 95% interval within +-0.06 (docs/efficacy.md).",
     )
     ner_examples: int = Field(default=6, description="Sentences sampled per NER task (0 = the whole split).")
     agreement_examples: int = Field(default=6, description="Held-out teacher responses sampled for teacher agreement (0 = all).")
