@@ -64,6 +64,10 @@ class FilteredResponsesConfig(Config):
         description="Annotation labels cleanlab finds likely wrong (out-of-fold TF-IDF probabilities): 'review' "
         "queues them, 'reject' drops them, 'off' skips the filter.",
     )
+    label_issue_min_rows: int = Field(
+        default=_default("label_issue_min_rows"),
+        description="Kept annotations a sentiment or topic task needs before confident learning judges its labels.",
+    )
 
     def filter_config(self) -> FilterConfig:
         values = self.model_dump()

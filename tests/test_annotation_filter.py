@@ -158,6 +158,9 @@ def test_confident_learning_skips_a_task_too_small_to_cross_validate_and_classes
     topics = [[0], [0], [1], [1], [0, 1], [0, 1], [7]]
     issues, quality = label_issues([f"post {i}" for i in range(7)], topics, 19, True, seed=0)
     assert np.isnan(quality[-1]) and not issues[-1]  # topic 7 was given once: its post is not scored
+    everywhere = [[0, 3], [0, 3], [1, 3], [1, 3], [0, 3], [1, 3]]  # topic 3 on every post tells nothing apart
+    issues, quality = label_issues([f"post {i}" for i in range(6)], everywhere, 19, True, seed=0)
+    assert not np.isnan(quality).any() and len(issues) == 6
 
 
 def filter_models(config):
@@ -176,7 +179,7 @@ def test_filter_chain_keeps_annotations_apart_and_sends_label_issues_where_confi
         + [("tweeteval_sentiment", "what a day", '{"label": "so-so"}')],
         generated=3,
     )
-    config = FilterConfig(label_issues=action)
+    config = FilterConfig(label_issues=action, label_issue_min_rows=20)
     out = filter_responses(raw, config, filter_models(config), {})
     assert tuple(out.columns) == FILTERED_COLUMNS and len(out) == len(raw)
     annotations = out[out["task"] == "tweeteval_sentiment"].set_index("prompt_id")
@@ -236,7 +239,7 @@ def test_a_reviewer_accepting_a_doubted_label_keeps_it_on_the_next_filtering():
     words = task_format("tweeteval_sentiment").words
     answers = [json.dumps({"label": words[(v + 1) % 3] if i in (3, 20) else words[v]}) for i, v in enumerate(labels)]
     raw = raw_rows([("tweeteval_sentiment", t, a) for t, a in zip(texts, answers)])
-    config = FilterConfig()
+    config = FilterConfig(label_issue_min_rows=20)
     first = filter_responses(raw, config, filter_models(config), {}).set_index("prompt_id")
     assert first.loc[["a003", "a020"], "state"].eq(NEEDS_REVIEW).all()
     decisions = {
@@ -246,3 +249,15 @@ def test_a_reviewer_accepting_a_doubted_label_keeps_it_on_the_next_filtering():
     again = filter_responses(raw, config, filter_models(config), decisions).set_index("prompt_id")
     assert again.loc["a003", ["state", "reasons"]].tolist() == [KEPT, ["label_issue", "review_accepted"]]
     assert again.loc["a020", ["state", "reasons"]].tolist() == [REJECTED, ["label_issue", "review_rejected"]]
+
+
+def test_a_task_with_fewer_annotations_than_label_issue_min_rows_is_not_judged():
+    texts, labels = cued_posts()
+    words = task_format("tweeteval_sentiment").words
+    answers = [json.dumps({"label": words[(v + 1) % 3] if i == 3 else words[v]}) for i, v in enumerate(labels)]
+    raw = raw_rows([("tweeteval_sentiment", t, a) for t, a in zip(texts, answers)])
+    config = FilterConfig()  # 48 annotations < label_issue_min_rows (200)
+    out = filter_responses(raw, config, filter_models(config), {})
+    assert (out["state"] == KEPT).all() and all(json.loads(s)["label_quality"] is None for s in out["scores"])
+    with pytest.raises(ValueError, match=r"label_issue_min_rows must be >= 10, got 3"):
+        FilterConfig(label_issue_min_rows=3)

@@ -83,18 +83,28 @@ def check_annotations(rows: pd.DataFrame, reject_truncated: bool) -> pd.DataFram
 
 def label_issues(texts: list[str], labels: list[list[int]], n_classes: int, multi_label: bool, seed: int):
     """Per row, cleanlab's likely-label-error flag and label quality score (NaN where not scored), from out-of-fold
-    probabilities of the TF-IDF + logistic-regression classifier. A class given fewer than ``MIN_FOLDS`` times
-    cannot be cross-validated: its rows are not scored. None when fewer than two classes remain."""
+    probabilities of the TF-IDF + logistic-regression classifier. A class given (or, for topics, withheld) fewer
+    than ``MIN_FOLDS`` times cannot be cross-validated: its rows are not scored. None when fewer than two
+    classes remain."""
     matrix = np.zeros((len(labels), n_classes), dtype=bool)
     for row, chosen in enumerate(labels):
         matrix[row, chosen] = True
-    scored_classes = matrix.sum(axis=0) >= MIN_FOLDS
-    matrix = matrix[:, scored_classes]
-    rows = matrix.any(axis=1) if multi_label else matrix.sum(axis=1) == 1
-    if scored_classes.sum() < 2 or rows.sum() < 2 * MIN_FOLDS:
+    rows, classes = np.ones(len(labels), dtype=bool), np.ones(n_classes, dtype=bool)
+    while True:  # dropping a class can leave rows without a label, which can make another class constant
+        given = matrix[rows][:, classes].sum(axis=0)
+        usable = given >= MIN_FOLDS
+        if multi_label:
+            usable &= given <= rows.sum() - MIN_FOLDS
+        classes[np.flatnonzero(classes)[~usable]] = False
+        kept = matrix[:, classes]
+        rows = kept.any(axis=1) if multi_label else kept.sum(axis=1) == 1
+        if usable.all() or classes.sum() < 2:
+            break
+    if classes.sum() < 2 or rows.sum() < 2 * MIN_FOLDS:
         return None
     texts = [t for t, keep in zip(texts, rows) if keep]
-    flags, quality = (_multilabel_issues if multi_label else _single_label_issues)(texts, matrix[rows], seed)
+    find = _multilabel_issues if multi_label else _single_label_issues
+    flags, quality = find(texts, matrix[rows][:, classes], seed)
     all_flags, all_quality = np.zeros(len(labels), dtype=bool), np.full(len(labels), np.nan)
     all_flags[rows], all_quality[rows] = flags, quality
     return all_flags, all_quality
@@ -126,13 +136,19 @@ def _multilabel_issues(texts: list[str], multihot: np.ndarray, seed: int):
     )
 
 
-def flag_label_issues(kept: pd.DataFrame, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+def flag_label_issues(
+    kept: pd.DataFrame, seed: int, min_rows: int
+) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
     """Confident learning per classification task over its kept annotations: task -> (issue flags, quality
-    scores) aligned with that task's rows of ``kept``, or None when the task has too few to cross-validate."""
+    scores) aligned with that task's rows of ``kept``, or None when the task has too few to judge: fewer than
+    ``min_rows`` (out-of-fold TF-IDF probabilities from a few dozen posts doubt most labels) or too few per class."""
     results = {}
     for task, rows in kept.groupby("task", sort=True):
         fmt = task_format(task)
         if fmt.kind == "ner":
+            continue
+        if len(rows) < min_rows:
+            results[task] = None
             continue
         results[task] = label_issues(
             rows["post_text"].tolist(), rows["labels"].tolist(), len(fmt.labels), fmt.kind == "multilabel", seed

@@ -169,7 +169,7 @@ def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: di
     quality: list[float | None] = [None] * len(checked)
     kept = checked[[state == KEPT for state in states]]
     if config.label_issues != "off":
-        for task, flagged in flag_label_issues(kept, config.split_seed).items():
+        for task, flagged in flag_label_issues(kept, config.split_seed, config.label_issue_min_rows).items():
             if flagged is None:
                 continue
             for index, issue, score in zip(kept.index[kept["task"] == task], *flagged):

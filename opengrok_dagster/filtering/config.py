@@ -40,6 +40,7 @@ class FilterConfig:
     heldout_fraction: float = 0.1
     split_seed: int = 0
     label_issues: str = "review"  # likely-wrong annotation labels (confident learning): review | reject | off
+    label_issue_min_rows: int = 200  # kept annotations of a task below which confident learning does not judge it
 
     def __post_init__(self) -> None:
         if not 0 < self.min_chars <= self.max_chars:
@@ -62,6 +63,8 @@ class FilterConfig:
             raise ValueError(f"minhash_permutations must be >= 16, got {self.minhash_permutations}")
         if self.validation_fraction + self.heldout_fraction >= 1.0:
             raise ValueError("validation_fraction + heldout_fraction must leave room for a training split (sum < 1)")
+        if self.label_issue_min_rows < 10:
+            raise ValueError(f"label_issue_min_rows must be >= 10, got {self.label_issue_min_rows}")
         if self.label_issues not in LABEL_ISSUE_ACTIONS:
             choices = ", ".join(LABEL_ISSUE_ACTIONS)
             raise ValueError(f"label_issues must be one of {choices}, got {self.label_issues!r}")
