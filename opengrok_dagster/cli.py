@@ -74,6 +74,24 @@ def _execute(instance, job, label: str, partition_key=None) -> bool:
     return result.success
 
 
+def _load_posts(instance, defs) -> bool:
+    """Materialise every posts-catalogue shard (adding the partitions it lacks), for the annotation prompts."""
+    from opengrok_dagster.jobs import posts_job
+    from opengrok_dagster.partitions import post_shard_partitions
+    from opengrok_dagster.posts.sources import load_posts_catalogue
+    from opengrok_dagster.settings import posts_catalogue_path
+
+    keys = [shard.key for shard in load_posts_catalogue(posts_catalogue_path())]
+    existing = set(instance.get_dynamic_partitions(post_shard_partitions.name))
+    instance.add_dynamic_partitions(post_shard_partitions.name, [key for key in keys if key not in existing])
+    job = defs.resolve_job_def(posts_job.name)
+    failed = [key for number, key in enumerate(keys, start=1)
+              if not _execute(instance, job, f"[posts {number}/{len(keys)}] shard {key!r}", key)]
+    if failed:
+        print(f"posts shards failed: {', '.join(failed)}; fix them in the posts catalogue and rerun", file=sys.stderr)
+    return not failed
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialise every asset on the configured teacher: each topic partition of the round, then the
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
@@ -102,6 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                          f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
     started = time.monotonic()
     defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
+    from assets.collection import PromptsConfig
+
+    if PromptsConfig.model_fields["annotation_share"].default > 0 and not _load_posts(instance, defs):
+        return 1  # the default grid annotates the user's posts: they are read first
     collect = defs.resolve_job_def(collect_job.name)
     failed = [
         topic

@@ -286,3 +286,22 @@ def test_without_a_data_directory_posts_load_and_say_which_eval_splits_went_unch
     metadata = result.asset_materializations_for_node("posts")[0].metadata
     assert metadata["eval_splits_checked"].value == 0
     assert metadata["eval_tasks_unchecked"].value == "tweeteval_sentiment, wnut17"
+
+
+def test_the_cli_loads_every_catalogue_shard_for_the_annotation_prompts(tmp_path, monkeypatch):
+    from opengrok_dagster.cli import _instance, _load_posts
+    from opengrok_dagster.definitions import build_definitions
+
+    monkeypatch.setenv("OPENGROK_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "first shard post"}) + "\n")
+    (tmp_path / "b.csv").write_text("text\nsecond shard post\n")
+    (tmp_path / "posts.yaml").write_text("shards:\n  - key: a\n    path: a.jsonl\n  - key: b\n    path: b.csv\n")
+    monkeypatch.setenv("OPENGROK_POSTS_CATALOGUE", str(tmp_path / "posts.yaml"))
+    instance = _instance()
+    assert _load_posts(instance, build_definitions())
+    assert sorted(instance.get_dynamic_partitions(post_shard_partitions.name)) == ["a", "b"]
+    stored = tmp_path / "home" / "assets" / "posts"
+    assert pd.read_parquet(stored / "b.parquet")["text"].tolist() == ["second shard post"]
+    (tmp_path / "b.csv").write_text("body\nno text column\n")
+    assert not _load_posts(instance, build_definitions())
