@@ -41,7 +41,13 @@ from devtools.reference_teacher import NAME as REFERENCE_NAME
 from devtools.reference_teacher import ReferenceTeacher
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
 from opengrok_dagster.evaluation.api import ApiModel
-from opengrok_dagster.evaluation.bootstrap import Distribution, Estimate, bootstrap, paired_difference, resample_indices
+from opengrok_dagster.evaluation.bootstrap import (
+    Distribution,
+    Estimate,
+    bootstrap,
+    paired_difference,
+    resample_indices,
+)
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.local import LocalStudent, read_checkpoint
@@ -69,8 +75,18 @@ EMBEDDED_NAME = "embedded teacher (SmolLM2-135M-Instruct via transformers serve)
 STRENGTHS = {"default": MaskConfig(), "light": MaskConfig(delta=0.0, random_mask_rate=0.05)}
 # The recipe that makes the 135M student learn the conditional (docs/efficacy.md, "Settings search").
 RECIPE = TrainingConfig(
-    learning_rate=1e-3, batch_size=8, num_epochs=1.0, max_steps=-1, warmup_steps=4, max_length=128, eval_steps=20,
-    save_steps=20, early_stopping_patience=4, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+    learning_rate=1e-3,
+    batch_size=8,
+    num_epochs=1.0,
+    max_steps=-1,
+    warmup_steps=4,
+    max_length=128,
+    eval_steps=20,
+    save_steps=20,
+    early_stopping_patience=4,
+    lora_r=16,
+    lora_alpha=32,
+    lora_dropout=0.05,
 )
 
 
@@ -111,7 +127,11 @@ def start_teacher(kind: str, exclude: frozenset[str]) -> Teacher:
     from resources import TeacherResource
 
     resource = TeacherResource(mode="embedded", max_concurrency=16, max_tokens=16)
-    return Teacher(EMBEDDED_NAME, ApiModel("embedded", resource.endpoint, EMBEDDED_NAME), lambda: resource.teardown_after_execution(None))
+    return Teacher(
+        EMBEDDED_NAME,
+        ApiModel("embedded", resource.endpoint, EMBEDDED_NAME),
+        lambda: resource.teardown_after_execution(None),
+    )
 
 
 def annotate(teacher: Teacher, posts: list[str]) -> np.ndarray:
@@ -121,7 +141,10 @@ def annotate(teacher: Teacher, posts: list[str]) -> np.ndarray:
     answers = teacher.model.complete_all([fmt.messages(post) for post in posts], max_tokens=16).texts
     parsed = [fmt.parse(answer, post) for answer, post in zip(answers, posts)]
     labels = np.array([annotation.labels[0] if annotation.reason is None else -1 for annotation in parsed])
-    log(f"{teacher.name}: {len(posts)} posts answered in {time.monotonic() - started:.0f}s, {int((labels >= 0).sum())} usable")
+    log(
+        f"{teacher.name}: {len(posts)} posts answered in {time.monotonic() - started:.0f}s, "
+        f"{int((labels >= 0).sum())} usable"
+    )
     return labels
 
 
@@ -131,8 +154,16 @@ def examples_frame(posts: list[str], labels: np.ndarray, split: str, prefix: str
     rows = []
     for index, (post, label) in enumerate(zip(posts, labels)):
         system, user = fmt.messages(post)
-        rows.append({"example_id": f"{prefix}{index:05d}", "split": split, "system_prompt": system["content"],
-                     "prompt": user["content"], "response": fmt.words[int(label)], "label": int(label)})
+        rows.append(
+            {
+                "example_id": f"{prefix}{index:05d}",
+                "split": split,
+                "system_prompt": system["content"],
+                "prompt": user["content"],
+                "response": fmt.words[int(label)],
+                "label": int(label),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -185,17 +216,30 @@ def transfer_ratio(student: Distribution, base: Distribution, teacher: Distribut
     ratios = (student.samples[METRIC][usable] - base.samples[METRIC][usable]) / gain[usable]
     point_gain = teacher.point[METRIC] - base.point[METRIC]
     value = (student.point[METRIC] - base.point[METRIC]) / point_gain if point_gain > 0 else float("nan")
-    low, high = (np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2]) if ratios.size else (np.nan, np.nan))
+    low, high = (
+        np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2]) if ratios.size else (np.nan, np.nan)
+    )
     return {"value": value, "low": float(low), "high": float(high), "resamples_left_out": int((~usable).sum())}
 
 
-def train_cell(model_path: str, table: pd.DataFrame, mode: str, seed: int, directory: Path, config: TrainingConfig, placement):
-    job = TrainingJob(mode, model_path, directory / mode, config.model_copy(update={"seed": seed}), placement,
-                      data_versions={"bench": "distillation_efficacy"})
+def train_cell(
+    model_path: str, table: pd.DataFrame, mode: str, seed: int, directory: Path, config: TrainingConfig, placement
+):
+    job = TrainingJob(
+        mode,
+        model_path,
+        directory / mode,
+        config.model_copy(update={"seed": seed}),
+        placement,
+        data_versions={"bench": "distillation_efficacy"},
+    )
     started = time.monotonic()
     outcome = train_lora(job, table, log=lambda message: None)
-    log(f"trained {mode}: {outcome.train_examples} examples, {outcome.global_step} steps, val loss {outcome.best_val_loss:.3f}, "
-        f"{time.monotonic() - started:.0f}s")
+    log(
+        f"trained {mode}: {outcome.train_examples} examples, {outcome.global_step} steps, "
+        f"val loss {outcome.best_val_loss:.3f}, "
+        f"{time.monotonic() - started:.0f}s"
+    )
     return outcome, time.monotonic() - started
 
 
@@ -217,8 +261,13 @@ def run(grid: Grid, args, command: str) -> dict:
     held = {normalise_post(t) for t in val.texts}
     train = read_split(spec, data_dir, spec.train_paths, train=True)  # texts only: the labels are never read
     unique = list(dict.fromkeys(t for t in train.texts if normalise_post(t) not in held))
-    pool = [unique[i] for i in np.random.default_rng(1234).permutation(len(unique))[: max(grid.sizes) + VALIDATION_POSTS]]
-    log(f"{len(pool)} posts to annotate from {train.source} ({len(train.texts) - len(unique)} dropped as duplicates or eval posts)")
+    pool = [
+        unique[i] for i in np.random.default_rng(1234).permutation(len(unique))[: max(grid.sizes) + VALIDATION_POSTS]
+    ]
+    log(
+        f"{len(pool)} posts to annotate from {train.source} "
+        f"({len(train.texts) - len(unique)} dropped as duplicates or eval posts)"
+    )
     indices = resample_indices(len(gold), args.resamples, 0)
     scorer = Scorer(model_path, val_texts, args.threads)
     base_student = LocalStudent(model_path, threads=args.threads)
@@ -229,13 +278,27 @@ def run(grid: Grid, args, command: str) -> dict:
     nlp = load_spacy(MaskConfig().spacy_model)
     tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(model_path)
     result = {
-        "task": TASK, "metric": METRIC, "val_posts": len(gold), "val_source": val.source, "command": command, "commit": git_commit(),
-        "started": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "device": placement.description,
-        "load_average_before": os.getloadavg()[0], "grid": asdict(grid), "recipe": RECIPE.model_dump(),
-        "class_balance": True, "scoring": "calibrated label log-likelihood (content-free prompts N/A, '', [MASK])",
-        "base": {"calibrated": estimate_dict(base.estimate(METRIC)), "raw": estimate_dict(base_uncalibrated.estimate(METRIC)),
-                 "predicted_counts": np.bincount(base_calibrated, minlength=3).tolist()},
-        "teachers": {}, "cells": [], "summary": [],
+        "task": TASK,
+        "metric": METRIC,
+        "val_posts": len(gold),
+        "val_source": val.source,
+        "command": command,
+        "commit": git_commit(),
+        "started": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "device": placement.description,
+        "load_average_before": os.getloadavg()[0],
+        "grid": asdict(grid),
+        "recipe": RECIPE.model_dump(),
+        "class_balance": True,
+        "scoring": "calibrated label log-likelihood (content-free prompts N/A, '', [MASK])",
+        "base": {
+            "calibrated": estimate_dict(base.estimate(METRIC)),
+            "raw": estimate_dict(base_uncalibrated.estimate(METRIC)),
+            "predicted_counts": np.bincount(base_calibrated, minlength=3).tolist(),
+        },
+        "teachers": {},
+        "cells": [],
+        "summary": [],
     }
     for kind in grid.teachers:
         teacher = start_teacher(kind, frozenset(normalise_post(t) for t in pool))
@@ -246,8 +309,11 @@ def run(grid: Grid, args, command: str) -> dict:
             teacher.stop()
         teacher_scores = bootstrap(ClassificationScores(gold, teacher_val, 3), indices)
         result["teachers"][kind] = {
-            "name": teacher.name, "val": estimate_dict(teacher_scores.estimate(METRIC)),
-            "val_unparseable": float((teacher_val < 0).mean()), "annotated": len(pool), "usable": int((labels >= 0).sum()),
+            "name": teacher.name,
+            "val": estimate_dict(teacher_scores.estimate(METRIC)),
+            "val_unparseable": float((teacher_val < 0).mean()),
+            "annotated": len(pool),
+            "usable": int((labels >= 0).sum()),
             "label_counts": np.bincount(labels[labels >= 0], minlength=3).tolist(),
         }
         write_outputs(result, args, partial=True)
@@ -259,13 +325,18 @@ def run(grid: Grid, args, command: str) -> dict:
             for seed in grid.seeds:
                 chosen = np.random.default_rng(seed).permutation(len(train_posts))[:size]
                 chosen = chosen[train_labels[chosen] >= 0]
-                examples = pd.concat([examples_frame([train_posts[i] for i in chosen], train_labels[chosen], "train", "t"), validation],
-                                     ignore_index=True)
+                examples = pd.concat(
+                    [examples_frame([train_posts[i] for i in chosen], train_labels[chosen], "train", "t"), validation],
+                    ignore_index=True,
+                )
+                unmasked = None  # this seed's mode-none student: every masked mode is also compared with it
                 with tempfile.TemporaryDirectory(prefix="efficacy-") as scratch:
                     for strength in grid.strengths:
                         config = replace(STRENGTHS[strength], seed=seed)
                         mask = build_mask_table(examples, tokenizer, nlp, config).table
-                        classes = examples.set_index("example_id")["label"].reindex(mask["example_id"]).set_axis(mask.index)
+                        classes = (
+                            examples.set_index("example_id")["label"].reindex(mask["example_id"]).set_axis(mask.index)
+                        )
                         table = balance_classes(mask, classes, seed)
                         share = masked_share(mask[mask["split"] == "train"])
                         for mode in grid.modes:
@@ -281,28 +352,68 @@ def run(grid: Grid, args, command: str) -> dict:
                             cell_strength = strength if mode != "none" else "-"
                             by_cell.setdefault((mode, cell_strength), []).append(scores)
                             difference = paired_difference(scores, base, METRIC)
-                            result["cells"].append({
-                                "teacher": kind, "n": size, "seed": seed, "mode": mode, "strength": cell_strength,
-                                "masked_share": share if mode != "none" else 0.0,
-                                "train_examples_balanced": outcome.train_examples, "steps": outcome.global_step,
-                                "train_seconds": round(seconds), "student": estimate_dict(scores.estimate(METRIC)),
-                                "student_raw": bootstrap(ClassificationScores(gold, raw, 3), indices).point[METRIC],
-                                "predicted_counts": np.bincount(calibrated, minlength=3).tolist(),
-                                "difference": {"value": difference.value, "low": difference.low, "high": difference.high,
-                                               "p_value": difference.p_value},
-                                "transfer_ratio": transfer_ratio(scores, base, teacher_scores),
-                            })
+                            if mode == "none":
+                                unmasked = scores
+                            versus_none = (
+                                paired_difference(scores, unmasked, METRIC)
+                                if mode != "none" and "none" in grid.modes
+                                else None
+                            )
+                            result["cells"].append(
+                                {
+                                    "teacher": kind,
+                                    "n": size,
+                                    "seed": seed,
+                                    "mode": mode,
+                                    "strength": cell_strength,
+                                    "masked_share": share if mode != "none" else 0.0,
+                                    "train_examples_balanced": outcome.train_examples,
+                                    "steps": outcome.global_step,
+                                    "train_seconds": round(seconds),
+                                    "student": estimate_dict(scores.estimate(METRIC)),
+                                    "student_raw": bootstrap(ClassificationScores(gold, raw, 3), indices).point[
+                                        METRIC
+                                    ],
+                                    "predicted_counts": np.bincount(calibrated, minlength=3).tolist(),
+                                    "difference": {
+                                        "value": difference.value,
+                                        "low": difference.low,
+                                        "high": difference.high,
+                                        "p_value": difference.p_value,
+                                    },
+                                    "transfer_ratio": transfer_ratio(scores, base, teacher_scores),
+                                    "minus_none": versus_none
+                                    and {
+                                        "value": versus_none.value,
+                                        "low": versus_none.low,
+                                        "high": versus_none.high,
+                                        "p_value": versus_none.p_value,
+                                    },
+                                }
+                            )
                             write_outputs(result, args, partial=True)
             for (mode, strength), distributions in by_cell.items():
                 student = mean_distribution(distributions)
                 difference = paired_difference(student, base, METRIC)
-                result["summary"].append({
-                    "teacher": kind, "n": size, "mode": mode, "strength": strength, "seeds": len(distributions),
-                    "base": estimate_dict(base.estimate(METRIC)), "student": estimate_dict(student.estimate(METRIC)),
-                    "teacher_score": estimate_dict(teacher_scores.estimate(METRIC)),
-                    "difference": {"value": difference.value, "low": difference.low, "high": difference.high, "p_value": difference.p_value},
-                    "transfer_ratio": transfer_ratio(student, base, teacher_scores),
-                })
+                result["summary"].append(
+                    {
+                        "teacher": kind,
+                        "n": size,
+                        "mode": mode,
+                        "strength": strength,
+                        "seeds": len(distributions),
+                        "base": estimate_dict(base.estimate(METRIC)),
+                        "student": estimate_dict(student.estimate(METRIC)),
+                        "teacher_score": estimate_dict(teacher_scores.estimate(METRIC)),
+                        "difference": {
+                            "value": difference.value,
+                            "low": difference.low,
+                            "high": difference.high,
+                            "p_value": difference.p_value,
+                        },
+                        "transfer_ratio": transfer_ratio(student, base, teacher_scores),
+                    }
+                )
             write_outputs(result, args, partial=True)
     result["load_average_after"] = os.getloadavg()[0]
     return result
@@ -313,20 +424,27 @@ def _ci(entry: dict, digits: int = 3) -> str:
 
 
 def markdown(result: dict, partial: bool) -> str:
-    grid = result["grid"]
+    grid, recipe = result["grid"], result["recipe"]
+    after = f", {result['load_average_after']:.1f} after" if "load_average_after" in result else ""
     lines = [
         f"Task {result['task']} ({result['val_source']}), {result['val_posts']} val posts, metric {result['metric']}; "
         f"95% paired percentile bootstrap intervals on shared resamples. Command `{result['command']}`, commit "
         f"{result['commit']}, started {result['started']} on {result['device']}, load average "
-        f"{result['load_average_before']:.1f} before{', ' + format(result['load_average_after'], '.1f') + ' after' if 'load_average_after' in result else ''}.",
+        f"{result['load_average_before']:.1f} before{after}.",
         "",
         f"Grid: teachers {', '.join(grid['teachers'])}; N {', '.join(map(str, grid['sizes']))}; seeds "
-        f"{', '.join(map(str, grid['seeds']))}; modes {', '.join(grid['modes'])}; mask strengths {', '.join(grid['strengths'])}."
-        + (" **Partial: the run was still going (or stopped) when this was written; only the cells below were measured.**" if partial else ""),
+        f"{', '.join(map(str, grid['seeds']))}; modes {', '.join(grid['modes'])}; "
+        f"mask strengths {', '.join(grid['strengths'])}."
+        + (
+            " **Partial: the run was still going (or stopped) when this was written; only the cells below were"
+            " measured.**"
+            if partial
+            else ""
+        ),
         "",
         f"Recipe: class-balanced train split (oversampled to the largest class), LoRA r={result['recipe']['lora_r']}, "
-        f"alpha={result['recipe']['lora_alpha']}, lr {result['recipe']['learning_rate']}, {result['recipe']['num_epochs']} epochs, "
-        f"batch {result['recipe']['batch_size']}, max_length {result['recipe']['max_length']}; scoring: {result['scoring']}.",
+        f"alpha={recipe['lora_alpha']}, lr {recipe['learning_rate']}, {recipe['num_epochs']} epochs, "
+        f"batch {recipe['batch_size']}, max_length {recipe['max_length']}; scoring: {result['scoring']}.",
         "",
         f"Base student: {_ci(result['base']['calibrated'])} calibrated ({_ci(result['base']['raw'])} uncalibrated; "
         f"calibrated predictions per class neg/neu/pos {result['base']['predicted_counts']}).",
@@ -335,22 +453,40 @@ def markdown(result: dict, partial: bool) -> str:
         "|---|---|---:|---:|---|",
     ]
     for kind, teacher in result["teachers"].items():
-        lines.append(f"| {teacher['name']} | {_ci(teacher['val'])} | {teacher['val_unparseable']:.3f} | "
-                     f"{teacher['usable']} of {teacher['annotated']} | {teacher['label_counts']} |")
-    lines += ["", "Mean over seeds (the seed-averaged student on the same resamples):", "",
-              "| teacher | N | mode | mask strength | seeds | base | student | teacher | student - base | transfer ratio |",
-              "|---|---:|---|---|---:|---|---|---|---|---|"]
+        lines.append(
+            f"| {teacher['name']} | {_ci(teacher['val'])} | {teacher['val_unparseable']:.3f} | "
+            f"{teacher['usable']} of {teacher['annotated']} | {teacher['label_counts']} |"
+        )
+    lines += [
+        "",
+        "Mean over seeds (the seed-averaged student on the same resamples):",
+        "",
+        "| teacher | N | mode | mask strength | seeds | base | student | teacher | student - base | transfer ratio |",
+        "|---|---:|---|---|---:|---|---|---|---|---|",
+    ]
     for row in result["summary"]:
-        lines.append(f"| {row['teacher']} | {row['n']} | {row['mode']} | {row['strength']} | {row['seeds']} | {_ci(row['base'])} | "
-                     f"{_ci(row['student'])} | {_ci(row['teacher_score'])} | {_ci(row['difference'])} | {_ci(row['transfer_ratio'], 2)} |")
-    lines += ["", "Every cell:", "",
-              "| teacher | N | seed | mode | strength | masked share | balanced examples | steps | train s | student | uncalibrated | "
-              "predicted neg/neu/pos | student - base | transfer ratio |",
-              "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|---|---|"]
+        lines.append(
+            f"| {row['teacher']} | {row['n']} | {row['mode']} | {row['strength']} | {row['seeds']} | "
+            f"{_ci(row['base'])} | {_ci(row['student'])} | {_ci(row['teacher_score'])} | {_ci(row['difference'])} | "
+            f"{_ci(row['transfer_ratio'], 2)} |"
+        )
+    lines += [
+        "",
+        "Every cell:",
+        "",
+        "| teacher | N | seed | mode | strength | masked share | balanced examples | steps | train s | student | "
+        "uncalibrated | "
+        "predicted neg/neu/pos | student - base | transfer ratio | masked - none (same seed) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|---|---|---|",
+    ]
     for c in result["cells"]:
-        lines.append(f"| {c['teacher']} | {c['n']} | {c['seed']} | {c['mode']} | {c['strength']} | {c['masked_share']:.2f} | "
-                     f"{c['train_examples_balanced']} | {c['steps']} | {c['train_seconds']} | {_ci(c['student'])} | {c['student_raw']:.3f} | "
-                     f"{c['predicted_counts']} | {_ci(c['difference'])} | {_ci(c['transfer_ratio'], 2)} |")
+        lines.append(
+            f"| {c['teacher']} | {c['n']} | {c['seed']} | {c['mode']} | {c['strength']} | {c['masked_share']:.2f} | "
+            f"{c['train_examples_balanced']} | {c['steps']} | {c['train_seconds']} | {_ci(c['student'])} | "
+            f"{c['student_raw']:.3f} | "
+            f"{c['predicted_counts']} | {_ci(c['difference'])} | {_ci(c['transfer_ratio'], 2)} | "
+            f"{_ci(c['minus_none']) if c.get('minus_none') else '-'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -377,7 +513,7 @@ def kept_notes(path: Path) -> str:
 
 
 def earlier_runs(path: Path) -> list[dict]:
-    """The runs already in the JSON file (``--append`` adds one, e.g. a cell a shared CPU could only fit in another run)."""
+    """The runs already in the JSON file (``--append`` adds one: a cell a shared CPU fits only in another run)."""
     if not path.is_file():
         return []
     data = json.loads(path.read_text())
@@ -386,8 +522,10 @@ def earlier_runs(path: Path) -> list[dict]:
 
 def write_outputs(result: dict, args, partial: bool) -> None:
     runs = [*args.earlier, result | {"partial": partial}]
-    sections = [f"## Measured{f' (run {i} of {len(runs)})' if len(runs) > 1 else ''}\n\n{markdown(run, run['partial'])}"
-                for i, run in enumerate(runs, 1)]
+    sections = [
+        f"## Measured{f' (run {i} of {len(runs)})' if len(runs) > 1 else ''}\n\n{markdown(run, run['partial'])}"
+        for i, run in enumerate(runs, 1)
+    ]
     page = PAGE_HEADER + kept_notes(args.output) + "\n".join(sections)
     for path, text in ((args.output, page), (args.json, json.dumps({"runs": runs}, indent=2, default=float) + "\n")):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,7 +536,9 @@ def write_outputs(result: dict, args, partial: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", choices=sorted(GRIDS), help="preset grid (default: gpu when CUDA is available, else cpu)")
+    parser.add_argument(
+        "--grid", choices=sorted(GRIDS), help="preset grid (default: gpu when CUDA is available, else cpu)"
+    )
     parser.add_argument("--teachers", nargs="+", choices=("reference", "embedded"))
     parser.add_argument("--sizes", nargs="+", type=int, help="numbers N of teacher-annotated posts")
     parser.add_argument("--seeds", nargs="+", type=int)
@@ -406,7 +546,9 @@ def main() -> None:
     parser.add_argument("--strengths", nargs="+", choices=sorted(STRENGTHS))
     parser.add_argument("--val-posts", type=int, help="TweetEval sentiment val posts scored (0 = all 2,000)")
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the local models (0 = torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads for the local models (0 = torch's default)"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "efficacy.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "efficacy.json")
     parser.add_argument("--append", action="store_true", help="keep the runs already in --json and add this one")
@@ -416,8 +558,13 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     preset = GRIDS[args.grid or ("gpu" if torch.cuda.is_available() else "cpu")]
-    grid = Grid(*(getattr(args, name) or getattr(preset, name) for name in ("teachers", "sizes", "seeds", "modes", "strengths")),
-                preset.val_posts if args.val_posts is None else args.val_posts)
+    grid = Grid(
+        *(
+            getattr(args, name) or getattr(preset, name)
+            for name in ("teachers", "sizes", "seeds", "modes", "strengths")
+        ),
+        preset.val_posts if args.val_posts is None else args.val_posts,
+    )
     args.earlier = earlier_runs(args.json) if args.append else []
     command = "python -m bench.distillation_efficacy " + shlex.join(sys.argv[1:])
     result = run(grid, args, command.strip())

@@ -1,11 +1,12 @@
 """Reference teacher (TF-IDF+LR on gold train), not an LLM: an OpenAI-compatible loopback server of known quality.
 
 No strong LLM runs offline, so the efficacy bench needs a teacher whose skill is known to measure how much of a
-teacher's skill the pipeline transfers to the student. This one answers the label prompts of ``opengrok_dagster.sns_tasks``
-(the annotation prompts, which are the evaluation's prompts) for sentiment and topics with the prediction
-of a TF-IDF + logistic-regression classifier (``evaluation.baselines.train_tfidf_classifier``) trained on the
+teacher's skill the pipeline transfers to the student. This one answers the label prompts of
+``opengrok_dagster.sns_tasks`` (the annotation prompts, which are the evaluation's prompts) for sentiment and
+topics with the prediction of a TF-IDF + logistic-regression classifier (``evaluation.baselines.train_tfidf_classifier``) trained on the
 task's GOLD train split, never on validation or test: every train post whose normalised text is also in the
-task's evaluation split is dropped before fitting (``posts.leaks.normalise_post``), so its score on that split is not inflated by leaked posts.
+task's evaluation split is dropped before fitting (``posts.leaks.normalise_post``), so its score on that split
+is not inflated by leaked posts.
 A request with ``response_format`` (``json_schema`` or ``json_object``) gets the task's JSON answer, otherwise the
 free-text answer the evaluation reads. A prompt it cannot answer (a generative prompt, an unknown question) gets
 a 400 naming what it answers.
@@ -70,7 +71,9 @@ def fit_task(name: str, data_dir: Path, exclude: frozenset[str] = frozenset(), s
     ``exclude`` (normalised texts, e.g. the posts a bench will have it annotate, so it labels posts it never saw)."""
     spec, answer_format = task_spec(name), task_format(name)
     if answer_format.kind == "ner":
-        raise ValueError(f"the {NAME} cannot annotate {name}: a TF-IDF classifier labels posts, it does not find entities")
+        raise ValueError(
+            f"the {NAME} cannot annotate {name}: a TF-IDF classifier labels posts, it does not find entities"
+        )
     train = read_split(spec, data_dir, spec.train_paths, train=True)
     evaluation = read_split(spec, data_dir, spec.eval_path)
     held = {normalise_post(t) for t in evaluation.texts}
@@ -78,9 +81,14 @@ def fit_task(name: str, data_dir: Path, exclude: frozenset[str] = frozenset(), s
     keep = np.array([i for i, text in enumerate(normalised) if text not in held and text not in exclude])
     dropped = sum(text in held for text in normalised)
     if tuple(train.label_names) != answer_format.labels:
-        raise ValueError(f"{name}: the train split's labels {list(train.label_names)} are not the task format's {list(answer_format.labels)}")
+        raise ValueError(
+            f"{name}: the train split's labels {list(train.label_names)} are not the task format's "
+            f"{list(answer_format.labels)}"
+        )
     texts, labels = [train.texts[i] for i in keep], train.labels[keep]
-    return TaskClassifier(answer_format, spec.eval_path, train_tfidf_classifier(texts, labels, seed), len(texts), dropped)
+    return TaskClassifier(
+        answer_format, spec.eval_path, train_tfidf_classifier(texts, labels, seed), len(texts), dropped
+    )
 
 
 @dataclass
@@ -93,11 +101,18 @@ class ReferenceTeacher:
 
     @classmethod
     def fit(
-        cls, data_dir: Path | None = None, tasks: tuple[str, ...] = TASKS, exclude: frozenset[str] = frozenset(), seed: int = 0
+        cls,
+        data_dir: Path | None = None,
+        tasks: tuple[str, ...] = TASKS,
+        exclude: frozenset[str] = frozenset(),
+        seed: int = 0,
     ) -> "ReferenceTeacher":
         data_dir = data_dir or resolve_data_dir()
         if data_dir is None:
-            raise SystemExit("the reference teacher needs the gold train splits: set OPENGROK_DATA_DIR to a folder laid out like shared/data")
+            raise SystemExit(
+                "the reference teacher needs the gold train splits: set OPENGROK_DATA_DIR to a folder laid out like "
+                "shared/data"
+            )
         return cls([fit_task(name, Path(data_dir), exclude, seed) for name in tasks])
 
     def __post_init__(self) -> None:
@@ -109,15 +124,22 @@ class ReferenceTeacher:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def describe(self) -> str:
-        parts = [f"{c.format.name}: {c.train_posts} gold train posts ({c.dropped_eval_posts} dropped as also in {c.eval_path})"
-                 for c in self.classifiers]
+        parts = [
+            f"{c.format.name}: {c.train_posts} gold train posts "
+            f"({c.dropped_eval_posts} dropped as also in {c.eval_path})"
+            for c in self.classifiers
+        ]
         return f"{NAME}; " + "; ".join(parts)
 
     def answer(self, prompt: str, structured: bool = False) -> str:
         """The answer to one label prompt; ValueError names what this teacher can answer."""
         question, marker, post = prompt.partition(POST_MARKER)
         for classifier in self.classifiers:
-            if marker and question.startswith(classifier.format.question) and _offers(question, classifier.format.words):
+            if (
+                marker
+                and question.startswith(classifier.format.question)
+                and _offers(question, classifier.format.words)
+            ):
                 instruction = classifier.format.json_instruction()
                 post = post.removesuffix(instruction).rstrip()
                 return classifier.answer(post, structured or prompt.endswith(instruction))
@@ -136,7 +158,9 @@ class ReferenceTeacher:
         if scope["path"] in ("/health", "/v1/health"):
             return await _respond(send, 200, {"status": "ok"})
         if scope["path"] == "/v1/models":
-            return await _respond(send, 200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": NAME}]})
+            return await _respond(
+                send, 200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": NAME}]}
+            )
         if scope["path"] != "/v1/chat/completions":
             return await _respond(send, 404, {"error": {"message": f"no route {scope['path']}"}})
         try:
@@ -144,18 +168,33 @@ class ReferenceTeacher:
             prompt = next(m["content"] for m in reversed(request["messages"]) if m["role"] == "user")
             text = self.answer(prompt, structured=bool(request.get("response_format")))
         except (ValueError, KeyError, StopIteration, TypeError) as exc:
-            return await _respond(send, 400, {"error": {"message": str(exc) or "expected a chat completion request with a user message"}})
+            return await _respond(
+                send, 400, {"error": {"message": str(exc) or "expected a chat completion request with a user message"}}
+            )
         self.served += 1
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        await _respond(send, 200, {
-            "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": request.get("model", MODEL_ID),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                      "total_tokens": len(prompt.split()) + len(text.split())},
-        }, [(b"x-request-id", request_id.encode())])
+        await _respond(
+            send,
+            200,
+            {
+                "id": request_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.get("model", MODEL_ID),
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {
+                    "prompt_tokens": len(prompt.split()),
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": len(prompt.split()) + len(text.split()),
+                },
+            },
+            [(b"x-request-id", request_id.encode())],
+        )
 
     def start(self) -> "ReferenceTeacher":
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3")
+        config = uvicorn.Config(
+            self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -202,7 +241,9 @@ def main() -> None:
     if args.port:
         teacher.port = args.port
     print(f"{teacher.describe()}\nserving {MODEL_ID} at {teacher.base_url}", flush=True)
-    uvicorn.run(teacher._app, host="127.0.0.1", port=teacher.port, log_level="warning", lifespan="off", interface="asgi3")
+    uvicorn.run(
+        teacher._app, host="127.0.0.1", port=teacher.port, log_level="warning", lifespan="off", interface="asgi3"
+    )
 
 
 if __name__ == "__main__":

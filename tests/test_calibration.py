@@ -37,7 +37,12 @@ class _Scorer:
 
     def label_logprobs(self, messages, answers):
         self.seen.extend(m[-1]["content"] for m in messages)
-        return np.array([[0.0, -1.0, -3.0] if m[-1]["content"].endswith(("N/A", ": ", "[MASK]")) else [0.0, -0.5, -0.5] for m in messages])
+        return np.array(
+            [
+                [0.0, -1.0, -3.0] if m[-1]["content"].endswith(("N/A", ": ", "[MASK]")) else [0.0, -0.5, -0.5]
+                for m in messages
+            ]
+        )
 
 
 def test_calibrated_scores_ask_the_same_prompt_with_each_content_free_post():
@@ -61,10 +66,17 @@ def test_balance_classes_oversamples_every_train_class_to_the_largest():
     balanced = balance_classes(table, classes, seed=0)
     train = balanced[balanced["split"] == "train"]
     label_of = dict(zip(table["example_id"], classes))
-    assert pd.Series([label_of[e] for e in train["example_id"]]).value_counts().to_dict() == {"positive": 6, "neutral": 6, "negative": 6}
+    assert pd.Series([label_of[e] for e in train["example_id"]]).value_counts().to_dict() == {
+        "positive": 6,
+        "neutral": 6,
+        "negative": 6,
+    }
     neutral = train["example_id"][train["example_id"].map(label_of) == "neutral"].value_counts()
     assert sorted(neutral.to_list()) == [2, 2, 2]  # each neutral row repeated equally often
-    assert sorted(balanced.loc[balanced["split"] == "validation", "example_id"]) == ["v0", "v1"]  # validation untouched
+    assert sorted(balanced.loc[balanced["split"] == "validation", "example_id"]) == [
+        "v0",
+        "v1",
+    ]  # validation untouched
     assert balance_classes(table, classes, seed=0).equals(balanced)  # seeded
 
 

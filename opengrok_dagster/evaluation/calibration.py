@@ -39,11 +39,16 @@ def calibrate(item_logprobs: np.ndarray, content_free_logprobs: np.ndarray) -> n
 
 
 def calibrated_label_logprobs(
-    scorer: LabelScorer, messages: list[list[dict[str, str]]], prompt_for: Callable[[str], list[dict[str, str]]], answers: list[str]
+    scorer: LabelScorer,
+    messages: list[list[dict[str, str]]],
+    prompt_for: Callable[[str], list[dict[str, str]]],
+    answers: list[str],
 ) -> np.ndarray:
     """(items x answers) calibrated log-scores, normalised over the label set; argmax is the prediction.
 
     ``prompt_for(post)`` builds the same prompt as ``messages`` for another post, so the content-free prior is
     measured under exactly the instruction and label list the items are scored with.
     """
-    return calibrate(scorer.label_logprobs(messages, answers), scorer.label_logprobs(content_free_messages(prompt_for), answers))
+    return calibrate(
+        scorer.label_logprobs(messages, answers), scorer.label_logprobs(content_free_messages(prompt_for), answers)
+    )
