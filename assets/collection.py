@@ -6,9 +6,11 @@ from dataclasses import asdict
 
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     Config,
     Failure,
@@ -18,6 +20,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from opengrok_dagster.collect.annotation import (
+    RESPONSE_FORMATS,
+    annotation_count,
+    build_annotation_prompts,
+    posts_for_topic,
+)
 from opengrok_dagster.collect.batch import collect_batch
 from opengrok_dagster.collect.budget import Budget, utc_day
 from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
@@ -27,6 +35,7 @@ from opengrok_dagster.collect.plan import CollectionEstimate, estimate_collectio
 from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.partitions import collection_partitions
+from opengrok_dagster.sns_tasks import TASK_FORMATS
 from assets.config import config_from
 from assets.versioning import asset_code_version, content_data_version
 from resources import OpenGrokPaths, TeacherResource
@@ -38,6 +47,17 @@ class PromptsConfig(config_from(PromptGridConfig)):
     refine_from_feedback: bool = Field(
         default=True,
         description="Weight, rewrite and extend the grid from the prompt_feedback of the latest earlier round, when there is one.",
+    )
+    annotation_share: float = Field(
+        default=0.0,
+        description="Share of all prompts that ask the teacher to annotate real posts (from `posts`) for an SNS task, "
+        "as the evaluation asks; 0 = generative prompts only, 1 = annotation prompts only.",
+    )
+    annotation_tasks: list[str] = Field(default=list(TASK_FORMATS), description="SNS tasks posts are annotated for.")
+    structured_output: str = Field(
+        default="json_schema",
+        description=f"Structured output asked of the teacher, one of {', '.join(RESPONSE_FORMATS)}; an endpoint that "
+        "refuses it is asked with the next (the response records which answered).",
     )
 
 
@@ -59,9 +79,13 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
             "(OPENGROK_TEACHER_DAILY_BUDGET_USD); otherwise raw_responses does not start.",
         ),
     ],
+    # Every shard of the user's posts feeds the annotation prompts; read from their Parquet files so that a
+    # grid without annotation prompts needs no posts materialised.
+    deps=[AssetDep("posts", partition_mapping=AllPartitionMapping())],
 )
 def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGrokPaths, teacher: TeacherResource):
-    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants, with the
+    """The prompt grid for one topic: templates x platforms x styles, plus adversarial variants, and (a share of
+    annotation_share) prompts that ask the teacher to annotate real posts as the evaluation asks; with the
     estimate of what collecting it will send and cost (the `opengrok run --dry-run` figures)."""
     keys = context.partition_key.keys_by_dimension
     topic = find_topic(paths.topics(), keys["topic"])
@@ -72,6 +96,16 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
         rows, refinement = round_prompt_grid(topic, grid, keys["round"], feedback_file)
     except ValueError as exc:
         raise Failure(f"{exc}; or set refine_from_feedback: false") from None
+    try:
+        wanted = annotation_count(len(rows), config.annotation_share)
+        rows = rows if config.annotation_share < 1 else []
+        annotations = build_annotation_prompts(
+            _posts_of(paths, topic.key, [t.key for t in paths.topics()]) if wanted else pd.DataFrame(),
+            topic.key, wanted, tuple(config.annotation_tasks), config.structured_output, config.seed,
+        )
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+    rows = rows + [{**row, "round": keys["round"]} for row in annotations]
     if not rows:
         raise Failure(f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic")
     frame = pd.DataFrame(rows)
@@ -84,7 +118,13 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
             "topic": topic.key,
             "round": keys["round"],
             **{f"by_{column}": _count_table(frame, column) for column in ("variant", "template_id", "platform", "style")},
+            "annotation_prompts": len(annotations),
+            "annotation_share": config.annotation_share,
+            "structured_output": config.structured_output,
             "preview": MetadataValue.md(frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)),
+            "annotation_prompts": len(annotations),
+            "annotation_share": config.annotation_share,
+            "structured_output": config.structured_output,
             "refined_from_round": refinement.from_round if refinement else "none",
             **estimate.as_metadata(),
             **({"refinement": MetadataValue.json({
@@ -152,6 +192,15 @@ def _spend_metadata(budget: Budget) -> dict:
         "spend_usd_today": store.spent(day=today),
         **({"daily_budget_remaining_usd": remaining} if remaining is not None else {}),
     }
+
+
+def _posts_of(paths: OpenGrokPaths, topic: str, topics: list[str]) -> pd.DataFrame:
+    """This topic's share of every materialised posts shard; an annotated grid without posts is an error."""
+    files = sorted(paths.layout.asset_dir("posts").glob("*.parquet"))
+    if not files:
+        raise ValueError("annotation_share > 0 but no posts shard is materialised; materialise posts "
+                         "(its partitions come from config/posts.yaml), or set annotation_share: 0")
+    return posts_for_topic(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), topic, topics)
 
 
 def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str,

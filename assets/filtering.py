@@ -18,6 +18,7 @@ from pydantic import Field
 
 from assets.config import config_from
 from assets.versioning import asset_code_version, content_data_version
+from opengrok_dagster.filtering.annotations import LABEL_ISSUE
 from opengrok_dagster.filtering.chain import KEPT, REJECTED, STATES, FilterModels, filter_responses
 from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.filtering.dedup import duplicate_reasons
@@ -48,6 +49,22 @@ def _examples_per_reason(frame: pd.DataFrame, per_reason: int = 2) -> MetadataVa
     examples = exploded.groupby("reasons", sort=True).head(per_reason)
     shown = examples.assign(response=examples["response"].str.slice(0, 120).str.replace("\n", " ").str.replace("|", "/"))
     return MetadataValue.md(shown[["reasons", "state", "topic", "template_id", "response"]].rename(columns={"reasons": "reason"}).to_markdown(index=False))
+
+
+def _annotation_metadata(frame: pd.DataFrame) -> dict:
+    """Per annotated task: rows, kept, rejected per reason, and the labels confident learning flagged."""
+    annotations = frame[frame["task"].notna()]
+    if annotations.empty:
+        return {}
+    table = {}
+    for task, rows in annotations.groupby("task"):
+        reasons = Counter(reason for row in rows["reasons"] for reason in row)
+        table[task] = {
+            "rows": len(rows), "kept": int((rows["state"] == KEPT).sum()),
+            "label_issues": reasons.pop(LABEL_ISSUE, 0), "rejected_by_reason": dict(sorted(reasons.items())),
+        }
+    return {"annotation_rows": len(annotations), "label_issues": sum(t["label_issues"] for t in table.values()),
+            "annotations_by_task": MetadataValue.json(table)}
 
 
 @asset(
@@ -107,6 +124,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
             "by_topic": _markdown_counts(frame, "topic"),
             "by_template": _markdown_counts(frame, "template_id"),
             "examples_per_reason": _examples_per_reason(frame),
+            **_annotation_metadata(frame),
         },
     )
 
@@ -119,8 +137,13 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
                            metadata={"rejection_rate": float(rejection_rate), "max_rejection_rate": config.max_rejection_rate})
     leaks = Counter(kind for text in kept["response"] for kind in find_pii(text))
     yield AssetCheckResult(check_name="no_pii_in_kept_text", passed=not leaks, metadata={"pii_found": json.dumps(dict(leaks))})
-    duplicated = sum(1 for reason in duplicate_reasons(kept["response"].tolist(), kept["content_hash"].tolist(),
-                                                       filter_config.near_duplicate_threshold, filter_config.minhash_permutations) if reason)
+    # Annotations repeat short answers across posts by design; one of them is a duplicate only for the same post.
+    generated, annotations = kept[kept["task"].isna()], kept[kept["task"].notna()]
+    duplicated = sum(1 for reason in duplicate_reasons(
+        generated["response"].tolist(), generated["content_hash"].tolist(),
+        filter_config.near_duplicate_threshold, filter_config.minhash_permutations,
+    ) if reason)
+    duplicated += int(annotations.duplicated(["task", "prompt"]).sum())
     yield AssetCheckResult(check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated})
 
 

@@ -18,8 +18,11 @@ SOURCE_ROOT = Path(opengrok_dagster.__file__).resolve().parent.parent
 # The domain code each asset runs, relative to SOURCE_ROOT; the opengrok_dagster modules these import are added.
 # The thin asset modules are left out on purpose: a change to an asset's metadata must not retrain four adapters.
 ASSET_SOURCES = {
+    "posts": ("opengrok_dagster/posts",),
     "prompts": (
         "opengrok_dagster/collect/prompts.py",
+        "opengrok_dagster/collect/annotation.py",
+        "opengrok_dagster/collect/plan.py",
         "opengrok_dagster/collect/topics.py",
         "opengrok_dagster/filtering/feedback.py",
     ),

@@ -60,6 +60,8 @@ BENCHES = {
     "eval_floor": Bench("Evaluation seconds per post vs the post's compute floor", "bench.evaluation_floor",
                         ("--posts", "48", "--rounds", "5", "--threads", "1", "--clock", "cpu"),
                         "scorer / floor <= 1.5"),
+    "efficacy": Bench("Distillation efficacy (full page: docs/efficacy.md, figures: docs/efficacy.json)", "bench.distillation_efficacy",
+                      ("--threads", "1"), "reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0"),
     "end_to_end": Bench("End to end: `opengrok run` on the offline default", "bench.end_to_end",
                         ("--fresh", "3", "--unchanged", "1"), "fresh run <= 15 minutes"),
     "gpu_check": Bench("GPU check (one H200)", "bench.gpu_check", (),

@@ -24,7 +24,7 @@ import torch
 from bench.measure import spread
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent, _length_batches
-from opengrok_dagster.evaluation.prompting import classification_messages
+from opengrok_dagster.sns_tasks import classification_messages
 from opengrok_dagster.evaluation.tasks import label_words, read_split, task_spec
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 

@@ -194,6 +194,22 @@ def _profile_and_run_config(args: argparse.Namespace) -> dict:
     require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], source)
     print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""))
     return run_config
+def _load_posts(instance, defs) -> bool:
+    """Materialise every posts-catalogue shard (adding the partitions it lacks), for the annotation prompts."""
+    from opengrok_dagster.jobs import posts_job
+    from opengrok_dagster.partitions import post_shard_partitions
+    from opengrok_dagster.posts.sources import load_posts_catalogue
+    from opengrok_dagster.settings import posts_catalogue_path
+
+    keys = [shard.key for shard in load_posts_catalogue(posts_catalogue_path())]
+    existing = set(instance.get_dynamic_partitions(post_shard_partitions.name))
+    instance.add_dynamic_partitions(post_shard_partitions.name, [key for key in keys if key not in existing])
+    job = defs.resolve_job_def(posts_job.name)
+    failed = [key for number, key in enumerate(keys, start=1)
+              if not _execute(instance, job, f"[posts {number}/{len(keys)}] shard {key!r}", key)]
+    if failed:
+        print(f"posts shards failed: {', '.join(failed)}; fix them in the posts catalogue and rerun", file=sys.stderr)
+    return not failed
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -240,6 +256,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(topics, round_key)
     started = time.monotonic()
+    from assets.collection import PromptsConfig
+
+    if PromptsConfig.model_fields["annotation_share"].default > 0 and not _load_posts(instance, defs):
+        return 1  # the default grid annotates the user's posts: they are read first
     collect = jobs[collect_job.name]
     one_budget = {BUDGET_RUN_TAG: uuid.uuid4().hex}  # OPENGROK_TEACHER_BUDGET_USD covers this whole command
     failed = [

@@ -5,12 +5,17 @@ import warnings
 
 from dagster import BetaWarning, Definitions, EnvVar, load_assets_from_modules
 
-from assets import collection, distillation, evaluation, filtering, masks, training
+from assets import collection, distillation, evaluation, filtering, masks, posts, training
 from opengrok_dagster.automation import downstream_automation_sensor, training_set_drift_sensor
 from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.profiles import active_profile, require_devices
 from opengrok_dagster.schedules import recollect_schedule, retrain_schedule
-from opengrok_dagster.sensors import review_decisions_sensor, run_failure_recorder, topic_catalogue_sensor
+from opengrok_dagster.sensors import (
+    posts_catalogue_sensor,
+    review_decisions_sensor,
+    run_failure_recorder,
+    topic_catalogue_sensor,
+)
 from opengrok_dagster.settings import home_layout, teacher_api_key_variable, teacher_is_remote, topic_catalogue_path
 from resources import HubResource, OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource, TrainingResource
 from resources.hub import HUB_TOKEN_VARIABLE
@@ -94,12 +99,12 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
     require_devices(profile)
     layout = home_layout()
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
-    modules = [collection, filtering, masks, distillation, training, evaluation]
+    modules = [posts, collection, filtering, masks, distillation, training, evaluation]
     return Definitions(
         assets=load_assets_from_modules(modules),
         jobs=STAGE_JOBS,
         schedules=[recollect_schedule, retrain_schedule],
-        sensors=[topic_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor, training_set_drift_sensor],
+        sensors=[topic_catalogue_sensor, posts_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor, training_set_drift_sensor],
         resources={
             "io_manager": ParquetIOManager(base_dir=str(layout.assets_dir)),
             "paths": OpenGrokPaths(home=str(layout.home), topic_catalogue=str(topic_catalogue_path())),

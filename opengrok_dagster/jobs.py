@@ -3,6 +3,12 @@
 
 from dagster import AssetSelection, define_asset_job
 
+posts_job = define_asset_job(
+    "load_posts",
+    selection=AssetSelection.assets("posts"),
+    description="Read one shard of the user's own posts (a posts-catalogue entry), without evaluation posts.",
+)
+
 collect_job = define_asset_job(
     "collect_teacher_data",
     selection=AssetSelection.assets("prompts", "raw_responses"),
@@ -29,4 +35,4 @@ evaluate_job = define_asset_job(
     description="Compare the base student, each LoRA checkpoint and the teacher on SNS tasks; write the report.",
 )
 
-STAGE_JOBS = [collect_job, prepare_job, fine_tune_job, evaluate_job]
+STAGE_JOBS = [posts_job, collect_job, prepare_job, fine_tune_job, evaluate_job]

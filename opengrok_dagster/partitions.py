@@ -23,5 +23,8 @@ collection_partitions = MultiPartitionsDefinition({"topic": topic_partitions, "r
 def collection_partition_key(topic: str, round_key: str) -> MultiPartitionKey:
     return MultiPartitionKey({"topic": validate_topic_key(topic), "round": round_key})
 
+# One shard of the user's own posts per posts-catalogue entry (config/posts.yaml), seeded like topics.
+post_shard_partitions = DynamicPartitionsDefinition(name="post_shards")
+
 # One LoRA checkpoint per attention-mask mode, so the evaluation can compare them (the ablation).
 mask_mode_partitions = StaticPartitionsDefinition(list(MASK_MODES))

@@ -1,4 +1,5 @@
-"""Sensors: topic partitions in step with the catalogue, re-filtering on review decisions, failed runs recorded."""
+"""Sensors: topic and posts-shard partitions in step with their catalogues, re-filtering on review decisions,
+failed runs recorded."""
 
 import json
 from datetime import datetime, timezone
@@ -16,8 +17,9 @@ from dagster import (
 )
 
 from opengrok_dagster.collect.topics import load_topic_catalogue
-from opengrok_dagster.partitions import topic_partitions
-from opengrok_dagster.settings import topic_catalogue_path
+from opengrok_dagster.partitions import post_shard_partitions, topic_partitions
+from opengrok_dagster.posts.sources import load_posts_catalogue
+from opengrok_dagster.settings import posts_catalogue_path, topic_catalogue_path
 from resources import OpenGrokPaths
 
 
@@ -31,6 +33,19 @@ def topic_catalogue_sensor(context: SensorEvaluationContext):
     if not missing:
         return SkipReason("every catalogue topic is already a partition")
     return SensorResult(dynamic_partitions_requests=[topic_partitions.build_add_request(missing)])
+
+
+@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def posts_catalogue_sensor(context: SensorEvaluationContext):
+    """Add every posts-catalogue shard that is not yet a partition; a new shard is then a backfill of that key."""
+    catalogue = [shard.key for shard in load_posts_catalogue(posts_catalogue_path())]
+    existing = set(context.instance.get_dynamic_partitions(post_shard_partitions.name))
+    missing = [key for key in catalogue if key not in existing]
+    if not missing:
+        return SkipReason("every posts-catalogue shard is already a partition")
+    return SensorResult(dynamic_partitions_requests=[post_shard_partitions.build_add_request(missing)])
+
+
 
 
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)

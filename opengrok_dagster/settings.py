@@ -25,6 +25,11 @@ def topic_catalogue_path() -> Path:
     return Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", REPO_ROOT / "config" / "topics.yaml")).expanduser().resolve()
 
 
+def posts_catalogue_path() -> Path:
+    """``$OPENGROK_POSTS_CATALOGUE``, default config/posts.yaml: the shards of the user's own posts."""
+    return Path(os.environ.get("OPENGROK_POSTS_CATALOGUE", REPO_ROOT / "config" / "posts.yaml")).expanduser().resolve()
+
+
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or home_layout().dagster_home).resolve()
 

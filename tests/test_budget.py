@@ -14,7 +14,7 @@ from assets.collection import prompts, raw_responses
 from opengrok_dagster.collect.budget import Budget, BudgetLimits, utc_day
 from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses
-from opengrok_dagster.collect.loopback import LoopbackConfig, LoopbackTeacher
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from tests.conftest import REPO_ROOT

@@ -1,5 +1,7 @@
 """Dataset readers on the real files in shared/data (their SOURCE.md counts), and their errors on bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -145,14 +147,16 @@ def test_unknown_task_and_label_words_for_absent_labels_are_refused():
 def test_train_and_evaluation_label_mappings_must_agree(tmp_path):
     from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 
-    folder = tmp_path / "tweeteval" / "sentiment"
-    folder.mkdir(parents=True)
-    (folder / "mapping.txt").write_text("0\tnegative\n1\tpositive\n")
-    (folder / "val_text.txt").write_text("great\nawful\n")
-    (folder / "val_labels.txt").write_text("1\n0\n")
-    (tmp_path / "train.tsv").write_text("1\tpositive\tnice\n2\tnegative\tbad\n")
-    config = EvaluationConfig(tasks=("tweeteval_sentiment",), data_dir=str(tmp_path), train_paths={"tweeteval_sentiment": ("train.tsv",)})
-    with pytest.raises(DatasetError, match=r"train split .*train.tsv\) has labels \['negative', 'neutral', 'positive'\] but the evaluation split has \['negative', 'positive'\]"):
+    folder, other = tmp_path / "tweeteval" / "irony", tmp_path / "other"
+    for directory, mapping in ((folder, "0\tnon_irony\n1\tirony\n"), (other, "0\tnon_irony\n1\tirony\n2\tsarcasm\n")):
+        directory.mkdir(parents=True)
+        (directory / "mapping.txt").write_text(mapping)
+    for prefix in (folder / "val", other / "train"):
+        Path(f"{prefix}_text.txt").write_text("great\nawful\n")
+        Path(f"{prefix}_labels.txt").write_text("1\n0\n")
+    config = EvaluationConfig(tasks=("tweeteval_irony",), data_dir=str(tmp_path), train_paths={"tweeteval_irony": ("other/train",)})
+    with pytest.raises(DatasetError, match=r"train split .*train_text.txt\) has labels \['non_irony', 'irony', 'sarcasm'\] but the "
+                       r"evaluation split has \['non_irony', 'irony'\]"):
         Evaluation(config, None, [], log=lambda _: None).run(None)
 
 

@@ -7,8 +7,8 @@ from sklearn.metrics import f1_score, recall_score
 
 from opengrok_dagster.evaluation.bootstrap import bootstrap, paired_difference, resample_indices
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
-from opengrok_dagster.evaluation.ner import parse_entity_lines, spans_to_tags
-from opengrok_dagster.evaluation.prompting import find_labels, parse_single_label
+from opengrok_dagster.evaluation.ner import spans_to_tags
+from opengrok_dagster.sns_tasks import find_labels, parse_entity_lines, parse_single_label
 from opengrok_dagster.evaluation.runner import ablation_pairs, sample_items
 
 

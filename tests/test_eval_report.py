@@ -114,7 +114,7 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     write_manifests(assets_dir, checkpoints_home)  # none and hard; paper and soft are not materialised
     run_config = {"ops": {"eval_report": {"config": {
         "tasks": ["tweeteval_sentiment", "tweet_topic", "wnut17"],
-        "classification_examples": 4, "ner_examples": 2, "agreement_examples": 0, "resamples": 200,
+        "classification_examples": 4, "task_examples": {}, "ner_examples": 2, "agreement_examples": 0, "resamples": 200,
         "ner_max_new_tokens": 8, "agreement_max_new_tokens": 8, "api_max_tokens": 8,
         "baseline_train_examples": 300, "teacher_label_examples": 6,
         "endpoints": [
@@ -148,6 +148,9 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     reports = checkpoints_home / "reports"
     markdown, html = (reports / "report.md").read_text(), (reports / "report.html").read_text()
     assert "external reference (published, test set)" in markdown and "RoBERTa-Retrained" in markdown
+    assert "Did distillation help? (paired difference student - base)" in markdown
+    assert "Confusion matrices" in markdown and "Example posts with each model's answer" in markdown
+    assert "calibrated against content-free prompts" in markdown
     assert "data:image/png;base64," in html and "<table" in html and 'src="primary_metrics.png"' not in html
     assert (reports / "primary_metrics.png").read_bytes()[:4] == b"\x89PNG"
     for text in ("mask mode paper not evaluated", "mask mode soft not evaluated", "endpoint unreachable failed",

@@ -156,6 +156,7 @@ class TeacherResult:
     status_code: int | None = None
     anomaly: str | None = None
     logprobs: str | None = None  # JSON text of choices[0].logprobs.content, when requested
+    response_format: str | None = None  # the structured-output mode an annotation prompt was answered in
 
     @property
     def ok(self) -> bool:
@@ -305,16 +306,18 @@ class TeacherClient:
         """What one request can cost at most: the prompt estimate and max_tokens at the configured prices."""
         return self.prices.cost(characters_token_count(messages), self.sampling.max_tokens)
 
-    async def complete(self, messages: list[dict[str, str]], prompt_id: str = "") -> TeacherResult:
-        """Send one chat completion with retries. Returns a result (``error`` set after the last attempt
+    async def complete(
+        self, messages: list[dict[str, str]], prompt_id: str = "", response_format: dict | None = None
+    ) -> TeacherResult:
+        """Send one chat completion with retries (and ``response_format``, when given). Returns a result (``error`` set after the last attempt
         or on a per-prompt 4xx); raises :class:`TeacherConfigurationError` on 401/403/404, and
         :class:`~opengrok_dagster.collect.budget.BudgetExhausted` (sending nothing) when the budget is spent."""
         if self.budget is None:
-            return await self._complete(messages)
+            return await self._complete(messages, response_format)
         reservation = await self.budget.admit(prompt_id, self.worst_case_usd(messages))
         cost = 0.0  # a refused key (401...) costs nothing
         try:
-            result = await self._complete(messages)
+            result = await self._complete(messages, response_format)
             cost = result.cost_usd
             return result
         except LogprobsUnsupported as exc:
@@ -323,7 +326,7 @@ class TeacherClient:
         finally:  # settled to the real cost
             await self.budget.settle(reservation, cost)
 
-    async def _complete(self, messages: list[dict[str, str]]) -> TeacherResult:
+    async def _complete(self, messages: list[dict[str, str]], response_format: dict | None = None) -> TeacherResult:
         started = time.monotonic()
         attempts = 0
         try:
@@ -335,7 +338,7 @@ class TeacherClient:
             ):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return await self._attempt(messages, started, attempts)
+                    return await self._attempt(messages, started, attempts, response_format)
         except _Retryable as exc:
             return self._failure(f"gave up after {attempts} attempts: {exc}", exc.status_code, started, attempts)
         except _Final as exc:
@@ -354,8 +357,12 @@ class TeacherClient:
         if ticket is not None:
             await self._shared.settle(ticket, actual)
 
-    async def _attempt(self, messages: list[dict[str, str]], started: float, attempts: int) -> TeacherResult:
+    async def _attempt(
+        self, messages: list[dict[str, str]], started: float, attempts: int, response_format: dict | None = None
+    ) -> TeacherResult:
         body = {"model": self.endpoint.model, "messages": messages, **self.sampling.request_fields()}
+        if response_format is not None:
+            body["response_format"] = response_format
         estimated = estimate_tokens(messages, self.sampling.max_tokens)
         url = self.endpoint.chat_url
         async with self._slots:

@@ -22,8 +22,8 @@ from opengrok_dagster.collect.client import (
     TeacherConfigurationError,
     TeacherResult,
 )
-from opengrok_dagster.collect.prompts import prompt_messages
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
+from opengrok_dagster.collect.annotation import complete_prompt
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ async def collect_responses(
                 claim = await asyncio.to_thread(store.claim, key, row["prompt_id"], owner, leases.lease_s)
                 if claim is Claim.MINE:
                     try:
-                        result = await client.complete(prompt_messages(row), row["prompt_id"])
+                        result = await complete_prompt(client, row)
                     except LogprobsUnsupported as exc:  # paid for: kept as an error row, then stop
                         await asyncio.to_thread(store.record, key, row["prompt_id"], row["topic"], exc.result, owner)
                         raise

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS responses (
     collected_at TEXT NOT NULL,
     anomaly TEXT,
     logprobs TEXT,
+    response_format TEXT,
     PRIMARY KEY (prompt_id, teacher_model, sampling_key, round)
 )
 """
@@ -100,10 +101,10 @@ CREATE TABLE IF NOT EXISTS batches (
 STORED_COLUMNS = (
     "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
-    "status_code", "collected_at", "anomaly", "logprobs",
+    "status_code", "collected_at", "anomaly", "logprobs", "response_format",
 )
 # Columns added after the first release, with their SQL type: a store written before gets them on open.
-_ADDED_COLUMNS = {"anomaly": "TEXT", "logprobs": "TEXT"}
+_ADDED_COLUMNS = {"anomaly": "TEXT", "logprobs": "TEXT", "response_format": "TEXT"}
 
 
 class Claim(Enum):

@@ -5,19 +5,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def train_tfidf_classifier(texts: list[str], labels: np.ndarray, seed: int):
-    """A fitted pipeline; ``labels`` is a class index vector, or a boolean matrix for a multi-label task."""
+def tfidf_classifier(seed: int, multi_label: bool = False):
+    """The unfitted pipeline (also what the confident-learning filter cross-validates)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
 
     classifier = LogisticRegression(max_iter=1000, class_weight="balanced", random_state=seed)
-    if labels.ndim == 2:
+    if multi_label:
         classifier = OneVsRestClassifier(classifier)
-        labels = labels.astype(int)
     vectoriser = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, lowercase=True)
-    return make_pipeline(vectoriser, classifier).fit(texts, labels)
+    return make_pipeline(vectoriser, classifier)
+
+
+def train_tfidf_classifier(texts: list[str], labels: np.ndarray, seed: int):
+    """A fitted pipeline; ``labels`` is a class index vector, or a boolean matrix for a multi-label task."""
+    multi_label = labels.ndim == 2
+    return tfidf_classifier(seed, multi_label).fit(texts, labels.astype(int) if multi_label else labels)
 
 
 def trainable(labels: np.ndarray) -> bool:

@@ -16,18 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from opengrok_dagster.sns_tasks import SENTIMENT_LABELS, TOPIC_LABELS
+
 DATA_DIR_VARIABLE = "OPENGROK_DATA_DIR"
 # ``shared/data`` beside the repository checkout, where the project keeps its copies of the public datasets.
 SHARED_DATA_FALLBACK = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-# TweetTopic's 19 labels, in the README's index order (also the key order of each JSONL record).
-TOPIC_LABELS = (
-    "arts_&_culture", "business_&_entrepreneurs", "celebrity_&_pop_culture", "diaries_&_daily_life", "family",
-    "fashion_&_style", "film_tv_&_video", "fitness_&_health", "food_&_dining", "gaming", "learning_&_educational",
-    "music", "news_&_social_concern", "other_hobbies", "relationships", "science_&_technology", "sports",
-    "travel_&_adventure", "youth_&_student_life",
-)
-SEMEVAL_LABELS = ("negative", "neutral", "positive")  # TweetEval's sentiment index order
 
 
 class DatasetError(ValueError):
@@ -140,11 +133,11 @@ def read_semeval_tsv(paths: list[Path] | Path) -> ClassificationData:
             if len(fields) < 3:
                 raise DatasetError(f"{path}:{number}: expected 'id<TAB>label<TAB>text', got {len(fields)} field(s)")
             label = fields[1].strip()
-            if label not in SEMEVAL_LABELS:
-                raise DatasetError(f"{path}:{number}: label {label!r} is not one of {', '.join(SEMEVAL_LABELS)}")
+            if label not in SENTIMENT_LABELS:
+                raise DatasetError(f"{path}:{number}: label {label!r} is not one of {', '.join(SENTIMENT_LABELS)}")
             texts.append(_JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), fields[2]))
-            labels.append(SEMEVAL_LABELS.index(label))
-    return ClassificationData(texts, np.array(labels, dtype=np.int64), SEMEVAL_LABELS, ", ".join(map(str, paths)))
+            labels.append(SENTIMENT_LABELS.index(label))
+    return ClassificationData(texts, np.array(labels, dtype=np.int64), SENTIMENT_LABELS, ", ".join(map(str, paths)))
 
 
 def read_topic_jsonl(path: Path) -> MultiLabelData:

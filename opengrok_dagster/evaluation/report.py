@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from opengrok_dagster.evaluation.runner import EvaluationResults, TaskResult
+from opengrok_dagster.evaluation.runner import TEACHER, EvaluationResults, ItemAnswers, TaskResult
 from opengrok_dagster.publish import publishing
 
 REPORT_MARKDOWN, REPORT_HTML = "report.md", "report.html"  # in the layout's reports_dir
 MAIN_PLOT = "primary_metrics.png"
 DIFFERENCE_PLOT = "paired_differences.png"
+EXAMPLE_POST_CHARS = 140
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -76,6 +77,70 @@ def summary_table(results: EvaluationResults) -> pd.DataFrame:
         references = task.spec.references if task.spec else ()
         row["external reference (published, test set)"] = "; ".join(f"{r.system} {r.value:.3f}" for r in references) or "-"
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def distillation_table(results: EvaluationResults) -> pd.DataFrame:
+    """Per task and adapter: did distillation help? The paired difference student - base with its interval (and
+    the interval's half-width, the effect the sample can resolve), beside the base's, the teacher's and the
+    student's own scores on the primary metric."""
+    confidence = results.config.confidence
+    rows = []
+    for task in results.tasks:
+        if task.spec is None:
+            continue
+        by_model = {s.model: s.distribution.estimate(task.primary_metric, confidence) for s in task.scores}
+        teacher, base = by_model.get(TEACHER), by_model.get("base")
+        for c in task.comparisons:
+            if c.compared_to != "base" or c.metric != task.primary_metric:
+                continue
+            student, d = by_model[c.model], c.difference
+            rows.append({
+                "task": task.name, "metric": task.primary_metric, "n": task.n, "student": c.model,
+                "base": _interval(base.value, base.low, base.high) if base else "-",
+                "teacher": _interval(teacher.value, teacher.low, teacher.high) if teacher else "-",
+                "student score": _interval(student.value, student.low, student.high),
+                "student - base": _interval(d.value, d.low, d.high),
+                "+- (half-width)": _fmt((d.high - d.low) / 2), "p_value": _fmt(d.p_value),
+            })
+    return pd.DataFrame(rows)
+
+
+def confusion_table(answers: ItemAnswers, model: str) -> pd.DataFrame:
+    """Gold label (rows) x the model's answer (columns; 'unparseable' for an answer naming no single label)."""
+    k = len(answers.words)
+    predicted = answers.predictions[model]
+    counts = np.zeros((k, k + 1), dtype=int)
+    np.add.at(counts, (answers.gold, np.where(predicted < 0, k, predicted)), 1)
+    frame = pd.DataFrame(counts, columns=[*answers.words, "unparseable"])
+    if not counts[:, k].any():
+        frame = frame.drop(columns="unparseable")
+    frame.insert(0, "gold \\ answer", answers.words)
+    return frame
+
+
+def _answer_text(answers: ItemAnswers, row: int, predicted) -> str:
+    if answers.multi_label:
+        return ", ".join(answers.words[i] for i in np.flatnonzero(predicted[row])) or "(none)"
+    return answers.words[predicted[row]] if predicted[row] >= 0 else "(unparseable)"
+
+
+def example_rows(answers: ItemAnswers, count: int) -> list[int]:
+    """Items on which the models disagree most (ties: item order), so the examples show what changed."""
+    def spread(row: int) -> int:
+        return len({_answer_text(answers, row, p) for p in answers.predictions.values()})
+
+    return sorted(sorted(range(len(answers.texts)), key=lambda row: -spread(row))[:count])
+
+
+def examples_table(answers: ItemAnswers, count: int) -> pd.DataFrame:
+    rows = []
+    for row in example_rows(answers, count):
+        text = " ".join(answers.texts[row].split())
+        gold = (", ".join(answers.words[i] for i in np.flatnonzero(answers.gold[row])) if answers.multi_label
+                else answers.words[answers.gold[row]])
+        rows.append({"post": text if len(text) <= EXAMPLE_POST_CHARS else text[:EXAMPLE_POST_CHARS - 1] + "\u2026", "gold": gold}
+                    | {model: _answer_text(answers, row, predicted) for model, predicted in answers.predictions.items()})
     return pd.DataFrame(rows)
 
 
@@ -194,6 +259,13 @@ def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None 
                     "paired differences use the same resampled items for both models.")
     report.add("h2", "Summary (primary metric per task)")
     report.add("table", summary_table(results))
+    distillation = distillation_table(results)
+    if len(distillation):
+        report.add("h2", "Did distillation help? (paired difference student - base)")
+        report.add("p", "Each adapter against the untrained base student on the same items and resamples; an interval "
+                        "above 0 means the distilled student is better. The teacher's score is shown beside them: it "
+                        "is what distillation could at best transfer.")
+        report.add("table", distillation)
     report.images[MAIN_PLOT] = _plot_primary(results) if any(t.scores for t in results.tasks) else b""
     if report.images[MAIN_PLOT]:
         report.add("image", MAIN_PLOT)
@@ -225,6 +297,14 @@ def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None 
         if references:
             report.add("h3", "External reference (published on the test split; not measured here, not comparable to a small validation sample)")
             report.add("table", pd.DataFrame([{"system": r.system, task.primary_metric: f"{r.value:.3f}", "source": r.source} for r in references]))
+        if task.answers is not None:
+            if not task.answers.multi_label:
+                report.add("h3", "Confusion matrices (rows: gold label; columns: the model's answer)")
+                for model in task.answers.predictions:
+                    report.add("p", f"{model}:")
+                    report.add("table", confusion_table(task.answers, model))
+            report.add("h3", "Example posts with each model's answer (the items the models disagree on most)")
+            report.add("table", examples_table(task.answers, cfg.example_posts))
         if task.notes:
             report.add("list", task.notes)
     differences = _plot_differences(results)
@@ -235,7 +315,10 @@ def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None 
     report.add("h2", "Method")
     report.add("list", [
         "Local models (base student and each LoRA checkpoint) classify by label log-likelihood: every label's tokens are "
-        "scored after the same prompt and the most likely label wins, so they never give an unparseable answer.",
+        "scored after the same prompt and the most likely label wins, so they never give an unparseable answer. "
+        + ("Scores are calibrated against content-free prompts (the same prompt with the posts 'N/A', '' and '[MASK]'): "
+           "each label's likelihood is divided by its mean likelihood there, so a model's label prior does not decide "
+           "(contextual calibration, Zhao et al. 2021)." if cfg.calibrate else "Scores are not calibrated (calibrate: false)."),
         f"Multi-label topics: the labels' likelihoods are normalised over the label set; the top label and every label "
         f"with probability >= {cfg.topic_threshold} are predicted.",
         "API models (teacher, extra endpoints) answer the same prompt with greedy decoding; an answer naming no label "

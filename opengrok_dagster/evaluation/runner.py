@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +15,21 @@ from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.evaluation.bootstrap import Difference, Distribution, bootstrap, paired_difference, resample_indices
+from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
 from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
 from opengrok_dagster.evaluation.hub import is_hub_split
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
-from opengrok_dagster.evaluation.ner import ner_messages, parse_entity_lines, spans_to_tags
-from opengrok_dagster.evaluation.prompting import classification_messages, find_labels, parse_single_label
-from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
+from opengrok_dagster.evaluation.ner import spans_to_tags
+from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TaskSpec, label_words, read_split, task_spec
+from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
+from opengrok_dagster.sns_tasks import (
+    classification_messages,
+    find_labels,
+    ner_messages,
+    parse_entity_lines,
+    parse_single_label,
+)
 
 TEACHER = "teacher"
 GOLD_BASELINE, TEACHER_BASELINE = "tfidf-lr:gold", "tfidf-lr:teacher"
@@ -29,7 +37,12 @@ AGREEMENT_TASK = "teacher_agreement"
 
 
 class EvaluationConfig(BaseModel):
-    """Sizes are items sampled per task (0 = the whole split); the same config and inputs give the same numbers."""
+    """Sizes are items sampled per task (0 = the whole split); the same config and inputs give the same numbers.
+
+    TweetEval sentiment defaults to 500 val posts, so that the 95% interval of the paired difference student - base
+    on macro recall is at most +-0.06 wide: docs/efficacy.md measured +-0.052 on 300 posts for a student that
+    disagrees with the base on most posts (the widest case), so about +-0.04 on 500 (width ~ 1/sqrt(n)).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -50,7 +63,12 @@ class EvaluationConfig(BaseModel):
         default_factory=dict, description="Per task, the train file(s) of the TF-IDF baselines, relative to data_dir."
     )
     classification_examples: int = Field(
-        default=20, description="Items sampled per classification/topic task (0 = the whole split)."
+        default=100, description="Items sampled per classification/topic task (0 = the whole split)."
+    )
+    task_examples: dict[str, int] = Field(
+        default_factory=lambda: {"tweeteval_sentiment": 500},
+        description="Per task, items sampled instead of classification_examples/ner_examples (0 = the whole split); "
+        "TweetEval sentiment's 500 keep the paired difference's 95% interval within +-0.06 (docs/efficacy.md).",
     )
     ner_examples: int = Field(default=6, description="Sentences sampled per NER task (0 = the whole split).")
     agreement_examples: int = Field(
@@ -78,6 +96,14 @@ class EvaluationConfig(BaseModel):
         description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other "
         "jobs).",
     )
+    calibrate: bool = Field(
+        default=True,
+        description="Calibrate local models' label scores against content-free prompts ('N/A', '', '[MASK]') so a "
+        "label prior does not decide.",
+    )
+    example_posts: int = Field(
+        default=5, description="Example posts per classification task shown in the report with each model's answer."
+    )
     device: str = Field(
         default="auto",
         description="Where the local student runs: 'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'.",
@@ -102,7 +128,11 @@ class EvaluationConfig(BaseModel):
         for name in (*self.eval_paths, *self.train_paths):
             if name not in self.tasks:
                 raise ValueError(f"a split path is given for task {name!r}, which is not among the tasks evaluated ({', '.join(self.tasks)})")
-        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples", "torch_threads")
+        for name, size in self.task_examples.items():
+            if size < 0:
+                raise ValueError(f"task_examples[{name!r}] must be >= 0 (0 = all), got {size}")
+        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples",
+                  "torch_threads", "example_posts")
         if self.batch_tokens < 1:
             raise ValueError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
         for name in counts:
@@ -133,6 +163,18 @@ class PairedComparison:
 
 
 @dataclass
+class ItemAnswers:
+    """Each model's answer per item of a classification task, for the report's confusion matrices and examples:
+    class indices (-1 unparseable), or for multi-label tasks boolean (items x labels) matrices."""
+
+    texts: list[str]
+    gold: np.ndarray
+    words: list[str]
+    multi_label: bool
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class TaskResult:
     spec: TaskSpec | None  # None for teacher agreement
     name: str
@@ -144,6 +186,7 @@ class TaskResult:
     scores: list[ModelScore] = field(default_factory=list)
     comparisons: list[PairedComparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    answers: ItemAnswers | None = None  # classification tasks only
 
 
 @dataclass
@@ -187,6 +230,16 @@ def ablation_pairs(models: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _without_eval_posts(train, eval_posts: dict[str, str]):
+    """The train split without the posts of any evaluated split (a baseline trained on them scores inflated),
+    and how many were left out."""
+    keep = np.array([split is None for split in eval_split_of(train.texts, eval_posts)], dtype=bool)
+    if keep.all():
+        return train, 0
+    kept = replace(train, texts=[t for t, k in zip(train.texts, keep) if k], labels=train.labels[keep])
+    return kept, int((~keep).sum())
+
+
 class Evaluation:
     def __init__(
         self,
@@ -203,6 +256,7 @@ class Evaluation:
         self.failed_endpoints: dict[str, str] = {}
         self.request_counts: dict[str, list[int]] = {}  # model -> [failed, sent, reused], over the whole run
         self.throughput = Throughput()
+        self.eval_posts: dict[str, str] = {}  # normalised text hash -> eval split, over every task evaluated
         self.log = log
 
     # -- model answers ---------------------------------------------------------------------------------
@@ -231,10 +285,13 @@ class Evaluation:
     def _classify(self, spec: TaskSpec, texts: list[str], words: list[str], multi_label: bool):
         """Yields (model, predictions, unparseable_rate) for every local variant and API model."""
         messages = [classification_messages(spec.question, t, words, multi_label) for t in texts]
+        content_free = content_free_messages(lambda post: classification_messages(spec.question, post, words, multi_label))
         for variant in self._local_variants():
             started = time.monotonic()
             with self.student.using(variant):
                 logprobs = self.student.label_logprobs(messages, words)
+                if self.config.calibrate:
+                    logprobs = calibrate(logprobs, self.student.label_logprobs(content_free, words))
             seconds = time.monotonic() - started
             self.throughput.add(spec.name, len(texts), seconds)
             self.log(f"{spec.name}: {variant} scored {len(texts)} items in {seconds:.1f}s")
@@ -274,6 +331,10 @@ class Evaluation:
                 f"task {spec.name}: the train split ({train.source}) has labels {list(train.label_names)} but the evaluation "
                 f"split has {list(eval_names)}; point both at files with the same label mapping"
             )
+        train, leaked = _without_eval_posts(train, self.eval_posts)
+        if leaked:
+            notes.append(f"{leaked} posts of the train split ({train.source}) are evaluation posts and were left "
+                         "out of the TF-IDF baselines' training data")
         cfg = self.config
         chosen = sample_items(len(train.texts), cfg.baseline_train_examples, cfg.seed)
         train_texts, train_labels = [train.texts[i] for i in chosen], train.labels[chosen]
@@ -351,7 +412,7 @@ class Evaluation:
         cfg = self.config
         relative = cfg.eval_paths.get(spec.name) or spec.eval_path
         data = read_split(spec, data_dir, relative)
-        wanted = cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples
+        wanted = cfg.task_examples.get(spec.name, cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples)
         total = len(data.tokens) if spec.kind == "ner" else len(data.texts)
         chosen = sample_items(total, wanted, cfg.seed)
         result = TaskResult(spec, spec.name, spec.primary_metric, data.source, data.version, total, len(chosen))
@@ -365,6 +426,7 @@ class Evaluation:
         multi_label = spec.kind == "multilabel"
         words = label_words(spec, data.label_names)
         texts, gold = [data.texts[i] for i in chosen], data.labels[chosen]
+        result.answers = ItemAnswers(texts, gold, words, multi_label)
 
         def scores_of(predicted):
             if multi_label:
@@ -373,8 +435,10 @@ class Evaluation:
 
         for model, predicted, unparseable in self._classify(spec, texts, words, multi_label):
             scored.append((model, scores_of(predicted), unparseable))
+            result.answers.predictions[model] = predicted
         for model, predicted in self._baselines(spec, data_dir, texts, data.label_names, words, multi_label, result.notes):
             scored.append((model, scores_of(predicted), None))
+            result.answers.predictions[model] = predicted
         return self._finish(result, scored, (spec.primary_metric,))
 
     def run_agreement(self, heldout: pd.DataFrame) -> TaskResult:
@@ -439,6 +503,7 @@ class Evaluation:
                 "was found. Set OPENGROK_DATA_DIR (or the data_dir setting) to a folder laid out like shared/data "
                 "(tweeteval/, wnut17/, ...), or name hub splits (hf:<dataset>:<config>:<split>) in eval_paths."
             )
+        self.eval_posts = eval_hashes(runnable, data_dir, cfg.eval_paths)
         tasks: list[TaskResult] = [self.run_task(task_spec(name), data_dir) for name in runnable]
         if self.student is None:
             notes.append("no local student was evaluated")

@@ -22,6 +22,14 @@ from opengrok_dagster.evaluation.datasets import (
     read_tweeteval,
 )
 from opengrok_dagster.evaluation.hub import is_hub_split, load_hub_split
+from opengrok_dagster.sns_tasks import (
+    ENTITY_WORDS,
+    NER_QUESTION,
+    SENTIMENT_QUESTION,
+    TASK_FORMATS,
+    TOPIC_QUESTION,
+    word_for,
+)
 
 READERS = {"tweeteval": read_tweeteval, "semeval_tsv": read_semeval_tsv, "topic_jsonl": read_topic_jsonl, "conll": read_conll}
 KIND_OF_FORMAT = {"tweeteval": "classification", "semeval_tsv": "classification", "topic_jsonl": "multilabel", "conll": "ner"}
@@ -70,7 +78,7 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         TaskSpec(
             "tweeteval_sentiment", "tweeteval", "tweeteval/sentiment/val", _SEMEVAL_TRAIN, "macro_recall",
-            "What is the sentiment of this post?", train_format="semeval_tsv",
+            SENTIMENT_QUESTION, train_format="semeval_tsv",
             references=(
                 ExternalReference("RoBERTa-Retrained", 0.726, _TWEETEVAL),
                 ExternalReference("TimeLMs-2021", 0.737, _TWEETEVAL_README),
@@ -78,15 +86,14 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             "semeval_sentiment", "semeval_tsv", "semeval2017_task4a/twitter-2016devtest-A.tsv", _SEMEVAL_TRAIN,
-            "macro_recall", "What is the sentiment of this post?",
+            "macro_recall", SENTIMENT_QUESTION,
         ),
         TaskSpec(
             "tweet_topic", "topic_jsonl", "tweet_topic_xl/en/en_validation.jsonl", ("tweet_topic_xl/en/en_train.jsonl",),
-            "macro_f1", "Which topic is this post about?",
+            "macro_f1", TOPIC_QUESTION,
         ),
         TaskSpec(
-            "wnut17", "conll", "wnut17/emerging.dev.conll", ("wnut17/wnut17train.conll",), "f1",
-            "List the named entities in this post.",
+            "wnut17", "conll", "wnut17/emerging.dev.conll", ("wnut17/wnut17train.conll",), "f1", NER_QUESTION,
             references=(
                 ExternalReference("UH-RiTUAL (first in the WNUT-17 shared task)", 0.4186,
                                   "Aguilar et al. 2017, WNUT (ACL Anthology W17-4419), entity F1, test set"),
@@ -95,13 +102,11 @@ TASKS: dict[str, TaskSpec] = {
             ),
         ),
         TaskSpec(
-            "btc", "conll", "broad_twitter_corpus/btc.dev", ("broad_twitter_corpus/btc.train",), "f1",
-            "List the named entities in this post.", {"PER": "person", "ORG": "organisation", "LOC": "location"},
+            "btc", "conll", "broad_twitter_corpus/btc.dev", ("broad_twitter_corpus/btc.train",), "f1", NER_QUESTION,
+            {k: ENTITY_WORDS[k] for k in ("PER", "ORG", "LOC")},
         ),
         TaskSpec(
-            "tweebank_ner", "conll", "tweebank_ner/dev.bio", ("tweebank_ner/train.bio",), "f1",
-            "List the named entities in this post.",
-            {"PER": "person", "ORG": "organisation", "LOC": "location", "MISC": "miscellaneous"},
+            "tweebank_ner", "conll", "tweebank_ner/dev.bio", ("tweebank_ner/train.bio",), "f1", NER_QUESTION, ENTITY_WORDS,
         ),
         _tweeteval("emotion", "Which emotion does this post express?", "macro_f1"),
         _tweeteval("hate", "Is this post hate speech against immigrants or women?", "macro_f1",
@@ -149,9 +154,20 @@ def read_split(
 
 
 def label_words(spec: TaskSpec, names: tuple[str, ...]) -> list[str]:
-    """The words the prompt offers and the scorer compares, one per dataset label, in label order."""
+    """The words the prompt offers and the scorer compares, one per dataset label, in label order.
+
+    A task the teacher annotates posts for must read the labels of its format, so that the student is scored
+    on the vocabulary it was trained with."""
+    known = TASK_FORMATS.get(spec.name)
+    if known is not None:
+        if tuple(names) != known.labels:
+            raise DatasetError(
+                f"task {spec.name}: the split's labels {list(names)} are not the task's vocabulary {list(known.labels)} "
+                "(which the teacher annotates with and the student is trained on); point the task at a split with those labels"
+            )
+        return list(known.words)
     words = spec.label_words or {}
     unknown = set(words) - set(names)
     if unknown:
         raise DatasetError(f"task {spec.name}: label words given for {sorted(unknown)}, which the data's mapping lacks ({list(names)})")
-    return [words.get(name, name.replace("_&_", " & ").replace("_", " ")) for name in names]
+    return [word_for(name, words) for name in names]

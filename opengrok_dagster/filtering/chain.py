@@ -3,6 +3,8 @@
 Order: scrub PII (every later check and the kept text see the scrubbed text), hard rejections (errors,
 length, refusals, block list, toxicity, language), review flags (borderline toxicity, bias), reviewer
 decisions, then duplicates among what survived (earliest kept), then the split of the kept rows.
+Annotations of real posts take their own path (:mod:`opengrok_dagster.filtering.annotations`): parsed,
+checked against the task's vocabulary and post, rewritten as the evaluation asks, confident learning.
 """
 
 from __future__ import annotations
@@ -11,9 +13,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from opengrok_dagster.collect.annotation import ANNOTATION_VARIANT
 from opengrok_dagster.filtering import checks
+from opengrok_dagster.filtering.annotations import (
+    LABEL_ISSUE,
+    annotation_scores,
+    check_annotations,
+    flag_label_issues,
+    review_key,
+)
 from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.filtering.dedup import content_hash, duplicate_reasons
 from opengrok_dagster.filtering.language import LanguageDetector, language_text
@@ -27,7 +38,7 @@ STATES = (KEPT, REJECTED, NEEDS_REVIEW)
 FILTERED_COLUMNS = (
     "example_id", "prompt_id", "topic", "round", "template_id", "platform", "style", "variant", "teacher_model",
     "request_id", "collected_at", "system_prompt", "prompt", "response", "content_hash", "state", "reasons",
-    "scores", "split",
+    "scores", "split", "task",
 )
 
 
@@ -58,6 +69,28 @@ def example_id(prompt_id: str, teacher_model: str, sampling_key: str, round_key:
 def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterModels, decisions: dict[str, Decision]) -> pd.DataFrame:
     """One output row per input row, earliest collected first, with state, reasons, scores and split."""
     frame = raw.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
+    annotated = frame["variant"].eq(ANNOTATION_VARIANT) & ("task" in frame.columns)
+    parts = [part for part in (_filter_generated(frame[~annotated].reset_index(drop=True), config, models, decisions),
+                               _filter_annotations(frame[annotated].reset_index(drop=True), config, decisions))
+             if not part.empty]
+    out = pd.concat(parts, ignore_index=True) if parts else _filter_generated(frame, config, models, decisions)
+    out = out.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
+    if "task" not in out.columns:
+        out["task"] = None
+    kept = out[out["state"] == KEPT]
+    # Annotations are never held out: the evaluation scores their tasks on its own splits, and teacher agreement
+    # (what held-out prompts measure) is about generated answers.
+    generated, annotations = kept[kept["task"].isna()], kept[kept["task"].notna()]
+    splits = assign_splits(generated, config.validation_fraction, config.heldout_fraction, config.split_seed)
+    splits |= assign_splits(annotations, config.validation_fraction, 0.0, config.split_seed)
+    out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
+    return out.loc[:, list(FILTERED_COLUMNS)]
+
+
+def _filter_generated(
+    frame: pd.DataFrame, config: FilterConfig, models: FilterModels, decisions: dict[str, Decision]
+) -> pd.DataFrame:
+    """The chain for the teacher's generated responses (the module docstring's order), without the split."""
     texts = [scrub_pii(text) if isinstance(text, str) else "" for text in frame["response"]]
     hashes = [content_hash(text) for text in texts]
     rejections, reviews = _hard_rejections(frame, texts, config, models)
@@ -74,10 +107,7 @@ def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterMode
                     "language_confidence": round(lang[1], 4) if lang else None, "chars": len(text)})
         for tox, lang, text in zip(toxicity, languages, texts)
     ]
-    kept = out[out["state"] == KEPT]
-    splits = assign_splits(kept, config.validation_fraction, config.heldout_fraction, config.split_seed)
-    out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
-    return out.loc[:, list(FILTERED_COLUMNS)]
+    return out
 
 
 def _hard_rejections(
@@ -161,3 +191,37 @@ def _reject_duplicates(states: list[str], reasons: list[list[str]], texts: list[
         if duplicate:
             states[index] = REJECTED
             reasons[index] = reasons[index] + [duplicate]
+def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: dict[str, Decision]) -> pd.DataFrame:
+    """Annotations: reason codes for what cannot be used, the kept ones as the evaluation asks, and likely-wrong
+    labels (confident learning) to the review queue or rejected, as ``config.label_issues`` says."""
+    if frame.empty:
+        return frame
+    frame = frame.assign(post_text=[scrub_pii(t) if isinstance(t, str) else "" for t in frame["post_text"]])
+    checked = check_annotations(frame, config.reject_truncated)
+    states = [REJECTED if reasons else KEPT for reasons in checked["reasons"]]
+    reasons = list(checked["reasons"])
+    quality: list[float | None] = [None] * len(checked)
+    kept = checked[[state == KEPT for state in states]]
+    if config.label_issues != "off":
+        for task, flagged in flag_label_issues(kept, config.split_seed, config.label_issue_min_rows).items():
+            if flagged is None:
+                continue
+            for index, issue, score in zip(kept.index[kept["task"] == task], *flagged):
+                quality[index] = None if np.isnan(score) else float(score)
+                if issue:
+                    states[index] = REJECTED if config.label_issues == "reject" else NEEDS_REVIEW
+                    reasons[index] = [LABEL_ISSUE]
+    hashes = [review_key(p, r) for p, r in zip(checked["prompt"], checked["response"])]
+    for index, state in enumerate(states):
+        if state == NEEDS_REVIEW and hashes[index] in decisions:
+            accepted = decisions[hashes[index]].decision == ACCEPT
+            states[index] = KEPT if accepted else REJECTED
+            reasons[index] = reasons[index] + [checks.REVIEW_ACCEPTED if accepted else checks.REVIEW_REJECTED]
+    out = checked.assign(content_hash=hashes, state=states, reasons=reasons)
+    keys = zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])
+    out["example_id"] = [example_id(*key) for key in keys]
+    answers = frame["response"]  # as the teacher gave it: kept rows now hold the training answer
+    out["scores"] = [annotation_scores(*values) for values in zip(out["response_format"], answers, quality)]
+    return out
+
+

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.settings import REPO_ROOT
 
-
+LABEL_ISSUE_ACTIONS = ("review", "reject", "off")
 DEFAULT_BLOCKLIST = REPO_ROOT / "config" / "blocklist.txt"
 DEFAULT_IDENTITY_TERMS = REPO_ROOT / "config" / "identity_terms.txt"
 
@@ -93,6 +93,14 @@ class FilterConfig(BaseModel):
         default=0.1, description="Share of prompts held out of training for the teacher-agreement evaluation."
     )
     split_seed: int = Field(default=0, description="Seed of the prompt hash that decides the split.")
+    label_issues: str = Field(
+        default="review",
+        description="Likely-wrong annotation labels found by confident learning (cleanlab): 'review' (to the review "
+        "queue), 'reject', or 'off'.",
+    )
+    label_issue_min_rows: int = Field(
+        default=200, description="Kept annotations of a task below which confident learning does not judge it."
+    )
 
     def model_post_init(self, context) -> None:
         if not 0 < self.min_chars <= self.max_chars:
@@ -123,6 +131,11 @@ class FilterConfig(BaseModel):
             raise ValueError(f"minhash_permutations must be >= 16, got {self.minhash_permutations}")
         if self.validation_fraction + self.heldout_fraction >= 1.0:
             raise ValueError("validation_fraction + heldout_fraction must leave room for a training split (sum < 1)")
+        if self.label_issue_min_rows < 10:
+            raise ValueError(f"label_issue_min_rows must be >= 10, got {self.label_issue_min_rows}")
+        if self.label_issues not in LABEL_ISSUE_ACTIONS:
+            choices = ", ".join(LABEL_ISSUE_ACTIONS)
+            raise ValueError(f"label_issues must be one of {choices}, got {self.label_issues!r}")
         if not self.allowed_languages:
             raise ValueError("allowed_languages must name at least one ISO 639-1 code, e.g. ['en']")
         for name in ("blocklist_path", "identity_terms_path"):

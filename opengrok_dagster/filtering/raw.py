@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from opengrok_dagster.filtering.annotations import ANNOTATION_COLUMNS
 from opengrok_dagster.filtering.stored import read_stored
 from opengrok_dagster.layout import ASSET_SUFFIX
 
@@ -53,5 +54,5 @@ def read_raw_responses(raw_dir: Path, rounds: list[str]) -> pd.DataFrame:
         for path in sorted((raw_dir / round_key).glob(f"*{ASSET_SUFFIX}")):
             frame = read_stored(path, "raw responses", RAW_COLUMNS,
                                 "re-materialise that raw_responses partition with the current code")
-            frames.append(frame.reindex(columns=[*RAW_COLUMNS, *OPTIONAL_RAW_COLUMNS]))
+            frames.append(frame.reindex(columns=[*RAW_COLUMNS, *OPTIONAL_RAW_COLUMNS, *(c for c in ANNOTATION_COLUMNS if c in frame.columns)]))
     return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,250 @@
+"""Reference teacher (TF-IDF+LR on gold train), not an LLM: an OpenAI-compatible loopback server of known quality.
+
+No strong LLM runs offline, so the efficacy bench needs a teacher whose skill is known to measure how much of a
+teacher's skill the pipeline transfers to the student. This one answers the label prompts of
+``opengrok_dagster.sns_tasks`` (the annotation prompts, which are the evaluation's prompts) for sentiment and
+topics with the prediction of a TF-IDF + logistic-regression classifier (``evaluation.baselines.train_tfidf_classifier``) trained on the
+task's GOLD train split, never on validation or test: every train post whose normalised text is also in the
+task's evaluation split is dropped before fitting (``posts.leaks.normalise_post``), so its score on that split
+is not inflated by leaked posts.
+A request with ``response_format`` (``json_schema`` or ``json_object``) gets the task's JSON answer, otherwise the
+free-text answer the evaluation reads. A prompt it cannot answer (a generative prompt, an unknown question) gets
+a 400 naming what it answers.
+
+    python -m devtools.reference_teacher --port 8765            # serves until interrupted
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+
+from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
+from opengrok_dagster.evaluation.datasets import resolve_data_dir
+from opengrok_dagster.evaluation.tasks import read_split, task_spec
+from opengrok_dagster.offline.server import free_loopback_port
+from opengrok_dagster.posts.leaks import normalise_post
+from opengrok_dagster.sns_tasks import Annotation, TaskFormat, find_labels, task_format
+
+NAME = "reference teacher (TF-IDF+LR on gold train), not an LLM"
+MODEL_ID = "reference-teacher-tfidf-lr-gold-train"
+TASKS = ("tweeteval_sentiment", "tweet_topic")
+POST_MARKER = "\nPost: "
+
+
+@dataclass
+class TaskClassifier:
+    """One task's classifier and its answer format (``sns_tasks``): label words, one label or several."""
+
+    format: TaskFormat
+    eval_path: str
+    pipeline: object
+    train_posts: int
+    dropped_eval_posts: int
+    topic_threshold: float = 0.3
+
+    def annotate(self, post: str) -> Annotation:
+        if self.format.kind != "multilabel":
+            return Annotation(labels=(int(self.pipeline.predict([post])[0]),))
+        probabilities = self.pipeline.predict_proba([post])[0]
+        chosen = {int(np.argmax(probabilities)), *np.flatnonzero(probabilities >= self.topic_threshold).tolist()}
+        return Annotation(labels=tuple(sorted(chosen)))
+
+    def answer(self, post: str, structured: bool) -> str:
+        annotation = self.annotate(post)
+        if not structured:
+            return self.format.answer(annotation)
+        chosen = [self.format.words[i] for i in annotation.labels]
+        (key,) = self.format.json_schema()["required"]
+        return json.dumps({key: chosen if self.format.kind == "multilabel" else chosen[0]})
+
+
+def fit_task(name: str, data_dir: Path, exclude: frozenset[str] = frozenset(), seed: int = 0) -> TaskClassifier:
+    """Fit ``name``'s classifier on its gold train split minus every post also in its evaluation split, and minus
+    ``exclude`` (normalised texts, e.g. the posts a bench will have it annotate, so it labels posts it never saw)."""
+    spec, answer_format = task_spec(name), task_format(name)
+    if answer_format.kind == "ner":
+        raise ValueError(
+            f"the {NAME} cannot annotate {name}: a TF-IDF classifier labels posts, it does not find entities"
+        )
+    train = read_split(spec, data_dir, spec.train_paths, train=True)
+    evaluation = read_split(spec, data_dir, spec.eval_path)
+    held = {normalise_post(t) for t in evaluation.texts}
+    normalised = [normalise_post(text) for text in train.texts]
+    keep = np.array([i for i, text in enumerate(normalised) if text not in held and text not in exclude])
+    dropped = sum(text in held for text in normalised)
+    if tuple(train.label_names) != answer_format.labels:
+        raise ValueError(
+            f"{name}: the train split's labels {list(train.label_names)} are not the task format's "
+            f"{list(answer_format.labels)}"
+        )
+    texts, labels = [train.texts[i] for i in keep], train.labels[keep]
+    return TaskClassifier(
+        answer_format, spec.eval_path, train_tfidf_classifier(texts, labels, seed), len(texts), dropped
+    )
+
+
+@dataclass
+class ReferenceTeacher:
+    """Start with :meth:`start` (or as a context manager); ``served`` counts the prompts answered."""
+
+    classifiers: list[TaskClassifier]
+    port: int = field(default_factory=free_loopback_port)
+    served: int = 0
+
+    @classmethod
+    def fit(
+        cls,
+        data_dir: Path | None = None,
+        tasks: tuple[str, ...] = TASKS,
+        exclude: frozenset[str] = frozenset(),
+        seed: int = 0,
+    ) -> "ReferenceTeacher":
+        data_dir = data_dir or resolve_data_dir()
+        if data_dir is None:
+            raise SystemExit(
+                "the reference teacher needs the gold train splits: set OPENGROK_DATA_DIR to a folder laid out like "
+                "shared/data"
+            )
+        return cls([fit_task(name, Path(data_dir), exclude, seed) for name in tasks])
+
+    def __post_init__(self) -> None:
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def describe(self) -> str:
+        parts = [
+            f"{c.format.name}: {c.train_posts} gold train posts "
+            f"({c.dropped_eval_posts} dropped as also in {c.eval_path})"
+            for c in self.classifiers
+        ]
+        return f"{NAME}; " + "; ".join(parts)
+
+    def answer(self, prompt: str, structured: bool = False) -> str:
+        """The answer to one label prompt; ValueError names what this teacher can answer."""
+        question, marker, post = prompt.partition(POST_MARKER)
+        for classifier in self.classifiers:
+            if (
+                marker
+                and question.startswith(classifier.format.question)
+                and _offers(question, classifier.format.words)
+            ):
+                instruction = classifier.format.json_instruction()
+                post = post.removesuffix(instruction).rstrip()
+                return classifier.answer(post, structured or prompt.endswith(instruction))
+        known = "; ".join(f"{c.format.name} ({c.format.question!r})" for c in self.classifiers)
+        raise ValueError(f"the {NAME} answers only label prompts ending in 'Post: <text>' for {known}")
+
+    async def _app(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] in ("/health", "/v1/health"):
+            return await _respond(send, 200, {"status": "ok"})
+        if scope["path"] == "/v1/models":
+            return await _respond(
+                send, 200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": NAME}]}
+            )
+        if scope["path"] != "/v1/chat/completions":
+            return await _respond(send, 404, {"error": {"message": f"no route {scope['path']}"}})
+        try:
+            request = json.loads(body or b"{}")
+            prompt = next(m["content"] for m in reversed(request["messages"]) if m["role"] == "user")
+            text = self.answer(prompt, structured=bool(request.get("response_format")))
+        except (ValueError, KeyError, StopIteration, TypeError) as exc:
+            return await _respond(
+                send, 400, {"error": {"message": str(exc) or "expected a chat completion request with a user message"}}
+            )
+        self.served += 1
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        await _respond(
+            send,
+            200,
+            {
+                "id": request_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.get("model", MODEL_ID),
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {
+                    "prompt_tokens": len(prompt.split()),
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": len(prompt.split()) + len(text.split()),
+                },
+            },
+            [(b"x-request-id", request_id.encode())],
+        )
+
+    def start(self) -> "ReferenceTeacher":
+        config = uvicorn.Config(
+            self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"the {NAME} did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> "ReferenceTeacher":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _offers(question: str, words: tuple[str, ...]) -> bool:
+    """The prompt lists exactly this classifier's label words (so a differently mapped task is not answered)."""
+    offered = question.rsplit(":", 1)[-1]
+    return len(find_labels(offered, list(words))) == len(words)
+
+
+async def _respond(send, status: int, payload: dict, extra_headers: list | None = None) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0, help="loopback port (0 = a free one)")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args()
+    teacher = ReferenceTeacher.fit(args.data_dir)
+    if args.port:
+        teacher.port = args.port
+    print(f"{teacher.describe()}\nserving {MODEL_ID} at {teacher.base_url}", flush=True)
+    uvicorn.run(
+        teacher._app, host="127.0.0.1", port=teacher.port, log_level="warning", lifespan="off", interface="asgi3"
+    )
+
+
+if __name__ == "__main__":
+    main()
