@@ -21,7 +21,7 @@ from opengrok_dagster.evaluation.hub import is_hub_split
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
 from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
 from opengrok_dagster.evaluation.ner import spans_to_tags
-from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TaskSpec, label_words, read_split, task_spec
+from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
 from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
 from opengrok_dagster.sns_tasks import (
     classification_messages,
