@@ -1,6 +1,5 @@
 """Data acquisition: the prompt grid and the teacher's raw responses, per topic and collection round."""
 
-
 import asyncio
 from dataclasses import asdict
 
@@ -20,6 +19,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.config import config_from
+from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.collect.annotation import (
     RESPONSE_FORMATS,
     annotation_count,
@@ -30,14 +31,12 @@ from opengrok_dagster.collect.batch import collect_batch
 from opengrok_dagster.collect.budget import Budget, utc_day
 from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
-from opengrok_dagster.collect.store import STORED_COLUMNS
 from opengrok_dagster.collect.plan import CollectionEstimate, estimate_collection, round_prompt_grid
-from opengrok_dagster.collect.prompts import ADVERSARIAL_TEMPLATES, BASE_TEMPLATES, PLATFORMS, STYLES, PromptGridConfig
+from opengrok_dagster.collect.prompts import PromptGridConfig
+from opengrok_dagster.collect.store import STORED_COLUMNS
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.partitions import collection_partitions
 from opengrok_dagster.sns_tasks import TASK_FORMATS
-from assets.config import config_from
-from assets.versioning import asset_code_version, content_data_version
 from resources import OpenGrokPaths, TeacherResource
 
 
@@ -63,7 +62,9 @@ class PromptsConfig(config_from(PromptGridConfig)):
 
 def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
     counts = frame[column].value_counts().sort_index()
-    return MetadataValue.md("\n".join([f"| {column} | prompts |", "|---|---:|", *(f"| {k} | {v} |" for k, v in counts.items())]))
+    return MetadataValue.md(
+        "\n".join([f"| {column} | prompts |", "|---|---:|", *(f"| {k} | {v} |" for k, v in counts.items())])
+    )
 
 
 @asset(
@@ -74,7 +75,9 @@ def _count_table(frame: pd.DataFrame, column: str) -> MetadataValue:
     check_specs=[
         AssetCheckSpec("unique_prompt_ids", asset="prompts", blocking=True, description="No prompt_id appears twice."),
         AssetCheckSpec(
-            "within_daily_budget", asset="prompts", blocking=True,
+            "within_daily_budget",
+            asset="prompts",
+            blocking=True,
             description="The collection's expected cost fits what is left of today's teacher budget "
             "(OPENGROK_TEACHER_DAILY_BUDGET_USD); otherwise raw_responses does not start.",
         ),
@@ -101,13 +104,19 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
         rows = rows if config.annotation_share < 1 else []
         annotations = build_annotation_prompts(
             _posts_of(paths, topic.key, [t.key for t in paths.topics()]) if wanted else pd.DataFrame(),
-            topic.key, wanted, tuple(config.annotation_tasks), config.structured_output, config.seed,
+            topic.key,
+            wanted,
+            tuple(config.annotation_tasks),
+            config.structured_output,
+            config.seed,
         )
     except ValueError as exc:
         raise Failure(str(exc)) from None
     rows = rows + [{**row, "round": keys["round"]} for row in annotations]
     if not rows:
-        raise Failure(f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic")
+        raise Failure(
+            f"the prompt grid for topic {topic.key!r} is empty: raise base_per_topic, style_per_topic or adversarial_per_topic"
+        )
     frame = pd.DataFrame(rows)
     estimate = _estimate(teacher, paths, topic.key, keys["round"], rows)
     yield Output(
@@ -117,21 +126,31 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
             "dagster/row_count": len(frame),
             "topic": topic.key,
             "round": keys["round"],
-            **{f"by_{column}": _count_table(frame, column) for column in ("variant", "template_id", "platform", "style")},
+            **{
+                f"by_{column}": _count_table(frame, column)
+                for column in ("variant", "template_id", "platform", "style")
+            },
             "annotation_prompts": len(annotations),
             "annotation_share": config.annotation_share,
             "structured_output": config.structured_output,
-            "preview": MetadataValue.md(frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)),
-            "annotation_prompts": len(annotations),
-            "annotation_share": config.annotation_share,
-            "structured_output": config.structured_output,
+            "preview": MetadataValue.md(
+                frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)
+            ),
             "refined_from_round": refinement.from_round if refinement else "none",
             **estimate.as_metadata(),
-            **({"refinement": MetadataValue.json({
-                "template_weights": dict(refinement.template_weights),
-                "rewritten_templates": sorted(refinement.rewritten_templates),
-                "extra_adversarial": refinement.extra_adversarial,
-            })} if refinement else {}),
+            **(
+                {
+                    "refinement": MetadataValue.json(
+                        {
+                            "template_weights": dict(refinement.template_weights),
+                            "rewritten_templates": sorted(refinement.rewritten_templates),
+                            "extra_adversarial": refinement.extra_adversarial,
+                        }
+                    )
+                }
+                if refinement
+                else {}
+            ),
         },
     )
     duplicates = int(frame["prompt_id"].duplicated().sum())
@@ -139,7 +158,9 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
     yield _daily_budget_check(teacher, paths, estimate)
 
 
-def _daily_budget_check(teacher: TeacherResource, paths: OpenGrokPaths, estimate: CollectionEstimate) -> AssetCheckResult:
+def _daily_budget_check(
+    teacher: TeacherResource, paths: OpenGrokPaths, estimate: CollectionEstimate
+) -> AssetCheckResult:
     limit = teacher.daily_budget_usd
     if limit is None:
         return AssetCheckResult(check_name="within_daily_budget", passed=True, metadata={"daily_budget_usd": "unset"})
@@ -152,16 +173,25 @@ def _daily_budget_check(teacher: TeacherResource, paths: OpenGrokPaths, estimate
     return AssetCheckResult(
         check_name="within_daily_budget",
         passed=passed,
-        metadata={"estimate_usd": estimate.usd, "estimate_usd_max": estimate.usd_max, "daily_budget_usd": limit,
-                  "remaining_today_usd": remaining},
-        description=None if passed else (
+        metadata={
+            "estimate_usd": estimate.usd,
+            "estimate_usd_max": estimate.usd_max,
+            "daily_budget_usd": limit,
+            "remaining_today_usd": remaining,
+        },
+        description=None
+        if passed
+        else (
             f"the collection is expected to cost USD {estimate.usd:.6f} but only {remaining:.6f} of today's "
             f"OPENGROK_TEACHER_DAILY_BUDGET_USD={limit:g} is left: raise it, collect fewer prompts, or wait for the "
-            "next UTC day"),
+            "next UTC day"
+        ),
     )
 
 
-def _estimate(teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_key: str, rows: list[dict]) -> CollectionEstimate:
+def _estimate(
+    teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_key: str, rows: list[dict]
+) -> CollectionEstimate:
     key = teacher.response_key(round_key)
     store = paths.response_store()
     try:
@@ -170,7 +200,9 @@ def _estimate(teacher: TeacherResource, paths: OpenGrokPaths, topic: str, round_
     finally:
         store.close()
     count_tokens, tokenizer = teacher.token_counter()
-    return estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(), tokenizer, history)
+    return estimate_collection(
+        topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(), tokenizer, history
+    )
 
 
 # `opengrok run` tags every run it starts with one id, so OPENGROK_TEACHER_BUDGET_USD covers the whole command.
@@ -198,13 +230,16 @@ def _posts_of(paths: OpenGrokPaths, topic: str, topics: list[str]) -> pd.DataFra
     """This topic's share of every materialised posts shard; an annotated grid without posts is an error."""
     files = sorted(paths.layout.asset_dir("posts").glob("*.parquet"))
     if not files:
-        raise ValueError("annotation_share > 0 but no posts shard is materialised; materialise posts "
-                         "(its partitions come from config/posts.yaml), or set annotation_share: 0")
+        raise ValueError(
+            "annotation_share > 0 but no posts shard is materialised; materialise posts "
+            "(its partitions come from config/posts.yaml), or set annotation_share: 0"
+        )
     return posts_for_topic(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), topic, topics)
 
 
-def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str,
-             budget: Budget) -> CollectionSummary:
+def _collect(
+    context: AssetExecutionContext, rows: list[dict], teacher: TeacherResource, store, round_key: str, budget: Budget
+) -> CollectionSummary:
     received = 0
 
     def on_result(row: dict, result) -> None:
@@ -220,18 +255,33 @@ def _collect(context: AssetExecutionContext, rows: list[dict], teacher: TeacherR
     try:
         if teacher.collection == "batch":
             if teacher.mode == "embedded":
-                raise Failure("collection 'batch' needs an endpoint with the Batch API (/v1/files, /v1/batches); the "
-                              "embedded `transformers serve` teacher has none: set OPENGROK_TEACHER_COLLECTION=online")
+                raise Failure(
+                    "collection 'batch' needs an endpoint with the Batch API (/v1/files, /v1/batches); the "
+                    "embedded `transformers serve` teacher has none: set OPENGROK_TEACHER_COLLECTION=online"
+                )
             topic = context.partition_key.keys_by_dimension["topic"]
-            return collect_batch(rows, teacher.endpoint(), teacher.sampling(), teacher.prices(), store, round_key, topic,
-                                 teacher.batch_settings(), budget if budget.limits.limited else None, context.log.info)
+            return collect_batch(
+                rows,
+                teacher.endpoint(),
+                teacher.sampling(),
+                teacher.prices(),
+                store,
+                round_key,
+                topic,
+                teacher.batch_settings(),
+                budget if budget.limits.limited else None,
+                context.log.info,
+            )
         return asyncio.run(run())
     except TeacherConfigurationError as exc:
         raise Failure(description=f"teacher refused the request: {exc}. Responses received so far are kept.") from None
 
 
 class RawResponsesConfig(Config):
-    max_error_rate: float = Field(default=0.2, description="Highest share of prompts that may end in an error before the check blocks downstream assets.")
+    max_error_rate: float = Field(
+        default=0.2,
+        description="Highest share of prompts that may end in an error before the check blocks downstream assets.",
+    )
 
 
 @asset(
@@ -242,7 +292,9 @@ class RawResponsesConfig(Config):
     pool="teacher",  # bounds concurrent teacher-calling steps across runs (pools in docker/dagster.yaml)
     check_specs=[
         AssetCheckSpec(
-            "error_rate", asset="raw_responses", blocking=True,
+            "error_rate",
+            asset="raw_responses",
+            blocking=True,
             description="At most max_error_rate of the prompts end in an error; more stops bad data flowing on.",
         )
     ],
@@ -304,7 +356,10 @@ def raw_responses(
             "latency_p50_s": float(latency.quantile(0.5)),
             "latency_p95_s": float(latency.quantile(0.95)),
             "preview": MetadataValue.md(
-                ok[["prompt_id", "template_id", "response"]].head(5).assign(response=lambda f: f["response"].str.slice(0, 160).str.replace("\n", " ")).to_markdown(index=False)
+                ok[["prompt_id", "template_id", "response"]]
+                .head(5)
+                .assign(response=lambda f: f["response"].str.slice(0, 160).str.replace("\n", " "))
+                .to_markdown(index=False)
             ),
         },
     )
@@ -313,5 +368,7 @@ def raw_responses(
         passed=error_rate <= config.max_error_rate,
         severity=AssetCheckSeverity.ERROR,
         metadata={"error_rate": error_rate, "max_error_rate": config.max_error_rate},
-        description=None if error_rate <= config.max_error_rate else "rerun the partition to retry failed prompts; answered ones are reused",
+        description=None
+        if error_rate <= config.max_error_rate
+        else "rerun the partition to retry failed prompts; answered ones are reused",
     )

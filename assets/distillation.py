@@ -7,16 +7,24 @@ from pydantic import Field
 
 from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.distill.align import (
-    AlignmentInputError, StudentVocabularyError, TeacherLogprobsError, build_kd_targets,
+    AlignmentInputError,
+    StudentVocabularyError,
+    TeacherLogprobsError,
+    build_kd_targets,
 )
 from opengrok_dagster.distill.raw import read_teacher_logprobs
 from opengrok_dagster.masks.render import ChatTemplateError
 from opengrok_dagster.masks.tokenizer import TokenizerMismatchError, require_same_tokenizer
 from resources import OpenGrokPaths, StudentResource
 
+
 # Errors whose message already names the bad input and the fix: shown as the run's failure, without a traceback.
 _INPUT_ERRORS = (
-    AlignmentInputError, StudentVocabularyError, TeacherLogprobsError, ChatTemplateError, TokenizerMismatchError,
+    AlignmentInputError,
+    StudentVocabularyError,
+    TeacherLogprobsError,
+    ChatTemplateError,
+    TokenizerMismatchError,
     ValueError,
 )
 
@@ -52,7 +60,9 @@ def _metadata(table: pd.DataFrame, result, fingerprint: str) -> dict:
     kinds={"python", "parquet"},
     check_specs=[
         AssetCheckSpec(
-            "aligned_share_at_least_minimum", asset="kd_targets", blocking=True,
+            "aligned_share_at_least_minimum",
+            asset="kd_targets",
+            blocking=True,
             description="At least min_aligned_share of the response tokens of rows with logprobs have a target.",
         ),
     ],
@@ -97,7 +107,9 @@ def kd_targets(
         check_name="aligned_share_at_least_minimum",
         passed=bool(passed),
         metadata={"aligned_share": round(result.aligned_share, 4), "min_aligned_share": config.min_aligned_share},
-        description=None if passed else (
+        description=None
+        if passed
+        else (
             "few student tokens line up with the teacher's: check that the logprobs belong to these responses "
             "(same collection round) and that the filter did not rewrite them, or lower min_aligned_share"
         ),

@@ -20,14 +20,14 @@ from assets.config import config_from
 from assets.metadata import png_markdown
 from assets.versioning import asset_code_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
-from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.evaluation.answers import AnswerCache
-from opengrok_dagster.evaluation.cards import eval_results_for
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
+from opengrok_dagster.evaluation.cards import eval_results_for
 from opengrok_dagster.evaluation.datasets import DatasetError
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report import MAIN_PLOT, build_report, publish_report, results_frame, summary_table
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
+from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.offline.model import MODEL_NAME
 from opengrok_dagster.profiles import EVAL_REPORT, with_profile_defaults
 from opengrok_dagster.training import MASK_MODES
@@ -45,7 +45,9 @@ class EvaluationEndpoint(config_from(EndpointSpec)):
 class EvalReportConfig(config_from(EvaluationConfig, exclude=("endpoints",))):
     """The evaluation's settings (from ``EvaluationConfig``), and which API models and cached answers it uses."""
 
-    include_teacher: bool = Field(default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server).")
+    include_teacher: bool = Field(
+        default=True, description="Evaluate the teacher resource (the embedded teacher starts a local server)."
+    )
     reuse_api_answers: bool = Field(
         default=True,
         description="Reuse the answers API models gave to the same prompts in earlier runs ($OPENGROK_HOME/eval_answers.sqlite; "
@@ -58,7 +60,11 @@ class EvalReportConfig(config_from(EvaluationConfig, exclude=("endpoints",))):
 
 
 def _teacher_model(teacher: TeacherResource) -> ApiModel:
-    where = f"embedded offline teacher ({MODEL_NAME})" if teacher.mode == "embedded" else f"{teacher.model} at {teacher.base_url}"
+    where = (
+        f"embedded offline teacher ({MODEL_NAME})"
+        if teacher.mode == "embedded"
+        else f"{teacher.model} at {teacher.base_url}"
+    )
     return ApiModel(TEACHER, teacher.endpoint, where, teacher.client_limits())
 
 
@@ -85,10 +91,18 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
     code_version=asset_code_version("eval_report"),
     kinds={"python", "parquet"},
     check_specs=[
-        AssetCheckSpec("every_variant_scored", asset="eval_report", blocking=True,
-                       description="The base student and every checkpoint found are scored on every evaluated task."),
-        AssetCheckSpec("metrics_in_range", asset="eval_report", blocking=True,
-                       description="Every score and interval bound is within its metric's range (rates in [0, 1], chrF in [0, 100], perplexity >= 1)."),
+        AssetCheckSpec(
+            "every_variant_scored",
+            asset="eval_report",
+            blocking=True,
+            description="The base student and every checkpoint found are scored on every evaluated task.",
+        ),
+        AssetCheckSpec(
+            "metrics_in_range",
+            asset="eval_report",
+            blocking=True,
+            description="Every score and interval bound is within its metric's range (rates in [0, 1], chrF in [0, 100], perplexity >= 1).",
+        ),
     ],
 )
 def eval_report(
@@ -110,14 +124,19 @@ def eval_report(
     try:
         checkpoints, missing = find_checkpoints(adapter_dirs(lora_checkpoint or {}), MASK_MODES)
         local = LocalStudent(
-            student.model_path(), checkpoints, threads=evaluation_config.torch_threads,
-            device=evaluation_config.device, precision=evaluation_config.precision,
+            student.model_path(),
+            checkpoints,
+            threads=evaluation_config.torch_threads,
+            device=evaluation_config.device,
+            precision=evaluation_config.precision,
             batch_tokens=evaluation_config.batch_tokens,
         )
     except (ValueError, DeviceUnavailableError) as exc:  # a CheckpointError, a manifest without the contract columns
         raise Failure(f"eval_report: {exc}") from None
     notes = [f"mask mode {mode} not evaluated: {reason}" for mode, reason in missing.items()]
-    api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [ApiModel.from_spec(e) for e in evaluation_config.endpoints]
+    api_models = ([_teacher_model(teacher)] if config.include_teacher else []) + [
+        ApiModel.from_spec(e) for e in evaluation_config.endpoints
+    ]
     heldout = filtered_responses[(filtered_responses["split"] == "heldout") & filtered_responses["response"].notna()]
     try:
         answers = AnswerCache(paths.layout.eval_answers_path) if config.reuse_api_answers else None
@@ -129,14 +148,19 @@ def eval_report(
     published = publish_report(paths.layout.reports_dir, report, frame)
     context.log.info(f"report written to {published['markdown']} and {published['html']} in {results.seconds:.0f}s")
     cards = _record_scores_in_model_cards(checkpoints, results)
-    yield Output(frame, metadata=_metadata(results, report, frame, published, evaluation_config, checkpoints, cards))
+    yield Output(frame, metadata=_metadata(results, report, frame, published, evaluation_config, local, cards))
     yield from _checks(results, frame, set(local.variants))
 
 
-def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_config: EvaluationConfig, checkpoints, cards) -> dict:
+def _metadata(
+    results, report, frame: pd.DataFrame, published: dict, evaluation_config: EvaluationConfig, local, cards
+) -> dict:
+    checkpoints = local.checkpoints
     metadata = {
         "dagster/row_count": len(frame),
-        "summary": MetadataValue.md(summary_table(results).to_markdown(index=False) if results.tasks else "no task was evaluated"),
+        "summary": MetadataValue.md(
+            summary_table(results).to_markdown(index=False) if results.tasks else "no task was evaluated"
+        ),
         "report_markdown": MetadataValue.path(str(published["markdown"])),
         "report_html": MetadataValue.path(str(published["html"])),
         "sample_sizes": MetadataValue.json({t.name: t.n for t in results.tasks}),
@@ -145,7 +169,9 @@ def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_
         "seconds": round(results.seconds, 1),
         "device": f"{local.device} ({local.dtype})",
         "posts_per_second": MetadataValue.json(results.throughput.get("posts_per_second", {})),
-        "checkpoints": MetadataValue.json({c.mask_mode: {"dir": str(c.adapter_dir), "version": c.version} for c in checkpoints}),
+        "checkpoints": MetadataValue.json(
+            {c.mask_mode: {"dir": str(c.adapter_dir), "version": c.version} for c in checkpoints}
+        ),
         "model_cards_updated": MetadataValue.json(cards),
         "notes": MetadataValue.md("\n".join(f"- {n}" for n in results.notes) or "none"),
     }
@@ -157,11 +183,17 @@ def _metadata(results, report, frame: pd.DataFrame, published: dict, evaluation_
 def _checks(results, frame: pd.DataFrame, expected: set[str]):
     unscored = {t.name: sorted(expected - {s.model for s in t.scores}) for t in results.tasks}
     unscored = {task: models for task, models in unscored.items() if models}
-    yield AssetCheckResult(check_name="every_variant_scored", passed=not unscored, metadata={"unscored": MetadataValue.json(unscored)})
+    yield AssetCheckResult(
+        check_name="every_variant_scored", passed=not unscored, metadata={"unscored": MetadataValue.json(unscored)}
+    )
     scores = frame[frame["section"] == "score"]
     out_of_range = []
     for row in scores.itertuples():
         low, high = METRIC_RANGES.get(row.metric, (0.0, 1.0))
         if any(not pd.isna(v) and not low - 1e-9 <= v <= high + 1e-9 for v in (row.value, row.ci_low, row.ci_high)):
             out_of_range.append(f"{row.task}/{row.model}/{row.metric}")
-    yield AssetCheckResult(check_name="metrics_in_range", passed=not out_of_range, metadata={"out_of_range": ", ".join(out_of_range) or "none"})
+    yield AssetCheckResult(
+        check_name="metrics_in_range",
+        passed=not out_of_range,
+        metadata={"out_of_range": ", ".join(out_of_range) or "none"},
+    )

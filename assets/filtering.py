@@ -28,12 +28,15 @@ from opengrok_dagster.filtering.raw import ROUND_SELECTIONS, available_rounds, c
 from opengrok_dagster.filtering.review import ReviewStore
 from resources import OpenGrokPaths
 
+
 class FilteredResponsesConfig(config_from(FilterConfig)):
     """The filter chain's settings (from ``FilterConfig``), which rounds it reads, and its blocking bound."""
 
     rounds: str = Field(default="latest", description=f"Which collection rounds to filter: one of {ROUND_SELECTIONS}.")
     last_n: int = Field(default=3, description="How many of the newest rounds `rounds: last_n` reads.")
-    max_rejection_rate: float = Field(default=0.8, description="Highest share of rejected rows before the blocking check stops downstream assets.")
+    max_rejection_rate: float = Field(
+        default=0.8, description="Highest share of rejected rows before the blocking check stops downstream assets."
+    )
 
 
 def _markdown_counts(frame: pd.DataFrame, by: str) -> MetadataValue:
@@ -47,8 +50,14 @@ def _markdown_counts(frame: pd.DataFrame, by: str) -> MetadataValue:
 def _examples_per_reason(frame: pd.DataFrame, per_reason: int = 2) -> MetadataValue:
     exploded = frame[frame["reasons"].map(len) > 0].explode("reasons")
     examples = exploded.groupby("reasons", sort=True).head(per_reason)
-    shown = examples.assign(response=examples["response"].str.slice(0, 120).str.replace("\n", " ").str.replace("|", "/"))
-    return MetadataValue.md(shown[["reasons", "state", "topic", "template_id", "response"]].rename(columns={"reasons": "reason"}).to_markdown(index=False))
+    shown = examples.assign(
+        response=examples["response"].str.slice(0, 120).str.replace("\n", " ").str.replace("|", "/")
+    )
+    return MetadataValue.md(
+        shown[["reasons", "state", "topic", "template_id", "response"]]
+        .rename(columns={"reasons": "reason"})
+        .to_markdown(index=False)
+    )
 
 
 def _annotation_metadata(frame: pd.DataFrame) -> dict:
@@ -60,11 +69,16 @@ def _annotation_metadata(frame: pd.DataFrame) -> dict:
     for task, rows in annotations.groupby("task"):
         reasons = Counter(reason for row in rows["reasons"] for reason in row)
         table[task] = {
-            "rows": len(rows), "kept": int((rows["state"] == KEPT).sum()),
-            "label_issues": reasons.pop(LABEL_ISSUE, 0), "rejected_by_reason": dict(sorted(reasons.items())),
+            "rows": len(rows),
+            "kept": int((rows["state"] == KEPT).sum()),
+            "label_issues": reasons.pop(LABEL_ISSUE, 0),
+            "rejected_by_reason": dict(sorted(reasons.items())),
         }
-    return {"annotation_rows": len(annotations), "label_issues": sum(t["label_issues"] for t in table.values()),
-            "annotations_by_task": MetadataValue.json(table)}
+    return {
+        "annotation_rows": len(annotations),
+        "label_issues": sum(t["label_issues"] for t in table.values()),
+        "annotations_by_task": MetadataValue.json(table),
+    }
 
 
 @asset(
@@ -73,16 +87,36 @@ def _annotation_metadata(frame: pd.DataFrame) -> dict:
     code_version=asset_code_version("filtered_responses"),
     kinds={"python", "parquet"},
     check_specs=[
-        AssetCheckSpec("every_row_has_one_state", asset="filtered_responses", blocking=True,
-                       description="kept + rejected + needs_review == input rows: nothing is dropped silently."),
-        AssetCheckSpec("training_set_not_empty", asset="filtered_responses", blocking=True,
-                       description="At least one kept row in the train split."),
-        AssetCheckSpec("rejection_rate_within_bound", asset="filtered_responses", blocking=True,
-                       description="The share of rejected rows is at most max_rejection_rate."),
-        AssetCheckSpec("no_pii_in_kept_text", asset="filtered_responses", blocking=True,
-                       description="No email, URL, handle or phone number left in a kept response."),
-        AssetCheckSpec("no_duplicates_in_kept_text", asset="filtered_responses", blocking=True,
-                       description="No exact or near duplicates among the kept responses."),
+        AssetCheckSpec(
+            "every_row_has_one_state",
+            asset="filtered_responses",
+            blocking=True,
+            description="kept + rejected + needs_review == input rows: nothing is dropped silently.",
+        ),
+        AssetCheckSpec(
+            "training_set_not_empty",
+            asset="filtered_responses",
+            blocking=True,
+            description="At least one kept row in the train split.",
+        ),
+        AssetCheckSpec(
+            "rejection_rate_within_bound",
+            asset="filtered_responses",
+            blocking=True,
+            description="The share of rejected rows is at most max_rejection_rate.",
+        ),
+        AssetCheckSpec(
+            "no_pii_in_kept_text",
+            asset="filtered_responses",
+            blocking=True,
+            description="No email, URL, handle or phone number left in a kept response.",
+        ),
+        AssetCheckSpec(
+            "no_duplicates_in_kept_text",
+            asset="filtered_responses",
+            blocking=True,
+            description="No exact or near duplicates among the kept responses.",
+        ),
     ],
 )
 def filtered_responses(context: AssetExecutionContext, config: FilteredResponsesConfig, paths: OpenGrokPaths):
@@ -119,8 +153,12 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
             **{f"{state}_rows": int(counts[state]) for state in STATES},
             **{f"{split}_rows": int(splits.get(split, 0)) for split in ("train", "validation", "heldout")},
             "rejection_rate": float(rejection_rate),
-            "review_decisions_applied": int(frame["reasons"].map(lambda r: "review_accepted" in r or "review_rejected" in r).sum()),
-            "by_reason": MetadataValue.md("\n".join(["| reason | rows |", "|---|---:|", *(f"| {k} | {v} |" for k, v in sorted(reasons.items()))])),
+            "review_decisions_applied": int(
+                frame["reasons"].map(lambda r: "review_accepted" in r or "review_rejected" in r).sum()
+            ),
+            "by_reason": MetadataValue.md(
+                "\n".join(["| reason | rows |", "|---|---:|", *(f"| {k} | {v} |" for k, v in sorted(reasons.items()))])
+            ),
             "by_topic": _markdown_counts(frame, "topic"),
             "by_template": _markdown_counts(frame, "template_id"),
             "examples_per_reason": _examples_per_reason(frame),
@@ -128,23 +166,45 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
         },
     )
 
-    yield AssetCheckResult(check_name="every_row_has_one_state", passed=bool(int(counts.sum()) == len(raw) == len(frame)),
-                           metadata={"input_rows": len(raw), **{state: int(counts[state]) for state in STATES}})
+    yield AssetCheckResult(
+        check_name="every_row_has_one_state",
+        passed=bool(int(counts.sum()) == len(raw) == len(frame)),
+        metadata={"input_rows": len(raw), **{state: int(counts[state]) for state in STATES}},
+    )
     train_rows = int(splits.get("train", 0))
-    yield AssetCheckResult(check_name="training_set_not_empty", passed=train_rows > 0, metadata={"train_rows": train_rows},
-                           description=None if train_rows else "no kept training rows: inspect by_reason and loosen the thresholds or collect more")
-    yield AssetCheckResult(check_name="rejection_rate_within_bound", passed=bool(rejection_rate <= config.max_rejection_rate),
-                           metadata={"rejection_rate": float(rejection_rate), "max_rejection_rate": config.max_rejection_rate})
+    yield AssetCheckResult(
+        check_name="training_set_not_empty",
+        passed=train_rows > 0,
+        metadata={"train_rows": train_rows},
+        description=None
+        if train_rows
+        else "no kept training rows: inspect by_reason and loosen the thresholds or collect more",
+    )
+    yield AssetCheckResult(
+        check_name="rejection_rate_within_bound",
+        passed=bool(rejection_rate <= config.max_rejection_rate),
+        metadata={"rejection_rate": float(rejection_rate), "max_rejection_rate": config.max_rejection_rate},
+    )
     leaks = Counter(kind for text in kept["response"] for kind in find_pii(text))
-    yield AssetCheckResult(check_name="no_pii_in_kept_text", passed=not leaks, metadata={"pii_found": json.dumps(dict(leaks))})
+    yield AssetCheckResult(
+        check_name="no_pii_in_kept_text", passed=not leaks, metadata={"pii_found": json.dumps(dict(leaks))}
+    )
     # Annotations repeat short answers across posts by design; one of them is a duplicate only for the same post.
     generated, annotations = kept[kept["task"].isna()], kept[kept["task"].notna()]
-    duplicated = sum(1 for reason in duplicate_reasons(
-        generated["response"].tolist(), generated["content_hash"].tolist(),
-        filter_config.near_duplicate_threshold, filter_config.minhash_permutations,
-    ) if reason)
+    duplicated = sum(
+        1
+        for reason in duplicate_reasons(
+            generated["response"].tolist(),
+            generated["content_hash"].tolist(),
+            filter_config.near_duplicate_threshold,
+            filter_config.minhash_permutations,
+        )
+        if reason
+    )
     duplicated += int(annotations.duplicated(["task", "prompt"]).sum())
-    yield AssetCheckResult(check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated})
+    yield AssetCheckResult(
+        check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated}
+    )
 
 
 @asset(group_name="filtering", code_version=asset_code_version("prompt_feedback"), kinds={"python", "parquet"})

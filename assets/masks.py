@@ -16,7 +16,11 @@ from assets.config import config_from
 from assets.metadata import png_markdown
 from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.masks.builder import build_mask_table, select_training_examples
-from opengrok_dagster.masks.checks import examples_with_bad_lengths, masked_template_tokens, p_values_outside_unit_interval
+from opengrok_dagster.masks.checks import (
+    examples_with_bad_lengths,
+    masked_template_tokens,
+    p_values_outside_unit_interval,
+)
 from opengrok_dagster.masks.config import MaskConfig, MaskInputError
 from opengrok_dagster.masks.inspect import MaskSummary, p_histogram_png, render_markdown, summarise
 from opengrok_dagster.masks.linguistics import SpacyModelError, load_spacy
@@ -24,6 +28,7 @@ from opengrok_dagster.masks.render import ChatTemplateError
 from opengrok_dagster.masks.tokenizer import TokenizerOffsetsError, structural_special_ids
 from opengrok_dagster.profiles import MASK_TABLES, with_profile_defaults
 from resources import OpenGrokPaths, StudentResource
+
 
 # Errors whose message already names the bad input and the fix: shown as the run's failure, without a traceback.
 _INPUT_ERRORS = (MaskInputError, SpacyModelError, TokenizerOffsetsError, ChatTemplateError)
@@ -33,8 +38,12 @@ _INPUT_ERRORS = (MaskInputError, SpacyModelError, TokenizerOffsetsError, ChatTem
 class MaskTablesConfig(config_from(MaskConfig)):
     """The mask stage's settings (from ``MaskConfig``) and the bounds of the blocking unmasked-rate check."""
 
-    min_unmasked_rate: float = Field(default=0.3, description="Lowest acceptable share of attendable content tokens (blocking check).")
-    max_unmasked_rate: float = Field(default=0.95, description="Highest acceptable share of attendable content tokens (blocking check).")
+    min_unmasked_rate: float = Field(
+        default=0.3, description="Lowest acceptable share of attendable content tokens (blocking check)."
+    )
+    max_unmasked_rate: float = Field(
+        default=0.95, description="Highest acceptable share of attendable content tokens (blocking check)."
+    )
 
 
 def _rate_table(frame: pd.DataFrame, column: str, limit: int = 20) -> MetadataValue:
@@ -80,10 +89,30 @@ def _metadata(table: pd.DataFrame, summary: MaskSummary, result, vocabulary_path
     code_version=asset_code_version("mask_tables"),
     kinds={"python", "parquet", "spacy"},
     check_specs=[
-        AssetCheckSpec("lengths_match_tokens", asset="mask_tables", blocking=True, description="Every per-token list has one entry per input id, and no example exceeds max_length."),
-        AssetCheckSpec("p_in_unit_interval", asset="mask_tables", blocking=True, description="Every p is a finite number in [0, 1]."),
-        AssetCheckSpec("template_tokens_unmasked", asset="mask_tables", blocking=True, description="Special and chat-template tokens always have m = 1."),
-        AssetCheckSpec("unmasked_rate_within_bounds", asset="mask_tables", blocking=True, description="The share of attendable content tokens lies in [min_unmasked_rate, max_unmasked_rate]."),
+        AssetCheckSpec(
+            "lengths_match_tokens",
+            asset="mask_tables",
+            blocking=True,
+            description="Every per-token list has one entry per input id, and no example exceeds max_length.",
+        ),
+        AssetCheckSpec(
+            "p_in_unit_interval",
+            asset="mask_tables",
+            blocking=True,
+            description="Every p is a finite number in [0, 1].",
+        ),
+        AssetCheckSpec(
+            "template_tokens_unmasked",
+            asset="mask_tables",
+            blocking=True,
+            description="Special and chat-template tokens always have m = 1.",
+        ),
+        AssetCheckSpec(
+            "unmasked_rate_within_bounds",
+            asset="mask_tables",
+            blocking=True,
+            description="The share of attendable content tokens lies in [min_unmasked_rate, max_unmasked_rate].",
+        ),
     ],
 )
 def mask_tables(
@@ -107,21 +136,39 @@ def mask_tables(
         raise Failure(description=f"mask_tables: {exc}") from None
     table = result.table
     if result.dropped_example_ids:
-        context.log.warning(f"{len(result.dropped_example_ids)} examples dropped: their prompt fills max_length={mask_config.max_length}")
+        context.log.warning(
+            f"{len(result.dropped_example_ids)} examples dropped: their prompt fills max_length={mask_config.max_length}"
+        )
     vocabulary_path = result.tfidf.save(paths.layout.tfidf_vocabulary_dir)
     summary = summarise(table)
-    yield Output(table, data_version=content_data_version(table), metadata=_metadata(table, summary, result, vocabulary_path, mask_config))
+    yield Output(
+        table,
+        data_version=content_data_version(table),
+        metadata=_metadata(table, summary, result, vocabulary_path, mask_config),
+    )
 
     bad_lengths = examples_with_bad_lengths(table)
-    yield AssetCheckResult(check_name="lengths_match_tokens", passed=not bad_lengths, metadata={"bad_examples": MetadataValue.json(bad_lengths[:20])})
+    yield AssetCheckResult(
+        check_name="lengths_match_tokens",
+        passed=not bad_lengths,
+        metadata={"bad_examples": MetadataValue.json(bad_lengths[:20])},
+    )
     outside = p_values_outside_unit_interval(table)
     yield AssetCheckResult(check_name="p_in_unit_interval", passed=outside == 0, metadata={"p_outside": outside})
     masked = masked_template_tokens(table, structural_special_ids(tokenizer))
-    yield AssetCheckResult(check_name="template_tokens_unmasked", passed=masked == 0, metadata={"masked_template_tokens": masked})
+    yield AssetCheckResult(
+        check_name="template_tokens_unmasked", passed=masked == 0, metadata={"masked_template_tokens": masked}
+    )
     within = config.min_unmasked_rate <= summary.unmasked_rate <= config.max_unmasked_rate
     yield AssetCheckResult(
         check_name="unmasked_rate_within_bounds",
         passed=within,
-        metadata={"unmasked_rate": summary.unmasked_rate, "min": config.min_unmasked_rate, "max": config.max_unmasked_rate},
-        description=None if within else "adjust alpha..delta, random_mask_rate or the bounds: the mask hides too much or too little",
+        metadata={
+            "unmasked_rate": summary.unmasked_rate,
+            "min": config.min_unmasked_rate,
+            "max": config.max_unmasked_rate,
+        },
+        description=None
+        if within
+        else "adjust alpha..delta, random_mask_rate or the bounds: the mask hides too much or too little",
     )

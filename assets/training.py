@@ -3,7 +3,6 @@
 import math
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 from dagster import (
@@ -41,7 +40,7 @@ TRAINING_CODE_VERSION = asset_code_version("lora_checkpoint")
 class LoraCheckpointConfig(config_from(TrainingConfig)):
     """Fine-tune hyper-parameters (every field and its description from ``TrainingConfig``), and where to upload."""
 
-    push_to_hub: Optional[str] = Field(
+    push_to_hub: str | None = Field(
         default=None,
         description="Hub repo id to upload the published adapter to, {mask_mode} replaced by the partition (e.g. "
         "'me/smollm2-opengrok-{mask_mode}'); needs a write token in HF_TOKEN. Unset = no upload. Re-materialise after "
@@ -50,7 +49,7 @@ class LoraCheckpointConfig(config_from(TrainingConfig)):
 
 
 def _loss_table(curves: dict) -> str:
-    validation = dict((int(step), loss) for step, loss in curves["validation"])
+    validation = {int(step): loss for step, loss in curves["validation"]}
     lines = ["| step | train loss | validation loss |", "|---:|---:|---:|"]
     for step, loss in curves["train"]:
         lines.append(f"| {int(step)} | {loss:.4f} | {validation.pop(int(step), float('nan')):.4f} |")
@@ -73,8 +72,10 @@ def _push(context: AssetExecutionContext, adapter_dir: Path, target: tuple[str, 
     try:
         url = push_adapter(adapter_dir, *target, private)
     except HubPushError as exc:
-        raise Failure(description=f"lora_checkpoint is published at {adapter_dir} but {exc}; re-materialise to retry "
-                      "(the training is reused)") from None
+        raise Failure(
+            description=f"lora_checkpoint is published at {adapter_dir} but {exc}; re-materialise to retry "
+            "(the training is reused)"
+        ) from None
     context.log.info(f"pushed {adapter_dir} to {url}")
     return url
 
@@ -83,8 +84,10 @@ def _kd_targets_extras(layout: HomeLayout, data_versions: dict) -> dict:
     """The published kd_targets file for the training subprocess, its data version recorded with the others."""
     path = layout.asset_path("kd_targets")
     if not path.exists():
-        raise Failure(description=f"lora_checkpoint: kd_alpha > 0 but {path} does not exist; materialise kd_targets "
-                      "(job prepare_training_data) from responses collected with logprobs, or set kd_alpha to 0")
+        raise Failure(
+            description=f"lora_checkpoint: kd_alpha > 0 but {path} does not exist; materialise kd_targets "
+            "(job prepare_training_data) from responses collected with logprobs, or set kd_alpha to 0"
+        )
     data_versions["kd_targets"] = content_data_version(pd.read_parquet(path)).value
     return {"kd_targets_path": str(path)}
 
@@ -99,7 +102,9 @@ def _kd_targets_extras(layout: HomeLayout, data_versions: dict) -> dict:
     kinds={"pytorch", "python"},
     check_specs=[
         AssetCheckSpec(
-            "finite_validation_loss", asset="lora_checkpoint", blocking=True,
+            "finite_validation_loss",
+            asset="lora_checkpoint",
+            blocking=True,
             description="The best validation loss is a finite number: a diverged adapter must not reach the evaluation.",
         )
     ],
@@ -140,13 +145,19 @@ def lora_checkpoint(
         check_name="finite_validation_loss",
         passed=finite,
         metadata={"best_val_loss": outcome["best_val_loss"]},
-        description=None if finite else "validation loss diverged: lower learning_rate or use fp32, then re-materialise",
+        description=None
+        if finite
+        else "validation loss diverged: lower learning_rate or use fp32, then re-materialise",
     )
 
 
 def _train_out_of_process(
-    context: AssetExecutionContext, training_config: TrainingConfig, mask_tables: pd.DataFrame, layout: HomeLayout,
-    model_path: str, training: TrainingResource,
+    context: AssetExecutionContext,
+    training_config: TrainingConfig,
+    mask_tables: pd.DataFrame,
+    layout: HomeLayout,
+    model_path: str,
+    training: TrainingResource,
 ) -> list[dict]:
     """Hand the mask table to the Pipes training subprocess through a scratch file; its custom messages."""
     mode = context.partition_key
@@ -188,11 +199,23 @@ def _metadata(outcome: dict, hub_url: str | None) -> dict:
     return {
         "dagster/row_count": 1,
         "adapter_dir": MetadataValue.path(outcome["adapter_dir"]),
-        **{key: outcome[key] for key in (
-            "base_model", "best_val_loss", "best_step", "global_step", "early_stopped", "resumed_from_step",
-            "train_examples", "validation_examples", "dropped_examples", "tokens_per_second", "device",
-            "sample_generation",
-        )},
+        **{
+            key: outcome[key]
+            for key in (
+                "base_model",
+                "best_val_loss",
+                "best_step",
+                "global_step",
+                "early_stopped",
+                "resumed_from_step",
+                "train_examples",
+                "validation_examples",
+                "dropped_examples",
+                "tokens_per_second",
+                "device",
+                "sample_generation",
+            )
+        },
         "early_stop_step": outcome["global_step"] if outcome["early_stopped"] else None,
         "reused_published_checkpoint": outcome["reused"],
         "peak_memory_mb": round(outcome["peak_memory_bytes"] / 2**20, 1),

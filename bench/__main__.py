@@ -18,11 +18,12 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.measure import gib, machine_details, run_measured
 from opengrok_dagster.publish import publishing
+
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "benchmarks.md"
@@ -43,29 +44,64 @@ class Bench:
 # Repeats are chosen so that the whole set fits in about an hour and a half on 2 cores; the ratio benches time
 # both sides in one process, interleaved, so load drift hits both alike.
 BENCHES = {
-    "collection": Bench("Collection throughput vs ideal", "bench.collection_throughput", ("--repeats", "3"),
-                        "achieved / ideal >= 0.9 at every concurrency"),
+    "collection": Bench(
+        "Collection throughput vs ideal",
+        "bench.collection_throughput",
+        ("--repeats", "3"),
+        "achieved / ideal >= 0.9 at every concurrency",
+    ),
     "filter": Bench("Filter chain", "bench.filter_throughput", ("--repeats", "3"), ">= 1,000 rows/s"),
     "mask": Bench("Mask tables vs bare spaCy", "bench.mask_throughput", ("--rounds", "5"), "words/s ratio >= 0.8"),
-    "attention": Bench("Masked attention vs stock SDPA, per mode", "bench.attention_overhead",
-                       ("--rounds", "5", "--threads", "1", "--clock", "cpu"), "masked / stock <= 1.10"),
-    "training": Bench("Training tokens/s vs TRL SFTTrainer", "bench.training_throughput",
-                      ("--steps", "6", "--repeats", "2", "--threads", "1", "--clock", "cpu", "--packing"),
-                      "ours / TRL >= 1.5"),
-    "kd_alignment": Bench("Distillation: aligned share of response tokens across tokenizers", "bench.kd_alignment", (),
-                          ">= 80% of English tweet response tokens"),
-    "kd_overhead": Bench("Distillation: training step with the KD term vs cross-entropy only", "bench.kd_overhead",
-                         ("--rounds", "5", "--threads", "1", "--clock", "cpu"), "KD / CE <= 1.15"),
+    "attention": Bench(
+        "Masked attention vs stock SDPA, per mode",
+        "bench.attention_overhead",
+        ("--rounds", "5", "--threads", "1", "--clock", "cpu"),
+        "masked / stock <= 1.10",
+    ),
+    "training": Bench(
+        "Training tokens/s vs TRL SFTTrainer",
+        "bench.training_throughput",
+        ("--steps", "6", "--repeats", "2", "--threads", "1", "--clock", "cpu", "--packing"),
+        "ours / TRL >= 1.5",
+    ),
+    "kd_alignment": Bench(
+        "Distillation: aligned share of response tokens across tokenizers",
+        "bench.kd_alignment",
+        (),
+        ">= 80% of English tweet response tokens",
+    ),
+    "kd_overhead": Bench(
+        "Distillation: training step with the KD term vs cross-entropy only",
+        "bench.kd_overhead",
+        ("--rounds", "5", "--threads", "1", "--clock", "cpu"),
+        "KD / CE <= 1.15",
+    ),
     "evaluation": Bench("Default evaluation", "bench.evaluation_time", ("--repeats", "3"), "<= 300 s"),
-    "eval_floor": Bench("Evaluation seconds per post vs the post's compute floor", "bench.evaluation_floor",
-                        ("--posts", "48", "--rounds", "5", "--threads", "1", "--clock", "cpu"),
-                        "scorer / floor <= 1.5"),
-    "efficacy": Bench("Distillation efficacy (full page: docs/efficacy.md, figures: docs/efficacy.json)", "bench.distillation_efficacy",
-                      ("--threads", "1"), "reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0"),
-    "end_to_end": Bench("End to end: `opengrok run` on the offline default", "bench.end_to_end",
-                        ("--fresh", "3", "--unchanged", "1"), "fresh run <= 15 minutes"),
-    "gpu_check": Bench("GPU check (one H200)", "bench.gpu_check", (),
-                       "finishes in <= 8 minutes; >= 200 sentiment posts/s; ours / TRL >= 1.5", needs_gpu=True),
+    "eval_floor": Bench(
+        "Evaluation seconds per post vs the post's compute floor",
+        "bench.evaluation_floor",
+        ("--posts", "48", "--rounds", "5", "--threads", "1", "--clock", "cpu"),
+        "scorer / floor <= 1.5",
+    ),
+    "efficacy": Bench(
+        "Distillation efficacy (full page: docs/efficacy.md, figures: docs/efficacy.json)",
+        "bench.distillation_efficacy",
+        ("--threads", "1"),
+        "reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0",
+    ),
+    "end_to_end": Bench(
+        "End to end: `opengrok run` on the offline default",
+        "bench.end_to_end",
+        ("--fresh", "3", "--unchanged", "1"),
+        "fresh run <= 15 minutes",
+    ),
+    "gpu_check": Bench(
+        "GPU check (one H200)",
+        "bench.gpu_check",
+        (),
+        "finishes in <= 8 minutes; >= 200 sentiment posts/s; ours / TRL >= 1.5",
+        needs_gpu=True,
+    ),
 }
 
 HEADER = """# Benchmarks
@@ -85,25 +121,35 @@ def git_commit() -> str:
 
 def section(name: str, bench: Bench) -> str:
     load_before = os.getloadavg()[0]
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     print(f"== {name}: {' '.join(bench.command()[1:])}", file=sys.stderr, flush=True)
     measured = run_measured(bench.command())
     if measured.returncode:
-        raise SystemExit(f"bench {name} failed (exit {measured.returncode}); its section in docs/benchmarks.md is left as it was")
-    facts = (f"`.venv/bin/python -m {bench.module} {' '.join(bench.args)}` | {started:%Y-%m-%d %H:%M} UTC, "
-             f"commit {git_commit()} | {measured.seconds:,.0f} s | load average {load_before:.1f} before, "
-             f"{os.getloadavg()[0]:.1f} after | peak memory {gib(max(measured.stage_peak_rss.values(), default=0))}")
-    return (f"<!-- bench:{name} -->\n## {bench.title}\n\nTarget: {bench.target}.\n\n{facts}\n\n"
-            f"{measured.output.strip()}\n<!-- /bench:{name} -->\n")
+        raise SystemExit(
+            f"bench {name} failed (exit {measured.returncode}); its section in docs/benchmarks.md is left as it was"
+        )
+    facts = (
+        f"`.venv/bin/python -m {bench.module} {' '.join(bench.args)}` | {started:%Y-%m-%d %H:%M} UTC, "
+        f"commit {git_commit()} | {measured.seconds:,.0f} s | load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after | peak memory {gib(max(measured.stage_peak_rss.values(), default=0))}"
+    )
+    return (
+        f"<!-- bench:{name} -->\n## {bench.title}\n\nTarget: {bench.target}.\n\n{facts}\n\n"
+        f"{measured.output.strip()}\n<!-- /bench:{name} -->\n"
+    )
 
 
 def kept_sections(text: str) -> dict[str, str]:
-    return {match[1]: match[0] + "\n" for match in re.finditer(r"<!-- bench:(\w+) -->.*?<!-- /bench:\1 -->", text, re.S)}
+    return {
+        match[1]: match[0] + "\n" for match in re.finditer(r"<!-- bench:(\w+) -->.*?<!-- /bench:\1 -->", text, re.S)
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run these benches; keep the other sections")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(BENCHES), help="run these benches; keep the other sections"
+    )
     parser.add_argument("--output", type=Path, default=REPORT)
     parser.add_argument("--list", action="store_true", help="print the benches and their commands")
     args = parser.parse_args()

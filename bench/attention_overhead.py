@@ -28,6 +28,7 @@ from opengrok_dagster.offline.model import check_offline_model, offline_model_di
 from opengrok_dagster.training import attention
 from opengrok_dagster.training.attention import MASK_MODES, attention_implementation
 
+
 IMPLEMENTATIONS = {"stock sdpa": "sdpa", **{f"masked {mode}": attention_implementation(mode) for mode in MASK_MODES}}
 
 
@@ -56,7 +57,9 @@ def _timed(step, clock) -> float:
 def model_level(model_path: str, batch: int, length: int, rounds: int, clock) -> dict[str, list[float]]:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
     data = training_batch(batch, length, model.config.vocab_size)
     inputs = {key: data[key] for key in ("input_ids", "attention_mask", "labels")}
 
@@ -68,6 +71,7 @@ def model_level(model_path: str, batch: int, length: int, rounds: int, clock) ->
         def run():
             model.zero_grad(set_to_none=True)
             model(**inputs, **extra).loss.backward()
+
         return run
 
     times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
@@ -88,7 +92,9 @@ class _Module(torch.nn.Module):
         self.is_causal = True
 
 
-def op_level(batch: int, length: int, layers: int, rounds: int, clock, heads=9, kv_heads=3, head_dim=64) -> dict[str, list[float]]:
+def op_level(
+    batch: int, length: int, layers: int, rounds: int, clock, heads=9, kv_heads=3, head_dim=64
+) -> dict[str, list[float]]:
     data = training_batch(batch, length, 100)
     module = _Module(heads, kv_heads)
     padding = data["attention_mask"].bool()
@@ -110,9 +116,12 @@ def op_level(batch: int, length: int, layers: int, rounds: int, clock, heads=9, 
                 if name == "stock sdpa":
                     out, _ = sdpa_attention_forward(module, q, k, v, boolean_mask, scaling=head_dim**-0.5)
                 else:
-                    out, _ = attention.masked_sdpa_attention(module, q, k, v, boolean_mask, mode=mode, token_mask=token_mask, scaling=head_dim**-0.5)
+                    out, _ = attention.masked_sdpa_attention(
+                        module, q, k, v, boolean_mask, mode=mode, token_mask=token_mask, scaling=head_dim**-0.5
+                    )
                 total = total + out.sum()
             total.backward()
+
         return run
 
     times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
@@ -126,7 +135,12 @@ def op_level(batch: int, length: int, layers: int, rounds: int, clock, heads=9, 
 
 def table(title: str, times: dict[str, list[float]]) -> list[str]:
     stock = times["stock sdpa"]
-    lines = [f"### {title}", "", "| attention | seconds, median (min-max) | vs stock SDPA, median (min-max) of rounds |", "|---|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| attention | seconds, median (min-max) | vs stock SDPA, median (min-max) of rounds |",
+        "|---|---:|---:|",
+    ]
     for name, seconds in times.items():
         lines.append(f"| {name} | {spread(seconds, 4)} | {spread([s / b for s, b in zip(seconds, stock)], 3)} |")
     return lines + [""]
@@ -134,29 +148,47 @@ def table(title: str, times: dict[str, list[float]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="student path or id (default: the offline SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", default=None, help="student path or id (default: the offline SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", type=int, default=30, help="attention calls per forward at op level (SmolLM2: 30)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 gives steadier figures on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 gives steadier figures on a shared CPU)"
+    )
     parser.add_argument("--levels", nargs="+", choices=["op", "model"], default=["op", "model"])
     parser.add_argument(
-        "--clock", choices=sorted(CLOCKS), default="wall",
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
         help="'cpu' (process CPU time) with --threads 1 measures the work itself when other jobs share the CPU",
     )
     args = parser.parse_args()
     clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.clock} clock; "
-          f"batch {args.batch} x {args.length}, {args.rounds} rounds\n")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.clock} clock; "
+        f"batch {args.batch} x {args.length}, {args.rounds} rounds\n"
+    )
     if "op" in args.levels:
-        print("\n".join(table(f"Attention op only, {args.layers} layers per forward", op_level(args.batch, args.length, args.layers, args.rounds, clock))), flush=True)
+        print(
+            "\n".join(
+                table(
+                    f"Attention op only, {args.layers} layers per forward",
+                    op_level(args.batch, args.length, args.layers, args.rounds, clock),
+                )
+            ),
+            flush=True,
+        )
     if "model" in args.levels:
         model_path = args.model or str(check_offline_model(offline_model_dir()))
         times = model_level(model_path, args.batch, args.length, args.rounds, clock)
-        print("\n".join(table(f"Model forward+backward ({model_path.rstrip('/').rsplit('/', 1)[-1]}, LoRA r=8)", times)))
+        print(
+            "\n".join(table(f"Model forward+backward ({model_path.rstrip('/').rsplit('/', 1)[-1]}, LoRA r=8)", times))
+        )
 
 
 if __name__ == "__main__":

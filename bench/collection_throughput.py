@@ -54,12 +54,19 @@ def loopback_server(latency_s: float):
 
 def synthetic_prompts(n: int, tag: str) -> list[dict]:
     return [
-        {"prompt_id": f"{tag}-{i}", "topic": "bench", "system_prompt": "You are terse.", "prompt": f"Post {i} about {tag}?"}
+        {
+            "prompt_id": f"{tag}-{i}",
+            "topic": "bench",
+            "system_prompt": "You are terse.",
+            "prompt": f"Post {i} about {tag}?",
+        }
         for i in range(n)
     ]
 
 
-def timed_collection(base_url: str, model: str, n: int, limits: ClientLimits, sampling: SamplingParams, tag: str) -> tuple[float, int]:
+def timed_collection(
+    base_url: str, model: str, n: int, limits: ClientLimits, sampling: SamplingParams, tag: str
+) -> tuple[float, int]:
     """Seconds to collect ``n`` fresh prompts into a fresh store, and completion tokens received."""
     tokens = 0
 
@@ -82,7 +89,10 @@ def timed_collection(base_url: str, model: str, n: int, limits: ClientLimits, sa
 
 def loopback_table(latency_s: float, repeats: int) -> list[str]:
     cases = [(1, None), (8, None), (32, None), (32, 1200.0)]
-    lines = ["| concurrency | RPM limit | requests | ideal req/s | achieved req/s (median, min-max) | ratio |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| concurrency | RPM limit | requests | ideal req/s | achieved req/s (median, min-max) | ratio |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     with loopback_server(latency_s) as base_url:
         for concurrency, rpm in cases:
             ideal = min(concurrency / latency_s, rpm / 60 if rpm else float("inf"))
@@ -90,7 +100,9 @@ def loopback_table(latency_s: float, repeats: int) -> list[str]:
             rates = []
             for repeat in range(repeats):
                 limits = ClientLimits(max_concurrency=concurrency, requests_per_minute=rpm)
-                elapsed, _ = timed_collection(base_url, "loopback", n, limits, SamplingParams(), f"c{concurrency}-{rpm}-{repeat}")
+                elapsed, _ = timed_collection(
+                    base_url, "loopback", n, limits, SamplingParams(), f"c{concurrency}-{rpm}-{repeat}"
+                )
                 rates.append(n / elapsed)
             lines.append(
                 f"| {concurrency} | {int(rpm) if rpm else '-'} | {n} | {ideal:.1f} | {spread(rates, 1)} | {statistics.median(rates) / ideal:.3f} |"
@@ -102,20 +114,28 @@ def embedded_table(requests_per_level: int, max_tokens: int, repeats: int) -> li
     from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
     from opengrok_dagster.offline.server import TeacherServer
 
-    lines = ["| concurrency | requests | max_tokens | completion tok/s, median (min-max) | req/s, median (min-max) |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| concurrency | requests | max_tokens | completion tok/s, median (min-max) | req/s, median (min-max) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     with TeacherServer(check_offline_model(offline_model_dir())) as server:
         for concurrency in (1, 8, 32):
             n = max(concurrency, requests_per_level if concurrency > 1 else 4)
             token_rates, request_rates = [], []
             for repeat in range(repeats):
                 elapsed, tokens = timed_collection(
-                    server.base_url, server.model_id, n, ClientLimits(max_concurrency=concurrency),
-                    SamplingParams(max_tokens=max_tokens, temperature=0.7), f"embedded-{concurrency}-{repeat}",
+                    server.base_url,
+                    server.model_id,
+                    n,
+                    ClientLimits(max_concurrency=concurrency),
+                    SamplingParams(max_tokens=max_tokens, temperature=0.7),
+                    f"embedded-{concurrency}-{repeat}",
                 )
                 token_rates.append(tokens / elapsed)
                 request_rates.append(n / elapsed)
-            lines.append(f"| {concurrency} | {n} | {max_tokens} | {spread(token_rates, 1)} | {spread(request_rates, 2)} |")
+            lines.append(
+                f"| {concurrency} | {n} | {max_tokens} | {spread(token_rates, 1)} | {spread(request_rates, 2)} |"
+            )
     return lines
 
 

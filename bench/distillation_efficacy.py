@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,7 @@ from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import balance_classes
 from opengrok_dagster.training.device import resolve_placement
 from opengrok_dagster.training.trainer import TrainingJob, train_lora
+
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "tweeteval_sentiment"
@@ -284,7 +285,7 @@ def run(grid: Grid, args, command: str) -> dict:
         "val_source": val.source,
         "command": command,
         "commit": git_commit(),
-        "started": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "started": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "device": placement.description,
         "load_average_before": os.getloadavg()[0],
         "grid": asdict(grid),
@@ -452,7 +453,7 @@ def markdown(result: dict, partial: bool) -> str:
         "| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts neg/neu/pos |",
         "|---|---|---:|---:|---|",
     ]
-    for kind, teacher in result["teachers"].items():
+    for teacher in result["teachers"].values():
         lines.append(
             f"| {teacher['name']} | {_ci(teacher['val'])} | {teacher['val_unparseable']:.3f} | "
             f"{teacher['usable']} of {teacher['annotated']} | {teacher['label_counts']} |"

@@ -24,9 +24,10 @@ import torch
 from bench.measure import spread
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent, _length_batches
-from opengrok_dagster.sns_tasks import classification_messages
 from opengrok_dagster.evaluation.tasks import label_words, read_split, task_spec
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.sns_tasks import classification_messages
+
 
 TASKS = ("tweeteval_sentiment", "tweet_topic")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -87,8 +88,10 @@ def main() -> None:
         f"{args.threads or 'default'}, batch {args.batch_tokens} tokens, {args.clock} clock, {args.rounds} rounds, "
         f"{args.posts} TweetEval validation posts per task"
     )
-    print("\n| task | labels | prompt tokens per post | scorer s/post | floor s/post | floor ms/token "
-          "| scorer / floor | posts/s |")
+    print(
+        "\n| task | labels | prompt tokens per post | scorer s/post | floor s/post | floor ms/token "
+        "| scorer / floor | posts/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in TASKS:
         messages, words = task_prompts(name, args.posts)
@@ -98,8 +101,8 @@ def main() -> None:
         floor_forward(student, prompts[:4])
         scorer, floor, ratios = [], [], []
         for _ in range(args.rounds):
-            scorer.append(timed(lambda: student.label_logprobs(messages, words), clock) / len(messages))
-            floor.append(timed(lambda: floor_forward(student, prompts), clock) / len(messages))
+            scorer.append(timed(lambda: student.label_logprobs(messages, words), clock) / len(messages))  # noqa: B023 (called at once)
+            floor.append(timed(lambda: floor_forward(student, prompts), clock) / len(messages))  # noqa: B023
             ratios.append(scorer[-1] / floor[-1])
         per_token_ms = [f * len(messages) / tokens * 1000 for f in floor]
         print(

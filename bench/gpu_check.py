@@ -40,6 +40,7 @@ from opengrok_dagster.offline.model import check_offline_model, offline_model_di
 from opengrok_dagster.training import attention
 from opengrok_dagster.training.attention import MASK_MODES
 
+
 # microsoft/Phi-3-mini-4k-instruct config.json (the shapes that matter for speed and memory).
 PHI3_MINI = dict(
     hidden_size=3072,

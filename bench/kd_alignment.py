@@ -34,15 +34,20 @@ import time
 import zipfile
 from pathlib import Path
 
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from transformers import AutoTokenizer  # noqa: E402  (after the thread-pool setting)
 from transformers.convert_slow_tokenizer import TikTokenConverter  # noqa: E402
 
 from opengrok_dagster.distill.align import (  # noqa: E402
-    StudentVocabulary, TeacherToken, align_example, decode_byte_level,
+    StudentVocabulary,
+    TeacherToken,
+    align_example,
+    decode_byte_level,
 )
 from opengrok_dagster.masks.render import ChatRenderer  # noqa: E402
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir  # noqa: E402
+
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 TEKKEN_FILE = "tekken_240911.json"
@@ -63,8 +68,9 @@ def tekken_path(given: str | None) -> Path:
     if not cached.is_file():
         print(f"fetching {TEKKEN_FILE} from the {MISTRAL_COMMON} wheel", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as scratch:
-            subprocess.run([sys.executable, "-m", "pip", "download", MISTRAL_COMMON, "--no-deps", "-q", "-d", scratch],
-                           check=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", MISTRAL_COMMON, "--no-deps", "-q", "-d", scratch], check=True
+            )
             [wheel] = Path(scratch).glob("mistral_common-*.whl")
             cached.parent.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(wheel) as archive:
@@ -156,18 +162,24 @@ def main() -> None:
             f"{1000 * totals['cpu_s'] / totals['responses']:.2f} |"
         )
     share = english["aligned"] / english["response_tokens"]
-    print("Student: SmolLM2-135M-Instruct tokenizer. Teacher: Mistral Tekken (`tekken_240911.json` from the "
-          "`mistral_common` 1.12 wheel), a *stand-in* teacher whose tokens are Tekken's tokenisation of each tweet.\n")
-    print("| corpus | responses | student response tokens | teacher tokens | aligned share | teacher tokens "
-          "that are one student token | alignment CPU ms / response |")
+    print(
+        "Student: SmolLM2-135M-Instruct tokenizer. Teacher: Mistral Tekken (`tekken_240911.json` from the "
+        "`mistral_common` 1.12 wheel), a *stand-in* teacher whose tokens are Tekken's tokenisation of each tweet.\n"
+    )
+    print(
+        "| corpus | responses | student response tokens | teacher tokens | aligned share | teacher tokens "
+        "that are one student token | alignment CPU ms / response |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
-    print(f"\nEnglish tweets: aligned share **{share:.1%}** of {english['response_tokens']:,} student response tokens "
-          f"(target >= 80%: {'met' if share >= 0.8 else 'NOT met'}); all corpora pooled: "
-          f"{overall['aligned'] / overall['response_tokens']:.1%} of {overall['response_tokens']:,}. "
-          "SmolLM2 splits Greek and Japanese characters into byte tokens that no whole-character teacher token "
-          "matches, so those scripts align poorly. Alignment time is this process's CPU time (the share is "
-          "deterministic; the time was taken on a machine shared with other jobs, see the load average).")
+    print(
+        f"\nEnglish tweets: aligned share **{share:.1%}** of {english['response_tokens']:,} student response tokens "
+        f"(target >= 80%: {'met' if share >= 0.8 else 'NOT met'}); all corpora pooled: "
+        f"{overall['aligned'] / overall['response_tokens']:.1%} of {overall['response_tokens']:,}. "
+        "SmolLM2 splits Greek and Japanese characters into byte tokens that no whole-character teacher token "
+        "matches, so those scripts align poorly. Alignment time is this process's CPU time (the share is "
+        "deterministic; the time was taken on a machine shared with other jobs, see the load average)."
+    )
 
 
 if __name__ == "__main__":

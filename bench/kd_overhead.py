@@ -30,6 +30,7 @@ from opengrok_dagster.offline.model import check_offline_model, offline_model_di
 from opengrok_dagster.training.data import MaskCollator, MaskedExample
 from opengrok_dagster.training.distill_loss import KD_INPUTS, distillation_loss
 
+
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 ALIGNED_SHARE = 0.9
 
@@ -102,9 +103,11 @@ def main() -> None:
         for name, collate in collators.items():
             times[name].append(step(collate))
     name = model_path.rstrip("/").rsplit("/", 1)[-1]
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads, {args.clock} clock; {name} + LoRA r=8, batch {args.batch} x {args.length}, targets at "
-          f"{ALIGNED_SHARE:.0%} of response positions, {args.rounds} rounds; CPU shared with other jobs\n")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, {args.clock} clock; {name} + LoRA r=8, batch {args.batch} x {args.length}, targets at "
+        f"{ALIGNED_SHARE:.0%} of response positions, {args.rounds} rounds; CPU shared with other jobs\n"
+    )
     print("| step | seconds, median (min-max) | vs cross-entropy only, median (min-max) of rounds |")
     print("|---|---:|---:|")
     plain = times["cross-entropy only"]

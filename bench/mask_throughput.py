@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from transformers import AutoTokenizer  # noqa: E402  (after the thread-pool setting)
 
@@ -33,22 +34,37 @@ from opengrok_dagster.masks.config import DEFAULT_SPACY_MODEL, MaskConfig  # noq
 from opengrok_dagster.masks.linguistics import load_spacy  # noqa: E402
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir  # noqa: E402
 
-SEMEVAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "semeval2017_task4a" / "twitter-2016train-A.tsv"
+
+SEMEVAL = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "data"
+    / "semeval2017_task4a"
+    / "twitter-2016train-A.tsv"
+)
 SYSTEM_PROMPT = "You are a careful social-media analyst. Answer in one or two sentences."
 
 
 def tweet_examples(n: int) -> pd.DataFrame:
     """``n`` examples: a prompt quoting one tweet, a response made of another (distinct texts throughout)."""
-    tweets = list(dict.fromkeys(line.split("\t", 2)[2] for line in SEMEVAL.read_text(encoding="utf-8").splitlines() if line.count("\t") >= 2))
+    tweets = list(
+        dict.fromkeys(
+            line.split("\t", 2)[2]
+            for line in SEMEVAL.read_text(encoding="utf-8").splitlines()
+            if line.count("\t") >= 2
+        )
+    )
     if len(tweets) < 2 * n:
         raise SystemExit(f"{SEMEVAL} has {len(tweets)} distinct tweets; ask for at most {len(tweets) // 2} examples")
-    return pd.DataFrame({
-        "example_id": [f"bench-{i}" for i in range(n)],
-        "split": ["validation" if i % 10 == 9 else "train" for i in range(n)],
-        "system_prompt": SYSTEM_PROMPT,
-        "prompt": [f"What is the sentiment of this post? {tweets[2 * i]}" for i in range(n)],
-        "response": [tweets[2 * i + 1] for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "example_id": [f"bench-{i}" for i in range(n)],
+            "split": ["validation" if i % 10 == 9 else "train" for i in range(n)],
+            "system_prompt": SYSTEM_PROMPT,
+            "prompt": [f"What is the sentiment of this post? {tweets[2 * i]}" for i in range(n)],
+            "response": [tweets[2 * i + 1] for i in range(n)],
+        }
+    )
 
 
 def timed(clock, work) -> tuple[int, float]:
@@ -75,7 +91,12 @@ def main() -> None:
     build_mask_table(examples.head(50), tokenizer, nlp, config)  # warm-up: imports (scikit-learn) and spaCy caches
 
     clock = time.process_time if config.spacy_n_process == 1 else time.perf_counter
-    bare_pipe = lambda: sum(len(doc) for doc in nlp.pipe(texts, batch_size=config.spacy_batch_size, n_process=config.spacy_n_process))  # noqa: E731
+
+    def bare_pipe():
+        return sum(
+            len(doc) for doc in nlp.pipe(texts, batch_size=config.spacy_batch_size, n_process=config.spacy_n_process)
+        )
+
     build = lambda: build_mask_table(examples, tokenizer, nlp, config).words  # noqa: E731
     bare_rates, mask_rates = [], []
     for _ in range(args.rounds):
@@ -85,13 +106,16 @@ def main() -> None:
         assert mask_words == words, "both sides must count the same words"
         mask_rates.append(mask_words / seconds)
     ratios = [m / b for m, b in zip(mask_rates, bare_rates)]  # each round times both sides back to back
-    print(f"# mask_throughput: {args.examples} examples, {len(texts)} distinct texts, {words} spaCy words, "
-          f"{config.spacy_model} {nlp.pipe_names}, batch {config.spacy_batch_size}, n_process {config.spacy_n_process}, "
-          f"{platform.processor() or platform.machine()}, {'CPU' if clock is time.process_time else 'wall'} seconds, "
-          f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}, {args.rounds} rounds\n")
+    print(
+        f"# mask_throughput: {args.examples} examples, {len(texts)} distinct texts, {words} spaCy words, "
+        f"{config.spacy_model} {nlp.pipe_names}, batch {config.spacy_batch_size}, n_process {config.spacy_n_process}, "
+        f"{platform.processor() or platform.machine()}, {'CPU' if clock is time.process_time else 'wall'} seconds, "
+        f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}, {args.rounds} rounds\n"
+    )
     print("| run | words/s, median (min-max) |\n|---|---:|")
     print(f"| bare nlp.pipe | {spread(bare_rates)} |\n| build_mask_table | {spread(mask_rates)} |")
     print(f"| ratio mask/bare per round (target >= 0.8) | {spread(ratios, 2)} |")
+
 
 if __name__ == "__main__":
     main()

@@ -106,8 +106,10 @@ def machine_details() -> str:
     except ImportError:
         gpu, torch_version = "GPU unknown", "no torch"
     cpu = platform.processor() or platform.machine()
-    return (f"{cpu}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM, {gpu}; {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, {torch_version}")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {memory:.0f} GiB RAM, {gpu}; {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, {torch_version}"
+    )
 
 
 def spread(values: list[float], digits: int = 0) -> str:

@@ -35,6 +35,7 @@ from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.device import resolve_placement
 from opengrok_dagster.training.trainer import TRAINING_DTYPES, TrainingJob, train_lora
 
+
 TWEETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweeteval" / "emotion" / "train_text.txt"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -72,8 +73,12 @@ class StepClock(TrainerCallback):
 def conversations(count: int) -> list[dict]:
     tweets = [line.strip() for line in TWEETS.read_text().splitlines() if line.strip()][:count]
     return [
-        {"prompt": [{"role": "user", "content": f"Write a short social-media post about {TOPICS[i % len(TOPICS)]}."}],
-         "completion": [{"role": "assistant", "content": tweet}]}
+        {
+            "prompt": [
+                {"role": "user", "content": f"Write a short social-media post about {TOPICS[i % len(TOPICS)]}."}
+            ],
+            "completion": [{"role": "assistant", "content": tweet}],
+        }
         for i, tweet in enumerate(tweets)
     ]
 
@@ -83,14 +88,23 @@ def mask_table(tokenizer, rows: list[dict], max_length: int, validation: int) ->
     rng = random.Random(0)
     records = []
     for index, row in enumerate(rows):
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)[:max_length]
-        records.append({
-            "example_id": f"tweet{index:04d}", "split": "validation" if index < validation else "train",
-            "input_ids": full, "response_start": len(prompt),
-            "m": [rng.choice([0, 1, 1]) for _ in full], "p": [rng.uniform(0.05, 1.0) for _ in full],
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        })
+        prompt = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)[
+            :max_length
+        ]
+        records.append(
+            {
+                "example_id": f"tweet{index:04d}",
+                "split": "validation" if index < validation else "train",
+                "input_ids": full,
+                "response_start": len(prompt),
+                "m": [rng.choice([0, 1, 1]) for _ in full],
+                "p": [rng.uniform(0.05, 1.0) for _ in full],
+                "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            }
+        )
     return pd.DataFrame(records)
 
 
@@ -98,9 +112,18 @@ def ours(model_path: str, table: pd.DataFrame, mode: str, args, packing: bool = 
     step_clock = StepClock(CLOCKS[args.clock])
     with tempfile.TemporaryDirectory() as home:
         config = TrainingConfig(
-            batch_size=args.batch, max_length=args.length, max_steps=args.steps, eval_steps=args.steps, save_steps=args.steps,
-            learning_rate=2e-4, warmup_steps=0, lora_r=8, lora_alpha=16, lora_dropout=0.05,
-            target_modules=args.targets, packing=packing,
+            batch_size=args.batch,
+            max_length=args.length,
+            max_steps=args.steps,
+            eval_steps=args.steps,
+            save_steps=args.steps,
+            learning_rate=2e-4,
+            warmup_steps=0,
+            lora_r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            target_modules=args.targets,
+            packing=packing,
         )
         placement = resolve_placement(args.device, args.precision)
         job = TrainingJob(mode, model_path, HomeLayout(Path(home)).checkpoint_dir(mode), config, placement)
@@ -118,16 +141,27 @@ def trl(model_path: str, rows: list[dict], args) -> float:
         trainer = SFTTrainer(
             model=model_path,
             args=SFTConfig(
-                output_dir=output, per_device_train_batch_size=args.batch, max_length=args.length, max_steps=args.steps,
-                learning_rate=2e-4, warmup_steps=0, completion_only_loss=True, packing=False,
+                output_dir=output,
+                per_device_train_batch_size=args.batch,
+                max_length=args.length,
+                max_steps=args.steps,
+                learning_rate=2e-4,
+                warmup_steps=0,
+                completion_only_loss=True,
+                packing=False,
                 use_cpu=placement.device == "cpu",
                 bf16=placement.precision == "bf16",
                 fp16=placement.precision == "fp16",
-                include_num_input_tokens_seen="non_padding", eval_strategy="no", save_strategy="no", report_to=[],
-                disable_tqdm=True, logging_steps=args.steps, seed=0,
+                include_num_input_tokens_seen="non_padding",
+                eval_strategy="no",
+                save_strategy="no",
+                report_to=[],
+                disable_tqdm=True,
+                logging_steps=args.steps,
+                seed=0,
                 model_init_kwargs={"dtype": TRAINING_DTYPES[placement.precision]},
             ),
-            train_dataset=Dataset.from_list(rows[args.validation:]),
+            train_dataset=Dataset.from_list(rows[args.validation :]),
             peft_config=LoraConfig(
                 r=8, lora_alpha=16, lora_dropout=0.05, target_modules=args.targets, task_type="CAUSAL_LM"
             ),
@@ -171,9 +205,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["none", "hard"])
     parser.add_argument("--packing", action="store_true", help="also time our trainer with packed batches")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 gives steadier figures on a shared CPU)")
     parser.add_argument(
-        "--clock", choices=sorted(CLOCKS), default="wall",
+        "--threads", type=int, default=None, help="torch threads (1 gives steadier figures on a shared CPU)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
         help="'cpu' (process CPU time) with --threads 1 measures the work itself when other jobs share the CPU",
     )
     parser.add_argument("--targets", nargs="+", default=TARGETS, help="LoRA target modules (Phi-3: qkv_proj o_proj)")
@@ -189,9 +227,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_path = args.model or str(check_offline_model(offline_model_dir()))
     results = compare(model_path, args)
-    print(f"{args.examples - args.validation} train examples, batch {args.batch} x <= {args.length} tokens, {args.steps} steps, "
-          f"{args.repeats} repeats, {args.device} {args.precision}, torch {torch.get_num_threads()} threads, "
-          f"{args.clock} clock\n")
+    print(
+        f"{args.examples - args.validation} train examples, batch {args.batch} x <= {args.length} tokens, {args.steps} steps, "
+        f"{args.repeats} repeats, {args.device} {args.precision}, torch {torch.get_num_threads()} threads, "
+        f"{args.clock} clock\n"
+    )
     print("\n".join(table_lines(results)))
 
 

@@ -161,7 +161,7 @@ class LoopbackBatchServer:
         batch["status"] = "completed"
         batch["request_counts"] = {"total": len(lines), "completed": len(outputs), "failed": len(errors)}
 
-    def start(self) -> "LoopbackBatchServer":
+    def start(self) -> LoopbackBatchServer:
         config = uvicorn.Config(
             self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3"
         )
@@ -180,7 +180,7 @@ class LoopbackBatchServer:
             self._server.should_exit = True
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "LoopbackBatchServer":
+    def __enter__(self) -> LoopbackBatchServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

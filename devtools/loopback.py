@@ -19,6 +19,7 @@ import uvicorn
 
 from opengrok_dagster.offline.server import free_loopback_port
 
+
 FAULTS = ("429", "500", "503", "malformed_json", "truncated_body", "connection_reset", "stall")
 
 
@@ -83,7 +84,9 @@ class LoopbackTeacher:
         self.requests.append(ReceivedRequest(time.monotonic(), user_prompt, fault, authorization))
         await asyncio.sleep(self.config.latency_s)
         if fault == "429":
-            return await _respond(send, 429, b'{"error":"rate limited"}', [(b"retry-after", str(self.config.retry_after_s).encode())])
+            return await _respond(
+                send, 429, b'{"error":"rate limited"}', [(b"retry-after", str(self.config.retry_after_s).encode())]
+            )
         if fault in ("500", "503"):
             return await _respond(send, int(fault), b'{"error":"server error"}')
         if fault == "malformed_json":
@@ -96,21 +99,41 @@ class LoopbackTeacher:
         choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
         if request.get("logprobs") and self.config.returns_logprobs:
             choice["logprobs"] = {"content": chat_logprobs(content, int(request.get("top_logprobs") or 0))}
-        payload = json.dumps({
-            "id": request_id, "object": "chat.completion", "model": request.get("model", "loopback"),
-            "choices": [choice],
-            "usage": {"prompt_tokens": len(user_prompt) // 4, "completion_tokens": self.config.completion_tokens},
-        }).encode()
+        payload = json.dumps(
+            {
+                "id": request_id,
+                "object": "chat.completion",
+                "model": request.get("model", "loopback"),
+                "choices": [choice],
+                "usage": {"prompt_tokens": len(user_prompt) // 4, "completion_tokens": self.config.completion_tokens},
+            }
+        ).encode()
         if fault in ("truncated_body", "connection_reset"):
             # Promise the whole body, send part of it, then fail the connection.
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True})
             raise ConnectionResetError("injected fault")
         await _respond(send, 200, payload, [(b"x-request-id", request_id.encode())])
 
-    def start(self) -> "LoopbackTeacher":
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3",
-                                timeout_keep_alive=30)
+    def start(self) -> LoopbackTeacher:
+        config = uvicorn.Config(
+            self._app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="critical",
+            lifespan="off",
+            interface="asgi3",
+            timeout_keep_alive=30,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -126,7 +149,7 @@ class LoopbackTeacher:
             self._server.should_exit = True
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "LoopbackTeacher":
+    def __enter__(self) -> LoopbackTeacher:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -163,7 +186,9 @@ def main() -> None:
     args = parser.parse_args()
     teacher = LoopbackTeacher(LoopbackConfig(latency_s=args.latency))
     teacher.port = args.port
-    uvicorn.run(teacher._app, host="127.0.0.1", port=args.port, log_level="critical", lifespan="off", interface="asgi3")
+    uvicorn.run(
+        teacher._app, host="127.0.0.1", port=args.port, log_level="critical", lifespan="off", interface="asgi3"
+    )
 
 
 if __name__ == "__main__":

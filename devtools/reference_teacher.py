@@ -33,6 +33,7 @@ from opengrok_dagster.offline.server import free_loopback_port
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.sns_tasks import Annotation, TaskFormat, find_labels, task_format
 
+
 NAME = "reference teacher (TF-IDF+LR on gold train), not an LLM"
 MODEL_ID = "reference-teacher-tfidf-lr-gold-train"
 TASKS = ("tweeteval_sentiment", "tweet_topic")
@@ -106,7 +107,7 @@ class ReferenceTeacher:
         tasks: tuple[str, ...] = TASKS,
         exclude: frozenset[str] = frozenset(),
         seed: int = 0,
-    ) -> "ReferenceTeacher":
+    ) -> ReferenceTeacher:
         data_dir = data_dir or resolve_data_dir()
         if data_dir is None:
             raise SystemExit(
@@ -191,7 +192,7 @@ class ReferenceTeacher:
             [(b"x-request-id", request_id.encode())],
         )
 
-    def start(self) -> "ReferenceTeacher":
+    def start(self) -> ReferenceTeacher:
         config = uvicorn.Config(
             self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3"
         )
@@ -210,7 +211,7 @@ class ReferenceTeacher:
             self._server.should_exit = True
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "ReferenceTeacher":
+    def __enter__(self) -> ReferenceTeacher:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

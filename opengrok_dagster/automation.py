@@ -27,6 +27,7 @@ from dagster import (
 
 from opengrok_dagster.settings import retrain_threshold
 
+
 FOLLOWS_UPSTREAM_DATA = (
     # A change is remembered until this asset is requested or updated, so a change seen while the guards below
     # hold is acted on once they clear, and never twice.
@@ -73,15 +74,21 @@ def training_set_drift_sensor(context: SensorEvaluationContext):
     [masks] = instance.fetch_materializations(AssetKey("mask_tables"), limit=1).records or [None]
     [latest] = instance.fetch_materializations(AssetKey("filtered_responses"), limit=1).records or [None]
     if masks is None or latest is None or FILTERED_SET_READ_TAG not in masks.asset_materialization.tags:
-        return SkipReason("no mask tables built from a filtered set yet: the retrain schedule or a manual run builds the first")
+        return SkipReason(
+            "no mask tables built from a filtered set yet: the retrain schedule or a manual run builds the first"
+        )
     built_from_id = int(masks.asset_materialization.tags[FILTERED_SET_READ_TAG])
     if latest.storage_id <= built_from_id:
         return SkipReason("the mask tables were built from the latest filtered set")
-    [built_from] = instance.fetch_materializations(AssetRecordsFilter(AssetKey("filtered_responses"), storage_ids=[built_from_id]), limit=1).records
+    [built_from] = instance.fetch_materializations(
+        AssetRecordsFilter(AssetKey("filtered_responses"), storage_ids=[built_from_id]), limit=1
+    ).records
     before, now = _trainable_rows(built_from), _trainable_rows(latest)
     change = abs(now - before) / max(before, 1)
     if change < threshold:
-        return SkipReason(f"trainable rows {before} -> {now} ({change:.0%}), below the {threshold:.0%} retrain threshold")
+        return SkipReason(
+            f"trainable rows {before} -> {now} ({change:.0%}), below the {threshold:.0%} retrain threshold"
+        )
     return RunRequest(
         run_key=f"filtered-set-{latest.storage_id}",  # one rebuild per filtered set, however often the sensor ticks
         tags={"opengrok/trainable_rows": f"{before} -> {now}"},

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from contextlib import closing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from opengrok_dagster.offline.model import OfflineModelError
 
@@ -42,8 +42,10 @@ def _instance():
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise ValueError(f"another opengrok process has held {lock.name} for {INSTANCE_LOCK_TIMEOUT_S:.0f}s "
-                                     "while opening the Dagster instance; wait for it to finish and retry") from None
+                    raise ValueError(
+                        f"another opengrok process has held {lock.name} for {INSTANCE_LOCK_TIMEOUT_S:.0f}s "
+                        "while opening the Dagster instance; wait for it to finish and retry"
+                    ) from None
                 time.sleep(0.1)
         write_local_instance_config(home)  # local SQLite storage, the pools; no telemetry from an offline pipeline
         instance = DagsterInstance.get()
@@ -64,18 +66,22 @@ def _round_key(value: str | None) -> str:
     """``--round``: a YYYY-MM-DD day between the first round partition and today (UTC); default today."""
     from opengrok_dagster.partitions import ROUND_START_DATE
 
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     if value is None:
         return today.isoformat()
     try:
         day = datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
-        raise ValueError(f"--round {value!r} is not a date: give the round as YYYY-MM-DD, e.g. {today.isoformat()}, "
-                         "or leave it out for today (UTC)") from None
+        raise ValueError(
+            f"--round {value!r} is not a date: give the round as YYYY-MM-DD, e.g. {today.isoformat()}, "
+            "or leave it out for today (UTC)"
+        ) from None
     if day.isoformat() != value:  # strptime accepts 2026-1-5
         raise ValueError(f"--round {value!r}: write the date as YYYY-MM-DD ({day.isoformat()})")
     if day > today:
-        raise ValueError(f"--round {value} is in the future (today is {today.isoformat()} UTC); collect today's or an earlier round")
+        raise ValueError(
+            f"--round {value} is in the future (today is {today.isoformat()} UTC); collect today's or an earlier round"
+        )
     if day.isoformat() < ROUND_START_DATE:
         raise ValueError(f"--round {value} is before the first round partition ({ROUND_START_DATE})")
     return value
@@ -85,16 +91,20 @@ def _comma_list(flag: str, value: str) -> list[str]:
     """The items of a comma-separated argument, in order, once each; an empty item is an error."""
     items = [item.strip() for item in value.split(",")]
     if not all(items):
-        raise ValueError(f"{flag} {value!r} has an empty item: give comma-separated names without spaces or "
-                         "trailing commas, e.g. football,climate")
+        raise ValueError(
+            f"{flag} {value!r} has an empty item: give comma-separated names without spaces or "
+            "trailing commas, e.g. football,climate"
+        )
     return list(dict.fromkeys(items))
 
 
 def _content_hash_prefix(value: str) -> str:
     """A review target: a content hash or its prefix, 16 hex digits at most (see filtering.dedup.content_hash)."""
     if not value or len(value) > 16 or any(c not in "0123456789abcdef" for c in value.lower()):
-        raise ValueError(f"{value!r} is not a content hash: give the 16 hex digits (or a unique prefix) that "
-                         "`opengrok review list` prints first on each line")
+        raise ValueError(
+            f"{value!r} is not a content hash: give the 16 hex digits (or a unique prefix) that "
+            "`opengrok review list` prints first on each line"
+        )
     return value
 
 
@@ -149,15 +159,18 @@ def _check_run_config(jobs, run_config: dict, source: str) -> None:
     covered = set().union(*(job.graph.node_names() for job in jobs))
     unknown = sorted(set(run_config.get("ops", {})) - covered)
     if unknown:
-        raise ValueError(f"--config {source}: no asset named {', '.join(unknown)}; "
-                         f"configurable assets: {', '.join(sorted(covered))}")
+        raise ValueError(
+            f"--config {source}: no asset named {', '.join(unknown)}; "
+            f"configurable assets: {', '.join(sorted(covered))}"
+        )
     for job in jobs:
         try:
             validate_run_config(job, _job_run_config(job, run_config))
         except DagsterInvalidConfigError as exc:
             reasons = "; ".join(error.message.split(". Expected")[0] for error in exc.errors)
-            raise ValueError(f"--config {source}: {reasons}; fix the file (`dagster dev` shows each asset's config)") \
-                from None
+            raise ValueError(
+                f"--config {source}: {reasons}; fix the file (`dagster dev` shows each asset's config)"
+            ) from None
 
 
 def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None, tags=None) -> bool:
@@ -166,7 +179,10 @@ def _execute(instance, job, label: str, partition_key=None, run_config: dict | N
     started = time.monotonic()
     print(f"{label} ...", flush=True)
     result = job.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False, tags=runner_tags() | (tags or {}),
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
+        tags=runner_tags() | (tags or {}),
         run_config=_job_run_config(job, run_config or {}),
     )
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
@@ -177,7 +193,12 @@ def _profile_and_run_config(args: argparse.Namespace) -> dict:
     """Select the profile (before the definitions load: the assets' config defaults come from it), refuse one
     this machine cannot run, and read --config, whose max_length must agree over the profile's; its run config."""
     from opengrok_dagster.profiles import (
-        LORA_CHECKPOINT, MASK_TABLES, PROFILE_VARIABLE, load_profile, load_run_config, require_devices,
+        LORA_CHECKPOINT,
+        MASK_TABLES,
+        PROFILE_VARIABLE,
+        load_profile,
+        load_run_config,
+        require_devices,
         require_matching_max_length,
     )
 
@@ -194,6 +215,8 @@ def _profile_and_run_config(args: argparse.Namespace) -> dict:
     require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], source)
     print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""))
     return run_config
+
+
 def _load_posts(instance, defs) -> bool:
     """Materialise every posts-catalogue shard (adding the partitions it lacks), for the annotation prompts."""
     from opengrok_dagster.jobs import posts_job
@@ -205,8 +228,11 @@ def _load_posts(instance, defs) -> bool:
     existing = set(instance.get_dynamic_partitions(post_shard_partitions.name))
     instance.add_dynamic_partitions(post_shard_partitions.name, [key for key in keys if key not in existing])
     job = defs.resolve_job_def(posts_job.name)
-    failed = [key for number, key in enumerate(keys, start=1)
-              if not _execute(instance, job, f"[posts {number}/{len(keys)}] shard {key!r}", key)]
+    failed = [
+        key
+        for number, key in enumerate(keys, start=1)
+        if not _execute(instance, job, f"[posts {number}/{len(keys)}] shard {key!r}", key)
+    ]
     if failed:
         print(f"posts shards failed: {', '.join(failed)}; fix them in the posts catalogue and rerun", file=sys.stderr)
     return not failed
@@ -215,19 +241,20 @@ def _load_posts(instance, defs) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialise every asset on the configured teacher: each topic partition of the round, then the
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
+    from opengrok_dagster.collect.topics import validate_topic_key
     from opengrok_dagster.evaluation.report import REPORT_HTML, REPORT_MARKDOWN
     from opengrok_dagster.offline.model import provision_offline_model
     from opengrok_dagster.settings import home_layout, teacher_is_remote
     from opengrok_dagster.training import MASK_MODES
-
-    from opengrok_dagster.collect.topics import validate_topic_key
 
     modes = _comma_list("--modes", args.modes) if args.modes is not None else list(MASK_MODES)
     unknown = [mode for mode in modes if mode not in MASK_MODES]
     if unknown:
         raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
     round_key = _round_key(args.round)
-    requested_topics = [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
+    requested_topics = (
+        [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
+    )
     run_config = _profile_and_run_config(args)
     from assets.collection import BUDGET_RUN_TAG
     from opengrok_dagster.definitions import build_definitions
@@ -251,8 +278,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     topics = requested_topics or known
     unknown = [topic for topic in topics if topic not in known]
     if unknown:
-        raise ValueError(f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
-                         f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun")
+        raise ValueError(
+            f"--topics: {', '.join(map(repr, unknown))} not a topic partition; add it with "
+            f"`opengrok topics add {' '.join(unknown)}` or to the topic catalogue, then rerun"
+        )
     if args.dry_run:
         return _dry_run(topics, round_key)
     started = time.monotonic()
@@ -265,12 +294,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = [
         topic
         for number, topic in enumerate(topics, start=1)
-        if not _execute(instance, collect, f"[collect {number}/{len(topics)}] topic {topic!r}, round {round_key}",
-                        collection_partition_key(topic, round_key), run_config, one_budget)
+        if not _execute(
+            instance,
+            collect,
+            f"[collect {number}/{len(topics)}] topic {topic!r}, round {round_key}",
+            collection_partition_key(topic, round_key),
+            run_config,
+            one_budget,
+        )
     ]
     if failed:
-        print(f"failed partitions: {', '.join(failed)}; rerun `opengrok run --topics {','.join(failed)}` "
-              "(answered prompts are reused)", file=sys.stderr)
+        print(
+            f"failed partitions: {', '.join(failed)}; rerun `opengrok run --topics {','.join(failed)}` "
+            "(answered prompts are reused)",
+            file=sys.stderr,
+        )
         return 1
     if args.collect_only:
         return 0
@@ -281,14 +319,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         mode for mode in modes if not _execute(instance, fine_tune, f"[fine-tune] mask mode {mode}", mode, run_config)
     ]
     if failed:
-        print(f"fine-tune failed for mask mode(s) {', '.join(failed)}; rerun `opengrok run --modes {','.join(failed)}` "
-              "(it resumes from the last checkpoint)", file=sys.stderr)
+        print(
+            f"fine-tune failed for mask mode(s) {', '.join(failed)}; rerun `opengrok run --modes {','.join(failed)}` "
+            "(it resumes from the last checkpoint)",
+            file=sys.stderr,
+        )
         return 1
     if not _execute(instance, jobs[evaluate_job.name], "[evaluate]", run_config=run_config):
         return 1
     reports = home_layout().reports_dir
-    print(f"done in {time.monotonic() - started:.0f}s: report at {reports / REPORT_HTML} (and {REPORT_MARKDOWN}); "
-          "`make dev` opens the Dagster UI")
+    print(
+        f"done in {time.monotonic() - started:.0f}s: report at {reports / REPORT_HTML} (and {REPORT_MARKDOWN}); "
+        "`make dev` opens the Dagster UI"
+    )
     return 0
 
 
@@ -303,26 +346,44 @@ def _dry_run(topics: list[str], round_key: str) -> int:
     from resources import OpenGrokPaths
 
     if teacher_is_remote() and not os.environ.get("OPENGROK_TEACHER_MODEL"):
-        raise ValueError("OPENGROK_TEACHER_BASE_URL is set but OPENGROK_TEACHER_MODEL is not: set the model id "
-                         "(e.g. grok-4), or unset OPENGROK_TEACHER_BASE_URL for the embedded teacher")
+        raise ValueError(
+            "OPENGROK_TEACHER_BASE_URL is set but OPENGROK_TEACHER_MODEL is not: set the model id "
+            "(e.g. grok-4), or unset OPENGROK_TEACHER_BASE_URL for the embedded teacher"
+        )
     paths = OpenGrokPaths(home=str(opengrok_home()), topic_catalogue=str(topic_catalogue_path()))
     catalogue = paths.topics()
     estimates = []
     # Resolves the EnvVar settings; the embedded server starts only on a request, and none is made.
-    with build_teacher(with_key=False).process_config_and_initialize_cm() as teacher, closing(paths.response_store()) as store:
+    with (
+        build_teacher(with_key=False).process_config_and_initialize_cm() as teacher,
+        closing(paths.response_store()) as store,
+    ):
         count_tokens, tokenizer = teacher.token_counter()
         for topic in topics:
-            rows, _ = round_prompt_grid(find_topic(catalogue, topic), PromptGridConfig(), round_key,
-                                        paths.layout.prompt_feedback_path)
+            rows, _ = round_prompt_grid(
+                find_topic(catalogue, topic), PromptGridConfig(), round_key, paths.layout.prompt_feedback_path
+            )
             key = teacher.response_key(round_key)
             answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
-            estimates.append(estimate_collection(topic, rows, answered, count_tokens, teacher.max_tokens, teacher.prices(),
-                                                 tokenizer, store.completion_history(key.teacher_model, key.sampling_key)))
+            estimates.append(
+                estimate_collection(
+                    topic,
+                    rows,
+                    answered,
+                    count_tokens,
+                    teacher.max_tokens,
+                    teacher.prices(),
+                    tokenizer,
+                    store.completion_history(key.teacher_model, key.sampling_key),
+                )
+            )
     teacher_name = teacher.response_key(round_key).teacher_model
-    print(f"dry run: round {round_key}, teacher {teacher_name} ({teacher.mode}), max_tokens {teacher.max_tokens}, "
-          f"USD per million tokens {teacher.prompt_price_per_million} prompt / {teacher.completion_price_per_million} "
-          f"completion; prompt tokens by {tokenizer}; expected completion from "
-          f"{estimates[0].completion_basis if estimates else 'max_tokens'}; nothing sent")
+    print(
+        f"dry run: round {round_key}, teacher {teacher_name} ({teacher.mode}), max_tokens {teacher.max_tokens}, "
+        f"USD per million tokens {teacher.prompt_price_per_million} prompt / {teacher.completion_price_per_million} "
+        f"completion; prompt tokens by {tokenizer}; expected completion from "
+        f"{estimates[0].completion_basis if estimates else 'max_tokens'}; nothing sent"
+    )
     print(format_estimates(estimates))
     return 0
 
@@ -349,15 +410,26 @@ def cmd_review(args: argparse.Namespace) -> int:
                 print(f"... {len(queue) - args.limit} more; `opengrok review export queue.csv` writes them all")
         elif args.action in ("accept", "reject"):
             if not args.targets:
-                raise ValueError(f"`opengrok review {args.action}` needs at least one content hash (or prefix) from `opengrok review list`")
-            recorded = store.record(review.resolve_hashes(filtered, args.targets), review.ACCEPT if args.action == "accept" else review.REJECT, args.note, reviewer)
-            print(f"recorded {recorded} {args.action} decision(s); the review sensor re-materialises filtered_responses")
+                raise ValueError(
+                    f"`opengrok review {args.action}` needs at least one content hash (or prefix) from `opengrok review list`"
+                )
+            recorded = store.record(
+                review.resolve_hashes(filtered, args.targets),
+                review.ACCEPT if args.action == "accept" else review.REJECT,
+                args.note,
+                reviewer,
+            )
+            print(
+                f"recorded {recorded} {args.action} decision(s); the review sensor re-materialises filtered_responses"
+            )
         elif args.action == "export":
             if len(args.targets) != 1:
                 raise ValueError("`opengrok review export` needs one output file (.csv or .parquet)")
             queue = review.review_queue(filtered, store.latest_decisions())
             review.export_queue(queue, args.targets[0])
-            print(f"exported {len(queue)} queued response(s) to {args.targets[0]}; fill in decision (accept/reject) and note, then import it")
+            print(
+                f"exported {len(queue)} queued response(s) to {args.targets[0]}; fill in decision (accept/reject) and note, then import it"
+            )
         else:  # import
             if len(args.targets) != 1:
                 raise ValueError("`opengrok review import` needs one file written by `opengrok review export`")
@@ -377,10 +449,13 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     home = opengrok_home()
     is_checkpoint = args.target in MASK_MODES or os.path.isdir(args.target)
-    if not is_checkpoint and (os.sep in args.target or len(args.target) != 16 or
-                              any(c not in "0123456789abcdef" for c in args.target)):
-        raise ValueError(f"no example {args.target!r}: a lineage target is an example_id (16 hex digits, from "
-                         f"filtered_responses), a mask mode ({', '.join(MASK_MODES)}) or an adapter directory")
+    if not is_checkpoint and (
+        os.sep in args.target or len(args.target) != 16 or any(c not in "0123456789abcdef" for c in args.target)
+    ):
+        raise ValueError(
+            f"no example {args.target!r}: a lineage target is an example_id (16 hex digits, from "
+            f"filtered_responses), a mask mode ({', '.join(MASK_MODES)}) or an adapter directory"
+        )
     steps = checkpoint_lineage(home, args.target) if is_checkpoint else example_lineage(home, args.target)
     print(format_lineage(steps))
     return 0
@@ -403,26 +478,43 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="materialise the whole pipeline end to end")
     run.add_argument("--round", default=None, help="collection round YYYY-MM-DD (default: today, UTC)")
     run.add_argument("--topics", default=None, help="comma-separated topic keys (default: all partitions)")
-    run.add_argument("--modes", default=None, help="comma-separated mask modes to fine-tune (default: none,paper,hard,soft)")
+    run.add_argument(
+        "--modes", default=None, help="comma-separated mask modes to fine-tune (default: none,paper,hard,soft)"
+    )
     run.add_argument("--collect-only", action="store_true", help="stop after collecting the teacher's responses")
-    run.add_argument("--profile", default=None, help="profile in config/profiles/ (cpu-demo, gpu) or a profile .yaml "
-                     "path (default: $OPENGROK_PROFILE, else cpu-demo)")
-    run.add_argument("--config", default=None,
-                     help="a Dagster run config YAML (ops: <asset>: config: ...) applied over the profile")
-    run.add_argument("--dry-run", action="store_true",
-                     help="print the requests, estimated tokens and USD per topic and in total; send nothing")
+    run.add_argument(
+        "--profile",
+        default=None,
+        help="profile in config/profiles/ (cpu-demo, gpu) or a profile .yaml "
+        "path (default: $OPENGROK_PROFILE, else cpu-demo)",
+    )
+    run.add_argument(
+        "--config", default=None, help="a Dagster run config YAML (ops: <asset>: config: ...) applied over the profile"
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the requests, estimated tokens and USD per topic and in total; send nothing",
+    )
     run.set_defaults(handler=cmd_run)
 
     review_parser = commands.add_parser("review", help="manual review of borderline filtered responses")
     review_parser.add_argument("action", choices=["list", "accept", "reject", "export", "import"])
-    review_parser.add_argument("targets", nargs="*", help="content hashes (or unique prefixes) for accept/reject; a .csv/.parquet file for export/import")
+    review_parser.add_argument(
+        "targets",
+        nargs="*",
+        help="content hashes (or unique prefixes) for accept/reject; a .csv/.parquet file for export/import",
+    )
     review_parser.add_argument("--note", default=None, help="a note stored with accept/reject decisions")
     review_parser.add_argument("--reviewer", default=None, help="who decided (default: $USER)")
     review_parser.add_argument("--limit", type=int, default=20, help="how many queued responses `list` prints")
     review_parser.set_defaults(handler=cmd_review)
 
     lineage = commands.add_parser("lineage", help="provenance of a training example or a LoRA checkpoint")
-    lineage.add_argument("target", help="an example_id from filtered_responses, a mask mode (none/paper/hard/soft) or an adapter directory")
+    lineage.add_argument(
+        "target",
+        help="an example_id from filtered_responses, a mask mode (none/paper/hard/soft) or an adapter directory",
+    )
     lineage.set_defaults(handler=cmd_lineage)
     return parser
 

@@ -25,6 +25,7 @@ from resources.hub import HUB_TOKEN_VARIABLE
 # the API is marked beta, and its warning on every materialisation would only be noise to our users.
 warnings.filterwarnings("ignore", message="Parameter `data_version`", category=BetaWarning)
 
+
 def online_or_batch(value: str) -> str:
     """OPENGROK_TEACHER_COLLECTION: 'online' or 'batch'."""
     if value not in ("online", "batch"):
@@ -104,7 +105,14 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
         assets=load_assets_from_modules(modules),
         jobs=STAGE_JOBS,
         schedules=[recollect_schedule, retrain_schedule],
-        sensors=[topic_catalogue_sensor, posts_catalogue_sensor, review_decisions_sensor, run_failure_recorder, downstream_automation_sensor, training_set_drift_sensor],
+        sensors=[
+            topic_catalogue_sensor,
+            posts_catalogue_sensor,
+            review_decisions_sensor,
+            run_failure_recorder,
+            downstream_automation_sensor,
+            training_set_drift_sensor,
+        ],
         resources={
             "io_manager": ParquetIOManager(base_dir=str(layout.assets_dir)),
             "paths": OpenGrokPaths(home=str(layout.home), topic_catalogue=str(topic_catalogue_path())),

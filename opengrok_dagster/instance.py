@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+
 GPU_POOL = "gpu"
 TEACHER_POOL = "teacher"
 # op granularity: a run waiting for the pool holds no step slot, only its place in the pool's queue

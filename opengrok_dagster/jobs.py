@@ -3,6 +3,7 @@
 
 from dagster import AssetSelection, define_asset_job
 
+
 posts_job = define_asset_job(
     "load_posts",
     selection=AssetSelection.assets("posts"),

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+
 ASSET_SUFFIX = ".parquet"
 
 
@@ -98,4 +99,3 @@ class HomeLayout:
     def run_failures_log(self) -> Path:
         """One JSON line per failed run (``sensors.run_failure_recorder``), for ``tail -f`` and log shippers."""
         return self.logs_dir / "run-failures.jsonl"
-

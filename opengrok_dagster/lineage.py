@@ -55,7 +55,8 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
     row = rows.iloc[0]
     steps = [
         LineageStep(
-            f"lora_checkpoint[{record['mask_mode']}]", str(path),
+            f"lora_checkpoint[{record['mask_mode']}]",
+            str(path),
             {"base_model": record.get("base_model"), "split": row["split"]},
         )
         for path in _checkpoint_dirs(layout)
@@ -63,8 +64,14 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
     ]
     steps.append(
         LineageStep(
-            "filtered_responses", str(filtered_path),
-            {"state": row["state"], "reasons": list(row["reasons"]), "split": row["split"], "content_hash": row["content_hash"]},
+            "filtered_responses",
+            str(filtered_path),
+            {
+                "state": row["state"],
+                "reasons": list(row["reasons"]),
+                "split": row["split"],
+                "content_hash": row["content_hash"],
+            },
         )
     )
     raw_path = layout.collection_asset_path("raw_responses", row["topic"], row["round"])
@@ -72,14 +79,32 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
     request = raw[raw["prompt_id"] == row["prompt_id"]].iloc[0]
     steps.append(
         LineageStep(
-            "raw_responses", str(raw_path),
-            {key: request[key] for key in ("teacher_model", "request_id", "collected_at", "finish_reason", "attempts", "sampling_key")},
+            "raw_responses",
+            str(raw_path),
+            {
+                key: request[key]
+                for key in ("teacher_model", "request_id", "collected_at", "finish_reason", "attempts", "sampling_key")
+            },
         )
     )
     steps.append(
         LineageStep(
-            "prompts", str(layout.collection_asset_path("prompts", row["topic"], row["round"])),
-            {key: request[key] for key in ("prompt_id", "topic", "round", "template_id", "variant", "platform", "style", "grid_version", "seed")}
+            "prompts",
+            str(layout.collection_asset_path("prompts", row["topic"], row["round"])),
+            {
+                key: request[key]
+                for key in (
+                    "prompt_id",
+                    "topic",
+                    "round",
+                    "template_id",
+                    "variant",
+                    "platform",
+                    "style",
+                    "grid_version",
+                    "seed",
+                )
+            }
             | {"prompt": request["prompt"]},
         )
     )
@@ -99,7 +124,8 @@ def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
     example_ids = record.get("example_ids", [])
     steps = [
         LineageStep(
-            f"lora_checkpoint[{record['mask_mode']}]", str(path),
+            f"lora_checkpoint[{record['mask_mode']}]",
+            str(path),
             {key: value for key, value in record.items() if key != "example_ids"} | {"examples": len(example_ids)},
         )
     ]

@@ -11,6 +11,7 @@ from dagster import (
 from opengrok_dagster.collect.topics import validate_topic_key
 from opengrok_dagster.training import MASK_MODES
 
+
 topic_partitions = DynamicPartitionsDefinition(name="topics")
 
 # end_offset=1 makes today's round exist, so a scheduled re-collection gathers today's responses.
@@ -22,6 +23,7 @@ collection_partitions = MultiPartitionsDefinition({"topic": topic_partitions, "r
 
 def collection_partition_key(topic: str, round_key: str) -> MultiPartitionKey:
     return MultiPartitionKey({"topic": validate_topic_key(topic), "round": round_key})
+
 
 # One shard of the user's own posts per posts-catalogue entry (config/posts.yaml), seeded like topics.
 post_shard_partitions = DynamicPartitionsDefinition(name="post_shards")

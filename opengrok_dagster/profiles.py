@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from opengrok_dagster.settings import REPO_ROOT
+
 
 PROFILE_VARIABLE = "OPENGROK_PROFILE"
 PROFILE_DIR = REPO_ROOT / "config" / "profiles"
@@ -36,13 +37,11 @@ class Profile(BaseModel):
 
     name: str = Field(description="The profile's name (its file name without .yaml).")
     description: str = Field(default="", description="What the profile is for, shown by `opengrok run`.")
-    student_model: Optional[str] = Field(
-        default=None, description="Student path or hub id; unset = the offline SmolLM2."
-    )
-    training_device: Optional[str] = Field(
+    student_model: str | None = Field(default=None, description="Student path or hub id; unset = the offline SmolLM2.")
+    training_device: str | None = Field(
         default=None, description="The training resource's device; unset = its default."
     )
-    training_precision: Optional[str] = Field(
+    training_precision: str | None = Field(
         default=None, description="The training resource's precision; unset = its default."
     )
     ops: dict[str, dict[str, dict[str, Any]]] = Field(

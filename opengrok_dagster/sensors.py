@@ -2,7 +2,7 @@
 failed runs recorded."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dagster import (
     AssetSelection,
@@ -46,8 +46,6 @@ def posts_catalogue_sensor(context: SensorEvaluationContext):
     return SensorResult(dynamic_partitions_requests=[post_shard_partitions.build_add_request(missing)])
 
 
-
-
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
 def run_failure_recorder(context: RunFailureSensorContext, paths: OpenGrokPaths):
     """Record each failed run where an operator looks: one JSON line in $OPENGROK_HOME/logs/run-failures.jsonl
@@ -57,7 +55,7 @@ def run_failure_recorder(context: RunFailureSensorContext, paths: OpenGrokPaths)
     run = context.dagster_run
     failed_steps = [event.step_key for event in context.get_step_failure_events()]
     record = {
-        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_id": run.run_id,
         "job": run.job_name,
         "partition": run.tags.get("dagster/partition"),
@@ -76,7 +74,11 @@ def run_failure_recorder(context: RunFailureSensorContext, paths: OpenGrokPaths)
     context.log.warning(f"run {run.run_id} of {run.job_name} failed: {context.failure_event.message}")
 
 
-@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING, target=AssetSelection.assets("filtered_responses"))
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    target=AssetSelection.assets("filtered_responses"),
+)
 def review_decisions_sensor(context: SensorEvaluationContext):
     """Re-materialise the filtered set when reviewers record new decisions (cursor: the last decision id),
     so accepted rows join the training set and rejected ones leave the queue."""
@@ -89,6 +91,10 @@ def review_decisions_sensor(context: SensorEvaluationContext):
     if last_id <= seen:
         return SkipReason("no new review decisions")
     return SensorResult(
-        run_requests=[RunRequest(run_key=f"review-decisions-{last_id}", tags={"opengrok/review_decisions": f"{seen + 1}-{last_id}"})],
+        run_requests=[
+            RunRequest(
+                run_key=f"review-decisions-{last_id}", tags={"opengrok/review_decisions": f"{seen + 1}-{last_id}"}
+            )
+        ],
         cursor=str(last_id),
     )

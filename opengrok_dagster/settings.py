@@ -8,6 +8,7 @@ from pathlib import Path
 
 from opengrok_dagster.layout import HomeLayout
 
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,7 +23,9 @@ def home_layout() -> HomeLayout:
 
 
 def topic_catalogue_path() -> Path:
-    return Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", REPO_ROOT / "config" / "topics.yaml")).expanduser().resolve()
+    return (
+        Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", REPO_ROOT / "config" / "topics.yaml")).expanduser().resolve()
+    )
 
 
 def posts_catalogue_path() -> Path:

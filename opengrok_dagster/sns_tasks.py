@@ -14,15 +14,31 @@ import json
 import re
 from dataclasses import dataclass
 
+
 SYSTEM_PROMPT = "You label social-media posts. Answer with the requested label only."
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")  # TweetEval's sentiment index order
 # TweetTopic's 19 labels, in the README's index order (also the key order of each JSONL record).
 TOPIC_LABELS = (
-    "arts_&_culture", "business_&_entrepreneurs", "celebrity_&_pop_culture", "diaries_&_daily_life", "family",
-    "fashion_&_style", "film_tv_&_video", "fitness_&_health", "food_&_dining", "gaming", "learning_&_educational",
-    "music", "news_&_social_concern", "other_hobbies", "relationships", "science_&_technology", "sports",
-    "travel_&_adventure", "youth_&_student_life",
+    "arts_&_culture",
+    "business_&_entrepreneurs",
+    "celebrity_&_pop_culture",
+    "diaries_&_daily_life",
+    "family",
+    "fashion_&_style",
+    "film_tv_&_video",
+    "fitness_&_health",
+    "food_&_dining",
+    "gaming",
+    "learning_&_educational",
+    "music",
+    "news_&_social_concern",
+    "other_hobbies",
+    "relationships",
+    "science_&_technology",
+    "sports",
+    "travel_&_adventure",
+    "youth_&_student_life",
 )
 WNUT17_TYPES = ("corporation", "creative-work", "group", "location", "person", "product")  # sorted, as read from CoNLL
 BTC_TYPES = ("LOC", "ORG", "PER")
@@ -46,12 +62,27 @@ REASONS = {
 
 # Synonyms a model may use for a type, mapped to the verbal type names of the task (checked before use).
 TYPE_SYNONYMS = {
-    "per": "person", "people": "person", "persons": "person", "name": "person",
-    "loc": "location", "place": "location", "locations": "location", "city": "location", "country": "location",
-    "org": "organisation", "organization": "organisation", "company": "corporation", "brand": "product",
-    "creative work": "creative-work", "work": "creative-work", "title": "creative-work", "misc": "miscellaneous",
+    "per": "person",
+    "people": "person",
+    "persons": "person",
+    "name": "person",
+    "loc": "location",
+    "place": "location",
+    "locations": "location",
+    "city": "location",
+    "country": "location",
+    "org": "organisation",
+    "organization": "organisation",
+    "company": "corporation",
+    "brand": "product",
+    "creative work": "creative-work",
+    "work": "creative-work",
+    "title": "creative-work",
+    "misc": "miscellaneous",
 }
-_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])?\s*\**\s*([A-Za-z][A-Za-z \-_]{0,30}?)\s*\**\s*[:=\u2013\u2014]\s*(.+?)\s*$")
+_LINE = re.compile(
+    r"^\s*(?:[-*•]|\d+[.)])?\s*\**\s*([A-Za-z][A-Za-z \-_]{0,30}?)\s*\**\s*[:=\u2013\u2014]\s*(.+?)\s*$"
+)
 _NONE = re.compile(r"^\s*(none|no entities|n/?a|nothing)\W*$", re.IGNORECASE)
 
 
@@ -61,7 +92,9 @@ def word_for(label: str, words: dict[str, str] | None = None) -> str:
 
 
 # -- classification ---------------------------------------------------------------------------------------
-def classification_messages(question: str, text: str, words: list[str], multi_label: bool = False) -> list[dict[str, str]]:
+def classification_messages(
+    question: str, text: str, words: list[str], multi_label: bool = False
+) -> list[dict[str, str]]:
     if multi_label:
         instruction = f"Answer with one or more of these topics, separated by commas: {'; '.join(words)}."
     else:
@@ -151,7 +184,7 @@ def comparable_token(token: str) -> str:
 def span_occurs(tokens: list[str], text: str) -> bool:
     """Whether the words of ``text`` occur, in order and adjacent, among ``tokens`` (as the scorer locates spans)."""
     words, target = [comparable_token(t) for t in tokens], [comparable_token(t) for t in text.split()]
-    return bool(target) and any(words[i:i + len(target)] == target for i in range(len(words) - len(target) + 1))
+    return bool(target) and any(words[i : i + len(target)] == target for i in range(len(words) - len(target) + 1))
 
 
 # -- one task's format --------------------------------------------------------------------------------------
@@ -209,7 +242,9 @@ class TaskFormat:
         required and no additional ones)."""
         if self.kind == "ner":
             entity = {
-                "type": "object", "additionalProperties": False, "required": ["type", "text"],
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["type", "text"],
                 "properties": {"type": {"type": "string", "enum": list(self.words)}, "text": {"type": "string"}},
             }
             properties = {"entities": {"type": "array", "items": entity}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 
+
 # Values bound per ``IN (...)`` query: below SQLite's bound-parameter limit (999 before 3.32), with room for
 # the query's other parameters.
 IN_CHUNK = 500

@@ -29,13 +29,25 @@ from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
 from opengrok_dagster.training.trainer import (
-    LoraTargetError, NonFiniteLossError, TrainingJob, TrainingOptionUnavailableError, train_lora,
+    LoraTargetError,
+    NonFiniteLossError,
+    TrainingJob,
+    TrainingOptionUnavailableError,
+    train_lora,
 )
+
 
 # Bad input or settings: the message names the fix, so it is reported rather than dumped as a traceback.
 REPORTED_ERRORS = (
-    TrainingDataError, TokenizerMismatchError, LoraTargetError, UnknownMaskModeError, ValidationError,
-    NonFiniteLossError, DeviceUnavailableError, KDTargetsError, TrainingOptionUnavailableError,
+    TrainingDataError,
+    TokenizerMismatchError,
+    LoraTargetError,
+    UnknownMaskModeError,
+    ValidationError,
+    NonFiniteLossError,
+    DeviceUnavailableError,
+    KDTargetsError,
+    TrainingOptionUnavailableError,
 )
 
 

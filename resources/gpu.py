@@ -40,6 +40,7 @@ from pydantic import Field
 
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
 
+
 TRAINING_ENTRY_MODULE = "opengrok_dagster.training_entry"
 # Seconds an interrupted fine-tune gets to exit after SIGINT (as PipesSubprocessClient allows) before it is killed.
 TERMINATION_TIMEOUT_S = 20
@@ -61,10 +62,12 @@ class TrainingResource(ConfigurableResource):
         description="'auto' (bf16 on GPUs that have it, else fp16 on CUDA, fp32 on mps/cpu), 'bf16', 'fp16' or 'fp32'.",
     )
     gradient_checkpointing: bool = Field(
-        default=False, description="Recompute activations in the backward pass: less memory, ~30% more time (for Phi-3 on small GPUs)."
+        default=False,
+        description="Recompute activations in the backward pass: less memory, ~30% more time (for Phi-3 on small GPUs).",
     )
     processes: int = Field(
-        default=1, ge=1,
+        default=1,
+        ge=1,
         description=(
             "Data-parallel training processes on this machine (one per GPU); above 1 the fine-tune runs under "
             "torchrun."

@@ -16,7 +16,9 @@ class OpenGrokPaths(ConfigurableResource):
     """The project's home directory and topic catalogue."""
 
     home: str = Field(description="Directory for OpenGrok state: response store, assets, logs (OPENGROK_HOME).")
-    topic_catalogue: str = Field(description="YAML file listing the topics (keys, names, events) to seed partitions from.")
+    topic_catalogue: str = Field(
+        description="YAML file listing the topics (keys, names, events) to seed partitions from."
+    )
 
     @property
     def layout(self) -> HomeLayout:

@@ -1,16 +1,13 @@
 """The teacher LLM: the embedded `transformers serve` default, or any OpenAI-compatible endpoint (Grok...)."""
 
-
 import atexit
-from typing import Literal, Optional
+from typing import Literal
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from opengrok_dagster.collect.batch import BatchSettings
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
-from opengrok_dagster.collect.ratelimit import SharedRateLimiter
-from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.collect.client import (
     ClientLimits,
     Prices,
@@ -21,6 +18,8 @@ from opengrok_dagster.collect.client import (
 )
 from opengrok_dagster.collect.collector import Leases
 from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
+from opengrok_dagster.collect.ratelimit import SharedRateLimiter
+from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.offline.model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
 from opengrok_dagster.offline.server import TeacherServer
 
@@ -47,35 +46,41 @@ class TeacherResource(ConfigurableResource):
         description="'embedded': serve the offline SmolLM2 model with `transformers serve` on loopback; "
         "'remote': call base_url (e.g. Grok at https://api.x.ai/v1).",
     )
-    base_url: Optional[str] = Field(default=None, description="OpenAI-compatible base URL ending in /v1 (remote mode).")
-    model: Optional[str] = Field(default=None, description="Model id sent to the endpoint (remote mode), e.g. 'grok-4'.")
-    api_key: Optional[str] = Field(
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1 (remote mode).")
+    model: str | None = Field(default=None, description="Model id sent to the endpoint (remote mode), e.g. 'grok-4'.")
+    api_key: str | None = Field(
         default=None, description="API key for the endpoint. Set it with EnvVar('XAI_API_KEY'); never inline."
     )
-    cache_dir: Optional[str] = Field(default=None, description="Offline model cache (embedded mode); default ~/.cache/opengrok.")
+    cache_dir: str | None = Field(
+        default=None, description="Offline model cache (embedded mode); default ~/.cache/opengrok."
+    )
     max_concurrency: int = Field(default=8, description="Requests in flight at once.")
-    requests_per_minute: Optional[float] = Field(default=None, description="Requests-per-minute limit; unset = none.")
-    tokens_per_minute: Optional[float] = Field(default=None, description="Tokens-per-minute limit; unset = none.")
+    requests_per_minute: float | None = Field(default=None, description="Requests-per-minute limit; unset = none.")
+    tokens_per_minute: float | None = Field(default=None, description="Tokens-per-minute limit; unset = none.")
     timeout_s: float = Field(default=120.0, description="Per-request timeout in seconds.")
-    max_attempts: int = Field(default=6, description="Attempts per prompt for retryable failures (429, 5xx, timeouts).")
+    max_attempts: int = Field(
+        default=6, description="Attempts per prompt for retryable failures (429, 5xx, timeouts)."
+    )
     temperature: float = Field(default=0.7, description="Sampling temperature.")
     top_p: float = Field(default=0.95, description="Nucleus sampling top_p.")
     max_tokens: int = Field(default=256, description="Maximum completion tokens per response.")
-    seed: Optional[int] = Field(default=None, description="Sampling seed sent to the endpoint, where it supports one.")
-    top_logprobs: Optional[int] = Field(
+    seed: int | None = Field(default=None, description="Sampling seed sent to the endpoint, where it supports one.")
+    top_logprobs: int | None = Field(
         default=None,
         description="Request logprobs with this many alternatives per token (xAI allows up to 8, OpenAI 20), stored "
         "with each response for token-level distillation; unset = none. An endpoint that answers without them "
         "(e.g. `transformers serve`) stops the collection with an error saying so.",
     )
     prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
-    completion_price_per_million: float = Field(default=0.0, description="USD per million completion tokens (cost estimate).")
-    budget_usd: Optional[float] = Field(
+    completion_price_per_million: float = Field(
+        default=0.0, description="USD per million completion tokens (cost estimate)."
+    )
+    budget_usd: float | None = Field(
         default=None,
         description="USD per run (OPENGROK_TEACHER_BUDGET_USD): a request is sent only if its worst case fits what "
         "is left; unset = no limit. `opengrok run` counts all its partitions as one run.",
     )
-    daily_budget_usd: Optional[float] = Field(
+    daily_budget_usd: float | None = Field(
         default=None,
         description="USD per UTC day across every run and process sharing the response store "
         "(OPENGROK_TEACHER_DAILY_BUDGET_USD); unset = no limit.",
@@ -90,20 +95,22 @@ class TeacherResource(ConfigurableResource):
         default=BatchSettings().price_factor,
         description="Batch price over the online price (OpenAI: 0.5), applied to the configured prices.",
     )
-    batch_poll_s: float = Field(default=BatchSettings().poll_s, description="Seconds between polls of a batch's status.")
+    batch_poll_s: float = Field(
+        default=BatchSettings().poll_s, description="Seconds between polls of a batch's status."
+    )
     lease_s: float = Field(
         default=Leases().lease_s,
         description="Seconds a claim on a prompt lasts unrenewed: a killed run's prompts are taken over by the next "
         "run after this long (a live run renews its claims every lease_s / 3).",
     )
-    server_log: Optional[str] = Field(default=None, description="File that receives the embedded server's output.")
+    server_log: str | None = Field(default=None, description="File that receives the embedded server's output.")
     keep_server: bool = Field(
         default=False,
         description="Keep the embedded server running for later runs in this process, stopped at exit (`opengrok run` "
         "executes one run per topic and stage in one process: one server start instead of one per run).",
     )
 
-    _server: Optional[TeacherServer] = PrivateAttr(default=None)
+    _server: TeacherServer | None = PrivateAttr(default=None)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._server is not None and not self.keep_server:
@@ -148,7 +155,9 @@ class TeacherResource(ConfigurableResource):
         teacher's own tokenizer when provisioned; ~4 characters a token for a remote endpoint."""
         if self.mode == "embedded":
             try:
-                return tokenizer_token_counter(check_offline_model(offline_model_dir(self.cache_dir))), f"{MODEL_NAME} tokenizer"
+                return tokenizer_token_counter(
+                    check_offline_model(offline_model_dir(self.cache_dir))
+                ), f"{MODEL_NAME} tokenizer"
             except OfflineModelError:
                 return characters_token_count, "~4 characters a token (offline model not provisioned)"
         return characters_token_count, "~4 characters a token"
@@ -159,15 +168,16 @@ class TeacherResource(ConfigurableResource):
     def budget_limits(self) -> BudgetLimits:
         return BudgetLimits(self.budget_usd, self.daily_budget_usd)
 
-    def client(self, store: Optional[ResponseStore] = None, budget: Optional[Budget] = None) -> TeacherClient:
+    def client(self, store: ResponseStore | None = None, budget: Budget | None = None) -> TeacherClient:
         """A fresh client (enter it with ``async with``); starts the embedded server if needed. With ``store``,
         the RPM/TPM limits hold across every process that shares it (one account's limits, one window); with
         ``budget``, a request is sent only if its worst case fits."""
         endpoint = self.endpoint()
         shared = None
         if store is not None and (self.requests_per_minute or self.tokens_per_minute):
-            shared = SharedRateLimiter(store, f"{endpoint.base_url}|{endpoint.model}", self.requests_per_minute,
-                                       self.tokens_per_minute)
+            shared = SharedRateLimiter(
+                store, f"{endpoint.base_url}|{endpoint.model}", self.requests_per_minute, self.tokens_per_minute
+            )
         return TeacherClient(
             endpoint,
             self.sampling(),

@@ -1,8 +1,8 @@
 """Shared fixtures: a temporary Dagster instance and OpenGrok home, the loopback teacher, the offline model and a
 tiny student built from config, and the helpers several test modules use."""
 
-import random
 import json
+import random
 import sqlite3
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -36,7 +37,9 @@ def texts_written_under(root: Path) -> str:
         elif head.startswith(b"SQLite format 3"):
             connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                tables = [
+                    name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                ]
                 texts += [repr(row) for table in tables for row in connection.execute(f'SELECT * FROM "{table}"')]
             finally:
                 connection.close()
@@ -100,11 +103,21 @@ def tiny_student(tmp_path_factory, tokenizer, offline_model) -> str:
 
     directory = tmp_path_factory.mktemp("tiny_student") / offline_model.name
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=True,
+        )
+    )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
@@ -118,15 +131,17 @@ def mask_table(tokenizer, train=16, validation=4) -> pd.DataFrame:
         prompt = tokenizer(f"Write a post about topic {index}:")["input_ids"]
         response = tokenizer(f" Loving the news about {index}! #topic{index} great day")["input_ids"]
         ids = prompt + response
-        rows.append({
-            "example_id": f"ex{index:03d}",
-            "split": "train" if index < train else "validation",
-            "input_ids": ids,
-            "response_start": len(prompt),
-            "m": [rng.choice([0, 1, 1]) for _ in ids],
-            "p": [round(rng.uniform(0.05, 1.0), 3) for _ in ids],
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        })
+        rows.append(
+            {
+                "example_id": f"ex{index:03d}",
+                "split": "train" if index < train else "validation",
+                "input_ids": ids,
+                "response_start": len(prompt),
+                "m": [rng.choice([0, 1, 1]) for _ in ids],
+                "p": [round(rng.uniform(0.05, 1.0), 3) for _ in ids],
+                "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -143,9 +158,18 @@ def one_torch_thread():
 def write_adapter(base_dir, adapter_dir, mode, recorded_base=None, seed=1):
     """A peft LoRA adapter with non-zero weights and the checkpoint record the trainer writes beside it."""
     torch.manual_seed(seed)
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(adapter_dir)
-    record = {"mask_mode": mode, "base_model": str(recorded_base or base_dir), "global_step": 3, "best_val_loss": 2.5, "example_ids": ["e1", "e2"]}
+    record = {
+        "mask_mode": mode,
+        "base_model": str(recorded_base or base_dir),
+        "global_step": 3,
+        "best_val_loss": 2.5,
+        "example_ids": ["e1", "e2"],
+    }
     (adapter_dir / "opengrok_checkpoint.json").write_text(json.dumps(record))
     return adapter_dir
 

@@ -22,6 +22,7 @@ from opengrok_dagster.collect.client import ClientLimits, TeacherClient, Teacher
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.sns_tasks import task_format
 
+
 BASE = "http://teacher.test/v1"
 URL = f"{BASE}/chat/completions"
 FAST = ClientLimits(max_attempts=2, backoff_initial_s=0.001, backoff_max_s=0.01, timeout_s=0.5)

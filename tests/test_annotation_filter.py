@@ -23,6 +23,7 @@ from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
 from opengrok_dagster.sns_tasks import task_format
 
+
 POST = "Loving the new Apple store in Paris with Taylor Swift tonight"
 
 # Words that decide the class, so a TF-IDF classifier learns them from a few dozen posts and wrong labels stand out.

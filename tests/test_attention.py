@@ -7,25 +7,45 @@ from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausa
 
 from opengrok_dagster.training import attention
 from opengrok_dagster.training.attention import (
-    FLEX_MODES, MASK_MODES, attention_bias, attention_implementation, block_diagonal_mask,
+    FLEX_MODES,
+    MASK_MODES,
+    attention_bias,
+    attention_implementation,
+    block_diagonal_mask,
 )
 from opengrok_dagster.training.data import MaskCollator, MaskedExample, pack_rows
+
 
 VOCAB = 97
 
 
 def tiny_llama():
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    ))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def tiny_phi3():
-    return Phi3ForCausalLM(Phi3Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
-    ))
+    return Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
+    )
 
 
 MODELS = {"llama": tiny_llama, "phi3": tiny_phi3}
@@ -69,7 +89,9 @@ def test_without_token_mask_every_mode_is_stock_attention(family):
     ids, attention_mask = padded_batch()
     stock = logits(build(family, "sdpa"), ids, attention_mask)
     for mode in MASK_MODES:
-        torch.testing.assert_close(logits(build(family, attention_implementation(mode)), ids, attention_mask), stock, rtol=0, atol=0)
+        torch.testing.assert_close(
+            logits(build(family, attention_implementation(mode)), ids, attention_mask), stock, rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))
@@ -125,7 +147,9 @@ def test_padding_and_causality_hold(mode):
     torch.testing.assert_close(batched[1, :7], alone[0], rtol=1e-5, atol=1e-5)
     future_changed = ids.clone()
     future_changed[0, 8:] = 1
-    torch.testing.assert_close(logits(model, future_changed, attention_mask, token_mask)[0, :8], batched[0, :8], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        logits(model, future_changed, attention_mask, token_mask)[0, :8], batched[0, :8], rtol=0, atol=1e-6
+    )
 
 
 def test_paper_mode_zeroes_scores_not_weights():
@@ -136,8 +160,16 @@ def test_paper_mode_zeroes_scores_not_weights():
     paper, hard = (build("llama", attention_implementation(mode)) for mode in ("paper", "hard"))
     altered = ids.clone()
     altered[:, 3] = (altered[:, 3] + 5) % (VOCAB - 1) + 1
-    assert not torch.allclose(logits(paper, ids, attention_mask, token_mask)[:, 6:], logits(paper, altered, attention_mask, token_mask)[:, 6:])
-    torch.testing.assert_close(logits(hard, ids, attention_mask, token_mask)[:, 6:], logits(hard, altered, attention_mask, token_mask)[:, 6:], rtol=0, atol=0)
+    assert not torch.allclose(
+        logits(paper, ids, attention_mask, token_mask)[:, 6:],
+        logits(paper, altered, attention_mask, token_mask)[:, 6:],
+    )
+    torch.testing.assert_close(
+        logits(hard, ids, attention_mask, token_mask)[:, 6:],
+        logits(hard, altered, attention_mask, token_mask)[:, 6:],
+        rtol=0,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("mode", ["paper", "hard", "soft"])
@@ -153,10 +185,14 @@ def test_bias_is_built_once_per_forward(monkeypatch, mode):
     assert len(builds) == 2  # two forwards of two layers each
 
 
-@pytest.mark.parametrize("family,targets", [("llama", ["q_proj", "k_proj", "v_proj", "o_proj"]), ("phi3", ["qkv_proj", "o_proj"])])
+@pytest.mark.parametrize(
+    "family,targets", [("llama", ["q_proj", "k_proj", "v_proj", "o_proj"]), ("phi3", ["qkv_proj", "o_proj"])]
+)
 @pytest.mark.parametrize("mode", ["paper", "hard", "soft"])
 def test_gradients_flow_only_through_lora(family, targets, mode):
-    model = get_peft_model(build(family, attention_implementation(mode)).train(), LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    model = get_peft_model(
+        build(family, attention_implementation(mode)).train(), LoraConfig(r=4, lora_alpha=8, target_modules=targets)
+    )
     examples = [
         MaskedExample("a", list(range(1, 13)), 6, [1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], [0.9] * 12),
         MaskedExample("b", list(range(20, 28)), 3, [1, 1, 0, 1, 1, 0, 1, 1], [0.3] * 8),
@@ -165,21 +201,27 @@ def test_gradients_flow_only_through_lora(family, targets, mode):
     model(**batch).loss.backward()
     for name, parameter in model.named_parameters():
         if "lora_" in name:
-            assert parameter.requires_grad and parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+            assert parameter.requires_grad and parameter.grad is not None and torch.isfinite(parameter.grad).all(), (
+                name
+            )
         else:
             assert not parameter.requires_grad and parameter.grad is None, name
     assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
 def test_collator_labels_only_response_tokens():
-    batch = MaskCollator(pad_token_id=0, mask_mode="soft")([
-        MaskedExample("a", [5, 6, 7, 8], 2, [1, 0, 1, 1], [0.5, 0.1, 1.0, 0.7]),
-        MaskedExample("b", [9, 10], 1, [1, 1], [1.0, 0.2]),
-    ])
+    batch = MaskCollator(pad_token_id=0, mask_mode="soft")(
+        [
+            MaskedExample("a", [5, 6, 7, 8], 2, [1, 0, 1, 1], [0.5, 0.1, 1.0, 0.7]),
+            MaskedExample("b", [9, 10], 1, [1, 1], [1.0, 0.2]),
+        ]
+    )
     assert batch["labels"].tolist() == [[-100, -100, 7, 8], [-100, 10, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     torch.testing.assert_close(batch["token_mask"], torch.tensor([[0.5, 0.1, 1.0, 0.7], [1.0, 0.2, 1.0, 1.0]]))
-    assert "token_mask" not in MaskCollator(pad_token_id=0, mask_mode="none")([MaskedExample("a", [5, 6], 1, [1, 1], [1, 1])])
+    assert "token_mask" not in MaskCollator(pad_token_id=0, mask_mode="none")(
+        [MaskedExample("a", [5, 6], 1, [1, 1], [1, 1])]
+    )
 
 
 @pytest.mark.integration
@@ -195,14 +237,19 @@ def test_smollm2_modes_match_stock_with_all_ones_and_hard_ignores_masked_tokens(
     real = attention_mask.bool()
     for mode in MASK_MODES:
         model.set_attn_implementation(attention_implementation(mode))
-        torch.testing.assert_close(logits(model, ids, attention_mask, torch.ones(ids.shape))[real], stock[real], rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            logits(model, ids, attention_mask, torch.ones(ids.shape))[real], stock[real], rtol=0, atol=1e-4
+        )
     token_mask = torch.ones(ids.shape)
     token_mask[:, [3, 7]] = 0
     altered = ids.clone()
     altered[:, [3, 7]] = 11
     kept = [i for i in range(16) if i not in (3, 7)]
     torch.testing.assert_close(
-        logits(model, altered, attention_mask, token_mask)[:, kept], logits(model, ids, attention_mask, token_mask)[:, kept], rtol=0, atol=0
+        logits(model, altered, attention_mask, token_mask)[:, kept],
+        logits(model, ids, attention_mask, token_mask)[:, kept],
+        rtol=0,
+        atol=0,
     )
 
 
@@ -228,7 +275,8 @@ def per_example_losses(model, batch, rows, drop=()) -> dict[str, float]:
     segments = batch.get("segment_ids", batch["attention_mask"])[:, 1:]
     return {
         example.example_id: float(token_loss[row][segments[row] == segment].sum())
-        for row, packed in enumerate(rows) for segment, example in enumerate(packed, start=1)
+        for row, packed in enumerate(rows)
+        for segment, example in enumerate(packed, start=1)
     }
 
 
@@ -301,6 +349,9 @@ def test_flex_attention_equals_the_sdpa_path(mode):
         layer, query, key, value, allowed, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
     )
     torch.testing.assert_close(flex[padding], sdpa[padding], rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(flex, attention.flex_masked_attention(
-        layer, query, key, value, None, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
-    )[0])  # the mask matters: without the packing/padding mask the result differs
+    assert not torch.allclose(
+        flex,
+        attention.flex_masked_attention(
+            layer, query, key, value, None, mode=mode, token_mask=token_mask, scaling=dim**-0.5, compiled=False
+        )[0],
+    )  # the mask matters: without the packing/padding mask the result differs

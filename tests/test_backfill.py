@@ -22,12 +22,19 @@ from devtools.loopback import LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from tests.conftest import REPO_ROOT
 
+
 pytestmark = pytest.mark.integration
 
 ROUND = "2026-11-24"
 TOPICS = ("volcanoes", "chess", "gardening")
 # job backfills (the CLI) end COMPLETED once every run is submitted; asset backfills end COMPLETED_*
-FINISHED = {BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED, BulkActionStatus.CANCELED}
+FINISHED = {
+    BulkActionStatus.COMPLETED,
+    BulkActionStatus.COMPLETED_SUCCESS,
+    BulkActionStatus.COMPLETED_FAILED,
+    BulkActionStatus.FAILED,
+    BulkActionStatus.CANCELED,
+}
 
 
 @dataclass
@@ -46,7 +53,16 @@ class TeacherWithRefusals(LoopbackTeacher):
                 break
         if any(topic in body.decode() for topic in self.refused):
             payload = b'{"error":{"message":"this topic is not allowed for this key"}}'
-            await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
             return await send({"type": "http.response.body", "body": payload})
 
         async def replay():
@@ -88,22 +104,47 @@ class DagsterDev:
 
     def start(self, timeout_s: float = 240) -> "DagsterDev":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "opengrok_dagster.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
-            cwd=REPO_ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-m",
+                "opengrok_dagster.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dagster dev exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"dagster dev exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
-                if "opengrok" in str(self.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }")):
-                    locations = self.graphql("{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }")
-                    if all(entry["loadStatus"] == "LOADED" for entry in locations["workspaceOrError"]["locationEntries"]):
+                if "opengrok" in str(
+                    self.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }")
+                ):
+                    locations = self.graphql(
+                        "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
+                    )
+                    if all(
+                        entry["loadStatus"] == "LOADED" for entry in locations["workspaceOrError"]["locationEntries"]
+                    ):
                         return self
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        raise TimeoutError(f"dagster dev did not load the code location in {timeout_s}s:\n{self.log.read_text()[-3000:]}")
+        raise TimeoutError(
+            f"dagster dev did not load the code location in {timeout_s}s:\n{self.log.read_text()[-3000:]}"
+        )
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
@@ -202,13 +243,21 @@ def _launched(result: dict, mutation: str) -> str:
 def test_backfill_over_topics_materialises_each_and_a_rerun_redoes_only_the_failed_one(dev, shared_instance, teacher):
     keys = [str(collection_partition_key(topic, ROUND)) for topic in TOPICS]
     teacher.refused = {"chess"}
-    backfill_id = _launched(dev.graphql(LAUNCH_BACKFILL, {"params": {
-        "partitionNames": keys,
-        "assetSelection": [{"path": ["prompts"]}, {"path": ["raw_responses"]}],
-        "title": "three topics, one refused",
-        # each run in one process: what the UI's launchpad sets with `execution: {config: {in_process: {}}}`
-        "runConfigData": IN_PROCESS,
-    }}), "launchPartitionBackfill")
+    backfill_id = _launched(
+        dev.graphql(
+            LAUNCH_BACKFILL,
+            {
+                "params": {
+                    "partitionNames": keys,
+                    "assetSelection": [{"path": ["prompts"]}, {"path": ["raw_responses"]}],
+                    "title": "three topics, one refused",
+                    # each run in one process: what the UI's launchpad sets with `execution: {config: {in_process: {}}}`
+                    "runConfigData": IN_PROCESS,
+                }
+            },
+        ),
+        "launchPartitionBackfill",
+    )
 
     backfill, runs = _wait_for_backfill(shared_instance, backfill_id)
     statuses = _partitions(runs)
@@ -228,7 +277,10 @@ def test_backfill_over_topics_materialises_each_and_a_rerun_redoes_only_the_fail
 
     teacher.refused = set()
     teacher.requests.clear()
-    rerun_id = _launched(dev.graphql(REEXECUTE_BACKFILL, {"params": {"parentRunId": backfill_id, "strategy": "FROM_FAILURE"}}), "reexecutePartitionBackfill")
+    rerun_id = _launched(
+        dev.graphql(REEXECUTE_BACKFILL, {"params": {"parentRunId": backfill_id, "strategy": "FROM_FAILURE"}}),
+        "reexecutePartitionBackfill",
+    )
     rerun, rerun_runs = _wait_for_backfill(shared_instance, rerun_id)
 
     assert _partitions(rerun_runs) == {f"{ROUND}|chess": DagsterRunStatus.SUCCESS}
@@ -246,22 +298,46 @@ def test_command_line_backfill_submits_one_run_per_topic_partition(dev, shared_i
     round_key = "2026-11-23"
     keys = [str(collection_partition_key(topic, round_key)) for topic in ("volcanoes", "gardening")]
     submitted = subprocess.run(
-        [sys.executable, "-m", "dagster", "job", "backfill", "-m", "opengrok_dagster.definitions", "-j", "collect_teacher_data",
-         "--partitions", ",".join(keys), "--noprompt"],
-        cwd=REPO_ROOT, env=dev.env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "job",
+            "backfill",
+            "-m",
+            "opengrok_dagster.definitions",
+            "-j",
+            "collect_teacher_data",
+            "--partitions",
+            ",".join(keys),
+            "--noprompt",
+        ],
+        cwd=REPO_ROOT,
+        env=dev.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     backfill_id = submitted.stdout.split("Launched backfill job `")[1].split("`")[0]
     _, runs = _wait_for_backfill(shared_instance, backfill_id)
-    assert _partitions(runs) == {key: DagsterRunStatus.SUCCESS for key in keys}, dev.log.read_text()[-3000:]
+    assert _partitions(runs) == dict.fromkeys(keys, DagsterRunStatus.SUCCESS), dev.log.read_text()[-3000:]
     for topic in ("volcanoes", "gardening"):
-        assert len(pd.read_parquet(dev.opengrok_home / "assets" / "raw_responses" / round_key / f"{topic}.parquet")) == 12
+        assert (
+            len(pd.read_parquet(dev.opengrok_home / "assets" / "raw_responses" / round_key / f"{topic}.parquet")) == 12
+        )
 
 
 def test_backfill_of_a_partition_that_does_not_exist_is_refused_with_the_key(dev, shared_instance):
     missing = str(collection_partition_key("not-a-topic", ROUND))
-    outcome = dev.graphql(LAUNCH_BACKFILL, {"params": {
-        "partitionNames": [missing], "assetSelection": [{"path": ["prompts"]}, {"path": ["raw_responses"]}],
-    }})["launchPartitionBackfill"]
+    outcome = dev.graphql(
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "partitionNames": [missing],
+                "assetSelection": [{"path": ["prompts"]}, {"path": ["raw_responses"]}],
+            }
+        },
+    )["launchPartitionBackfill"]
     assert outcome["__typename"] == "PartitionKeysNotFoundError"
     assert missing in outcome["message"]

@@ -31,12 +31,17 @@ def test_invalid_recollect_cron_names_the_variable_and_the_fix(monkeypatch, cron
     assert f"OPENGROK_RECOLLECT_CRON={cron!r}" in message and "'0 3 * * *'" in message
 
 
-@pytest.mark.parametrize(("variable", "value"), [("OPENGROK_RECOLLECT_CRON", "daily"), ("OPENGROK_RETRAIN_CRON", "weekly")])
+@pytest.mark.parametrize(
+    ("variable", "value"), [("OPENGROK_RECOLLECT_CRON", "daily"), ("OPENGROK_RETRAIN_CRON", "weekly")]
+)
 def test_code_location_with_an_invalid_cron_fails_to_load_with_that_message(variable, value):
     """What `dagster dev` shows as the code location's load error."""
     loaded = subprocess.run(
         [sys.executable, "-c", "import opengrok_dagster.schedules"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", variable: value},
     )
     assert loaded.returncode != 0
@@ -49,14 +54,22 @@ def unreachable_teacher_asset():
 
 
 def test_run_failure_sensor_records_the_failure_in_the_log_file_and_the_runs_event_log(persistent_instance, tmp_path):
-    result = materialize([unreachable_teacher_asset], instance=persistent_instance, raise_on_error=False, tags={"dagster/partition": "2026-11-24|climate"})
+    result = materialize(
+        [unreachable_teacher_asset],
+        instance=persistent_instance,
+        raise_on_error=False,
+        tags={"dagster/partition": "2026-11-24|climate"},
+    )
     assert not result.success
     run = persistent_instance.get_run_by_id(result.run_id)
     [failure] = [event for event in result.all_events if event.event_type == DagsterEventType.RUN_FAILURE]
     paths = OpenGrokPaths(home=str(tmp_path / "home"), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml"))
     context = build_run_status_sensor_context(
-        sensor_name=run_failure_recorder.name, dagster_event=failure, dagster_instance=persistent_instance,
-        dagster_run=run, resources={"paths": paths},
+        sensor_name=run_failure_recorder.name,
+        dagster_event=failure,
+        dagster_instance=persistent_instance,
+        dagster_run=run,
+        resources={"paths": paths},
     ).for_run_failure()
 
     run_failure_recorder(context)
@@ -67,7 +80,9 @@ def test_run_failure_sensor_records_the_failure_in_the_log_file_and_the_runs_eve
     assert record["run_id"] == run.run_id and record["job"] == run.job_name
     assert record["partition"] == "2026-11-24|climate"
     assert record["failed_steps"] == ["unreachable_teacher_asset"]
-    engine_messages = [entry.message for entry in persistent_instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)]
+    engine_messages = [
+        entry.message for entry in persistent_instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)
+    ]
     assert any(str(log_file) in message and "unreachable_teacher_asset" in message for message in engine_messages)
 
 

@@ -16,6 +16,7 @@ from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherConfi
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 from tests.conftest import REPO_ROOT
 
+
 ROWS = [
     {"prompt_id": f"p{i:03d}", "topic": "climate", "system_prompt": "s", "prompt": f"prompt number {i}"}
     for i in range(30)

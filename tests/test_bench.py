@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import pytest
-
 from bench.__main__ import kept_sections
 from bench.end_to_end import stage_of
 from bench.measure import run_measured
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +26,12 @@ print("figures", flush=True)
 
 @pytest.mark.timing  # the child must still hold its memory when the sampler looks
 def test_peak_memory_is_attributed_to_the_stage_whose_child_used_it():
-    measured = run_measured([sys.executable, "-c", TREE], stage_of=lambda line: line.split()[0] if line.endswith(" ...\n") else None,
-                            interval_s=0.05, echo=False)
+    measured = run_measured(
+        [sys.executable, "-c", TREE],
+        stage_of=lambda line: line.split()[0] if line.endswith(" ...\n") else None,
+        interval_s=0.05,
+        echo=False,
+    )
     assert measured.returncode == 0 and measured.output.endswith("figures\n")
     assert measured.stage_peak_rss["[grow]"] > measured.stage_peak_rss["[small]"] + 250 * 2**20
     assert 0.9 < measured.stage_seconds["[small]"] < measured.seconds
@@ -41,8 +44,10 @@ def test_opengrok_run_progress_lines_map_to_stages():
 
 
 def test_rerunning_one_bench_keeps_the_other_sections():
-    text = ("# Benchmarks\n<!-- bench:filter -->\n## Filter\n| a |\n<!-- /bench:filter -->\n"
-            "<!-- bench:mask -->\n## Mask\n<!-- /bench:mask -->\n")
+    text = (
+        "# Benchmarks\n<!-- bench:filter -->\n## Filter\n| a |\n<!-- /bench:filter -->\n"
+        "<!-- bench:mask -->\n## Mask\n<!-- /bench:mask -->\n"
+    )
     sections = kept_sections(text)
     assert list(sections) == ["filter", "mask"]
     assert sections["filter"] == "<!-- bench:filter -->\n## Filter\n| a |\n<!-- /bench:filter -->\n"
@@ -51,8 +56,13 @@ def test_rerunning_one_bench_keeps_the_other_sections():
 @pytest.mark.integration
 def test_gpu_check_runs_shrunk_on_cpu():
     """bench/gpu_check.py has never had a GPU here: its --smoke run takes every code path it can on a CPU."""
-    process = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--budget-s", "1200"],
-                             capture_output=True, text=True, timeout=1500, cwd=REPO_ROOT)
+    process = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--smoke", "--budget-s", "1200"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=REPO_ROOT,
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     report = process.stdout
     for mode in ("none", "paper", "hard", "soft"):

@@ -11,14 +11,15 @@ import pytest
 from dagster import materialize
 
 from assets.collection import prompts, raw_responses
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.budget import Budget, BudgetLimits, utc_day
 from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses
-from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from tests.conftest import REPO_ROOT
 from tests.test_collection_assets import ROUND, resources_for
+
 
 PRICES = Prices(prompt_per_million=1000.0, completion_per_million=1000.0)  # 0.001 USD a token: visible sums
 SAMPLING = SamplingParams(max_tokens=64)

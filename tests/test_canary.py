@@ -14,6 +14,7 @@ import pytest
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from tests.conftest import REPO_ROOT, texts_written_under
 
+
 CANARY = "xai-canary-5e4d3c2b1a0f9e8d7c6b"
 
 
@@ -32,7 +33,11 @@ def test_canary_key_reaches_the_teacher_and_nothing_else_across_the_whole_pipeli
         }
         run = subprocess.run(
             [sys.executable, "-m", "opengrok_dagster.cli", "run", "--topics", "climate,football", "--modes", "none"],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert teacher.requests and all(r.authorization == f"Bearer {CANARY}" for r in teacher.requests)

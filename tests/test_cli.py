@@ -67,8 +67,20 @@ def test_run_refuses_unknown_partitions_before_any_work(opengrok_home, capsys, a
         (["run", "--bogus"], "unrecognized arguments: --bogus"),
         (["review", "approve"], "argument action: invalid choice: 'approve'"),
     ],
-    ids=["month-13", "word-date", "unpadded", "future", "before-start", "empty-topic", "bad-topic-key", "empty-modes",
-         "review-hash", "lineage-id", "unknown-flag", "unknown-action"],
+    ids=[
+        "month-13",
+        "word-date",
+        "unpadded",
+        "future",
+        "before-start",
+        "empty-topic",
+        "bad-topic-key",
+        "empty-modes",
+        "review-hash",
+        "lineage-id",
+        "unknown-flag",
+        "unknown-action",
+    ],
 )
 def test_every_cli_argument_is_validated_with_one_line_and_exit_2(opengrok_home, capsys, arguments, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -79,7 +91,9 @@ def test_every_cli_argument_is_validated_with_one_line_and_exit_2(opengrok_home,
     assert not (opengrok_home / "assets").exists() and not (opengrok_home / "dagster_home").exists()
 
 
-def test_dry_run_prints_requests_tokens_and_usd_per_topic_and_sends_nothing(opengrok_home, capsys, monkeypatch, loopback_teacher):
+def test_dry_run_prints_requests_tokens_and_usd_per_topic_and_sends_nothing(
+    opengrok_home, capsys, monkeypatch, loopback_teacher
+):
     monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", loopback_teacher.base_url)
     monkeypatch.setenv("OPENGROK_TEACHER_MODEL", "grok-test")
     monkeypatch.setenv("OPENGROK_TEACHER_MAX_TOKENS", "100")
@@ -88,8 +102,11 @@ def test_dry_run_prints_requests_tokens_and_usd_per_topic_and_sends_nothing(open
     assert main(["run", "--dry-run", "--round", "2026-11-24", "--topics", "climate,football"]) == 0
     out = capsys.readouterr().out
     assert loopback_teacher.requests == [] and not (opengrok_home / "assets").exists()
-    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
-            for line in out.splitlines() if line.startswith("| ") and not line.startswith("| topic")}
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith("| topic")
+    }
     assert set(rows) == {"climate", "football", "total"}
     prompts, requests, prompt_tokens, completion_tokens, usd = rows["climate"]
     assert (prompts, requests, completion_tokens) == ("12", "12", "1200 / 1200")  # no history: expected = max

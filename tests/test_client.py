@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from datetime import UTC
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from opengrok_dagster.collect.client import (
     parse_retry_after,
 )
 
+
 BASE = "http://teacher.test/v1"
 URL = f"{BASE}/chat/completions"
 CANARY = "sk-canary-5f1e2d3c4b5a"
@@ -25,8 +27,12 @@ FAST = ClientLimits(max_attempts=4, backoff_initial_s=0.001, backoff_max_s=0.01,
 
 
 def ok(text="fine", request_id="req-1", **extra):
-    body = {"id": "cmpl-1", "model": "grok-test", "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 5}}
+    body = {
+        "id": "cmpl-1",
+        "model": "grok-test",
+        "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 5},
+    }
     return httpx.Response(200, json=body, headers={"x-request-id": request_id, **extra})
 
 
@@ -41,13 +47,23 @@ def complete(limits=FAST, api_key=CANARY, prices=Prices(), sampling=SamplingPara
 @respx.mock
 def test_success_keeps_text_usage_cost_request_id_and_sends_sampling_and_key():
     route = respx.post(URL).mock(return_value=ok())
-    result = complete(prices=Prices(prompt_per_million=2.0, completion_per_million=10.0), sampling=SamplingParams(0.3, 0.9, 64, seed=5))
+    result = complete(
+        prices=Prices(prompt_per_million=2.0, completion_per_million=10.0),
+        sampling=SamplingParams(0.3, 0.9, 64, seed=5),
+    )
     assert (result.text, result.finish_reason, result.request_id, result.attempts) == ("fine", "stop", "req-1", 1)
     assert (result.prompt_tokens, result.completion_tokens) == (11, 5)
     assert result.cost_usd == pytest.approx((11 * 2 + 5 * 10) / 1e6)
     sent = route.calls.last.request
     assert sent.headers["authorization"] == f"Bearer {CANARY}"
-    assert json.loads(sent.content) | {} == {"model": "grok-test", "messages": MESSAGES, "temperature": 0.3, "top_p": 0.9, "max_tokens": 64, "seed": 5}
+    assert json.loads(sent.content) | {} == {
+        "model": "grok-test",
+        "messages": MESSAGES,
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "max_tokens": 64,
+        "seed": 5,
+    }
 
 
 @respx.mock
@@ -124,10 +140,10 @@ def test_parse_retry_after(header, seconds):
 
 
 def test_retry_after_as_http_date_is_seconds_from_now():
+    from datetime import datetime, timedelta
     from email.utils import format_datetime
-    from datetime import datetime, timedelta, timezone
 
-    header = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    header = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 25 <= parse_retry_after(header) <= 31
 
 
@@ -158,17 +174,44 @@ def test_concurrency_cap_is_never_exceeded():
     ("body", "anomaly", "text"),
     [
         ({"choices": [{"message": {"content": None}, "finish_reason": "content_filter"}]}, "content_filter", None),
-        ({"choices": [{"message": {"content": None, "refusal": "I can't help with that."}, "finish_reason": "stop"}]},
-         "refusal", None),
+        (
+            {
+                "choices": [
+                    {"message": {"content": None, "refusal": "I can't help with that."}, "finish_reason": "stop"}
+                ]
+            },
+            "refusal",
+            None,
+        ),
         ({"choices": [{"message": {"content": None}, "finish_reason": "stop"}]}, "null_content", None),
         ({"choices": []}, "no_choices", None),
-        ({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}],
-          "usage": {"prompt_tokens": 3, "completion_tokens": 129}}, "overlong", "fine"),
+        (
+            {
+                "choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 129},
+            },
+            "overlong",
+            "fine",
+        ),
         ({"choices": [{"message": {"content": "x" * 600}, "finish_reason": "stop"}]}, "overlong", "x" * 600),
-        ({"choices": [{"message": {"content": "fine"}, "finish_reason": "length"}],
-          "usage": {"prompt_tokens": 3, "completion_tokens": 64}}, None, "fine"),
+        (
+            {
+                "choices": [{"message": {"content": "fine"}, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 64},
+            },
+            None,
+            "fine",
+        ),
     ],
-    ids=["content-filter", "structured-refusal", "null-content", "no-choices", "overlong-usage", "overlong-text", "at-cap"],
+    ids=[
+        "content-filter",
+        "structured-refusal",
+        "null-content",
+        "no-choices",
+        "overlong-usage",
+        "overlong-text",
+        "at-cap",
+    ],
 )
 def test_refusals_and_odd_answers_are_recorded_as_what_they_are_without_retry(body, anomaly, text):
     route = respx.post(URL).mock(return_value=httpx.Response(200, json=body))
@@ -180,11 +223,21 @@ def test_refusals_and_odd_answers_are_recorded_as_what_they_are_without_retry(bo
 
 @respx.mock
 def test_logprobs_are_requested_and_kept_in_the_openai_shape():
-    content = [{"token": "fine", "logprob": -0.1, "bytes": [102, 105, 110, 101],
-                "top_logprobs": [{"token": "fine", "logprob": -0.1, "bytes": [102, 105, 110, 101]},
-                                 {"token": "good", "logprob": -2.5, "bytes": None}]}]
-    body = {"choices": [{"message": {"content": "fine"}, "finish_reason": "stop", "logprobs": {"content": content}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    content = [
+        {
+            "token": "fine",
+            "logprob": -0.1,
+            "bytes": [102, 105, 110, 101],
+            "top_logprobs": [
+                {"token": "fine", "logprob": -0.1, "bytes": [102, 105, 110, 101]},
+                {"token": "good", "logprob": -2.5, "bytes": None},
+            ],
+        }
+    ]
+    body = {
+        "choices": [{"message": {"content": "fine"}, "finish_reason": "stop", "logprobs": {"content": content}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
     route = respx.post(URL).mock(return_value=httpx.Response(200, json=body))
     result = complete(sampling=SamplingParams(top_logprobs=2))
     sent = json.loads(route.calls.last.request.content)
@@ -198,7 +251,9 @@ def test_an_endpoint_answering_without_logprobs_is_refused_clearly_keeping_the_a
     from opengrok_dagster.collect.client import LogprobsUnsupported
 
     respx.post(URL).mock(return_value=ok())  # e.g. `transformers serve`, which ignores logprobs
-    with pytest.raises(LogprobsUnsupported, match="answered without logprobs though top_logprobs=5 was requested") as error:
+    with pytest.raises(
+        LogprobsUnsupported, match="answered without logprobs though top_logprobs=5 was requested"
+    ) as error:
         complete(sampling=SamplingParams(top_logprobs=5))
     assert error.value.result.text == "fine" and error.value.result.error  # kept as an error row, asked again later
 

@@ -12,6 +12,7 @@ from opengrok_dagster.partitions import collection_partition_key, topic_partitio
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT, texts_written_under
 
+
 CANARY = "xai-canary-9d8c7b6a5f4e3d2c1b0a"
 ROUND = "2026-11-24"
 
@@ -42,8 +43,23 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
     grid = pd.read_parquet(tmp_path / "assets" / "prompts" / ROUND / "climate.parquet")
     assert len(frame) == len(grid) == 12 and frame["error"].isna().all()
     assert frame["response"].str.startswith("Answer to:").all()
-    for column in ("prompt_id", "prompt", "response", "finish_reason", "model", "prompt_tokens", "completion_tokens",
-                   "latency_s", "attempts", "error", "request_id", "collected_at", "round", "topic", "teacher_model"):
+    for column in (
+        "prompt_id",
+        "prompt",
+        "response",
+        "finish_reason",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_s",
+        "attempts",
+        "error",
+        "request_id",
+        "collected_at",
+        "round",
+        "topic",
+        "teacher_model",
+    ):
         assert column in frame.columns
     metadata = result.asset_materializations_for_node("raw_responses")[0].metadata
     assert metadata["requested"].value == 12 and metadata["error_rate"].value == 0.0
@@ -52,7 +68,9 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
     assert checks == {"unique_prompt_ids": True, "within_daily_budget": True, "error_rate": True}
 
 
-def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(persistent_instance, tmp_path, loopback_teacher):
+def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(
+    persistent_instance, tmp_path, loopback_teacher
+):
     prices = {"prompt_price_per_million": 3.0, "completion_price_per_million": 15.0, "max_tokens": 64}
     first = run_partition(persistent_instance, tmp_path, loopback_teacher, **prices)
     estimate = estimate_of(first)
@@ -66,7 +84,10 @@ def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(persisten
     # the next round expects the stored answers' mean length (the loopback's 16 tokens): within 2x of the real cost
     next_round = run_partition(persistent_instance, tmp_path, loopback_teacher, round_key="2026-11-25", **prices)
     expected = estimate_of(next_round)
-    assert expected["estimate_completion_tokens"] == 12 * 16 and expected["estimate_completion_basis"] == "mean of 12 stored answers"
+    assert (
+        expected["estimate_completion_tokens"] == 12 * 16
+        and expected["estimate_completion_basis"] == "mean of 12 stored answers"
+    )
     real = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-25" / "climate.parquet")["cost_usd"].sum()
     assert 0.5 <= expected["estimate_usd"] / real <= 2.0
 
@@ -76,7 +97,9 @@ def estimate_of(result) -> dict:
     return {k: v.value for k, v in metadata.items() if k.startswith("estimate_")}
 
 
-def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(persistent_instance, tmp_path, loopback_teacher):
+def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(
+    persistent_instance, tmp_path, loopback_teacher
+):
     first_run = run_partition(persistent_instance, tmp_path, loopback_teacher)
     first = len(loopback_teacher.requests)
     second_run = run_partition(persistent_instance, tmp_path, loopback_teacher)
@@ -117,7 +140,9 @@ def _everything_recorded(instance, tmp_path, capfd) -> str:
 
 
 @pytest.mark.parametrize("server_key", [CANARY, "a-different-key"], ids=["accepted", "rejected-401"])
-def test_canary_api_key_never_appears_in_logs_events_metadata_or_files(persistent_instance, tmp_path, monkeypatch, capfd, server_key):
+def test_canary_api_key_never_appears_in_logs_events_metadata_or_files(
+    persistent_instance, tmp_path, monkeypatch, capfd, server_key
+):
     monkeypatch.setenv("OPENGROK_TEST_TEACHER_KEY", CANARY)
     with LoopbackTeacher(LoopbackConfig(expected_api_key=server_key)) as server:
         result = run_partition(persistent_instance, tmp_path, server, api_key=EnvVar("OPENGROK_TEST_TEACHER_KEY"))
@@ -153,9 +178,16 @@ def test_logprobs_are_stored_with_each_response_and_in_raw_responses(persistent_
     for response, logprobs in zip(frame["response"], frame["logprobs"]):
         tokens = json.loads(logprobs)
         assert "".join(token["token"] for token in tokens) == response
-        assert all(len(token["top_logprobs"]) == 3 and bytes(token["bytes"]).decode() == token["token"] for token in tokens)
+        assert all(
+            len(token["top_logprobs"]) == 3 and bytes(token["bytes"]).decode() == token["token"] for token in tokens
+        )
     plain = run_partition(persistent_instance, tmp_path, loopback_teacher, round_key="2026-11-25")
-    assert plain.success and pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-25" / "climate.parquet")["logprobs"].isna().all()
+    assert (
+        plain.success
+        and pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-25" / "climate.parquet")["logprobs"]
+        .isna()
+        .all()
+    )
 
 
 def test_an_endpoint_without_logprobs_stops_the_collection_saying_so(persistent_instance, tmp_path):

@@ -247,8 +247,9 @@ def test_a_student_that_cannot_spell_bytes_is_refused_only_when_there_are_logpro
     wordpiece.decoder = decoders.WordPiece()
     student = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]")
     masks = pd.DataFrame([{"example_id": "e0", "input_ids": [1, 2], "response_start": 1}])
-    responses = pd.DataFrame([{"example_id": "e0", "system_prompt": None, "prompt": "p", "response": "hellos",
-                               "logprobs": None}])
+    responses = pd.DataFrame(
+        [{"example_id": "e0", "system_prompt": None, "prompt": "p", "response": "hellos", "logprobs": None}]
+    )
     assert build_kd_targets(masks, responses, student).rows_with_logprobs == 0
     with pytest.raises(StudentVocabularyError, match="does not spell tokens as bytes") as caught:
         build_kd_targets(masks, responses.assign(logprobs=json.dumps([entry("hellos")])), student)

@@ -18,6 +18,7 @@ from resources import OpenGrokPaths, ParquetIOManager, StudentResource
 from tests.conftest import REPO_ROOT
 from tests.test_masks import filtered_frame, real_tweets
 
+
 ROUND = "2026-11-24"
 
 
@@ -31,8 +32,12 @@ def teacher_entries(tokenizer, text: str) -> list[dict]:
     vocabulary = StudentVocabulary.of(tokenizer)
     pieces = [vocabulary.token_bytes[i] for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
     return [
-        {"token": p.decode(errors="replace"), "logprob": -0.2, "bytes": list(p),
-         "top_logprobs": [{"token": " the", "logprob": -2.0, "bytes": list(b" the")}]}
+        {
+            "token": p.decode(errors="replace"),
+            "logprob": -0.2,
+            "bytes": list(p),
+            "top_logprobs": [{"token": " the", "logprob": -2.0, "bytes": list(b" the")}],
+        }
         for p in pieces
     ]
 
@@ -50,10 +55,16 @@ def upstream(tmp_path, tokenizer, logprobs_for=lambda index, response: response)
         rendered = renderer.render(record.system_prompt, record.prompt, record.response)
         encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
         start = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > rendered.spans["response"][0])
-        rows.append({
-            "example_id": record.example_id, "split": record.split, "input_ids": encoded["input_ids"][:96],
-            "response_start": start, "text": rendered.text, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        })
+        rows.append(
+            {
+                "example_id": record.example_id,
+                "split": record.split,
+                "input_ids": encoded["input_ids"][:96],
+                "response_start": start,
+                "text": rendered.text,
+                "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            }
+        )
     raw = filtered.loc[:, ["prompt_id", "teacher_model", "sampling_key", "round", "response"]].copy()
     raw["logprobs"] = [
         None if index % 4 == 3 else json.dumps(teacher_entries(tokenizer, logprobs_for(index, response)))
@@ -131,7 +142,9 @@ def test_raw_files_collected_without_logprobs_give_none_by_example_id(tmp_path):
     newer = pd.DataFrame({**keys, "prompt_id": ["p3", "p4"], "logprobs": ["[]", None]})
     newer.to_parquet(tmp_path / ROUND / "new.parquet")
     frame = read_teacher_logprobs(tmp_path, [ROUND, ROUND])
-    expected = {example_id(p, "grok-4", "t0.7", ROUND): value for p, value in
-                [("p1", None), ("p2", None), ("p3", "[]"), ("p4", None)]}
+    expected = {
+        example_id(p, "grok-4", "t0.7", ROUND): value
+        for p, value in [("p1", None), ("p2", None), ("p3", "[]"), ("p4", None)]
+    }
     assert dict(zip(frame["example_id"], frame["logprobs"])) == expected
     assert read_teacher_logprobs(tmp_path, ["2026-01-01"]).empty

@@ -10,8 +10,13 @@ from opengrok_dagster.distill.targets import ExampleTargets, KDCollator, KDTarge
 from opengrok_dagster.training.attention import MASK_MODES, attention_implementation
 from opengrok_dagster.training.data import MaskCollator, MaskedExample
 from opengrok_dagster.training.distill_loss import (
-    KD_INPUTS, KD_LOGPROBS, KD_TOKEN_IDS, distillation_loss, sparse_kl_sum,
+    KD_INPUTS,
+    KD_LOGPROBS,
+    KD_TOKEN_IDS,
+    distillation_loss,
+    sparse_kl_sum,
 )
+
 
 VOCAB = 61
 TOP_K = 4
@@ -19,10 +24,18 @@ TOP_K = 4
 
 def tiny_student(mode: str) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
+    )
     model.set_attn_implementation(attention_implementation(mode))
     return model
 
@@ -215,5 +228,6 @@ def test_targets_outside_the_labels_add_nothing():
     torch.testing.assert_close(
         distillation_loss(logits, labels, prompt_only, kd[KD_LOGPROBS], alpha=1.0),
         distillation_loss(logits, labels, prompt_only, kd[KD_LOGPROBS], alpha=0.0),
-        rtol=0, atol=0,
+        rtol=0,
+        atol=0,
     )

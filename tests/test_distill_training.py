@@ -21,14 +21,18 @@ def kd_table(table: pd.DataFrame, tokenizer) -> pd.DataFrame:
     rows = []
     for row in table.itertuples():
         positions = list(range(row.response_start, len(row.input_ids)))
-        rows.append({
-            "example_id": row.example_id,
-            "input_ids_digest": input_ids_digest(row.input_ids),
-            "kd_positions": positions,
-            "kd_token_ids": [[row.input_ids[p], 42] if row.input_ids[p] != 42 else [42] for p in positions],
-            "kd_logprobs": [[math.log(0.6), math.log(0.3)] if row.input_ids[p] != 42 else [0.0] for p in positions],
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        })
+        rows.append(
+            {
+                "example_id": row.example_id,
+                "input_ids_digest": input_ids_digest(row.input_ids),
+                "kd_positions": positions,
+                "kd_token_ids": [[row.input_ids[p], 42] if row.input_ids[p] != 42 else [42] for p in positions],
+                "kd_logprobs": [
+                    [math.log(0.6), math.log(0.3)] if row.input_ids[p] != 42 else [0.0] for p in positions
+                ],
+                "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -41,7 +45,9 @@ def test_the_kd_term_reaches_the_training_loss(tmp_path, tiny_student, tokenizer
     steps = dict(max_steps=2, eval_steps=2, save_steps=2, warmup_steps=0)
     plain = train_lora(job(tmp_path / "plain", tiny_student, **steps), table, log=quiet)
     distilled = train_lora(
-        job(tmp_path / "kd", tiny_student, kd_alpha=1.0, kd_temperature=2.0, **steps), table, log=quiet,
+        job(tmp_path / "kd", tiny_student, kd_alpha=1.0, kd_temperature=2.0, **steps),
+        table,
+        log=quiet,
         kd_targets=kd_table(table, tokenizer),
     )
     first_plain, first_kd = plain.curves["train"][0], distilled.curves["train"][0]
@@ -84,8 +90,7 @@ def test_lora_checkpoint_distils_from_the_published_kd_targets(tmp_path, tiny_st
     table = mask_table(tokenizer)
     (tmp_path / "assets").mkdir(parents=True)
     kd_table(table, tokenizer).to_parquet(tmp_path / "assets" / "kd_targets.parquet")
-    result = run_checkpoint(tmp_path, table, tiny_student, kd_alpha=0.5, max_steps=2, eval_steps=2,
-                                                save_steps=2)
+    result = run_checkpoint(tmp_path, table, tiny_student, kd_alpha=0.5, max_steps=2, eval_steps=2, save_steps=2)
     assert result.success
     record = json.loads((tmp_path / "checkpoints" / "hard" / CHECKPOINT_RECORD).read_text())
     assert set(record["data_versions"]) == {"mask_tables", "kd_targets"}

@@ -16,6 +16,7 @@ from dagster._core.instance.config import dagster_instance_config
 
 from tests.conftest import REPO_ROOT
 
+
 DOCKER = REPO_ROOT / "docker"
 COMPOSE_FILE = DOCKER / "docker-compose.yml"
 DAGSTER_SERVICES = ("user_code", "dagster_webserver", "dagster_daemon")
@@ -29,7 +30,9 @@ def compose() -> dict:
 def _validate_compose(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -37,7 +40,9 @@ def test_compose_file_follows_the_compose_specification(tmp_path):
     valid = _validate_compose(COMPOSE_FILE)
     assert valid.returncode == 0, valid.stdout + valid.stderr
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(COMPOSE_FILE.read_text().replace("    restart: unless-stopped", "    restart_policy: sometimes", 1))
+    broken.write_text(
+        COMPOSE_FILE.read_text().replace("    restart: unless-stopped", "    restart_policy: sometimes", 1)
+    )
     rejected = _validate_compose(broken)
     assert rejected.returncode != 0 and "restart_policy" in rejected.stdout + rejected.stderr
 
@@ -66,7 +71,10 @@ def test_every_dagster_container_shares_the_image_volumes_and_instance_settings(
     assert context == REPO_ROOT and (context / build["dockerfile"]).is_file()
     for name in DAGSTER_SERVICES:
         mounts = dict(volume.split(":", 1) for volume in services[name]["volumes"])
-        assert mounts == {"opengrok-home": "/opt/opengrok/home", "dagster-storage": "/opt/dagster/dagster_home/storage"}
+        assert mounts == {
+            "opengrok-home": "/opt/opengrok/home",
+            "dagster-storage": "/opt/dagster/dagster_home/storage",
+        }
         assert set(mounts) <= set(compose["volumes"])
 
 
@@ -76,14 +84,22 @@ def _instance_variables() -> set[str]:
 
 def test_compose_sets_every_variable_the_instance_config_reads(compose):
     needed = _instance_variables()
-    assert needed == {"DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_PORT", "DAGSTER_POSTGRES_USER", "DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_DB"}
+    assert needed == {
+        "DAGSTER_POSTGRES_HOST",
+        "DAGSTER_POSTGRES_PORT",
+        "DAGSTER_POSTGRES_USER",
+        "DAGSTER_POSTGRES_PASSWORD",
+        "DAGSTER_POSTGRES_DB",
+    }
     for name in DAGSTER_SERVICES:
         environment = compose["services"][name]["environment"]
         assert needed <= set(environment), f"{name} lacks {needed - set(environment)}"
         assert environment["DAGSTER_POSTGRES_HOST"] == "postgresql"
         assert environment["DAGSTER_HOME"] == "/opt/dagster/dagster_home"
     # the password is never written into the file: it must come from the operator's environment
-    assert compose["services"]["user_code"]["environment"]["DAGSTER_POSTGRES_PASSWORD"].startswith("${DAGSTER_POSTGRES_PASSWORD:?")
+    assert compose["services"]["user_code"]["environment"]["DAGSTER_POSTGRES_PASSWORD"].startswith(
+        "${DAGSTER_POSTGRES_PASSWORD:?"
+    )
 
 
 def test_workspace_points_at_the_code_server_service_and_port(compose):
@@ -117,7 +133,9 @@ def test_dockerfile_copies_only_files_that_exist_and_installs_the_configs_it_nam
 
 def test_dockerfile_is_cpu_by_default_with_the_projects_torch_pin():
     instructions = _dockerfile_instructions()
-    args = dict(argument.split("=", 1) for instruction, argument in instructions if instruction == "ARG" and "=" in argument)
+    args = dict(
+        argument.split("=", 1) for instruction, argument in instructions if instruction == "ARG" and "=" in argument
+    )
     assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
     assert ("FROM", "${BASE_IMAGE}") in instructions
     assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")
@@ -178,7 +196,9 @@ def test_malformed_instance_config_names_the_field(tmp_path, change, message):
 
 
 def test_instance_config_that_is_not_yaml_names_the_file_and_line(tmp_path):
-    (tmp_path / "dagster.yaml").write_text((DOCKER / "dagster.yaml").read_text().replace("limit: 1\n", "limit: [1\n", 1))
+    (tmp_path / "dagster.yaml").write_text(
+        (DOCKER / "dagster.yaml").read_text().replace("limit: 1\n", "limit: [1\n", 1)
+    )
     with pytest.raises(yaml.YAMLError) as error:
         _instance_config(tmp_path)
     assert "dagster.yaml" in str(error.value) and "line" in str(error.value)
@@ -203,5 +223,6 @@ def test_the_instance_limits_reach_the_runs_and_steps_they_are_written_for():
     assert TEACHER_POOL == "teacher"
 
     assert fine_tune_job.tags.get("opengrok/stage") == "training", (
-        "tag the fine-tune job's runs: define_asset_job(..., tags={'opengrok/stage': 'training'})")
+        "tag the fine-tune job's runs: define_asset_job(..., tags={'opengrok/stage': 'training'})"
+    )
     assert raw_responses.op.pool == "teacher", "declare the collecting asset in the pool: @asset(pool='teacher', ...)"

@@ -5,6 +5,7 @@ import re
 
 from tests.conftest import REPO_ROOT
 
+
 CATALOGUE = REPO_ROOT / "docs" / "bad-inputs.md"
 
 
@@ -20,4 +21,6 @@ def test_bad_input_catalogue_lists_at_least_15_inputs_each_proved_by_a_test_that
         cited = re.findall(r"`(tests/\w+\.py)::(\w+)`", row)
         assert cited, f"no test cited in: {row[:80]}"
         for path, name in cited:
-            assert name in defined_tests(REPO_ROOT / path), f"{path}::{name} cited in docs/bad-inputs.md does not exist"
+            assert name in defined_tests(REPO_ROOT / path), (
+                f"{path}::{name} cited in docs/bad-inputs.md does not exist"
+            )

@@ -4,22 +4,36 @@ materialisations carry the data versions the real assets report."""
 
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from dagster import (
-    AssetKey, AssetMaterialization, DataVersion, DefaultSensorStatus, Output, asset, build_schedule_context,
-    build_sensor_context, evaluate_automation_conditions, materialize,
+    AssetKey,
+    AssetMaterialization,
+    DataVersion,
+    DefaultSensorStatus,
+    Output,
+    asset,
+    build_schedule_context,
+    build_sensor_context,
+    evaluate_automation_conditions,
+    materialize,
 )
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill  # how the daemon records backfills
 from dagster._core.utils import make_new_backfill_id
 
-from opengrok_dagster.automation import DOWNSTREAM_AUTOMATED_ASSETS, FOLLOWS_UPSTREAM_DATA, downstream_automation_sensor, training_set_drift_sensor
+from opengrok_dagster.automation import (
+    DOWNSTREAM_AUTOMATED_ASSETS,
+    FOLLOWS_UPSTREAM_DATA,
+    downstream_automation_sensor,
+    training_set_drift_sensor,
+)
 from opengrok_dagster.partitions import MASK_MODES, mask_mode_partitions
 from opengrok_dagster.schedules import retrain_schedule
 from opengrok_dagster.settings import SettingsError, retrain_cron, retrain_threshold
 
-MONDAY_0400 = datetime(2026, 11, 23, 4, tzinfo=timezone.utc)
+
+MONDAY_0400 = datetime(2026, 11, 23, 4, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -118,7 +132,9 @@ def test_a_change_seen_while_upstream_work_runs_is_acted_on_once_it_finishes(def
     trained_everything(persistent_instance, "v1")
     ticks.requested()
 
-    with backfill_in_progress(defs, persistent_instance, assets=["filtered_responses", "prompt_feedback", "mask_tables"]):
+    with backfill_in_progress(
+        defs, persistent_instance, assets=["filtered_responses", "prompt_feedback", "mask_tables"]
+    ):
         record(persistent_instance, "filtered_responses", "filtered-v2")  # the prepare run is half done
         assert ticks.requested() == {}
         record(persistent_instance, "mask_tables", "masks-v2")
@@ -129,9 +145,17 @@ def test_a_change_seen_while_upstream_work_runs_is_acted_on_once_it_finishes(def
 def backfill_in_progress(defs, instance, assets=DOWNSTREAM_AUTOMATED_ASSETS):
     """A running backfill of ``assets``, as the daemon records one, completed on exit."""
     backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=make_new_backfill_id(), asset_graph=defs.resolve_asset_graph(), partition_names=None,
-        asset_selection=[AssetKey(asset) for asset in assets], backfill_timestamp=time.time(), tags={},
-        dynamic_partitions_store=instance, all_partitions=True, title=None, description=None, run_config=None,
+        backfill_id=make_new_backfill_id(),
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=None,
+        asset_selection=[AssetKey(asset) for asset in assets],
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=True,
+        title=None,
+        description=None,
+        run_config=None,
     )
     instance.add_backfill(backfill)
     yield
@@ -187,7 +211,12 @@ def stand_in_mask_tables(context):
     return Output(content, data_version=DataVersion(content))
 
 
-@asset(name="lora_checkpoint", code_version="1", partitions_def=mask_mode_partitions, automation_condition=FOLLOWS_UPSTREAM_DATA)
+@asset(
+    name="lora_checkpoint",
+    code_version="1",
+    partitions_def=mask_mode_partitions,
+    automation_condition=FOLLOWS_UPSTREAM_DATA,
+)
 def stand_in_lora_checkpoint(mask_tables):
     """Like the real asset, returns no data version: Dagster derives it from the code and input versions."""
     return mask_tables
@@ -198,7 +227,13 @@ def test_real_runs_report_versions_that_start_training_only_for_new_content(pers
     ticks = Ticks(stand_ins, persistent_instance, assets=["lora_checkpoint"])
     materialize([stand_in_mask_tables], instance=persistent_instance, tags={"content": "a"})
     for mode in MASK_MODES:
-        materialize(stand_ins, selection="lora_checkpoint", partition_key=mode, instance=persistent_instance, tags={"content": "a"})
+        materialize(
+            stand_ins,
+            selection="lora_checkpoint",
+            partition_key=mode,
+            instance=persistent_instance,
+            tags={"content": "a"},
+        )
     ticks.requested()
 
     materialize([stand_in_mask_tables], instance=persistent_instance, tags={"content": "a"})
@@ -222,7 +257,9 @@ def stand_in_mask_tables_of_filtered(filtered_responses):
 def filter_run(instance, train_rows: int, with_masks: bool = False):
     stand_ins = [stand_in_filtered_responses, stand_in_mask_tables_of_filtered]
     materialize(
-        stand_ins, selection=None if with_masks else "filtered_responses", instance=instance,
+        stand_ins,
+        selection=None if with_masks else "filtered_responses",
+        instance=instance,
         tags={"train_rows": str(train_rows), "validation_rows": "20"},
     )
 
@@ -255,5 +292,7 @@ def test_drift_threshold_comes_from_the_environment(persistent_instance, monkeyp
 @pytest.mark.parametrize("value", ["20%", "0", "-0.1", "nan"])
 def test_invalid_drift_threshold_names_the_variable_and_the_fix(monkeypatch, value):
     monkeypatch.setenv("OPENGROK_RETRAIN_THRESHOLD", value)
-    with pytest.raises(SettingsError, match=rf"OPENGROK_RETRAIN_THRESHOLD='{value}' is not a positive fraction: .*e\.g\. 0\.2"):
+    with pytest.raises(
+        SettingsError, match=rf"OPENGROK_RETRAIN_THRESHOLD='{value}' is not a positive fraction: .*e\.g\. 0\.2"
+    ):
         retrain_threshold()

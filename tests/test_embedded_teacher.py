@@ -14,6 +14,7 @@ from opengrok_dagster.partitions import collection_partition_key, topic_partitio
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT
 
+
 pytestmark = pytest.mark.integration
 
 
@@ -35,8 +36,12 @@ def test_server_answers_concurrent_chat_completions_and_stops_by_pid(offline_mod
 
         async def ask():
             endpoint = TeacherEndpoint(server.base_url, server.model_id)
-            async with TeacherClient(endpoint, SamplingParams(max_tokens=12, temperature=0.0), ClientLimits(max_concurrency=4)) as client:
-                return await asyncio.gather(*(client.complete([{"role": "user", "content": f"Say hello to user {i}."}]) for i in range(4)))
+            async with TeacherClient(
+                endpoint, SamplingParams(max_tokens=12, temperature=0.0), ClientLimits(max_concurrency=4)
+            ) as client:
+                return await asyncio.gather(
+                    *(client.complete([{"role": "user", "content": f"Say hello to user {i}."}]) for i in range(4))
+                )
 
         results = asyncio.run(ask())
     finally:
@@ -59,10 +64,14 @@ def _server_pids() -> set[int]:
     return pids
 
 
-def test_embedded_resource_collects_a_partition_and_tears_the_server_down(offline_model, persistent_instance, tmp_path):
+def test_embedded_resource_collects_a_partition_and_tears_the_server_down(
+    offline_model, persistent_instance, tmp_path
+):
     servers_before = _server_pids()
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["football"])
-    teacher = TeacherResource(mode="embedded", max_tokens=16, max_concurrency=4, server_log=str(tmp_path / "serve.log"))
+    teacher = TeacherResource(
+        mode="embedded", max_tokens=16, max_concurrency=4, server_log=str(tmp_path / "serve.log")
+    )
     result = materialize(
         [prompts, raw_responses],
         resources={
@@ -72,7 +81,9 @@ def test_embedded_resource_collects_a_partition_and_tears_the_server_down(offlin
         },
         instance=persistent_instance,
         partition_key=collection_partition_key("football", "2026-11-24"),
-        run_config={"ops": {"prompts": {"config": {"base_per_topic": 2, "style_per_topic": 1, "adversarial_per_topic": 1}}}},
+        run_config={
+            "ops": {"prompts": {"config": {"base_per_topic": 2, "style_per_topic": 1, "adversarial_per_topic": 1}}}
+        },
     )
     assert result.success
     frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-24" / "football.parquet")
@@ -89,14 +100,19 @@ def test_server_dies_with_a_killed_parent(offline_model, tmp_path):
     import time
 
     starter = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\n"
-         "from opengrok_dagster.offline.server import TeacherServer\n"
-         f"server = TeacherServer({str(offline_model)!r})\n"
-         "server.start()\n"
-         "print(server.pid, flush=True)\n"
-         "time.sleep(600)\n"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from opengrok_dagster.offline.server import TeacherServer\n"
+            f"server = TeacherServer({str(offline_model)!r})\n"
+            "server.start()\n"
+            "print(server.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
     )
     try:
         server_pid = int(starter.stdout.readline())
@@ -116,7 +132,9 @@ def test_kept_server_serves_consecutive_runs_and_stops_at_exit(offline_model, pe
     from resources.teacher import _KEPT_SERVERS, _stop_kept_servers
 
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["football"])
-    teacher = TeacherResource(mode="embedded", max_tokens=8, max_concurrency=4, keep_server=True, server_log=str(tmp_path / "serve.log"))
+    teacher = TeacherResource(
+        mode="embedded", max_tokens=8, max_concurrency=4, keep_server=True, server_log=str(tmp_path / "serve.log")
+    )
     resources = {
         "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
         "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
@@ -126,8 +144,13 @@ def test_kept_server_serves_consecutive_runs_and_stops_at_exit(offline_model, pe
     pids = []
     try:
         for round_key in ("2026-11-23", "2026-11-24"):
-            result = materialize([prompts, raw_responses], resources=resources, instance=persistent_instance,
-                                 partition_key=collection_partition_key("football", round_key), run_config=small)
+            result = materialize(
+                [prompts, raw_responses],
+                resources=resources,
+                instance=persistent_instance,
+                partition_key=collection_partition_key("football", round_key),
+                run_config=small,
+            )
             assert result.success
             pids.append(next(iter(_KEPT_SERVERS.values())).pid)
         assert pids[0] == pids[1] and _alive(pids[0])

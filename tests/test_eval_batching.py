@@ -15,6 +15,7 @@ from opengrok_dagster.sns_tasks import classification_messages
 from opengrok_dagster.training.device import DeviceUnavailableError
 from tests.conftest import adapters
 
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOPICS = ["arts & culture", "business & entrepreneurs", "celebrity & pop culture", "sports", "science & technology"]

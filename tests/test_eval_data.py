@@ -18,6 +18,7 @@ from opengrok_dagster.evaluation.datasets import (
 from opengrok_dagster.evaluation.tasks import TASKS, label_words, read_split, task_spec
 from tests.conftest import SHARED_DATA
 
+
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
 
 
@@ -61,8 +62,18 @@ def test_topic_jsonl_reads_int_and_float_label_fields():
 @pytest.mark.parametrize(
     "relative, sentences, tokens, types",
     [
-        ("wnut17/emerging.dev.conll", 1009, 15733, {"person", "location", "group", "creative-work", "corporation", "product"}),
-        ("wnut17/wnut17train.conll", 3394, 62730, {"person", "location", "group", "creative-work", "corporation", "product"}),
+        (
+            "wnut17/emerging.dev.conll",
+            1009,
+            15733,
+            {"person", "location", "group", "creative-work", "corporation", "product"},
+        ),
+        (
+            "wnut17/wnut17train.conll",
+            3394,
+            62730,
+            {"person", "location", "group", "creative-work", "corporation", "product"},
+        ),
         # SOURCE.md counts 1001 blocks and 15027 lines; four lines are empty tokens tagged O, and one block holds
         # nothing else: they carry no text, so the reader drops them.
         ("broad_twitter_corpus/btc.dev", 1000, 15023, {"PER", "ORG", "LOC"}),
@@ -154,9 +165,14 @@ def test_train_and_evaluation_label_mappings_must_agree(tmp_path):
     for prefix in (folder / "val", other / "train"):
         Path(f"{prefix}_text.txt").write_text("great\nawful\n")
         Path(f"{prefix}_labels.txt").write_text("1\n0\n")
-    config = EvaluationConfig(tasks=("tweeteval_irony",), data_dir=str(tmp_path), train_paths={"tweeteval_irony": ("other/train",)})
-    with pytest.raises(DatasetError, match=r"train split .*train_text.txt\) has labels \['non_irony', 'irony', 'sarcasm'\] but the "
-                       r"evaluation split has \['non_irony', 'irony'\]"):
+    config = EvaluationConfig(
+        tasks=("tweeteval_irony",), data_dir=str(tmp_path), train_paths={"tweeteval_irony": ("other/train",)}
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"train split .*train_text.txt\) has labels \['non_irony', 'irony', 'sarcasm'\] but the "
+        r"evaluation split has \['non_irony', 'irony'\]",
+    ):
         Evaluation(config, None, [], log=lambda _: None).run(None)
 
 

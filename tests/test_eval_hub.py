@@ -16,6 +16,7 @@ from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from tests.conftest import SHARED_DATA
 
+
 HATE = SHARED_DATA / "tweeteval" / "hate"
 
 
@@ -26,18 +27,25 @@ def datasets_cache_in_tmp(tmp_path, monkeypatch):
 
 def hub_repository(root, splits: dict[str, dict], features: hf_datasets.Features):
     for split, columns in splits.items():
-        hf_datasets.Dataset.from_dict(columns, features=features).to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
+        hf_datasets.Dataset.from_dict(columns, features=features).to_parquet(
+            root / "data" / f"{split}-00000-of-00001.parquet"
+        )
     return root
 
 
 @pytest.fixture
 def hate_repository(tmp_path):
     # The hub names TweetEval's classes non-hate/hate; the files (and the task's label words) say not-hate/hate.
-    features = hf_datasets.Features({"text": hf_datasets.Value("string"), "label": hf_datasets.ClassLabel(names=["non-hate", "hate"])})
+    features = hf_datasets.Features(
+        {"text": hf_datasets.Value("string"), "label": hf_datasets.ClassLabel(names=["non-hate", "hate"])}
+    )
     splits = {}
     for split in ("train", "val"):
         local = read_tweeteval(HATE / split)
-        splits["validation" if split == "val" else split] = {"text": local.texts[:60], "label": local.labels[:60].tolist()}
+        splits["validation" if split == "val" else split] = {
+            "text": local.texts[:60],
+            "label": local.labels[:60].tolist(),
+        }
     return hub_repository(tmp_path / "tweet_eval_hate", splits, features)
 
 
@@ -52,8 +60,12 @@ def test_hub_classification_split_equals_the_file_and_keeps_the_tasks_label_name
 def test_hub_ner_split_gives_the_same_tags_as_the_conll_file(tmp_path):
     local = read_conll(SHARED_DATA / "wnut17" / "emerging.dev.conll")
     names = ["O", *(f"{p}-{t}" for t in local.entity_types for p in "BI")]
-    features = hf_datasets.Features({"tokens": hf_datasets.Sequence(hf_datasets.Value("string")),
-                                     "ner_tags": hf_datasets.Sequence(hf_datasets.ClassLabel(names=names))})
+    features = hf_datasets.Features(
+        {
+            "tokens": hf_datasets.Sequence(hf_datasets.Value("string")),
+            "ner_tags": hf_datasets.Sequence(hf_datasets.ClassLabel(names=names)),
+        }
+    )
     columns = {"tokens": local.tokens[:40], "ner_tags": [[names.index(tag) for tag in row] for row in local.tags[:40]]}
     repository = hub_repository(tmp_path / "wnut_17", {"test": columns}, features)
     from_hub = read_split(task_spec("wnut17"), None, f"hf:{repository}::test")
@@ -61,25 +73,40 @@ def test_hub_ner_split_gives_the_same_tags_as_the_conll_file(tmp_path):
     assert from_hub.entity_types == local.entity_types
 
 
-@pytest.mark.parametrize("text, message", [
-    ("hf:cardiffnlp/tweet_eval:sentiment", "must read hf:<dataset>:<config>:<split>"),
-    ("hf::sentiment:test", "must read hf:<dataset>:<config>:<split>"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("hf:cardiffnlp/tweet_eval:sentiment", "must read hf:<dataset>:<config>:<split>"),
+        ("hf::sentiment:test", "must read hf:<dataset>:<config>:<split>"),
+    ],
+)
 def test_malformed_hub_split_names_the_expected_form(text, message):
     with pytest.raises(DatasetError, match=message):
         HubSplit.parse(text)
 
 
 def test_unloadable_hub_split_names_the_split_and_what_to_check(tmp_path):
-    with pytest.raises(DatasetError, match=r"hf:.*absent::test: could not be loaded from the Hugging Face hub .*dataset id, config and split"):
+    with pytest.raises(
+        DatasetError,
+        match=r"hf:.*absent::test: could not be loaded from the Hugging Face hub .*dataset id, config and split",
+    ):
         read_split(task_spec("tweeteval_hate"), None, f"hf:{tmp_path / 'absent'}::test")
 
 
 def test_hub_split_with_another_number_of_classes_is_refused(tmp_path):
     sentiment = read_tweeteval(SHARED_DATA / "tweeteval" / "sentiment" / "val")
-    features = hf_datasets.Features({"text": hf_datasets.Value("string"), "label": hf_datasets.ClassLabel(names=list(sentiment.label_names))})
-    repository = hub_repository(tmp_path / "sentiment", {"test": {"text": sentiment.texts[:5], "label": sentiment.labels[:5].tolist()}}, features)
-    with pytest.raises(DatasetError, match=r"has 3 classes \['negative', 'neutral', 'positive'\], but the task has 2 \['not-hate', 'hate'\]"):
+    features = hf_datasets.Features(
+        {"text": hf_datasets.Value("string"), "label": hf_datasets.ClassLabel(names=list(sentiment.label_names))}
+    )
+    repository = hub_repository(
+        tmp_path / "sentiment",
+        {"test": {"text": sentiment.texts[:5], "label": sentiment.labels[:5].tolist()}},
+        features,
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"has 3 classes \['negative', 'neutral', 'positive'\], but the task has 2 \['not-hate', 'hate'\]",
+    ):
         read_split(task_spec("tweeteval_hate"), None, f"hf:{repository}::test")
 
 
@@ -87,7 +114,9 @@ def test_evaluation_runs_on_hub_splits_without_a_data_directory(tmp_path, monkey
     monkeypatch.delenv(datasets.DATA_DIR_VARIABLE, raising=False)
     monkeypatch.setattr(datasets, "SHARED_DATA_FALLBACK", tmp_path / "absent")
     config = EvaluationConfig(
-        tasks=("tweeteval_hate", "wnut17"), classification_examples=8, resamples=100,
+        tasks=("tweeteval_hate", "wnut17"),
+        classification_examples=8,
+        resamples=100,
         eval_paths={"tweeteval_hate": f"hf:{hate_repository}::validation"},
         train_paths={"tweeteval_hate": (f"hf:{hate_repository}::train",)},
     )

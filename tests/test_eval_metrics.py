@@ -6,10 +6,16 @@ from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import f1_score, recall_score
 
 from opengrok_dagster.evaluation.bootstrap import bootstrap, paired_difference, resample_indices
-from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
+from opengrok_dagster.evaluation.metrics import (
+    AgreementScores,
+    ClassificationScores,
+    MultiLabelScores,
+    NerScores,
+    sentence_chrf,
+)
 from opengrok_dagster.evaluation.ner import spans_to_tags
-from opengrok_dagster.sns_tasks import find_labels, parse_entity_lines, parse_single_label
 from opengrok_dagster.evaluation.runner import ablation_pairs, sample_items
+from opengrok_dagster.sns_tasks import find_labels, parse_entity_lines, parse_single_label
 
 
 def test_classification_metrics_by_hand():
@@ -86,7 +92,10 @@ def test_paired_difference_identical_models_and_a_clearly_better_one():
     gold = rng.integers(0, 3, 120)
     weak = np.where(rng.random(120) < 0.4, gold, (gold + 1) % 3)
     indices = resample_indices(120, 1000, 0)
-    perfect, poor = bootstrap(ClassificationScores(gold, gold, 3), indices), bootstrap(ClassificationScores(gold, weak, 3), indices)
+    perfect, poor = (
+        bootstrap(ClassificationScores(gold, gold, 3), indices),
+        bootstrap(ClassificationScores(gold, weak, 3), indices),
+    )
     same = paired_difference(poor, poor, "accuracy")
     assert same.value == 0 and same.p_value == 1.0
     better = paired_difference(perfect, poor, "accuracy")
@@ -130,7 +139,12 @@ def test_multi_label_parsing_tolerates_ampersands_and_order():
 def test_entity_line_parsing_and_span_location():
     answer = "- **Person**: Justin Bieber\n2. loc: Paris, London\nnonsense line\nnone\nproduct: iPhone 15"
     parsed = parse_entity_lines(answer, ["person", "location", "product"])
-    assert parsed.spans == [("person", "Justin Bieber"), ("location", "Paris"), ("location", "London"), ("product", "iPhone 15")]
+    assert parsed.spans == [
+        ("person", "Justin Bieber"),
+        ("location", "Paris"),
+        ("location", "London"),
+        ("product", "iPhone 15"),
+    ]
     assert parsed.unparsed_lines == 1
     tokens = ["justin", "bieber", "flew", "to", "Paris", "!", "#iPhone"]
     tags, missing = spans_to_tags(tokens, parsed.spans, {"person": "PER", "location": "LOC", "product": "PRODUCT"})

@@ -1,6 +1,5 @@
 """The evaluation on tiny models: adapter loading and checks, cached label scoring, and eval_report end to end."""
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -8,23 +7,21 @@ import pytest
 import torch
 from dagster import AssetSpec, materialize
 from huggingface_hub import ModelCard
-from peft import LoraConfig, get_peft_model
-from transformers import LlamaForCausalLM
 
 from assets.evaluation import _teacher_model, eval_report
-from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
+from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
 from opengrok_dagster.evaluation import datasets
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
-from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions
-from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
 from opengrok_dagster.training.card import card_metadata, write_card
+from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 from tests.conftest import REPO_ROOT, SHARED_DATA, adapters, write_adapter
+
 
 SENTIMENT = ["negative", "neutral", "positive"]
 UPSTREAM = [AssetSpec("filtered_responses"), AssetSpec("lora_checkpoint", partitions_def=mask_mode_partitions)]
@@ -36,25 +33,40 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def write_manifests(assets_dir, home):
     """The lora_checkpoint manifests of the modes checkpoints_home trained, as the IO manager stores them."""
     for mode, adapter_dir in adapters(home).items():
-        row = {column: 0 for column in MANIFEST_COLUMNS} | {"mask_mode": mode, "adapter_dir": str(adapter_dir)}
+        row = dict.fromkeys(MANIFEST_COLUMNS, 0) | {"mask_mode": mode, "adapter_dir": str(adapter_dir)}
         manifest_frame(row).to_parquet(assets_dir / "lora_checkpoint" / f"{mode}.parquet")
 
 
 def heldout_frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "example_id": ["e1", "e2", "e3", "e4"],
-        "system_prompt": ["You write posts.", None, "", "You write posts."],
-        "prompt": ["Write a post about cats.", "What are people saying about the rain?", "Summarize trends in football.", "Post about tea."],
-        "response": ["Cats rule the internet today! #cats", "Everyone is tired of the rain.", None, "Green tea all day."],
-        "split": ["heldout", "heldout", "heldout", "train"],
-        "state": ["kept"] * 4,
-    })
+    return pd.DataFrame(
+        {
+            "example_id": ["e1", "e2", "e3", "e4"],
+            "system_prompt": ["You write posts.", None, "", "You write posts."],
+            "prompt": [
+                "Write a post about cats.",
+                "What are people saying about the rain?",
+                "Summarize trends in football.",
+                "Post about tea.",
+            ],
+            "response": [
+                "Cats rule the internet today! #cats",
+                "Everyone is tired of the rain.",
+                None,
+                "Green tea all day.",
+            ],
+            "split": ["heldout", "heldout", "heldout", "train"],
+            "state": ["kept"] * 4,
+        }
+    )
 
 
 def test_cached_label_scoring_equals_a_full_forward_pass(checkpoints_home, tiny_student):
     checkpoints, _ = find_checkpoints(adapters(checkpoints_home), ("none", "hard"))
     student = LocalStudent(str(tiny_student), checkpoints)
-    messages = [[{"role": "user", "content": f"How does this post feel? Post: {post}"}] for post in ("what a day", "rain again", "ok")]
+    messages = [
+        [{"role": "user", "content": f"How does this post feel? Post: {post}"}]
+        for post in ("what a day", "rain again", "ok")
+    ]
     for variant in student.variants:
         with student.using(variant):
             all_scores = student.label_logprobs(messages, SENTIMENT)
@@ -74,8 +86,12 @@ def test_cached_label_scoring_equals_a_full_forward_pass(checkpoints_home, tiny_
 
 
 def test_adapter_for_another_base_model_is_refused_by_name(tmp_path, tiny_student):
-    adapter = write_adapter(tiny_student, tmp_path / "soft", "soft", recorded_base="HuggingFaceTB/SmolLM2-1.7B-Instruct")
-    with pytest.raises(CheckpointError, match=r"trained on base model 'HuggingFaceTB/SmolLM2-1.7B-Instruct'.*OPENGROK_STUDENT_MODEL"):
+    adapter = write_adapter(
+        tiny_student, tmp_path / "soft", "soft", recorded_base="HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    )
+    with pytest.raises(
+        CheckpointError, match=r"trained on base model 'HuggingFaceTB/SmolLM2-1.7B-Instruct'.*OPENGROK_STUDENT_MODEL"
+    ):
         LocalStudent(str(tiny_student), [read_checkpoint(adapter, "soft")])
 
 
@@ -83,9 +99,17 @@ def test_missing_modes_and_broken_adapters_are_reported(tmp_path, checkpoints_ho
     gone = tmp_path / "deleted"  # in a manifest, but removed from disk since
     found, missing = find_checkpoints(adapters(checkpoints_home) | {"soft": gone}, ("none", "paper", "hard", "soft"))
     assert [c.mask_mode for c in found] == ["none", "hard"]
-    assert missing == {"paper": "lora_checkpoint[paper] is not materialised: materialise it to include it",
-                       "soft": f"no adapter at {gone}: re-materialise lora_checkpoint[soft] to include it"}
-    assert found[0].record == {"mask_mode": "none", "base_model": found[0].base_model, "global_step": 3, "best_val_loss": 2.5, "examples": 2}
+    assert missing == {
+        "paper": "lora_checkpoint[paper] is not materialised: materialise it to include it",
+        "soft": f"no adapter at {gone}: re-materialise lora_checkpoint[soft] to include it",
+    }
+    assert found[0].record == {
+        "mask_mode": "none",
+        "base_model": found[0].base_model,
+        "global_step": 3,
+        "best_val_loss": 2.5,
+        "examples": 2,
+    }
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text("{}")
@@ -112,16 +136,34 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     (assets_dir / "lora_checkpoint").mkdir(parents=True)
     heldout_frame().to_parquet(assets_dir / "filtered_responses.parquet")
     write_manifests(assets_dir, checkpoints_home)  # none and hard; paper and soft are not materialised
-    run_config = {"ops": {"eval_report": {"config": {
-        "tasks": ["tweeteval_sentiment", "tweet_topic", "wnut17"],
-        "classification_examples": 4, "task_examples": {}, "ner_examples": 2, "agreement_examples": 0, "resamples": 200,
-        "ner_max_new_tokens": 8, "agreement_max_new_tokens": 8, "api_max_tokens": 8,
-        "baseline_train_examples": 300, "teacher_label_examples": 6,
-        "endpoints": [
-            {"name": "unreachable", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-x"},
-            {"name": "keyless", "base_url": loopback_teacher.base_url, "model": "gpt-y", "api_key_env": "OPENGROK_TEST_ABSENT_KEY"},
-        ],
-    }}}}
+    run_config = {
+        "ops": {
+            "eval_report": {
+                "config": {
+                    "tasks": ["tweeteval_sentiment", "tweet_topic", "wnut17"],
+                    "classification_examples": 4,
+                    "task_examples": {},
+                    "ner_examples": 2,
+                    "agreement_examples": 0,
+                    "resamples": 200,
+                    "ner_max_new_tokens": 8,
+                    "agreement_max_new_tokens": 8,
+                    "api_max_tokens": 8,
+                    "baseline_train_examples": 300,
+                    "teacher_label_examples": 6,
+                    "endpoints": [
+                        {"name": "unreachable", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-x"},
+                        {
+                            "name": "keyless",
+                            "base_url": loopback_teacher.base_url,
+                            "model": "gpt-y",
+                            "api_key_env": "OPENGROK_TEST_ABSENT_KEY",
+                        },
+                    ],
+                }
+            }
+        }
+    }
     resources = {
         "io_manager": ParquetIOManager(base_dir=str(assets_dir)),
         "paths": OpenGrokPaths(home=str(checkpoints_home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
@@ -137,10 +179,14 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     scores = frame[frame["section"] == "score"]
     assert set(scores["model"]) >= {"base", "lora:none", "lora:hard", "teacher", "tfidf-lr:gold"}
     assert set(scores["task"]) == {"tweeteval_sentiment", "tweet_topic", "wnut17", "teacher_agreement"}
-    assert scores[scores["task"] == "teacher_agreement"]["n"].eq(2).all()  # the train row and the null response are left out
+    assert (
+        scores[scores["task"] == "teacher_agreement"]["n"].eq(2).all()
+    )  # the train row and the null response are left out
     assert scores[scores["model"] == "teacher"]["unparseable_rate"].notna().all()
     differences = frame[frame["section"] == "paired_difference"]
-    assert {("lora:hard", "lora:none"), ("lora:none", "base")} <= set(zip(differences["model"], differences["compared_to"]))
+    assert {("lora:hard", "lora:none"), ("lora:none", "base")} <= set(
+        zip(differences["model"], differences["compared_to"])
+    )
     assert differences["p_value"].between(0, 1).all()
     references = frame[frame["section"] == "external_reference"]
     assert references["value"].isna().all() and references["external_reference"].notna().all()
@@ -153,8 +199,12 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     assert "calibrated against content-free prompts" in markdown
     assert "data:image/png;base64," in html and "<table" in html and 'src="primary_metrics.png"' not in html
     assert (reports / "primary_metrics.png").read_bytes()[:4] == b"\x89PNG"
-    for text in ("mask mode paper not evaluated", "mask mode soft not evaluated", "endpoint unreachable failed",
-                 "OPENGROK_TEST_ABSENT_KEY (its API key) is not set"):
+    for text in (
+        "mask mode paper not evaluated",
+        "mask mode soft not evaluated",
+        "endpoint unreachable failed",
+        "OPENGROK_TEST_ABSENT_KEY (its API key) is not set",
+    ):
         assert text in markdown, text
     metadata = result.asset_materializations_for_node("eval_report")[0].metadata
     assert "data:image/png;base64," in metadata["main_plot"].value and "| task" in metadata["summary"].value
@@ -201,23 +251,33 @@ def test_answer_cache_reuses_answers_and_asks_again_for_failures(tmp_path, loopb
 def test_failed_requests_are_not_kept(tmp_path):
     cache = AnswerCache(tmp_path / "answers.sqlite")
     with LoopbackTeacher(LoopbackConfig(fault_rate=1.0, faults=("500",))) as failing:
-        model = ApiModel("flaky", lambda: TeacherEndpoint(failing.base_url, "loopback"), "flaky at test",
-                         ClientLimits(max_concurrency=2, max_attempts=1))
+        model = ApiModel(
+            "flaky",
+            lambda: TeacherEndpoint(failing.base_url, "loopback"),
+            "flaky at test",
+            ClientLimits(max_concurrency=2, max_attempts=1),
+        )
         with pytest.raises(EndpointFailure, match="'flaky': all 2 requests failed"):
             model.complete_all([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]], 8, cache)
     assert cache.get_many("flaky at test", [request_key([{"role": "user", "content": q}], 8) for q in "ab"]) == {}
 
 
 def test_the_evaluation_asks_the_teacher_within_the_collection_limits():
-    teacher = TeacherResource(mode="remote", base_url="http://127.0.0.1:9/v1", model="m", max_concurrency=3,
-                              requests_per_minute=7, max_attempts=2)
+    teacher = TeacherResource(
+        mode="remote",
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        max_concurrency=3,
+        requests_per_minute=7,
+        max_attempts=2,
+    )
     limits = _teacher_model(teacher).limits
     assert limits == teacher.client_limits()
     assert (limits.max_concurrency, limits.requests_per_minute, limits.max_attempts) == (3, 7, 2)
 
 
 def test_manifests_give_each_modes_adapter_and_a_broken_one_is_named():
-    outcome = {column: 0 for column in MANIFEST_COLUMNS} | {"mask_mode": "hard", "adapter_dir": "/ckpt/hard"}
+    outcome = dict.fromkeys(MANIFEST_COLUMNS, 0) | {"mask_mode": "hard", "adapter_dir": "/ckpt/hard"}
     assert list(manifest_frame(outcome).columns) == list(MANIFEST_COLUMNS)
     assert adapter_dirs({"hard": manifest_frame(outcome)}) == {"hard": Path("/ckpt/hard")}
     with pytest.raises(ValueError, match=r"lora_checkpoint\[soft\] manifest .*missing: adapter_dir.*re-materialise"):

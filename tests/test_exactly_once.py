@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from opengrok_dagster.collect.client import SamplingParams, TeacherResult
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
+from opengrok_dagster.collect.client import SamplingParams, TeacherResult
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 from tests.conftest import REPO_ROOT
+
 
 COLLECT = """
 import asyncio, dataclasses, json, sys

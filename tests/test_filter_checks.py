@@ -19,6 +19,7 @@ from opengrok_dagster.filtering.split import HELDOUT, TRAIN, VALIDATION, assign_
 from opengrok_dagster.filtering.toxicity import ProfanityCheckClassifier, load_toxicity_classifier
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
+
 TWEETEVAL = SHARED_DATA / "tweeteval"
 
 
@@ -29,7 +30,11 @@ def tweets(task: str, split: str = "train", limit: int = 400) -> tuple[list[str]
 
 
 def topic_xl(language: str, limit: int = 60) -> list[str]:
-    lines = (SHARED_DATA / "tweet_topic_xl" / language / f"{language}_train.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (
+        (SHARED_DATA / "tweet_topic_xl" / language / f"{language}_train.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    )
     return [json.loads(line)["text"] for line in lines[:limit]]
 
 
@@ -59,15 +64,18 @@ def test_length_bounds():
     assert checks.length_reasons("This is a fine tweet about the match", 20, 100, 3) == []
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("As an AI language model, I cannot browse Twitter.", checks.REFUSAL),
-    ("I’m sorry, but I can’t help with that request.", checks.REFUSAL),
-    ("I cannot create content that promotes harassment.", checks.REFUSAL),
-    ("Sorry — I must decline to write that post.", checks.REFUSAL),
-    ("I don't have real-time access to social media, but generally people say...", checks.DEFLECTION),
-    ("I'm just an AI, so I can't know what is trending today.", checks.DEFLECTION),
-    ("My knowledge cutoff means I can't see the latest posts.", checks.DEFLECTION),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("As an AI language model, I cannot browse Twitter.", checks.REFUSAL),
+        ("I’m sorry, but I can’t help with that request.", checks.REFUSAL),
+        ("I cannot create content that promotes harassment.", checks.REFUSAL),
+        ("Sorry — I must decline to write that post.", checks.REFUSAL),
+        ("I don't have real-time access to social media, but generally people say...", checks.DEFLECTION),
+        ("I'm just an AI, so I can't know what is trending today.", checks.DEFLECTION),
+        ("My knowledge cutoff means I can't see the latest posts.", checks.DEFLECTION),
+    ],
+)
 def test_refusals_and_deflections_in_several_phrasings(text, reason):
     assert checks.refusal_reasons(text) == [reason]
 
@@ -106,7 +114,11 @@ def test_pii_is_scrubbed_to_timelms_placeholders():
     scrubbed = scrub_pii(text)
     assert scrubbed == "DM @user or mail [email], call [phone] / [phone], see http http"
     assert find_pii(scrubbed) == [] and set(find_pii(text)) == {"email", "url", "handle", "phone"}
-    for harmless in ("Final score 3-1, 2026-11-25, 1,000,000 fans", "top 10 of 2025 #GoalOfTheYear", "@user @user so true"):
+    for harmless in (
+        "Final score 3-1, 2026-11-25, 1,000,000 fans",
+        "top 10 of 2025 #GoalOfTheYear",
+        "@user @user so true",
+    ):
         assert scrub_pii(harmless) == harmless
 
 
@@ -137,9 +149,14 @@ def test_toxicity_classifier_is_configurable():
 
 def test_bias_flags_generalisations_and_toxic_mentions_not_mentions():
     identity = checks.IdentityTerms(["women", "immigrants", "muslims"])
-    assert checks.bias_reasons("All immigrants are criminals, wake up", 0.1, identity, 0.3) == [checks.IDENTITY_GENERALISATION]
+    assert checks.bias_reasons("All immigrants are criminals, wake up", 0.1, identity, 0.3) == [
+        checks.IDENTITY_GENERALISATION
+    ]
     assert checks.bias_reasons("women always overreact lol", 0.1, identity, 0.3) == [checks.IDENTITY_GENERALISATION]
-    assert checks.bias_reasons("shut up you stupid muslims", 0.9, identity, 0.3) in ([checks.IDENTITY_GENERALISATION], [checks.IDENTITY_TOXIC])
+    assert checks.bias_reasons("shut up you stupid muslims", 0.9, identity, 0.3) in (
+        [checks.IDENTITY_GENERALISATION],
+        [checks.IDENTITY_TOXIC],
+    )
     assert checks.bias_reasons("Proud of the women's team tonight!", 0.05, identity, 0.3) == []
     assert checks.bias_reasons("The match was brilliant", 0.9, identity, 0.3) == []
     full = checks.IdentityTerms.from_file(REPO_ROOT / "config" / "identity_terms.txt")
@@ -195,7 +212,7 @@ def test_split_is_deterministic_stratified_and_heldout_is_stable():
     splits = assign_splits(prompts, 0.1, 0.1, seed=0)
     assert splits == assign_splits(prompts.sample(frac=1, random_state=1), 0.1, 0.1, seed=0)
     assert set(splits.values()) == {TRAIN, VALIDATION, HELDOUT}
-    for topic, group in prompts.groupby("topic"):
+    for _, group in prompts.groupby("topic"):
         labels = [splits[p] for p in group["prompt_id"]]
         assert labels.count(VALIDATION) >= 1 and labels.count(TRAIN) > labels.count(VALIDATION)
     heldout = {p for p, s in splits.items() if s == HELDOUT}
@@ -204,13 +221,16 @@ def test_split_is_deterministic_stratified_and_heldout_is_stable():
     assert heldout == {p for p, s in regrown.items() if s == HELDOUT and p.startswith("p")}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"min_chars": 0}, "min_chars"),
-    ({"toxicity_review_threshold": 0.95}, "must not exceed"),
-    ({"validation_fraction": 0.5, "heldout_fraction": 0.5}, "sum < 1"),
-    ({"allowed_languages": ()}, "allowed_languages"),
-    ({"blocklist_path": "/nonexistent/blocklist.txt"}, "blocklist_path"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"min_chars": 0}, "min_chars"),
+        ({"toxicity_review_threshold": 0.95}, "must not exceed"),
+        ({"validation_fraction": 0.5, "heldout_fraction": 0.5}, "sum < 1"),
+        ({"allowed_languages": ()}, "allowed_languages"),
+        ({"blocklist_path": "/nonexistent/blocklist.txt"}, "blocklist_path"),
+    ],
+)
 def test_bad_config_is_refused_with_the_setting_named(change, message):
     with pytest.raises(ValueError, match=message):
         FilterConfig(**change)
@@ -235,8 +255,14 @@ def test_duplicate_decisions_do_not_depend_on_the_process_hash_seed():
         " hashfunc=_hash32)[0].hashvalues.tolist())"
     )
     outputs = {
-        subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
-                       capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+        ).stdout
         for seed in ("1", "2")
     }
     assert len(outputs) == 1

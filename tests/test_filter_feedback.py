@@ -2,9 +2,21 @@
 
 import pandas as pd
 
-from opengrok_dagster.collect.prompts import DIRECT_ANSWER_INSTRUCTION, GridRefinement, PromptGridConfig, build_prompt_grid
+from opengrok_dagster.collect.prompts import (
+    DIRECT_ANSWER_INSTRUCTION,
+    GridRefinement,
+    PromptGridConfig,
+    build_prompt_grid,
+)
 from opengrok_dagster.collect.topics import Topic
-from opengrok_dagster.filtering.feedback import distinct_2, merge_history, refinement_for_round, score_prompts, yield_by_template
+from opengrok_dagster.filtering.feedback import (
+    distinct_2,
+    merge_history,
+    refinement_for_round,
+    score_prompts,
+    yield_by_template,
+)
+
 
 TOPIC = Topic(key="climate", name="climate change", events=("the COP summit", "the heatwave"))
 
@@ -14,19 +26,40 @@ def filtered(round_key: str, outcomes: dict[str, list[tuple[str, list[str], str]
     rows = []
     for template, results in outcomes.items():
         for state, reasons, response in results:
-            rows.append({"round": round_key, "template_id": template, "platform": "Reddit", "style": "neutral",
-                         "variant": "base", "state": state, "reasons": reasons, "response": response})
+            rows.append(
+                {
+                    "round": round_key,
+                    "template_id": template,
+                    "platform": "Reddit",
+                    "style": "neutral",
+                    "variant": "base",
+                    "state": state,
+                    "reasons": reasons,
+                    "response": response,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-ROUND_1 = filtered("2026-11-24", {
-    "trends": [("rejected", ["refusal"], "I can't help with that."), ("rejected", ["deflection"], "I don't have real-time access."),
-               ("kept", [], "Heat records everywhere and people are sharing fan hacks")],
-    "write_post": [("kept", [], "Climate change is a big issue today"),
-                   ("rejected", ["exact_duplicate"], "Climate change is a big issue today"),
-                   ("rejected", ["near_duplicate"], "Climate change is a big issue today!")],
-    "sentiment": [("kept", [], "Loving the summit energy, finally some action"), ("kept", [], "Negative: nobody trusts the pledges any more")],
-})
+ROUND_1 = filtered(
+    "2026-11-24",
+    {
+        "trends": [
+            ("rejected", ["refusal"], "I can't help with that."),
+            ("rejected", ["deflection"], "I don't have real-time access."),
+            ("kept", [], "Heat records everywhere and people are sharing fan hacks"),
+        ],
+        "write_post": [
+            ("kept", [], "Climate change is a big issue today"),
+            ("rejected", ["exact_duplicate"], "Climate change is a big issue today"),
+            ("rejected", ["near_duplicate"], "Climate change is a big issue today!"),
+        ],
+        "sentiment": [
+            ("kept", [], "Loving the summit energy, finally some action"),
+            ("kept", [], "Negative: nobody trusts the pledges any more"),
+        ],
+    },
+)
 
 
 def test_feedback_scores_keep_refusal_length_and_diversity():
@@ -54,7 +87,9 @@ def test_refined_grid_rewrites_down_weights_and_adds_adversarial_prompts():
     config = PromptGridConfig(base_per_topic=6, style_per_topic=4, adversarial_per_topic=2)
     plain = build_prompt_grid(TOPIC, config)
     assert build_prompt_grid(TOPIC, config, None) == plain  # no feedback: the same prompts as before
-    refinement = GridRefinement("2026-11-24", {"trends": 0.2, "people_saying": 0.2}, frozenset({"write_post"}), extra_adversarial=2)
+    refinement = GridRefinement(
+        "2026-11-24", {"trends": 0.2, "people_saying": 0.2}, frozenset({"write_post"}), extra_adversarial=2
+    )
     refined = build_prompt_grid(TOPIC, config, refinement)
     assert sum(r["variant"] == "adversarial" for r in refined) == 4
     assert all(r["prompt"].endswith(DIRECT_ANSWER_INSTRUCTION) == (r["template_id"] == "write_post") for r in refined)
@@ -68,8 +103,13 @@ def test_refined_grid_rewrites_down_weights_and_adds_adversarial_prompts():
 
 def test_feedback_history_accumulates_and_shows_yield_round_over_round():
     first = score_prompts(ROUND_1)
-    second_round = filtered("2026-11-25", {"trends": [("kept", [], "Heatwave memes are all over my feed today")],
-                                           "sentiment": [("kept", [], "Summit deal feels hopeful")]})
+    second_round = filtered(
+        "2026-11-25",
+        {
+            "trends": [("kept", [], "Heatwave memes are all over my feed today")],
+            "sentiment": [("kept", [], "Summit deal feels hopeful")],
+        },
+    )
     history = merge_history(first, score_prompts(second_round))
     assert merge_history(history, score_prompts(second_round)).equals(history)  # recomputed rounds replace
     table = yield_by_template(history)

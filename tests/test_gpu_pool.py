@@ -17,6 +17,7 @@ from opengrok_dagster.cli import _execute
 from opengrok_dagster.instance import GPU_POOL, release_abandoned_runs, write_local_instance_config
 from tests.conftest import REPO_ROOT
 
+
 pytestmark = pytest.mark.integration
 
 LOCATION = REPO_ROOT / "tests" / "locations" / "gpu_pool.py"

@@ -11,6 +11,7 @@ import pytest
 
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 
+
 pytestmark = pytest.mark.timing  # the kill must land while the child is mid-collection
 
 GRID = """
@@ -20,7 +21,9 @@ from opengrok_dagster.collect.topics import Topic
 rows = build_prompt_grid(Topic("climate", "climate change", ("the heatwave", "the summit")),
                          PromptGridConfig(base_per_topic=40, style_per_topic=40, adversarial_per_topic=20))
 """
-COLLECT = GRID + """
+COLLECT = (
+    GRID
+    + """
 import asyncio, sys
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import Leases, collect_responses
@@ -34,6 +37,7 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 
 def stored(path):

@@ -12,6 +12,7 @@ from opengrok_dagster.layout import HomeLayout
 from resources import OpenGrokPaths, ParquetIOManager
 from tests.conftest import REPO_ROOT
 
+
 PRODUCT = ["opengrok_dagster", "assets", "resources", "bench"]
 # Path segments: flagged where a string is joined onto a path with `/` (``"mask_tables"`` is left out: it is also
 # the asset's name, and the layout names the vocabulary directory after it).
@@ -29,17 +30,22 @@ def spelled_segments(source: str) -> list[str]:
     """String constants (docstrings aside) that spell a path segment of the layout."""
     tree = ast.parse(source)
     docstrings = {
-        id(node.body[0].value) for node in ast.walk(tree)
+        id(node.body[0].value)
+        for node in ast.walk(tree)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
     }
     joined = {
-        id(node.right) for node in ast.walk(tree)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+        id(node.right) for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
     }
     return [
-        node.value for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
         and ((node.value in SEGMENTS and id(node) in joined) or SPELLING.search(node.value))
     ]
 
@@ -55,7 +61,8 @@ def test_the_check_finds_a_path_spelled_outside_the_layout():
 def test_no_product_module_but_the_layout_spells_its_paths():
     spelled = {
         str(path.relative_to(REPO_ROOT)): found
-        for package in PRODUCT for path in sorted((REPO_ROOT / package).rglob("*.py"))
+        for package in PRODUCT
+        for path in sorted((REPO_ROOT / package).rglob("*.py"))
         if path.name != "layout.py" and (found := spelled_segments(path.read_text(encoding="utf-8")))
     }
     assert spelled == ALLOWED
@@ -63,9 +70,12 @@ def test_no_product_module_but_the_layout_spells_its_paths():
 
 def test_the_io_manager_publishes_where_the_layout_says(tmp_path):
     layout = HomeLayout(tmp_path)
-    by_topic_and_round = MultiPartitionsDefinition({
-        "topic": StaticPartitionsDefinition(["chess"]), "round": StaticPartitionsDefinition(["2026-11-24"]),
-    })
+    by_topic_and_round = MultiPartitionsDefinition(
+        {
+            "topic": StaticPartitionsDefinition(["chess"]),
+            "round": StaticPartitionsDefinition(["2026-11-24"]),
+        }
+    )
 
     @asset(name="raw_responses", partitions_def=by_topic_and_round)
     def raw() -> pd.DataFrame:

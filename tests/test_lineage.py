@@ -18,8 +18,12 @@ def home(tmp_path, instance):
     kept = pd.read_parquet(tmp_path / "assets" / "filtered_responses.parquet").query("state == 'kept'")
     checkpoint = tmp_path / "checkpoints" / "hard"
     checkpoint.mkdir(parents=True)
-    record = {"mask_mode": "hard", "base_model": "SmolLM2-135M-Instruct", "data_versions": {"mask_tables": "abc"},
-              "example_ids": sorted(kept["example_id"].iloc[:2])}
+    record = {
+        "mask_mode": "hard",
+        "base_model": "SmolLM2-135M-Instruct",
+        "data_versions": {"mask_tables": "abc"},
+        "example_ids": sorted(kept["example_id"].iloc[:2]),
+    }
     (checkpoint / "opengrok_checkpoint.json").write_text(json.dumps(record))
     return tmp_path
 
@@ -29,7 +33,12 @@ def test_example_chain_reaches_the_teacher_request_and_the_prompt(home):
     trained_on = json.loads((home / "checkpoints" / "hard" / "opengrok_checkpoint.json").read_text())["example_ids"][0]
     row = filtered.set_index("example_id").loc[trained_on]
     steps = example_lineage(home, trained_on)
-    assert [step.artifact for step in steps] == ["lora_checkpoint[hard]", "filtered_responses", "raw_responses", "prompts"]
+    assert [step.artifact for step in steps] == [
+        "lora_checkpoint[hard]",
+        "filtered_responses",
+        "raw_responses",
+        "prompts",
+    ]
     assert steps[1].facts["state"] == "kept" and steps[1].facts["split"] == row["split"]
     assert steps[2].facts["request_id"] == row["request_id"] and steps[2].facts["teacher_model"] == "grok-test"
     assert steps[3].facts["prompt_id"] == row["prompt_id"] and steps[3].facts["template_id"] == row["template_id"]
@@ -47,7 +56,12 @@ def test_cli_prints_the_chain_and_names_what_is_missing(home, monkeypatch, capsy
     example = json.loads((home / "checkpoints" / "hard" / "opengrok_checkpoint.json").read_text())["example_ids"][0]
     assert main(["lineage", example]) == 0
     out = capsys.readouterr().out
-    assert out.index("lora_checkpoint[hard]") < out.index("<- filtered_responses") < out.index("<- raw_responses") < out.index("<- prompts")
+    assert (
+        out.index("lora_checkpoint[hard]")
+        < out.index("<- filtered_responses")
+        < out.index("<- raw_responses")
+        < out.index("<- prompts")
+    )
     assert main(["lineage", "soft"]) == 2
     assert "checkpoints/soft is not an OpenGrok checkpoint" in capsys.readouterr().err
     assert main(["lineage", "no-such-example"]) == 2

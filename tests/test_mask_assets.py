@@ -13,11 +13,26 @@ from opengrok_dagster.masks.tfidf import TfidfScorer
 from opengrok_dagster.masks.tokenizer import require_same_tokenizer
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource
 from tests.conftest import REPO_ROOT
-from tests.test_masks import real_tweets, filtered_frame
+from tests.test_masks import filtered_frame, real_tweets
+
 
 CONTRACT_COLUMNS = {
-    "example_id", "split", "input_ids", "response_start", "p", "m", "tfidf", "pos_score", "dep_score", "random",
-    "pos_tag", "dep_rel", "word_index", "tokenizer_fingerprint", "spacy_model", "max_length",
+    "example_id",
+    "split",
+    "input_ids",
+    "response_start",
+    "p",
+    "m",
+    "tfidf",
+    "pos_score",
+    "dep_score",
+    "random",
+    "pos_tag",
+    "dep_rel",
+    "word_index",
+    "tokenizer_fingerprint",
+    "spacy_model",
+    "max_length",
 }
 
 
@@ -63,7 +78,12 @@ def test_mask_tables_publish_the_contract_with_passing_checks_and_rich_metadata(
     require_same_tokenizer(table["tokenizer_fingerprint"].iloc[0], AutoTokenizer.from_pretrained(str(offline_model)))
 
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"lengths_match_tokens": True, "p_in_unit_interval": True, "template_tokens_unmasked": True, "unmasked_rate_within_bounds": True}
+    assert checks == {
+        "lengths_match_tokens": True,
+        "p_in_unit_interval": True,
+        "template_tokens_unmasked": True,
+        "unmasked_rate_within_bounds": True,
+    }
     metadata = result.asset_materializations_for_node("mask_tables")[0].metadata
     assert metadata["dagster/row_count"].value == 18 and metadata["train_examples"].value == 14
     assert 0.3 < metadata["unmasked_rate"].value < 0.95

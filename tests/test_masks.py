@@ -10,18 +10,30 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertTokenizerLegacy, PreTrainedTokenizerFast
 
 from opengrok_dagster.masks.builder import build_mask_table, select_training_examples
-from opengrok_dagster.masks.checks import examples_with_bad_lengths, masked_template_tokens, p_values_outside_unit_interval
+from opengrok_dagster.masks.checks import (
+    examples_with_bad_lengths,
+    masked_template_tokens,
+    p_values_outside_unit_interval,
+)
 from opengrok_dagster.masks.config import MaskConfig, MaskInputError
 from opengrok_dagster.masks.inspect import explode_example, render_markdown, summarise
 from opengrok_dagster.masks.linguistics import SpacyModelError, load_spacy
 from opengrok_dagster.masks.render import ChatTemplateError
 from opengrok_dagster.masks.tfidf import TfidfScorer
-from opengrok_dagster.masks.tokenizer import TokenizerMismatchError, TokenizerOffsetsError, require_same_tokenizer, structural_special_ids
+from opengrok_dagster.masks.tokenizer import (
+    TokenizerMismatchError,
+    TokenizerOffsetsError,
+    require_same_tokenizer,
+    structural_special_ids,
+)
 from tests.conftest import SHARED_DATA
+
 
 SYSTEM = "You are a careful social-media analyst."
 # Only the POS and dependency scores count, and m = 1 exactly where both are 1 (sigmoid(2) > 0.8 > sigmoid(1)).
-POS_AND_DEP_ONLY = MaskConfig(alpha=0.0, beta=1.0, gamma=1.0, delta=0.0, random_mask_rate=0.0, sampling="threshold", threshold=0.8)
+POS_AND_DEP_ONLY = MaskConfig(
+    alpha=0.0, beta=1.0, gamma=1.0, delta=0.0, random_mask_rate=0.0, sampling="threshold", threshold=0.8
+)
 
 
 def real_tweets() -> list[str]:
@@ -30,31 +42,48 @@ def real_tweets() -> list[str]:
     other = [
         json.loads(line)["text"]
         for language in ("gr", "ja")
-        for line in (SHARED_DATA / "tweet_topic_xl" / language / f"{language}_train.jsonl").read_text(encoding="utf-8").splitlines()[:10]
+        for line in (SHARED_DATA / "tweet_topic_xl" / language / f"{language}_train.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()[:10]
     ]
     return english + other
 
 
-def filtered_frame(prompts: list[str], responses: list[str], splits: list[str] | None = None, states: list[str] | None = None) -> pd.DataFrame:
+def filtered_frame(
+    prompts: list[str], responses: list[str], splits: list[str] | None = None, states: list[str] | None = None
+) -> pd.DataFrame:
     """A filtered_responses-shaped frame (the columns of DEVELOPERS.md) around the given texts."""
     n = len(prompts)
-    return pd.DataFrame({
-        "example_id": [f"ex-{i:04d}" for i in range(n)],
-        "prompt_id": [f"p-{i:04d}" for i in range(n)],
-        "topic": "climate", "round": "2026-11-24", "template_id": "summary", "platform": "x", "style": "plain",
-        "variant": "base", "teacher_model": "SmolLM2-135M-Instruct", "request_id": [f"r-{i}" for i in range(n)],
-        "collected_at": "2026-11-24T00:00:00Z", "system_prompt": SYSTEM, "prompt": prompts, "response": responses,
-        "content_hash": [f"h{i}" for i in range(n)], "state": states or ["kept"] * n,
-        "reasons": [[] for _ in range(n)], "scores": "{}",
-        "split": splits or [("validation" if i % 5 == 4 else "train") for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "example_id": [f"ex-{i:04d}" for i in range(n)],
+            "prompt_id": [f"p-{i:04d}" for i in range(n)],
+            "topic": "climate",
+            "round": "2026-11-24",
+            "template_id": "summary",
+            "platform": "x",
+            "style": "plain",
+            "variant": "base",
+            "teacher_model": "SmolLM2-135M-Instruct",
+            "request_id": [f"r-{i}" for i in range(n)],
+            "collected_at": "2026-11-24T00:00:00Z",
+            "system_prompt": SYSTEM,
+            "prompt": prompts,
+            "response": responses,
+            "content_hash": [f"h{i}" for i in range(n)],
+            "state": states or ["kept"] * n,
+            "reasons": [[] for _ in range(n)],
+            "scores": "{}",
+            "split": splits or [("validation" if i % 5 == 4 else "train") for i in range(n)],
+        }
+    )
 
 
 def tweet_frame() -> pd.DataFrame:
     tweets = real_tweets()
     half = len(tweets) // 2
     prompts = [f"What is the sentiment of this post? {t}" for t in tweets[:half]]
-    return filtered_frame(prompts, tweets[half:2 * half])
+    return filtered_frame(prompts, tweets[half : 2 * half])
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +106,40 @@ def words_and_masks(row: pd.Series, start: int = 0) -> list[tuple[str, int]]:
 
 
 def test_hand_checked_sentences_mask_exactly_the_words_without_both_scores(tokenizer, nlp):
-    frame = filtered_frame(["Tell me about cats.", "I think he likes cats."], ["She bought apples.", "The cat sat on the mat."], splits=["train", "train"])
+    frame = filtered_frame(
+        ["Tell me about cats.", "I think he likes cats."],
+        ["She bought apples.", "The cat sat on the mat."],
+        splits=["train", "train"],
+    )
     table = build_mask_table(frame, tokenizer, nlp, POS_AND_DEP_ONLY).table
     first, second = table.iloc[0], table.iloc[1]
     # Tell: VERB+ROOT; me: dobj only; cats: NOUN only; She: nsubj only; bought: VERB+ROOT; apples: NOUN+dobj.
     assert words_and_masks(first)[-9:] == [
-        ("Tell", 1), ("me", 0), ("about", 0), ("cats", 0), (".", 0), ("She", 0), ("bought", 1), ("apples", 1), (".", 0)
+        ("Tell", 1),
+        ("me", 0),
+        ("about", 0),
+        ("cats", 0),
+        (".", 0),
+        ("She", 0),
+        ("bought", 1),
+        ("apples", 1),
+        (".", 0),
     ]
     # likes heads the subject "he" (a ccomp verb, not ROOT); mat is a NOUN but only a pobj.
     assert words_and_masks(second)[-13:] == [
-        ("I", 0), ("think", 1), ("he", 0), ("likes", 1), ("cats", 1), (".", 0),
-        ("The", 0), ("cat", 1), ("sat", 1), ("on", 0), ("the", 0), ("mat", 0), (".", 0),
+        ("I", 0),
+        ("think", 1),
+        ("he", 0),
+        ("likes", 1),
+        ("cats", 1),
+        (".", 0),
+        ("The", 0),
+        ("cat", 1),
+        ("sat", 1),
+        ("on", 0),
+        ("the", 0),
+        ("mat", 0),
+        (".", 0),
     ]
     assert words_and_masks(first, first["response_start"]) == [("She", 0), ("bought", 1), ("apples", 1), (".", 0)]
     p = np.asarray(first["p"])[np.asarray(first["template_token"]) == 0]
@@ -95,8 +147,11 @@ def test_hand_checked_sentences_mask_exactly_the_words_without_both_scores(token
 
 
 def test_tfidf_scores_match_a_hand_computation(tokenizer, nlp):
-    frame = filtered_frame(["Tell me about cats.", "Tell me about dogs.", "Tell me about owls."],
-                           ["She bought apples.", "Dogs bark.", "Owls hoot."], splits=["train", "train", "validation"])
+    frame = filtered_frame(
+        ["Tell me about cats.", "Tell me about dogs.", "Tell me about owls."],
+        ["She bought apples.", "Dogs bark.", "Owls hoot."],
+        splits=["train", "train", "validation"],
+    )
     result = build_mask_table(frame, tokenizer, nlp, POS_AND_DEP_ONLY)
     # 4 training documents (2 prompts, 2 responses); smoothed idf = ln((1 + n) / (1 + df)) + 1, scaled by the max.
     idf = lambda df: math.log(5 / (1 + df)) + 1  # noqa: E731
@@ -115,11 +170,15 @@ def test_input_ids_are_the_chat_template_rendering_and_loss_starts_at_the_respon
     for row in tweet_table.table.head(10).itertuples():
         source = frame.loc[row.example_id]
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": source["prompt"]}]
-        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        full_ids = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": source["response"]}], tokenize=True, return_dict=True)["input_ids"]
+        prompt_ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        full_ids = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": source["response"]}], tokenize=True, return_dict=True
+        )["input_ids"]
         assert list(row.input_ids) == full_ids
         assert list(row.input_ids[: row.response_start]) == prompt_ids
-        assert row.text[row.char_start[row.response_start]:].startswith(source["response"][:3])
+        assert row.text[row.char_start[row.response_start] :].startswith(source["response"][:3])
 
 
 def test_real_tweets_align_every_token_to_the_word_holding_its_first_character(tweet_table):
@@ -138,7 +197,12 @@ def test_real_tweets_align_every_token_to_the_word_holding_its_first_character(t
 
 def test_non_latin_emoji_zero_width_hashtags_mentions_and_urls(tokenizer, nlp):
     text = "@jo_92 loves #pizza 🍕 👨\u200d👩\u200d👧 e\u200bx https://t.co/Xy9?a=1 日本語のツイート Καλημέρα!!"
-    table = build_mask_table(filtered_frame(["Describe this post.", "Describe it again."], [text, text], splits=["train", "train"]), tokenizer, nlp, MaskConfig()).table
+    table = build_mask_table(
+        filtered_frame(["Describe this post.", "Describe it again."], [text, text], splits=["train", "train"]),
+        tokenizer,
+        nlp,
+        MaskConfig(),
+    ).table
     tokens = explode_example(table.iloc[0])
     response = tokens[tokens["in_response"] & (tokens["template_token"] == 0)]
     words = set(response["word"])
@@ -146,7 +210,7 @@ def test_non_latin_emoji_zero_width_hashtags_mentions_and_urls(tokenizer, nlp):
     # Byte pieces of one emoji share its character span; together the tokens cover the post once, in order.
     covered, until = "", 0
     for token in response.itertuples():
-        covered += table.iloc[0]["text"][max(token.char_start, until):token.char_end]
+        covered += table.iloc[0]["text"][max(token.char_start, until) : token.char_end]
         until = max(until, token.char_end)
     assert covered == text
     family = response[response["token"].str.contains("\u200d")]
@@ -176,7 +240,9 @@ def test_a_template_that_trims_content_is_followed_exactly(tokenizer, nlp):
 
 
 def test_random_masking_hides_the_configured_share_of_content_tokens(tokenizer, nlp):
-    sure = MaskConfig(alpha=50.0, beta=50.0, gamma=50.0, delta=50.0, random_mask_rate=0.15, sampling="threshold", threshold=0.5)
+    sure = MaskConfig(
+        alpha=50.0, beta=50.0, gamma=50.0, delta=50.0, random_mask_rate=0.15, sampling="threshold", threshold=0.5
+    )
     table = build_mask_table(select_training_examples(tweet_frame()), tokenizer, nlp, sure).table
     for row in table.itertuples():
         content = np.asarray(row.template_token) == 0
@@ -217,7 +283,9 @@ def test_summary_and_markdown_show_rates_and_struck_through_tokens(tweet_table):
     assert "~~" in markdown and "<|im_start|>" not in markdown and "- response:" in markdown
 
 
-def test_fingerprint_lets_the_trainer_accept_the_same_tokenizer_and_refuse_another(tokenizer, tweet_table, line_tokenizer):
+def test_fingerprint_lets_the_trainer_accept_the_same_tokenizer_and_refuse_another(
+    tokenizer, tweet_table, line_tokenizer
+):
     fingerprint = tweet_table.table["tokenizer_fingerprint"].iloc[0]
     require_same_tokenizer(fingerprint, tokenizer)
     with pytest.raises(TokenizerMismatchError, match="re-materialise mask_tables"):
@@ -226,19 +294,24 @@ def test_fingerprint_lets_the_trainer_accept_the_same_tokenizer_and_refuse_anoth
 
 # Bad input: each error names the input and the fix.
 
+
 @pytest.fixture(scope="module")
 def line_tokenizer(tokenizer):
     """A real fast tokenizer whose tokens are whole lines: it splits text nothing like spaCy."""
     backend = Tokenizer(models.WordLevel({"[UNK]": 0, "<|im_start|>": 1, "<|im_end|>": 2}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Split("\n", behavior="isolated")
-    fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", additional_special_tokens=["<|im_start|>", "<|im_end|>"]
+    )
     fast.chat_template = tokenizer.chat_template
     return fast
 
 
 def test_empty_text_is_refused_naming_the_example(tokenizer, nlp):
     frame = filtered_frame(["Fine prompt.", "Another prompt."], ["A response.", "   "], splits=["train", "train"])
-    with pytest.raises(MaskInputError, match=r"empty response \(e\.g\. \['ex-0001'\]\).*re-materialise filtered_responses"):
+    with pytest.raises(
+        MaskInputError, match=r"empty response \(e\.g\. \['ex-0001'\]\).*re-materialise filtered_responses"
+    ):
         build_mask_table(frame, tokenizer, nlp, MaskConfig())
 
 
@@ -249,7 +322,9 @@ def test_text_split_very_differently_is_refused(line_tokenizer, nlp):
 
 
 def test_missing_spacy_model_names_the_package_to_install():
-    with pytest.raises(SpacyModelError, match=r"'en_core_web_lg' is not installed.*python -m spacy download en_core_web_lg"):
+    with pytest.raises(
+        SpacyModelError, match=r"'en_core_web_lg' is not installed.*python -m spacy download en_core_web_lg"
+    ):
         load_spacy("en_core_web_lg")
 
 
@@ -267,12 +342,23 @@ def test_tokenizer_without_chat_template_is_refused(line_tokenizer, nlp):
         build_mask_table(filtered_frame(["Cats?"], ["Cats."], splits=["train"]), bare, nlp, MaskConfig())
 
 
-@pytest.mark.parametrize("template, message", [
-    ("{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.content }}<|im_end|>{% endif %}{% endfor %}", "drops the system message"),
-    ("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}",
-     "refuses a system/user/assistant conversation .System role not supported"),
-    ("{% for m in messages %}<|im_start|>{{ m.content | upper }}<|im_end|>{% endfor %}", "rewrites message text beyond trimming"),
-])
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        (
+            "{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.content }}<|im_end|>{% endif %}{% endfor %}",
+            "drops the system message",
+        ),
+        (
+            "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}",
+            "refuses a system/user/assistant conversation .System role not supported",
+        ),
+        (
+            "{% for m in messages %}<|im_start|>{{ m.content | upper }}<|im_end|>{% endfor %}",
+            "rewrites message text beyond trimming",
+        ),
+    ],
+)
 def test_chat_templates_that_drop_or_refuse_a_message_are_refused(line_tokenizer, nlp, template, message):
     student = PreTrainedTokenizerFast(tokenizer_object=line_tokenizer.backend_tokenizer, unk_token="[UNK]")
     student.chat_template = template
@@ -295,8 +381,12 @@ def test_validation_only_input_has_no_corpus_to_fit_tfidf_on(tokenizer, nlp):
 
 @pytest.mark.integration
 def test_parsing_in_two_processes_gives_the_same_table(tokenizer, nlp, tweet_table):
-    parallel = build_mask_table(select_training_examples(tweet_frame()), tokenizer, nlp, MaskConfig(spacy_n_process=2, spacy_batch_size=8))
-    pd.testing.assert_frame_equal(parallel.table.drop(columns="mask_config"), tweet_table.table.drop(columns="mask_config"))
+    parallel = build_mask_table(
+        select_training_examples(tweet_frame()), tokenizer, nlp, MaskConfig(spacy_n_process=2, spacy_batch_size=8)
+    )
+    pd.testing.assert_frame_equal(
+        parallel.table.drop(columns="mask_config"), tweet_table.table.drop(columns="mask_config")
+    )
 
 
 def test_invalid_settings_are_refused_together():

@@ -23,6 +23,7 @@ from opengrok_dagster.partitions import collection_partition_key, topic_partitio
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT
 
+
 DOCKER_DAGSTER_YAML = REPO_ROOT / "docker" / "dagster.yaml"
 ROUND = "2026-11-24"
 DB_USER = "dagster"
@@ -66,10 +67,33 @@ class LoopbackPostgres:
         if self.as_user:
             shutil.chown(self.root, "postgres")
             shutil.chown(password_file, "postgres")
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", DB_USER, f"--pwfile={password_file}",
-                  "--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8", "--no-instructions")
+        self._run(
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            DB_USER,
+            f"--pwfile={password_file}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=peer",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off"
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         admin = psycopg2.connect(**self.connection("postgres"))
         admin.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         admin.cursor().execute(f"CREATE DATABASE {DB_NAME}")
@@ -81,12 +105,21 @@ class LoopbackPostgres:
 
     def environment(self) -> dict[str, str]:
         """The variables docker/dagster.yaml reads, as docker-compose.yml sets them for each container."""
-        return {"DAGSTER_POSTGRES_HOST": "127.0.0.1", "DAGSTER_POSTGRES_PORT": str(self.port), "DAGSTER_POSTGRES_USER": DB_USER,
-                "DAGSTER_POSTGRES_PASSWORD": self.password, "DAGSTER_POSTGRES_DB": DB_NAME}
+        return {
+            "DAGSTER_POSTGRES_HOST": "127.0.0.1",
+            "DAGSTER_POSTGRES_PORT": str(self.port),
+            "DAGSTER_POSTGRES_USER": DB_USER,
+            "DAGSTER_POSTGRES_PASSWORD": self.password,
+            "DAGSTER_POSTGRES_DB": DB_NAME,
+        }
 
     def stop(self) -> None:
         if self.data.exists():
-            subprocess.run([*self.as_user, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=60)
+            subprocess.run(
+                [*self.as_user, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -133,7 +166,9 @@ def test_docker_instance_uses_postgres_for_every_storage_and_queues_runs_with_li
     assert postgres_instance.event_log_storage.get_concurrency_info("teacher").slot_count == 2
 
 
-def test_partition_materialised_on_postgres_is_visible_to_another_process_instance(postgres, postgres_instance, tmp_path, loopback_teacher):
+def test_partition_materialised_on_postgres_is_visible_to_another_process_instance(
+    postgres, postgres_instance, tmp_path, loopback_teacher
+):
     postgres_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
     partition = collection_partition_key("climate", ROUND)
     result = materialize(

@@ -21,6 +21,7 @@ from opengrok_dagster.sns_tasks import task_format
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 from tests.conftest import SHARED_DATA
 
+
 ROUND = "2026-12-01"
 TASKS = ["tweeteval_sentiment", "tweet_topic"]
 

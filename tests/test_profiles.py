@@ -16,6 +16,7 @@ from opengrok_dagster.profiles import ProfileError, active_profile, load_profile
 from opengrok_dagster.training.config import TrainingConfig
 from tests.conftest import REPO_ROOT, mask_table
 
+
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 
 

@@ -5,6 +5,7 @@ import pytest
 from opengrok_dagster.collect.prompts import PromptGridConfig, build_prompt_grid, prompt_id_for, prompt_messages
 from opengrok_dagster.collect.topics import Topic
 
+
 CLIMATE = Topic("climate", "climate change", ("the heatwave", "the UN summit"))
 
 
@@ -34,7 +35,10 @@ def test_the_same_cell_gets_the_same_id_whatever_the_seed():
     """A prompt is recognised across runs even if the sampler picks it under another seed."""
     big = PromptGridConfig(base_per_topic=1000, style_per_topic=0, adversarial_per_topic=0)
     ids_a = {r["prompt_id"]: r["prompt"] for r in build_prompt_grid(CLIMATE, big)}
-    ids_b = {r["prompt_id"]: r["prompt"] for r in build_prompt_grid(CLIMATE, PromptGridConfig(**{**big.__dict__, "seed": 99}))}
+    ids_b = {
+        r["prompt_id"]: r["prompt"]
+        for r in build_prompt_grid(CLIMATE, PromptGridConfig(**{**big.__dict__, "seed": 99}))
+    }
     assert ids_a == ids_b
 
 
@@ -47,7 +51,10 @@ def test_adding_a_topic_does_not_change_another_topics_prompts():
 
 
 def test_prompts_render_topic_events_platforms_and_style_instructions():
-    rows = build_prompt_grid(CLIMATE, PromptGridConfig(base_per_topic=0, style_per_topic=50, adversarial_per_topic=0, styles=("emoji_heavy",)))
+    rows = build_prompt_grid(
+        CLIMATE,
+        PromptGridConfig(base_per_topic=0, style_per_topic=50, adversarial_per_topic=0, styles=("emoji_heavy",)),
+    )
     assert all("Use lots of emoji and hashtags." in r["prompt"] for r in rows)
     assert all("{" not in r["prompt"] for r in rows)
     assert {r["style_kind"] for r in rows} == {"emoji"}
@@ -57,11 +64,19 @@ def test_prompts_render_topic_events_platforms_and_style_instructions():
 
 def test_adversarial_prompts_carry_conflict_or_false_premises():
     rows = build_prompt_grid(CLIMATE, PromptGridConfig(base_per_topic=0, style_per_topic=0, adversarial_per_topic=100))
-    assert {r["template_id"] for r in rows} == {"conflicting_claims", "false_premise", "retracted_viral_post", "sarcasm"}
+    assert {r["template_id"] for r in rows} == {
+        "conflicting_claims",
+        "false_premise",
+        "retracted_viral_post",
+        "sarcasm",
+    }
 
 
 def test_topic_without_events_still_renders_event_templates():
-    rows = build_prompt_grid(Topic("k-pop", "k pop"), PromptGridConfig(templates=("people_saying",), style_per_topic=0, adversarial_per_topic=0))
+    rows = build_prompt_grid(
+        Topic("k-pop", "k pop"),
+        PromptGridConfig(templates=("people_saying",), style_per_topic=0, adversarial_per_topic=0),
+    )
     assert rows and all("the latest news about k pop" in r["prompt"] for r in rows)
 
 

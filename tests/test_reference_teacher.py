@@ -10,6 +10,7 @@ from opengrok_dagster.evaluation.api import ApiModel
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.sns_tasks import task_format
 
+
 POSITIVE = [
     "love this so much",
     "what a great day",

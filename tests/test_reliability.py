@@ -6,22 +6,31 @@ from collections import Counter
 
 import pytest
 
+from devtools.loopback import FAULTS, LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses, response_key
-from devtools.loopback import FAULTS, LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.store import ResponseStore
+
 
 pytestmark = pytest.mark.timing  # rate-limit windows and client timeouts are measured on the wall clock
 
 PROMPTS = 1000
 RPM = 3_000  # 50 requests/s: below what the loopback server sustains (~110/s), so the limiter paces the run
-LIMITS = ClientLimits(max_concurrency=32, requests_per_minute=RPM, timeout_s=0.5, max_attempts=8,
-                      backoff_initial_s=0.01, backoff_max_s=0.05)
+LIMITS = ClientLimits(
+    max_concurrency=32,
+    requests_per_minute=RPM,
+    timeout_s=0.5,
+    max_attempts=8,
+    backoff_initial_s=0.01,
+    backoff_max_s=0.05,
+)
 
 
 def test_every_prompt_ends_answered_or_final_error_none_paid_twice_within_the_rate_limit(tmp_path):
-    rows = [{"prompt_id": f"p{i:04d}", "topic": "climate", "system_prompt": "You are terse.", "prompt": f"question {i}"}
-            for i in range(PROMPTS)]
+    rows = [
+        {"prompt_id": f"p{i:04d}", "topic": "climate", "system_prompt": "You are terse.", "prompt": f"question {i}"}
+        for i in range(PROMPTS)
+    ]
     store = ResponseStore(tmp_path / "responses.sqlite")
     with LoopbackTeacher(LoopbackConfig(fault_rate=0.2, faults=FAULTS, retry_after_s=0.05)) as server:
 

@@ -15,6 +15,7 @@ from opengrok_dagster.evaluation.runner import (
 )
 from opengrok_dagster.evaluation.tasks import task_spec
 
+
 WORDS = ["negative", "neutral", "positive"]
 GOLD = np.array([0, 0, 1, 1, 2, 2, 2, 1])
 PREDICTIONS = {

@@ -5,7 +5,6 @@ import pytest
 from dagster import Definitions, SkipReason, build_sensor_context
 
 from assets.filtering import filtered_responses, prompt_feedback
-
 from opengrok_dagster.cli import main
 from opengrok_dagster.filtering.review import (
     ReviewStore,
@@ -20,14 +19,20 @@ from tests.conftest import REPO_ROOT
 
 
 def filtered_rows() -> pd.DataFrame:
-    return pd.DataFrame({
-        "content_hash": ["aaaa1111", "aaaa2222", "bbbb3333", "cccc4444"],
-        "example_id": ["e1", "e2", "e3", "e4"], "topic": "climate", "round": "2026-11-24", "template_id": "trends",
-        "reasons": [["identity_generalisation"], ["toxicity_borderline"], [], ["refusal"]],
-        "scores": "{}", "prompt": "p",
-        "response": ["All immigrants are ...", "this ref is a clown", "lovely match", "I can't help with that"],
-        "state": ["needs_review", "needs_review", "kept", "rejected"],
-    })
+    return pd.DataFrame(
+        {
+            "content_hash": ["aaaa1111", "aaaa2222", "bbbb3333", "cccc4444"],
+            "example_id": ["e1", "e2", "e3", "e4"],
+            "topic": "climate",
+            "round": "2026-11-24",
+            "template_id": "trends",
+            "reasons": [["identity_generalisation"], ["toxicity_borderline"], [], ["refusal"]],
+            "scores": "{}",
+            "prompt": "p",
+            "response": ["All immigrants are ...", "this ref is a clown", "lovely match", "I can't help with that"],
+            "state": ["needs_review", "needs_review", "kept", "rejected"],
+        }
+    )
 
 
 @pytest.fixture
@@ -121,12 +126,13 @@ def test_sensor_requests_the_filtered_set_once_per_batch_of_decisions(home, inst
     assert isinstance(review_decisions_sensor(build_sensor_context(instance=instance, cursor="2")), SkipReason)
 
 
-
 def test_sensor_targets_only_the_filtered_set(tmp_path):
     defs = Definitions(
         assets=[filtered_responses, prompt_feedback],
         sensors=[review_decisions_sensor],
-        resources={"paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml"))},
+        resources={
+            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml"))
+        },
     )
     job = defs.resolve_job_def(defs.resolve_sensor_def("review_decisions_sensor").job.name)
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {"filtered_responses"}

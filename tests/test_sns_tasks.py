@@ -9,6 +9,7 @@ from opengrok_dagster.evaluation.tasks import label_words, read_split, task_spec
 from opengrok_dagster.sns_tasks import REASONS, TASK_FORMATS, Annotation, task_format
 from tests.conftest import SHARED_DATA
 
+
 POST = "Loving the new Apple store in Paris with Taylor Swift tonight"
 
 
@@ -39,9 +40,14 @@ def test_a_split_with_other_labels_is_refused_for_an_annotated_task():
 def test_every_answer_parses_back_as_free_text_and_as_json(name, annotation):
     fmt = task_format(name)
     assert fmt.parse(fmt.answer(annotation), POST) == annotation
-    structured = {"label": fmt.words[annotation.labels[0]]} if fmt.kind == "classification" else (
-        {"topics": [fmt.words[i] for i in annotation.labels]} if fmt.kind == "multilabel"
-        else {"entities": [{"type": kind, "text": text} for kind, text in annotation.spans]}
+    structured = (
+        {"label": fmt.words[annotation.labels[0]]}
+        if fmt.kind == "classification"
+        else (
+            {"topics": [fmt.words[i] for i in annotation.labels]}
+            if fmt.kind == "multilabel"
+            else {"entities": [{"type": kind, "text": text} for kind, text in annotation.spans]}
+        )
     )
     assert fmt.parse_json(json.dumps(structured), POST) == annotation
     assert fmt.parse_json(f"```json\n{json.dumps(structured)}\n```", POST) == annotation
@@ -63,7 +69,7 @@ def test_messages_are_the_evaluations_prompt():
         ("tweeteval_sentiment", "It is hard to say.", False, "no_label"),
         ("tweeteval_sentiment", "positive or negative", False, "several_labels"),
         ("tweeteval_sentiment", "{'label': 'positive'}", True, "invalid_json"),
-        ("tweeteval_sentiment", "[\"positive\"]", True, "invalid_json"),
+        ("tweeteval_sentiment", '["positive"]', True, "invalid_json"),
         ("tweeteval_sentiment", '{"sentiment": "positive"}', True, "schema_mismatch"),
         ("tweeteval_sentiment", '{"label": "mixed"}', True, "label_outside_vocabulary"),
         ("tweet_topic", '{"topics": []}', True, "schema_mismatch"),

@@ -1,17 +1,22 @@
 from opengrok_dagster.collect.client import TeacherResult
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 
+
 KEY = ResponseKey("grok-test", '{"max_tokens":64}', "2026-11-24")
 
 
 def result(text=None, error=None, attempts=1):
-    return TeacherResult(text, "stop" if text else None, "grok-test", 3, 4, 0.01, 0.2, attempts, "req", error, None if text else 503)
+    return TeacherResult(
+        text, "stop" if text else None, "grok-test", 3, 4, 0.01, 0.2, attempts, "req", error, None if text else 503
+    )
 
 
 def test_success_is_durable_across_connections_and_never_overwritten(tmp_path):
     store = ResponseStore(tmp_path / "r.sqlite")
     store.record(KEY, "p1", "climate", result(text="first"))
-    store.record(KEY, "p1", "climate", result(text="second"))  # a duplicate delivery must not replace what was paid for
+    store.record(
+        KEY, "p1", "climate", result(text="second")
+    )  # a duplicate delivery must not replace what was paid for
     store.close()
     reopened = ResponseStore(tmp_path / "r.sqlite")
     [row] = reopened.fetch(KEY, ["p1"])

@@ -11,6 +11,7 @@ from opengrok_dagster.distill.align import StudentVocabulary, align_example, par
 from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.offline.logprobs import TeacherLogprobs
 
+
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How was the match?"}]
 RESPONSE = "What a game!! 😍 Final score 3-2\n#football"
 
@@ -23,18 +24,26 @@ def tokenizer(offline_model):
 @pytest.fixture(scope="module")
 def teacher(tokenizer):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
+    )
     return TeacherLogprobs(model, tokenizer, top_logprobs=5)
 
 
 def test_tokens_spell_the_response_and_carry_the_models_own_logprobs(teacher, tokenizer):
     content = teacher.content(MESSAGES, RESPONSE)
     assert b"".join(bytes(entry["bytes"]) for entry in content) == RESPONSE.encode()
-    prompt_ids = tokenizer(tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False),
-                           add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(
+        tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+    )["input_ids"]
     response_ids = tokenizer(RESPONSE, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = teacher.model(input_ids=torch.tensor([prompt_ids + response_ids])).logits[0]
@@ -51,7 +60,13 @@ def test_scored_logprobs_are_the_collected_shape_and_align_fully_to_the_same_tok
     rendered = ChatRenderer(tokenizer).render("Be brief.", "How was the match?", RESPONSE)
     encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     start = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > rendered.spans["response"][0])
-    targets = align_example(encoded["input_ids"], rendered.text, rendered.spans["response"], start, teacher_tokens,
-                            StudentVocabulary.of(tokenizer))
+    targets = align_example(
+        encoded["input_ids"],
+        rendered.text,
+        rendered.spans["response"],
+        start,
+        teacher_tokens,
+        StudentVocabulary.of(tokenizer),
+    )
     assert targets.response_tokens == len(teacher_tokens) and targets.aligned_tokens == targets.response_tokens
     assert all(len(ids) >= 5 for ids in targets.token_ids)  # the top-5 plus the scored token when outside them

@@ -13,26 +13,36 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 
-from opengrok_dagster.masks.tokenizer import TokenizerMismatchError, tokenizer_fingerprint
+from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
 from opengrok_dagster.training import trainer as trainer_module
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError, load_training_data
-from opengrok_dagster.training.manifest import manifest_row
 from opengrok_dagster.training.device import DeviceUnavailableError, Placement, resolve_placement
+from opengrok_dagster.training.manifest import manifest_row
 from opengrok_dagster.training.trainer import (
-    CHECKPOINT_RECORD, LoraTargetError, NonFiniteLossError, TrainingJob, TrainingOptionUnavailableError, train_lora,
+    CHECKPOINT_RECORD,
+    LoraTargetError,
+    NonFiniteLossError,
+    TrainingJob,
+    TrainingOptionUnavailableError,
+    train_lora,
 )
 from tests.conftest import QUICK, mask_table
+
 
 CPU = Placement("cpu", "fp32")
 
 
 def job(tmp_path, model_path, mode="hard", **overrides) -> TrainingJob:
     return TrainingJob(
-        mask_mode=mode, model_path=model_path, checkpoint_dir=tmp_path / "checkpoints" / mode,
-        config=TrainingConfig(**(QUICK | overrides)), placement=CPU, data_versions={"mask_tables": "abc123"},
+        mask_mode=mode,
+        model_path=model_path,
+        checkpoint_dir=tmp_path / "checkpoints" / mode,
+        config=TrainingConfig(**(QUICK | overrides)),
+        placement=CPU,
+        data_versions={"mask_tables": "abc123"},
     )
 
 
@@ -47,11 +57,25 @@ def test_published_adapter_loads_and_generates_with_plain_peft(tmp_path, tiny_st
     assert outcome.adapter_dir == str(adapter) and outcome.global_step == 4 and not outcome.early_stopped
     assert outcome.train_examples == 16 and outcome.validation_examples == 4 and outcome.tokens_per_second > 0
     assert outcome.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_args.json",
-            "loss_curves.json", "loss_curves.png", "README.md", CHECKPOINT_RECORD} <= {p.name for p in adapter.iterdir()}
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "training_args.json",
+        "loss_curves.json",
+        "loss_curves.png",
+        "README.md",
+        CHECKPOINT_RECORD,
+    } <= {p.name for p in adapter.iterdir()}
     record = json.loads((adapter / CHECKPOINT_RECORD).read_text())
-    assert record["mask_mode"] == "hard" and record["data_versions"] == {"mask_tables": "abc123"} and len(record["example_ids"]) == 20
-    assert len(outcome.curves["validation"]) == 2 and outcome.best_val_loss == min(v for _, v in outcome.curves["validation"])
+    assert (
+        record["mask_mode"] == "hard"
+        and record["data_versions"] == {"mask_tables": "abc123"}
+        and len(record["example_ids"]) == 20
+    )
+    assert len(outcome.curves["validation"]) == 2 and outcome.best_val_loss == min(
+        v for _, v in outcome.curves["validation"]
+    )
     assert not (tmp_path / "checkpoints" / ".work-hard").exists()
     assert any(line.startswith("step ") for line in logs)
 
@@ -99,15 +123,28 @@ def test_sigkilled_run_resumes_to_the_same_adapter(tmp_path, tiny_student, token
     killed.checkpoint_dir.parent.mkdir(parents=True)
     table.to_parquet(killed.checkpoint_dir.parent / "table.parquet")
     process = subprocess.run(
-        [sys.executable, "-c", KILLED_TRAINING, tiny_student, str(killed.checkpoint_dir), killed.config.model_dump_json(), "4"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            KILLED_TRAINING,
+            tiny_student,
+            str(killed.checkpoint_dir),
+            killed.config.model_dump_json(),
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
     assert not killed.checkpoint_dir.exists()
     assert (killed.work_dir / "trainer" / "checkpoint-4").is_dir()
     resumed = train_lora(killed, table, log=lambda _: None)
     assert resumed.resumed_from_step == 4 and resumed.global_step == 6
-    straight, again = adapter_weights(tmp_path / "straight" / "checkpoints" / "soft"), adapter_weights(killed.checkpoint_dir)
+    straight, again = (
+        adapter_weights(tmp_path / "straight" / "checkpoints" / "soft"),
+        adapter_weights(killed.checkpoint_dir),
+    )
     assert straight.keys() == again.keys()
     for name in straight:
         torch.testing.assert_close(again[name], straight[name], rtol=1e-5, atol=1e-6)
@@ -124,8 +161,18 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path, tiny_student, tokeniz
 
 def test_early_stopping_when_validation_loss_stops_improving(tmp_path, tiny_student, tokenizer):
     outcome = train_lora(
-        job(tmp_path, tiny_student, "none", max_steps=8, eval_steps=1, save_steps=1, early_stopping_patience=1, early_stopping_threshold=100.0),
-        mask_table(tokenizer), log=lambda _: None,
+        job(
+            tmp_path,
+            tiny_student,
+            "none",
+            max_steps=8,
+            eval_steps=1,
+            save_steps=1,
+            early_stopping_patience=1,
+            early_stopping_threshold=100.0,
+        ),
+        mask_table(tokenizer),
+        log=lambda _: None,
     )
     assert outcome.early_stopped and outcome.global_step == 2
 
@@ -179,7 +226,11 @@ def test_save_steps_must_align_with_evaluations():
 
 @pytest.mark.integration
 def test_smollm2_trains_in_hard_mode_and_generates(tmp_path, offline_model, tokenizer):
-    outcome = train_lora(job(tmp_path, str(offline_model), "hard", max_steps=2, eval_steps=1, save_steps=1), mask_table(tokenizer, 8, 2), log=lambda _: None)
+    outcome = train_lora(
+        job(tmp_path, str(offline_model), "hard", max_steps=2, eval_steps=1, save_steps=1),
+        mask_table(tokenizer, 8, 2),
+        log=lambda _: None,
+    )
     assert outcome.global_step == 2 and outcome.sample_generation.strip()
 
 
@@ -204,8 +255,12 @@ def test_response_only_loss_trains_as_the_stock_full_vocabulary_loss(
         with monkeypatch.context() as patch:
             if name == "stock":
                 patch.setattr(trainer_module._ResponseLossTrainer, "compute_loss", Trainer.compute_loss)
-            outcome = train_lora(job(tmp_path / name, tiny_student, mode, group_by_length=False), table,
-                                 log=lambda _: None, callbacks=[losses])
+            outcome = train_lora(
+                job(tmp_path / name, tiny_student, mode, group_by_length=False),
+                table,
+                log=lambda _: None,
+                callbacks=[losses],
+            )
         runs[name] = (losses.losses, outcome, adapter_weights(Path(outcome.adapter_dir)))
     (stock_losses, stock, stock_weights), (losses, ours, weights) = runs["stock"], runs["response_only"]
     assert len(losses) == 4
@@ -240,8 +295,14 @@ def test_packed_training_matches_unpacked(tmp_path, tiny_student, tokenizer):
     runs = {}
     for packing in (False, True):
         losses = _StepLosses()
-        outcome = train_lora(job(tmp_path / str(packing), tiny_student, "hard", packing=packing, group_by_length=False,
-                                 lora_dropout=0.0), table, log=lambda _: None, callbacks=[losses])
+        outcome = train_lora(
+            job(
+                tmp_path / str(packing), tiny_student, "hard", packing=packing, group_by_length=False, lora_dropout=0.0
+            ),
+            table,
+            log=lambda _: None,
+            callbacks=[losses],
+        )
         runs[packing] = (losses.losses, adapter_weights(Path(outcome.adapter_dir)))
     torch.testing.assert_close(torch.tensor(runs[True][0]), torch.tensor(runs[False][0]), rtol=1e-5, atol=1e-6)
     for name, weight in runs[False][1].items():

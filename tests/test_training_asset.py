@@ -13,11 +13,23 @@ from assets.training import lora_checkpoint
 from resources import HubResource, OpenGrokPaths, ParquetIOManager, StudentResource, TrainingResource
 from tests.conftest import QUICK, mask_table
 
-CONTRACT_COLUMNS = ["mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
-                    "train_examples", "validation_examples", "tokens_per_second"]
+
+CONTRACT_COLUMNS = [
+    "mask_mode",
+    "adapter_dir",
+    "base_model",
+    "best_val_loss",
+    "global_step",
+    "early_stopped",
+    "train_examples",
+    "validation_examples",
+    "tokens_per_second",
+]
 
 
-def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", instance=None, hub=None, processes=1, **config):
+def run_checkpoint(
+    tmp_path, table, model_path, mode="hard", device="cpu", instance=None, hub=None, processes=1, **config
+):
     @asset(name="mask_tables")
     def upstream_mask_tables() -> pd.DataFrame:
         return table
@@ -31,8 +43,13 @@ def run_checkpoint(tmp_path, table, model_path, mode="hard", device="cpu", insta
     }
     assert materialize([upstream_mask_tables], resources=resources, instance=instance).success
     return materialize(
-        [upstream_mask_tables, lora_checkpoint], selection=[lora_checkpoint], partition_key=mode, resources=resources, instance=instance,
-        run_config={"ops": {"lora_checkpoint": {"config": QUICK | config}}}, raise_on_error=False,
+        [upstream_mask_tables, lora_checkpoint],
+        selection=[lora_checkpoint],
+        partition_key=mode,
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"lora_checkpoint": {"config": QUICK | config}}},
+        raise_on_error=False,
     )
 
 
@@ -42,7 +59,11 @@ def test_materialises_adapter_manifest_and_metadata(tmp_path, tiny_student, toke
     manifest = pd.read_parquet(tmp_path / "assets" / "lora_checkpoint" / "hard.parquet")
     assert list(manifest.columns) == CONTRACT_COLUMNS and len(manifest) == 1
     row = manifest.iloc[0]
-    assert row["mask_mode"] == "hard" and row["adapter_dir"] == str(tmp_path / "checkpoints" / "hard") and row["global_step"] == 4
+    assert (
+        row["mask_mode"] == "hard"
+        and row["adapter_dir"] == str(tmp_path / "checkpoints" / "hard")
+        and row["global_step"] == 4
+    )
     record = json.loads((tmp_path / "checkpoints" / "hard" / "opengrok_checkpoint.json").read_text())
     assert set(record["data_versions"]) == {"mask_tables"}
     metadata = result.asset_materializations_for_node("lora_checkpoint")[0].metadata
@@ -86,10 +107,16 @@ def test_unchanged_data_and_config_reuse_the_published_checkpoint(tmp_path, tiny
     trained_at = adapter.stat().st_mtime_ns
     again = run_checkpoint(tmp_path, table, tiny_student, instance=instance)
     assert again.success and adapter.stat().st_mtime_ns == trained_at
-    assert again.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value is True
+    assert (
+        again.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value
+        is True
+    )
     changed = run_checkpoint(tmp_path, table, tiny_student, instance=instance, seed=7)
     assert changed.success and adapter.stat().st_mtime_ns != trained_at
-    assert changed.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value is False
+    assert (
+        changed.asset_materializations_for_node("lora_checkpoint")[0].metadata["reused_published_checkpoint"].value
+        is False
+    )
 
 
 def test_a_change_to_the_training_code_retrains(tmp_path, tiny_student, tokenizer, instance, monkeypatch):
@@ -144,8 +171,9 @@ def test_two_gloo_processes_train_the_adapter_of_one_process(tmp_path, tiny_stud
     adapters = {}
     for processes, batch in ((1, 4), (2, 2)):
         home = tmp_path / f"processes-{processes}"
-        result = run_checkpoint(home, table, tiny_student, instance=instance, processes=processes, batch_size=batch,
-                                lora_dropout=0.0)
+        result = run_checkpoint(
+            home, table, tiny_student, instance=instance, processes=processes, batch_size=batch, lora_dropout=0.0
+        )
         assert result.success
         adapters[processes] = load_file(str(home / "checkpoints" / "hard" / "adapter_model.safetensors"))
         logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
@@ -159,5 +187,10 @@ def test_two_gloo_processes_train_the_adapter_of_one_process(tmp_path, tiny_stud
 def test_several_processes_launch_the_entry_point_under_torchrun():
     assert TrainingResource().command()[1:] == ["-m", "opengrok_dagster.training_entry"]
     assert TrainingResource(processes=4).command()[1:] == [
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "opengrok_dagster.training_entry",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+        "opengrok_dagster.training_entry",
     ]

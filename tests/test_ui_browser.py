@@ -23,6 +23,7 @@ from opengrok_dagster.partitions import collection_partition_key, topic_partitio
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT
 
+
 pytestmark = pytest.mark.integration
 
 # The six artifacts between stages (DEVELOPERS.md), and the upstream asset each is built from.
@@ -38,8 +39,18 @@ ROUND = "2026-11-24"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # As root in a container, with no network beyond loopback: no sandbox, no background connections.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1600,1000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,1000",
+)
 
 
 def _free_port() -> int:
@@ -59,20 +70,39 @@ class Webserver:
         (self.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         self.opengrok_home = root / "home"
         # PYTHONWARNINGS=default prints each warning once, deprecations included, so the log shows ours
-        self.env = {**os.environ, "DAGSTER_HOME": str(self.dagster_home), "OPENGROK_HOME": str(self.opengrok_home),
-                    "PYTHONWARNINGS": "default"}
+        self.env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.dagster_home),
+            "OPENGROK_HOME": str(self.opengrok_home),
+            "PYTHONWARNINGS": "default",
+        }
         self.log = root / "webserver.log"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 240) -> "Webserver":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
-            cwd=REPO_ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "dagster_webserver",
+                "-w",
+                "workspace.yaml",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dagster-webserver exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"dagster-webserver exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 entries = self.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
                 if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
@@ -129,7 +159,9 @@ def webserver(tmp_path_factory, loopback):
             partition_key=collection_partition_key("climate", ROUND),
             resources={
                 "io_manager": ParquetIOManager(base_dir=str(server.opengrok_home / "assets")),
-                "paths": OpenGrokPaths(home=str(server.opengrok_home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+                "paths": OpenGrokPaths(
+                    home=str(server.opengrok_home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")
+                ),
                 "teacher": TeacherResource(mode="remote", base_url=loopback.base_url, model="grok-test"),
             },
         )
@@ -184,7 +216,9 @@ def _open_until(driver, url: str, expected: list[str], timeout_s: float = 120) -
         for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
             button.click()
         text = _page_text(driver)
-        if all(item in text for item in expected) and not driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+        if all(item in text for item in expected) and not driver.find_elements(
+            By.XPATH, "//button[normalize-space()='Skip']"
+        ):
             return text
         time.sleep(1)
     missing = [item for item in expected if item not in _page_text(driver)]
@@ -201,8 +235,11 @@ def test_code_location_loads_without_errors_or_warnings_of_ours(webserver):
     [entry] = webserver.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
     assert entry["loadStatus"] == "LOADED" and entry["locationOrLoadError"]["__typename"] == "RepositoryLocation"
     ours = ("opengrok_dagster", f"{os.sep}assets{os.sep}", f"{os.sep}resources{os.sep}")
-    warnings = [line for line in webserver.log.read_text().splitlines()
-                if ("Warning" in line or "Error" in line) and any(part in line for part in ours)]
+    warnings = [
+        line
+        for line in webserver.log.read_text().splitlines()
+        if ("Warning" in line or "Error" in line) and any(part in line for part in ours)
+    ]
     assert not warnings, "\n".join(warnings)
 
 
@@ -225,7 +262,9 @@ def test_lineage_view_shows_the_chain_of_all_six_artifacts(webserver, browser, l
     """The eval report's upstream lineage in the UI: the whole chain from prompts to the report."""
     last = next(artifact for artifact in reversed(ARTIFACT_UPSTREAM) if artifact in lineage)
     present = [artifact for artifact in ARTIFACT_UPSTREAM if artifact in lineage]
-    text = _open_until(browser, f"{webserver.url}/assets/{last}?view=lineage&lineageScope=upstream&lineageDepth=10", present)
+    text = _open_until(
+        browser, f"{webserver.url}/assets/{last}?view=lineage&lineageScope=upstream&lineageDepth=10", present
+    )
     screenshot = _screenshot(browser, tmp_path / "ui-asset-graph.png")
     if os.environ.get("OPENGROK_SAVE_UI_SCREENSHOT"):  # refresh the picture in docs/ on request only
         shutil.copy(screenshot, REPO_ROOT / "docs" / "ui-asset-graph.png")

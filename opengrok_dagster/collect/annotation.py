@@ -18,6 +18,7 @@ from opengrok_dagster.collect.client import TeacherClient, TeacherResult
 from opengrok_dagster.collect.prompts import GRID_VERSION, prompt_id_for, prompt_messages
 from opengrok_dagster.sns_tasks import TASK_FORMATS, TaskFormat, task_format
 
+
 RESPONSE_FORMATS = ("json_schema", "json_object", "text")  # the fallback order
 ANNOTATION_VARIANT = "annotation"
 TEMPLATE_PREFIX = "annotate:"  # template_id of an annotation prompt: annotate:<task>

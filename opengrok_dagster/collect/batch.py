@@ -33,6 +33,7 @@ from opengrok_dagster.collect.collector import CollectionSummary
 from opengrok_dagster.collect.prompts import prompt_messages
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 
+
 SUBMISSION_METADATA = "opengrok_submission"
 FINAL_STATES = ("completed", "failed", "expired", "cancelled")
 

@@ -18,9 +18,16 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from opengrok_dagster.collect.ratelimit import RateLimiter, SharedRateLimiter
+
 
 if TYPE_CHECKING:
     from opengrok_dagster.collect.budget import Budget
@@ -48,8 +55,10 @@ class TeacherEndpoint:
         host = httpx.URL(self.base_url).host
         limit = TOP_LOGPROBS_LIMITS.get(host, OPENAI_TOP_LOGPROBS_LIMIT)
         if top_logprobs is not None and top_logprobs > limit:
-            raise ValueError(f"top_logprobs={top_logprobs} is more than {host} returns ({limit}); "
-                             f"set OPENGROK_TEACHER_TOP_LOGPROBS to at most {limit}")
+            raise ValueError(
+                f"top_logprobs={top_logprobs} is more than {host} returns ({limit}); "
+                f"set OPENGROK_TEACHER_TOP_LOGPROBS to at most {limit}"
+            )
 
 
 # The most top_logprobs a provider returns, by API host; others are held to OpenAI's limit.
@@ -69,8 +78,10 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= OPENAI_TOP_LOGPROBS_LIMIT:
-            raise ValueError(f"top_logprobs={self.top_logprobs} must be between 0 and {OPENAI_TOP_LOGPROBS_LIMIT} "
-                             "(OpenAI allows 20, xAI 8), or unset for no logprobs")
+            raise ValueError(
+                f"top_logprobs={self.top_logprobs} must be between 0 and {OPENAI_TOP_LOGPROBS_LIMIT} "
+                "(OpenAI allows 20, xAI 8), or unset for no logprobs"
+            )
 
     def request_fields(self) -> dict:
         fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -109,7 +120,9 @@ class Prices:
     completion_per_million: float = 0.0
 
     def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
-        return ((prompt_tokens or 0) * self.prompt_per_million + (completion_tokens or 0) * self.completion_per_million) / 1e6
+        return (
+            (prompt_tokens or 0) * self.prompt_per_million + (completion_tokens or 0) * self.completion_per_million
+        ) / 1e6
 
 
 # What an answer that is no plain text is recorded as (the ``anomaly`` column); none of them is retried.
@@ -181,7 +194,9 @@ def result_from_payload(payload: object, sampling: SamplingParams, prices: Price
         prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise UnreadableAnswer(f"{type(exc).__name__}: {exc}") from None
-    content = (choices[0].get("logprobs") or {}).get("content") if choices and sampling.top_logprobs is not None else None
+    content = (
+        (choices[0].get("logprobs") or {}).get("content") if choices and sampling.top_logprobs is not None else None
+    )
     return TeacherResult(
         text=text,
         finish_reason=choices[0].get("finish_reason") if choices else None,
@@ -279,12 +294,14 @@ class TeacherClient:
         )
         self._http: httpx.AsyncClient | None = None
 
-    async def __aenter__(self) -> "TeacherClient":
+    async def __aenter__(self) -> TeacherClient:
         headers = {"Authorization": f"Bearer {self.endpoint.api_key}"} if self.endpoint.api_key else {}
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(self.limits.timeout_s),
-            limits=httpx.Limits(max_connections=self.limits.max_concurrency, max_keepalive_connections=self.limits.max_concurrency),
+            limits=httpx.Limits(
+                max_connections=self.limits.max_concurrency, max_keepalive_connections=self.limits.max_concurrency
+            ),
             transport=self._transport,
         )
         return self
@@ -347,9 +364,17 @@ class TeacherClient:
 
     def _failure(self, error: str, status_code: int | None, started: float, attempts: int) -> TeacherResult:
         return TeacherResult(
-            text=None, finish_reason=None, model=None, prompt_tokens=None, completion_tokens=None, cost_usd=0.0,
-            latency_s=time.monotonic() - started, attempts=attempts, request_id=None,
-            error=self._redact(error), status_code=status_code,
+            text=None,
+            finish_reason=None,
+            model=None,
+            prompt_tokens=None,
+            completion_tokens=None,
+            cost_usd=0.0,
+            latency_s=time.monotonic() - started,
+            attempts=attempts,
+            request_id=None,
+            error=self._redact(error),
+            status_code=status_code,
         )
 
     async def _settle(self, ticket: int | None, estimated: int, actual: int | None) -> None:
@@ -373,10 +398,14 @@ class TeacherClient:
                 raw = await response.aread()
             except httpx.TimeoutException as exc:
                 await self._settle(ticket, estimated, 0)
-                raise _Retryable(f"timeout after {self.limits.timeout_s:.0f}s ({type(exc).__name__}) from {url}") from None
+                raise _Retryable(
+                    f"timeout after {self.limits.timeout_s:.0f}s ({type(exc).__name__}) from {url}"
+                ) from None
             except httpx.TransportError as exc:
                 await self._settle(ticket, estimated, 0)
-                raise _Retryable(f"connection error from {url}: {type(exc).__name__}: {self._redact(str(exc))}") from None
+                raise _Retryable(
+                    f"connection error from {url}: {type(exc).__name__}: {self._redact(str(exc))}"
+                ) from None
         status = response.status_code
         request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
         if status == 429 or status >= 500:
@@ -405,9 +434,14 @@ class TeacherClient:
             result = result_from_payload(payload, self.sampling, self.prices, self.endpoint.model)
         except UnreadableAnswer as exc:
             raise _Retryable(f"unreadable response body from {url} ({exc})", status_code=status) from None
-        result = replace(result, latency_s=time.monotonic() - started, attempts=attempts,
-                         request_id=request_id or result.request_id)
-        if self.sampling.top_logprobs is not None and result.anomaly not in REFUSED_ANOMALIES and result.logprobs is None:
+        result = replace(
+            result, latency_s=time.monotonic() - started, attempts=attempts, request_id=request_id or result.request_id
+        )
+        if (
+            self.sampling.top_logprobs is not None
+            and result.anomaly not in REFUSED_ANOMALIES
+            and result.logprobs is None
+        ):
             raise LogprobsUnsupported(
                 f"{url} answered without logprobs though top_logprobs={self.sampling.top_logprobs} was requested "
                 "(`transformers serve` ignores the field): unset OPENGROK_TEACHER_TOP_LOGPROBS or use an endpoint "

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from opengrok_dagster.collect.annotation import complete_prompt
 from opengrok_dagster.collect.budget import BudgetExhausted
 from opengrok_dagster.collect.client import (
     LogprobsUnsupported,
@@ -23,7 +24,6 @@ from opengrok_dagster.collect.client import (
     TeacherResult,
 )
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
-from opengrok_dagster.collect.annotation import complete_prompt
 
 
 @dataclass(frozen=True)

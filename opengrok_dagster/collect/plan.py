@@ -18,6 +18,7 @@ from opengrok_dagster.collect.prompts import GridRefinement, PromptGridConfig, b
 from opengrok_dagster.collect.topics import Topic
 from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 
+
 TokenCounter = Callable[[list[dict[str, str]]], int]
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.collect.topics import Topic
 
+
 GRID_VERSION = 1
 SYSTEM_PROMPT = (
     "You are an expert analyst of social-media posts. Answer concisely and write posts the way real users "
@@ -208,7 +209,11 @@ def build_prompt_grid(topic: Topic, config: PromptGridConfig, refinement: GridRe
     for variant, cells, count in (
         ("base", base_cells, config.base_per_topic),
         ("style", style_cells, config.style_per_topic),
-        ("adversarial", adversarial_cells, config.adversarial_per_topic + (refinement.extra_adversarial if refinement else 0)),
+        (
+            "adversarial",
+            adversarial_cells,
+            config.adversarial_per_topic + (refinement.extra_adversarial if refinement else 0),
+        ),
     ):
         for template, platform, event, style in _draw(rng, cells, count, refinement):
             user = _render(template, topic, platform, event)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+
 if TYPE_CHECKING:
     from opengrok_dagster.collect.store import ResponseStore
 
@@ -83,7 +84,7 @@ class SharedRateLimiter:
 
     def __init__(
         self,
-        store: "ResponseStore",
+        store: ResponseStore,
         scope: str,
         requests_per_minute: float | None,
         tokens_per_minute: float | None,

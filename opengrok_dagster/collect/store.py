@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
 from opengrok_dagster.collect.client import TeacherResult
 from opengrok_dagster.sqlite import select_in
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -99,9 +99,26 @@ CREATE TABLE IF NOT EXISTS batches (
 )
 """
 STORED_COLUMNS = (
-    "prompt_id", "teacher_model", "sampling_key", "round", "topic", "text", "finish_reason", "model",
-    "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "request_id", "error",
-    "status_code", "collected_at", "anomaly", "logprobs", "response_format",
+    "prompt_id",
+    "teacher_model",
+    "sampling_key",
+    "round",
+    "topic",
+    "text",
+    "finish_reason",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+    "attempts",
+    "request_id",
+    "error",
+    "status_code",
+    "collected_at",
+    "anomaly",
+    "logprobs",
+    "response_format",
 )
 # Columns added after the first release, with their SQL type: a store written before gets them on open.
 _ADDED_COLUMNS = {"anomaly": "TEXT", "logprobs": "TEXT", "response_format": "TEXT"}
@@ -207,8 +224,9 @@ class ResponseStore:
         with self._immediate() as connection:
             connection.execute("DELETE FROM claims WHERE owner=?", (owner,))
 
-    def admit_rate(self, scope: str, window_s: float, requests: float | None, tokens: float | None,
-                   amount: float) -> tuple[int | None, float]:
+    def admit_rate(
+        self, scope: str, window_s: float, requests: float | None, tokens: float | None, amount: float
+    ) -> tuple[int | None, float]:
         """Admit one request of ``amount`` tokens under at most ``requests`` requests and ``tokens`` tokens per
         ``window_s`` in ``scope``, across processes: returns (event id, 0) when admitted, else (None, seconds
         until it may be). A request larger than the whole token limit is admitted into an empty window."""
@@ -231,7 +249,9 @@ class ResponseStore:
                     waits.append(event["at"] + window_s - now)
             if waits:
                 return None, max(0.001, max(waits))
-            cursor = connection.execute("INSERT INTO rate_events (scope, at, tokens) VALUES (?, ?, ?)", (scope, now, amount))
+            cursor = connection.execute(
+                "INSERT INTO rate_events (scope, at, tokens) VALUES (?, ?, ?)", (scope, now, amount)
+            )
             return cursor.lastrowid, 0.0
 
     def settle_rate(self, event_id: int, tokens: float) -> None:
@@ -239,8 +259,16 @@ class ResponseStore:
         with self._immediate() as connection:
             connection.execute("UPDATE rate_events SET tokens=? WHERE id=?", (tokens, event_id))
 
-    def reserve_spend(self, day: str, run_id: str, partition: str, prompt_id: str, worst_usd: float,
-                      run_budget: float | None, daily_budget: float | None) -> int | None:
+    def reserve_spend(
+        self,
+        day: str,
+        run_id: str,
+        partition: str,
+        prompt_id: str,
+        worst_usd: float,
+        run_budget: float | None,
+        daily_budget: float | None,
+    ) -> int | None:
         """Reserve ``worst_usd`` if it fits both budgets (what is spent counts settled costs and open
         reservations); returns the reservation's id, or None when it does not fit. One transaction."""
         with self._immediate() as connection:
@@ -249,7 +277,14 @@ class ResponseStore:
                     return None
             cursor = connection.execute(
                 "INSERT INTO spend (day, run_id, partition, prompt_id, reserved_usd, reserved_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (day, run_id, partition, prompt_id, worst_usd, datetime.now(timezone.utc).isoformat(timespec="milliseconds")),
+                (
+                    day,
+                    run_id,
+                    partition,
+                    prompt_id,
+                    worst_usd,
+                    datetime.now(UTC).isoformat(timespec="milliseconds"),
+                ),
             )
             return cursor.lastrowid
 
@@ -265,10 +300,15 @@ class ResponseStore:
     def open_batch(self, key: ResponseKey, topic: str) -> dict | None:
         """The unfinished batch submission of this key and topic, if any: ``prompts`` maps each prompt id
         in it to its budget reservation (or None)."""
-        row = self._connection().execute(
-            "SELECT * FROM batches WHERE teacher_model=? AND sampling_key=? AND round=? AND topic=? AND state NOT IN ('done', 'abandoned') "
-            "ORDER BY created_at LIMIT 1", (key.teacher_model, key.sampling_key, key.round, topic),
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute(
+                "SELECT * FROM batches WHERE teacher_model=? AND sampling_key=? AND round=? AND topic=? AND state NOT IN ('done', 'abandoned') "
+                "ORDER BY created_at LIMIT 1",
+                (key.teacher_model, key.sampling_key, key.round, topic),
+            )
+            .fetchone()
+        )
         return dict(row, prompts=json.loads(row["prompts"])) if row else None
 
     def add_batch(self, submission: str, key: ResponseKey, topic: str, prompts: dict[str, int | None]) -> None:
@@ -276,14 +316,23 @@ class ResponseStore:
             connection.execute(
                 "INSERT INTO batches (submission, teacher_model, sampling_key, round, topic, state, prompts, created_at) "
                 "VALUES (?, ?, ?, ?, ?, 'submitting', ?, ?)",
-                (submission, key.teacher_model, key.sampling_key, key.round, topic, json.dumps(prompts),
-                 datetime.now(timezone.utc).isoformat(timespec="milliseconds")),
+                (
+                    submission,
+                    key.teacher_model,
+                    key.sampling_key,
+                    key.round,
+                    topic,
+                    json.dumps(prompts),
+                    datetime.now(UTC).isoformat(timespec="milliseconds"),
+                ),
             )
 
     def set_batch_state(self, submission: str, state: str, batch_id: str | None = None) -> None:
         with self._immediate() as connection:
-            connection.execute("UPDATE batches SET state=?, batch_id=COALESCE(?, batch_id) WHERE submission=?",
-                               (state, batch_id, submission))
+            connection.execute(
+                "UPDATE batches SET state=?, batch_id=COALESCE(?, batch_id) WHERE submission=?",
+                (state, batch_id, submission),
+            )
 
     def answered_prompt_ids(self, key: ResponseKey, prompt_ids: Iterable[str]) -> set[str]:
         """The prompts that already have a successful response under ``key``: never request them again."""
@@ -291,18 +340,21 @@ class ResponseStore:
             self._connection(),
             "SELECT prompt_id FROM responses WHERE teacher_model=? AND sampling_key=? AND round=? "
             "AND error IS NULL AND prompt_id IN ({marks})",
-            (key.teacher_model, key.sampling_key, key.round), prompt_ids,
+            (key.teacher_model, key.sampling_key, key.round),
+            prompt_ids,
         )
         return {row["prompt_id"] for row in rows}
 
-    def record(self, key: ResponseKey, prompt_id: str, topic: str, result: TeacherResult, owner: str | None = None) -> None:
+    def record(
+        self, key: ResponseKey, prompt_id: str, topic: str, result: TeacherResult, owner: str | None = None
+    ) -> None:
         """Commit one outcome now, releasing ``owner``'s claim on the prompt in the same transaction. An existing
         success is kept; an existing error is replaced."""
         values = {
             "prompt_id": prompt_id,
             **asdict(key),
             "topic": topic,
-            "collected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "collected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             **{name: getattr(result, name) for name in STORED_COLUMNS if hasattr(result, name)},
         }
         columns = ", ".join(STORED_COLUMNS)
@@ -323,11 +375,15 @@ class ResponseStore:
 
     def completion_history(self, teacher_model: str, sampling_key: str) -> tuple[float | None, int]:
         """(mean completion tokens, count) of the successful answers of this teacher and sampling, any round."""
-        row = self._connection().execute(
-            "SELECT AVG(completion_tokens) AS mean, COUNT(completion_tokens) AS n FROM responses "
-            "WHERE teacher_model=? AND sampling_key=? AND error IS NULL AND completion_tokens IS NOT NULL",
-            (teacher_model, sampling_key),
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute(
+                "SELECT AVG(completion_tokens) AS mean, COUNT(completion_tokens) AS n FROM responses "
+                "WHERE teacher_model=? AND sampling_key=? AND error IS NULL AND completion_tokens IS NOT NULL",
+                (teacher_model, sampling_key),
+            )
+            .fetchone()
+        )
         return row["mean"], row["n"]
 
     def fetch(self, key: ResponseKey, prompt_ids: Iterable[str]) -> list[dict]:
@@ -335,7 +391,8 @@ class ResponseStore:
             self._connection(),
             f"SELECT {', '.join(STORED_COLUMNS)} FROM responses WHERE teacher_model=? AND sampling_key=? "
             "AND round=? AND prompt_id IN ({marks})",
-            (key.teacher_model, key.sampling_key, key.round), prompt_ids,
+            (key.teacher_model, key.sampling_key, key.round),
+            prompt_ids,
         )
         return [dict(row) for row in rows]
 

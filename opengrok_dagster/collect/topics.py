@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+
 MAX_TOPIC_KEY_LENGTH = 64
 _KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -39,9 +40,7 @@ def validate_topic_key(key: object) -> str:
     if not key:
         raise TopicKeyError("topic key is empty; use e.g. 'climate' or 'k-pop'")
     if len(key) > MAX_TOPIC_KEY_LENGTH:
-        raise TopicKeyError(
-            f"topic key {key[:20]!r}... is {len(key)} characters; the limit is {MAX_TOPIC_KEY_LENGTH}"
-        )
+        raise TopicKeyError(f"topic key {key[:20]!r}... is {len(key)} characters; the limit is {MAX_TOPIC_KEY_LENGTH}")
     bad = [c for c in key if unicodedata.category(c).startswith("C") or c in ",/\\|"]
     if bad:
         shown = ", ".join(sorted({repr(c) for c in bad}))

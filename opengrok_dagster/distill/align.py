@@ -30,10 +30,16 @@ import pandas as pd
 from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 
+
 Span = tuple[int, int]
 KD_COLUMNS = (
-    "example_id", "input_ids_digest", "kd_positions", "kd_token_ids", "kd_logprobs",
-    "response_tokens", "aligned_tokens",
+    "example_id",
+    "input_ids_digest",
+    "kd_positions",
+    "kd_token_ids",
+    "kd_logprobs",
+    "response_tokens",
+    "aligned_tokens",
 )
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SENTENCEPIECE_SPACE = "\u2581"
@@ -333,15 +339,17 @@ def build_kd_targets(mask_table: pd.DataFrame, responses: pd.DataFrame, tokenize
             with_logprobs += 1
             response_tokens += targets.response_tokens
             aligned_tokens += targets.aligned_tokens
-        rows.append({
-            "example_id": example_id,
-            "input_ids_digest": input_ids_digest(input_ids),
-            "kd_positions": np.asarray(targets.positions, dtype=np.int32),
-            "kd_token_ids": [np.asarray(ids, dtype=np.int32) for ids in targets.token_ids],
-            "kd_logprobs": [np.asarray(lp, dtype=np.float32) for lp in targets.logprobs],
-            "response_tokens": targets.response_tokens,
-            "aligned_tokens": targets.aligned_tokens,
-        })
+        rows.append(
+            {
+                "example_id": example_id,
+                "input_ids_digest": input_ids_digest(input_ids),
+                "kd_positions": np.asarray(targets.positions, dtype=np.int32),
+                "kd_token_ids": [np.asarray(ids, dtype=np.int32) for ids in targets.token_ids],
+                "kd_logprobs": [np.asarray(lp, dtype=np.float32) for lp in targets.logprobs],
+                "response_tokens": targets.response_tokens,
+                "aligned_tokens": targets.aligned_tokens,
+            }
+        )
     table = pd.DataFrame(rows, columns=list(KD_COLUMNS))
     table["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     return KDTargetsResult(table, response_tokens, aligned_tokens, with_logprobs)

@@ -10,6 +10,7 @@ import pandas as pd
 from opengrok_dagster.filtering.chain import example_id
 from opengrok_dagster.filtering.stored import read_stored
 
+
 KEY_COLUMNS = ("prompt_id", "teacher_model", "sampling_key", "round")
 LOGPROBS_COLUMN = "logprobs"
 
@@ -21,10 +22,16 @@ def read_teacher_logprobs(raw_dir: Path, rounds: Iterable[str]) -> pd.DataFrame:
         for path in sorted((raw_dir / round_key).glob("*.parquet")):
             frame = read_stored(path, "raw responses", KEY_COLUMNS, "re-materialise that raw_responses partition")
             logprobs = frame[LOGPROBS_COLUMN] if LOGPROBS_COLUMN in frame.columns else None
-            frames.append(pd.DataFrame({
-                "example_id": [example_id(*key) for key in frame.loc[:, list(KEY_COLUMNS)].itertuples(index=False)],
-                LOGPROBS_COLUMN: logprobs.to_numpy() if logprobs is not None else None,
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "example_id": [
+                            example_id(*key) for key in frame.loc[:, list(KEY_COLUMNS)].itertuples(index=False)
+                        ],
+                        LOGPROBS_COLUMN: logprobs.to_numpy() if logprobs is not None else None,
+                    }
+                )
+            )
     if not frames:
         return pd.DataFrame({"example_id": pd.Series(dtype=str), LOGPROBS_COLUMN: pd.Series(dtype=object)})
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("example_id", keep="last")

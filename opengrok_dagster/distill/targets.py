@@ -13,8 +13,14 @@ from opengrok_dagster.distill.align import input_ids_digest
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.training.distill_loss import KD_LOGPROBS, KD_TOKEN_IDS
 
+
 REQUIRED_COLUMNS = (
-    "example_id", "input_ids_digest", "kd_positions", "kd_token_ids", "kd_logprobs", "tokenizer_fingerprint",
+    "example_id",
+    "input_ids_digest",
+    "kd_positions",
+    "kd_token_ids",
+    "kd_logprobs",
+    "tokenizer_fingerprint",
 )
 
 

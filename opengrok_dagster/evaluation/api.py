@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.collect.client import (
+    ClientLimits,
+    SamplingParams,
+    TeacherClient,
+    TeacherConfigurationError,
+    TeacherEndpoint,
+)
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 
 
@@ -45,7 +52,9 @@ class EndpointSpec(BaseModel):
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise EndpointFailure(f"endpoint {self.name!r}: environment variable {self.api_key_env} (its API key) is not set")
+                raise EndpointFailure(
+                    f"endpoint {self.name!r}: environment variable {self.api_key_env} (its API key) is not set"
+                )
         return TeacherEndpoint(self.base_url, self.model, key, label=self.name)
 
 
@@ -62,10 +71,17 @@ class ApiModel:
     limits: ClientLimits = ClientLimits(max_concurrency=8, max_attempts=3)
 
     @classmethod
-    def from_spec(cls, spec: EndpointSpec) -> "ApiModel":
-        return cls(spec.name, spec.endpoint, f"{spec.model} at {spec.base_url}", ClientLimits(max_concurrency=4, max_attempts=2, timeout_s=60))
+    def from_spec(cls, spec: EndpointSpec) -> ApiModel:
+        return cls(
+            spec.name,
+            spec.endpoint,
+            f"{spec.model} at {spec.base_url}",
+            ClientLimits(max_concurrency=4, max_attempts=2, timeout_s=60),
+        )
 
-    def complete_all(self, messages: list[list[dict[str, str]]], max_tokens: int, cache: AnswerCache | None = None) -> Answers:
+    def complete_all(
+        self, messages: list[list[dict[str, str]]], max_tokens: int, cache: AnswerCache | None = None
+    ) -> Answers:
         keys = [request_key(m, max_tokens) for m in messages]
         known = cache.get_many(self.description, keys) if cache is not None else {}
         texts = [known.get(key) for key in keys]
@@ -85,7 +101,9 @@ class ApiModel:
         except EndpointFailure:
             raise
         except Exception as exc:  # a server that will not start or a bad setting: report, do not abort the report
-            raise EndpointFailure(f"endpoint {self.name!r} could not be set up: {type(exc).__name__}: {str(exc)[:300]}") from None
+            raise EndpointFailure(
+                f"endpoint {self.name!r} could not be set up: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from None
         sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
 
         async def run():
@@ -98,5 +116,7 @@ class ApiModel:
             raise EndpointFailure(f"endpoint {self.name!r} refused the requests: {exc}") from None
         failed = [r for r in results if not r.ok]
         if results and len(failed) == len(results):
-            raise EndpointFailure(f"endpoint {self.name!r}: all {len(results)} requests failed, e.g. {failed[0].error}")
+            raise EndpointFailure(
+                f"endpoint {self.name!r}: all {len(results)} requests failed, e.g. {failed[0].error}"
+            )
         return [r.text if r.ok else None for r in results], len(failed)

@@ -10,9 +10,11 @@ thin layer over any scorer with ``label_logprobs(messages, answers)`` (:class:`~
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
+
 
 CONTENT_FREE_POSTS = ("N/A", "", "[MASK]")
 

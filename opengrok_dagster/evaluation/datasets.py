@@ -18,6 +18,7 @@ import numpy as np
 
 from opengrok_dagster.sns_tasks import SENTIMENT_LABELS, TOPIC_LABELS
 
+
 DATA_DIR_VARIABLE = "OPENGROK_DATA_DIR"
 # ``shared/data`` beside the repository checkout, where the project keeps its copies of the public datasets.
 SHARED_DATA_FALLBACK = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -115,9 +116,13 @@ def read_tweeteval(prefix: Path) -> ClassificationData:
     labels = []
     for number, value in enumerate(raw_labels, 1):
         if not value.strip().isdigit() or int(value) not in names:
-            raise DatasetError(f"{labels_path}:{number}: label {value!r} is not an id in {mapping_path} ({sorted(names)})")
+            raise DatasetError(
+                f"{labels_path}:{number}: label {value!r} is not an id in {mapping_path} ({sorted(names)})"
+            )
         labels.append(int(value))
-    return ClassificationData(texts, np.array(labels, dtype=np.int64), tuple(names[i] for i in range(len(names))), str(text_path))
+    return ClassificationData(
+        texts, np.array(labels, dtype=np.int64), tuple(names[i] for i in range(len(names))), str(text_path)
+    )
 
 
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
@@ -151,13 +156,17 @@ def read_topic_jsonl(path: Path) -> MultiLabelData:
             raise DatasetError(f"{path}:{number}: not a JSON object ({exc})") from None
         missing = [name for name in ("text", *TOPIC_LABELS) if name not in record]
         if missing:
-            raise DatasetError(f"{path}:{number}: record lacks {', '.join(missing[:4])}; expected TweetTopic's 19 label fields")
+            raise DatasetError(
+                f"{path}:{number}: record lacks {', '.join(missing[:4])}; expected TweetTopic's 19 label fields"
+            )
         values = [record[name] for name in TOPIC_LABELS]
         if any(v not in (0, 1) for v in values):
             raise DatasetError(f"{path}:{number}: topic fields must be 0 or 1, got {sorted(set(map(str, values)))}")
         texts.append(str(record["text"]))
         rows.append([bool(v) for v in values])
-    return MultiLabelData(texts, np.array(rows, dtype=bool).reshape(len(rows), len(TOPIC_LABELS)), TOPIC_LABELS, str(path))
+    return MultiLabelData(
+        texts, np.array(rows, dtype=bool).reshape(len(rows), len(TOPIC_LABELS)), TOPIC_LABELS, str(path)
+    )
 
 
 def read_conll(path: Path) -> NerData:

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opengrok_dagster.evaluation.datasets import TOPIC_LABELS, ClassificationData, DatasetError, MultiLabelData, NerData
+from opengrok_dagster.evaluation.datasets import (
+    TOPIC_LABELS,
+    ClassificationData,
+    DatasetError,
+    MultiLabelData,
+    NerData,
+)
+
 
 PREFIX = "hf:"
 INSTALL = "pip install 'opengrok-dagster[hub]' (the datasets package)"
@@ -26,11 +33,13 @@ class HubSplit:
     split: str
 
     @classmethod
-    def parse(cls, text: str) -> "HubSplit":
+    def parse(cls, text: str) -> HubSplit:
         parts = text.removeprefix(PREFIX).split(":")
         if len(parts) != 3 or not parts[0] or not parts[2]:
-            raise DatasetError(f"hub split {text!r} must read hf:<dataset>:<config>:<split>, e.g. "
-                               "hf:cardiffnlp/tweet_eval:sentiment:test or hf:leondz/wnut_17::test (no config)")
+            raise DatasetError(
+                f"hub split {text!r} must read hf:<dataset>:<config>:<split>, e.g. "
+                "hf:cardiffnlp/tweet_eval:sentiment:test or hf:leondz/wnut_17::test (no config)"
+            )
         return cls(parts[0], parts[1] or None, parts[2])
 
     def __str__(self) -> str:
@@ -41,14 +50,18 @@ def is_hub_split(path: str) -> bool:
     return str(path).startswith(PREFIX)
 
 
-def load_hub_split(text: str, kind: str, label_keys: tuple[str, ...] = ()) -> ClassificationData | MultiLabelData | NerData:
+def load_hub_split(
+    text: str, kind: str, label_keys: tuple[str, ...] = ()
+) -> ClassificationData | MultiLabelData | NerData:
     """``kind`` is the task's kind; ``label_keys`` the task's own names for the classes, in class-index order,
     used where the hub names the same classes differently (TweetEval's ``non-hate`` for the files' ``not-hate``)."""
     split = HubSplit.parse(text)
     try:
         import datasets
     except ImportError:
-        raise DatasetError(f"{split}: loading from the Hugging Face hub needs the datasets package; {INSTALL}") from None
+        raise DatasetError(
+            f"{split}: loading from the Hugging Face hub needs the datasets package; {INSTALL}"
+        ) from None
     try:
         dataset = datasets.load_dataset(split.dataset, split.config, split=split.split)
     except Exception as exc:  # offline, unknown dataset/config/split, gated repo: all say the same to the user
@@ -64,8 +77,10 @@ def _class_names(dataset, column: str, source: str) -> list[str]:
     feature = getattr(feature, "feature", feature)  # a sequence of class labels: its element
     names = getattr(feature, "names", None)
     if not names:
-        raise DatasetError(f"{source}: column {column!r} is not a class label (it is {dataset.features[column]}); "
-                           "the report needs the label names")
+        raise DatasetError(
+            f"{source}: column {column!r} is not a class label (it is {dataset.features[column]}); "
+            "the report needs the label names"
+        )
     return list(names)
 
 
@@ -92,10 +107,16 @@ def from_hub_dataset(dataset, kind: str, source: str, label_keys: tuple[str, ...
     if kind == "multilabel":
         rows = np.array(dataset[label_column], dtype=bool)
         if rows.ndim != 2 or rows.shape[1] != len(TOPIC_LABELS):
-            raise DatasetError(f"{source}: column {label_column!r} must hold a 0/1 list of the {len(TOPIC_LABELS)} "
-                               f"TweetTopic labels per row, got shape {rows.shape}")
+            raise DatasetError(
+                f"{source}: column {label_column!r} must hold a 0/1 list of the {len(TOPIC_LABELS)} "
+                f"TweetTopic labels per row, got shape {rows.shape}"
+            )
         return MultiLabelData(texts, rows, TOPIC_LABELS, source, version)
     names = _class_names(dataset, label_column, source)
     if label_keys and len(label_keys) != len(names):
-        raise DatasetError(f"{source}: has {len(names)} classes {names}, but the task has {len(label_keys)} {list(label_keys)}")
-    return ClassificationData(texts, np.array(dataset[label_column], dtype=np.int64), tuple(label_keys or names), source, version)
+        raise DatasetError(
+            f"{source}: has {len(names)} classes {names}, but the task has {len(label_keys)} {list(label_keys)}"
+        )
+    return ClassificationData(
+        texts, np.array(dataset[label_column], dtype=np.int64), tuple(label_keys or names), source, version
+    )

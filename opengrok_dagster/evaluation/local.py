@@ -11,14 +11,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 
 from opengrok_dagster.training import CHECKPOINT_RECORD
+
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -53,18 +54,30 @@ def read_checkpoint(adapter_dir: Path, mask_mode: str) -> Checkpoint:
     config_path = adapter_dir / "adapter_config.json"
     weights = next((adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()), None)
     if not config_path.is_file() or weights is None:
-        raise CheckpointError(f"{adapter_dir} is not a peft adapter (needs adapter_config.json and adapter weights); re-materialise lora_checkpoint[{mask_mode}]")
+        raise CheckpointError(
+            f"{adapter_dir} is not a peft adapter (needs adapter_config.json and adapter weights); re-materialise lora_checkpoint[{mask_mode}]"
+        )
     try:
         adapter_config = json.loads(config_path.read_text())
-        record = json.loads((adapter_dir / CHECKPOINT_RECORD).read_text()) if (adapter_dir / CHECKPOINT_RECORD).is_file() else {}
+        record = (
+            json.loads((adapter_dir / CHECKPOINT_RECORD).read_text())
+            if (adapter_dir / CHECKPOINT_RECORD).is_file()
+            else {}
+        )
     except ValueError as exc:
-        raise CheckpointError(f"unreadable JSON in {adapter_dir} ({exc}); re-materialise lora_checkpoint[{mask_mode}]") from None
+        raise CheckpointError(
+            f"unreadable JSON in {adapter_dir} ({exc}); re-materialise lora_checkpoint[{mask_mode}]"
+        ) from None
     base_model = record.get("base_model") or adapter_config.get("base_model_name_or_path") or ""
-    record = {key: value for key, value in record.items() if key != "example_ids"} | {"examples": len(record.get("example_ids", []))}
+    record = {key: value for key, value in record.items() if key != "example_ids"} | {
+        "examples": len(record.get("example_ids", []))
+    }
     return Checkpoint(mask_mode, adapter_dir, str(base_model), _digest(weights), record)
 
 
-def find_checkpoints(adapter_dirs: Mapping[str, Path], mask_modes: tuple[str, ...]) -> tuple[list[Checkpoint], dict[str, str]]:
+def find_checkpoints(
+    adapter_dirs: Mapping[str, Path], mask_modes: tuple[str, ...]
+) -> tuple[list[Checkpoint], dict[str, str]]:
     """The checkpoints of ``mask_modes`` at ``adapter_dirs`` (mode -> directory, as the ``lora_checkpoint``
     manifests give them), and for each mode without one the reason, for the report."""
     found, missing = [], {}
@@ -109,8 +122,14 @@ class LocalStudent:
     BASE = "base"
 
     def __init__(
-        self, model_path: str, checkpoints: list[Checkpoint] = (), max_length: int = 512, threads: int = 0,
-        device: str = "auto", precision: str = "auto", batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        self,
+        model_path: str,
+        checkpoints: list[Checkpoint] = (),
+        max_length: int = 512,
+        threads: int = 0,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> None:
         """``threads`` > 0 sets torch's CPU threads: on a machine shared with other jobs, 1 thread avoids the
         spin-waiting that makes 2 threads many times slower (bench/evaluation_time.py); 0 keeps torch's default."""
@@ -181,19 +200,27 @@ class LocalStudent:
         yield
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        return list(ids)[-self.max_length:]
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids)[-self.max_length :]
 
     def _continuation(self, answer: str) -> list[int]:
         """Token ids the chat template puts after the generation prompt for ``answer`` (end of turn included)."""
         if answer not in self._continuations:
             probe = [{"role": "user", "content": "x"}]
             prompt = self._prompt_ids(probe)
-            full = list(self.tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False))
+            full = list(
+                self.tokenizer.apply_chat_template(
+                    probe + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False
+                )
+            )
             if full[: len(prompt)] == prompt and len(full) > len(prompt):
-                self._continuations[answer] = full[len(prompt):]
+                self._continuations[answer] = full[len(prompt) :]
             else:
-                self._continuations[answer] = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+                self._continuations[answer] = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [
+                    self.tokenizer.eos_token_id
+                ]
         return self._continuations[answer]
 
     def _tensor(self, rows):
@@ -247,10 +274,15 @@ class LocalStudent:
         prompt_to_prompt = torch.ones(width, width, dtype=torch.bool, device=device).tril() & own[:, None, :]
         prompt_to_prompt |= torch.eye(width, dtype=torch.bool, device=device)  # a pad sees itself: no empty row
         block_to_block = (owner[:, None] == owner[None, :]) & (step[:, None] >= step[None, :])
-        mask = torch.cat([
-            torch.cat([prompt_to_prompt, own.new_zeros(batch, width, block)], dim=2),
-            torch.cat([own[:, None, :].expand(batch, block, width), block_to_block.expand(batch, block, block)], 2),
-        ], dim=1)
+        mask = torch.cat(
+            [
+                torch.cat([prompt_to_prompt, own.new_zeros(batch, width, block)], dim=2),
+                torch.cat(
+                    [own[:, None, :].expand(batch, block, width), block_to_block.expand(batch, block, block)], 2
+                ),
+            ],
+            dim=1,
+        )
         mask = torch.cat([mask.new_ones(batch, width + block, shared), mask], dim=2)[:, None]
         lengths = own.sum(1, keepdim=True)
         positions = torch.cat([shared + (own.cumsum(1) - 1).clamp(min=0), shared + lengths + step[None, :]], dim=1)
@@ -263,7 +295,11 @@ class LocalStudent:
             mask = additive.masked_fill(~mask, torch.finfo(self.model.dtype).min)
         keep = torch.arange(width - 1, width + block, device=device)  # the prompt's last token, then the block
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=keep,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            logits_to_keep=keep,
         ).logits.float()
         logprobs = logits - logits.logsumexp(dim=2, keepdim=True)
         scores = logprobs[:, 0, [c[0] for c in continuations]]
@@ -288,20 +324,26 @@ class LocalStudent:
             batches = _length_batches([len(p) for p in prompts], max_new_tokens, self.batch_tokens)
         else:
             order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-            batches = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
+            batches = (order[start : start + batch_size] for start in range(0, len(order), batch_size))
         with torch.inference_mode():
             for rows in batches:
                 width = max(len(prompts[r]) for r in rows)
                 ids = self._tensor([[pad] * (width - len(prompts[r])) + prompts[r] for r in rows])
                 mask = self._tensor([[0] * (width - len(prompts[r])) + [1] * len(prompts[r]) for r in rows])
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
                 )
                 for row, text in zip(rows, self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
                     texts[row] = text
         return texts
 
-    def response_nll(self, messages: list[list[dict[str, str]]], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def response_nll(
+        self, messages: list[list[dict[str, str]]], responses: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Summed negative log-likelihood of each response after its prompt, and its token count (batched,
         right-padded)."""
         import torch
@@ -322,10 +364,12 @@ class LocalStudent:
                 width = max(len(sequences[r]) for r in rows)
                 ids = self._tensor([sequences[r] + [pad] * (width - len(sequences[r])) for r in rows])
                 real = self._tensor([[1] * len(sequences[r]) + [0] * (width - len(sequences[r])) for r in rows])
-                scored = self._tensor([
-                    [0] * starts[r] + [1] * (len(sequences[r]) - starts[r]) + [0] * (width - len(sequences[r]))
-                    for r in rows
-                ])
+                scored = self._tensor(
+                    [
+                        [0] * starts[r] + [1] * (len(sequences[r]) - starts[r]) + [0] * (width - len(sequences[r]))
+                        for r in rows
+                    ]
+                )
                 logits = self.model(input_ids=ids, attention_mask=real).logits[:, :-1].float()
                 token_logprobs = logits.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2) - logits.logsumexp(dim=2)
                 nll[rows] = (-(token_logprobs * scored[:, 1:]).sum(dim=1)).cpu().numpy()

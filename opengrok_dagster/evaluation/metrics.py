@@ -34,7 +34,9 @@ class ClassificationScores:
     gold: np.ndarray
     pred: np.ndarray
     n_classes: int
-    task_metric: str | None = None  # 'f1_class_1' (TweetEval irony) or 'f1_against_favor' (stance), when the task uses one
+    task_metric: str | None = (
+        None  # 'f1_class_1' (TweetEval irony) or 'f1_against_favor' (stance), when the task uses one
+    )
 
     @property
     def n(self) -> int:
@@ -79,7 +81,11 @@ class MultiLabelScores:
         fp = (~gold & pred).sum(axis=0).astype(float)
         fn = (gold & ~pred).sum(axis=0).astype(float)
         micro = _f1(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))[0]
-        return {"micro_f1": float(np.nan_to_num(micro)), "macro_f1": _nanmean(_f1(tp, fp, fn)), "exact_match": float((gold == pred).all(axis=1).mean())}
+        return {
+            "micro_f1": float(np.nan_to_num(micro)),
+            "macro_f1": _nanmean(_f1(tp, fp, fn)),
+            "exact_match": float((gold == pred).all(axis=1).mean()),
+        }
 
 
 def entity_counts(gold_tags: list[list[str]], pred_tags: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,7 +112,7 @@ class NerScores:
     gold: np.ndarray
 
     @classmethod
-    def from_tags(cls, gold_tags: list[list[str]], pred_tags: list[list[str]]) -> "NerScores":
+    def from_tags(cls, gold_tags: list[list[str]], pred_tags: list[list[str]]) -> NerScores:
         return cls(*entity_counts(gold_tags, pred_tags))
 
     @property

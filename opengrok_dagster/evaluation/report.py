@@ -11,7 +11,7 @@ import html
 import io
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import pandas as pd
 
 from opengrok_dagster.evaluation.runner import TEACHER, EvaluationResults, ItemAnswers, TaskResult
 from opengrok_dagster.publish import publishing
+
 
 REPORT_MARKDOWN, REPORT_HTML = "report.md", "report.html"  # in the layout's reports_dir
 MAIN_PLOT = "primary_metrics.png"
@@ -39,27 +40,80 @@ def results_frame(results: EvaluationResults) -> pd.DataFrame:
     cfg = results.config
     rows = []
     for task in results.tasks:
-        common = {"task": task.name, "dataset": task.source, "data_version": task.data_version, "n": task.n,
-                  "seed": cfg.seed, "resamples": cfg.resamples, "confidence": cfg.confidence}
+        common = {
+            "task": task.name,
+            "dataset": task.source,
+            "data_version": task.data_version,
+            "n": task.n,
+            "seed": cfg.seed,
+            "resamples": cfg.resamples,
+            "confidence": cfg.confidence,
+        }
         for score in task.scores:
             for metric in score.distribution.point:
                 estimate = score.distribution.estimate(metric, cfg.confidence)
-                rows.append(common | {
-                    "section": "score", "model": score.model, "metric": metric, "primary": metric == task.primary_metric,
-                    "value": estimate.value, "ci_low": estimate.low, "ci_high": estimate.high, "unparseable_rate": score.unparseable_rate,
-                })
+                rows.append(
+                    common
+                    | {
+                        "section": "score",
+                        "model": score.model,
+                        "metric": metric,
+                        "primary": metric == task.primary_metric,
+                        "value": estimate.value,
+                        "ci_low": estimate.low,
+                        "ci_high": estimate.high,
+                        "unparseable_rate": score.unparseable_rate,
+                    }
+                )
         for comparison in task.comparisons:
             d = comparison.difference
-            rows.append(common | {
-                "section": "paired_difference", "model": comparison.model, "compared_to": comparison.compared_to,
-                "metric": comparison.metric, "primary": comparison.metric == task.primary_metric,
-                "value": d.value, "ci_low": d.low, "ci_high": d.high, "p_value": d.p_value,
-            })
-        for reference in (task.spec.references if task.spec else ()):
-            rows.append({"task": task.name, "section": "external_reference", "model": reference.system, "metric": task.primary_metric,
-                         "primary": True, "external_reference": reference.value, "reference_source": reference.source})
-    columns = ["section", "task", "model", "compared_to", "metric", "primary", "value", "ci_low", "ci_high", "p_value", "n",
-               "unparseable_rate", "external_reference", "reference_source", "dataset", "data_version", "seed", "resamples", "confidence"]
+            rows.append(
+                common
+                | {
+                    "section": "paired_difference",
+                    "model": comparison.model,
+                    "compared_to": comparison.compared_to,
+                    "metric": comparison.metric,
+                    "primary": comparison.metric == task.primary_metric,
+                    "value": d.value,
+                    "ci_low": d.low,
+                    "ci_high": d.high,
+                    "p_value": d.p_value,
+                }
+            )
+        for reference in task.spec.references if task.spec else ():
+            rows.append(
+                {
+                    "task": task.name,
+                    "section": "external_reference",
+                    "model": reference.system,
+                    "metric": task.primary_metric,
+                    "primary": True,
+                    "external_reference": reference.value,
+                    "reference_source": reference.source,
+                }
+            )
+    columns = [
+        "section",
+        "task",
+        "model",
+        "compared_to",
+        "metric",
+        "primary",
+        "value",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "n",
+        "unparseable_rate",
+        "external_reference",
+        "reference_source",
+        "dataset",
+        "data_version",
+        "seed",
+        "resamples",
+        "confidence",
+    ]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({"n": "Int64", "seed": "Int64", "resamples": "Int64", "primary": bool})
 
@@ -70,12 +124,16 @@ def summary_table(results: EvaluationResults) -> pd.DataFrame:
     rows = []
     for task in results.tasks:
         row = {"task": task.name, "metric": task.primary_metric, "n": task.n}
-        by_model = {s.model: s.distribution.estimate(task.primary_metric, results.config.confidence) for s in task.scores}
+        by_model = {
+            s.model: s.distribution.estimate(task.primary_metric, results.config.confidence) for s in task.scores
+        }
         for model in models:
             e = by_model.get(model)
             row[model] = _interval(e.value, e.low, e.high) if e else "-"
         references = task.spec.references if task.spec else ()
-        row["external reference (published, test set)"] = "; ".join(f"{r.system} {r.value:.3f}" for r in references) or "-"
+        row["external reference (published, test set)"] = (
+            "; ".join(f"{r.system} {r.value:.3f}" for r in references) or "-"
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -95,14 +153,20 @@ def distillation_table(results: EvaluationResults) -> pd.DataFrame:
             if c.compared_to != "base" or c.metric != task.primary_metric:
                 continue
             student, d = by_model[c.model], c.difference
-            rows.append({
-                "task": task.name, "metric": task.primary_metric, "n": task.n, "student": c.model,
-                "base": _interval(base.value, base.low, base.high) if base else "-",
-                "teacher": _interval(teacher.value, teacher.low, teacher.high) if teacher else "-",
-                "student score": _interval(student.value, student.low, student.high),
-                "student - base": _interval(d.value, d.low, d.high),
-                "+- (half-width)": _fmt((d.high - d.low) / 2), "p_value": _fmt(d.p_value),
-            })
+            rows.append(
+                {
+                    "task": task.name,
+                    "metric": task.primary_metric,
+                    "n": task.n,
+                    "student": c.model,
+                    "base": _interval(base.value, base.low, base.high) if base else "-",
+                    "teacher": _interval(teacher.value, teacher.low, teacher.high) if teacher else "-",
+                    "student score": _interval(student.value, student.low, student.high),
+                    "student - base": _interval(d.value, d.low, d.high),
+                    "+- (half-width)": _fmt((d.high - d.low) / 2),
+                    "p_value": _fmt(d.p_value),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -127,6 +191,7 @@ def _answer_text(answers: ItemAnswers, row: int, predicted) -> str:
 
 def example_rows(answers: ItemAnswers, count: int) -> list[int]:
     """Items on which the models disagree most (ties: item order), so the examples show what changed."""
+
     def spread(row: int) -> int:
         return len({_answer_text(answers, row, p) for p in answers.predictions.values()})
 
@@ -137,10 +202,18 @@ def examples_table(answers: ItemAnswers, count: int) -> pd.DataFrame:
     rows = []
     for row in example_rows(answers, count):
         text = " ".join(answers.texts[row].split())
-        gold = (", ".join(answers.words[i] for i in np.flatnonzero(answers.gold[row])) if answers.multi_label
-                else answers.words[answers.gold[row]])
-        rows.append({"post": text if len(text) <= EXAMPLE_POST_CHARS else text[:EXAMPLE_POST_CHARS - 1] + "\u2026", "gold": gold}
-                    | {model: _answer_text(answers, row, predicted) for model, predicted in answers.predictions.items()})
+        gold = (
+            ", ".join(answers.words[i] for i in np.flatnonzero(answers.gold[row]))
+            if answers.multi_label
+            else answers.words[answers.gold[row]]
+        )
+        rows.append(
+            {
+                "post": text if len(text) <= EXAMPLE_POST_CHARS else text[: EXAMPLE_POST_CHARS - 1] + "\u2026",
+                "gold": gold,
+            }
+            | {model: _answer_text(answers, row, predicted) for model, predicted in answers.predictions.items()}
+        )
     return pd.DataFrame(rows)
 
 
@@ -151,16 +224,22 @@ def _plot_primary(results: EvaluationResults) -> bytes:
     import matplotlib.pyplot as plt
 
     tasks = [t for t in results.tasks if t.scores]
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 1.2 + 0.35 * sum(len(t.scores) for t in tasks) + 0.6 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(tasks), 1, figsize=(7, 1.2 + 0.35 * sum(len(t.scores) for t in tasks) + 0.6 * len(tasks)), squeeze=False
+    )
     for ax, task in zip(axes[:, 0], tasks):
-        estimates = [(s.model, s.distribution.estimate(task.primary_metric, results.config.confidence)) for s in task.scores]
+        estimates = [
+            (s.model, s.distribution.estimate(task.primary_metric, results.config.confidence)) for s in task.scores
+        ]
         values = np.array([e.value for _, e in estimates])
         errors = np.array([[max(e.value - e.low, 0), max(e.high - e.value, 0)] for _, e in estimates]).T
         positions = np.arange(len(estimates))
         ax.barh(positions, np.nan_to_num(values), xerr=np.nan_to_num(errors), color="#4878a8", capsize=3)
         ax.set_yticks(positions, [m for m, _ in estimates])
         ax.invert_yaxis()
-        ax.set_title(f"{task.name}: {task.primary_metric} (n={task.n}, {int(results.config.confidence * 100)}% CI)", fontsize=9)
+        ax.set_title(
+            f"{task.name}: {task.primary_metric} (n={task.n}, {int(results.config.confidence * 100)}% CI)", fontsize=9
+        )
         ax.tick_params(labelsize=8)
     fig.tight_layout()
     return _png(fig)
@@ -176,11 +255,20 @@ def _plot_differences(results: EvaluationResults) -> bytes | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 1 + 0.3 * len(comparisons)))
-    for row, (task, c) in enumerate(comparisons):
+    for row, (_, c) in enumerate(comparisons):
         d = c.difference
-        ax.errorbar(d.value, row, xerr=[[max(d.value - d.low, 0)], [max(d.high - d.value, 0)]], fmt="o", color="#a84848", capsize=3)
+        ax.errorbar(
+            d.value,
+            row,
+            xerr=[[max(d.value - d.low, 0)], [max(d.high - d.value, 0)]],
+            fmt="o",
+            color="#a84848",
+            capsize=3,
+        )
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_yticks(range(len(comparisons)), [f"{t.name}: {c.model} - {c.compared_to}" for t, c in comparisons], fontsize=7)
+    ax.set_yticks(
+        range(len(comparisons)), [f"{t.name}: {c.model} - {c.compared_to}" for t, c in comparisons], fontsize=7
+    )
     ax.invert_yaxis()
     ax.set_title("Paired bootstrap differences on the primary metric", fontsize=9)
     fig.tight_layout()
@@ -229,13 +317,21 @@ class Report:
             elif kind == "list":
                 body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>")
             elif kind == "table":
-                body.append(content.to_html(index=False, escape=True, border=0) if len(content) else "<p><em>(none)</em></p>")
+                body.append(
+                    content.to_html(index=False, escape=True, border=0) if len(content) else "<p><em>(none)</em></p>"
+                )
             elif kind == "image":
                 data = base64.b64encode(self.images[content]).decode()
                 body.append(f'<img alt="{html.escape(content)}" src="data:image/png;base64,{data}">')
-        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;font-size:13px}"
-                 "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}img{max-width:100%}")
-        return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>OpenGrok evaluation report</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        style = (
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}img{max-width:100%}"
+        )
+        return (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>OpenGrok evaluation report</title><style>{style}</style></head><body>\n'
+            + "\n".join(body)
+            + "\n</body></html>\n"
+        )
 
 
 def _task_table(task: TaskResult, confidence: float) -> pd.DataFrame:
@@ -254,17 +350,23 @@ def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None 
     cfg = results.config
     report = Report()
     report.add("h1", "OpenGrok evaluation report")
-    report.add("p", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {results.seconds:.0f}s. Seed {cfg.seed}; "
-                    f"{cfg.resamples} bootstrap resamples; {int(cfg.confidence * 100)}% percentile intervals in brackets; "
-                    "paired differences use the same resampled items for both models.")
+    report.add(
+        "p",
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {results.seconds:.0f}s. Seed {cfg.seed}; "
+        f"{cfg.resamples} bootstrap resamples; {int(cfg.confidence * 100)}% percentile intervals in brackets; "
+        "paired differences use the same resampled items for both models.",
+    )
     report.add("h2", "Summary (primary metric per task)")
     report.add("table", summary_table(results))
     distillation = distillation_table(results)
     if len(distillation):
         report.add("h2", "Did distillation help? (paired difference student - base)")
-        report.add("p", "Each adapter against the untrained base student on the same items and resamples; an interval "
-                        "above 0 means the distilled student is better. The teacher's score is shown beside them: it "
-                        "is what distillation could at best transfer.")
+        report.add(
+            "p",
+            "Each adapter against the untrained base student on the same items and resamples; an interval "
+            "above 0 means the distilled student is better. The teacher's score is shown beside them: it "
+            "is what distillation could at best transfer.",
+        )
         report.add("table", distillation)
     report.images[MAIN_PLOT] = _plot_primary(results) if any(t.scores for t in results.tasks) else b""
     if report.images[MAIN_PLOT]:
@@ -278,25 +380,62 @@ def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None 
     report.add("table", pd.DataFrame(results.models))
     report.add("h2", "Data")
     data_dir = str(results.data_dir) if results.data_dir else "none found"
-    report.add("p", f"Data directory: {data_dir}. Items are sampled without replacement with seed {cfg.seed}; "
-                    "sizes are configurable (0 = the whole split).")
-    report.add("table", pd.DataFrame([{"task": t.name, "file": t.source, "data version (sha256)": t.data_version,
-                                       "items in split": t.total_items, "items evaluated": t.n} for t in results.tasks]))
+    report.add(
+        "p",
+        f"Data directory: {data_dir}. Items are sampled without replacement with seed {cfg.seed}; "
+        "sizes are configurable (0 = the whole split).",
+    )
+    report.add(
+        "table",
+        pd.DataFrame(
+            [
+                {
+                    "task": t.name,
+                    "file": t.source,
+                    "data version (sha256)": t.data_version,
+                    "items in split": t.total_items,
+                    "items evaluated": t.n,
+                }
+                for t in results.tasks
+            ]
+        ),
+    )
     for task in results.tasks:
         report.add("h2", f"Task: {task.name}")
         report.add("p", f"{task.n} items from {task.source}; primary metric {task.primary_metric}.")
         report.add("table", _task_table(task, cfg.confidence))
         if task.comparisons:
             report.add("h3", "Ablation: paired bootstrap differences (model minus compared_to)")
-            report.add("table", pd.DataFrame([
-                {"model": c.model, "compared_to": c.compared_to, "metric": c.metric,
-                 "difference": _interval(c.difference.value, c.difference.low, c.difference.high), "p_value": _fmt(c.difference.p_value)}
-                for c in task.comparisons
-            ]))
+            report.add(
+                "table",
+                pd.DataFrame(
+                    [
+                        {
+                            "model": c.model,
+                            "compared_to": c.compared_to,
+                            "metric": c.metric,
+                            "difference": _interval(c.difference.value, c.difference.low, c.difference.high),
+                            "p_value": _fmt(c.difference.p_value),
+                        }
+                        for c in task.comparisons
+                    ]
+                ),
+            )
         references = task.spec.references if task.spec else ()
         if references:
-            report.add("h3", "External reference (published on the test split; not measured here, not comparable to a small validation sample)")
-            report.add("table", pd.DataFrame([{"system": r.system, task.primary_metric: f"{r.value:.3f}", "source": r.source} for r in references]))
+            report.add(
+                "h3",
+                "External reference (published on the test split; not measured here, not comparable to a small validation sample)",
+            )
+            report.add(
+                "table",
+                pd.DataFrame(
+                    [
+                        {"system": r.system, task.primary_metric: f"{r.value:.3f}", "source": r.source}
+                        for r in references
+                    ]
+                ),
+            )
         if task.answers is not None:
             if not task.answers.multi_label:
                 report.add("h3", "Confusion matrices (rows: gold label; columns: the model's answer)")
@@ -313,30 +452,42 @@ def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None 
         report.add("h2", "Paired differences")
         report.add("image", DIFFERENCE_PLOT)
     report.add("h2", "Method")
-    report.add("list", [
-        "Local models (base student and each LoRA checkpoint) classify by label log-likelihood: every label's tokens are "
-        "scored after the same prompt and the most likely label wins, so they never give an unparseable answer. "
-        + ("Scores are calibrated against content-free prompts (the same prompt with the posts 'N/A', '' and '[MASK]'): "
-           "each label's likelihood is divided by its mean likelihood there, so a model's label prior does not decide "
-           "(contextual calibration, Zhao et al. 2021)." if cfg.calibrate else "Scores are not calibrated (calibrate: false)."),
-        f"Multi-label topics: the labels' likelihoods are normalised over the label set; the top label and every label "
-        f"with probability >= {cfg.topic_threshold} are predicted.",
-        "API models (teacher, extra endpoints) answer the same prompt with greedy decoding; an answer naming no label "
-        "(or several, for single-label tasks) or a failed request is unparseable and counts as wrong.",
-        "NER by generation of 'type: entity' lines, mapped back onto the post's tokens; scored at entity level with "
-        "seqeval's micro F1. Its unparseable rate is the share of answer lines that could not be read or located.",
-        "Baselines: TF-IDF (1-2 grams) + logistic regression on the task's train split (tfidf-lr:gold), and on the "
-        "teacher's labels of a sample of the train texts (tfidf-lr:teacher).",
-        "Teacher agreement: sentence chrF (sacrebleu) of the student's greedy answer vs the teacher's held-out response, "
-        "and the student's perplexity on that response.",
-    ])
+    report.add(
+        "list",
+        [
+            "Local models (base student and each LoRA checkpoint) classify by label log-likelihood: every label's tokens are "
+            "scored after the same prompt and the most likely label wins, so they never give an unparseable answer. "
+            + (
+                "Scores are calibrated against content-free prompts (the same prompt with the posts 'N/A', '' and '[MASK]'): "
+                "each label's likelihood is divided by its mean likelihood there, so a model's label prior does not decide "
+                "(contextual calibration, Zhao et al. 2021)."
+                if cfg.calibrate
+                else "Scores are not calibrated (calibrate: false)."
+            ),
+            f"Multi-label topics: the labels' likelihoods are normalised over the label set; the top label and every label "
+            f"with probability >= {cfg.topic_threshold} are predicted.",
+            "API models (teacher, extra endpoints) answer the same prompt with greedy decoding; an answer naming no label "
+            "(or several, for single-label tasks) or a failed request is unparseable and counts as wrong.",
+            "NER by generation of 'type: entity' lines, mapped back onto the post's tokens; scored at entity level with "
+            "seqeval's micro F1. Its unparseable rate is the share of answer lines that could not be read or located.",
+            "Baselines: TF-IDF (1-2 grams) + logistic regression on the task's train split (tfidf-lr:gold), and on the "
+            "teacher's labels of a sample of the train texts (tfidf-lr:teacher).",
+            "Teacher agreement: sentence chrF (sacrebleu) of the student's greedy answer vs the teacher's held-out response, "
+            "and the student's perplexity on that response.",
+        ],
+    )
     return report
 
 
 def publish_report(report_dir: Path, report: Report, frame: pd.DataFrame) -> dict[str, Path]:
     """Write report.md, report.html, the plots and results.parquet; each file appears whole or not at all."""
     report_dir = Path(report_dir)
-    files = {"markdown": REPORT_MARKDOWN, "html": REPORT_HTML, "parquet": "results.parquet", **{name: name for name in report.images}}
+    files = {
+        "markdown": REPORT_MARKDOWN,
+        "html": REPORT_HTML,
+        "parquet": "results.parquet",
+        **{name: name for name in report.images},
+    }
     published = {key: report_dir / name for key, name in files.items()}
     with publishing(*published.values()) as partials:
         partial = dict(zip(published, partials))

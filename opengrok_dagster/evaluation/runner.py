@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -14,12 +14,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
-from opengrok_dagster.evaluation.bootstrap import Difference, Distribution, bootstrap, paired_difference, resample_indices
+from opengrok_dagster.evaluation.bootstrap import (
+    Difference,
+    Distribution,
+    bootstrap,
+    paired_difference,
+    resample_indices,
+)
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
 from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
 from opengrok_dagster.evaluation.hub import is_hub_split
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
-from opengrok_dagster.evaluation.metrics import AgreementScores, ClassificationScores, MultiLabelScores, NerScores, sentence_chrf
+from opengrok_dagster.evaluation.metrics import (
+    AgreementScores,
+    ClassificationScores,
+    MultiLabelScores,
+    NerScores,
+    sentence_chrf,
+)
 from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
 from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
@@ -30,6 +42,7 @@ from opengrok_dagster.sns_tasks import (
     parse_entity_lines,
     parse_single_label,
 )
+
 
 TEACHER = "teacher"
 GOLD_BASELINE, TEACHER_BASELINE = "tfidf-lr:gold", "tfidf-lr:teacher"
@@ -127,12 +140,21 @@ class EvaluationConfig(BaseModel):
             task_spec(name)
         for name in (*self.eval_paths, *self.train_paths):
             if name not in self.tasks:
-                raise ValueError(f"a split path is given for task {name!r}, which is not among the tasks evaluated ({', '.join(self.tasks)})")
+                raise ValueError(
+                    f"a split path is given for task {name!r}, which is not among the tasks evaluated ({', '.join(self.tasks)})"
+                )
         for name, size in self.task_examples.items():
             if size < 0:
                 raise ValueError(f"task_examples[{name!r}] must be >= 0 (0 = all), got {size}")
-        counts = ("classification_examples", "ner_examples", "agreement_examples", "baseline_train_examples", "teacher_label_examples",
-                  "torch_threads", "example_posts")
+        counts = (
+            "classification_examples",
+            "ner_examples",
+            "agreement_examples",
+            "baseline_train_examples",
+            "teacher_label_examples",
+            "torch_threads",
+            "example_posts",
+        )
         if self.batch_tokens < 1:
             raise ValueError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
         for name in counts:
@@ -267,8 +289,10 @@ class Evaluation:
         started = time.monotonic()
         try:
             answers, failed, reused = model.complete_all(messages, max_tokens, self.answers)
-            self.log(f"{model.name} answered {len(messages) - failed} of {len(messages)} prompts in {time.monotonic() - started:.1f}s"
-                     + (f" ({reused} answers reused from earlier runs)" if reused else ""))
+            self.log(
+                f"{model.name} answered {len(messages) - failed} of {len(messages)} prompts in {time.monotonic() - started:.1f}s"
+                + (f" ({reused} answers reused from earlier runs)" if reused else "")
+            )
         except EndpointFailure as exc:
             self.failed_endpoints[model.name] = str(exc)
             self.log(f"endpoint {model.name} left out of the report: {exc}")
@@ -285,7 +309,9 @@ class Evaluation:
     def _classify(self, spec: TaskSpec, texts: list[str], words: list[str], multi_label: bool):
         """Yields (model, predictions, unparseable_rate) for every local variant and API model."""
         messages = [classification_messages(spec.question, t, words, multi_label) for t in texts]
-        content_free = content_free_messages(lambda post: classification_messages(spec.question, post, words, multi_label))
+        content_free = content_free_messages(
+            lambda post: classification_messages(spec.question, post, words, multi_label)
+        )
         for variant in self._local_variants():
             started = time.monotonic()
             with self.student.using(variant):
@@ -317,13 +343,22 @@ class Evaluation:
                 yield model.name, predicted, float((predicted < 0).mean())
 
     def _baselines(
-        self, spec: TaskSpec, data_dir: Path | None, eval_texts: list[str], eval_names: tuple[str, ...], words: list[str], multi_label: bool, notes: list[str]
+        self,
+        spec: TaskSpec,
+        data_dir: Path | None,
+        eval_texts: list[str],
+        eval_names: tuple[str, ...],
+        words: list[str],
+        multi_label: bool,
+        notes: list[str],
     ):
         """Yields (model, predictions) for TF-IDF + LR on gold train labels, and on teacher labels of train texts;
         a baseline that cannot be trained is explained in ``notes``."""
         train_relative = tuple(self.config.train_paths.get(spec.name) or spec.train_paths)
         if data_dir is None and not (len(train_relative) == 1 and is_hub_split(train_relative[0])):
-            notes.append("the TF-IDF baselines were not trained: no data directory for the train split; name a hub split in train_paths")
+            notes.append(
+                "the TF-IDF baselines were not trained: no data directory for the train split; name a hub split in train_paths"
+            )
             return
         train = read_split(spec, data_dir, train_relative, train=True)
         if tuple(train.label_names) != tuple(eval_names):
@@ -333,21 +368,32 @@ class Evaluation:
             )
         train, leaked = _without_eval_posts(train, self.eval_posts)
         if leaked:
-            notes.append(f"{leaked} posts of the train split ({train.source}) are evaluation posts and were left "
-                         "out of the TF-IDF baselines' training data")
+            notes.append(
+                f"{leaked} posts of the train split ({train.source}) are evaluation posts and were left "
+                "out of the TF-IDF baselines' training data"
+            )
         cfg = self.config
         chosen = sample_items(len(train.texts), cfg.baseline_train_examples, cfg.seed)
         train_texts, train_labels = [train.texts[i] for i in chosen], train.labels[chosen]
         if trainable(train_labels):
-            yield GOLD_BASELINE, train_tfidf_classifier(train_texts, train_labels, cfg.seed).predict(eval_texts).astype(train_labels.dtype)
+            yield (
+                GOLD_BASELINE,
+                train_tfidf_classifier(train_texts, train_labels, cfg.seed)
+                .predict(eval_texts)
+                .astype(train_labels.dtype),
+            )
         else:
-            notes.append(f"{GOLD_BASELINE} not trained: the {len(train_texts)} train items sampled have a single class")
+            notes.append(
+                f"{GOLD_BASELINE} not trained: the {len(train_texts)} train items sampled have a single class"
+            )
         teacher = next((m for m in self.api_models if m.name == TEACHER), None)
         if teacher is None or cfg.teacher_label_examples == 0:
             return
         chosen = sample_items(len(train.texts), cfg.teacher_label_examples, cfg.seed + 1)
         texts = [train.texts[i] for i in chosen]
-        answers = self._api_answers(teacher, [classification_messages(spec.question, t, words, multi_label) for t in texts], cfg.api_max_tokens)
+        answers = self._api_answers(
+            teacher, [classification_messages(spec.question, t, words, multi_label) for t in texts], cfg.api_max_tokens
+        )
         if answers is None:
             return
         if multi_label:
@@ -360,7 +406,10 @@ class Evaluation:
             usable = labels >= 0
         texts, labels = [t for t, keep in zip(texts, usable) if keep], labels[usable]
         if trainable(labels):
-            yield TEACHER_BASELINE, train_tfidf_classifier(texts, labels, cfg.seed).predict(eval_texts).astype(labels.dtype)
+            yield (
+                TEACHER_BASELINE,
+                train_tfidf_classifier(texts, labels, cfg.seed).predict(eval_texts).astype(labels.dtype),
+            )
         else:
             notes.append(
                 f"{TEACHER_BASELINE} not trained: {len(texts)} of the {cfg.teacher_label_examples} teacher answers named a label, "
@@ -397,7 +446,9 @@ class Evaluation:
                 yield (model.name, *tag(answers))
 
     # -- tasks -------------------------------------------------------------------------------------------
-    def _finish(self, result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...]) -> TaskResult:
+    def _finish(
+        self, result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...]
+    ) -> TaskResult:
         indices = resample_indices(result.n, self.config.resamples, self.config.seed)
         for model, scores, unparseable in scored:
             result.scores.append(ModelScore(model, bootstrap(scores, indices), scores.n, unparseable))
@@ -412,7 +463,9 @@ class Evaluation:
         cfg = self.config
         relative = cfg.eval_paths.get(spec.name) or spec.eval_path
         data = read_split(spec, data_dir, relative)
-        wanted = cfg.task_examples.get(spec.name, cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples)
+        wanted = cfg.task_examples.get(
+            spec.name, cfg.ner_examples if spec.kind == "ner" else cfg.classification_examples
+        )
         total = len(data.tokens) if spec.kind == "ner" else len(data.texts)
         chosen = sample_items(total, wanted, cfg.seed)
         result = TaskResult(spec, spec.name, spec.primary_metric, data.source, data.version, total, len(chosen))
@@ -436,7 +489,9 @@ class Evaluation:
         for model, predicted, unparseable in self._classify(spec, texts, words, multi_label):
             scored.append((model, scores_of(predicted), unparseable))
             result.answers.predictions[model] = predicted
-        for model, predicted in self._baselines(spec, data_dir, texts, data.label_names, words, multi_label, result.notes):
+        for model, predicted in self._baselines(
+            spec, data_dir, texts, data.label_names, words, multi_label, result.notes
+        ):
             scored.append((model, scores_of(predicted), None))
             result.answers.predictions[model] = predicted
         return self._finish(result, scored, (spec.primary_metric,))
@@ -449,12 +504,18 @@ class Evaluation:
         sample = rows.iloc[chosen]
         digest = pd.util.hash_pandas_object(sample[["example_id", "response"]], index=False).sum()
         result = TaskResult(
-            None, AGREEMENT_TASK, "chrf", "filtered_responses (split == heldout)", f"{int(digest) & 0xFFFFFFFFFFFF:012x}",
-            len(rows), len(chosen),
+            None,
+            AGREEMENT_TASK,
+            "chrf",
+            "filtered_responses (split == heldout)",
+            f"{int(digest) & 0xFFFFFFFFFFFF:012x}",
+            len(rows),
+            len(chosen),
         )
         self.log(f"{AGREEMENT_TASK}: {len(chosen)} of {len(rows)} held-out teacher responses (seed {cfg.seed})")
         messages = [
-            ([{"role": "system", "content": s}] if isinstance(s, str) and s.strip() else []) + [{"role": "user", "content": p}]
+            ([{"role": "system", "content": s}] if isinstance(s, str) and s.strip() else [])
+            + [{"role": "user", "content": p}]
             for s, p in zip(sample["system_prompt"], sample["prompt"])
         ]
         references = [str(r) for r in sample["response"]]
@@ -478,17 +539,52 @@ class Evaluation:
         """What each model name in the report stands for, with the version of what was loaded."""
         models = []
         if self.student is not None:
-            models.append({"model": LocalStudent.BASE, "what": "student without adapter (no distillation)", "source": self.student.model_path, "version": ""})
+            models.append(
+                {
+                    "model": LocalStudent.BASE,
+                    "what": "student without adapter (no distillation)",
+                    "source": self.student.model_path,
+                    "version": "",
+                }
+            )
             for c in self.student.checkpoints:
-                facts = ", ".join(f"{k}={c.record[k]}" for k in ("global_step", "best_val_loss", "examples") if k in c.record)
-                models.append({"model": c.variant, "what": f"student + LoRA, mask mode {c.mask_mode}", "source": f"{c.adapter_dir} ({facts})", "version": c.version})
+                facts = ", ".join(
+                    f"{k}={c.record[k]}" for k in ("global_step", "best_val_loss", "examples") if k in c.record
+                )
+                models.append(
+                    {
+                        "model": c.variant,
+                        "what": f"student + LoRA, mask mode {c.mask_mode}",
+                        "source": f"{c.adapter_dir} ({facts})",
+                        "version": c.version,
+                    }
+                )
         models += [
-            {"model": m.name, "what": "OpenAI-compatible endpoint, greedy" + (" (failed: see notes)" if m.name in self.failed_endpoints else ""),
-             "source": m.description, "version": ""}
+            {
+                "model": m.name,
+                "what": "OpenAI-compatible endpoint, greedy"
+                + (" (failed: see notes)" if m.name in self.failed_endpoints else ""),
+                "source": m.description,
+                "version": "",
+            }
             for m in self.api_models
         ]
-        models.append({"model": GOLD_BASELINE, "what": "TF-IDF + logistic regression on the task's train split", "source": "train split", "version": ""})
-        models.append({"model": TEACHER_BASELINE, "what": "TF-IDF + logistic regression on teacher labels of train texts", "source": TEACHER, "version": ""})
+        models.append(
+            {
+                "model": GOLD_BASELINE,
+                "what": "TF-IDF + logistic regression on the task's train split",
+                "source": "train split",
+                "version": "",
+            }
+        )
+        models.append(
+            {
+                "model": TEACHER_BASELINE,
+                "what": "TF-IDF + logistic regression on teacher labels of train texts",
+                "source": TEACHER,
+                "version": "",
+            }
+        )
         return models
 
     def run(self, heldout: pd.DataFrame | None, notes: list[str] | None = None) -> EvaluationResults:
@@ -511,18 +607,26 @@ class Evaluation:
             notes.append("teacher agreement was not measured: filtered_responses has no held-out rows")
         else:
             tasks.append(self.run_agreement(heldout))
-        notes.extend(f"endpoint {name} failed and is left out: {reason}" for name, reason in self.failed_endpoints.items())
+        notes.extend(
+            f"endpoint {name} failed and is left out: {reason}" for name, reason in self.failed_endpoints.items()
+        )
         for name, (failed, sent, reused) in self.request_counts.items():
             if failed:
-                notes.append(f"{name}: {failed} of {sent} requests failed after retries; they count as unparseable answers")
+                notes.append(
+                    f"{name}: {failed} of {sent} requests failed after retries; they count as unparseable answers"
+                )
             if reused:
-                notes.append(f"{name}: {reused} of {sent} answers reused from earlier runs (same model, prompt and token "
-                             "budget, greedy decoding); set reuse_api_answers to false to ask again")
+                notes.append(
+                    f"{name}: {reused} of {sent} answers reused from earlier runs (same model, prompt and token "
+                    "budget, greedy decoding); set reuse_api_answers to false to ask again"
+                )
         throughput = self._throughput_summary()
         if throughput:
             rates = ", ".join(f"{task} {rate:g}" for task, rate in throughput["posts_per_second"].items())
-            notes.append(f"local student on {throughput['device']} ({throughput['dtype']}), "
-                         f"posts per second per variant: {rates}")
+            notes.append(
+                f"local student on {throughput['device']} ({throughput['dtype']}), "
+                f"posts per second per variant: {rates}"
+            )
         seconds = time.monotonic() - started
         return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, seconds, throughput)
 

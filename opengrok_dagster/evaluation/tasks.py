@@ -31,8 +31,19 @@ from opengrok_dagster.sns_tasks import (
     word_for,
 )
 
-READERS = {"tweeteval": read_tweeteval, "semeval_tsv": read_semeval_tsv, "topic_jsonl": read_topic_jsonl, "conll": read_conll}
-KIND_OF_FORMAT = {"tweeteval": "classification", "semeval_tsv": "classification", "topic_jsonl": "multilabel", "conll": "ner"}
+
+READERS = {
+    "tweeteval": read_tweeteval,
+    "semeval_tsv": read_semeval_tsv,
+    "topic_jsonl": read_topic_jsonl,
+    "conll": read_conll,
+}
+KIND_OF_FORMAT = {
+    "tweeteval": "classification",
+    "semeval_tsv": "classification",
+    "topic_jsonl": "multilabel",
+    "conll": "ner",
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,14 @@ _SEMEVAL_TRAIN = ("semeval2017_task4a/twitter-2013train-A.tsv", "semeval2017_tas
 
 def _tweeteval(task: str, question: str, metric: str, references=(), words=None) -> TaskSpec:
     return TaskSpec(
-        f"tweeteval_{task.replace('/', '_')}", "tweeteval", f"tweeteval/{task}/val", (f"tweeteval/{task}/train",),
-        metric, question, words, tuple(references),
+        f"tweeteval_{task.replace('/', '_')}",
+        "tweeteval",
+        f"tweeteval/{task}/val",
+        (f"tweeteval/{task}/train",),
+        metric,
+        question,
+        words,
+        tuple(references),
     )
 
 
@@ -77,47 +94,97 @@ TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         TaskSpec(
-            "tweeteval_sentiment", "tweeteval", "tweeteval/sentiment/val", _SEMEVAL_TRAIN, "macro_recall",
-            SENTIMENT_QUESTION, train_format="semeval_tsv",
+            "tweeteval_sentiment",
+            "tweeteval",
+            "tweeteval/sentiment/val",
+            _SEMEVAL_TRAIN,
+            "macro_recall",
+            SENTIMENT_QUESTION,
+            train_format="semeval_tsv",
             references=(
                 ExternalReference("RoBERTa-Retrained", 0.726, _TWEETEVAL),
                 ExternalReference("TimeLMs-2021", 0.737, _TWEETEVAL_README),
             ),
         ),
         TaskSpec(
-            "semeval_sentiment", "semeval_tsv", "semeval2017_task4a/twitter-2016devtest-A.tsv", _SEMEVAL_TRAIN,
-            "macro_recall", SENTIMENT_QUESTION,
+            "semeval_sentiment",
+            "semeval_tsv",
+            "semeval2017_task4a/twitter-2016devtest-A.tsv",
+            _SEMEVAL_TRAIN,
+            "macro_recall",
+            SENTIMENT_QUESTION,
         ),
         TaskSpec(
-            "tweet_topic", "topic_jsonl", "tweet_topic_xl/en/en_validation.jsonl", ("tweet_topic_xl/en/en_train.jsonl",),
-            "macro_f1", TOPIC_QUESTION,
+            "tweet_topic",
+            "topic_jsonl",
+            "tweet_topic_xl/en/en_validation.jsonl",
+            ("tweet_topic_xl/en/en_train.jsonl",),
+            "macro_f1",
+            TOPIC_QUESTION,
         ),
         TaskSpec(
-            "wnut17", "conll", "wnut17/emerging.dev.conll", ("wnut17/wnut17train.conll",), "f1", NER_QUESTION,
+            "wnut17",
+            "conll",
+            "wnut17/emerging.dev.conll",
+            ("wnut17/wnut17train.conll",),
+            "f1",
+            NER_QUESTION,
             references=(
-                ExternalReference("UH-RiTUAL (first in the WNUT-17 shared task)", 0.4186,
-                                  "Aguilar et al. 2017, WNUT (ACL Anthology W17-4419), entity F1, test set"),
-                ExternalReference("CL-KL", 0.6045, "Wang et al. 2021, ACL, 'Improving Named Entity Recognition by External Context "
-                                  "Retrieving and Cooperative Learning', test set"),
+                ExternalReference(
+                    "UH-RiTUAL (first in the WNUT-17 shared task)",
+                    0.4186,
+                    "Aguilar et al. 2017, WNUT (ACL Anthology W17-4419), entity F1, test set",
+                ),
+                ExternalReference(
+                    "CL-KL",
+                    0.6045,
+                    "Wang et al. 2021, ACL, 'Improving Named Entity Recognition by External Context "
+                    "Retrieving and Cooperative Learning', test set",
+                ),
             ),
         ),
         TaskSpec(
-            "btc", "conll", "broad_twitter_corpus/btc.dev", ("broad_twitter_corpus/btc.train",), "f1", NER_QUESTION,
+            "btc",
+            "conll",
+            "broad_twitter_corpus/btc.dev",
+            ("broad_twitter_corpus/btc.train",),
+            "f1",
+            NER_QUESTION,
             {k: ENTITY_WORDS[k] for k in ("PER", "ORG", "LOC")},
         ),
         TaskSpec(
-            "tweebank_ner", "conll", "tweebank_ner/dev.bio", ("tweebank_ner/train.bio",), "f1", NER_QUESTION, ENTITY_WORDS,
+            "tweebank_ner",
+            "conll",
+            "tweebank_ner/dev.bio",
+            ("tweebank_ner/train.bio",),
+            "f1",
+            NER_QUESTION,
+            ENTITY_WORDS,
         ),
         _tweeteval("emotion", "Which emotion does this post express?", "macro_f1"),
-        _tweeteval("hate", "Is this post hate speech against immigrants or women?", "macro_f1",
-                   words={"not-hate": "not hate", "hate": "hate"}),
-        _tweeteval("offensive", "Is this post offensive?", "macro_f1", words={"not-offensive": "not offensive", "offensive": "offensive"}),
-        _tweeteval("irony", "Is this post ironic?", "f1_class_1", words={"non_irony": "not ironic", "irony": "ironic"}),
+        _tweeteval(
+            "hate",
+            "Is this post hate speech against immigrants or women?",
+            "macro_f1",
+            words={"not-hate": "not hate", "hate": "hate"},
+        ),
+        _tweeteval(
+            "offensive",
+            "Is this post offensive?",
+            "macro_f1",
+            words={"not-offensive": "not offensive", "offensive": "offensive"},
+        ),
+        _tweeteval(
+            "irony", "Is this post ironic?", "f1_class_1", words={"non_irony": "not ironic", "irony": "ironic"}
+        ),
         *(
             _tweeteval(f"stance/{target}", f"What is the stance of this post towards {subject}?", "f1_against_favor")
             for target, subject in (
-                ("abortion", "legal abortion"), ("atheism", "atheism"), ("climate", "climate change being a concern"),
-                ("feminist", "feminism"), ("hillary", "Hillary Clinton"),
+                ("abortion", "legal abortion"),
+                ("atheism", "atheism"),
+                ("climate", "climate change being a concern"),
+                ("feminist", "feminism"),
+                ("hillary", "Hillary Clinton"),
             )
         ),
     )
@@ -140,15 +207,19 @@ def read_split(
     if len(relative) == 1 and is_hub_split(relative[0]):
         return load_hub_split(relative[0], spec.kind, tuple(spec.label_words or ()))
     if data_dir is None:
-        raise DatasetError(f"task {spec.name}: {', '.join(relative)} is a path, but no data directory was found; set "
-                           "OPENGROK_DATA_DIR (or data_dir), or name a hub split hf:<dataset>:<config>:<split>")
+        raise DatasetError(
+            f"task {spec.name}: {', '.join(relative)} is a path, but no data directory was found; set "
+            "OPENGROK_DATA_DIR (or data_dir), or name a hub split hf:<dataset>:<config>:<split>"
+        )
     paths = [data_dir / p for p in relative]
     file_format = (spec.train_format or spec.format) if train else spec.format
     reader = READERS[file_format]
     if file_format == "semeval_tsv":
         return replace(reader(paths), version=file_digest(*paths))
     if len(paths) != 1:
-        raise DatasetError(f"task {spec.name} reads one file per split, got {len(paths)}: {', '.join(map(str, paths))}")
+        raise DatasetError(
+            f"task {spec.name} reads one file per split, got {len(paths)}: {', '.join(map(str, paths))}"
+        )
     data = reader(paths[0])
     return replace(data, version=file_digest(Path(data.source)))
 
@@ -169,5 +240,7 @@ def label_words(spec: TaskSpec, names: tuple[str, ...]) -> list[str]:
     words = spec.label_words or {}
     unknown = set(words) - set(names)
     if unknown:
-        raise DatasetError(f"task {spec.name}: label words given for {sorted(unknown)}, which the data's mapping lacks ({list(names)})")
+        raise DatasetError(
+            f"task {spec.name}: label words given for {sorted(unknown)}, which the data's mapping lacks ({list(names)})"
+        )
     return [word_for(name, words) for name in names]

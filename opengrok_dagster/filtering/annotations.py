@@ -20,6 +20,7 @@ from opengrok_dagster.filtering import checks
 from opengrok_dagster.filtering.dedup import content_hash
 from opengrok_dagster.sns_tasks import Annotation, task_format
 
+
 ANNOTATION_COLUMNS = ("task", "post_id", "post_text", "response_format")  # in raw responses of annotation prompts
 LABEL_ISSUE = "label_issue"
 DUPLICATE_ANNOTATION = "duplicate_annotation"
@@ -136,9 +137,7 @@ def _multilabel_issues(texts: list[str], multihot: np.ndarray, seed: int):
     )
 
 
-def flag_label_issues(
-    kept: pd.DataFrame, seed: int, min_rows: int
-) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+def flag_label_issues(kept: pd.DataFrame, seed: int, min_rows: int) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
     """Confident learning per classification task over its kept annotations: task -> (issue flags, quality
     scores) aligned with that task's rows of ``kept``, or None when the task has too few to judge: fewer than
     ``min_rows`` (out-of-fold TF-IDF probabilities from a few dozen posts doubt most labels) or too few per class."""

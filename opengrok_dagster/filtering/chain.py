@@ -33,12 +33,30 @@ from opengrok_dagster.filtering.review import ACCEPT, Decision
 from opengrok_dagster.filtering.split import assign_splits
 from opengrok_dagster.filtering.toxicity import ToxicityClassifier, load_toxicity_classifier
 
+
 KEPT, REJECTED, NEEDS_REVIEW = "kept", "rejected", "needs_review"
 STATES = (KEPT, REJECTED, NEEDS_REVIEW)
 FILTERED_COLUMNS = (
-    "example_id", "prompt_id", "topic", "round", "template_id", "platform", "style", "variant", "teacher_model",
-    "request_id", "collected_at", "system_prompt", "prompt", "response", "content_hash", "state", "reasons",
-    "scores", "split", "task",
+    "example_id",
+    "prompt_id",
+    "topic",
+    "round",
+    "template_id",
+    "platform",
+    "style",
+    "variant",
+    "teacher_model",
+    "request_id",
+    "collected_at",
+    "system_prompt",
+    "prompt",
+    "response",
+    "content_hash",
+    "state",
+    "reasons",
+    "scores",
+    "split",
+    "task",
 )
 
 
@@ -57,22 +75,31 @@ class FilterModels:
             blocklist=checks.Blocklist.from_file(config.blocklist_path),
             identity=checks.IdentityTerms.from_file(config.identity_terms_path),
             toxicity=load_toxicity_classifier(config.toxicity_classifier),
-            language=LanguageDetector(config.allowed_languages, config.detected_languages, config.language_min_confidence),
+            language=LanguageDetector(
+                config.allowed_languages, config.detected_languages, config.language_min_confidence
+            ),
         )
 
 
 def example_id(prompt_id: str, teacher_model: str, sampling_key: str, round_key: str) -> str:
     """One id per paid-for response: the response store's key, hashed."""
-    return hashlib.sha256(f"{prompt_id}|{teacher_model}|{sampling_key}|{round_key}".encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(f"{prompt_id}|{teacher_model}|{sampling_key}|{round_key}".encode()).hexdigest()[:16]
 
 
-def filter_responses(raw: pd.DataFrame, config: FilterConfig, models: FilterModels, decisions: dict[str, Decision]) -> pd.DataFrame:
+def filter_responses(
+    raw: pd.DataFrame, config: FilterConfig, models: FilterModels, decisions: dict[str, Decision]
+) -> pd.DataFrame:
     """One output row per input row, earliest collected first, with state, reasons, scores and split."""
     frame = raw.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
     annotated = frame["variant"].eq(ANNOTATION_VARIANT) & ("task" in frame.columns)
-    parts = [part for part in (_filter_generated(frame[~annotated].reset_index(drop=True), config, models, decisions),
-                               _filter_annotations(frame[annotated].reset_index(drop=True), config, decisions))
-             if not part.empty]
+    parts = [
+        part
+        for part in (
+            _filter_generated(frame[~annotated].reset_index(drop=True), config, models, decisions),
+            _filter_annotations(frame[annotated].reset_index(drop=True), config, decisions),
+        )
+        if not part.empty
+    ]
     out = pd.concat(parts, ignore_index=True) if parts else _filter_generated(frame, config, models, decisions)
     out = out.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
     if "task" not in out.columns:
@@ -101,10 +128,18 @@ def _filter_generated(
     _reject_duplicates(states, reasons, texts, hashes, config)
 
     out = frame.assign(response=texts, content_hash=hashes, state=states, reasons=reasons)
-    out["example_id"] = [example_id(*key) for key in zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])]
+    out["example_id"] = [
+        example_id(*key) for key in zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])
+    ]
     out["scores"] = [
-        json.dumps({"toxicity": round(tox, 4), "language": lang[0] if lang else None,
-                    "language_confidence": round(lang[1], 4) if lang else None, "chars": len(text)})
+        json.dumps(
+            {
+                "toxicity": round(tox, 4),
+                "language": lang[0] if lang else None,
+                "language_confidence": round(lang[1], 4) if lang else None,
+                "chars": len(text),
+            }
+        )
         for tox, lang, text in zip(toxicity, languages, texts)
     ]
     return out
@@ -144,8 +179,14 @@ def _model_scores(
 
 
 def _flag_by_scores(
-    texts: list[str], candidates: list[int], toxicity: list[float], languages: list, rejections: list[list[str]],
-    reviews: list[list[str]], config: FilterConfig, models: FilterModels,
+    texts: list[str],
+    candidates: list[int],
+    toxicity: list[float],
+    languages: list,
+    rejections: list[list[str]],
+    reviews: list[list[str]],
+    config: FilterConfig,
+    models: FilterModels,
 ) -> list[list[str]]:
     """Adds toxicity and language rejections to ``rejections`` and review flags to ``reviews``; returns ``reviews``."""
     for index in candidates:
@@ -156,7 +197,9 @@ def _flag_by_scores(
         code = languages[index][0] if languages[index] else None
         if code is not None and code not in models.language.allowed:
             rejections[index].append(checks.LANGUAGE)
-        reviews[index] += checks.bias_reasons(texts[index], toxicity[index], models.identity, config.bias_toxicity_threshold)
+        reviews[index] += checks.bias_reasons(
+            texts[index], toxicity[index], models.identity, config.bias_toxicity_threshold
+        )
     return reviews
 
 
@@ -182,15 +225,23 @@ def _decide(
     return states, reasons
 
 
-def _reject_duplicates(states: list[str], reasons: list[list[str]], texts: list[str], hashes: list[str], config: FilterConfig) -> None:
+def _reject_duplicates(
+    states: list[str], reasons: list[list[str]], texts: list[str], hashes: list[str], config: FilterConfig
+) -> None:
     """Rejects (in place) the later exact and near duplicates among the rows not rejected: the earliest stays."""
     surviving = [i for i, state in enumerate(states) if state != REJECTED]
-    duplicates = duplicate_reasons([texts[i] for i in surviving], [hashes[i] for i in surviving],
-                                   config.near_duplicate_threshold, config.minhash_permutations)
+    duplicates = duplicate_reasons(
+        [texts[i] for i in surviving],
+        [hashes[i] for i in surviving],
+        config.near_duplicate_threshold,
+        config.minhash_permutations,
+    )
     for index, duplicate in zip(surviving, duplicates):
         if duplicate:
             states[index] = REJECTED
             reasons[index] = reasons[index] + [duplicate]
+
+
 def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: dict[str, Decision]) -> pd.DataFrame:
     """Annotations: reason codes for what cannot be used, the kept ones as the evaluation asks, and likely-wrong
     labels (confident learning) to the review queue or rejected, as ``config.label_issues`` says."""
@@ -223,5 +274,3 @@ def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: di
     answers = frame["response"]  # as the teacher gave it: kept rows now hold the training answer
     out["scores"] = [annotation_scores(*values) for values in zip(out["response_format"], answers, quality)]
     return out
-
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+
 # Reason codes, shared by the chain, the metadata and the tests.
 TEACHER_ERROR = "teacher_error"
 TRUNCATED = "truncated"
@@ -103,7 +104,9 @@ def read_term_list(path: str | Path, what: str) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the {what} {path}: {exc}; fix the file or point the config at another one") from None
+        raise ValueError(
+            f"cannot read the {what} {path}: {exc}; fix the file or point the config at another one"
+        ) from None
     terms = [line.split("#", 1)[0].strip().lower() for line in lines]
     terms = [term for term in terms if term]
     if not terms:
@@ -112,7 +115,9 @@ def read_term_list(path: str | Path, what: str) -> list[str]:
 
 
 # Leetspeak digits and symbols read as the letters they stand for, inside words only.
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i", "|": "l"})
+_LEET = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i", "|": "l"}
+)
 # A token with at least one letter and one leet character, ending in a word character (so "fuck!" keeps
 # its "!" as punctuation): plain words and numbers are left alone.
 _LEET_TOKEN = re.compile(r"(?<![\w@$!|])(?=[\w@$!|]*[a-z])(?=[\w@$!|]*[0-9@$!|])[\w@$!|]*\w")

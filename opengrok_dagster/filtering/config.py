@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.settings import REPO_ROOT
 
+
 LABEL_ISSUE_ACTIONS = ("review", "reject", "off")
 DEFAULT_BLOCKLIST = REPO_ROOT / "config" / "blocklist.txt"
 DEFAULT_IDENTITY_TERMS = REPO_ROOT / "config" / "identity_terms.txt"

@@ -11,6 +11,7 @@ from datasketch import MinHash, MinHashLSH
 
 from opengrok_dagster.filtering.checks import EXACT_DUPLICATE, NEAR_DUPLICATE
 
+
 _WORD = re.compile(r"\w+")
 SHINGLE_WORDS = 3
 
@@ -38,7 +39,9 @@ def _hash32(shingle: bytes) -> int:
     return zlib.crc32(shingle)
 
 
-def duplicate_reasons(texts: Sequence[str], hashes: Sequence[str], threshold: float, num_perm: int) -> list[str | None]:
+def duplicate_reasons(
+    texts: Sequence[str], hashes: Sequence[str], threshold: float, num_perm: int
+) -> list[str | None]:
     """For texts given earliest first: None for the first of each group, else the duplicate reason.
 
     LSH only proposes candidates; a candidate counts when its estimated Jaccard similarity reaches

@@ -16,8 +16,18 @@ from opengrok_dagster.collect.prompts import GridRefinement
 from opengrok_dagster.filtering.checks import DEFLECTION, REFUSAL, TEACHER_ERROR
 from opengrok_dagster.filtering.stored import read_stored
 
+
 FEEDBACK_DIMENSIONS = ("template_id", "platform", "style", "variant")
-FEEDBACK_COLUMNS = ("round", "dimension", "value", "responses", "keep_rate", "refusal_rate", "mean_chars", "distinct_2")
+FEEDBACK_COLUMNS = (
+    "round",
+    "dimension",
+    "value",
+    "responses",
+    "keep_rate",
+    "refusal_rate",
+    "mean_chars",
+    "distinct_2",
+)
 _WORD = re.compile(r"\w+")
 
 # Refinement rules: a template keeping less than REWRITE_BELOW of its answers because the teacher refuses
@@ -55,12 +65,18 @@ def score_prompts(filtered: pd.DataFrame) -> pd.DataFrame:
             kept = group[group["kept"]]
             # Diversity over every answer, duplicates included: uniform answers are what it should reveal.
             answers = group.loc[answered[group.index], "response"]
-            rows.append({
-                "round": round_key, "dimension": dimension, "value": value, "responses": len(group),
-                "keep_rate": float(group["kept"].mean()), "refusal_rate": float(group["refused"].mean()),
-                "mean_chars": float(kept["chars"].mean()) if len(kept) else 0.0,
-                "distinct_2": distinct_2(answers.tolist()),
-            })
+            rows.append(
+                {
+                    "round": round_key,
+                    "dimension": dimension,
+                    "value": value,
+                    "responses": len(group),
+                    "keep_rate": float(group["kept"].mean()),
+                    "refusal_rate": float(group["refused"].mean()),
+                    "mean_chars": float(kept["chars"].mean()) if len(kept) else 0.0,
+                    "distinct_2": distinct_2(answers.tolist()),
+                }
+            )
     return pd.DataFrame(rows, columns=list(FEEDBACK_COLUMNS))
 
 
@@ -69,7 +85,11 @@ def merge_history(previous: pd.DataFrame | None, current: pd.DataFrame) -> pd.Da
     if previous is None or previous.empty:
         return current.reset_index(drop=True)
     older = previous[~previous["round"].isin(current["round"].unique())]
-    return pd.concat([older, current], ignore_index=True).sort_values(["round", "dimension", "value"]).reset_index(drop=True)
+    return (
+        pd.concat([older, current], ignore_index=True)
+        .sort_values(["round", "dimension", "value"])
+        .reset_index(drop=True)
+    )
 
 
 def read_feedback(path: Path) -> pd.DataFrame | None:
@@ -90,12 +110,22 @@ def refinement_for_round(feedback: pd.DataFrame | None, round_key: str) -> GridR
     source_round = earlier["round"].max()
     templates = earlier[(earlier["round"] == source_round) & (earlier["dimension"] == "template_id")]
     weights = {row.value: max(MIN_WEIGHT, row.keep_rate) for row in templates.itertuples()}
-    rewritten = {row.value for row in templates.itertuples() if row.keep_rate < REWRITE_BELOW and row.refusal_rate > REFUSAL_ABOVE}
-    uniform = sum(1 for row in templates.itertuples() if row.responses > 1 and row.keep_rate > 0 and row.distinct_2 < UNIFORM_BELOW)
+    rewritten = {
+        row.value
+        for row in templates.itertuples()
+        if row.keep_rate < REWRITE_BELOW and row.refusal_rate > REFUSAL_ABOVE
+    }
+    uniform = sum(
+        1
+        for row in templates.itertuples()
+        if row.responses > 1 and row.keep_rate > 0 and row.distinct_2 < UNIFORM_BELOW
+    )
     return GridRefinement(source_round, weights, frozenset(rewritten), uniform)
 
 
 def yield_by_template(feedback: pd.DataFrame) -> pd.DataFrame:
     """Keep rate per template (rows) and round (columns): the effect of refinement round over round."""
     templates = feedback[feedback["dimension"] == "template_id"]
-    return templates.pivot(index="value", columns="round", values="keep_rate").rename_axis(index="template_id", columns=None)
+    return templates.pivot(index="value", columns="round", values="keep_rate").rename_axis(
+        index="template_id", columns=None
+    )

@@ -28,7 +28,9 @@ def parse_language_codes(codes: Sequence[str], setting: str) -> list[Language]:
         try:
             languages.append(Language.from_iso_code_639_1(IsoCode639_1.from_str(code.strip().lower())))
         except ValueError:
-            raise ValueError(f"{setting}: unknown language code {code!r}; use ISO 639-1 codes such as 'en', 'es', 'ja'") from None
+            raise ValueError(
+                f"{setting}: unknown language code {code!r}; use ISO 639-1 codes such as 'en', 'es', 'ja'"
+            ) from None
     return languages
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+
 USER = "@user"
 URL = "http"
 EMAIL = "[email]"

@@ -16,9 +16,24 @@ from opengrok_dagster.filtering.annotations import ANNOTATION_COLUMNS
 from opengrok_dagster.filtering.stored import read_stored
 from opengrok_dagster.layout import ASSET_SUFFIX
 
+
 RAW_COLUMNS = (
-    "prompt_id", "topic", "round", "template_id", "platform", "style", "variant", "system_prompt", "prompt",
-    "teacher_model", "sampling_key", "response", "finish_reason", "request_id", "error", "collected_at",
+    "prompt_id",
+    "topic",
+    "round",
+    "template_id",
+    "platform",
+    "style",
+    "variant",
+    "system_prompt",
+    "prompt",
+    "teacher_model",
+    "sampling_key",
+    "response",
+    "finish_reason",
+    "request_id",
+    "error",
+    "collected_at",
 )
 # Added later: files written before it read as "no anomaly" rather than needing a re-collection.
 OPTIONAL_RAW_COLUMNS = ("anomaly",)
@@ -29,7 +44,11 @@ _ROUND_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 def available_rounds(raw_dir: Path) -> list[str]:
     if not raw_dir.is_dir():
         return []
-    return sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and _ROUND_DIR.match(p.name) and any(p.glob(f"*{ASSET_SUFFIX}")))
+    return sorted(
+        p.name
+        for p in raw_dir.iterdir()
+        if p.is_dir() and _ROUND_DIR.match(p.name) and any(p.glob(f"*{ASSET_SUFFIX}"))
+    )
 
 
 def choose_rounds(available: list[str], selection: str, last_n: int) -> list[str]:
@@ -48,11 +67,22 @@ def choose_rounds(available: list[str], selection: str, last_n: int) -> list[str
 def read_raw_responses(raw_dir: Path, rounds: list[str]) -> pd.DataFrame:
     """Every topic's raw responses for ``rounds``; a malformed file is an error naming it and the fix."""
     if not rounds:
-        raise ValueError(f"no collected rounds under {raw_dir}; materialise raw_responses for at least one topic and round first")
+        raise ValueError(
+            f"no collected rounds under {raw_dir}; materialise raw_responses for at least one topic and round first"
+        )
     frames = []
     for round_key in rounds:
         for path in sorted((raw_dir / round_key).glob(f"*{ASSET_SUFFIX}")):
-            frame = read_stored(path, "raw responses", RAW_COLUMNS,
-                                "re-materialise that raw_responses partition with the current code")
-            frames.append(frame.reindex(columns=[*RAW_COLUMNS, *OPTIONAL_RAW_COLUMNS, *(c for c in ANNOTATION_COLUMNS if c in frame.columns)]))
+            frame = read_stored(
+                path, "raw responses", RAW_COLUMNS, "re-materialise that raw_responses partition with the current code"
+            )
+            frames.append(
+                frame.reindex(
+                    columns=[
+                        *RAW_COLUMNS,
+                        *OPTIONAL_RAW_COLUMNS,
+                        *(c for c in ANNOTATION_COLUMNS if c in frame.columns),
+                    ]
+                )
+            )
     return pd.concat(frames, ignore_index=True)

@@ -10,16 +10,27 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 from opengrok_dagster.layout import HomeLayout
 
+
 ACCEPT, REJECT = "accept", "reject"
 DECISIONS = (ACCEPT, REJECT)
-QUEUE_COLUMNS = ("content_hash", "example_id", "topic", "round", "template_id", "reasons", "scores", "prompt", "response")
+QUEUE_COLUMNS = (
+    "content_hash",
+    "example_id",
+    "topic",
+    "round",
+    "template_id",
+    "reasons",
+    "scores",
+    "prompt",
+    "response",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_decisions (
@@ -63,15 +74,18 @@ class ReviewStore:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def record(self, content_hashes: Iterable[str], decision: str, note: str | None = None, reviewer: str | None = None) -> int:
+    def record(
+        self, content_hashes: Iterable[str], decision: str, note: str | None = None, reviewer: str | None = None
+    ) -> int:
         """Append one decision per hash in a single transaction; returns how many were recorded."""
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
-        decided_at = datetime.now(timezone.utc).isoformat()
+        decided_at = datetime.now(UTC).isoformat()
         rows = [(h, decision, note or None, reviewer or None, decided_at) for h in content_hashes]
         with self._connection:
             self._connection.executemany(
-                "INSERT INTO review_decisions (content_hash, decision, note, reviewer, decided_at) VALUES (?, ?, ?, ?, ?)", rows
+                "INSERT INTO review_decisions (content_hash, decision, note, reviewer, decided_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
         return len(rows)
 
@@ -138,7 +152,9 @@ def read_decisions_file(path: str | Path) -> list[tuple[str, str, str | None]]:
 def read_filtered(home: str | Path) -> pd.DataFrame:
     path = HomeLayout(Path(home)).filtered_responses_path
     if not path.exists():
-        raise ValueError(f"no filtered set at {path}; materialise filtered_responses first (Dagster UI or `dagster asset materialize`)")
+        raise ValueError(
+            f"no filtered set at {path}; materialise filtered_responses first (Dagster UI or `dagster asset materialize`)"
+        )
     return pd.read_parquet(path)
 
 

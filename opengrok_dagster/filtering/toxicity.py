@@ -43,14 +43,16 @@ def load_toxicity_classifier(spec: str) -> ToxicityClassifier:
         return ProfanityCheckClassifier()
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ValueError(
-            f"toxicity_classifier {spec!r} is neither 'profanity_check' nor 'package.module:factory'"
-        )
+        raise ValueError(f"toxicity_classifier {spec!r} is neither 'profanity_check' nor 'package.module:factory'")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"toxicity_classifier {spec!r} cannot be imported: {exc}; install the package or fix the path") from None
+        raise ValueError(
+            f"toxicity_classifier {spec!r} cannot be imported: {exc}; install the package or fix the path"
+        ) from None
     classifier = factory()
     if not callable(getattr(classifier, "score", None)):
-        raise ValueError(f"toxicity_classifier {spec!r} returned {type(classifier).__name__}, which has no score(texts) method")
+        raise ValueError(
+            f"toxicity_classifier {spec!r} returned {type(classifier).__name__}, which has no score(texts) method"
+        )
     return classifier

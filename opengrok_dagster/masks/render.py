@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from jinja2 import TemplateError
 
+
 SEGMENTS = ("system", "prompt", "response")
 _ROLES = {"system": "system", "prompt": "user", "response": "assistant"}
 

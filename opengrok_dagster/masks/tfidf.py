@@ -55,13 +55,16 @@ class TfidfScorer:
         top = max(weights.values(), default=0.0)
         if top <= 0.0:
             return np.zeros(len(terms), dtype=np.float32)
-        return np.fromiter((weights[t] / top if t is not None else 0.0 for t in terms), dtype=np.float32, count=len(terms))
+        return np.fromiter(
+            (weights[t] / top if t is not None else 0.0 for t in terms), dtype=np.float32, count=len(terms)
+        )
 
     @cached_property
     def _json(self) -> str:
         return json.dumps(
             {"documents": self.documents, "sublinear_tf": True, "smooth_idf": True, "scaling": "max", "idf": self.idf},
-            ensure_ascii=False, sort_keys=True,
+            ensure_ascii=False,
+            sort_keys=True,
         )
 
     @cached_property

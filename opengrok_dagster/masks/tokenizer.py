@@ -36,7 +36,9 @@ def require_offsets(tokenizer) -> None:
     """Fail early, naming the tokenizer, if it cannot return character offsets (slow Python tokenizers)."""
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     try:
-        offsets = tokenizer("offsets probe", add_special_tokens=False, return_offsets_mapping=True).get("offset_mapping")
+        offsets = tokenizer("offsets probe", add_special_tokens=False, return_offsets_mapping=True).get(
+            "offset_mapping"
+        )
     except NotImplementedError:
         offsets = None
     if not offsets:

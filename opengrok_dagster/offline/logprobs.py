@@ -47,8 +47,10 @@ class TeacherLogprobs:
         top = logprobs.topk(self.top_logprobs, dim=-1) if self.top_logprobs else None
         content = []
         for row, token_id in enumerate(response_ids):
-            alternatives = [] if top is None else [
-                self._entry(int(i), float(lp)) for i, lp in zip(top.indices[row], top.values[row])
-            ]
+            alternatives = (
+                []
+                if top is None
+                else [self._entry(int(i), float(lp)) for i, lp in zip(top.indices[row], top.values[row])]
+            )
             content.append({**self._entry(token_id, float(logprobs[row, token_id])), "top_logprobs": alternatives})
         return content

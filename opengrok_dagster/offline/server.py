@@ -77,19 +77,41 @@ class TeacherServer:
         if self._process is not None:
             return self.base_url
         self.port = self.port or free_loopback_port()
-        command = [sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--log-level", "warning", "--device", "cpu"]
+        command = [
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--device",
+            "cpu",
+        ]
         if self.continuous_batching:
             # Without an explicit size the paged KV cache claims a fraction of all memory (~9.5 GB seen on CPU);
             # 16k tokens hold 32 concurrent requests of prompt + 256 completion tokens.
             blocks = max(1, self.kv_cache_tokens // KV_BLOCK_TOKENS)
-            command += ["--continuous-batching", "--cb-block-size", str(KV_BLOCK_TOKENS), "--cb-num-blocks", str(blocks)]
+            command += [
+                "--continuous-batching",
+                "--cb-block-size",
+                str(KV_BLOCK_TOKENS),
+                "--cb-num-blocks",
+                str(blocks),
+            ]
         command.append(self.model_id)
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         try:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
             )
         finally:
             if log is not subprocess.DEVNULL:
@@ -140,7 +162,7 @@ class TeacherServer:
             process.kill()
             process.wait(timeout=10)
 
-    def __enter__(self) -> "TeacherServer":
+    def __enter__(self) -> TeacherServer:
         self.start()
         return self
 

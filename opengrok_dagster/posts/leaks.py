@@ -16,6 +16,7 @@ from pathlib import Path
 
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
 
+
 _ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})")
 _URL = re.compile(r"https?://\S+|www\.\S+", re.IGNORECASE)
 _MENTION = re.compile(r"@\w+")

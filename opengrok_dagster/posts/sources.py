@@ -21,6 +21,7 @@ from opengrok_dagster.collect.topics import TopicKeyError, validate_topic_key
 from opengrok_dagster.evaluation.datasets import read_conll, read_semeval_tsv, resolve_data_dir
 from opengrok_dagster.evaluation.hub import INSTALL, HubSplit, is_hub_split
 
+
 POST_COLUMNS = ("post_id", "text", "topic", "platform", "created_at", "shard", "source")
 DATA_PREFIX = "data:"
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".tsv": "semeval_tsv"}

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from transformers import AttentionInterface
@@ -41,6 +41,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from opengrok_dagster.training import MASK_MODES
+
 
 FLEX_MODES = ("hard", "soft")  # on CUDA these run through FlexAttention
 TOKEN_MASK_KWARG = "token_mask"
@@ -75,8 +76,15 @@ def register_masked_attention() -> None:
 def _attention_for(mode: str) -> Callable:
     def masked_attention(module, query, key, value, attention_mask, token_mask=None, segment_ids=None, **kwargs):
         return masked_sdpa_attention(
-            module, query, key, value, attention_mask,
-            mode=mode, token_mask=token_mask, segment_ids=segment_ids, **kwargs,
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            mode=mode,
+            token_mask=token_mask,
+            segment_ids=segment_ids,
+            **kwargs,
         )
 
     masked_attention.__name__ = f"masked_sdpa_attention_{mode}"
@@ -109,7 +117,9 @@ def masked_sdpa_attention(
             )
     if segment_ids is not None:
         attention_mask = _PER_FORWARD.get(
-            "segments", (q_length, kv_length), (segment_ids, attention_mask),
+            "segments",
+            (q_length, kv_length),
+            (segment_ids, attention_mask),
             lambda: block_diagonal_mask(segment_ids, attention_mask, q_length, kv_length),
         )
     if mode == "none" or token_mask is None:
@@ -122,7 +132,9 @@ def masked_sdpa_attention(
             module, query, key, value, attention_mask, mode=mode, token_mask=token_mask, **kwargs
         )
     bias = _PER_FORWARD.get(
-        "bias", (mode, query.dtype, q_length, kv_length), (token_mask, attention_mask),
+        "bias",
+        (mode, query.dtype, q_length, kv_length),
+        (token_mask, attention_mask),
         lambda: attention_bias(mode, token_mask, attention_mask, q_length, kv_length, query.dtype),
     )
     return sdpa_attention_forward(module, query, key, value, bias, **kwargs)
@@ -178,7 +190,12 @@ def flex_masked_attention(
 
     attend = _compiled_flex_attention() if compiled else flex_attention
     output = attend(
-        query, key, value, score_mod=add_log_p if mode == "soft" else None, block_mask=block_mask, scale=scaling,
+        query,
+        key,
+        value,
+        score_mod=add_log_p if mode == "soft" else None,
+        block_mask=block_mask,
+        scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],
     )
     return output.transpose(1, 2).contiguous(), None
@@ -264,8 +281,13 @@ class _PerForwardBias:
         cached = entries.get(slot)
         if cached is not None:
             cached_key, refs, value = cached
-            if cached_key == key and len(refs) == len(sources) and all(
-                (ref is None and source is None) or (ref is not None and ref() is source) for ref, source in zip(refs, sources)
+            if (
+                cached_key == key
+                and len(refs) == len(sources)
+                and all(
+                    (ref is None and source is None) or (ref is not None and ref() is source)
+                    for ref, source in zip(refs, sources)
+                )
             ):
                 return value
         value = build()

@@ -6,7 +6,7 @@ For a real run on a GPU raise ``max_length``, ``num_epochs`` and ``max_steps`` (
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,21 +16,35 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    learning_rate: float = Field(default=2e-4, gt=0, description="Peak AdamW learning rate (linear decay after warm-up).")
+    learning_rate: float = Field(
+        default=2e-4, gt=0, description="Peak AdamW learning rate (linear decay after warm-up)."
+    )
     batch_size: int = Field(default=8, ge=1, description="Examples per device per forward pass.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Forward passes accumulated per optimizer step.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Forward passes accumulated per optimizer step."
+    )
     num_epochs: float = Field(default=2.0, gt=0, description="Passes over the training split (fractions allowed).")
     max_steps: int = Field(default=12, description="Stop after this many optimizer steps; -1 runs num_epochs in full.")
     warmup_steps: int = Field(default=2, ge=0, description="Optimizer steps of linear learning-rate warm-up.")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW decoupled weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient-norm clipping threshold.")
-    max_length: int = Field(default=128, ge=8, description="Tokens per example (prompt + response); longer rows of the mask table are cut.")
+    max_length: int = Field(
+        default=128, ge=8, description="Tokens per example (prompt + response); longer rows of the mask table are cut."
+    )
     eval_steps: int = Field(default=4, ge=1, description="Optimizer steps between validation-loss evaluations.")
-    save_steps: int = Field(default=4, ge=1, description="Optimizer steps between resumable checkpoints (a multiple of eval_steps).")
-    early_stopping_patience: int = Field(default=3, ge=1, description="Evaluations without improvement before training stops.")
-    early_stopping_threshold: float = Field(default=0.0, ge=0, description="Smallest validation-loss decrease that counts as improvement.")
+    save_steps: int = Field(
+        default=4, ge=1, description="Optimizer steps between resumable checkpoints (a multiple of eval_steps)."
+    )
+    early_stopping_patience: int = Field(
+        default=3, ge=1, description="Evaluations without improvement before training stops."
+    )
+    early_stopping_threshold: float = Field(
+        default=0.0, ge=0, description="Smallest validation-loss decrease that counts as improvement."
+    )
     logging_steps: int = Field(default=1, ge=1, description="Optimizer steps between loss reports to the run log.")
-    seed: int = Field(default=0, description="Seed for LoRA initialisation, dropout and data order (equal seeds give equal runs).")
+    seed: int = Field(
+        default=0, description="Seed for LoRA initialisation, dropout and data order (equal seeds give equal runs)."
+    )
     lora_r: int = Field(default=8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -57,13 +71,14 @@ class TrainingConfig(BaseModel):
         description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes, CUDA only; the 'qlora' extra).",
     )
     kd_alpha: float = Field(
-        default=0.0, ge=0,
+        default=0.0,
+        ge=0,
         description="Weight of the KL to the teacher's top-k logprobs (kd_targets) per aligned token; 0 = CE only.",
     )
     kd_temperature: float = Field(
         default=1.0, gt=0, description="Temperature of the distillation KL (scaled by its square); 1 = as sampled."
     )
-    target_modules: Optional[list[str]] = Field(
+    target_modules: list[str] | None = Field(
         default=None,
         description="Module names LoRA adapts; unset = per architecture (q/k/v/o_proj, or qkv_proj/o_proj for Phi-3).",
     )

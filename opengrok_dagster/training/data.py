@@ -11,6 +11,7 @@ import torch
 from opengrok_dagster.masks.tokenizer import require_same_tokenizer
 from opengrok_dagster.training.attention import SEGMENT_IDS_KWARG, TOKEN_MASK_KWARG, require_mask_mode
 
+
 IGNORE_INDEX = -100
 REQUIRED_COLUMNS = ("example_id", "split", "input_ids", "response_start", "m", "p", "tokenizer_fingerprint")
 
@@ -47,9 +48,13 @@ def load_training_data(table: pd.DataFrame, tokenizer, max_length: int) -> Train
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
-        raise TrainingDataError(f"mask_tables lacks columns {missing}; re-materialise mask_tables with the current code")
+        raise TrainingDataError(
+            f"mask_tables lacks columns {missing}; re-materialise mask_tables with the current code"
+        )
     if table.empty:
-        raise TrainingDataError("mask_tables is empty: no kept train/validation examples; collect and filter more responses")
+        raise TrainingDataError(
+            "mask_tables is empty: no kept train/validation examples; collect and filter more responses"
+        )
     fingerprints = table["tokenizer_fingerprint"].unique()
     if len(fingerprints) != 1:
         raise TrainingDataError(f"mask_tables mixes tokenizers {list(fingerprints)}; re-materialise mask_tables")
@@ -59,7 +64,9 @@ def load_training_data(table: pd.DataFrame, tokenizer, max_length: int) -> Train
     truncated = dropped = 0
     for row in table.itertuples(index=False):
         if row.split not in splits:
-            raise TrainingDataError(f"mask_tables row {row.example_id!r} has split {row.split!r}; expected train or validation")
+            raise TrainingDataError(
+                f"mask_tables row {row.example_id!r} has split {row.split!r}; expected train or validation"
+            )
         ids, m, p = list(row.input_ids), list(row.m), list(row.p)
         if not (len(ids) == len(m) == len(p)):
             raise TrainingDataError(
@@ -72,7 +79,13 @@ def load_training_data(table: pd.DataFrame, tokenizer, max_length: int) -> Train
             continue
         truncated += len(ids) > max_length
         splits[row.split].append(
-            MaskedExample(str(row.example_id), [int(i) for i in ids[:max_length]], start, [float(v) for v in m[:max_length]], [float(v) for v in p[:max_length]])
+            MaskedExample(
+                str(row.example_id),
+                [int(i) for i in ids[:max_length]],
+                start,
+                [float(v) for v in m[:max_length]],
+                [float(v) for v in p[:max_length]],
+            )
         )
     for split, examples in splits.items():
         if not examples:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
+
 IGNORE_INDEX = -100
 KD_TOKEN_IDS = "kd_token_ids"  # batch x sequence x k student ids, -1 where a position has fewer (or no) targets
 KD_LOGPROBS = "kd_logprobs"  # batch x sequence x k teacher log-probabilities of those ids

@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
+
 MANIFEST_COLUMNS = (
-    "mask_mode", "adapter_dir", "base_model", "best_val_loss", "global_step", "early_stopped",
-    "train_examples", "validation_examples", "tokens_per_second",
+    "mask_mode",
+    "adapter_dir",
+    "base_model",
+    "best_val_loss",
+    "global_step",
+    "early_stopped",
+    "train_examples",
+    "validation_examples",
+    "tokens_per_second",
 )
 
 

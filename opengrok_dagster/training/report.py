@@ -41,8 +41,13 @@ def write_model_card(path: Path, outcome, config, data_versions: dict) -> None:
     base = metadata.base_model or "<the base model's directory>"
     origin = f"[`{base}`](https://huggingface.co/{base})" if metadata.base_model else "a local checkpoint (no hub id)"
     hyper = "\n".join(f"| {name} | {value} |" for name, value in config.model_dump().items())
-    versions = "\n".join(f"- `{name}`: {version}" for name, version in sorted(data_versions.items())) or "- (not recorded)"
-    write_card(path, metadata, f"""
+    versions = (
+        "\n".join(f"- `{name}`: {version}" for name, version in sorted(data_versions.items())) or "- (not recorded)"
+    )
+    write_card(
+        path,
+        metadata,
+        f"""
 # OpenGrok LoRA adapter: `{outcome.mask_mode}` attention mask
 
 A LoRA adapter of {origin}, distilled from teacher responses to social-media prompts (OpenGrok report, sections
@@ -80,4 +85,5 @@ they are not a hub dataset. Data versions:
 | name | value |
 |---|---|
 {hyper}
-""")
+""",
+    )

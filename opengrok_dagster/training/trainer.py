@@ -16,24 +16,31 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import resource
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
-    AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
-from opengrok_dagster.publish import publish_directory
 from opengrok_dagster.distill.targets import KDTargets
+from opengrok_dagster.publish import publish_directory
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.attention import attention_implementation, require_mask_mode
 from opengrok_dagster.training.config import TrainingConfig
@@ -41,6 +48,7 @@ from opengrok_dagster.training.data import IGNORE_INDEX, MaskCollator, TrainingD
 from opengrok_dagster.training.device import Placement
 from opengrok_dagster.training.distill_loss import KD_INPUTS, distillation_loss
 from opengrok_dagster.training.report import loss_curves, write_loss_plot, write_model_card
+
 
 LORA_TARGETS_BY_ARCHITECTURE = (("qkv_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"))
 VERIFY_PROMPT = "Write a short post about the weather."
@@ -166,7 +174,11 @@ class _ResponseLossTrainer(Trainer):
         if targets and self.kd_alpha and model.training:  # validation loss stays plain cross-entropy
             outputs = model(**inputs)  # the KL reads the student's distribution at every aligned position
             loss = distillation_loss(
-                outputs.logits, labels, **targets, alpha=self.kd_alpha, temperature=self.kd_temperature,
+                outputs.logits,
+                labels,
+                **targets,
+                alpha=self.kd_alpha,
+                temperature=self.kd_temperature,
                 num_items_in_batch=num_items_in_batch,
             )
         else:
@@ -303,8 +315,10 @@ def train_lora(
     if args.process_index:
         log = _silent
     if args.world_size > 1:
-        log(f"data-parallel over {args.world_size} processes ({torch.distributed.get_backend()}), "
-            f"{job.config.batch_size} examples per process per forward")
+        log(
+            f"data-parallel over {args.world_size} processes ({torch.distributed.get_backend()}), "
+            f"{job.config.batch_size} examples per process per forward"
+        )
     resume_from = _setup_work_dir(job, key, args, log)
     model, targets = _setup_model(job)
     progress = _Progress(log)
@@ -368,7 +382,9 @@ def _setup_model(job: TrainingJob) -> tuple[torch.nn.Module, list[str]]:
 
         quantization = {
             "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=dtype,
             ),
             "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))},
@@ -386,7 +402,10 @@ def _setup_model(job: TrainingJob) -> tuple[torch.nn.Module, list[str]]:
     )
     torch.manual_seed(config.seed)
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), targets
@@ -434,7 +453,12 @@ def _training_arguments(job: TrainingJob, output_dir: Path) -> TrainingArguments
 
 
 def _setup_trainer(
-    job: TrainingJob, args: TrainingArguments, model, tokenizer, data: TrainingData, callbacks: list[TrainerCallback],
+    job: TrainingJob,
+    args: TrainingArguments,
+    model,
+    tokenizer,
+    data: TrainingData,
+    callbacks: list[TrainerCallback],
     kd: KDTargets | None = None,
 ) -> Trainer:
     config = job.config
@@ -444,7 +468,9 @@ def _setup_trainer(
 
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         callbacks = [*callbacks, TensorBoardCallback(SummaryWriter(log_dir=str(job.tensorboard_dir / stamp)))]
-    collator = MaskCollator(tokenizer.pad_token_id, job.mask_mode, pack_to=config.max_length if config.packing else None)
+    collator = MaskCollator(
+        tokenizer.pad_token_id, job.mask_mode, pack_to=config.max_length if config.packing else None
+    )
     trainer = _ResponseLossTrainer(
         model=model,
         args=args,
@@ -460,8 +486,14 @@ def _setup_trainer(
 
 
 def _publish(
-    job: TrainingJob, trainer: Trainer, tokenizer, data: TrainingData, key: str, targets: list[str],
-    progress: _Progress, resume_from: Path | None,
+    job: TrainingJob,
+    trainer: Trainer,
+    tokenizer,
+    data: TrainingData,
+    key: str,
+    targets: list[str],
+    progress: _Progress,
+    resume_from: Path | None,
 ) -> TrainingOutcome:
     """Stage the adapter with its record, curves and card, check it loads and generates, then swap it in."""
     state = trainer.state
@@ -499,17 +531,19 @@ def _publish(
     )
     (staging / "loss_curves.json").write_text(json.dumps(curves, indent=2))
     write_loss_plot(curves, staging / "loss_curves.png", title=f"{job.mask_mode} mask")
-    (staging / CHECKPOINT_RECORD).write_text(json.dumps(
-        {
-            **{k: v for k, v in asdict(outcome).items() if k != "curves"},
-            "run_key": key,
-            "data_versions": job.data_versions,
-            "code_version": job.code_version,
-            "example_ids": sorted(e.example_id for e in data.train + data.validation),
-            "train_example_ids": sorted(e.example_id for e in data.train),
-        },
-        indent=2,
-    ))
+    (staging / CHECKPOINT_RECORD).write_text(
+        json.dumps(
+            {
+                **{k: v for k, v in asdict(outcome).items() if k != "curves"},
+                "run_key": key,
+                "data_versions": job.data_versions,
+                "code_version": job.code_version,
+                "example_ids": sorted(e.example_id for e in data.train + data.validation),
+                "train_example_ids": sorted(e.example_id for e in data.train),
+            },
+            indent=2,
+        )
+    )
     write_model_card(staging / "README.md", outcome, job.config, job.data_versions)
     publish_directory(staging, job.checkpoint_dir)
     shutil.rmtree(job.work_dir)
@@ -522,19 +556,26 @@ def verify_adapter(adapter_dir: Path, model_path: str, placement: Placement = Pl
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(placement.precision, torch.float32)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(placement.device)
     if base.config._attn_implementation.startswith("opengrok_"):
-        raise RuntimeError(f"the base model at {model_path} asks for the training-only attention; it must load with stock attention")
+        raise RuntimeError(
+            f"the base model at {model_path} asks for the training-only attention; it must load with stock attention"
+        )
     model = PeftModel.from_pretrained(base, str(adapter_dir)).to(placement.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     if tokenizer.chat_template:
         inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": VERIFY_PROMPT}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            [{"role": "user", "content": VERIFY_PROMPT}],
+            add_generation_prompt=True,
+            return_dict=True,
+            return_tensors="pt",
         )
     else:
         inputs = tokenizer(VERIFY_PROMPT, return_tensors="pt")
     inputs = inputs.to(placement.device)
     with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        generated = model.generate(
+            **inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id
+        )
+    return tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def _peak_memory_bytes(job: TrainingJob) -> int:

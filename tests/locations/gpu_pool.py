@@ -21,6 +21,7 @@ from dagster import (
 
 from opengrok_dagster.instance import GPU_POOL
 
+
 MODES = StaticPartitionsDefinition(["none", "hard"])
 
 
