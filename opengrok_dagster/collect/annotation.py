@@ -120,11 +120,11 @@ async def complete_prompt(client: TeacherClient, row: dict) -> TeacherResult:
     next mode when the endpoint refuses that one; the result records the mode that answered."""
     mode = row.get("structured_output")
     if not isinstance(mode, str) or mode not in RESPONSE_FORMATS:
-        return await client.complete(prompt_messages(row), row["prompt_id"])
+        return await client.complete(prompt_messages(row), row.get("prompt_id", ""))
     fmt = TASK_FORMATS[row["task"]]
     for fallback in RESPONSE_FORMATS[RESPONSE_FORMATS.index(mode) :]:
         result = await client.complete(
-            prompt_messages(row), row["prompt_id"], response_format=response_format_field(fmt, fallback)
+            prompt_messages(row), row.get("prompt_id", ""), response_format=response_format_field(fmt, fallback)
         )
         if result.ok or result.status_code not in REFUSED_FORMAT_STATUSES or fallback == "text":
             return replace(result, response_format=fallback)
