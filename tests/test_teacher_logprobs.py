@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from opengrok_dagster.distill.align import StudentVocabulary, align_example, parse_teacher_logprobs
 from opengrok_dagster.masks.render import ChatRenderer
@@ -17,25 +17,9 @@ RESPONSE = "What a game!! 😍 Final score 3-2\n#football"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(offline_model):
-    return AutoTokenizer.from_pretrained(offline_model)
-
-
-@pytest.fixture(scope="module")
-def teacher(tokenizer):
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-        )
-    )
-    return TeacherLogprobs(model, tokenizer, top_logprobs=5)
+def teacher(tiny_student, tokenizer):
+    """The shared tiny Llama (tests/conftest.py) as the teacher whose logprobs are read."""
+    return TeacherLogprobs(LlamaForCausalLM.from_pretrained(tiny_student), tokenizer, top_logprobs=5)
 
 
 def test_tokens_spell_the_response_and_carry_the_models_own_logprobs(teacher, tokenizer):
