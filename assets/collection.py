@@ -311,6 +311,8 @@ def raw_responses(
     Each response is committed to the durable response store as it arrives; a rerun of the same round
     sends only the prompts without a stored response, so nothing is paid for twice.
     """
+    # Long on purpose: one open response store from what is answered, through collection, to reading it all back
+    # and accounting for spend; the metadata that follows is that account.
     round_key = context.partition_key.keys_by_dimension["round"]
     store = paths.response_store()
     key = teacher.response_key(round_key)

@@ -241,6 +241,8 @@ def _load_posts(instance, defs) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     """Materialise every asset on the configured teacher: each topic partition of the round, then the
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
+    # Long on purpose: the whole command in the order it runs; every bad argument is refused before any work,
+    # and each stage stops the run on failure with the rerun that resumes it.
     from opengrok_dagster.collect.topics import validate_topic_key
     from opengrok_dagster.evaluation.report import REPORT_HTML, REPORT_MARKDOWN
     from opengrok_dagster.offline.model import provision_offline_model

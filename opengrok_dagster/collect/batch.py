@@ -73,6 +73,8 @@ def collect_batch(
     """Submit (or resume) this partition's batch, wait for it and record its results."""
     import openai
 
+    # Long on purpose: it reads as the batch's life cycle (resume or submit, wait, record), and every step shares
+    # the one submission record that makes a killed run resume instead of resubmitting.
     key = ResponseKey(endpoint.model_label, sampling.key(), round_key)
     batch_prices = Prices(
         prices.prompt_per_million * settings.price_factor, prices.completion_per_million * settings.price_factor

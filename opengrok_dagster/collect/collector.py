@@ -72,6 +72,8 @@ async def collect_responses(
     A 401/403/404 stops the whole collection with :class:`TeacherConfigurationError`; every response
     received before it is already committed, so the rerun after fixing the key requests only the rest.
     """
+    # Long on purpose: the per-prompt coroutine, the heartbeat and the summary share the claim owner, the counts
+    # and the budget stop; split apart, each piece would need all of them passed back and forth.
     key = response_key(client, round_key)
     owner = claim_owner()
     answered = store.answered_prompt_ids(key, (p["prompt_id"] for p in prompts))

@@ -347,6 +347,7 @@ def _task_table(task: TaskResult, confidence: float) -> pd.DataFrame:
 
 
 def build_report(results: EvaluationResults, checkpoint_notes: list[str] | None = None) -> Report:
+    # Long on purpose: the report's sections in the order a reader meets them; each is a few calls.
     cfg = results.config
     report = Report()
     report.add("h1", "OpenGrok evaluation report")
