@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from devtools.serving import ThreadedLoopbackServer
 from opengrok_dagster.offline.server import free_loopback_port
 
 
@@ -29,8 +30,10 @@ class BatchServerConfig:
 
 
 @dataclass
-class LoopbackBatchServer:
+class LoopbackBatchServer(ThreadedLoopbackServer):
     """Start with :meth:`start` (or as a context manager); ``uploads`` and ``created`` log what clients did."""
+
+    NAME = "loopback batch server"
 
     config: BatchServerConfig = field(default_factory=BatchServerConfig)
     files: dict[str, bytes] = field(default_factory=dict)
@@ -160,31 +163,6 @@ class LoopbackBatchServer:
                 batch[name] = file_id
         batch["status"] = "completed"
         batch["request_counts"] = {"total": len(lines), "completed": len(outputs), "failed": len(errors)}
-
-    def start(self) -> LoopbackBatchServer:
-        config = uvicorn.Config(
-            self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("loopback batch server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> LoopbackBatchServer:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def _file_object(file_id: str, size: int, purpose: str) -> dict:

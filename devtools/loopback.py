@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from devtools.serving import ThreadedLoopbackServer
 from opengrok_dagster.offline.server import free_loopback_port
 
 
@@ -45,8 +46,11 @@ class LoopbackConfig:
 
 
 @dataclass
-class LoopbackTeacher:
+class LoopbackTeacher(ThreadedLoopbackServer):
     """Start with :meth:`start` (or as a context manager); ``requests`` logs every request received."""
+
+    NAME = "loopback teacher"
+    UVICORN_OPTIONS = {"timeout_keep_alive": 30}
 
     config: LoopbackConfig = field(default_factory=LoopbackConfig)
     requests: list[ReceivedRequest] = field(default_factory=list)
@@ -123,37 +127,6 @@ class LoopbackTeacher:
             await send({"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True})
             raise ConnectionResetError("injected fault")
         await _respond(send, 200, payload, [(b"x-request-id", request_id.encode())])
-
-    def start(self) -> LoopbackTeacher:
-        config = uvicorn.Config(
-            self._app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="critical",
-            lifespan="off",
-            interface="asgi3",
-            timeout_keep_alive=30,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("loopback teacher did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> LoopbackTeacher:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def chat_logprobs(content: str, top_logprobs: int) -> list[dict]:

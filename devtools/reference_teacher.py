@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import uvicorn
 
+from devtools.serving import ThreadedLoopbackServer
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
@@ -93,8 +94,10 @@ def fit_task(name: str, data_dir: Path, exclude: frozenset[str] = frozenset(), s
 
 
 @dataclass
-class ReferenceTeacher:
+class ReferenceTeacher(ThreadedLoopbackServer):
     """Start with :meth:`start` (or as a context manager); ``served`` counts the prompts answered."""
+
+    NAME = NAME  # the module-level name, in start-up errors too
 
     classifiers: list[TaskClassifier]
     port: int = field(default_factory=free_loopback_port)
@@ -191,31 +194,6 @@ class ReferenceTeacher:
             },
             [(b"x-request-id", request_id.encode())],
         )
-
-    def start(self) -> ReferenceTeacher:
-        config = uvicorn.Config(
-            self._app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off", interface="asgi3"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"the {NAME} did not start on port {self.port}")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> ReferenceTeacher:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def _offers(question: str, words: tuple[str, ...]) -> bool:
