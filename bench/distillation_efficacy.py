@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -333,7 +333,7 @@ def run(grid: Grid, args, command: str) -> dict:
                 unmasked = None  # this seed's mode-none student: every masked mode is also compared with it
                 with tempfile.TemporaryDirectory(prefix="efficacy-") as scratch:
                     for strength in grid.strengths:
-                        config = replace(STRENGTHS[strength], seed=seed)
+                        config = STRENGTHS[strength].model_copy(update={"seed": seed})
                         mask = build_mask_table(examples, tokenizer, nlp, config).table
                         classes = (
                             examples.set_index("example_id")["label"].reindex(mask["example_id"]).set_axis(mask.index)
