@@ -4,7 +4,7 @@ of teacher-annotated posts, seed, mask mode and mask strength; written to docs/e
 Each cell runs the pipeline's own stages on real posts: the teacher annotates posts (the texts of the gold train
 split, labels never read, every post also in the evaluation split dropped) with the ``sns_tasks`` prompt; usable
 annotations become training examples (the same chat messages and answer the evaluation scores); mask tables
-come from ``masks.builder``; the train split is class-balanced (``training.data.balance_classes``); the LoRA is
+come from ``masks.builder``; the trainer class-balances the train split (``TrainingConfig.balance_classes``); the LoRA is
 trained by ``training.trainer.train_lora``; base and students are scored by calibrated label log-likelihood
 (``evaluation.calibration``) on the same sampled val posts, with paired bootstrap intervals on shared
 resamples (``evaluation.bootstrap``). The transfer ratio (student - base) / (teacher - base) is computed per
@@ -54,6 +54,7 @@ from opengrok_dagster.evaluation.local import LocalStudent, read_checkpoint
 from opengrok_dagster.evaluation.metrics import ClassificationScores
 from opengrok_dagster.evaluation.runner import sample_items
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
+from opengrok_dagster.filtering.annotations import class_label
 from opengrok_dagster.masks.builder import build_mask_table
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
@@ -62,7 +63,6 @@ from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.sns_tasks import task_format
 from opengrok_dagster.training.config import TrainingConfig
-from opengrok_dagster.training.data import balance_classes
 from opengrok_dagster.training.device import resolve_placement
 from opengrok_dagster.training.trainer import TrainingJob, train_lora
 
@@ -162,7 +162,7 @@ def examples_frame(posts: list[str], labels: np.ndarray, split: str, prefix: str
                 "system_prompt": system["content"],
                 "prompt": user["content"],
                 "response": fmt.words[int(label)],
-                "label": int(label),
+                "class_label": class_label(TASK, [int(label)]),  # what the trainer balances classes by
             }
         )
     return pd.DataFrame(rows)
@@ -334,12 +334,8 @@ def run(grid: Grid, args, command: str) -> dict:
                 with tempfile.TemporaryDirectory(prefix="efficacy-") as scratch:
                     for strength in grid.strengths:
                         config = STRENGTHS[strength].model_copy(update={"seed": seed})
-                        mask = build_mask_table(examples, tokenizer, nlp, config).table
-                        classes = (
-                            examples.set_index("example_id")["label"].reindex(mask["example_id"]).set_axis(mask.index)
-                        )
-                        table = balance_classes(mask, classes, seed)
-                        share = masked_share(mask[mask["split"] == "train"])
+                        table = build_mask_table(examples, tokenizer, nlp, config).table
+                        share = masked_share(table[table["split"] == "train"])
                         for mode in grid.modes:
                             if mode == "none" and strength != grid.strengths[0]:
                                 continue  # mode none ignores the mask: one run covers every strength

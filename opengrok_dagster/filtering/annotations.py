@@ -46,6 +46,13 @@ def as_training_example(task: str, post_text: str, annotation: Annotation) -> tu
     return system["content"], user["content"], fmt.answer(annotation)
 
 
+def class_label(task: str, labels: list[int]) -> str | None:
+    """``<task>:<label>`` for a single-label classification annotation (what training balances classes by);
+    None for multi-label and NER annotations, whose examples are not oversampled."""
+    fmt = task_format(task)
+    return f"{task}:{fmt.labels[labels[0]]}" if fmt.kind == "classification" and len(labels) == 1 else None
+
+
 def review_key(prompt: str, response: str) -> str:
     """The review key of an annotation: its post and answer (answers alone repeat across posts)."""
     return content_hash(f"{prompt}\n{response}")

@@ -22,6 +22,7 @@ from opengrok_dagster.filtering.annotations import (
     LABEL_ISSUE,
     annotation_scores,
     check_annotations,
+    class_label,
     flag_label_issues,
     review_key,
 )
@@ -57,6 +58,7 @@ FILTERED_COLUMNS = (
     "scores",
     "split",
     "task",
+    "class_label",
 )
 
 
@@ -102,8 +104,9 @@ def filter_responses(
     ]
     out = pd.concat(parts, ignore_index=True) if parts else _filter_generated(frame, config, models, decisions)
     out = out.sort_values(["collected_at", "round", "prompt_id"], kind="stable").reset_index(drop=True)
-    if "task" not in out.columns:
-        out["task"] = None
+    for column in ("task", "class_label"):  # absent when nothing was annotated
+        if column not in out.columns:
+            out[column] = None
     kept = out[out["state"] == KEPT]
     # Annotations are never held out: the evaluation scores their tasks on its own splits, and teacher agreement
     # (what held-out prompts measure) is about generated answers.
@@ -273,4 +276,5 @@ def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: di
     out["example_id"] = [example_id(*key) for key in keys]
     answers = frame["response"]  # as the teacher gave it: kept rows now hold the training answer
     out["scores"] = [annotation_scores(*values) for values in zip(out["response_format"], answers, quality)]
+    out["class_label"] = [class_label(task, labels) for task, labels in zip(out["task"], out["labels"])]
     return out

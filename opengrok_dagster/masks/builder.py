@@ -314,6 +314,7 @@ def build_mask_table(
     built, dropped, misaligned, content = _align_examples(rows, rendered, words, tokenizer, tfidf, config)
     _require_alignment(len(built), misaligned, content, config)
     table = pd.DataFrame(built)
+    table["class_label"] = _class_labels(examples, table["example_id"])
     table["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     table["spacy_model"] = config.spacy_model
     table["spacy_model_version"] = spacy_model_version(nlp)
@@ -321,6 +322,13 @@ def build_mask_table(
     table["mask_config"] = json.dumps({**config.model_dump(), "tfidf_sha": tfidf.sha}, sort_keys=True)
     word_count = sum(len(words[text]) for text in dict.fromkeys(segment_texts))
     return MaskTableResult(table, tfidf, dropped, word_count, time.perf_counter() - began, misaligned, content)
+
+
+def _class_labels(examples: pd.DataFrame, example_ids: pd.Series) -> pd.Series:
+    """Each example's annotation class (filtered_responses' class_label; None for generated responses), carried
+    so that training can balance classes without reading the filtered set again."""
+    labels = examples.set_index("example_id")["class_label"] if "class_label" in examples else pd.Series(dtype=str)
+    return example_ids.map(labels).astype(pd.StringDtype())
 
 
 def _fit_tfidf(training: list[RenderedExample], words: dict[str, Words]) -> TfidfScorer:

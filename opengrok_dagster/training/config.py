@@ -48,6 +48,11 @@ class TrainingConfig(BaseModel):
     lora_r: int = Field(default=8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    balance_classes: bool = Field(
+        default=True,
+        description="Oversample the train split's single-label annotations (mask_tables' class_label) so every class "
+        "has as many examples as the largest: a small student trained on the teacher's label mix learns the prior.",
+    )
     group_by_length: bool = Field(
         default=True,
         description="Draw batches of similar length (seeded, as transformers' LengthGroupedSampler): less padding.",

@@ -44,7 +44,13 @@ from opengrok_dagster.publish import publish_directory
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.attention import attention_implementation, require_mask_mode
 from opengrok_dagster.training.config import TrainingConfig
-from opengrok_dagster.training.data import IGNORE_INDEX, MaskCollator, TrainingData, load_training_data
+from opengrok_dagster.training.data import (
+    IGNORE_INDEX,
+    MaskCollator,
+    TrainingData,
+    balance_classes,
+    load_training_data,
+)
 from opengrok_dagster.training.device import Placement
 from opengrok_dagster.training.distill_loss import KD_INPUTS, distillation_loss
 from opengrok_dagster.training.report import loss_curves, write_loss_plot, write_model_card
@@ -348,6 +354,15 @@ def _setup_tokenizer(job: TrainingJob):
 
 
 def _setup_data(job: TrainingJob, table: pd.DataFrame, tokenizer, log: Callable[[str], None]) -> TrainingData:
+    if job.config.balance_classes and "class_label" in table.columns:
+        balanced = balance_classes(table, table["class_label"], job.config.seed)
+        if len(balanced) > len(table):
+            counts = table.loc[table["split"] == "train", "class_label"].value_counts().sort_index()
+            log(
+                f"balanced the train split's classes ({', '.join(f'{k} {v}' for k, v in counts.items())}) "
+                f"to {counts.max()} each: {len(balanced) - len(table)} rows repeated"
+            )
+        table = balanced
     data = load_training_data(table, tokenizer, job.config.max_length)
     log(
         f"{len(data.train)} train / {len(data.validation)} validation examples "
