@@ -36,10 +36,12 @@ from opengrok_dagster.collect.prompts import PromptGridConfig
 from opengrok_dagster.collect.store import STORED_COLUMNS
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.partitions import collection_partitions
+from opengrok_dagster.profiles import PROMPTS, with_profile_defaults
 from opengrok_dagster.sns_tasks import TASK_FORMATS
 from resources import OpenGrokPaths, TeacherResource
 
 
+@with_profile_defaults(PROMPTS)  # config/profiles/: how much of the grid annotates posts, and for which tasks
 class PromptsConfig(config_from(PromptGridConfig)):
     """The prompt grid's settings (from ``PromptGridConfig``), and whether the last round's feedback refines it."""
 
@@ -48,11 +50,14 @@ class PromptsConfig(config_from(PromptGridConfig)):
         description="Weight, rewrite and extend the grid from the prompt_feedback of the latest earlier round, when there is one.",
     )
     annotation_share: float = Field(
-        default=0.0,
+        default=0.9,
         description="Share of all prompts that ask the teacher to annotate real posts (from `posts`) for an SNS task, "
         "as the evaluation asks; 0 = generative prompts only, 1 = annotation prompts only.",
     )
-    annotation_tasks: list[str] = Field(default=list(TASK_FORMATS), description="SNS tasks posts are annotated for.")
+    annotation_tasks: list[str] = Field(
+        default=["tweeteval_sentiment"],
+        description=f"SNS tasks posts are annotated for, of {', '.join(TASK_FORMATS)} (config/profiles/gpu.yaml: all).",
+    )
     structured_output: str = Field(
         default="json_schema",
         description=f"Structured output asked of the teacher, one of {', '.join(RESPONSE_FORMATS)}; an endpoint that "

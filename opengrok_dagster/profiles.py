@@ -23,7 +23,7 @@ from opengrok_dagster.settings import REPO_ROOT
 PROFILE_VARIABLE = "OPENGROK_PROFILE"
 PROFILE_DIR = REPO_ROOT / "config" / "profiles"
 DEFAULT_PROFILE = "cpu-demo"
-MASK_TABLES, LORA_CHECKPOINT, EVAL_REPORT = "mask_tables", "lora_checkpoint", "eval_report"
+PROMPTS, MASK_TABLES, LORA_CHECKPOINT, EVAL_REPORT = "prompts", "mask_tables", "lora_checkpoint", "eval_report"
 
 
 class ProfileError(ValueError):

@@ -22,6 +22,9 @@ from opengrok_dagster.offline.model import check_offline_model, offline_model_di
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Fine-tune settings that train the tiny student in seconds (4 optimizer steps, two evaluations).
+# Run config of tests that exercise the generative prompt grid alone: the default grid also annotates the
+# user's posts, which these tests do not materialise.
+GENERATIVE_ONLY = {"ops": {"prompts": {"config": {"annotation_share": 0.0}}}}
 QUICK = dict(batch_size=4, max_steps=4, eval_steps=2, save_steps=2, max_length=48, warmup_steps=1, learning_rate=1e-3)
 
 

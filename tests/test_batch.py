@@ -14,7 +14,7 @@ from opengrok_dagster.collect.batch import BatchSettings, collect_batch
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherConfigurationError, TeacherEndpoint
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
-from tests.conftest import REPO_ROOT
+from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 
 
 ROWS = [
@@ -163,6 +163,7 @@ def test_raw_responses_in_batch_mode_materialise_from_one_batch(persistent_insta
             resources=resources,
             instance=persistent_instance,
             partition_key=collection_partition_key("climate", ROUND),
+            run_config=GENERATIVE_ONLY,
         )
         assert result.success and len(server.created) == 1
     frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")

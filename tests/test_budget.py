@@ -17,7 +17,7 @@ from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams
 from opengrok_dagster.collect.collector import collect_responses
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
-from tests.conftest import REPO_ROOT
+from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 from tests.test_collection_assets import ROUND, resources_for
 
 
@@ -133,6 +133,7 @@ def run_partition(instance, tmp_path, server, **teacher):
         resources=resources,
         instance=instance,
         partition_key=collection_partition_key("climate", ROUND),
+        run_config=GENERATIVE_ONLY,
         raise_on_error=False,
     )
 

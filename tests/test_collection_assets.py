@@ -10,7 +10,7 @@ from assets.collection import prompts, raw_responses
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-from tests.conftest import REPO_ROOT, texts_written_under
+from tests.conftest import GENERATIVE_ONLY, REPO_ROOT, texts_written_under
 
 
 CANARY = "xai-canary-9d8c7b6a5f4e3d2c1b0a"
@@ -32,6 +32,7 @@ def run_partition(instance, tmp_path, server, topic="climate", round_key=ROUND, 
         resources=resources_for(tmp_path, server.base_url, **teacher),
         instance=instance,
         partition_key=collection_partition_key(topic, round_key),
+        run_config=GENERATIVE_ONLY,
         raise_on_error=False,
     )
 
@@ -119,6 +120,7 @@ def test_rerunning_a_round_sends_no_requests_and_a_new_round_collects_fresh(
         resources=resources_for(tmp_path, loopback_teacher.base_url),
         instance=persistent_instance,
         partition_key=collection_partition_key("climate", "2026-11-23"),
+        run_config=GENERATIVE_ONLY,
     )
     assert fresh.success and len(loopback_teacher.requests) == 2 * first
 
@@ -164,6 +166,7 @@ def test_remote_mode_without_endpoint_names_the_variables(persistent_instance, t
         resources=resources_for(tmp_path, None) | {"teacher": TeacherResource(mode="remote")},
         instance=persistent_instance,
         partition_key=collection_partition_key("climate", ROUND),
+        run_config=GENERATIVE_ONLY,
         raise_on_error=False,
     )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

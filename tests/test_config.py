@@ -62,7 +62,7 @@ def test_endpoints_are_described_and_reach_the_evaluation_as_domain_objects():
         ),
         (PromptsConfig(templates=["nope"]), "PromptGridConfig: unknown templates"),
         (FilteredResponsesConfig(min_chars=0), "FilterConfig: need 0 < min_chars <= max_chars"),
-        (LoraCheckpointConfig(save_steps=3), "TrainingConfig: save_steps=3 must be a multiple of eval_steps=4"),
+        (LoraCheckpointConfig(save_steps=3), "TrainingConfig: save_steps=3 must be a multiple of eval_steps=8"),
         (
             EvalReportConfig(tasks=["tweeteval_sentiment"], eval_paths={"wnut17": "x"}),
             "EvaluationConfig: a split path is given for task 'wnut17'",

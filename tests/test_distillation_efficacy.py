@@ -38,11 +38,11 @@ def test_training_examples_are_the_evaluation_prompt_and_answer():
     fmt = task_format("tweeteval_sentiment")
     frame = examples_frame(["so good!", "meh"], np.array([2, 1]), "train", "t")
     system, user = fmt.messages("so good!")
-    assert frame.loc[0, ["system_prompt", "prompt", "response", "label"]].tolist() == [
+    assert frame.loc[0, ["system_prompt", "prompt", "response", "class_label"]].tolist() == [
         system["content"],
         user["content"],
         "positive",
-        2,
+        "tweeteval_sentiment:positive",  # what the trainer balances classes by, as for pipeline annotations
     ]
     assert frame["example_id"].tolist() == ["t00000", "t00001"] and (frame["split"] == "train").all()
 

@@ -82,7 +82,16 @@ def test_embedded_resource_collects_a_partition_and_tears_the_server_down(
         instance=persistent_instance,
         partition_key=collection_partition_key("football", "2026-11-24"),
         run_config={
-            "ops": {"prompts": {"config": {"base_per_topic": 2, "style_per_topic": 1, "adversarial_per_topic": 1}}}
+            "ops": {
+                "prompts": {
+                    "config": {
+                        "base_per_topic": 2,
+                        "style_per_topic": 1,
+                        "adversarial_per_topic": 1,
+                        "annotation_share": 0.0,
+                    }
+                }
+            }
         },
     )
     assert result.success
@@ -140,7 +149,18 @@ def test_kept_server_serves_consecutive_runs_and_stops_at_exit(offline_model, pe
         "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
         "teacher": teacher,
     }
-    small = {"ops": {"prompts": {"config": {"base_per_topic": 1, "style_per_topic": 0, "adversarial_per_topic": 0}}}}
+    small = {
+        "ops": {
+            "prompts": {
+                "config": {
+                    "base_per_topic": 1,
+                    "style_per_topic": 0,
+                    "adversarial_per_topic": 0,
+                    "annotation_share": 0.0,
+                }
+            }
+        }
+    }
     pids = []
     try:
         for round_key in ("2026-11-23", "2026-11-24"):

@@ -15,7 +15,7 @@ from opengrok_dagster.filtering.review import ReviewStore
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import GENERATIVE_ONLY, REPO_ROOT, SHARED_DATA
 
 
 CATALOGUE = str(REPO_ROOT / "config" / "topics.yaml")
@@ -270,6 +270,7 @@ def test_collected_partitions_flow_through_filtering_into_the_next_rounds_prompt
             resources=resources,
             instance=persistent_instance,
             partition_key=collection_partition_key(topic, "2026-11-24"),
+            run_config=GENERATIVE_ONLY,
         )
         assert collected.success
     raw = pd.concat(
@@ -285,6 +286,7 @@ def test_collected_partitions_flow_through_filtering_into_the_next_rounds_prompt
         resources=resources,
         instance=persistent_instance,
         partition_key=collection_partition_key("climate", "2026-11-25"),
+        run_config=GENERATIVE_ONLY,
     )
     metadata = next_round.asset_materializations_for_node("prompts")[0].metadata
     assert metadata["refined_from_round"].value == "2026-11-24"

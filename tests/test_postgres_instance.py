@@ -21,7 +21,7 @@ from dagster_postgres.utils import DagsterPostgresException
 from assets.collection import prompts, raw_responses
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-from tests.conftest import REPO_ROOT
+from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 
 
 DOCKER_DAGSTER_YAML = REPO_ROOT / "docker" / "dagster.yaml"
@@ -180,6 +180,7 @@ def test_partition_materialised_on_postgres_is_visible_to_another_process_instan
             "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
             "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="grok-test"),
         },
+        run_config=GENERATIVE_ONLY,
     )
     assert result.success
     assert len(pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")) == 12

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from assets.collection import PromptsConfig
 from opengrok_dagster import cli
 from opengrok_dagster.evaluation.runner import EvaluationConfig
 from opengrok_dagster.masks.config import MaskConfig
@@ -34,6 +35,10 @@ def test_cpu_demo_is_exactly_the_built_in_defaults():
     profile = load_profile("cpu-demo")
     assert (profile.student_model, profile.training_device, profile.training_precision) == (None, "auto", "auto")
     assert profile.op_config("mask_tables") == {"max_length": MaskConfig().max_length}
+    built_in = PromptsConfig.__mro__[1].model_fields  # the class as written, under the profile's defaults
+    assert profile.op_config("prompts") and all(
+        built_in[name].default == value for name, value in profile.op_config("prompts").items()
+    )
     training = TrainingConfig().model_dump()
     assert profile.op_config("lora_checkpoint").items() <= training.items()
     evaluation = EvaluationConfig()

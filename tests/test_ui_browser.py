@@ -21,7 +21,7 @@ from assets.collection import prompts, raw_responses
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-from tests.conftest import REPO_ROOT
+from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 
 
 pytestmark = pytest.mark.integration
@@ -164,6 +164,7 @@ def webserver(tmp_path_factory, loopback):
                 ),
                 "teacher": TeacherResource(mode="remote", base_url=loopback.base_url, model="grok-test"),
             },
+            run_config=GENERATIVE_ONLY,
         )
         assert collected.success
     try:
