@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from devtools.serving import ThreadedLoopbackServer
 from opengrok_dagster.offline.server import free_loopback_port
+from opengrok_dagster.offline.serving import ThreadedLoopbackServer
 
 
 @dataclass

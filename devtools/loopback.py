@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from devtools.serving import ThreadedLoopbackServer
 from opengrok_dagster.offline.server import free_loopback_port
+from opengrok_dagster.offline.serving import ThreadedLoopbackServer
 
 
 FAULTS = ("429", "500", "503", "malformed_json", "truncated_body", "connection_reset", "stall")

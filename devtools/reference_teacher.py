@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import uvicorn
 
-from devtools.serving import ThreadedLoopbackServer
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from opengrok_dagster.offline.server import free_loopback_port
+from opengrok_dagster.offline.serving import ThreadedLoopbackServer
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.sns_tasks import Annotation, TaskFormat, find_labels, task_format
 

@@ -20,12 +20,14 @@ from opengrok_dagster.collect.collector import Leases
 from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
 from opengrok_dagster.collect.ratelimit import SharedRateLimiter
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
+from opengrok_dagster.offline.logprobs_server import LogprobsServer
 from opengrok_dagster.offline.model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
 from opengrok_dagster.offline.server import TeacherServer
 
 
-# Embedded servers kept for the life of this process, by model directory (see TeacherResource.keep_server).
-_KEPT_SERVERS: dict[str, TeacherServer] = {}
+# Embedded servers kept for the life of this process, by model directory and whether they return logprobs (see
+# TeacherResource.keep_server).
+_KEPT_SERVERS: dict[tuple[str, bool], TeacherServer | LogprobsServer] = {}
 
 
 @atexit.register
@@ -68,8 +70,9 @@ class TeacherResource(ConfigurableResource):
     top_logprobs: int | None = Field(
         default=None,
         description="Request logprobs with this many alternatives per token (xAI allows up to 8, OpenAI 20), stored "
-        "with each response for token-level distillation; unset = none. An endpoint that answers without them "
-        "(e.g. `transformers serve`) stops the collection with an error saying so.",
+        "with each response for token-level distillation; unset = none. The embedded teacher scores its answers "
+        "with the same checkpoint (a front before `transformers serve`, which ignores the field); a remote "
+        "endpoint that answers without them stops the collection with an error saying so.",
     )
     prompt_price_per_million: float = Field(default=0.0, description="USD per million prompt tokens (cost estimate).")
     completion_price_per_million: float = Field(
@@ -110,7 +113,7 @@ class TeacherResource(ConfigurableResource):
         "executes one run per topic and stage in one process: one server start instead of one per run).",
     )
 
-    _server: TeacherServer | None = PrivateAttr(default=None)
+    _server: TeacherServer | LogprobsServer | None = PrivateAttr(default=None)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._server is not None and not self.keep_server:
@@ -127,12 +130,15 @@ class TeacherResource(ConfigurableResource):
             return TeacherEndpoint(self.base_url, self.model, self.api_key)
         if self._server is None:
             model_dir = check_offline_model(offline_model_dir(self.cache_dir))
-            server = _KEPT_SERVERS.get(str(model_dir)) if self.keep_server else None
+            key = (str(model_dir), self.top_logprobs is not None)
+            server = _KEPT_SERVERS.get(key) if self.keep_server else None
             if server is None:
                 server = TeacherServer(model_dir, log_path=self.server_log)
+                if self.top_logprobs is not None:  # only then: the front loads a second copy of the model
+                    server = LogprobsServer(server)
                 server.start()
                 if self.keep_server:
-                    _KEPT_SERVERS[str(model_dir)] = server
+                    _KEPT_SERVERS[key] = server
             self._server = server
         return TeacherEndpoint(self._server.base_url, self._server.model_id, None, label=MODEL_NAME)
 

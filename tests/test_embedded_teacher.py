@@ -177,3 +177,75 @@ def test_kept_server_serves_consecutive_runs_and_stops_at_exit(offline_model, pe
     finally:
         _stop_kept_servers()
     assert not _alive(pids[0]) and not _KEPT_SERVERS
+
+
+def test_embedded_teacher_with_logprobs_fills_raw_responses_and_kd_targets_build_from_them(
+    offline_model, persistent_instance, tmp_path
+):
+    """`OPENGROK_TEACHER_TOP_LOGPROBS` with the offline default, end to end: the front before `transformers serve`
+    scores each answer with the same checkpoint, raw_responses store those numbers, and kd_targets aligns them."""
+    import json
+
+    from assets.distillation import kd_targets
+    from assets.filtering import filtered_responses
+    from assets.masks import mask_tables
+    from opengrok_dagster.offline.logprobs import TeacherLogprobs
+    from resources import StudentResource
+
+    servers_before = _server_pids()
+    persistent_instance.add_dynamic_partitions(topic_partitions.name, ["football"])
+    resources = {
+        "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "teacher": TeacherResource(
+            mode="embedded", max_tokens=32, max_concurrency=4, top_logprobs=5, server_log=str(tmp_path / "serve.log")
+        ),
+        "student": StudentResource(),
+    }
+    collected = materialize(
+        [prompts, raw_responses],
+        resources=resources,
+        instance=persistent_instance,
+        partition_key=collection_partition_key("football", "2026-11-24"),
+        run_config={
+            "ops": {"prompts": {"config": {"base_per_topic": 4, "style_per_topic": 1, "adversarial_per_topic": 1}}}
+        },
+    )
+    assert collected.success
+    assert _server_pids() <= servers_before  # the front's `transformers serve` child is gone with the run
+    raw = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-24" / "football.parquet")
+    assert len(raw) == 6 and raw["error"].isna().all() and raw["logprobs"].notna().all()
+    scorer = TeacherLogprobs.load(offline_model)
+    for row in raw.itertuples():
+        messages = [{"role": "system", "content": row.system_prompt}, {"role": "user", "content": row.prompt}]
+        stored, expected = json.loads(row.logprobs), scorer.content(messages, row.response, top_logprobs=5)
+        assert [e["bytes"] for e in stored] == [e["bytes"] for e in expected]
+        assert b"".join(bytes(e["bytes"]) for e in stored) == row.response.encode()
+        for got, want in zip(stored, expected):
+            assert got["logprob"] == pytest.approx(want["logprob"], abs=1e-4)
+            assert [a["bytes"] for a in got["top_logprobs"]] == [a["bytes"] for a in want["top_logprobs"]]
+            assert [a["logprob"] for a in got["top_logprobs"]] == pytest.approx(
+                [a["logprob"] for a in want["top_logprobs"]], abs=1e-4
+            )
+
+    prepared = materialize(
+        [filtered_responses, mask_tables, kd_targets],
+        resources=resources,
+        instance=persistent_instance,
+        run_config={
+            "ops": {
+                # a few short answers of a 135M model: keep what the filters allow and train on all of it
+                "filtered_responses": {
+                    "config": {"max_rejection_rate": 1.0, "heldout_fraction": 0.0, "validation_fraction": 0.0}
+                },
+                "mask_tables": {"config": {"max_length": 512, "min_unmasked_rate": 0.0, "max_unmasked_rate": 1.0}},
+            }
+        },
+    )
+    assert prepared.success and all(check.passed for check in prepared.get_asset_check_evaluations())
+    masks = pd.read_parquet(tmp_path / "assets" / "mask_tables.parquet")
+    targets = pd.read_parquet(tmp_path / "assets" / "kd_targets.parquet")
+    assert len(masks) >= 1 and list(targets["example_id"]) == list(masks["example_id"])
+    metadata = prepared.asset_materializations_for_node("kd_targets")[0].metadata
+    assert metadata["rows_with_logprobs"].value == len(masks)
+    assert metadata["aligned_share"].value == 1.0  # the teacher tokenises as the student: every token aligns

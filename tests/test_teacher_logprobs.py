@@ -1,15 +1,21 @@
-"""Teacher logprobs by scoring a response with the teacher's checkpoint (a tiny Llama with SmolLM2's tokenizer)."""
+"""Teacher logprobs by scoring a response with the teacher's checkpoint (a tiny Llama with SmolLM2's tokenizer), and
+the front that attaches them to the embedded teacher's answers (before a loopback server that ignores logprobs)."""
 
+import asyncio
 import json
 import math
 
+import httpx
 import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from devtools.loopback import LoopbackConfig, LoopbackTeacher
+from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherEndpoint
 from opengrok_dagster.distill.align import StudentVocabulary, align_example, parse_teacher_logprobs
 from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.offline.logprobs import TeacherLogprobs
+from opengrok_dagster.offline.logprobs_server import LogprobsServer
 
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How was the match?"}]
@@ -54,3 +60,65 @@ def test_scored_logprobs_are_the_collected_shape_and_align_fully_to_the_same_tok
     )
     assert targets.response_tokens == len(teacher_tokens) and targets.aligned_tokens == targets.response_tokens
     assert all(len(ids) >= 5 for ids in targets.token_ids)  # the top-5 plus the scored token when outside them
+
+
+@pytest.fixture
+def front(teacher):
+    """The logprobs front before a loopback server that ignores logprobs, as `transformers serve` does."""
+    with LogprobsServer(LoopbackTeacher(LoopbackConfig(returns_logprobs=False)), scorer=teacher) as server:
+        yield server
+
+
+def ask(base_url: str, sampling: SamplingParams):
+    async def go():
+        async with TeacherClient(
+            TeacherEndpoint(base_url, "loopback"), sampling, ClientLimits(max_attempts=1)
+        ) as client:
+            return await asyncio.gather(*(client.complete(MESSAGES, prompt_id=f"p{i}") for i in range(3)))
+
+    return asyncio.run(go())
+
+
+def test_the_front_attaches_the_checkpoints_logprobs_to_each_answer(front, teacher):
+    results = ask(front.base_url, SamplingParams(top_logprobs=3))
+    assert len({r.text for r in results}) == 1 and all(r.ok and r.request_id for r in results)
+    assert front.upstream.successful_prompts() == [MESSAGES[-1]["content"]] * 3  # every answer is the upstream's
+    for result in results:
+        assert json.loads(result.logprobs) == teacher.content(MESSAGES, result.text, top_logprobs=3)
+        assert all(len(entry["top_logprobs"]) == 3 for entry in json.loads(result.logprobs))
+    assert json.loads(ask(front.base_url, SamplingParams(top_logprobs=0))[0].logprobs)[0]["top_logprobs"] == []
+
+
+def test_the_front_passes_other_requests_through_untouched(front):
+    direct = httpx.post(
+        f"{front.upstream.base_url}/chat/completions", json={"model": "m", "messages": MESSAGES}
+    ).json()
+    through = httpx.post(f"{front.base_url}/chat/completions", json={"model": "m", "messages": MESSAGES})
+    assert through.status_code == 200 and "logprobs" not in through.json()["choices"][0]
+    assert through.json()["choices"] == direct["choices"] and through.headers["x-request-id"]
+    assert httpx.get(front.base_url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"top_logprobs": 21}, "top_logprobs must be an integer from 0 to 20"),
+        ({"top_logprobs": 2, "stream": True}, "logprobs only without stream"),
+    ],
+)
+def test_the_front_refuses_what_it_cannot_score(front, fields, message):
+    answer = httpx.post(
+        f"{front.base_url}/chat/completions", json={"model": "m", "messages": MESSAGES, "logprobs": True, **fields}
+    )
+    assert answer.status_code == 400 and message in answer.json()["error"]["message"]
+    assert not front.upstream.requests  # refused before anything reached the model
+
+
+def test_stopping_the_front_stops_its_upstream(teacher):
+    upstream = LoopbackTeacher(LoopbackConfig(returns_logprobs=False))
+    server = LogprobsServer(upstream, scorer=teacher).start()
+    server.stop()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(upstream.base_url.removesuffix("/v1") + "/health", timeout=2)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.base_url.removesuffix("/v1") + "/health", timeout=2)

@@ -444,8 +444,8 @@ class TeacherClient:
         ):
             raise LogprobsUnsupported(
                 f"{url} answered without logprobs though top_logprobs={self.sampling.top_logprobs} was requested "
-                "(`transformers serve` ignores the field): unset OPENGROK_TEACHER_TOP_LOGPROBS or use an endpoint "
-                "that returns logprobs (OpenAI, xAI, vLLM)",
+                "(a plain `transformers serve` ignores the field): unset OPENGROK_TEACHER_TOP_LOGPROBS or use an "
+                "endpoint that returns logprobs (OpenAI, xAI, vLLM, the embedded teacher)",
                 replace(result, error="the endpoint returned no logprobs"),
             )
         return result

@@ -1,5 +1,5 @@
-"""The one way the loopback servers of devtools/ run: their ASGI app under uvicorn, on a free loopback port, in a
-daemon thread, as a context manager."""
+"""The one way OpenGrok's in-process loopback servers run (the embedded teacher's logprobs front and the servers of
+devtools/): their ASGI app under uvicorn, on a free loopback port, in a daemon thread, as a context manager."""
 
 from __future__ import annotations
 
