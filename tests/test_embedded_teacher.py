@@ -208,7 +208,16 @@ def test_embedded_teacher_with_logprobs_fills_raw_responses_and_kd_targets_build
         instance=persistent_instance,
         partition_key=collection_partition_key("football", "2026-11-24"),
         run_config={
-            "ops": {"prompts": {"config": {"base_per_topic": 4, "style_per_topic": 1, "adversarial_per_topic": 1}}}
+            "ops": {
+                "prompts": {
+                    "config": {
+                        "base_per_topic": 4,
+                        "style_per_topic": 1,
+                        "adversarial_per_topic": 1,
+                        "annotation_share": 0.0,
+                    }
+                }
+            }
         },
     )
     assert collected.success
