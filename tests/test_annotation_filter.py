@@ -126,11 +126,19 @@ def test_kept_annotations_become_the_evaluations_prompt_and_answer_and_bad_ones_
                 '{"entities": [{"type": "corporation", "text": "Apple"}, {"type": "person", "text": "Taylor Swift"}]}',
             ),
             ("wnut17", POST, '```json\n{"entities": []}\n```'),
+            ("wnut17", POST, '{"entities": []}'),
         ]
     )
     frame.loc[3, "post_id"] = "p2"  # the same post annotated for the same task twice: the earlier one is kept
+    frame.loc[4, "post_id"] = "another-shard-7"  # the same text under another id (shards repeat posts) too
     checked = check_annotations(frame, reject_truncated=False)
-    assert checked["reasons"].tolist() == [[], ["label_outside_vocabulary"], [], ["duplicate_annotation"]]
+    assert checked["reasons"].tolist() == [
+        [],
+        ["label_outside_vocabulary"],
+        [],
+        ["duplicate_annotation"],
+        ["duplicate_annotation"],
+    ]
     sentiment = task_format("tweeteval_sentiment").messages(POST)
     assert checked.loc[0, ["system_prompt", "prompt", "response"]].tolist() == [
         sentiment[0]["content"],

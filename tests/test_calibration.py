@@ -95,3 +95,12 @@ def test_balance_classes_repeats_whole_copies_before_any_row_a_third_time(seed):
     balanced = balance_classes(table, classes, seed=seed)
     counts = balanced["example_id"][balanced["example_id"].isin(["t7", "t8", "t9"])].value_counts()
     assert sorted(counts.to_list()) == [2, 2, 3]
+
+
+def test_a_class_given_fewer_than_min_examples_times_is_not_oversampled():
+    table, classes = _table(["negative"] * 9 + ["positive"] * 3 + ["neutral"] * 1)
+    balanced = balance_classes(table, classes, seed=0, min_examples=2)
+    train = balanced.loc[balanced["split"] == "train", "example_id"]
+    label_of = dict(zip(table["example_id"], classes))
+    # positive (3 rows) is repeated up to negative's 9; the single neutral post stays one row, not nine copies.
+    assert train.map(label_of).value_counts().to_dict() == {"negative": 9, "positive": 9, "neutral": 1}

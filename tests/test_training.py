@@ -344,7 +344,7 @@ def test_train_split_classes_are_balanced_when_configured(tmp_path, tiny_student
     table.loc[train[8:], "class_label"] = "tweeteval_sentiment:positive"
     table["class_label"] = table["class_label"].astype(pd.StringDtype())  # as mask_tables stores it
     logged = []
-    target = job(tmp_path, tiny_student, "none", balance_classes=balance)
+    target = job(tmp_path, tiny_student, "none", balance_classes=balance, balance_min_class_examples=2)
     data = trainer_module._setup_data(target, table, tokenizer, logged.append)
     ids = [example.example_id for example in data.train]
     positives = set(table.loc[train[8:], "example_id"])

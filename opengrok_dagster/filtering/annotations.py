@@ -60,7 +60,7 @@ def review_key(prompt: str, response: str) -> str:
 
 def check_annotations(rows: pd.DataFrame, reject_truncated: bool) -> pd.DataFrame:
     """Per annotation row: the training example (system_prompt, prompt, response rewritten), its label
-    indices, and the rejection reasons (empty when usable). Earlier duplicates of a (task, post) win."""
+    indices, and the rejection reasons (empty when usable). Earlier duplicates of a (task, post text) win."""
     out = rows.copy()
     systems, prompts, responses, labels, reasons = [], [], [], [], []
     seen: set[tuple[str, str]] = set()
@@ -70,10 +70,11 @@ def check_annotations(rows: pd.DataFrame, reject_truncated: bool) -> pd.DataFram
         if not found:
             annotation = parse_annotation(row.task, row.response, row.post_text)
             found = [annotation.reason] if annotation.reason else []
-        if not found and (row.task, row.post_id) in seen:
+        # By text, not post id: shards and datasets repeat posts under other ids, and the training example is the text.
+        if not found and (row.task, row.post_text) in seen:
             found = [DUPLICATE_ANNOTATION]
         if not found:
-            seen.add((row.task, row.post_id))
+            seen.add((row.task, row.post_text))
             system, prompt, response = as_training_example(row.task, row.post_text, annotation)
         else:
             system, prompt, response = (

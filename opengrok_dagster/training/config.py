@@ -54,6 +54,12 @@ class TrainingConfig(BaseModel):
         description="Oversample the train split's single-label annotations (mask_tables' class_label) so every class "
         "has as many examples as the largest: a small student trained on the teacher's label mix learns the prior.",
     )
+    balance_min_class_examples: int = Field(
+        default=8,
+        ge=1,
+        description="Classes with fewer train examples than this are not oversampled (a teacher that almost never "
+        "gives a label leaves too few posts to learn it from; repeated, they would be memorised).",
+    )
     group_by_length: bool = Field(
         default=True,
         description="Draw batches of similar length (seeded, as transformers' LengthGroupedSampler): less padding.",

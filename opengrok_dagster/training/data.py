@@ -96,14 +96,16 @@ def load_training_data(table: pd.DataFrame, tokenizer, max_length: int) -> Train
     return TrainingData(splits["train"], splits["validation"], truncated, dropped)
 
 
-def balance_classes(table: pd.DataFrame, classes: pd.Series, seed: int) -> pd.DataFrame:
+def balance_classes(table: pd.DataFrame, classes: pd.Series, seed: int, min_examples: int = 1) -> pd.DataFrame:
     """The mask table with its train rows oversampled so that every class has as many rows as the largest one.
 
     A small student trained on the natural label mix learns the prior (the majority answer for every post), not
     the conditional; equal class counts take that shortcut away. ``classes`` (aligned with ``table``'s index) is
     each example's label, null for examples without one (generative prompts), which are kept once. Validation rows
     are left as they are, so validation loss still measures the data as it comes. A class's rows are repeated
-    whole (every row as often as any other, give or take one) in a seeded order.
+    whole (every row as often as any other, give or take one) in a seeded order. A class with fewer than
+    ``min_examples`` train rows is kept as it is: repeated a hundredfold, a handful of posts would be learned by
+    heart rather than their class.
     """
     classes = classes.reindex(table.index)
     labelled = (table["split"] == "train") & classes.notna()
@@ -112,7 +114,7 @@ def balance_classes(table: pd.DataFrame, classes: pd.Series, seed: int) -> pd.Da
         return table
     rng = np.random.default_rng(seed)
     extra = []
-    for label, count in counts.items():
+    for label, count in counts[counts >= min_examples].items():
         rows = table.index[labelled & (classes == label)].to_numpy()
         missing = int(counts.max()) - int(count)
         repeats = np.concatenate([rng.permutation(rows) for _ in range(missing // len(rows) + 1)])[:missing]

@@ -355,12 +355,13 @@ def _setup_tokenizer(job: TrainingJob):
 
 def _setup_data(job: TrainingJob, table: pd.DataFrame, tokenizer, log: Callable[[str], None]) -> TrainingData:
     if job.config.balance_classes and "class_label" in table.columns:
-        balanced = balance_classes(table, table["class_label"], job.config.seed)
+        balanced = balance_classes(table, table["class_label"], job.config.seed, job.config.balance_min_class_examples)
         if len(balanced) > len(table):
             counts = table.loc[table["split"] == "train", "class_label"].value_counts().sort_index()
             log(
                 f"balanced the train split's classes ({', '.join(f'{k} {v}' for k, v in counts.items())}) "
-                f"to {counts.max()} each: {len(balanced) - len(table)} rows repeated"
+                f"to {counts.max()} each, classes under {job.config.balance_min_class_examples} kept as they are: "
+                f"{len(balanced) - len(table)} rows repeated"
             )
         table = balanced
     data = load_training_data(table, tokenizer, job.config.max_length)
