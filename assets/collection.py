@@ -260,6 +260,10 @@ def _collect(
                     "embedded `transformers serve` teacher has none: set OPENGROK_TEACHER_COLLECTION=online"
                 )
             topic = context.partition_key.keys_by_dimension["topic"]
+            try:
+                settings = teacher.batch_settings()
+            except ValueError as exc:  # a batch_poll_s or batch_price_factor out of range
+                raise Failure(str(exc)) from None
             return collect_batch(
                 rows,
                 teacher.endpoint(),
@@ -268,7 +272,7 @@ def _collect(
                 store,
                 round_key,
                 topic,
-                teacher.batch_settings(),
+                settings,
                 budget if budget.limits.limited else None,
                 context.log.info,
             )
