@@ -250,7 +250,9 @@ def _collect(
 
     async def run() -> CollectionSummary:
         async with teacher.client(store, budget) as client:
-            return await collect_responses(rows, client, store, round_key, on_result, teacher.leases())
+            return await collect_responses(
+                rows, client, store, round_key, on_result, teacher.leases(), run_id=context.run.run_id
+            )
 
     try:
         if teacher.collection == "batch":
@@ -275,6 +277,7 @@ def _collect(
                 settings,
                 budget if budget.limits.limited else None,
                 context.log.info,
+                run_id=context.run.run_id,
             )
         return asyncio.run(run())
     except TeacherConfigurationError as exc:

@@ -13,7 +13,9 @@ from devtools.batch_server import BatchServerConfig, LoopbackBatchServer
 from opengrok_dagster.collect.batch import BatchSettings, PollClock, collect_batch
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.collect.spend import collection_spend
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
+from opengrok_dagster.layout import HomeLayout
 from tests.conftest import REPO_ROOT
 
 
@@ -62,8 +64,11 @@ def collect(server, store, settings=FAST, **kwargs):
 def test_a_batch_writes_ordinary_responses_at_the_batch_price_and_a_rerun_submits_nothing(tmp_path):
     store = ResponseStore(tmp_path / "responses.sqlite")
     with LoopbackBatchServer(BatchServerConfig(processing_s=0.2, fail_custom_ids=frozenset({"p007"}))) as server:
-        summary = collect(server, store)
+        summary = collect(server, store, run_id="run-1")
         assert (summary.requested, summary.succeeded, summary.failed) == (30, 29, 1)
+        spend = collection_spend(tmp_path / "responses.sqlite")  # every result counted at the batch price
+        assert [(line.key, line.requests, line.batch_requests) for line in spend.by["run"]] == [("run-1", 30, 30)]
+        assert spend.total.batch_usd == spend.total.usd > 0
         rows = {row[0]: row for row in responses(tmp_path / "responses.sqlite")}
         text, prompt_tokens, completion_tokens, cost = (
             rows["p001"][5],
@@ -226,6 +231,8 @@ def test_raw_responses_in_batch_mode_materialise_from_one_batch(persistent_insta
             partition_key=collection_partition_key("climate", ROUND),
         )
         assert result.success and len(server.created) == 1
+    (run,) = collection_spend(HomeLayout(tmp_path).response_store_path).by["run"]  # the run that paid
+    assert (run.key, run.requests, run.batch_requests) == (result.run_id, 12, 12)
     frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
     assert len(frame) == 12 and frame["error"].isna().all() and frame["request_id"].str.startswith("req-").all()
     expected = (frame["prompt_tokens"] * 2.0 + frame["completion_tokens"] * 8.0) * 0.5 / 1e6

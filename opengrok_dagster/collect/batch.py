@@ -80,8 +80,10 @@ def collect_batch(
     budget: Budget | None = None,
     log: Callable[[str], None] = print,
     clock: PollClock = PollClock(),
+    run_id: str | None = None,
 ) -> CollectionSummary:
-    """Submit (or resume) this partition's batch, wait for it and record its results."""
+    """Submit (or resume) this partition's batch, wait for it and record its results (with ``run_id``, the run
+    that recorded them, and the batch's id: the spend report counts them as batch-priced)."""
     import openai
 
     # Long on purpose: it reads as the batch's life cycle (resume or submit, wait, record), and every step shares
@@ -128,7 +130,15 @@ def collect_batch(
         result = results.get(prompt_id) or _failure(
             f"batch {batch_id} ended {batch.status} without a result for this request"
         )
-        store.record(key, prompt_id, by_id[prompt_id]["topic"] if prompt_id in by_id else topic, result, owner)
+        store.record(
+            key,
+            prompt_id,
+            by_id[prompt_id]["topic"] if prompt_id in by_id else topic,
+            result,
+            owner,
+            run_id=run_id,
+            batch_id=batch_id,
+        )
         if budget is not None and reservation is not None:
             store.settle_spend(reservation, result.cost_usd)
         succeeded, failed = (succeeded + 1, failed) if result.ok else (succeeded, failed + 1)
