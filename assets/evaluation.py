@@ -86,7 +86,7 @@ def _teacher_spend(teacher: TeacherResource, paths: OpenGrokPaths) -> TeacherSpe
     description = pricing_description(
         _teacher_description(teacher), teacher.prices(), teacher.mode == "embedded", teacher.batch_price_factor
     )
-    return TeacherSpend.read(description, paths.layout.response_store_path)
+    return TeacherSpend.read(description, paths.layout.response_store_path, stand_in_label=MODEL_NAME)
 
 
 def _spend_metadata(spend: TeacherSpend, results, section) -> dict:

@@ -88,12 +88,17 @@ def pricing_description(teacher: str, prices: Prices, stand_in: bool, batch_pric
 @dataclass(frozen=True)
 class TeacherSpend:
     """What the report says about spend: the configured teacher (see :func:`pricing_description`), the response
-    store's path, and its spend (None: no store there)."""
+    store's path, its spend (None: no store there), and the label the embedded stand-in's responses are stored
+    under, so that its lines read as the stand-in's."""
 
     teacher: str
     store: Path
     collection: CollectionSpend | None
+    stand_in_label: str | None = None
 
     @classmethod
-    def read(cls, teacher: str, store_path: str | Path) -> TeacherSpend:
-        return cls(teacher, Path(store_path), collection_spend(store_path))
+    def read(cls, teacher: str, store_path: str | Path, stand_in_label: str | None = None) -> TeacherSpend:
+        return cls(teacher, Path(store_path), collection_spend(store_path), stand_in_label)
+
+    def teacher_name(self, label: str) -> str:
+        return f"{label} (embedded stand-in teacher, $0)" if label == self.stand_in_label else label

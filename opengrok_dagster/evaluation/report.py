@@ -370,11 +370,12 @@ def _usd(value: float | None) -> str:
     return "not priced" if value is None else f"${value:.6f}"
 
 
-def _spend_table(lines: list[SpendLine], view: str) -> pd.DataFrame:
+def _spend_table(lines: list[SpendLine], view: str, spend: TeacherSpend) -> pd.DataFrame:
+    names = {"teacher": spend.teacher_name, "run": lambda key: key or RUN_NOT_RECORDED}
     return pd.DataFrame(
         [
             {
-                view: line.key or RUN_NOT_RECORDED,
+                view: names.get(view, str)(line.key),
                 "requests": line.requests,
                 "errors": line.errors,
                 "prompt tokens": line.prompt_tokens,
@@ -445,7 +446,7 @@ def spend_section(spend: TeacherSpend, results: EvaluationResults) -> Report:
             )
         for view in SPEND_VIEWS:
             section.add("h3", SPEND_VIEW_TITLES[view])
-            section.add("table", _spend_table(collection.by[view], view))
+            section.add("table", _spend_table(collection.by[view], view, spend))
     section.add("h3", "This evaluation's requests to API models")
     if results.api_usage:
         section.add("table", _evaluation_usage_table(results.api_usage, results.models))
