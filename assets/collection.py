@@ -255,7 +255,9 @@ def _collect(
 
     async def run() -> CollectionSummary:
         async with teacher.client(store, budget) as client:
-            return await collect_responses(rows, client, store, round_key, on_result, teacher.leases())
+            return await collect_responses(
+                rows, client, store, round_key, on_result, teacher.leases(), run_id=context.run.run_id
+            )
 
     try:
         if teacher.collection == "batch":
@@ -265,6 +267,10 @@ def _collect(
                     "embedded `transformers serve` teacher has none: set OPENGROK_TEACHER_COLLECTION=online"
                 )
             topic = context.partition_key.keys_by_dimension["topic"]
+            try:
+                settings = teacher.batch_settings()
+            except ValueError as exc:  # a batch_poll_s or batch_price_factor out of range
+                raise Failure(str(exc)) from None
             return collect_batch(
                 rows,
                 teacher.endpoint(),
@@ -273,9 +279,10 @@ def _collect(
                 store,
                 round_key,
                 topic,
-                teacher.batch_settings(),
+                settings,
                 budget if budget.limits.limited else None,
                 context.log.info,
+                run_id=context.run.run_id,
             )
         return asyncio.run(run())
     except TeacherConfigurationError as exc:

@@ -20,12 +20,20 @@ from assets.config import config_from
 from assets.metadata import png_markdown
 from assets.versioning import asset_code_version
 from opengrok_dagster.automation import FOLLOWS_UPSTREAM_DATA
+from opengrok_dagster.collect.spend import TeacherSpend, pricing_description
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.cards import eval_results_for
 from opengrok_dagster.evaluation.datasets import DatasetError
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
-from opengrok_dagster.evaluation.report import MAIN_PLOT, build_report, publish_report, results_frame, summary_table
+from opengrok_dagster.evaluation.report import (
+    MAIN_PLOT,
+    build_report,
+    publish_report,
+    results_frame,
+    spend_section,
+    summary_table,
+)
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.offline.model import MODEL_NAME
@@ -59,13 +67,42 @@ class EvalReportConfig(config_from(EvaluationConfig, exclude=("endpoints",))):
     )
 
 
-def _teacher_model(teacher: TeacherResource) -> ApiModel:
-    where = (
+def _teacher_description(teacher: TeacherResource) -> str:
+    return (
         f"embedded offline teacher ({MODEL_NAME})"
         if teacher.mode == "embedded"
         else f"{teacher.model} at {teacher.base_url}"
     )
-    return ApiModel(TEACHER, teacher.endpoint, where, teacher.client_limits())
+
+
+def _teacher_model(teacher: TeacherResource) -> ApiModel:
+    return ApiModel(
+        TEACHER, teacher.endpoint, _teacher_description(teacher), teacher.client_limits(), teacher.prices()
+    )
+
+
+def _teacher_spend(teacher: TeacherResource, paths: OpenGrokPaths) -> TeacherSpend:
+    """What collection cost, read from the response store, under a name that says which teacher it is."""
+    description = pricing_description(
+        _teacher_description(teacher), teacher.prices(), teacher.mode == "embedded", teacher.batch_price_factor
+    )
+    return TeacherSpend.read(description, paths.layout.response_store_path, stand_in_label=MODEL_NAME)
+
+
+def _spend_metadata(spend: TeacherSpend, results, section) -> dict:
+    """The spend totals as numbers (collection and this evaluation), and the report's section as Markdown."""
+    total = spend.collection.total if spend.collection else None
+    usage = results.api_usage.get(TEACHER)
+    return {
+        "teacher_spend_usd": total.usd if total else 0.0,
+        "teacher_spend_requests": total.requests if total else 0,
+        "teacher_spend_prompt_tokens": total.prompt_tokens if total else 0,
+        "teacher_spend_completion_tokens": total.completion_tokens if total else 0,
+        "teacher_spend_batch_usd": total.batch_usd if total else 0.0,
+        "evaluation_teacher_usd": usage.usd if usage and usage.usd is not None else 0.0,
+        "evaluation_teacher_requests": usage.requests if usage else 0,
+        "teacher_spend": MetadataValue.md(section.markdown()),
+    }
 
 
 def _record_scores_in_model_cards(checkpoints, results) -> list[str]:
@@ -143,12 +180,14 @@ def eval_report(
         results = Evaluation(evaluation_config, local, api_models, context.log.info, answers).run(heldout, notes)
     except DatasetError as exc:
         raise Failure(f"eval_report: {exc}") from None
-    report = build_report(results)
+    spend = _teacher_spend(teacher, paths)
+    report = build_report(results, spend=spend)
     frame = results_frame(results)
     published = publish_report(paths.layout.reports_dir, report, frame)
     context.log.info(f"report written to {published['markdown']} and {published['html']} in {results.seconds:.0f}s")
     cards = _record_scores_in_model_cards(checkpoints, results)
-    yield Output(frame, metadata=_metadata(results, report, frame, published, evaluation_config, local, cards))
+    metadata = _metadata(results, report, frame, published, evaluation_config, local, cards)
+    yield Output(frame, metadata=metadata | _spend_metadata(spend, results, spend_section(spend, results)))
     yield from _checks(results, frame, set(local.variants))
 
 

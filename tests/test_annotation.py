@@ -165,7 +165,7 @@ def test_a_store_written_before_annotation_prompts_gains_the_column(tmp_path):
     connection.close()
     ResponseStore(path)
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(responses)")]
-    assert columns[-1] == "response_format"
+    assert columns[-3:] == ["response_format", "run_id", "batch_id"]  # and the spend report's provenance
 
 
 def test_prompts_asset_mixes_annotation_prompts_from_posts_and_records_the_answering_mode(

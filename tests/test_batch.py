@@ -10,10 +10,12 @@ import time
 import pytest
 
 from devtools.batch_server import BatchServerConfig, LoopbackBatchServer
-from opengrok_dagster.collect.batch import BatchSettings, collect_batch
+from opengrok_dagster.collect.batch import BatchSettings, PollClock, collect_batch
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.collect.spend import collection_spend
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
+from opengrok_dagster.layout import HomeLayout
 from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 
 
@@ -44,7 +46,7 @@ def responses(database) -> list[tuple]:
         return connection.execute(f"SELECT {COMPARED} FROM responses ORDER BY prompt_id").fetchall()
 
 
-def collect(server, store, **kwargs):
+def collect(server, store, settings=FAST, **kwargs):
     return collect_batch(
         ROWS,
         TeacherEndpoint(server.base_url, "m"),
@@ -53,7 +55,7 @@ def collect(server, store, **kwargs):
         store,
         "2026-11-24",
         "climate",
-        FAST,
+        settings,
         log=lambda message: None,
         **kwargs,
     )
@@ -62,8 +64,11 @@ def collect(server, store, **kwargs):
 def test_a_batch_writes_ordinary_responses_at_the_batch_price_and_a_rerun_submits_nothing(tmp_path):
     store = ResponseStore(tmp_path / "responses.sqlite")
     with LoopbackBatchServer(BatchServerConfig(processing_s=0.2, fail_custom_ids=frozenset({"p007"}))) as server:
-        summary = collect(server, store)
+        summary = collect(server, store, run_id="run-1")
         assert (summary.requested, summary.succeeded, summary.failed) == (30, 29, 1)
+        spend = collection_spend(tmp_path / "responses.sqlite")  # every result counted at the batch price
+        assert [(line.key, line.requests, line.batch_requests) for line in spend.by["run"]] == [("run-1", 30, 30)]
+        assert spend.total.batch_usd == spend.total.usd > 0
         rows = {row[0]: row for row in responses(tmp_path / "responses.sqlite")}
         text, prompt_tokens, completion_tokens, cost = (
             rows["p001"][5],
@@ -98,6 +103,67 @@ def test_sigkill_while_a_batch_is_in_flight_then_rerun_resumes_polling_without_r
         assert len(server.created) == 1 and summary.succeeded == 30  # 0 resubmissions
         collect(server, ResponseStore(reference))  # the same partition, never interrupted
     assert responses(killed) == responses(reference)  # identical responses table
+
+
+class FakeClock:
+    """Time that moves only when the poller sleeps; ``on_sleep(n)`` runs at the n-th wait (1-based)."""
+
+    def __init__(self, on_sleep=lambda count: None) -> None:
+        self.now, self.waits, self.on_sleep = 1000.0, [], on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+        self.on_sleep(len(self.waits))
+
+    def poll_clock(self) -> PollClock:
+        return PollClock(sleep=self.sleep, monotonic=lambda: self.now)
+
+
+@pytest.mark.parametrize("poll_s", [BatchSettings().poll_s, 7.5])
+def test_the_poller_waits_the_configured_interval_between_polls_and_stops_when_the_batch_completes(tmp_path, poll_s):
+    with LoopbackBatchServer(BatchServerConfig(processing_s=1e9)) as server:  # in progress until the 3rd wait
+
+        def complete_at_third_wait(count: int) -> None:
+            if count == 3:
+                server.config.processing_s = 0.0
+
+        clock = FakeClock(complete_at_third_wait)
+        polls = []
+        summary = collect_batch(
+            ROWS,
+            TeacherEndpoint(server.base_url, "m"),
+            SamplingParams(max_tokens=64),
+            PRICES,
+            ResponseStore(tmp_path / "responses.sqlite"),
+            "2026-11-24",
+            "climate",
+            BatchSettings(poll_s=poll_s),
+            log=lambda message: polls.append(message) if " in_progress" in message else None,
+            clock=clock.poll_clock(),
+        )
+    assert clock.waits == [poll_s, poll_s, poll_s]  # three waits of the interval, none after the status changed
+    assert len(polls) == 3 and summary.succeeded == 30 and len(server.created) == 1
+
+
+def test_the_poller_gives_up_after_max_wait_and_a_rerun_polls_the_same_batch(tmp_path):
+    settings = BatchSettings(poll_s=30.0, max_wait_s=100.0)
+    store = ResponseStore(tmp_path / "responses.sqlite")
+    with LoopbackBatchServer(BatchServerConfig(processing_s=1e9)) as server:
+        clock = FakeClock()
+        with pytest.raises(TimeoutError, match=r"still in_progress after 100s; rerun to keep polling it"):
+            collect(server, store, settings=settings, clock=clock.poll_clock())
+        assert clock.waits == [30.0] * 4  # polled at 0, 30, 60, 90 and 120 s: past the deadline, no 5th wait
+        server.config.processing_s = 0.0
+        again = collect(server, store, settings=settings, clock=FakeClock().poll_clock())
+    assert again.succeeded == 30 and len(server.created) == 1
+
+
+def test_a_poll_interval_or_price_factor_out_of_range_is_refused_with_the_setting():
+    with pytest.raises(ValueError, match=r"batch_poll_s=0 must be a positive number of seconds between polls"):
+        BatchSettings(poll_s=0)
+    with pytest.raises(ValueError, match=r"batch_price_factor=2 must be in \(0, 1\]: the batch price over the online"):
+        BatchSettings(price_factor=2)
 
 
 def _recorded_batch_id(database) -> bool:
@@ -166,6 +232,8 @@ def test_raw_responses_in_batch_mode_materialise_from_one_batch(persistent_insta
             run_config=GENERATIVE_ONLY,
         )
         assert result.success and len(server.created) == 1
+    (run,) = collection_spend(HomeLayout(tmp_path).response_store_path).by["run"]  # the run that paid
+    assert (run.key, run.requests, run.batch_requests) == (result.run_id, 12, 12)
     frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / ROUND / "climate.parquet")
     assert len(frame) == 12 and frame["error"].isna().all() and frame["request_id"].str.startswith("req-").all()
     expected = (frame["prompt_tokens"] * 2.0 + frame["completion_tokens"] * 8.0) * 0.5 / 1e6

@@ -8,6 +8,8 @@ from dagster import EnvVar, materialize
 
 from assets.collection import prompts, raw_responses
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
+from opengrok_dagster.collect.spend import collection_spend
+from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import GENERATIVE_ONLY, REPO_ROOT, texts_written_under
@@ -67,6 +69,8 @@ def test_materialising_a_topic_partition_collects_every_prompt(persistent_instan
     assert {"latency_p50_s", "latency_p95_s", "cost_usd_estimate", "completion_tokens"} <= set(metadata)
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"unique_prompt_ids": True, "within_daily_budget": True, "error_rate": True}
+    (run,) = collection_spend(HomeLayout(tmp_path).response_store_path).by["run"]  # the run that paid, in the store
+    assert (run.key, run.requests, run.batch_requests) == (result.run_id, 12, 0)
 
 
 def test_prompts_metadata_estimates_what_collecting_will_send_and_cost(

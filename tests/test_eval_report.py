@@ -168,8 +168,15 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
         "io_manager": ParquetIOManager(base_dir=str(assets_dir)),
         "paths": OpenGrokPaths(home=str(checkpoints_home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
         "student": StudentResource(model=str(tiny_student)),
-        "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="loopback"),
+        "teacher": TeacherResource(
+            mode="remote",
+            base_url=loopback_teacher.base_url,
+            model="loopback",
+            prompt_price_per_million=2.0,
+            completion_price_per_million=4.0,
+        ),
     }
+    sent_before = len(loopback_teacher.requests)
     hard_card = checkpoints_home / "checkpoints" / "hard" / "README.md"
     write_card(hard_card, card_metadata(str(tiny_student), "hard"), "# the trainer's card\n")
     result = materialize(UPSTREAM + [eval_report], instance=instance, resources=resources, run_config=run_config)
@@ -218,6 +225,12 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     assert metadata["device"].value == "cpu (fp32)" and "local student on cpu (fp32), posts per second" in markdown
     rates = metadata["posts_per_second"].value
     assert set(rates) == {"tweeteval_sentiment", "tweet_topic", "wnut17", "teacher_agreement"}
+    # Teacher spend: nothing was collected on this home; the evaluation's own teacher requests are priced.
+    assert "## Teacher spend" in markdown and "no teacher response was collected on this home" in markdown
+    assert f"Teacher: loopback at {loopback_teacher.base_url}, at USD 2 per 1M prompt tokens and 4 per 1M" in markdown
+    assert metadata["teacher_spend_usd"].value == 0.0 and metadata["teacher_spend_requests"].value == 0
+    assert metadata["evaluation_teacher_requests"].value == len(loopback_teacher.requests) - sent_before > 0
+    assert metadata["evaluation_teacher_usd"].value > 0 and "## Teacher spend" in metadata["teacher_spend"].value
 
     # Rerun: the teacher's answers are reused, so nothing is asked and every number (teacher's included) repeats.
     asked = len(loopback_teacher.requests)
@@ -238,10 +251,12 @@ def test_answer_cache_reuses_answers_and_asks_again_for_failures(tmp_path, loopb
     questions = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
     cache.put_many(model.description, {request_key(questions[0], 8): "kept answer"})
     before = len(loopback_teacher.requests)
-    texts, failed, reused = model.complete_all(questions, 8, cache)
+    texts, failed, reused, usage = model.complete_all(questions, 8, cache)
     assert (failed, reused, len(loopback_teacher.requests) - before) == (0, 1, 2)
+    assert (usage.requests, usage.reused, usage.usd) == (2, 1, None)  # no prices given: not priced
     assert texts[0] == "kept answer" and texts[1].startswith("Answer to: question 1")
-    assert model.complete_all(questions, 8, cache) == (texts, 0, 3)
+    again = model.complete_all(questions, 8, cache)
+    assert again[:3] == (texts, 0, 3) and again.usage.requests == 0
     assert len(loopback_teacher.requests) - before == 2
     # Another token budget is another question; another model does not see these answers.
     assert model.complete_all(questions[:1], 16, cache).reused == 0

@@ -40,16 +40,26 @@ FINAL_STATES = ("completed", "failed", "expired", "cancelled")
 
 @dataclass(frozen=True)
 class BatchSettings:
-    poll_s: float = 30.0
+    poll_s: float = 30.0  # seconds between polls of the batch's status (TeacherResource.batch_poll_s)
     completion_window: str = "24h"
     price_factor: float = 0.5  # batch price / online price (OpenAI: half; set xAI's rate for Grok)
     max_wait_s: float = 26 * 3600.0  # past the completion window: the provider should have expired it
 
     def __post_init__(self) -> None:
+        if not self.poll_s > 0:
+            raise ValueError(f"batch_poll_s={self.poll_s} must be a positive number of seconds between polls")
         if not 0 < self.price_factor <= 1:
             raise ValueError(
                 f"batch_price_factor={self.price_factor} must be in (0, 1]: the batch price over the online price"
             )
+
+
+@dataclass(frozen=True)
+class PollClock:
+    """How the poller waits and reads the time; a test passes its own, so no test sleeps through a poll."""
+
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
 
 
 def _openai_client(endpoint: TeacherEndpoint):
@@ -69,8 +79,11 @@ def collect_batch(
     settings: BatchSettings = BatchSettings(),
     budget: Budget | None = None,
     log: Callable[[str], None] = print,
+    clock: PollClock = PollClock(),
+    run_id: str | None = None,
 ) -> CollectionSummary:
-    """Submit (or resume) this partition's batch, wait for it and record its results."""
+    """Submit (or resume) this partition's batch, wait for it and record its results (with ``run_id``, the run
+    that recorded them, and the batch's id: the spend report counts them as batch-priced)."""
     import openai
 
     # Long on purpose: it reads as the batch's life cycle (resume or submit, wait, record), and every step shares
@@ -101,7 +114,7 @@ def collect_batch(
         batch_id = submission["batch_id"] or _find_or_submit(
             client, submission, by_id, endpoint, sampling, settings, store, log
         )
-        batch = _wait(client, batch_id, settings, log)
+        batch = _wait(client, batch_id, settings, log, clock)
         results = _results(client, batch, sampling, batch_prices, endpoint.model)
     except (openai.NotFoundError, openai.AuthenticationError, openai.PermissionDeniedError) as exc:
         if submission and not submission.get("batch_id"):  # nothing was submitted: give the prompts back
@@ -117,7 +130,15 @@ def collect_batch(
         result = results.get(prompt_id) or _failure(
             f"batch {batch_id} ended {batch.status} without a result for this request"
         )
-        store.record(key, prompt_id, by_id[prompt_id]["topic"] if prompt_id in by_id else topic, result, owner)
+        store.record(
+            key,
+            prompt_id,
+            by_id[prompt_id]["topic"] if prompt_id in by_id else topic,
+            result,
+            owner,
+            run_id=run_id,
+            batch_id=batch_id,
+        )
         if budget is not None and reservation is not None:
             store.settle_spend(reservation, result.cost_usd)
         succeeded, failed = (succeeded + 1, failed) if result.ok else (succeeded, failed + 1)
@@ -200,19 +221,20 @@ def _find_or_submit(client, submission, by_id, endpoint, sampling, settings, sto
     return batch.id
 
 
-def _wait(client, batch_id: str, settings: BatchSettings, log):
-    deadline = time.monotonic() + settings.max_wait_s
+def _wait(client, batch_id: str, settings: BatchSettings, log, clock: PollClock):
+    """Poll every ``settings.poll_s`` until the batch reaches a final state (or ``max_wait_s`` has passed)."""
+    deadline = clock.monotonic() + settings.max_wait_s
     while True:
         batch = client.batches.retrieve(batch_id)
         if batch.status in FINAL_STATES:
             return batch
-        if time.monotonic() > deadline:
+        if clock.monotonic() > deadline:
             raise TimeoutError(
                 f"batch {batch_id} is still {batch.status} after {settings.max_wait_s:.0f}s; rerun to keep polling it"
             )
         counts = batch.request_counts
         log(f"batch {batch_id} {batch.status}" + (f": {counts.completed}/{counts.total} done" if counts else ""))
-        time.sleep(settings.poll_s)
+        clock.sleep(settings.poll_s)
 
 
 def _results(client, batch, sampling: SamplingParams, prices: Prices, model: str) -> dict[str, TeacherResult]:

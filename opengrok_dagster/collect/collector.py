@@ -66,8 +66,10 @@ async def collect_responses(
     round_key: str,
     on_result: Callable[[dict, TeacherResult], None] | None = None,
     leases: Leases = Leases(),
+    run_id: str | None = None,
 ) -> CollectionSummary:
-    """Request what is missing for ``round_key``; ``client`` must be entered (``async with``).
+    """Request what is missing for ``round_key``; ``client`` must be entered (``async with``). Each response is
+    stored with ``run_id`` (the run paying for it: the spend report groups by it).
 
     A 401/403/404 stops the whole collection with :class:`TeacherConfigurationError`; every response
     received before it is already committed, so the rerun after fixing the key requests only the rest.
@@ -95,7 +97,9 @@ async def collect_responses(
                     try:
                         result = await complete_prompt(client, row)
                     except LogprobsUnsupported as exc:  # paid for: kept as an error row, then stop
-                        await asyncio.to_thread(store.record, key, row["prompt_id"], row["topic"], exc.result, owner)
+                        await asyncio.to_thread(
+                            store.record, key, row["prompt_id"], row["topic"], exc.result, owner, run_id=run_id
+                        )
                         raise
                     except BudgetExhausted as exc:
                         budget_stop.append(str(exc))
@@ -104,7 +108,9 @@ async def collect_responses(
                         return
                     counts["requested"] += 1
                     # Off the event loop: the commit waits for fsync, and other responses keep arriving meanwhile.
-                    await asyncio.to_thread(store.record, key, row["prompt_id"], row["topic"], result, owner)
+                    await asyncio.to_thread(
+                        store.record, key, row["prompt_id"], row["topic"], result, owner, run_id=run_id
+                    )
                     counts["succeeded" if result.ok else "failed"] += 1
                     if on_result:
                         on_result(row, result)

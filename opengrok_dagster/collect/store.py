@@ -120,8 +120,24 @@ STORED_COLUMNS = (
     "logprobs",
     "response_format",
 )
+# Who paid for a response, kept beside it for the spend report but not in raw_responses: the Dagster run
+# that recorded it, and the batch that answered it (null: sent online, at the online price).
+PROVENANCE_COLUMNS = ("run_id", "batch_id")
 # Columns added after the first release, with their SQL type: a store written before gets them on open.
-_ADDED_COLUMNS = {"anomaly": "TEXT", "logprobs": "TEXT", "response_format": "TEXT"}
+_ADDED_COLUMNS = {
+    "anomaly": "TEXT",
+    "logprobs": "TEXT",
+    "response_format": "TEXT",
+    "run_id": "TEXT",
+    "batch_id": "TEXT",
+}
+# What spend is grouped by in :meth:`ResponseStore.spend_by`; a partition reads as Dagster writes its key.
+SPEND_GROUPS = {
+    "teacher": "teacher_model",
+    "partition": "round || '|' || topic",
+    "run": "COALESCE(run_id, '')",
+    "day": "substr(collected_at, 1, 10)",  # collected_at is UTC ISO 8601
+}
 
 
 class Claim(Enum):
@@ -346,20 +362,32 @@ class ResponseStore:
         return {row["prompt_id"] for row in rows}
 
     def record(
-        self, key: ResponseKey, prompt_id: str, topic: str, result: TeacherResult, owner: str | None = None
+        self,
+        key: ResponseKey,
+        prompt_id: str,
+        topic: str,
+        result: TeacherResult,
+        owner: str | None = None,
+        *,
+        run_id: str | None = None,
+        batch_id: str | None = None,
     ) -> None:
         """Commit one outcome now, releasing ``owner``'s claim on the prompt in the same transaction. An existing
-        success is kept; an existing error is replaced."""
+        success is kept; an existing error is replaced. ``run_id`` (the run that paid) and ``batch_id`` (the batch
+        that answered, at the batch price) feed the spend report."""
         values = {
             "prompt_id": prompt_id,
             **asdict(key),
             "topic": topic,
             "collected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             **{name: getattr(result, name) for name in STORED_COLUMNS if hasattr(result, name)},
+            "run_id": run_id,
+            "batch_id": batch_id,
         }
-        columns = ", ".join(STORED_COLUMNS)
-        placeholders = ", ".join(f":{name}" for name in STORED_COLUMNS)
-        updates = ", ".join(f"{name}=excluded.{name}" for name in STORED_COLUMNS[5:])
+        written = STORED_COLUMNS + PROVENANCE_COLUMNS
+        columns = ", ".join(written)
+        placeholders = ", ".join(f":{name}" for name in written)
+        updates = ", ".join(f"{name}=excluded.{name}" for name in written[5:])
         with self._immediate() as connection:
             connection.execute(
                 f"INSERT INTO responses ({columns}) VALUES ({placeholders}) "
@@ -372,6 +400,29 @@ class ResponseStore:
                     "DELETE FROM claims WHERE prompt_id=? AND teacher_model=? AND sampling_key=? AND round=? AND owner=?",
                     (prompt_id, key.teacher_model, key.sampling_key, key.round, owner),
                 )
+
+    def spend_by(self, group: str | None = None) -> list[dict]:
+        """What the stored responses cost, in total or per ``group`` (a key of :data:`SPEND_GROUPS`): requests
+        (one stored outcome per prompt), errors, prompt and completion tokens, USD, and the batch-priced share."""
+        key = SPEND_GROUPS[group] if group else "'total'"
+        rows = self._connection().execute(
+            f"SELECT {key} AS key, COUNT(*) AS requests, COALESCE(SUM(error IS NOT NULL), 0) AS errors, "
+            "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
+            "COALESCE(SUM(cost_usd), 0.0) AS usd, COALESCE(SUM(batch_id IS NOT NULL), 0) AS batch_requests, "
+            "COALESCE(SUM(CASE WHEN batch_id IS NOT NULL THEN cost_usd END), 0.0) AS batch_usd "
+            "FROM responses GROUP BY 1 ORDER BY 1"
+        )
+        return [dict(row) for row in rows]
+
+    def unsettled_spend(self) -> tuple[int, float]:
+        """(count, USD at their worst case) of budget reservations never settled: requests of a run killed while
+        they were in flight, which the provider may have billed."""
+        row = (
+            self._connection()
+            .execute("SELECT COUNT(*), COALESCE(SUM(reserved_usd), 0.0) FROM spend WHERE actual_usd IS NULL")
+            .fetchone()
+        )
+        return int(row[0]), float(row[1])
 
     def completion_history(self, teacher_model: str, sampling_key: str) -> tuple[float | None, int]:
         """(mean completion tokens, count) of the successful answers of this teacher and sampling, any round."""

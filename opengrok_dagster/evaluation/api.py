@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.collect.client import (
     ClientLimits,
+    Prices,
     SamplingParams,
     TeacherClient,
     TeacherConfigurationError,
@@ -29,10 +30,31 @@ class EndpointFailure(RuntimeError):
     """The endpoint answered none of the evaluation's requests."""
 
 
+@dataclass
+class Usage:
+    """What the evaluation sent one API model: requests, answers reused instead of asked, their tokens, and USD
+    at the model's prices (None: no prices are known for it, so its requests are not priced)."""
+
+    requests: int = 0
+    reused: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usd: float | None = None
+
+    def add(self, other: Usage) -> None:
+        self.requests += other.requests
+        self.reused += other.reused
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        if other.usd is not None:
+            self.usd = (self.usd or 0.0) + other.usd
+
+
 class Answers(NamedTuple):
     texts: list[str | None]  # None where a request failed
     failed: int
     reused: int  # answers taken from the cache, not asked
+    usage: Usage
 
 
 class EndpointSpec(BaseModel):
@@ -63,12 +85,14 @@ class ApiModel:
     """``endpoint`` is called on first use, so the embedded teacher's server starts only if something is asked.
 
     ``description`` says which model answers (id and where it is served); cached answers are keyed by it.
+    ``prices`` price its requests in the report (the teacher's configured prices); None: not priced.
     """
 
     name: str
     endpoint: Callable[[], TeacherEndpoint]
     description: str
     limits: ClientLimits = ClientLimits(max_concurrency=8, max_attempts=3)
+    prices: Prices | None = None
 
     @classmethod
     def from_spec(cls, spec: EndpointSpec) -> ApiModel:
@@ -86,16 +110,17 @@ class ApiModel:
         known = cache.get_many(self.description, keys) if cache is not None else {}
         texts = [known.get(key) for key in keys]
         asked = [index for index, key in enumerate(keys) if key not in known]
-        failed = 0
+        failed, usage = 0, Usage(usd=None if self.prices is None else 0.0)
         if asked:
-            fresh, failed = self._ask([messages[index] for index in asked], max_tokens)
+            fresh, failed, usage = self._ask([messages[index] for index in asked], max_tokens)
             for index, text in zip(asked, fresh):
                 texts[index] = text
             if cache is not None:
                 cache.put_many(self.description, {keys[i]: text for i, text in zip(asked, fresh) if text is not None})
-        return Answers(texts, failed, reused=len(messages) - len(asked))
+        usage.reused = len(messages) - len(asked)
+        return Answers(texts, failed, usage.reused, usage)
 
-    def _ask(self, messages: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[str | None], int]:
+    def _ask(self, messages: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[str | None], int, Usage]:
         try:
             endpoint = self.endpoint()
         except EndpointFailure:
@@ -107,7 +132,7 @@ class ApiModel:
         sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
 
         async def run():
-            async with TeacherClient(endpoint, sampling, self.limits) as client:
+            async with TeacherClient(endpoint, sampling, self.limits, self.prices or Prices()) as client:
                 return await asyncio.gather(*(client.complete(m) for m in messages))
 
         try:
@@ -119,4 +144,10 @@ class ApiModel:
             raise EndpointFailure(
                 f"endpoint {self.name!r}: all {len(results)} requests failed, e.g. {failed[0].error}"
             )
-        return [r.text if r.ok else None for r in results], len(failed)
+        usage = Usage(
+            requests=len(results),
+            prompt_tokens=sum(r.prompt_tokens or 0 for r in results),
+            completion_tokens=sum(r.completion_tokens or 0 for r in results),
+            usd=None if self.prices is None else sum(r.cost_usd for r in results),
+        )
+        return [r.text if r.ok else None for r in results], len(failed), usage

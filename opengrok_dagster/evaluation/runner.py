@@ -12,7 +12,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.evaluation.answers import AnswerCache
-from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec
+from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec, Usage
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.evaluation.bootstrap import (
     Difference,
@@ -220,6 +220,7 @@ class EvaluationResults:
     notes: list[str]
     seconds: float
     throughput: dict = field(default_factory=dict)  # device, dtype, and posts/s of the local student per task
+    api_usage: dict[str, Usage] = field(default_factory=dict)  # what each API model was sent, and its cost
 
 
 @dataclass
@@ -277,6 +278,7 @@ class Evaluation:
         self.answers = answers
         self.failed_endpoints: dict[str, str] = {}
         self.request_counts: dict[str, list[int]] = {}  # model -> [failed, sent, reused], over the whole run
+        self.usage: dict[str, Usage] = {}  # model -> what was sent to it and its cost, over the whole run
         self.throughput = Throughput()
         self.eval_posts: dict[str, str] = {}  # normalised text hash -> eval split, over every task evaluated
         self.log = log
@@ -288,7 +290,7 @@ class Evaluation:
             return None
         started = time.monotonic()
         try:
-            answers, failed, reused = model.complete_all(messages, max_tokens, self.answers)
+            answers, failed, reused, usage = model.complete_all(messages, max_tokens, self.answers)
             self.log(
                 f"{model.name} answered {len(messages) - failed} of {len(messages)} prompts in {time.monotonic() - started:.1f}s"
                 + (f" ({reused} answers reused from earlier runs)" if reused else "")
@@ -301,6 +303,7 @@ class Evaluation:
         counts[0] += failed
         counts[1] += len(messages)
         counts[2] += reused
+        self.usage.setdefault(model.name, Usage(usd=None if model.prices is None else 0.0)).add(usage)
         return answers
 
     def _local_variants(self) -> list[str]:
@@ -628,7 +631,9 @@ class Evaluation:
                 f"posts per second per variant: {rates}"
             )
         seconds = time.monotonic() - started
-        return EvaluationResults(cfg, data_dir, tasks, self.compared_models(), notes, seconds, throughput)
+        return EvaluationResults(
+            cfg, data_dir, tasks, self.compared_models(), notes, seconds, throughput, dict(self.usage)
+        )
 
     def _throughput_summary(self) -> dict:
         if self.student is None or not self.throughput.posts:
