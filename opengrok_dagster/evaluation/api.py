@@ -21,6 +21,7 @@ from opengrok_dagster.collect.client import (
     TeacherClient,
     TeacherConfigurationError,
     TeacherEndpoint,
+    TeacherResult,
 )
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 
@@ -96,6 +97,11 @@ class ApiModel:
         return Answers(texts, failed, reused=len(messages) - len(asked))
 
     def _ask(self, messages: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[str | None], int]:
+        results = self.results(messages, SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens))
+        return [r.text if r.ok else None for r in results], sum(not r.ok for r in results)
+
+    def results(self, messages: list[list[dict[str, str]]], sampling: SamplingParams) -> list[TeacherResult]:
+        """Every request's outcome, uncached: the text, and the logprobs where ``sampling`` asks for them."""
         try:
             endpoint = self.endpoint()
         except EndpointFailure:
@@ -104,7 +110,6 @@ class ApiModel:
             raise EndpointFailure(
                 f"endpoint {self.name!r} could not be set up: {type(exc).__name__}: {str(exc)[:300]}"
             ) from None
-        sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
 
         async def run():
             async with TeacherClient(endpoint, sampling, self.limits) as client:
@@ -119,4 +124,4 @@ class ApiModel:
             raise EndpointFailure(
                 f"endpoint {self.name!r}: all {len(results)} requests failed, e.g. {failed[0].error}"
             )
-        return [r.text if r.ok else None for r in results], len(failed)
+        return results
