@@ -87,7 +87,8 @@ BENCHES = {
         "Distillation efficacy (full page: docs/efficacy.md, figures: docs/efficacy.json)",
         "bench.distillation_efficacy",
         ("--threads", "1"),
-        "reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0",
+        "reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0; "
+        "whether SFT + KD beats SFT only, with intervals",
     ),
     "end_to_end": Bench(
         "End to end: `opengrok run` on the offline default",

@@ -10,6 +10,14 @@ trained by ``training.trainer.train_lora``; base and students are scored by cali
 resamples (``evaluation.bootstrap``). The transfer ratio (student - base) / (teacher - base) is computed per
 resample, so its interval is paired too.
 
+The KD arm (``--kd-alpha``; 0 = SFT only): where the teacher returns top-k logprobs, its annotations are asked
+for with them, ``distill.align.build_kd_targets`` aligns them to the student's tokens of each example, and the
+trainer adds ``kd_alpha`` x KL at the aligned positions (``training.distill_loss``). Every alpha of a seed trains
+on the same examples, mask table, class balance, steps and recipe, all unpacked (KD refuses packing), so KD -
+SFT is a paired difference on the same val posts. Beside the task score, each student's held-out teacher NLL:
+the mean negative log-likelihood of the teacher's answers (label word and end of turn) on teacher-annotated
+posts that no student trained or validated on, with a bootstrap interval (its exp is the perplexity per answer).
+
 Two teachers: the embedded SmolLM2 (``transformers serve`` on loopback) and the reference teacher
 (TF-IDF+LR on gold train), not an LLM (``devtools.reference_teacher``): a teacher of known skill, fitted on
 gold train posts other than the ones it annotates, to measure how much of a teacher's skill the pipeline
@@ -17,6 +25,7 @@ transfers.
 
     .venv/bin/python -m bench.distillation_efficacy               # CPU: the required grid; GPU: the full grid
     .venv/bin/python -m bench.distillation_efficacy --teachers reference --sizes 250 --seeds 0 --modes none
+    .venv/bin/python -m bench.distillation_efficacy --teachers reference --sizes 250 --modes none --kd-alpha 0 0.5
 """
 
 from __future__ import annotations
@@ -36,10 +45,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from transformers import AutoTokenizer
 
 from devtools.reference_teacher import NAME as REFERENCE_NAME
 from devtools.reference_teacher import ReferenceTeacher
-from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
+from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherEndpoint
+from opengrok_dagster.distill.align import build_kd_targets
 from opengrok_dagster.evaluation.api import ApiModel
 from opengrok_dagster.evaluation.bootstrap import (
     Distribution,
@@ -71,6 +82,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TASK = "tweeteval_sentiment"
 METRIC = "macro_recall"
 VALIDATION_POSTS = 32  # teacher-annotated posts outside every N, for the trainer's validation loss
+NLL = "teacher_nll"  # mean NLL of the teacher's answers on the held-out annotated posts
+TOP_LOGPROBS = 5  # alternatives per teacher token for the KD arm (xAI returns up to 8, OpenAI 20)
 EMBEDDED_NAME = "embedded teacher (SmolLM2-135M-Instruct via transformers serve)"
 # Mask strength: today's default tables, and a lighter mask (less random masking, higher keep probability).
 STRENGTHS = {"default": MaskConfig(), "light": MaskConfig(delta=0.0, random_mask_rate=0.05)}
@@ -87,6 +100,9 @@ class Grid:
     modes: tuple[str, ...]
     strengths: tuple[str, ...]
     val_posts: int
+    kd_alphas: tuple[float, ...] = (0.0, 0.5)  # 0 = SFT only; each alpha > 0 is paired with it
+    kd_temperature: float = 1.0
+    held_out_posts: int = 200  # teacher-annotated posts no student sees, for the held-out teacher NLL
 
 
 GRIDS = {
@@ -104,6 +120,7 @@ class Teacher:
     name: str  # the name every figure carries
     model: ApiModel
     stop: callable
+    without_logprobs: str | None = None  # why its answers carry no logprobs (then its KD arm is not run)
 
 
 def start_teacher(kind: str, exclude: frozenset[str]) -> Teacher:
@@ -120,25 +137,35 @@ def start_teacher(kind: str, exclude: frozenset[str]) -> Teacher:
         EMBEDDED_NAME,
         ApiModel("embedded", resource.endpoint, EMBEDDED_NAME),
         lambda: resource.teardown_after_execution(None),
+        "it answers in free text ('The sentiment of this post is negative.'), which training rewrites into the "
+        "task's answer ('negative'), so its logprobs (the embedded teacher returns them when asked) describe "
+        "another text than the one trained on",
     )
 
 
-def annotate(teacher: Teacher, posts: list[str]) -> np.ndarray:
-    """The teacher's label index per post (-1 where its answer is unusable), asked exactly as the evaluation asks."""
+def annotate(
+    teacher: Teacher, posts: list[str], top_logprobs: int | None = None
+) -> tuple[np.ndarray, list[str | None]]:
+    """The teacher's label index per post (-1 where its answer is unusable), asked exactly as the evaluation asks,
+    and each answer's logprobs (JSON of ``choices[0].logprobs.content``; None unless ``top_logprobs`` is set)."""
     fmt = task_format(TASK)
     started = time.monotonic()
-    answers = teacher.model.complete_all([fmt.messages(post) for post in posts], max_tokens=16).texts
-    parsed = [fmt.parse(answer, post) for answer, post in zip(answers, posts)]
+    sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16, top_logprobs=top_logprobs)
+    results = teacher.model.results([fmt.messages(post) for post in posts], sampling)
+    parsed = [fmt.parse(result.text if result.ok else None, post) for result, post in zip(results, posts)]
     labels = np.array([annotation.labels[0] if annotation.reason is None else -1 for annotation in parsed])
     log(
         f"{teacher.name}: {len(posts)} posts answered in {time.monotonic() - started:.0f}s, "
         f"{int((labels >= 0).sum())} usable"
     )
-    return labels
+    return labels, [result.logprobs if result.ok else None for result in results]
 
 
-def examples_frame(posts: list[str], labels: np.ndarray, split: str, prefix: str) -> pd.DataFrame:
-    """Training examples in the mask builder's input shape: the evaluation's messages, the teacher's answer."""
+def examples_frame(
+    posts: list[str], labels: np.ndarray, split: str, prefix: str, logprobs: list[str | None] | None = None
+) -> pd.DataFrame:
+    """Training examples in the mask builder's input shape: the evaluation's messages, the teacher's answer, and
+    the teacher's logprobs of that answer (the ``responses`` that ``build_kd_targets`` aligns)."""
     fmt = task_format(TASK)
     rows = []
     for index, (post, label) in enumerate(zip(posts, labels)):
@@ -153,7 +180,26 @@ def examples_frame(posts: list[str], labels: np.ndarray, split: str, prefix: str
                 "class_label": class_label(TASK, [int(label)]),  # what the trainer balances classes by
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # object, not pandas' str dtype, so an answer without logprobs stays None (build_kd_targets skips it)
+    frame["logprobs"] = pd.Series(logprobs if logprobs is not None else [None] * len(frame), dtype=object)
+    return frame
+
+
+class MeanScores:
+    """The mean of a per-item value (the NLL of the teacher's answer) as a bootstrappable score."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values, dtype=float)
+
+    def metrics(self, idx: np.ndarray | None = None) -> dict[str, float]:
+        return {NLL: float((self.values if idx is None else self.values[idx]).mean())}
+
+
+def teacher_nll(label_logprobs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per usable held-out post, minus the student's log-likelihood of the teacher's answer."""
+    usable = np.flatnonzero(labels >= 0)
+    return -label_logprobs[usable, labels[usable]]
 
 
 def masked_share(table: pd.DataFrame) -> float:
@@ -169,31 +215,41 @@ def masked_share(table: pd.DataFrame) -> float:
 class Scorer:
     """Calibrated and raw label scoring of the sampled val posts, for the base student and each adapter."""
 
-    def __init__(self, model_path: str, texts: list[str], threads: int) -> None:
+    def __init__(self, model_path: str, texts: list[str], held_out: list[str], threads: int) -> None:
         fmt = task_format(TASK)
         self.model_path, self.threads = model_path, threads
         self.words = list(fmt.words)
         self.messages = [fmt.messages(t) for t in texts]
+        self.held_out = [fmt.messages(t) for t in held_out]
         self.content_free = content_free_messages(fmt.messages)
 
-    def predictions(self, student: LocalStudent, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    def predictions(self, student: LocalStudent, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated and raw val predictions, and the label log-likelihoods on the held-out annotated posts."""
         started = time.monotonic()
         with student.using(variant):
             items = student.label_logprobs(self.messages, self.words)
             free = student.label_logprobs(self.content_free, self.words)
-        log(f"{variant}: scored {len(self.messages)} val posts in {time.monotonic() - started:.0f}s")
-        return calibrate(items, free).argmax(axis=1), items.argmax(axis=1)
+            held = student.label_logprobs(self.held_out, self.words)
+        log(
+            f"{variant}: scored {len(self.messages)} val and {len(self.held_out)} held-out posts in "
+            f"{time.monotonic() - started:.0f}s"
+        )
+        return calibrate(items, free).argmax(axis=1), items.argmax(axis=1), held
 
 
 def estimate_dict(estimate: Estimate) -> dict:
     return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
 
 
+def difference_dict(difference) -> dict:
+    return {"value": difference.value, "low": difference.low, "high": difference.high, "p_value": difference.p_value}
+
+
 def mean_distribution(distributions: list[Distribution]) -> Distribution:
     """The seed-averaged student: the mean of the seeds' metrics on the full sample and on every shared resample."""
     return Distribution(
-        {METRIC: float(np.mean([d.point[METRIC] for d in distributions]))},
-        {METRIC: np.mean([d.samples[METRIC] for d in distributions], axis=0)},
+        {name: float(np.mean([d.point[name] for d in distributions])) for name in distributions[0].point},
+        {name: np.mean([d.samples[name] for d in distributions], axis=0) for name in distributions[0].point},
     )
 
 
@@ -211,23 +267,31 @@ def transfer_ratio(student: Distribution, base: Distribution, teacher: Distribut
     return {"value": value, "low": float(low), "high": float(high), "resamples_left_out": int((~usable).sum())}
 
 
+def arm_config(config: TrainingConfig, seed: int, kd_alpha: float, kd_temperature: float) -> TrainingConfig:
+    """One arm's recipe: the same for SFT only and SFT + KD but the KD weight, unpacked for both (KD refuses
+    packing, so the SFT arm must not differ by it)."""
+    return config.model_copy(
+        update={"seed": seed, "kd_alpha": kd_alpha, "kd_temperature": kd_temperature, "packing": False}
+    )
+
+
 def train_cell(
-    model_path: str, table: pd.DataFrame, mode: str, seed: int, directory: Path, config: TrainingConfig, placement
+    model_path: str,
+    table: pd.DataFrame,
+    mode: str,
+    directory: Path,
+    config: TrainingConfig,
+    placement,
+    kd_targets: pd.DataFrame | None = None,
 ):
     job = TrainingJob(
-        mode,
-        model_path,
-        directory / mode,
-        config.model_copy(update={"seed": seed}),
-        placement,
-        data_versions={"bench": "distillation_efficacy"},
+        mode, model_path, directory / mode, config, placement, data_versions={"bench": "distillation_efficacy"}
     )
     started = time.monotonic()
-    outcome = train_lora(job, table, log=lambda message: None)
+    outcome = train_lora(job, table, log=lambda message: None, kd_targets=kd_targets)
     log(
-        f"trained {mode}: {outcome.train_examples} examples, {outcome.global_step} steps, "
-        f"val loss {outcome.best_val_loss:.3f}, "
-        f"{time.monotonic() - started:.0f}s"
+        f"trained {mode} (kd_alpha {config.kd_alpha}): {outcome.train_examples} examples, {outcome.global_step} "
+        f"steps, val loss {outcome.best_val_loss:.3f}, {time.monotonic() - started:.0f}s"
     )
     return outcome, time.monotonic() - started
 
@@ -235,6 +299,49 @@ def train_cell(
 def git_commit() -> str:
     described = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     return described.stdout.strip() or "unknown"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One student's scores: the val metric, the held-out teacher NLL (both bootstrapped), its val predictions."""
+
+    scores: Distribution
+    nll: Distribution
+    calibrated: np.ndarray
+    raw: np.ndarray
+
+
+@dataclass
+class Bench:
+    """What every cell of a run shares: the student, the scorer, the val posts and their resamples, the base."""
+
+    model_path: str
+    placement: object
+    scorer: Scorer
+    gold: np.ndarray
+    indices: np.ndarray
+    threads: int
+    base: Distribution
+    tokenizer: object
+    nlp: object
+
+    def measure(self, student: LocalStudent, variant: str, held_labels: np.ndarray, held_indices) -> Measured:
+        calibrated, raw, held = self.scorer.predictions(student, variant)
+        return Measured(
+            bootstrap(ClassificationScores(self.gold, calibrated, 3), self.indices),
+            bootstrap(MeanScores(teacher_nll(held, held_labels)), held_indices),
+            calibrated,
+            raw,
+        )
+
+
+def split_pool(pool: list[str], largest: int) -> tuple[slice, slice, slice]:
+    """Train posts (the first ``largest``; every N draws from them), validation posts, held-out posts."""
+    return slice(0, largest), slice(largest, largest + VALIDATION_POSTS), slice(largest + VALIDATION_POSTS, len(pool))
+
+
+def paired(a: Distribution | None, b: Distribution | None, metric: str) -> dict | None:
+    return difference_dict(paired_difference(a, b, metric)) if a is not None and b is not None else None
 
 
 def run(grid: Grid, args, command: str) -> dict:
@@ -250,22 +357,32 @@ def run(grid: Grid, args, command: str) -> dict:
     held = {normalise_post(t) for t in val.texts}
     train = read_split(spec, data_dir, spec.train_paths, train=True)  # texts only: the labels are never read
     unique = list(dict.fromkeys(t for t in train.texts if normalise_post(t) not in held))
-    pool = [
-        unique[i] for i in np.random.default_rng(1234).permutation(len(unique))[: max(grid.sizes) + VALIDATION_POSTS]
-    ]
+    wanted = max(grid.sizes) + VALIDATION_POSTS + grid.held_out_posts
+    pool = [unique[i] for i in np.random.default_rng(1234).permutation(len(unique))[:wanted]]
+    train_part, validation_part, held_part = split_pool(pool, max(grid.sizes))
     log(
         f"{len(pool)} posts to annotate from {train.source} "
         f"({len(train.texts) - len(unique)} dropped as duplicates or eval posts)"
     )
     indices = resample_indices(len(gold), args.resamples, 0)
-    scorer = Scorer(model_path, val_texts, args.threads)
+    scorer = Scorer(model_path, val_texts, pool[held_part], args.threads)
     base_student = LocalStudent(model_path, threads=args.threads)
-    base_calibrated, base_raw = scorer.predictions(base_student, LocalStudent.BASE)
+    base_calibrated, base_raw, base_held = scorer.predictions(base_student, LocalStudent.BASE)
     del base_student
     base = bootstrap(ClassificationScores(gold, base_calibrated, 3), indices)
     base_uncalibrated = bootstrap(ClassificationScores(gold, base_raw, 3), indices)
-    nlp = load_spacy(MaskConfig().spacy_model)
-    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    bench = Bench(
+        model_path,
+        placement,
+        scorer,
+        gold,
+        indices,
+        args.threads,
+        base,
+        tokenizer,
+        load_spacy(MaskConfig().spacy_model),
+    )
     result = {
         "task": TASK,
         "metric": METRIC,
@@ -289,14 +406,24 @@ def run(grid: Grid, args, command: str) -> dict:
         "cells": [],
         "summary": [],
     }
+    wants_kd = any(alpha > 0 for alpha in grid.kd_alphas)
     for kind in grid.teachers:
         teacher = start_teacher(kind, frozenset(normalise_post(t) for t in pool))
+        top_logprobs = TOP_LOGPROBS if wants_kd and teacher.without_logprobs is None else None
         try:
-            teacher_val = annotate(teacher, val_texts)
-            labels = annotate(teacher, pool)
+            teacher_val, _ = annotate(teacher, val_texts)
+            labels, logprobs = annotate(teacher, pool, top_logprobs)
         finally:
             teacher.stop()
         teacher_scores = bootstrap(ClassificationScores(gold, teacher_val, 3), indices)
+        held_labels = labels[held_part]
+        if not (held_labels >= 0).any():
+            raise SystemExit(f"{teacher.name} answered none of the {len(held_labels)} held-out posts usably")
+        held_indices = resample_indices(int((held_labels >= 0).sum()), args.resamples, 1)
+        base_nll = bootstrap(MeanScores(teacher_nll(base_held, held_labels)), held_indices)
+        alphas = grid.kd_alphas if top_logprobs else tuple(alpha for alpha in grid.kd_alphas if alpha == 0)
+        if alphas != grid.kd_alphas:
+            log(f"{teacher.name}: no KD arm, {teacher.without_logprobs}")
         result["teachers"][kind] = {
             "name": teacher.name,
             "val": estimate_dict(teacher_scores.estimate(METRIC)),
@@ -304,108 +431,186 @@ def run(grid: Grid, args, command: str) -> dict:
             "annotated": len(pool),
             "usable": int((labels >= 0).sum()),
             "label_counts": np.bincount(labels[labels >= 0], minlength=3).tolist(),
+            "held_out_posts": len(held_labels),
+            "held_out_usable": int((held_labels >= 0).sum()),
+            "base_nll": estimate_dict(base_nll.estimate(NLL)),
+            "top_logprobs": top_logprobs,
+            "kd_arm": None if top_logprobs or not wants_kd else f"not run: {teacher.without_logprobs}",
         }
         write_outputs(result, args, partial=True)
-        validation_posts, validation_labels = pool[-VALIDATION_POSTS:], labels[-VALIDATION_POSTS:]
-        train_posts, train_labels = pool[:-VALIDATION_POSTS], labels[:-VALIDATION_POSTS]
-        validation = examples_frame(validation_posts, validation_labels, "validation", "v")[validation_labels >= 0]
+        validation = examples_frame(
+            pool[validation_part], labels[validation_part], "validation", "v", logprobs[validation_part]
+        )[labels[validation_part] >= 0]
         for size in grid.sizes:
-            by_cell: dict[tuple[str, str], list[Distribution]] = {}
+            by_cell: dict[tuple[str, str, float], list[Measured]] = {}
             for seed in grid.seeds:
-                chosen = np.random.default_rng(seed).permutation(len(train_posts))[:size]
-                chosen = chosen[train_labels[chosen] >= 0]
+                chosen = np.random.default_rng(seed).permutation(len(pool[train_part]))[:size]
+                chosen = chosen[labels[chosen] >= 0]
                 examples = pd.concat(
-                    [examples_frame([train_posts[i] for i in chosen], train_labels[chosen], "train", "t"), validation],
+                    [
+                        examples_frame(
+                            [pool[i] for i in chosen], labels[chosen], "train", "t", [logprobs[i] for i in chosen]
+                        ),
+                        validation,
+                    ],
                     ignore_index=True,
                 )
-                unmasked = None  # this seed's mode-none student: every masked mode is also compared with it
-                with tempfile.TemporaryDirectory(prefix="efficacy-") as scratch:
-                    for strength in grid.strengths:
-                        config = STRENGTHS[strength].model_copy(update={"seed": seed})
-                        table = build_mask_table(examples, tokenizer, nlp, config).table
-                        share = masked_share(table[table["split"] == "train"])
-                        for mode in grid.modes:
-                            if mode == "none" and strength != grid.strengths[0]:
-                                continue  # mode none ignores the mask: one run covers every strength
-                            directory = Path(scratch) / strength
-                            outcome, seconds = train_cell(model_path, table, mode, seed, directory, RECIPE, placement)
-                            checkpoint = read_checkpoint(directory / mode, mode)
-                            student = LocalStudent(model_path, [checkpoint], threads=args.threads)
-                            calibrated, raw = scorer.predictions(student, checkpoint.variant)
-                            del student
-                            scores = bootstrap(ClassificationScores(gold, calibrated, 3), indices)
-                            cell_strength = strength if mode != "none" else "-"
-                            by_cell.setdefault((mode, cell_strength), []).append(scores)
-                            difference = paired_difference(scores, base, METRIC)
-                            if mode == "none":
-                                unmasked = scores
-                            versus_none = (
-                                paired_difference(scores, unmasked, METRIC)
-                                if mode != "none" and "none" in grid.modes
-                                else None
-                            )
-                            result["cells"].append(
-                                {
-                                    "teacher": kind,
-                                    "n": size,
-                                    "seed": seed,
-                                    "mode": mode,
-                                    "strength": cell_strength,
-                                    "masked_share": share if mode != "none" else 0.0,
-                                    "train_examples_balanced": outcome.train_examples,
-                                    "steps": outcome.global_step,
-                                    "train_seconds": round(seconds),
-                                    "student": estimate_dict(scores.estimate(METRIC)),
-                                    "student_raw": bootstrap(ClassificationScores(gold, raw, 3), indices).point[
-                                        METRIC
-                                    ],
-                                    "predicted_counts": np.bincount(calibrated, minlength=3).tolist(),
-                                    "difference": {
-                                        "value": difference.value,
-                                        "low": difference.low,
-                                        "high": difference.high,
-                                        "p_value": difference.p_value,
-                                    },
-                                    "transfer_ratio": transfer_ratio(scores, base, teacher_scores),
-                                    "minus_none": versus_none
-                                    and {
-                                        "value": versus_none.value,
-                                        "low": versus_none.low,
-                                        "high": versus_none.high,
-                                        "p_value": versus_none.p_value,
-                                    },
-                                }
-                            )
-                            write_outputs(result, args, partial=True)
-            for (mode, strength), distributions in by_cell.items():
-                student = mean_distribution(distributions)
-                difference = paired_difference(student, base, METRIC)
-                result["summary"].append(
-                    {
-                        "teacher": kind,
-                        "n": size,
-                        "mode": mode,
-                        "strength": strength,
-                        "seeds": len(distributions),
-                        "base": estimate_dict(base.estimate(METRIC)),
-                        "student": estimate_dict(student.estimate(METRIC)),
-                        "teacher_score": estimate_dict(teacher_scores.estimate(METRIC)),
-                        "difference": {
-                            "value": difference.value,
-                            "low": difference.low,
-                            "high": difference.high,
-                            "p_value": difference.p_value,
-                        },
-                        "transfer_ratio": transfer_ratio(student, base, teacher_scores),
-                    }
-                )
+                for cell, measured in seed_cells(bench, grid, examples, seed, alphas, held_labels, held_indices):
+                    cell.update(teacher=kind, n=size, seed=seed)
+                    cell["transfer_ratio"] = transfer_ratio(measured.scores, base, teacher_scores)
+                    result["cells"].append(cell)
+                    by_cell.setdefault((cell["mode"], cell["strength"], cell["kd_alpha"]), []).append(measured)
+                    write_outputs(result, args, partial=True)
+            result["summary"] += summary_rows(by_cell, base, teacher_scores, kind, size)
             write_outputs(result, args, partial=True)
     result["load_average_after"] = os.getloadavg()[0]
     return result
 
 
-def _ci(entry: dict, digits: int = 3) -> str:
+def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alphas, held_labels, held_indices):
+    """Train and score every (strength, mode, kd_alpha) of one seed's examples; yields (cell record, scores).
+
+    Each KD arm trains on exactly the SFT arm's table (same mask, class balance, steps and recipe) and is paired
+    with it; each masked mode is paired with the same seed's and alpha's mode-none student.
+    """
+    tokenizer = bench.tokenizer
+    unmasked: dict[float, Measured] = {}
+    with tempfile.TemporaryDirectory(prefix="efficacy-") as scratch:
+        for strength in grid.strengths:
+            mask = build_mask_table(
+                examples, tokenizer, bench.nlp, STRENGTHS[strength].model_copy(update={"seed": seed})
+            ).table
+            share = masked_share(mask[mask["split"] == "train"])
+            kd = build_kd_targets(mask, examples, tokenizer) if any(alpha > 0 for alpha in alphas) else None
+            if kd is not None:
+                log(f"kd_targets: {kd.aligned_share:.1%} of response tokens aligned ({kd.rows_with_logprobs} rows)")
+            for mode in grid.modes:
+                if mode == "none" and strength != grid.strengths[0]:
+                    continue  # mode none ignores the mask: one run covers every strength
+                sft = None
+                for alpha in alphas:
+                    config = arm_config(RECIPE, seed, alpha, grid.kd_temperature)
+                    directory = Path(scratch) / strength / f"kd{alpha:g}"
+                    targets = kd.table if alpha > 0 else None
+                    outcome, seconds = train_cell(
+                        bench.model_path, mask, mode, directory, config, bench.placement, targets
+                    )
+                    checkpoint = read_checkpoint(directory / mode, mode)
+                    student = LocalStudent(bench.model_path, [checkpoint], threads=bench.threads)
+                    measured = bench.measure(student, checkpoint.variant, held_labels, held_indices)
+                    del student
+                    if alpha == 0:
+                        sft = measured
+                    if mode == "none":
+                        unmasked[alpha] = measured
+                    versus_none = unmasked.get(alpha) if mode != "none" else None
+                    yield (
+                        {
+                            "mode": mode,
+                            "strength": strength if mode != "none" else "-",
+                            "kd_alpha": alpha,
+                            "kd_temperature": grid.kd_temperature if alpha > 0 else None,
+                            "kd_aligned_share": kd.aligned_share if kd is not None and alpha > 0 else None,
+                            "masked_share": share if mode != "none" else 0.0,
+                            "train_examples_balanced": outcome.train_examples,
+                            "steps": outcome.global_step,
+                            "train_seconds": round(seconds),
+                            "student": estimate_dict(measured.scores.estimate(METRIC)),
+                            "student_raw": bootstrap(
+                                ClassificationScores(bench.gold, measured.raw, 3), bench.indices
+                            ).point[METRIC],
+                            "predicted_counts": np.bincount(measured.calibrated, minlength=3).tolist(),
+                            "difference": difference_dict(paired_difference(measured.scores, bench.base, METRIC)),
+                            "minus_none": paired(measured.scores, versus_none and versus_none.scores, METRIC),
+                            "teacher_nll": estimate_dict(measured.nll.estimate(NLL)),
+                            "kd_minus_sft": paired(measured.scores, sft.scores, METRIC) if alpha > 0 and sft else None,
+                            "nll_kd_minus_sft": paired(measured.nll, sft.nll, NLL) if alpha > 0 and sft else None,
+                        },
+                        measured,
+                    )
+
+
+def summary_rows(by_cell: dict, base: Distribution, teacher: Distribution, kind: str, size: int) -> list[dict]:
+    """The seed-averaged students of one (teacher, N): score, gain over the base, transfer ratio, held-out teacher
+    NLL, and for a KD arm its paired difference to the SFT-only arm of the same mode and strength."""
+    averaged = {key: mean_distribution([m.scores for m in cells]) for key, cells in by_cell.items()}
+    nll = {key: mean_distribution([m.nll for m in cells]) for key, cells in by_cell.items()}
+    rows = []
+    for (mode, strength, alpha), cells in by_cell.items():
+        student, sft = averaged[(mode, strength, alpha)], (mode, strength, 0.0)
+        rows.append(
+            {
+                "teacher": kind,
+                "n": size,
+                "mode": mode,
+                "strength": strength,
+                "kd_alpha": alpha,
+                "seeds": len(cells),
+                "base": estimate_dict(base.estimate(METRIC)),
+                "student": estimate_dict(student.estimate(METRIC)),
+                "teacher_score": estimate_dict(teacher.estimate(METRIC)),
+                "difference": difference_dict(paired_difference(student, base, METRIC)),
+                "transfer_ratio": transfer_ratio(student, base, teacher),
+                "teacher_nll": estimate_dict(nll[(mode, strength, alpha)].estimate(NLL)),
+                "sft_student": estimate_dict(averaged[sft].estimate(METRIC))
+                if alpha > 0 and sft in averaged
+                else None,
+                "sft_teacher_nll": estimate_dict(nll[sft].estimate(NLL)) if alpha > 0 and sft in nll else None,
+                "kd_minus_sft": paired(student, averaged.get(sft), METRIC) if alpha > 0 else None,
+                "nll_kd_minus_sft": paired(nll[(mode, strength, alpha)], nll.get(sft), NLL) if alpha > 0 else None,
+            }
+        )
+    return rows
+
+
+def _ci(entry: dict | None, digits: int = 3) -> str:
+    """``value [low, high]``; ``-`` where a figure was not measured (a run from before it existed, no pair)."""
+    if not entry:
+        return "-"
     return f"{entry['value']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
+
+
+def _grid_line(grid: dict, partial: bool) -> str:
+    kd = (
+        f"; KD alphas {', '.join(f'{a:g}' for a in grid['kd_alphas'])} (0 = SFT only), temperature "
+        f"{grid['kd_temperature']:g}; {grid['held_out_posts']} held-out annotated posts"
+        if "kd_alphas" in grid
+        else ""
+    )
+    return (
+        f"Grid: teachers {', '.join(grid['teachers'])}; N {', '.join(map(str, grid['sizes']))}; seeds "
+        f"{', '.join(map(str, grid['seeds']))}; modes {', '.join(grid['modes'])}; "
+        f"mask strengths {', '.join(grid['strengths'])}{kd}."
+        + (
+            " **Partial: the run was still going (or stopped) when this was written; only the cells below were"
+            " measured.**"
+            if partial
+            else ""
+        )
+    )
+
+
+def kd_lines(result: dict) -> list[str]:
+    """The KD arm against SFT only, seed-averaged, on the task score and the held-out teacher NLL (paired)."""
+    rows = [row for row in result["summary"] if row.get("kd_alpha")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "SFT only vs SFT + KD (seed-averaged, same examples, steps, seeds and recipe, unpacked; paired on the same "
+        "val posts and on the same held-out annotated posts; NLL in nats per teacher answer, lower is better):",
+        "",
+        "| teacher | N | mode | mask strength | seeds | KD alpha | SFT only | SFT + KD | KD - SFT | "
+        "teacher NLL, SFT only | teacher NLL, SFT + KD | NLL KD - SFT |",
+        "|---|---:|---|---|---:|---:|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['teacher']} | {row['n']} | {row['mode']} | {row['strength']} | {row['seeds']} | "
+            f"{row['kd_alpha']:g} | {_ci(row['sft_student'])} | {_ci(row['student'])} | {_ci(row['kd_minus_sft'])} | "
+            f"{_ci(row['sft_teacher_nll'])} | {_ci(row['teacher_nll'])} | {_ci(row['nll_kd_minus_sft'])} |"
+        )
+    return lines
 
 
 def markdown(result: dict, partial: bool) -> str:
@@ -417,15 +622,7 @@ def markdown(result: dict, partial: bool) -> str:
         f"{result['commit']}, started {result['started']} on {result['device']}, load average "
         f"{result['load_average_before']:.1f} before{after}.",
         "",
-        f"Grid: teachers {', '.join(grid['teachers'])}; N {', '.join(map(str, grid['sizes']))}; seeds "
-        f"{', '.join(map(str, grid['seeds']))}; modes {', '.join(grid['modes'])}; "
-        f"mask strengths {', '.join(grid['strengths'])}."
-        + (
-            " **Partial: the run was still going (or stopped) when this was written; only the cells below were"
-            " measured.**"
-            if partial
-            else ""
-        ),
+        _grid_line(grid, partial),
         "",
         f"Recipe: class-balanced train split (oversampled to the largest class), LoRA r={result['recipe']['lora_r']}, "
         f"alpha={recipe['lora_alpha']}, lr {recipe['learning_rate']}, {recipe['num_epochs']} epochs, "
@@ -434,43 +631,52 @@ def markdown(result: dict, partial: bool) -> str:
         f"Base student: {_ci(result['base']['calibrated'])} calibrated ({_ci(result['base']['raw'])} uncalibrated; "
         f"calibrated predictions per class neg/neu/pos {result['base']['predicted_counts']}).",
         "",
-        "| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts neg/neu/pos |",
-        "|---|---|---:|---:|---|",
+        "| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts neg/neu/pos | "
+        "held-out posts usable | base's held-out teacher NLL | KD arm |",
+        "|---|---|---:|---:|---|---:|---|---|",
     ]
     for teacher in result["teachers"].values():
+        held = f"{teacher['held_out_usable']} of {teacher['held_out_posts']}" if "held_out_posts" in teacher else "-"
+        kd = teacher.get("kd_arm") or (
+            f"top_logprobs {teacher['top_logprobs']}" if teacher.get("top_logprobs") else "-"
+        )
         lines.append(
             f"| {teacher['name']} | {_ci(teacher['val'])} | {teacher['val_unparseable']:.3f} | "
-            f"{teacher['usable']} of {teacher['annotated']} | {teacher['label_counts']} |"
+            f"{teacher['usable']} of {teacher['annotated']} | {teacher['label_counts']} | {held} | "
+            f"{_ci(teacher.get('base_nll'))} | {kd} |"
         )
     lines += [
         "",
         "Mean over seeds (the seed-averaged student on the same resamples):",
         "",
-        "| teacher | N | mode | mask strength | seeds | base | student | teacher | student - base | transfer ratio |",
-        "|---|---:|---|---|---:|---|---|---|---|---|",
+        "| teacher | N | mode | mask strength | KD alpha | seeds | base | student | teacher | student - base | "
+        "transfer ratio | held-out teacher NLL |",
+        "|---|---:|---|---|---:|---:|---|---|---|---|---|---|",
     ]
     for row in result["summary"]:
         lines.append(
-            f"| {row['teacher']} | {row['n']} | {row['mode']} | {row['strength']} | {row['seeds']} | "
-            f"{_ci(row['base'])} | {_ci(row['student'])} | {_ci(row['teacher_score'])} | {_ci(row['difference'])} | "
-            f"{_ci(row['transfer_ratio'], 2)} |"
+            f"| {row['teacher']} | {row['n']} | {row['mode']} | {row['strength']} | {row.get('kd_alpha', 0):g} | "
+            f"{row['seeds']} | {_ci(row['base'])} | {_ci(row['student'])} | {_ci(row['teacher_score'])} | "
+            f"{_ci(row['difference'])} | {_ci(row['transfer_ratio'], 2)} | {_ci(row.get('teacher_nll'))} |"
         )
+    lines += kd_lines(result)
     lines += [
         "",
         "Every cell:",
         "",
-        "| teacher | N | seed | mode | strength | masked share | balanced examples | steps | train s | student | "
-        "uncalibrated | "
-        "predicted neg/neu/pos | student - base | transfer ratio | masked - none (same seed) |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|---|---|---|",
+        "| teacher | N | seed | mode | strength | KD alpha | KD aligned share | masked share | balanced examples | "
+        "steps | train s | student | uncalibrated | predicted neg/neu/pos | student - base | transfer ratio | "
+        "masked - none (same seed) | KD - SFT (same seed) | held-out teacher NLL |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---|",
     ]
     for c in result["cells"]:
+        aligned = f"{c['kd_aligned_share']:.2f}" if c.get("kd_aligned_share") is not None else "-"
         lines.append(
-            f"| {c['teacher']} | {c['n']} | {c['seed']} | {c['mode']} | {c['strength']} | {c['masked_share']:.2f} | "
-            f"{c['train_examples_balanced']} | {c['steps']} | {c['train_seconds']} | {_ci(c['student'])} | "
-            f"{c['student_raw']:.3f} | "
-            f"{c['predicted_counts']} | {_ci(c['difference'])} | {_ci(c['transfer_ratio'], 2)} | "
-            f"{_ci(c['minus_none']) if c.get('minus_none') else '-'} |"
+            f"| {c['teacher']} | {c['n']} | {c['seed']} | {c['mode']} | {c['strength']} | {c.get('kd_alpha', 0):g} | "
+            f"{aligned} | {c['masked_share']:.2f} | {c['train_examples_balanced']} | {c['steps']} | "
+            f"{c['train_seconds']} | {_ci(c['student'])} | {c['student_raw']:.3f} | {c['predicted_counts']} | "
+            f"{_ci(c['difference'])} | {_ci(c['transfer_ratio'], 2)} | {_ci(c.get('minus_none'))} | "
+            f"{_ci(c.get('kd_minus_sft'))} | {_ci(c.get('teacher_nll'))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -482,8 +688,10 @@ whether distillation teaches the student the SNS task it is scored on, and how m
 transfers: the transfer ratio is (student - base) / (teacher - base) on the same val posts. The "reference"
 teacher is the reference teacher (TF-IDF+LR on gold train), not an LLM: a classifier of known skill served
 over the OpenAI API (`devtools/reference_teacher.py`), fitted on gold train posts other than those it annotates.
-The "embedded" teacher is SmolLM2-135M-Instruct, the offline default. The figures below are what the run
-measured, whatever they show; the JSON beside this page (docs/efficacy.json) holds them all.
+The "embedded" teacher is SmolLM2-135M-Instruct, the offline default. SFT + KD adds the KL to the teacher's top-k
+logprobs (token-level distillation) to the same training; SFT only is KD alpha 0. The held-out teacher NLL is the
+mean negative log-likelihood (nats) of the teacher's answers on annotated posts no student saw. The figures below
+are what the run measured, whatever they show; the JSON beside this page (docs/efficacy.json) holds them all.
 
 """
 
@@ -530,6 +738,16 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MASK_MODES)
     parser.add_argument("--strengths", nargs="+", choices=sorted(STRENGTHS))
     parser.add_argument("--val-posts", type=int, help="TweetEval sentiment val posts scored (0 = all 2,000)")
+    parser.add_argument(
+        "--kd-alpha",
+        nargs="+",
+        type=float,
+        help="KD weights to compare (0 = SFT only; default 0 0.5): every alpha > 0 is paired with alpha 0",
+    )
+    parser.add_argument("--kd-temperature", type=float, help="temperature of the KD arm's KL (default 1)")
+    parser.add_argument(
+        "--held-out-posts", type=int, help="teacher-annotated posts no student sees, for the held-out teacher NLL"
+    )
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads for the local models (0 = torch's default)"
@@ -538,6 +756,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "efficacy.json")
     parser.add_argument("--append", action="store_true", help="keep the runs already in --json and add this one")
     args = parser.parse_args()
+    if args.kd_alpha and min(args.kd_alpha) < 0:
+        parser.error(f"--kd-alpha {min(args.kd_alpha):g}: a KD weight is 0 (SFT only) or more")
+    if args.kd_temperature is not None and args.kd_temperature <= 0:
+        parser.error(f"--kd-temperature {args.kd_temperature:g}: the temperature must be above 0")
+    if args.held_out_posts is not None and args.held_out_posts < 1:
+        parser.error("--held-out-posts must be at least 1: the held-out teacher NLL needs posts")
     import torch
 
     if args.threads > 0:
@@ -549,6 +773,9 @@ def main() -> None:
             for name in ("teachers", "sizes", "seeds", "modes", "strengths")
         ),
         preset.val_posts if args.val_posts is None else args.val_posts,
+        tuple(dict.fromkeys(args.kd_alpha)) if args.kd_alpha else preset.kd_alphas,
+        preset.kd_temperature if args.kd_temperature is None else args.kd_temperature,
+        preset.held_out_posts if args.held_out_posts is None else args.held_out_posts,
     )
     args.earlier = earlier_runs(args.json) if args.append else []
     command = "python -m bench.distillation_efficacy " + shlex.join(sys.argv[1:])

@@ -11,6 +11,16 @@ A request with ``response_format`` (``json_schema`` or ``json_object``) gets the
 free-text answer the evaluation reads. A prompt it cannot answer (a generative prompt, an unknown question) gets
 a 400 naming what it answers.
 
+A request with ``logprobs: true`` (and ``top_logprobs: k``, at most 20 as OpenAI allows) gets the answer's tokens
+in the OpenAI shape (``choices[0].logprobs.content``), for token-level distillation: each label word is one
+token whose ``top_logprobs`` are the classifier's class probabilities (log; ``predict_proba``), the other label
+words its alternatives; the JSON or the separator around the labels is scaffolding: logprob 0 (certain), no
+alternatives (its one top_logprob is itself). A label word's token carries the space before it, so it spells
+what a byte-level BPE student makes one token of (``" positive"`` after a comma; ``"positive"`` at the start of
+an answer or after a quote). For topics (several labels) the k-th label's alternatives are the topics not named
+before it, their probabilities renormalised over those (the classifier's per-topic probabilities are
+one-vs-rest, not one distribution).
+
     python -m devtools.reference_teacher --port 8765            # serves until interrupted
 """
 
@@ -39,6 +49,8 @@ NAME = "reference teacher (TF-IDF+LR on gold train), not an LLM"
 MODEL_ID = "reference-teacher-tfidf-lr-gold-train"
 TASKS = ("tweeteval_sentiment", "tweet_topic")
 POST_MARKER = "\nPost: "
+TOP_LOGPROBS_LIMIT = 20  # OpenAI's; xAI allows 8
+LOGPROB_FLOOR = -9999.0  # OpenAI's value for a token of (numerically) zero probability: JSON has no -inf
 
 
 @dataclass
@@ -52,20 +64,51 @@ class TaskClassifier:
     dropped_eval_posts: int
     topic_threshold: float = 0.3
 
+    def probabilities(self, post: str) -> np.ndarray:
+        """``predict_proba`` of ``post``, one column per label word (0 for a class absent from the train split)."""
+        full = np.zeros(len(self.format.words))
+        full[self.pipeline.classes_.astype(int)] = self.pipeline.predict_proba([post])[0]
+        return full
+
     def annotate(self, post: str) -> Annotation:
         if self.format.kind != "multilabel":
             return Annotation(labels=(int(self.pipeline.predict([post])[0]),))
-        probabilities = self.pipeline.predict_proba([post])[0]
+        probabilities = self.probabilities(post)
         chosen = {int(np.argmax(probabilities)), *np.flatnonzero(probabilities >= self.topic_threshold).tolist()}
         return Annotation(labels=tuple(sorted(chosen)))
 
     def answer(self, post: str, structured: bool) -> str:
-        annotation = self.annotate(post)
+        return self._render(self.annotate(post), structured)
+
+    def _render(self, annotation: Annotation, structured: bool) -> str:
         if not structured:
             return self.format.answer(annotation)
         chosen = [self.format.words[i] for i in annotation.labels]
         (key,) = self.format.json_schema()["required"]
         return json.dumps({key: chosen if self.format.kind == "multilabel" else chosen[0]})
+
+    def answer_with_logprobs(self, post: str, structured: bool, top_logprobs: int) -> tuple[str, list[dict]]:
+        """The answer and its ``choices[0].logprobs.content``: label tokens carry the classifier's probabilities."""
+        probabilities = self.probabilities(post)
+        annotation = self.annotate(post)
+        text = self._render(annotation, structured)
+        content, cursor, named = [], 0, np.zeros(len(self.format.words), dtype=bool)
+        for label in annotation.labels:
+            word = self.format.words[label]
+            start = text.index(word, cursor)
+            space = " " if start > cursor and text[start - 1] == " " else ""  # the student's token holds the space
+            if start - len(space) > cursor:
+                content.append(_token_entry(text[cursor : start - len(space)], 0.0, top_logprobs and [(None, 0.0)]))
+            offered = probabilities * ~named
+            offered = offered / offered.sum() if offered.sum() > 0 else offered
+            logprobs = np.maximum(np.log(np.maximum(offered, 1e-300)), LOGPROB_FLOOR)
+            ranked = sorted(np.flatnonzero(~named), key=lambda i: (-offered[i], i))[:top_logprobs]
+            alternatives = [(space + self.format.words[i], float(logprobs[i])) for i in ranked]
+            content.append(_token_entry(space + word, float(logprobs[label]), alternatives))
+            named[label], cursor = True, start + len(word)
+        if cursor < len(text):
+            content.append(_token_entry(text[cursor:], 0.0, top_logprobs and [(None, 0.0)]))
+        return text, content
 
 
 def fit_task(name: str, data_dir: Path, exclude: frozenset[str] = frozenset(), seed: int = 0) -> TaskClassifier:
@@ -137,6 +180,18 @@ class ReferenceTeacher(ThreadedLoopbackServer):
 
     def answer(self, prompt: str, structured: bool = False) -> str:
         """The answer to one label prompt; ValueError names what this teacher can answer."""
+        classifier, post, structured = self._question(prompt, structured)
+        return classifier.answer(post, structured)
+
+    def answer_with_logprobs(self, prompt: str, structured: bool, top_logprobs: int) -> tuple[str, list[dict]]:
+        """The answer and its OpenAI-shaped logprobs (``choices[0].logprobs.content``)."""
+        if not 0 <= top_logprobs <= TOP_LOGPROBS_LIMIT:
+            raise ValueError(f"top_logprobs must be between 0 and {TOP_LOGPROBS_LIMIT}, got {top_logprobs}")
+        classifier, post, structured = self._question(prompt, structured)
+        return classifier.answer_with_logprobs(post, structured, top_logprobs)
+
+    def _question(self, prompt: str, structured: bool) -> tuple[TaskClassifier, str, bool]:
+        """The classifier a label prompt is for, its post, and whether it asks for JSON."""
         question, marker, post = prompt.partition(POST_MARKER)
         for classifier in self.classifiers:
             if (
@@ -145,8 +200,7 @@ class ReferenceTeacher(ThreadedLoopbackServer):
                 and _offers(question, classifier.format.words)
             ):
                 instruction = classifier.format.json_instruction()
-                post = post.removesuffix(instruction).rstrip()
-                return classifier.answer(post, structured or prompt.endswith(instruction))
+                return classifier, post.removesuffix(instruction).rstrip(), structured or prompt.endswith(instruction)
         known = "; ".join(f"{c.format.name} ({c.format.question!r})" for c in self.classifiers)
         raise ValueError(f"the {NAME} answers only label prompts ending in 'Post: <text>' for {known}")
 
@@ -170,12 +224,22 @@ class ReferenceTeacher(ThreadedLoopbackServer):
         try:
             request = json.loads(body or b"{}")
             prompt = next(m["content"] for m in reversed(request["messages"]) if m["role"] == "user")
-            text = self.answer(prompt, structured=bool(request.get("response_format")))
+            structured = bool(request.get("response_format"))
+            logprobs = None
+            if request.get("logprobs"):
+                top_logprobs = request.get("top_logprobs") or 0
+                if not isinstance(top_logprobs, int):
+                    raise TypeError(f"top_logprobs must be an integer, got {top_logprobs!r}")
+                text, content = self.answer_with_logprobs(prompt, structured, top_logprobs)
+                logprobs = {"content": content}
+            else:
+                text = self.answer(prompt, structured)
         except (ValueError, KeyError, StopIteration, TypeError) as exc:
             return await _respond(
                 send, 400, {"error": {"message": str(exc) or "expected a chat completion request with a user message"}}
             )
         self.served += 1
+        completion_tokens = len(logprobs["content"]) if logprobs else len(text.split())
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         await _respond(
             send,
@@ -185,15 +249,35 @@ class ReferenceTeacher(ThreadedLoopbackServer):
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": request.get("model", MODEL_ID),
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": logprobs,
+                    }
+                ],
                 "usage": {
                     "prompt_tokens": len(prompt.split()),
-                    "completion_tokens": len(text.split()),
-                    "total_tokens": len(prompt.split()) + len(text.split()),
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": len(prompt.split()) + completion_tokens,
                 },
             },
             [(b"x-request-id", request_id.encode())],
         )
+
+
+def _token_entry(token: str, logprob: float, alternatives) -> dict:
+    """One ``logprobs.content`` entry; an alternative ``(None, logprob)`` is the token itself."""
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode("utf-8")),
+        "top_logprobs": [
+            {"token": alt or token, "logprob": value, "bytes": list((alt or token).encode("utf-8"))}
+            for alt, value in alternatives or ()
+        ],
+    }
 
 
 def _offers(question: str, words: tuple[str, ...]) -> bool:

@@ -3,8 +3,24 @@
 import numpy as np
 import pandas as pd
 
-from bench.distillation_efficacy import METRIC, examples_frame, masked_share, mean_distribution, transfer_ratio
-from opengrok_dagster.evaluation.bootstrap import Distribution
+from bench.distillation_efficacy import (
+    METRIC,
+    NLL,
+    RECIPE,
+    VALIDATION_POSTS,
+    MeanScores,
+    Measured,
+    arm_config,
+    examples_frame,
+    markdown,
+    masked_share,
+    mean_distribution,
+    split_pool,
+    summary_rows,
+    teacher_nll,
+    transfer_ratio,
+)
+from opengrok_dagster.evaluation.bootstrap import Distribution, bootstrap
 from opengrok_dagster.sns_tasks import task_format
 
 
@@ -131,3 +147,84 @@ def test_outputs_keep_the_hand_written_notes_and_append_runs(tmp_path):
         and "## Measured (run 2 of 2)" in text
         and text.count("settings search notes") == 1
     )
+
+
+def test_held_out_teacher_nll_is_minus_the_students_log_likelihood_of_the_teachers_answer_on_usable_posts():
+    label_logprobs = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]))
+    nll = teacher_nll(label_logprobs, np.array([0, -1, 2]))  # the second post's answer was unusable
+    assert np.allclose(nll, [np.log(2), -np.log(0.6)])
+    resampled = bootstrap(MeanScores(nll), np.array([[0, 0], [1, 1], [0, 1]]))
+    assert np.isclose(resampled.point[NLL], nll.mean())
+    assert np.allclose(resampled.samples[NLL], [nll[0], nll[1], nll.mean()])
+
+
+def test_pool_splits_train_validation_and_held_out_posts_apart():
+    pool = [f"post {i}" for i in range(10 + VALIDATION_POSTS + 5)]
+    train, validation, held_out = split_pool(pool, 10)
+    parts = [set(pool[train]), set(pool[validation]), set(pool[held_out])]
+    assert [len(part) for part in parts] == [10, VALIDATION_POSTS, 5]
+    assert set.union(*parts) == set(pool) and sum(map(len, parts)) == len(pool)
+    assert pool[train] == pool[:10]  # the posts every N draws from are the same with or without held-out posts
+
+
+def test_both_arms_share_the_recipe_but_the_kd_weight_and_are_unpacked():
+    sft, kd = (arm_config(RECIPE.model_copy(update={"packing": True}), 3, alpha, 2.0) for alpha in (0.0, 0.5))
+    assert sft.model_dump() | {"kd_alpha": 0.5} == kd.model_dump()
+    assert not sft.packing and sft.seed == 3 and kd.kd_temperature == 2.0
+
+
+def test_kd_summary_is_paired_with_the_sft_arm_of_the_same_mode_on_score_and_held_out_nll():
+    def measured(score, samples, nll, nll_samples):
+        return Measured(dist(score, samples), Distribution({NLL: nll}, {NLL: np.array(nll_samples)}), None, None)
+
+    by_cell = {
+        ("none", "-", 0.0): [measured(0.6, [0.6, 0.5, 0.7], 0.9, [0.9, 1.0, 0.8])],
+        ("none", "-", 0.5): [measured(0.65, [0.7, 0.5, 0.8], 0.7, [0.6, 0.9, 0.6])],
+    }
+    base, teacher = dist(0.3, [0.3, 0.3, 0.3]), dist(0.7, [0.7, 0.7, 0.7])
+    sft, kd = summary_rows(by_cell, base, teacher, "reference", 250)
+    assert sft["kd_alpha"] == 0.0 and sft["kd_minus_sft"] is None and sft["sft_student"] is None
+    assert np.isclose(kd["kd_minus_sft"]["value"], 0.05) and np.isclose(kd["nll_kd_minus_sft"]["value"], -0.2)
+    assert np.isclose(kd["kd_minus_sft"]["low"], np.percentile([0.1, 0.0, 0.1], 2.5))
+    assert np.isclose(kd["nll_kd_minus_sft"]["high"], np.percentile([-0.3, -0.1, -0.2], 97.5))
+    assert kd["sft_student"]["value"] == 0.6 and kd["sft_teacher_nll"]["value"] == 0.9
+    assert kd["teacher_nll"]["value"] == 0.7 and np.isclose(kd["difference"]["value"], 0.35)
+
+
+def test_training_examples_carry_the_teachers_logprobs_for_the_kd_targets():
+    logprobs = ['[{"token": "positive", "logprob": -0.1, "top_logprobs": []}]', None]
+    frame = examples_frame(["so good!", "meh"], np.array([2, 1]), "train", "t", logprobs)
+    assert frame["logprobs"].tolist() == logprobs
+    assert examples_frame(["meh"], np.array([1]), "train", "t")["logprobs"].tolist() == [None]
+
+
+def test_page_shows_the_kd_comparison_and_still_renders_runs_from_before_it():
+    old = _result(250)
+    assert "SFT only vs SFT + KD" not in markdown(old, partial=False)  # a run without KD fields renders as before
+    new = _result(250)
+    interval = {"value": 0.05, "low": -0.01, "high": 0.11, "p_value": 0.2}
+    new["grid"] |= {"kd_alphas": [0.0, 0.5], "kd_temperature": 1.0, "held_out_posts": 200}
+    new["summary"] = [
+        {
+            "teacher": "reference",
+            "n": 250,
+            "mode": "none",
+            "strength": "-",
+            "kd_alpha": 0.5,
+            "seeds": 1,
+            "base": interval,
+            "student": interval,
+            "teacher_score": interval,
+            "difference": interval,
+            "transfer_ratio": interval,
+            "teacher_nll": interval,
+            "sft_student": interval,
+            "sft_teacher_nll": interval,
+            "kd_minus_sft": interval,
+            "nll_kd_minus_sft": interval,
+        }
+    ]
+    page = markdown(new, partial=False)
+    assert "KD alphas 0, 0.5 (0 = SFT only)" in page and "SFT only vs SFT + KD" in page
+    row = next(line for line in page.splitlines() if line.startswith("| reference | 250 | none | - | 1 | 0.5 |"))
+    assert row.count("0.050 [-0.010, 0.110]") == 6

@@ -1,12 +1,18 @@
 """The reference teacher (TF-IDF+LR on gold train), not an LLM: a real OpenAI-compatible loopback server."""
 
+import json
+import math
+
 import httpx
 import numpy as np
 import pytest
 
-from devtools.reference_teacher import NAME, ReferenceTeacher, fit_task
-from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
+from devtools.reference_teacher import NAME, ReferenceTeacher, TaskClassifier, fit_task
+from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherEndpoint
+from opengrok_dagster.distill.align import StudentVocabulary, align_example, parse_teacher_logprobs
 from opengrok_dagster.evaluation.api import ApiModel
+from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
+from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.sns_tasks import task_format
 
@@ -104,3 +110,103 @@ def test_answers_annotation_prompts_over_the_openai_api(data_dir):
         )
         assert refused.status_code == 400 and "answers only label prompts" in refused.json()["error"]["message"]
         assert teacher.served == 4
+        # logprobs through the pipeline's own client, in the shape the raw responses' logprobs column holds
+        sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8, top_logprobs=3)
+        results = model.results([fmt.messages(p) for p in posts], sampling)
+        for post, result in zip(posts, results):
+            (label,) = json.loads(result.logprobs)
+            expected = teacher.classifiers[0].pipeline.predict_proba([post])[0]
+            assert label["token"] == result.text and result.completion_tokens == 1
+            assert {alt["token"]: math.exp(alt["logprob"]) for alt in label["top_logprobs"]} == pytest.approx(
+                dict(zip(fmt.words, expected))
+            )
+        too_many = httpx.post(
+            f"{teacher.base_url}/chat/completions",
+            json={"model": "reference", "messages": fmt.messages(posts[0]), "logprobs": True, "top_logprobs": 21},
+        )
+        assert too_many.status_code == 400 and "top_logprobs must be between 0 and 20" in too_many.text
+
+
+def _prompt(fmt, post: str, structured: bool = False) -> str:
+    prompt = fmt.messages(post)[-1]["content"]
+    return f"{prompt} {fmt.json_instruction()}" if structured else prompt
+
+
+def test_label_token_logprobs_are_the_classifiers_class_probabilities_and_align_to_the_student(data_dir, tokenizer):
+    fmt = task_format("tweeteval_sentiment")
+    teacher = ReferenceTeacher.fit(data_dir, tasks=("tweeteval_sentiment",))
+    classifier = teacher.classifiers[0]
+    vocabulary = StudentVocabulary.of(tokenizer)
+    for post in ["so happy, love it", "awful, hate it", "the meeting is on friday"]:
+        expected = classifier.pipeline.predict_proba([post])[0]  # columns = classes 0, 1, 2 = fmt.words
+        text, content = teacher.answer_with_logprobs(_prompt(fmt, post), False, top_logprobs=5)
+        assert text == teacher.answer(_prompt(fmt, post))
+        (label,) = content
+        assert label["token"] == text and bytes(label["bytes"]) == text.encode()
+        probabilities = {alt["token"]: math.exp(alt["logprob"]) for alt in label["top_logprobs"]}
+        assert probabilities == pytest.approx(dict(zip(fmt.words, expected)))
+        assert label["logprob"] == pytest.approx(math.log(expected.max()))
+        assert [alt["token"] for alt in label["top_logprobs"]][0] == text  # best first: the answer is the argmax
+
+        structured, pieces = teacher.answer_with_logprobs(_prompt(fmt, post, structured=True), False, top_logprobs=2)
+        assert fmt.parse_json(structured, post).labels == (fmt.words.index(text),)
+        assert "".join(piece["token"] for piece in pieces) == structured
+        scaffolding = [piece for piece in pieces if piece["token"] != text]
+        assert len(pieces) == 3 and all(piece["logprob"] == 0.0 for piece in scaffolding)
+        assert all([alt["token"] for alt in piece["top_logprobs"]] == [piece["token"]] for piece in scaffolding)
+        assert len(pieces[1]["top_logprobs"]) == 2  # top_logprobs=2: the two likeliest labels
+
+        # the label token is one student token: the student's KD target there is the classifier's distribution
+        rendered = ChatRenderer(tokenizer).render(None, _prompt(fmt, post), text)
+        encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        start = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > rendered.spans["response"][0])
+        aligned = align_example(
+            encoded["input_ids"],
+            rendered.text,
+            rendered.spans["response"],
+            start,
+            parse_teacher_logprobs(json.dumps(content), "reference"),
+            vocabulary,
+        )
+        assert (
+            aligned.aligned_tokens == 1
+            and encoded["input_ids"][aligned.positions[0]] == vocabulary.by_bytes[text.encode()]
+        )
+        targets = dict(zip(aligned.token_ids[0], np.exp(aligned.logprobs[0])))
+        assert targets == pytest.approx({vocabulary.by_bytes[w.encode()]: p for w, p in zip(fmt.words, expected)})
+    with pytest.raises(ValueError, match="top_logprobs must be between 0 and 20"):
+        teacher.answer_with_logprobs(_prompt(fmt, "so happy"), False, top_logprobs=21)
+
+
+@pytest.mark.filterwarnings("ignore:Label not:UserWarning")  # topics no toy post has: sklearn's constant columns
+def test_topic_labels_after_the_first_offer_the_topics_not_yet_named_renormalised():
+    fmt = task_format("tweet_topic")
+    texts = ["goal match win league", "film music concert art", "goal film match music", "stock market price"]
+    labels = np.zeros((4, len(fmt.words)), dtype=bool)
+    sports, music, business = (
+        fmt.words.index("sports"),
+        fmt.words.index("music"),
+        fmt.words.index("business & entrepreneurs"),
+    )
+    labels[[0, 2], sports] = labels[[1, 2], music] = labels[3, business] = True
+    classifier = TaskClassifier(fmt, "val", train_tfidf_classifier(texts, labels, 0), 4, 0, topic_threshold=0.01)
+    post = "goal film match music"
+    probabilities = classifier.probabilities(post)
+    text, content = classifier.answer_with_logprobs(post, False, top_logprobs=len(fmt.words))
+    annotation = classifier.annotate(post)
+    assert text == fmt.answer(annotation) and len(annotation.labels) > 1
+    assert "".join(entry["token"] for entry in content) == text
+    named = []
+    for entry in content:
+        if entry["token"] == ",":
+            assert entry["logprob"] == 0.0
+            continue
+        word = entry["token"].removeprefix(" ")
+        assert entry["token"] == (" " + word if named else word)  # the space goes with the label, as BPE splits it
+        remaining = [i for i in range(len(fmt.words)) if fmt.words[i] not in named]
+        offered = {fmt.words[i]: probabilities[i] / probabilities[remaining].sum() for i in remaining}
+        assert {alt["token"].removeprefix(" "): math.exp(alt["logprob"]) for alt in entry["top_logprobs"]} == (
+            pytest.approx(offered)
+        )
+        named.append(word)
+    assert named == [fmt.words[i] for i in annotation.labels]

@@ -22,6 +22,7 @@ from opengrok_dagster.collect.client import (
     TeacherClient,
     TeacherConfigurationError,
     TeacherEndpoint,
+    TeacherResult,
 )
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 
@@ -121,6 +122,17 @@ class ApiModel:
         return Answers(texts, failed, usage.reused, usage)
 
     def _ask(self, messages: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[str | None], int, Usage]:
+        results = self.results(messages, SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens))
+        usage = Usage(
+            requests=len(results),
+            prompt_tokens=sum(r.prompt_tokens or 0 for r in results),
+            completion_tokens=sum(r.completion_tokens or 0 for r in results),
+            usd=None if self.prices is None else sum(r.cost_usd for r in results),
+        )
+        return [r.text if r.ok else None for r in results], sum(not r.ok for r in results), usage
+
+    def results(self, messages: list[list[dict[str, str]]], sampling: SamplingParams) -> list[TeacherResult]:
+        """Every request's outcome, uncached: the text, and the logprobs where ``sampling`` asks for them."""
         try:
             endpoint = self.endpoint()
         except EndpointFailure:
@@ -129,7 +141,6 @@ class ApiModel:
             raise EndpointFailure(
                 f"endpoint {self.name!r} could not be set up: {type(exc).__name__}: {str(exc)[:300]}"
             ) from None
-        sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
 
         async def run():
             async with TeacherClient(endpoint, sampling, self.limits, self.prices or Prices()) as client:
@@ -144,10 +155,4 @@ class ApiModel:
             raise EndpointFailure(
                 f"endpoint {self.name!r}: all {len(results)} requests failed, e.g. {failed[0].error}"
             )
-        usage = Usage(
-            requests=len(results),
-            prompt_tokens=sum(r.prompt_tokens or 0 for r in results),
-            completion_tokens=sum(r.completion_tokens or 0 for r in results),
-            usd=None if self.prices is None else sum(r.cost_usd for r in results),
-        )
-        return [r.text if r.ok else None for r in results], len(failed), usage
+        return results
