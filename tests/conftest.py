@@ -25,6 +25,19 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Run config of tests that exercise the generative prompt grid alone: the default grid also annotates the
 # user's posts, which these tests do not materialise.
 GENERATIVE_ONLY = {"ops": {"prompts": {"config": {"annotation_share": 0.0}}}}
+
+
+def generative_only_profile(directory: Path) -> Path:
+    """The same, as a profile file for the processes a test starts (the CLI, `dagster dev`): cpu-demo without
+    annotation prompts, for loopback teachers that cannot annotate posts. Pass it as OPENGROK_PROFILE."""
+    path = directory / "generative-only.yaml"
+    path.write_text(
+        "description: cpu-demo without annotation prompts (tests)\nops:\n  prompts:\n    config:\n"
+        "      annotation_share: 0.0\n"
+    )
+    return path
+
+
 QUICK = dict(batch_size=4, max_steps=4, eval_steps=2, save_steps=2, max_length=48, warmup_steps=1, learning_rate=1e-3)
 
 

@@ -20,7 +20,7 @@ from dagster._core.execution.backfill import BulkActionStatus
 
 from devtools.loopback import LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, generative_only_profile
 
 
 pytestmark = pytest.mark.integration
@@ -98,6 +98,7 @@ class DagsterDev:
             "OPENGROK_TEACHER_MODEL": "grok-test",
             "OPENGROK_TEACHER_API_KEY_VAR": "OPENGROK_TEST_TEACHER_KEY",
             "OPENGROK_TEST_TEACHER_KEY": "test-key",
+            "OPENGROK_PROFILE": str(generative_only_profile(root)),  # the loopback teacher cannot annotate posts
         }
         self.log = root / "dagster-dev.log"
         self.process: subprocess.Popen | None = None

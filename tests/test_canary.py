@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
-from tests.conftest import REPO_ROOT, texts_written_under
+from tests.conftest import REPO_ROOT, generative_only_profile, texts_written_under
 
 
 CANARY = "xai-canary-5e4d3c2b1a0f9e8d7c6b"
@@ -30,6 +30,7 @@ def test_canary_key_reaches_the_teacher_and_nothing_else_across_the_whole_pipeli
             "OPENGROK_TEACHER_MODEL": "grok-canary-test",
             "XAI_API_KEY": CANARY,
             "OPENGROK_STUDENT_MODEL": str(tiny_student),
+            "OPENGROK_PROFILE": str(generative_only_profile(tmp_path)),  # the loopback teacher cannot annotate
         }
         run = subprocess.run(
             [sys.executable, "-m", "opengrok_dagster.cli", "run", "--topics", "climate,football", "--modes", "none"],
