@@ -70,7 +70,7 @@ def test_card_of_an_adapter_of_the_offline_model(tmp_path):
     assert (card.data.library_name, card.data.pipeline_tag) == ("peft", "text-generation")
     assert "mask-soft" in card.data.tags and card.data.eval_results is None
     assert f'AutoModelForCausalLM.from_pretrained("{HUB_ID}")' in card.text and str(tmp_path) not in readme.read_text()
-    assert "`mask_tables`: 0123abcd" in card.text and "| lora_r | 8 |" in card.text
+    assert "`mask_tables`: 0123abcd" in card.text and f"| lora_r | {TrainingConfig().lora_r} |" in card.text
 
 
 def test_evaluation_results_replace_the_model_index_and_keep_the_card(tmp_path):
