@@ -1,3 +1,5 @@
+import multiprocessing
+
 from opengrok_dagster.collect.client import TeacherResult
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 
@@ -68,3 +70,29 @@ def test_a_refusal_is_stored_as_answered_and_an_old_store_gains_the_new_columns(
     [row] = store.fetch(KEY, ["p1"])
     assert (row["text"], row["anomaly"], row["finish_reason"]) == (None, "content_filter", "content_filter")
     assert store.answered_prompt_ids(KEY, ["p1"]) == {"p1"}  # paid for: not requested again
+
+
+def _open_after(barrier, path, errors):
+    barrier.wait()
+    try:
+        ResponseStore(path).close()
+    except Exception as exc:  # reported to the parent: the assertion names it
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Opening a store creates and migrates its schema; several processes doing so at once (concurrent first runs)
+    must not race between seeing a column missing and adding it."""
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for attempt in range(20):
+        barrier = context.Barrier(8)
+        path = tmp_path / f"store-{attempt}.sqlite"
+        children = [context.Process(target=_open_after, args=(barrier, path, errors)) for _ in range(8)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+        assert all(child.exitcode == 0 for child in children)
+    found = [] if errors.empty() else [errors.get() for _ in range(errors.qsize())]
+    assert found == []

@@ -158,6 +158,19 @@ class ResponseKey:
     round: str
 
 
+def _enable_wal(connection: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch the file to WAL. SQLite answers "database is locked" at once, without waiting out the busy timeout,
+    when another process is switching or creating the same new file, so a few short retries."""
+    for attempt in range(attempts):
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 class ResponseStore:
     """One SQLite file; safe to share between threads of one process and between processes."""
 
@@ -167,7 +180,9 @@ class ResponseStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []  # one per thread that touched the store
         self._connections_lock = threading.Lock()
-        with self._connection() as connection:
+        # One write transaction: processes opening a new or older store at once would otherwise both see a column
+        # missing and both add it ("duplicate column name").
+        with self._immediate() as connection:
             for schema in (_SCHEMA, _CLAIMS_SCHEMA, _RATE_SCHEMA, _SPEND_SCHEMA, _BATCHES_SCHEMA):
                 connection.execute(schema)
             connection.execute("CREATE INDEX IF NOT EXISTS rate_events_scope_at ON rate_events (scope, at)")
@@ -182,7 +197,7 @@ class ResponseStore:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(connection)
             connection.execute("PRAGMA synchronous=FULL")  # a committed response survives power loss too
             connection.row_factory = sqlite3.Row
             self._local.connection = connection
