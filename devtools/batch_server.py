@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from opengrok_dagster.offline.server import free_loopback_port
-from opengrok_dagster.offline.serving import ThreadedLoopbackServer
+from opengrok_dagster.offline.serving import ThreadedLoopbackServer, read_body
 
 
 @dataclass
@@ -52,12 +52,7 @@ class LoopbackBatchServer(ThreadedLoopbackServer):
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def _app(self, scope, receive, send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         method, path = scope["method"], scope["path"]
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         with self._lock:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from opengrok_dagster.offline.server import free_loopback_port
-from opengrok_dagster.offline.serving import ThreadedLoopbackServer
+from opengrok_dagster.offline.serving import ThreadedLoopbackServer, read_body
 
 
 FAULTS = ("429", "500", "503", "malformed_json", "truncated_body", "connection_reset", "stall")
@@ -69,12 +69,7 @@ class LoopbackTeacher(ThreadedLoopbackServer):
         return [r.user_prompt for r in self.requests if r.fault is None]
 
     async def _app(self, scope, receive, send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if scope["path"] == "/health":
             return await _respond(send, 200, b'{"status":"ok"}')

@@ -40,7 +40,7 @@ from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from opengrok_dagster.offline.server import free_loopback_port
-from opengrok_dagster.offline.serving import ThreadedLoopbackServer
+from opengrok_dagster.offline.serving import ThreadedLoopbackServer, read_body
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.sns_tasks import Annotation, TaskFormat, find_labels, task_format
 
@@ -207,12 +207,7 @@ class ReferenceTeacher(ThreadedLoopbackServer):
     async def _app(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["path"] in ("/health", "/v1/health"):
             return await _respond(send, 200, {"status": "ok"})
         if scope["path"] == "/v1/models":

@@ -19,6 +19,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
 
 from devtools.loopback import LoopbackTeacher
+from opengrok_dagster.offline.serving import read_body
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from tests.conftest import REPO_ROOT, generative_only_profile
 
@@ -45,12 +46,7 @@ class TeacherWithRefusals(LoopbackTeacher):
     refused: set[str] = field(default_factory=set)
 
     async def _app(self, scope, receive, send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if any(topic in body.decode() for topic in self.refused):
             payload = b'{"error":{"message":"this topic is not allowed for this key"}}'
             await send(

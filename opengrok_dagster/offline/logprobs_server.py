@@ -20,7 +20,7 @@ import uvicorn
 from opengrok_dagster.collect.client import OPENAI_TOP_LOGPROBS_LIMIT
 from opengrok_dagster.offline.logprobs import TeacherLogprobs
 from opengrok_dagster.offline.server import TeacherServer, free_loopback_port
-from opengrok_dagster.offline.serving import ThreadedLoopbackServer
+from opengrok_dagster.offline.serving import ThreadedLoopbackServer, read_body
 
 
 # Headers that belong to one hop (or to a body the front re-encodes), never copied across it.
@@ -87,12 +87,7 @@ class LogprobsServer(ThreadedLoopbackServer):
     async def _app(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         request = _chat_request(scope, body)
         if request is not None and request.get("logprobs"):
             return await self._chat_with_logprobs(scope, request, send)

@@ -9,6 +9,16 @@ import time
 import uvicorn
 
 
+async def read_body(receive) -> bytes:
+    """The whole body of an ASGI HTTP request (it may arrive in several messages)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 class ThreadedLoopbackServer:
     """Base of the loopback servers: a subclass sets ``port``, ``_server = None`` and ``NAME``, and defines ``_app``."""
 
