@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -74,6 +75,7 @@ from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.sns_tasks import task_format
 from opengrok_dagster.training.config import TrainingConfig
+from opengrok_dagster.training.data import balance_classes
 from opengrok_dagster.training.device import resolve_placement
 from opengrok_dagster.training.trainer import TrainingJob, train_lora
 
@@ -88,8 +90,8 @@ EMBEDDED_NAME = "embedded teacher (SmolLM2-135M-Instruct via transformers serve)
 # Mask strength: today's default tables, and a lighter mask (less random masking, higher keep probability).
 STRENGTHS = {"default": MaskConfig(), "light": MaskConfig(delta=0.0, random_mask_rate=0.05)}
 # The pipeline's defaults (rank 16, lr 1e-3, balanced classes: docs/efficacy.md, "Settings search"), run for one
-# whole epoch of whatever N gives instead of the default run's 40 steps.
-RECIPE = TrainingConfig(num_epochs=1.0, max_steps=-1, eval_steps=20, save_steps=20, early_stopping_patience=4)
+# whole epoch of whatever N gives, or the grid's step budget where that is shorter (``Grid.max_steps``).
+RECIPE = TrainingConfig(num_epochs=1.0, max_steps=-1, eval_steps=16, save_steps=16, early_stopping_patience=4)
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,17 @@ class Grid:
     val_posts: int
     kd_alphas: tuple[float, ...] = (0.0, 0.5)  # 0 = SFT only; each alpha > 0 is paired with it
     kd_temperature: float = 1.0
-    held_out_posts: int = 200  # teacher-annotated posts no student sees, for the held-out teacher NLL
+    held_out_posts: int = 200  # teacher-annotated posts no student sees, for the held-out teacher NLL (0 = none)
+    max_steps: int = -1  # optimizer steps per training at most; -1 = one whole epoch of the balanced examples
 
 
+# The CPU preset is the issue's required grid sized to fit an hour on 2 cores: every training stops after 64 steps
+# (512 examples: one epoch at N = 250, a part of one at N = 1,000, so N varies the data at a fixed compute), SFT
+# only and no held-out NLL (the KD arm and the strength sweep have their own commands: docs/efficacy.md).
 GRIDS = {
-    "cpu": Grid(("reference", "embedded"), (250, 1000), (0, 1), ("none", "hard"), ("default", "light"), 600),
+    "cpu": Grid(
+        ("reference", "embedded"), (250, 1000), (0, 1), ("none", "hard"), ("default",), 600, (0.0,), 1.0, 0, 64
+    ),
     "gpu": Grid(("reference", "embedded"), (250, 1000, 4000), (0, 1, 2), MASK_MODES, ("default", "light"), 2000),
 }
 
@@ -229,7 +237,7 @@ class Scorer:
         with student.using(variant):
             items = student.label_logprobs(self.messages, self.words)
             free = student.label_logprobs(self.content_free, self.words)
-            held = student.label_logprobs(self.held_out, self.words)
+            held = student.label_logprobs(self.held_out, self.words) if self.held_out else None
         log(
             f"{variant}: scored {len(self.messages)} val and {len(self.held_out)} held-out posts in "
             f"{time.monotonic() - started:.0f}s"
@@ -265,6 +273,16 @@ def transfer_ratio(student: Distribution, base: Distribution, teacher: Distribut
         np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2]) if ratios.size else (np.nan, np.nan)
     )
     return {"value": value, "low": float(low), "high": float(high), "resamples_left_out": int((~usable).sum())}
+
+
+def steps_within_budget(table: pd.DataFrame, config: TrainingConfig, budget: int) -> int:
+    """``max_steps`` for one training: one epoch of the train split as the trainer balances it, or ``budget``
+    steps where that is fewer (-1, the trainer's whole ``num_epochs``, when there is no budget). transformers'
+    ``max_steps`` overrides the epochs, so a budget alone would repeat a small N's examples until it is spent."""
+    if budget < 1:
+        return -1
+    train = balance_classes(table, table["class_label"], config.seed, config.balance_min_class_examples)
+    return min(budget, math.ceil(int((train["split"] == "train").sum()) / config.batch_size))
 
 
 def arm_config(config: TrainingConfig, seed: int, kd_alpha: float, kd_temperature: float) -> TrainingConfig:
@@ -306,7 +324,7 @@ class Measured:
     """One student's scores: the val metric, the held-out teacher NLL (both bootstrapped), its val predictions."""
 
     scores: Distribution
-    nll: Distribution
+    nll: Distribution | None  # None when the grid holds no held-out posts
     calibrated: np.ndarray
     raw: np.ndarray
 
@@ -329,7 +347,7 @@ class Bench:
         calibrated, raw, held = self.scorer.predictions(student, variant)
         return Measured(
             bootstrap(ClassificationScores(self.gold, calibrated, 3), self.indices),
-            bootstrap(MeanScores(teacher_nll(held, held_labels)), held_indices),
+            bootstrap(MeanScores(teacher_nll(held, held_labels)), held_indices) if held_indices is not None else None,
             calibrated,
             raw,
         )
@@ -417,10 +435,14 @@ def run(grid: Grid, args, command: str) -> dict:
             teacher.stop()
         teacher_scores = bootstrap(ClassificationScores(gold, teacher_val, 3), indices)
         held_labels = labels[held_part]
-        if not (held_labels >= 0).any():
+        if len(held_labels) and not (held_labels >= 0).any():
             raise SystemExit(f"{teacher.name} answered none of the {len(held_labels)} held-out posts usably")
-        held_indices = resample_indices(int((held_labels >= 0).sum()), args.resamples, 1)
-        base_nll = bootstrap(MeanScores(teacher_nll(base_held, held_labels)), held_indices)
+        held_indices = resample_indices(int((held_labels >= 0).sum()), args.resamples, 1) if len(held_labels) else None
+        base_nll = (
+            bootstrap(MeanScores(teacher_nll(base_held, held_labels)), held_indices)
+            if held_indices is not None
+            else None
+        )
         alphas = grid.kd_alphas if top_logprobs else tuple(alpha for alpha in grid.kd_alphas if alpha == 0)
         if alphas != grid.kd_alphas:
             log(f"{teacher.name}: no KD arm, {teacher.without_logprobs}")
@@ -433,7 +455,7 @@ def run(grid: Grid, args, command: str) -> dict:
             "label_counts": np.bincount(labels[labels >= 0], minlength=3).tolist(),
             "held_out_posts": len(held_labels),
             "held_out_usable": int((held_labels >= 0).sum()),
-            "base_nll": estimate_dict(base_nll.estimate(NLL)),
+            "base_nll": estimate_dict(base_nll.estimate(NLL)) if base_nll else None,
             "top_logprobs": top_logprobs,
             "kd_arm": None if top_logprobs or not wants_kd else f"not run: {teacher.without_logprobs}",
         }
@@ -490,6 +512,7 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                 sft = None
                 for alpha in alphas:
                     config = arm_config(RECIPE, seed, alpha, grid.kd_temperature)
+                    config = config.model_copy(update={"max_steps": steps_within_budget(mask, config, grid.max_steps)})
                     directory = Path(scratch) / strength / f"kd{alpha:g}"
                     targets = kd.table if alpha > 0 else None
                     outcome, seconds = train_cell(
@@ -522,7 +545,7 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                             "predicted_counts": np.bincount(measured.calibrated, minlength=3).tolist(),
                             "difference": difference_dict(paired_difference(measured.scores, bench.base, METRIC)),
                             "minus_none": paired(measured.scores, versus_none and versus_none.scores, METRIC),
-                            "teacher_nll": estimate_dict(measured.nll.estimate(NLL)),
+                            "teacher_nll": estimate_dict(measured.nll.estimate(NLL)) if measured.nll else None,
                             "kd_minus_sft": paired(measured.scores, sft.scores, METRIC) if alpha > 0 and sft else None,
                             "nll_kd_minus_sft": paired(measured.nll, sft.nll, NLL) if alpha > 0 and sft else None,
                         },
@@ -534,7 +557,9 @@ def summary_rows(by_cell: dict, base: Distribution, teacher: Distribution, kind:
     """The seed-averaged students of one (teacher, N): score, gain over the base, transfer ratio, held-out teacher
     NLL, and for a KD arm its paired difference to the SFT-only arm of the same mode and strength."""
     averaged = {key: mean_distribution([m.scores for m in cells]) for key, cells in by_cell.items()}
-    nll = {key: mean_distribution([m.nll for m in cells]) for key, cells in by_cell.items()}
+    nll = {
+        key: mean_distribution([m.nll for m in cells]) for key, cells in by_cell.items() if cells[0].nll is not None
+    }
     rows = []
     for (mode, strength, alpha), cells in by_cell.items():
         student, sft = averaged[(mode, strength, alpha)], (mode, strength, 0.0)
@@ -551,13 +576,15 @@ def summary_rows(by_cell: dict, base: Distribution, teacher: Distribution, kind:
                 "teacher_score": estimate_dict(teacher.estimate(METRIC)),
                 "difference": difference_dict(paired_difference(student, base, METRIC)),
                 "transfer_ratio": transfer_ratio(student, base, teacher),
-                "teacher_nll": estimate_dict(nll[(mode, strength, alpha)].estimate(NLL)),
+                "teacher_nll": estimate_dict(nll[(mode, strength, alpha)].estimate(NLL))
+                if (mode, strength, alpha) in nll
+                else None,
                 "sft_student": estimate_dict(averaged[sft].estimate(METRIC))
                 if alpha > 0 and sft in averaged
                 else None,
                 "sft_teacher_nll": estimate_dict(nll[sft].estimate(NLL)) if alpha > 0 and sft in nll else None,
                 "kd_minus_sft": paired(student, averaged.get(sft), METRIC) if alpha > 0 else None,
-                "nll_kd_minus_sft": paired(nll[(mode, strength, alpha)], nll.get(sft), NLL) if alpha > 0 else None,
+                "nll_kd_minus_sft": paired(nll.get((mode, strength, alpha)), nll.get(sft), NLL) if alpha > 0 else None,
             }
         )
     return rows
@@ -625,7 +652,9 @@ def markdown(result: dict, partial: bool) -> str:
         _grid_line(grid, partial),
         "",
         f"Recipe: class-balanced train split (oversampled to the largest class), LoRA r={result['recipe']['lora_r']}, "
-        f"alpha={recipe['lora_alpha']}, lr {recipe['learning_rate']}, {recipe['num_epochs']} epochs, "
+        f"alpha={recipe['lora_alpha']}, lr {recipe['learning_rate']}, {recipe['num_epochs']} epochs"
+        + (f" or {grid['max_steps']} steps if fewer" if grid.get("max_steps", -1) > 0 else "")
+        + ", "
         f"batch {recipe['batch_size']}, max_length {recipe['max_length']}; scoring: {result['scoring']}.",
         "",
         f"Base student: {_ci(result['base']['calibrated'])} calibrated ({_ci(result['base']['raw'])} uncalibrated; "
@@ -636,7 +665,7 @@ def markdown(result: dict, partial: bool) -> str:
         "|---|---|---:|---:|---|---:|---|---|",
     ]
     for teacher in result["teachers"].values():
-        held = f"{teacher['held_out_usable']} of {teacher['held_out_posts']}" if "held_out_posts" in teacher else "-"
+        held = f"{teacher['held_out_usable']} of {teacher['held_out_posts']}" if teacher.get("held_out_posts") else "-"
         kd = teacher.get("kd_arm") or (
             f"top_logprobs {teacher['top_logprobs']}" if teacher.get("top_logprobs") else "-"
         )
@@ -746,7 +775,14 @@ def main() -> None:
     )
     parser.add_argument("--kd-temperature", type=float, help="temperature of the KD arm's KL (default 1)")
     parser.add_argument(
-        "--held-out-posts", type=int, help="teacher-annotated posts no student sees, for the held-out teacher NLL"
+        "--held-out-posts",
+        type=int,
+        help="teacher-annotated posts no student sees, for the held-out teacher NLL (0 = none)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="optimizer steps per training at most (-1 = one whole epoch of the balanced split)",
     )
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument(
@@ -760,8 +796,10 @@ def main() -> None:
         parser.error(f"--kd-alpha {min(args.kd_alpha):g}: a KD weight is 0 (SFT only) or more")
     if args.kd_temperature is not None and args.kd_temperature <= 0:
         parser.error(f"--kd-temperature {args.kd_temperature:g}: the temperature must be above 0")
-    if args.held_out_posts is not None and args.held_out_posts < 1:
-        parser.error("--held-out-posts must be at least 1: the held-out teacher NLL needs posts")
+    if args.held_out_posts is not None and args.held_out_posts < 0:
+        parser.error(f"--held-out-posts {args.held_out_posts}: a number of posts is 0 (no held-out NLL) or more")
+    if args.max_steps is not None and (args.max_steps == 0 or args.max_steps < -1):
+        parser.error(f"--max-steps {args.max_steps}: a number of optimizer steps, or -1 for one whole epoch")
     import torch
 
     if args.threads > 0:
@@ -776,7 +814,10 @@ def main() -> None:
         tuple(dict.fromkeys(args.kd_alpha)) if args.kd_alpha else preset.kd_alphas,
         preset.kd_temperature if args.kd_temperature is None else args.kd_temperature,
         preset.held_out_posts if args.held_out_posts is None else args.held_out_posts,
+        preset.max_steps if args.max_steps is None else args.max_steps,
     )
+    if any(alpha > 0 for alpha in grid.kd_alphas) and grid.held_out_posts == 0:
+        parser.error("--kd-alpha above 0 needs --held-out-posts above 0: the KD arm is judged on held-out NLL")
     args.earlier = earlier_runs(args.json) if args.append else []
     command = "python -m bench.distillation_efficacy " + shlex.join(sys.argv[1:])
     result = run(grid, args, command.strip())

@@ -1,13 +1,19 @@
-"""The efficacy bench's own arithmetic: paired transfer ratio, seed averaging, masked share, training examples."""
+"""The efficacy bench: its arithmetic (paired transfer ratio, seed averaging, masked share, training examples, step
+budget) and, on the real student, its whole loop over a tiny grid."""
+
+import argparse
+import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from bench.distillation_efficacy import (
     METRIC,
     NLL,
     RECIPE,
     VALIDATION_POSTS,
+    Grid,
     MeanScores,
     Measured,
     arm_config,
@@ -15,10 +21,13 @@ from bench.distillation_efficacy import (
     markdown,
     masked_share,
     mean_distribution,
+    run,
     split_pool,
+    steps_within_budget,
     summary_rows,
     teacher_nll,
     transfer_ratio,
+    write_outputs,
 )
 from opengrok_dagster.evaluation.bootstrap import Distribution, bootstrap
 from opengrok_dagster.sns_tasks import task_format
@@ -228,3 +237,30 @@ def test_page_shows_the_kd_comparison_and_still_renders_runs_from_before_it():
     assert "KD alphas 0, 0.5 (0 = SFT only)" in page and "SFT only vs SFT + KD" in page
     row = next(line for line in page.splitlines() if line.startswith("| reference | 250 | none | - | 1 | 0.5 |"))
     assert row.count("0.050 [-0.010, 0.110]") == 6
+
+
+def test_step_budget_stops_at_one_epoch_of_the_balanced_split_or_the_budget_whichever_is_fewer():
+    config = RECIPE.model_copy(update={"batch_size": 8, "balance_min_class_examples": 1})
+    labels = np.array([0] * 30 + [2] * 10)  # balanced: 30 + 30 train rows, 8 steps of 8
+    table = examples_frame([f"post {i}" for i in range(40)], labels, "train", "t")
+    assert steps_within_budget(table, config, 64) == 8  # a budget alone would repeat these rows for 64 steps
+    assert steps_within_budget(table, config, 5) == 5
+    assert steps_within_budget(table, config, -1) == -1  # no budget: the recipe's whole epochs
+
+
+@pytest.mark.integration
+def test_bench_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, offline_model):
+    """The bench's own loop (teacher, examples, masks, training within the step budget, scoring, page and JSON) on
+    the real student and the reference teacher: nothing else runs it before a measurement."""
+    grid = Grid(("reference",), (16,), (0,), ("none", "hard"), ("default",), 12, (0.0,), 1.0, 0, 2)
+    args = argparse.Namespace(resamples=50, threads=1, output=tmp_path / "e.md", json=tmp_path / "e.json", earlier=[])
+    result = run(grid, args, "test")
+    write_outputs(result, args, partial=False)
+    cells = {cell["mode"]: cell for cell in result["cells"]}
+    assert sorted(cells) == ["hard", "none"] and all(cell["steps"] == 2 for cell in cells.values())
+    assert cells["hard"]["masked_share"] > 0 and cells["none"]["masked_share"] == 0
+    assert cells["hard"]["minus_none"] is not None and cells["none"]["teacher_nll"] is None  # no held-out posts
+    assert [row["mode"] for row in result["summary"]] == ["none", "hard"]
+    saved = json.loads(args.json.read_text())["runs"][0]
+    assert saved["grid"]["max_steps"] == 2 and len(saved["cells"]) == 2
+    assert "| reference | 16 | 0 | hard |" in args.output.read_text()
