@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 from transformers import AutoTokenizer
 
+from bench.efficacy_tasks import BENCH_TASKS, BenchTask, Prediction
 from devtools.reference_teacher import NAME as REFERENCE_NAME
 from devtools.reference_teacher import ReferenceTeacher
 from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherEndpoint
@@ -60,20 +61,15 @@ from opengrok_dagster.evaluation.bootstrap import (
     paired_difference,
     resample_indices,
 )
-from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.local import LocalStudent, read_checkpoint
-from opengrok_dagster.evaluation.metrics import ClassificationScores
-from opengrok_dagster.evaluation.runner import sample_items
-from opengrok_dagster.evaluation.tasks import read_split, task_spec
-from opengrok_dagster.filtering.annotations import class_label
 from opengrok_dagster.masks.builder import build_mask_table
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
 from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
 from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.posts.leaks import normalise_post
-from opengrok_dagster.sns_tasks import task_format
+from opengrok_dagster.sns_tasks import Annotation
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import balance_classes
 from opengrok_dagster.training.device import resolve_placement
@@ -81,8 +77,7 @@ from opengrok_dagster.training.trainer import TrainingJob, train_lora
 
 
 ROOT = Path(__file__).resolve().parent.parent
-TASK = "tweeteval_sentiment"
-METRIC = "macro_recall"
+TASK = "tweeteval_sentiment"  # the default task; ``--task btc`` measures NER (bench.efficacy_tasks)
 VALIDATION_POSTS = 32  # teacher-annotated posts outside every N, for the trainer's validation loss
 NLL = "teacher_nll"  # mean NLL of the teacher's answers on the held-out annotated posts
 TOP_LOGPROBS = 5  # alternatives per teacher token for the KD arm (xAI returns up to 8, OpenAI 20)
@@ -131,16 +126,16 @@ class Teacher:
     without_logprobs: str | None = None  # why its answers carry no logprobs (then its KD arm is not run)
 
 
-def start_teacher(kind: str, exclude: frozenset[str]) -> Teacher:
+def start_teacher(kind: str, task: BenchTask, exclude: frozenset[str]) -> Teacher:
     if kind == "reference":
-        server = ReferenceTeacher.fit(exclude=exclude, tasks=(TASK,)).start()
+        server = ReferenceTeacher.fit(exclude=exclude, tasks=(task.name,)).start()
         log(server.describe())
         endpoint = TeacherEndpoint(server.base_url, "reference-teacher", None, label="reference")
         limits = ClientLimits(max_concurrency=16, max_attempts=2, timeout_s=30)
         return Teacher(REFERENCE_NAME, ApiModel("reference", lambda: endpoint, REFERENCE_NAME, limits), server.stop)
     from resources import TeacherResource
 
-    resource = TeacherResource(mode="embedded", max_concurrency=16, max_tokens=16)
+    resource = TeacherResource(mode="embedded", max_concurrency=16, max_tokens=task.answer_tokens)
     return Teacher(
         EMBEDDED_NAME,
         ApiModel("embedded", resource.endpoint, EMBEDDED_NAME),
@@ -152,40 +147,47 @@ def start_teacher(kind: str, exclude: frozenset[str]) -> Teacher:
 
 
 def annotate(
-    teacher: Teacher, posts: list[str], top_logprobs: int | None = None
-) -> tuple[np.ndarray, list[str | None]]:
-    """The teacher's label index per post (-1 where its answer is unusable), asked exactly as the evaluation asks,
+    teacher: Teacher, task: BenchTask, posts: list[str], top_logprobs: int | None = None
+) -> tuple[list[Annotation], list[str | None]]:
+    """The teacher's parsed answer per post (``reason`` set where unusable), asked exactly as the evaluation asks,
     and each answer's logprobs (JSON of ``choices[0].logprobs.content``; None unless ``top_logprobs`` is set)."""
-    fmt = task_format(TASK)
     started = time.monotonic()
-    sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16, top_logprobs=top_logprobs)
-    results = teacher.model.results([fmt.messages(post) for post in posts], sampling)
-    parsed = [fmt.parse(result.text if result.ok else None, post) for result, post in zip(results, posts)]
-    labels = np.array([annotation.labels[0] if annotation.reason is None else -1 for annotation in parsed])
+    sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=task.answer_tokens, top_logprobs=top_logprobs)
+    results = teacher.model.results([task.format.messages(post) for post in posts], sampling)
+    parsed = [task.format.parse(result.text if result.ok else None, post) for result, post in zip(results, posts)]
     log(
         f"{teacher.name}: {len(posts)} posts answered in {time.monotonic() - started:.0f}s, "
-        f"{int((labels >= 0).sum())} usable"
+        f"{sum(a.reason is None for a in parsed)} usable"
     )
-    return labels, [result.logprobs if result.ok else None for result in results]
+    return parsed, [result.logprobs if result.ok else None for result in results]
+
+
+def usable(annotations: list[Annotation]) -> np.ndarray:
+    return np.array([a.reason is None for a in annotations], dtype=bool)
 
 
 def examples_frame(
-    posts: list[str], labels: np.ndarray, split: str, prefix: str, logprobs: list[str | None] | None = None
+    task: BenchTask,
+    posts: list[str],
+    annotations: list[Annotation],
+    split: str,
+    prefix: str,
+    logprobs: list[str | None] | None = None,
 ) -> pd.DataFrame:
-    """Training examples in the mask builder's input shape: the evaluation's messages, the teacher's answer, and
-    the teacher's logprobs of that answer (the ``responses`` that ``build_kd_targets`` aligns)."""
-    fmt = task_format(TASK)
+    """Training examples in the mask builder's input shape: the evaluation's messages, the teacher's answer (as the
+    task's format writes it), and the teacher's logprobs of that answer (the ``responses`` ``build_kd_targets``
+    aligns)."""
     rows = []
-    for index, (post, label) in enumerate(zip(posts, labels)):
-        system, user = fmt.messages(post)
+    for index, (post, annotation) in enumerate(zip(posts, annotations)):
+        system, user = task.format.messages(post)
         rows.append(
             {
                 "example_id": f"{prefix}{index:05d}",
                 "split": split,
                 "system_prompt": system["content"],
                 "prompt": user["content"],
-                "response": fmt.words[int(label)],
-                "class_label": class_label(TASK, [int(label)]),  # what the trainer balances classes by
+                "response": task.format.answer(annotation),
+                "class_label": task.class_label(annotation),  # what the trainer balances classes by
             }
         )
     frame = pd.DataFrame(rows)
@@ -220,31 +222,6 @@ def masked_share(table: pd.DataFrame) -> float:
     return masked / content if content else float("nan")
 
 
-class Scorer:
-    """Calibrated and raw label scoring of the sampled val posts, for the base student and each adapter."""
-
-    def __init__(self, model_path: str, texts: list[str], held_out: list[str], threads: int) -> None:
-        fmt = task_format(TASK)
-        self.model_path, self.threads = model_path, threads
-        self.words = list(fmt.words)
-        self.messages = [fmt.messages(t) for t in texts]
-        self.held_out = [fmt.messages(t) for t in held_out]
-        self.content_free = content_free_messages(fmt.messages)
-
-    def predictions(self, student: LocalStudent, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Calibrated and raw val predictions, and the label log-likelihoods on the held-out annotated posts."""
-        started = time.monotonic()
-        with student.using(variant):
-            items = student.label_logprobs(self.messages, self.words)
-            free = student.label_logprobs(self.content_free, self.words)
-            held = student.label_logprobs(self.held_out, self.words) if self.held_out else None
-        log(
-            f"{variant}: scored {len(self.messages)} val and {len(self.held_out)} held-out posts in "
-            f"{time.monotonic() - started:.0f}s"
-        )
-        return calibrate(items, free).argmax(axis=1), items.argmax(axis=1), held
-
-
 def estimate_dict(estimate: Estimate) -> dict:
     return {"value": estimate.value, "low": estimate.low, "high": estimate.high}
 
@@ -261,14 +238,16 @@ def mean_distribution(distributions: list[Distribution]) -> Distribution:
     )
 
 
-def transfer_ratio(student: Distribution, base: Distribution, teacher: Distribution, level: float = 0.95) -> dict:
+def transfer_ratio(
+    student: Distribution, base: Distribution, teacher: Distribution, metric: str, level: float = 0.95
+) -> dict:
     """(student - base) / (teacher - base) on the full sample and per resample (paired); resamples where the teacher
     is no better than the base are left out of the interval, and counted."""
-    gain = teacher.samples[METRIC] - base.samples[METRIC]
+    gain = teacher.samples[metric] - base.samples[metric]
     usable = gain > 0
-    ratios = (student.samples[METRIC][usable] - base.samples[METRIC][usable]) / gain[usable]
-    point_gain = teacher.point[METRIC] - base.point[METRIC]
-    value = (student.point[METRIC] - base.point[METRIC]) / point_gain if point_gain > 0 else float("nan")
+    ratios = (student.samples[metric][usable] - base.samples[metric][usable]) / gain[usable]
+    point_gain = teacher.point[metric] - base.point[metric]
+    value = (student.point[metric] - base.point[metric]) / point_gain if point_gain > 0 else float("nan")
     low, high = (
         np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2]) if ratios.size else (np.nan, np.nan)
     )
@@ -325,32 +304,38 @@ class Measured:
 
     scores: Distribution
     nll: Distribution | None  # None when the grid holds no held-out posts
-    calibrated: np.ndarray
-    raw: np.ndarray
+    prediction: Prediction
 
 
 @dataclass
 class Bench:
-    """What every cell of a run shares: the student, the scorer, the val posts and their resamples, the base."""
+    """What every cell of a run shares: the task, the student, the val resamples, the held-out posts, the base."""
 
+    task: BenchTask
     model_path: str
     placement: object
-    scorer: Scorer
-    gold: np.ndarray
     indices: np.ndarray
     threads: int
-    base: Distribution
     tokenizer: object
     nlp: object
+    held_out: list  # the held-out annotated posts' messages (label tasks with held-out posts)
+    base: Distribution | None = None
 
-    def measure(self, student: LocalStudent, variant: str, held_labels: np.ndarray, held_indices) -> Measured:
-        calibrated, raw, held = self.scorer.predictions(student, variant)
-        return Measured(
-            bootstrap(ClassificationScores(self.gold, calibrated, 3), self.indices),
-            bootstrap(MeanScores(teacher_nll(held, held_labels)), held_indices) if held_indices is not None else None,
-            calibrated,
-            raw,
+    def predict(self, student: LocalStudent, variant: str) -> Prediction:
+        started = time.monotonic()
+        prediction = self.task.predict(student, variant, self.held_out)
+        log(
+            f"{variant}: scored {len(self.task.val_texts)} val and {len(self.held_out)} held-out posts in "
+            f"{time.monotonic() - started:.0f}s"
         )
+        return prediction
+
+    def measure(self, student: LocalStudent, variant: str, held_labels: np.ndarray | None, held_indices) -> Measured:
+        prediction = self.predict(student, variant)
+        nll = None
+        if held_indices is not None:
+            nll = bootstrap(MeanScores(teacher_nll(prediction.held, held_labels)), held_indices)
+        return Measured(bootstrap(self.task.scores(prediction.predicted), self.indices), nll, prediction)
 
 
 def split_pool(pool: list[str], largest: int) -> tuple[slice, slice, slice]:
@@ -362,50 +347,39 @@ def paired(a: Distribution | None, b: Distribution | None, metric: str) -> dict 
     return difference_dict(paired_difference(a, b, metric)) if a is not None and b is not None else None
 
 
-def run(grid: Grid, args, command: str) -> dict:
+def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
     data_dir = resolve_data_dir()
     if data_dir is None:
         raise SystemExit("no data directory: set OPENGROK_DATA_DIR to a folder laid out like shared/data")
     model_path = str(check_offline_model(offline_model_dir()))
     placement = resolve_placement("auto", "auto")
-    spec = task_spec(TASK)
-    val = read_split(spec, data_dir, spec.eval_path)
-    val_index = sample_items(len(val.texts), grid.val_posts, 0)
-    val_texts, gold = [val.texts[i] for i in val_index], val.labels[val_index]
-    held = {normalise_post(t) for t in val.texts}
-    train = read_split(spec, data_dir, spec.train_paths, train=True)  # texts only: the labels are never read
-    unique = list(dict.fromkeys(t for t in train.texts if normalise_post(t) not in held))
+    task = BENCH_TASKS[task_name](data_dir, grid.val_posts)
+    metric = task.metric
+    unique = list(dict.fromkeys(t for t in task.train_texts if normalise_post(t) not in task.eval_posts))
     wanted = max(grid.sizes) + VALIDATION_POSTS + grid.held_out_posts
     pool = [unique[i] for i in np.random.default_rng(1234).permutation(len(unique))[:wanted]]
     train_part, validation_part, held_part = split_pool(pool, max(grid.sizes))
     log(
-        f"{len(pool)} posts to annotate from {train.source} "
-        f"({len(train.texts) - len(unique)} dropped as duplicates or eval posts)"
+        f"{len(pool)} posts to annotate from {task.train_source} "
+        f"({len(task.train_texts) - len(unique)} dropped as duplicates or eval posts)"
     )
-    indices = resample_indices(len(gold), args.resamples, 0)
-    scorer = Scorer(model_path, val_texts, pool[held_part], args.threads)
-    base_student = LocalStudent(model_path, threads=args.threads)
-    base_calibrated, base_raw, base_held = scorer.predictions(base_student, LocalStudent.BASE)
-    del base_student
-    base = bootstrap(ClassificationScores(gold, base_calibrated, 3), indices)
-    base_uncalibrated = bootstrap(ClassificationScores(gold, base_raw, 3), indices)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     bench = Bench(
+        task,
         model_path,
         placement,
-        scorer,
-        gold,
-        indices,
+        resample_indices(len(task.val_texts), args.resamples, 0),
         args.threads,
-        base,
-        tokenizer,
+        AutoTokenizer.from_pretrained(model_path),
         load_spacy(MaskConfig().spacy_model),
+        task.held_out_messages(pool[held_part]),
     )
+    base_prediction = bench.predict(LocalStudent(model_path, threads=args.threads), LocalStudent.BASE)
+    bench.base = base = bootstrap(task.scores(base_prediction.predicted), bench.indices)
     result = {
-        "task": TASK,
-        "metric": METRIC,
-        "val_posts": len(gold),
-        "val_source": val.source,
+        "task": task.name,
+        "metric": metric,
+        "val_posts": len(task.val_texts),
+        "val_source": task.val_source,
         "command": command,
         "commit": git_commit(),
         "started": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -414,11 +388,12 @@ def run(grid: Grid, args, command: str) -> dict:
         "grid": asdict(grid),
         "recipe": RECIPE.model_dump(),
         "class_balance": True,
-        "scoring": "calibrated label log-likelihood (content-free prompts N/A, '', [MASK])",
+        "scoring": task.scoring,
+        "count_names": task.count_names,
         "base": {
-            "calibrated": estimate_dict(base.estimate(METRIC)),
-            "raw": estimate_dict(base_uncalibrated.estimate(METRIC)),
-            "predicted_counts": np.bincount(base_calibrated, minlength=3).tolist(),
+            "calibrated": estimate_dict(base.estimate(metric)),
+            "raw": raw_estimate(task, base_prediction, bench.indices),
+            "predicted_counts": task.counts(base_prediction.predicted),
         },
         "teachers": {},
         "cells": [],
@@ -426,20 +401,21 @@ def run(grid: Grid, args, command: str) -> dict:
     }
     wants_kd = any(alpha > 0 for alpha in grid.kd_alphas)
     for kind in grid.teachers:
-        teacher = start_teacher(kind, frozenset(normalise_post(t) for t in pool))
+        teacher = start_teacher(kind, task, frozenset(normalise_post(t) for t in pool))
         top_logprobs = TOP_LOGPROBS if wants_kd and teacher.without_logprobs is None else None
         try:
-            teacher_val, _ = annotate(teacher, val_texts)
-            labels, logprobs = annotate(teacher, pool, top_logprobs)
+            teacher_val, _ = annotate(teacher, task, task.val_texts)
+            annotations, logprobs = annotate(teacher, task, pool, top_logprobs)
         finally:
             teacher.stop()
-        teacher_scores = bootstrap(ClassificationScores(gold, teacher_val, 3), indices)
-        held_labels = labels[held_part]
-        if len(held_labels) and not (held_labels >= 0).any():
+        teacher_scores = bootstrap(task.scores(task.teacher_predictions(teacher_val)), bench.indices)
+        ok = usable(annotations)
+        held_labels = task.label_index(annotations[held_part]) if bench.held_out else None
+        if held_labels is not None and not (held_labels >= 0).any():
             raise SystemExit(f"{teacher.name} answered none of the {len(held_labels)} held-out posts usably")
-        held_indices = resample_indices(int((held_labels >= 0).sum()), args.resamples, 1) if len(held_labels) else None
+        held_indices = resample_indices(int((held_labels >= 0).sum()), args.resamples, 1) if bench.held_out else None
         base_nll = (
-            bootstrap(MeanScores(teacher_nll(base_held, held_labels)), held_indices)
+            bootstrap(MeanScores(teacher_nll(base_prediction.held, held_labels)), held_indices)
             if held_indices is not None
             else None
         )
@@ -448,45 +424,52 @@ def run(grid: Grid, args, command: str) -> dict:
             log(f"{teacher.name}: no KD arm, {teacher.without_logprobs}")
         result["teachers"][kind] = {
             "name": teacher.name,
-            "val": estimate_dict(teacher_scores.estimate(METRIC)),
-            "val_unparseable": float((teacher_val < 0).mean()),
+            "val": estimate_dict(teacher_scores.estimate(metric)),
+            "val_unparseable": float((~usable(teacher_val)).mean()),
             "annotated": len(pool),
-            "usable": int((labels >= 0).sum()),
-            "label_counts": np.bincount(labels[labels >= 0], minlength=3).tolist(),
-            "held_out_posts": len(held_labels),
-            "held_out_usable": int((held_labels >= 0).sum()),
+            "usable": int(ok.sum()),
+            "label_counts": task.annotation_counts(annotations),
+            "held_out_posts": len(held_labels) if held_labels is not None else 0,
+            "held_out_usable": int((held_labels >= 0).sum()) if held_labels is not None else 0,
             "base_nll": estimate_dict(base_nll.estimate(NLL)) if base_nll else None,
             "top_logprobs": top_logprobs,
             "kd_arm": None if top_logprobs or not wants_kd else f"not run: {teacher.without_logprobs}",
         }
         write_outputs(result, args, partial=True)
         validation = examples_frame(
-            pool[validation_part], labels[validation_part], "validation", "v", logprobs[validation_part]
-        )[labels[validation_part] >= 0]
+            task, pool[validation_part], annotations[validation_part], "validation", "v", logprobs[validation_part]
+        )[ok[validation_part]]
         for size in grid.sizes:
             by_cell: dict[tuple[str, str, float], list[Measured]] = {}
             for seed in grid.seeds:
                 chosen = np.random.default_rng(seed).permutation(len(pool[train_part]))[:size]
-                chosen = chosen[labels[chosen] >= 0]
-                examples = pd.concat(
-                    [
-                        examples_frame(
-                            [pool[i] for i in chosen], labels[chosen], "train", "t", [logprobs[i] for i in chosen]
-                        ),
-                        validation,
-                    ],
-                    ignore_index=True,
+                chosen = chosen[ok[chosen]]
+                train = examples_frame(
+                    task,
+                    [pool[i] for i in chosen],
+                    [annotations[i] for i in chosen],
+                    "train",
+                    "t",
+                    [logprobs[i] for i in chosen],
                 )
+                examples = pd.concat([train, validation], ignore_index=True)
                 for cell, measured in seed_cells(bench, grid, examples, seed, alphas, held_labels, held_indices):
                     cell.update(teacher=kind, n=size, seed=seed)
-                    cell["transfer_ratio"] = transfer_ratio(measured.scores, base, teacher_scores)
+                    cell["transfer_ratio"] = transfer_ratio(measured.scores, base, teacher_scores, metric)
                     result["cells"].append(cell)
                     by_cell.setdefault((cell["mode"], cell["strength"], cell["kd_alpha"]), []).append(measured)
                     write_outputs(result, args, partial=True)
-            result["summary"] += summary_rows(by_cell, base, teacher_scores, kind, size)
+            result["summary"] += summary_rows(by_cell, base, teacher_scores, kind, size, metric)
             write_outputs(result, args, partial=True)
     result["load_average_after"] = os.getloadavg()[0]
     return result
+
+
+def raw_estimate(task: BenchTask, prediction: Prediction, indices: np.ndarray) -> dict | None:
+    """The uncalibrated score with its interval (label tasks; None where there is no calibration)."""
+    if prediction.raw is None:
+        return None
+    return estimate_dict(bootstrap(task.scores(prediction.raw), indices).estimate(task.metric))
 
 
 def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alphas, held_labels, held_indices):
@@ -495,7 +478,7 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
     Each KD arm trains on exactly the SFT arm's table (same mask, class balance, steps and recipe) and is paired
     with it; each masked mode is paired with the same seed's and alpha's mode-none student.
     """
-    tokenizer = bench.tokenizer
+    tokenizer, metric = bench.tokenizer, bench.task.metric
     unmasked: dict[float, Measured] = {}
     with tempfile.TemporaryDirectory(prefix="efficacy-") as scratch:
         for strength in grid.strengths:
@@ -527,6 +510,7 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                     if mode == "none":
                         unmasked[alpha] = measured
                     versus_none = unmasked.get(alpha) if mode != "none" else None
+                    raw = raw_estimate(bench.task, measured.prediction, bench.indices)
                     yield (
                         {
                             "mode": mode,
@@ -538,22 +522,22 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                             "train_examples_balanced": outcome.train_examples,
                             "steps": outcome.global_step,
                             "train_seconds": round(seconds),
-                            "student": estimate_dict(measured.scores.estimate(METRIC)),
-                            "student_raw": bootstrap(
-                                ClassificationScores(bench.gold, measured.raw, 3), bench.indices
-                            ).point[METRIC],
-                            "predicted_counts": np.bincount(measured.calibrated, minlength=3).tolist(),
-                            "difference": difference_dict(paired_difference(measured.scores, bench.base, METRIC)),
-                            "minus_none": paired(measured.scores, versus_none and versus_none.scores, METRIC),
+                            "student": estimate_dict(measured.scores.estimate(metric)),
+                            "student_raw": raw["value"] if raw else None,
+                            "predicted_counts": bench.task.counts(measured.prediction.predicted),
+                            "difference": difference_dict(paired_difference(measured.scores, bench.base, metric)),
+                            "minus_none": paired(measured.scores, versus_none and versus_none.scores, metric),
                             "teacher_nll": estimate_dict(measured.nll.estimate(NLL)) if measured.nll else None,
-                            "kd_minus_sft": paired(measured.scores, sft.scores, METRIC) if alpha > 0 and sft else None,
+                            "kd_minus_sft": paired(measured.scores, sft.scores, metric) if alpha > 0 and sft else None,
                             "nll_kd_minus_sft": paired(measured.nll, sft.nll, NLL) if alpha > 0 and sft else None,
                         },
                         measured,
                     )
 
 
-def summary_rows(by_cell: dict, base: Distribution, teacher: Distribution, kind: str, size: int) -> list[dict]:
+def summary_rows(
+    by_cell: dict, base: Distribution, teacher: Distribution, kind: str, size: int, metric: str
+) -> list[dict]:
     """The seed-averaged students of one (teacher, N): score, gain over the base, transfer ratio, held-out teacher
     NLL, and for a KD arm its paired difference to the SFT-only arm of the same mode and strength."""
     averaged = {key: mean_distribution([m.scores for m in cells]) for key, cells in by_cell.items()}
@@ -571,19 +555,19 @@ def summary_rows(by_cell: dict, base: Distribution, teacher: Distribution, kind:
                 "strength": strength,
                 "kd_alpha": alpha,
                 "seeds": len(cells),
-                "base": estimate_dict(base.estimate(METRIC)),
-                "student": estimate_dict(student.estimate(METRIC)),
-                "teacher_score": estimate_dict(teacher.estimate(METRIC)),
-                "difference": difference_dict(paired_difference(student, base, METRIC)),
-                "transfer_ratio": transfer_ratio(student, base, teacher),
+                "base": estimate_dict(base.estimate(metric)),
+                "student": estimate_dict(student.estimate(metric)),
+                "teacher_score": estimate_dict(teacher.estimate(metric)),
+                "difference": difference_dict(paired_difference(student, base, metric)),
+                "transfer_ratio": transfer_ratio(student, base, teacher, metric),
                 "teacher_nll": estimate_dict(nll[(mode, strength, alpha)].estimate(NLL))
                 if (mode, strength, alpha) in nll
                 else None,
-                "sft_student": estimate_dict(averaged[sft].estimate(METRIC))
+                "sft_student": estimate_dict(averaged[sft].estimate(metric))
                 if alpha > 0 and sft in averaged
                 else None,
                 "sft_teacher_nll": estimate_dict(nll[sft].estimate(NLL)) if alpha > 0 and sft in nll else None,
-                "kd_minus_sft": paired(student, averaged.get(sft), METRIC) if alpha > 0 else None,
+                "kd_minus_sft": paired(student, averaged.get(sft), metric) if alpha > 0 else None,
                 "nll_kd_minus_sft": paired(nll.get((mode, strength, alpha)), nll.get(sft), NLL) if alpha > 0 else None,
             }
         )
@@ -640,8 +624,24 @@ def kd_lines(result: dict) -> list[str]:
     return lines
 
 
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def base_line(result: dict, counted: str) -> str:
+    base = result["base"]
+    if base["raw"] is None:  # no calibration (NER)
+        return f"Base student: {_ci(base['calibrated'])} ({counted} predicted: {base['predicted_counts']})."
+    return (
+        f"Base student: {_ci(base['calibrated'])} calibrated ({_ci(base['raw'])} uncalibrated; calibrated predictions "
+        f"per class {counted} {base['predicted_counts']})."
+    )
+
+
 def markdown(result: dict, partial: bool) -> str:
     grid, recipe = result["grid"], result["recipe"]
+    # runs from before the NER task counted sentiment labels only
+    counted = "/".join(word[:3] for word in result.get("count_names", ["negative", "neutral", "positive"]))
     after = f", {result['load_average_after']:.1f} after" if "load_average_after" in result else ""
     lines = [
         f"Task {result['task']} ({result['val_source']}), {result['val_posts']} val posts, metric {result['metric']}; "
@@ -657,10 +657,9 @@ def markdown(result: dict, partial: bool) -> str:
         + ", "
         f"batch {recipe['batch_size']}, max_length {recipe['max_length']}; scoring: {result['scoring']}.",
         "",
-        f"Base student: {_ci(result['base']['calibrated'])} calibrated ({_ci(result['base']['raw'])} uncalibrated; "
-        f"calibrated predictions per class neg/neu/pos {result['base']['predicted_counts']}).",
+        base_line(result, counted),
         "",
-        "| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts neg/neu/pos | "
+        f"| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts {counted} | "
         "held-out posts usable | base's held-out teacher NLL | KD arm |",
         "|---|---|---:|---:|---|---:|---|---|",
     ]
@@ -694,7 +693,7 @@ def markdown(result: dict, partial: bool) -> str:
         "Every cell:",
         "",
         "| teacher | N | seed | mode | strength | KD alpha | KD aligned share | masked share | balanced examples | "
-        "steps | train s | student | uncalibrated | predicted neg/neu/pos | student - base | transfer ratio | "
+        f"steps | train s | student | uncalibrated | predicted {counted} | student - base | transfer ratio | "
         "masked - none (same seed) | KD - SFT (same seed) | held-out teacher NLL |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---|",
     ]
@@ -703,7 +702,7 @@ def markdown(result: dict, partial: bool) -> str:
         lines.append(
             f"| {c['teacher']} | {c['n']} | {c['seed']} | {c['mode']} | {c['strength']} | {c.get('kd_alpha', 0):g} | "
             f"{aligned} | {c['masked_share']:.2f} | {c['train_examples_balanced']} | {c['steps']} | "
-            f"{c['train_seconds']} | {_ci(c['student'])} | {c['student_raw']:.3f} | {c['predicted_counts']} | "
+            f"{c['train_seconds']} | {_ci(c['student'])} | {_value(c['student_raw'])} | {c['predicted_counts']} | "
             f"{_ci(c['difference'])} | {_ci(c['transfer_ratio'], 2)} | {_ci(c.get('minus_none'))} | "
             f"{_ci(c.get('kd_minus_sft'))} | {_ci(c.get('teacher_nll'))} |"
         )
@@ -761,12 +760,18 @@ def main() -> None:
     parser.add_argument(
         "--grid", choices=sorted(GRIDS), help="preset grid (default: gpu when CUDA is available, else cpu)"
     )
+    parser.add_argument(
+        "--task",
+        choices=sorted(BENCH_TASKS),
+        default=TASK,
+        help=f"the task to distil and score (default {TASK}; btc: named entities of the Broad Twitter Corpus)",
+    )
     parser.add_argument("--teachers", nargs="+", choices=("reference", "embedded"))
     parser.add_argument("--sizes", nargs="+", type=int, help="numbers N of teacher-annotated posts")
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--modes", nargs="+", choices=MASK_MODES)
     parser.add_argument("--strengths", nargs="+", choices=sorted(STRENGTHS))
-    parser.add_argument("--val-posts", type=int, help="TweetEval sentiment val posts scored (0 = all 2,000)")
+    parser.add_argument("--val-posts", type=int, help="val posts (sentences, for NER) scored (0 = the whole split)")
     parser.add_argument(
         "--kd-alpha",
         nargs="+",
@@ -805,6 +810,10 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     preset = GRIDS[args.grid or ("gpu" if torch.cuda.is_available() else "cpu")]
+    if not BENCH_TASKS[args.task].kd_arm:
+        if args.kd_alpha and max(args.kd_alpha) > 0:
+            parser.error(f"--kd-alpha above 0 with --task {args.task}: the KD arm is measured on label tasks only")
+        preset = replace(preset, kd_alphas=(0.0,), held_out_posts=0)
     grid = Grid(
         *(
             getattr(args, name) or getattr(preset, name)
@@ -820,7 +829,7 @@ def main() -> None:
         parser.error("--kd-alpha above 0 needs --held-out-posts above 0: the KD arm is judged on held-out NLL")
     args.earlier = earlier_runs(args.json) if args.append else []
     command = "python -m bench.distillation_efficacy " + shlex.join(sys.argv[1:])
-    result = run(grid, args, command.strip())
+    result = run(grid, args, command.strip(), args.task)
     write_outputs(result, args, partial=False)
     print(markdown(result, partial=False))
 

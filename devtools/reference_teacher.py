@@ -4,7 +4,9 @@ No strong LLM runs offline, so the efficacy bench needs a teacher whose skill is
 teacher's skill the pipeline transfers to the student. This one answers the label prompts of
 ``opengrok_dagster.sns_tasks`` (the annotation prompts, which are the evaluation's prompts) for sentiment and
 topics with the prediction of a TF-IDF + logistic-regression classifier (``evaluation.baselines.train_tfidf_classifier``) trained on the
-task's GOLD train split, never on validation or test: every train post whose normalised text is also in the
+task's GOLD train split, and the entity prompts of the BTC (Broad Twitter Corpus) NER task with a token tagger
+(logistic regression over each token's spelling and its neighbours', BIO tags, :class:`EntityTagger`), never on
+validation or test: every train post whose normalised text is also in the
 task's evaluation split is dropped before fitting (``posts.leaks.normalise_post``), so its score on that split
 is not inflated by leaked posts.
 A request with ``response_format`` (``json_schema`` or ``json_object``) gets the task's JSON answer, otherwise the
@@ -15,7 +17,7 @@ A request with ``logprobs: true`` (and ``top_logprobs: k``, at most 20 as OpenAI
 in the OpenAI shape (``choices[0].logprobs.content``), for token-level distillation: each label word is one
 token whose ``top_logprobs`` are the classifier's class probabilities (log; ``predict_proba``), the other label
 words its alternatives; the JSON or the separator around the labels is scaffolding: logprob 0 (certain), no
-alternatives (its one top_logprob is itself). A label word's token carries the space before it, so it spells
+alternatives (its one top_logprob is itself). Entity answers carry no logprobs (a 400 says so). A label word's token carries the space before it, so it spells
 what a byte-level BPE student makes one token of (``" positive"`` after a comma; ``"positive"`` at the start of
 an answer or after a quote). For topics (several labels) the k-th label's alternatives are the topics not named
 before it, their probabilities renormalised over those (the classifier's per-topic probabilities are
@@ -27,6 +29,7 @@ one-vs-rest, not one distribution).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -35,6 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import uvicorn
+from seqeval.metrics.sequence_labeling import get_entities
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
 from opengrok_dagster.evaluation.datasets import resolve_data_dir
@@ -47,7 +54,7 @@ from opengrok_dagster.sns_tasks import Annotation, TaskFormat, find_labels, task
 
 NAME = "reference teacher (TF-IDF+LR on gold train), not an LLM"
 MODEL_ID = "reference-teacher-tfidf-lr-gold-train"
-TASKS = ("tweeteval_sentiment", "tweet_topic")
+TASKS = ("tweeteval_sentiment", "tweet_topic", "btc")
 POST_MARKER = "\nPost: "
 TOP_LOGPROBS_LIMIT = 20  # OpenAI's; xAI allows 8
 LOGPROB_FLOOR = -9999.0  # OpenAI's value for a token of (numerically) zero probability: JSON has no -inf
@@ -111,20 +118,102 @@ class TaskClassifier:
         return text, content
 
 
-def fit_task(name: str, data_dir: Path, exclude: frozenset[str] = frozenset(), seed: int = 0) -> TaskClassifier:
-    """Fit ``name``'s classifier on its gold train split minus every post also in its evaluation split, and minus
-    ``exclude`` (normalised texts, e.g. the posts a bench will have it annotate, so it labels posts it never saw)."""
-    spec, answer_format = task_spec(name), task_format(name)
-    if answer_format.kind == "ner":
-        raise ValueError(
-            f"the {NAME} cannot annotate {name}: a TF-IDF classifier labels posts, it does not find entities"
+def fit_tagger(
+    answer_format: TaskFormat, eval_path: str, tokens: list[list[str]], tags: list[list[str]], dropped: int, seed: int
+) -> EntityTagger:
+    """A BIO tagger fitted on gold sentences; tags of types outside the format are read as O."""
+    known = set(answer_format.labels)
+    features = [row for sentence in tokens for row in token_features(sentence)]
+    targets = [tag if tag == "O" or tag[2:] in known else "O" for sentence in tags for tag in sentence]
+    pipeline = make_pipeline(DictVectorizer(), LogisticRegression(max_iter=300, C=5.0, random_state=seed))
+    return EntityTagger(answer_format, eval_path, pipeline.fit(features, targets), len(tokens), dropped)
+
+
+def token_features(tokens: list[str]) -> list[dict[str, object]]:
+    """Each token's spelling (lower case, shape, affixes, @/# and case marks) and its neighbours' words and shapes."""
+
+    def shape(token: str) -> str:
+        return re.sub(r"(.)\1+", r"\1", re.sub(r"[A-Z]", "X", re.sub(r"[a-z]", "x", re.sub(r"\d", "d", token))))
+
+    lowered, shapes = [t.lower() for t in tokens], [shape(t) for t in tokens]
+    rows = []
+    for i, token in enumerate(tokens):
+        row = {
+            "w": lowered[i],
+            "shape": shapes[i],
+            "pre3": lowered[i][:3],
+            "suf3": lowered[i][-3:],
+            "title": token.istitle(),
+            "upper": token.isupper(),
+            "mark": token[0] if token[0] in "@#" else "",
+            "first": i == 0,
+        }
+        for offset in (-2, -1, 1, 2):
+            j = i + offset
+            row[f"w{offset}"] = lowered[j] if 0 <= j < len(tokens) else "<edge>"
+            row[f"shape{offset}"] = shapes[j] if 0 <= j < len(tokens) else "<edge>"
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class EntityTagger:
+    """One NER task's token tagger (BIO tags by logistic regression over :func:`token_features`) and its answer
+    format: the entities it tags, as ``type word: text`` lines or the task's JSON."""
+
+    format: TaskFormat
+    eval_path: str
+    pipeline: object
+    train_posts: int
+    dropped_eval_posts: int
+
+    def annotate(self, post: str) -> Annotation:
+        tokens = post.split()
+        if not tokens:
+            return Annotation()
+        tags = list(self.pipeline.predict(token_features(tokens)))
+        word_of = dict(zip(self.format.labels, self.format.words))
+        return Annotation(
+            spans=tuple(
+                (word_of[kind], " ".join(tokens[start : end + 1]))
+                for kind, start, end in get_entities(tags)
+                if kind in word_of
+            )
         )
+
+    def answer(self, post: str, structured: bool) -> str:
+        annotation = self.annotate(post)
+        if not structured:
+            return self.format.answer(annotation)
+        return json.dumps({"entities": [{"type": kind, "text": text} for kind, text in annotation.spans]})
+
+    def answer_with_logprobs(self, post: str, structured: bool, top_logprobs: int) -> tuple[str, list[dict]]:
+        raise ValueError(f"the {NAME} returns no logprobs for entity answers ({self.format.name})")
+
+
+def fit_task(
+    name: str, data_dir: Path, exclude: frozenset[str] = frozenset(), seed: int = 0
+) -> TaskClassifier | EntityTagger:
+    """Fit ``name``'s classifier (or entity tagger) on its gold train split minus every post also in its
+    evaluation split, and minus ``exclude`` (normalised texts, e.g. the posts a bench will have it annotate, so it
+    labels posts it never saw)."""
+    spec, answer_format = task_spec(name), task_format(name)
     train = read_split(spec, data_dir, spec.train_paths, train=True)
     evaluation = read_split(spec, data_dir, spec.eval_path)
-    held = {normalise_post(t) for t in evaluation.texts}
-    normalised = [normalise_post(text) for text in train.texts]
+    texts_of = (lambda data: [" ".join(t) for t in data.tokens]) if answer_format.kind == "ner" else None
+    held = {normalise_post(t) for t in (texts_of(evaluation) if texts_of else evaluation.texts)}
+    normalised = [normalise_post(text) for text in (texts_of(train) if texts_of else train.texts)]
     keep = np.array([i for i, text in enumerate(normalised) if text not in held and text not in exclude])
     dropped = sum(text in held for text in normalised)
+    if answer_format.kind == "ner":
+        return fit_tagger(
+            answer_format,
+            spec.eval_path,
+            [train.tokens[i] for i in keep],
+            [train.tags[i] for i in keep],
+            dropped,
+            seed,
+        )
     if tuple(train.label_names) != answer_format.labels:
         raise ValueError(
             f"{name}: the train split's labels {list(train.label_names)} are not the task format's "

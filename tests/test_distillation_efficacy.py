@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from bench.distillation_efficacy import (
-    METRIC,
     NLL,
     RECIPE,
     VALIDATION_POSTS,
@@ -29,8 +28,23 @@ from bench.distillation_efficacy import (
     transfer_ratio,
     write_outputs,
 )
+from bench.efficacy_tasks import EntityTask, Prediction, SentimentTask
 from opengrok_dagster.evaluation.bootstrap import Distribution, bootstrap
-from opengrok_dagster.sns_tasks import task_format
+from opengrok_dagster.evaluation.datasets import resolve_data_dir
+from opengrok_dagster.evaluation.tasks import task_spec
+from opengrok_dagster.sns_tasks import Annotation, task_format
+
+
+METRIC = task_spec("tweeteval_sentiment").primary_metric
+
+
+@pytest.fixture(scope="module")
+def sentiment():
+    return SentimentTask(resolve_data_dir(), 10)
+
+
+def labelled(*labels):
+    return [Annotation(labels=(label,)) for label in labels]
 
 
 def dist(point, samples):
@@ -41,7 +55,7 @@ def test_transfer_ratio_is_paired_per_resample_and_leaves_out_resamples_where_th
     base = dist(0.3, [0.3, 0.3, 0.3, 0.3])
     teacher = dist(0.7, [0.7, 0.5, 0.3, 0.7])
     student = dist(0.6, [0.6, 0.4, 0.5, 0.3])
-    ratio = transfer_ratio(student, base, teacher)
+    ratio = transfer_ratio(student, base, teacher, METRIC)
     assert np.isclose(ratio["value"], 0.75)
     assert ratio["resamples_left_out"] == 1  # the third resample: teacher == base
     assert np.isclose(ratio["low"], np.percentile([0.75, 0.5, 0.0], 2.5)) and np.isclose(
@@ -59,9 +73,9 @@ def test_masked_share_counts_content_tokens_only():
     assert masked_share(table) == 2 / 4
 
 
-def test_training_examples_are_the_evaluation_prompt_and_answer():
+def test_training_examples_are_the_evaluation_prompt_and_answer(sentiment):
     fmt = task_format("tweeteval_sentiment")
-    frame = examples_frame(["so good!", "meh"], np.array([2, 1]), "train", "t")
+    frame = examples_frame(sentiment, ["so good!", "meh"], labelled(2, 1), "train", "t")
     system, user = fmt.messages("so good!")
     assert frame.loc[0, ["system_prompt", "prompt", "response", "class_label"]].tolist() == [
         system["content"],
@@ -184,14 +198,14 @@ def test_both_arms_share_the_recipe_but_the_kd_weight_and_are_unpacked():
 
 def test_kd_summary_is_paired_with_the_sft_arm_of_the_same_mode_on_score_and_held_out_nll():
     def measured(score, samples, nll, nll_samples):
-        return Measured(dist(score, samples), Distribution({NLL: nll}, {NLL: np.array(nll_samples)}), None, None)
+        return Measured(dist(score, samples), Distribution({NLL: nll}, {NLL: np.array(nll_samples)}), Prediction(None))
 
     by_cell = {
         ("none", "-", 0.0): [measured(0.6, [0.6, 0.5, 0.7], 0.9, [0.9, 1.0, 0.8])],
         ("none", "-", 0.5): [measured(0.65, [0.7, 0.5, 0.8], 0.7, [0.6, 0.9, 0.6])],
     }
     base, teacher = dist(0.3, [0.3, 0.3, 0.3]), dist(0.7, [0.7, 0.7, 0.7])
-    sft, kd = summary_rows(by_cell, base, teacher, "reference", 250)
+    sft, kd = summary_rows(by_cell, base, teacher, "reference", 250, METRIC)
     assert sft["kd_alpha"] == 0.0 and sft["kd_minus_sft"] is None and sft["sft_student"] is None
     assert np.isclose(kd["kd_minus_sft"]["value"], 0.05) and np.isclose(kd["nll_kd_minus_sft"]["value"], -0.2)
     assert np.isclose(kd["kd_minus_sft"]["low"], np.percentile([0.1, 0.0, 0.1], 2.5))
@@ -200,11 +214,11 @@ def test_kd_summary_is_paired_with_the_sft_arm_of_the_same_mode_on_score_and_hel
     assert kd["teacher_nll"]["value"] == 0.7 and np.isclose(kd["difference"]["value"], 0.35)
 
 
-def test_training_examples_carry_the_teachers_logprobs_for_the_kd_targets():
+def test_training_examples_carry_the_teachers_logprobs_for_the_kd_targets(sentiment):
     logprobs = ['[{"token": "positive", "logprob": -0.1, "top_logprobs": []}]', None]
-    frame = examples_frame(["so good!", "meh"], np.array([2, 1]), "train", "t", logprobs)
+    frame = examples_frame(sentiment, ["so good!", "meh"], labelled(2, 1), "train", "t", logprobs)
     assert frame["logprobs"].tolist() == logprobs
-    assert examples_frame(["meh"], np.array([1]), "train", "t")["logprobs"].tolist() == [None]
+    assert examples_frame(sentiment, ["meh"], labelled(1), "train", "t")["logprobs"].tolist() == [None]
 
 
 def test_page_shows_the_kd_comparison_and_still_renders_runs_from_before_it():
@@ -239,28 +253,68 @@ def test_page_shows_the_kd_comparison_and_still_renders_runs_from_before_it():
     assert row.count("0.050 [-0.010, 0.110]") == 6
 
 
-def test_step_budget_stops_at_one_epoch_of_the_balanced_split_or_the_budget_whichever_is_fewer():
+def test_step_budget_stops_at_one_epoch_of_the_balanced_split_or_the_budget_whichever_is_fewer(sentiment):
     config = RECIPE.model_copy(update={"batch_size": 8, "balance_min_class_examples": 1})
-    labels = np.array([0] * 30 + [2] * 10)  # balanced: 30 + 30 train rows, 8 steps of 8
-    table = examples_frame([f"post {i}" for i in range(40)], labels, "train", "t")
+    labels = labelled(*[0] * 30, *[2] * 10)  # balanced: 30 + 30 train rows, 8 steps of 8
+    table = examples_frame(sentiment, [f"post {i}" for i in range(40)], labels, "train", "t")
     assert steps_within_budget(table, config, 64) == 8  # a budget alone would repeat these rows for 64 steps
     assert steps_within_budget(table, config, 5) == 5
     assert steps_within_budget(table, config, -1) == -1  # no budget: the recipe's whole epochs
 
 
 @pytest.mark.integration
-def test_bench_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, offline_model):
+@pytest.mark.parametrize(("task", "counted"), [("tweeteval_sentiment", "neg/neu/pos"), ("btc", "loc/org/per")])
+def test_bench_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, offline_model, task, counted):
     """The bench's own loop (teacher, examples, masks, training within the step budget, scoring, page and JSON) on
-    the real student and the reference teacher: nothing else runs it before a measurement."""
+    the real student and the reference teacher, for a label task and the NER task: nothing else runs it."""
     grid = Grid(("reference",), (16,), (0,), ("none", "hard"), ("default",), 12, (0.0,), 1.0, 0, 2)
     args = argparse.Namespace(resamples=50, threads=1, output=tmp_path / "e.md", json=tmp_path / "e.json", earlier=[])
-    result = run(grid, args, "test")
+    result = run(grid, args, "test", task)
     write_outputs(result, args, partial=False)
     cells = {cell["mode"]: cell for cell in result["cells"]}
     assert sorted(cells) == ["hard", "none"] and all(cell["steps"] == 2 for cell in cells.values())
     assert cells["hard"]["masked_share"] > 0 and cells["none"]["masked_share"] == 0
     assert cells["hard"]["minus_none"] is not None and cells["none"]["teacher_nll"] is None  # no held-out posts
     assert [row["mode"] for row in result["summary"]] == ["none", "hard"]
+    assert result["teachers"]["reference"]["val"]["value"] > result["base"]["calibrated"]["value"]
     saved = json.loads(args.json.read_text())["runs"][0]
-    assert saved["grid"]["max_steps"] == 2 and len(saved["cells"]) == 2
-    assert "| reference | 16 | 0 | hard |" in args.output.read_text()
+    assert saved["grid"]["max_steps"] == 2 and len(saved["cells"]) == 2 and saved["metric"] == result["metric"]
+    page = args.output.read_text()
+    assert "| reference | 16 | 0 | hard |" in page and f"predicted {counted}" in page
+
+
+@pytest.fixture(scope="module")
+def entities():
+    return EntityTask(resolve_data_dir(), 40)
+
+
+def gold_annotations(task):
+    """The gold entities of the sampled val sentences, as the teacher's annotations would carry them."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    word_of = dict(zip(task.format.labels, task.format.words))
+    return [
+        Annotation(spans=tuple((word_of[k], " ".join(text.split()[a : b + 1])) for k, a, b in get_entities(tags)))
+        for text, tags in zip(task.val_texts, task.gold)
+    ]
+
+
+def test_entity_task_scores_the_gold_entities_as_perfect_and_an_unusable_answer_as_tagging_nothing(entities):
+    assert len(entities.val_texts) == 40 and entities.metric == "f1"
+    annotations = gold_annotations(entities)
+    assert entities.scores(entities.teacher_predictions(annotations)).metrics()["f1"] == 1.0
+    spoiled = [Annotation(reason="unparsed_lines") for _ in annotations]
+    assert entities.scores(entities.teacher_predictions(spoiled)).metrics()["f1"] == 0.0
+    counts = entities.counts(entities.teacher_predictions(annotations))
+    assert counts == entities.annotation_counts(annotations) and sum(counts) == sum(len(a.spans) for a in annotations)
+    assert entities.count_names == ["location", "organisation", "person"]
+
+
+def test_entity_examples_answer_in_entity_lines_and_are_not_class_balanced(entities):
+    post = "I saw Adele in Leeds"
+    annotation = Annotation(spans=(("person", "Adele"), ("location", "Leeds")))
+    frame = examples_frame(entities, [post, "nothing here"], [annotation, Annotation()], "train", "t")
+    assert frame["response"].tolist() == ["person: Adele\nlocation: Leeds", "none"]
+    assert frame["class_label"].isna().all()
+    assert frame.loc[0, "prompt"] == task_format("btc").messages(post)[-1]["content"]
+    assert steps_within_budget(frame, RECIPE, 64) == 1

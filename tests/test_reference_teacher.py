@@ -69,8 +69,69 @@ def test_fits_on_gold_train_without_the_eval_posts_or_the_excluded_ones(data_dir
         exclude=frozenset({normalise_post("What a great day!"), normalise_post("the bus leaves at nine")}),
     )
     assert excluded.train_posts == 12
-    with pytest.raises(ValueError, match="does not find entities"):
-        fit_task("wnut17", data_dir)
+
+
+PEOPLE, PLACES, FIRMS = (
+    ("Obama", "Merkel", "Adele", "Messi"),
+    ("Paris", "London", "Berlin", "Leeds"),
+    ("Google", "Tesco"),
+)
+VERBS = ("met", "saw", "called", "followed")
+
+
+def _conll(sentences) -> str:
+    return "".join("".join(f"{token}\t{tag}\n" for token, tag in sentence) + "\n" for sentence in sentences)
+
+
+@pytest.fixture()
+def btc_dir(tmp_path):
+    """A tiny Broad Twitter Corpus: 'I <verb> <person> in <place>' and '<firm> opens in <place>' sentences."""
+    train = [
+        [("I", "O"), (verb, "O"), (person, "B-PER"), ("in", "O"), (place, "B-LOC"), ("today", "O")]
+        for verb in VERBS
+        for person in PEOPLE
+        for place in PLACES
+    ] + [[(firm, "B-ORG"), ("opens", "O"), ("in", "O"), (place, "B-LOC")] for firm in FIRMS for place in PLACES]
+    corpus = tmp_path / "broad_twitter_corpus"
+    corpus.mkdir()
+    (corpus / "btc.train").write_text(_conll(train))
+    (corpus / "btc.dev").write_text(_conll(train[:1]))  # also a train sentence: dropped from the tagger's fit
+    return tmp_path
+
+
+def test_entity_tagger_fits_on_gold_train_without_the_eval_sentences_and_answers_in_the_task_format(btc_dir):
+    fmt = task_format("btc")
+    tagger = fit_task("btc", btc_dir)
+    assert tagger.dropped_eval_posts == 1 and tagger.train_posts == 4 * 4 * 4 + 2 * 4 - 1
+    post = "I saw Adele in Berlin today"
+    assert fmt.parse(tagger.answer(post, structured=False), post).spans == (
+        ("person", "Adele"),
+        ("location", "Berlin"),
+    )
+    assert fmt.parse_json(tagger.answer(post, structured=True), post).spans == (
+        ("person", "Adele"),
+        ("location", "Berlin"),
+    )
+    assert tagger.answer("nothing to see here", structured=False) == "none"
+    excluded = fit_task("btc", btc_dir, exclude=frozenset({normalise_post("I saw Adele in Berlin today")}))
+    assert excluded.train_posts == tagger.train_posts - 1
+    with pytest.raises(ValueError, match="no logprobs for entity answers"):
+        tagger.answer_with_logprobs(post, False, 3)
+
+
+@pytest.mark.integration
+def test_answers_entity_prompts_over_the_openai_api(btc_dir):
+    fmt = task_format("btc")
+    post = "Tesco opens in Leeds"
+    with ReferenceTeacher.fit(btc_dir, tasks=("btc",)) as teacher:
+        response = httpx.post(
+            f"{teacher.base_url}/chat/completions", json={"model": "reference", "messages": fmt.messages(post)}
+        ).json()
+        answer = response["choices"][0]["message"]["content"]
+        assert fmt.parse(answer, post).spans == (("organisation", "Tesco"), ("location", "Leeds"))
+        asked = {"model": "reference", "messages": fmt.messages(post), "logprobs": True, "top_logprobs": 2}
+        refused = httpx.post(f"{teacher.base_url}/chat/completions", json=asked)
+        assert refused.status_code == 400 and "no logprobs for entity answers" in refused.text
 
 
 @pytest.mark.integration

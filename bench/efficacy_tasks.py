@@ -1,0 +1,171 @@
+"""The tasks the efficacy bench measures on: what the teacher annotates, how its answers become training examples,
+and how a student's answers on the val split are scored, one class per kind of answer.
+
+``SentimentTask`` (TweetEval sentiment): a label word, scored by calibrated label log-likelihood as the report
+scores it, with the held-out teacher NLL the KD arm is judged on. ``EntityTask`` (BTC, the Broad Twitter Corpus):
+``type: entity`` lines, scored by entity F1 of greedy generations parsed as the report parses them. Both read the
+gold train split's texts only (its labels never reach the student) and drop every post also in the evaluation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
+from opengrok_dagster.evaluation.local import LocalStudent
+from opengrok_dagster.evaluation.metrics import ClassificationScores, NerScores
+from opengrok_dagster.evaluation.ner import spans_to_tags
+from opengrok_dagster.evaluation.runner import EvaluationConfig, sample_items
+from opengrok_dagster.evaluation.tasks import read_split, task_spec
+from opengrok_dagster.filtering.annotations import class_label
+from opengrok_dagster.posts.leaks import normalise_post
+from opengrok_dagster.sns_tasks import Annotation, parse_entity_lines, task_format
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's val predictions in the task's scoring shape, its uncalibrated ones (label tasks), and its label
+    log-likelihoods on the held-out annotated posts (label tasks with held-out posts)."""
+
+    predicted: object
+    raw: object | None = None
+    held: np.ndarray | None = None
+
+
+class BenchTask:
+    """One evaluation task: its val items and gold, the train texts to annotate, and its scoring."""
+
+    name: str
+    answer_tokens: int  # what the teacher may answer with
+    scoring: str  # how students are scored, for the page
+    kd_arm: bool  # whether the KD arm applies (it is judged on the held-out NLL of label answers)
+
+    def __init__(self, data_dir: Path, val_posts: int) -> None:
+        self.spec, self.format = task_spec(self.name), task_format(self.name)
+        self.metric = self.spec.primary_metric
+        val = read_split(self.spec, data_dir, self.spec.eval_path)
+        items = self._texts(val)
+        index = sample_items(len(items), val_posts, 0)
+        self.val_texts, self.gold = [items[i] for i in index], self._gold(val, index)
+        self.val_source, self.eval_posts = val.source, {normalise_post(t) for t in items}
+        train = read_split(self.spec, data_dir, self.spec.train_paths, train=True)  # texts only: labels never read
+        self.train_texts, self.train_source = self._texts(train), train.source
+
+    @property
+    def count_names(self) -> list[str]:
+        """What :meth:`counts` counts, in order (the label or entity-type words)."""
+        return list(self.format.words)
+
+    def class_label(self, annotation: Annotation) -> str | None:
+        """What the trainer balances classes by (None: not balanced)."""
+        return None
+
+    def label_index(self, annotations: list[Annotation]) -> np.ndarray | None:
+        """Per annotation its label (-1 where unusable), for the held-out teacher NLL; None where there is none."""
+        return None
+
+    def held_out_messages(self, posts: list[str]) -> list:
+        return []
+
+
+class SentimentTask(BenchTask):
+    name = "tweeteval_sentiment"
+    answer_tokens = 16
+    kd_arm = True
+    scoring = "calibrated label log-likelihood (content-free prompts N/A, '', [MASK])"
+
+    def __init__(self, data_dir: Path, val_posts: int) -> None:
+        super().__init__(data_dir, val_posts)
+        self.messages = [self.format.messages(t) for t in self.val_texts]
+        self.content_free = content_free_messages(self.format.messages)
+
+    @staticmethod
+    def _texts(data) -> list[str]:
+        return list(data.texts)
+
+    @staticmethod
+    def _gold(data, index: np.ndarray) -> np.ndarray:
+        return data.labels[index]
+
+    def class_label(self, annotation: Annotation) -> str | None:
+        return class_label(self.name, list(annotation.labels))
+
+    def label_index(self, annotations: list[Annotation]) -> np.ndarray:
+        return np.array([a.labels[0] if a.reason is None else -1 for a in annotations], dtype=int)
+
+    def held_out_messages(self, posts: list[str]) -> list:
+        return [self.format.messages(t) for t in posts]
+
+    def scores(self, predicted: np.ndarray) -> ClassificationScores:
+        return ClassificationScores(self.gold, predicted, len(self.format.words))
+
+    def teacher_predictions(self, annotations: list[Annotation]) -> np.ndarray:
+        return self.label_index(annotations)
+
+    def counts(self, predicted: np.ndarray) -> list[int]:
+        return np.bincount(predicted[predicted >= 0], minlength=len(self.format.words)).tolist()
+
+    def annotation_counts(self, annotations: list[Annotation]) -> list[int]:
+        return self.counts(self.label_index(annotations))
+
+    def predict(self, student: LocalStudent, variant: str, held_out: list) -> Prediction:
+        words = list(self.format.words)
+        with student.using(variant):
+            items = student.label_logprobs(self.messages, words)
+            free = student.label_logprobs(self.content_free, words)
+            held = student.label_logprobs(held_out, words) if held_out else None
+        return Prediction(calibrate(items, free).argmax(axis=1), items.argmax(axis=1), held)
+
+
+class EntityTask(BenchTask):
+    name = "btc"
+    answer_tokens = EvaluationConfig.model_fields["ner_max_new_tokens"].default
+    kd_arm = False
+    scoring = "entity F1 (exact type and span) of greedy answers parsed as the report parses them"
+
+    def __init__(self, data_dir: Path, val_posts: int) -> None:
+        super().__init__(data_dir, val_posts)
+        self.type_of_word = dict(zip(self.format.words, self.format.labels))
+
+    @staticmethod
+    def _texts(data) -> list[str]:
+        return [" ".join(tokens) for tokens in data.tokens]
+
+    @staticmethod
+    def _gold(data, index: np.ndarray) -> list[list[str]]:
+        return [data.tags[i] for i in index]
+
+    def scores(self, predicted: list[list[str]]) -> NerScores:
+        return NerScores.from_tags(self.gold, predicted)
+
+    def _tags(self, spans_per_post) -> list[list[str]]:
+        return [
+            spans_to_tags(text.split(), list(spans), self.type_of_word)[0]
+            for text, spans in zip(self.val_texts, spans_per_post)
+        ]
+
+    def teacher_predictions(self, annotations: list[Annotation]) -> list[list[str]]:
+        """An unusable answer tags nothing (as the report scores an unparseable one)."""
+        return self._tags(a.spans if a.reason is None else () for a in annotations)
+
+    def counts(self, predicted: list[list[str]]) -> list[int]:
+        """Entities per type (B- tags), in the format's order."""
+        begins = [tag[2:] for row in predicted for tag in row if tag.startswith("B-")]
+        return [begins.count(label) for label in self.format.labels]
+
+    def annotation_counts(self, annotations: list[Annotation]) -> list[int]:
+        kinds = [kind for a in annotations if a.reason is None for kind, _ in a.spans]
+        return [kinds.count(word) for word in self.format.words]
+
+    def predict(self, student: LocalStudent, variant: str, held_out: list) -> Prediction:
+        messages = [self.format.messages(t) for t in self.val_texts]
+        with student.using(variant):
+            answers = student.generate(messages, self.answer_tokens)
+        # as the report reads them: a line the parser cannot read, or a span not in the post, spoils only itself
+        return Prediction(self._tags(parse_entity_lines(answer, list(self.format.words)).spans for answer in answers))
+
+
+BENCH_TASKS = {task.name: task for task in (SentimentTask, EntityTask)}
