@@ -4,7 +4,7 @@ Each bench runs as its own process (so peak memory is its own) and prints Markdo
 tables under the machine details, with the exact command, the date, the commit, the load average before
 and after, the wall time and the peak memory of each. Running some benches replaces only their sections.
 
-    make bench                                      # all but gpu_check (about 1.5 hours on the 2-core machine)
+    make bench                                      # all but gpu_check (about three hours on the 2-core machine)
     .venv/bin/python -m bench --only gpu_check      # on a GPU machine
     .venv/bin/python -m bench --only filter mask    # rerun some; the rest of docs/benchmarks.md is kept
     .venv/bin/python -m bench --list
@@ -41,8 +41,8 @@ class Bench:
         return [sys.executable, "-m", self.module, *self.args]
 
 
-# Repeats are chosen so that the whole set fits in about an hour and a half on 2 cores; the ratio benches time
-# both sides in one process, interleaved, so load drift hits both alike.
+# Repeats are chosen so that the whole set fits in about three hours on 2 cores (half of it the two efficacy
+# runs); the ratio benches time both sides in one process, interleaved, so load drift hits both alike.
 BENCHES = {
     "collection": Bench(
         "Collection throughput vs ideal",

@@ -1,5 +1,6 @@
-"""Does distillation teach the student? Base vs distilled student on TweetEval sentiment val, per teacher, number N
-of teacher-annotated posts, seed, mask mode and mask strength; written to docs/efficacy.md and docs/efficacy.json.
+"""Does distillation teach the student? Base vs distilled student on TweetEval sentiment val (or, with ``--task btc``,
+BTC entities: ``bench.efficacy_tasks``), per teacher, number N of teacher-annotated posts, seed, mask mode and mask
+strength; written to docs/efficacy.md and docs/efficacy.json.
 
 Each cell runs the pipeline's own stages on real posts: the teacher annotates posts (the texts of the gold train
 split, labels never read, every post also in the evaluation split dropped) with the ``sns_tasks`` prompt; usable
@@ -26,6 +27,7 @@ transfers.
     .venv/bin/python -m bench.distillation_efficacy               # CPU: the required grid; GPU: the full grid
     .venv/bin/python -m bench.distillation_efficacy --teachers reference --sizes 250 --seeds 0 --modes none
     .venv/bin/python -m bench.distillation_efficacy --teachers reference --sizes 250 --modes none --kd-alpha 0 0.5
+    .venv/bin/python -m bench.distillation_efficacy --task btc --teachers reference --val-posts 300 --append
 """
 
 from __future__ import annotations
@@ -711,11 +713,13 @@ def markdown(result: dict, partial: bool) -> str:
 
 PAGE_HEADER = """# Distillation efficacy
 
-Written by `bench/distillation_efficacy.py` (a `make bench` section: `python -m bench --only efficacy`). It measures
-whether distillation teaches the student the SNS task it is scored on, and how much of a teacher's skill it
-transfers: the transfer ratio is (student - base) / (teacher - base) on the same val posts. The "reference"
-teacher is the reference teacher (TF-IDF+LR on gold train), not an LLM: a classifier of known skill served
-over the OpenAI API (`devtools/reference_teacher.py`), fitted on gold train posts other than those it annotates.
+Written by `bench/distillation_efficacy.py` (`make bench` sections `efficacy` and `efficacy_ner`: `python -m bench
+--only efficacy efficacy_ner`). It measures whether distillation teaches the student the SNS task it is scored on
+(TweetEval sentiment; named entities of the Broad Twitter Corpus with `--task btc`), and how much of a teacher's
+skill it transfers: the transfer ratio is (student - base) / (teacher - base) on the same val posts. The
+"reference" teacher is the reference teacher (TF-IDF+LR on gold train), not an LLM: a classifier (for entities a
+token tagger) of known skill served over the OpenAI API (`devtools/reference_teacher.py`), fitted on gold train
+posts other than those it annotates.
 The "embedded" teacher is SmolLM2-135M-Instruct, the offline default. SFT + KD adds the KL to the teacher's top-k
 logprobs (token-level distillation) to the same training; SFT only is KD alpha 0. The held-out teacher NLL is the
 mean negative log-likelihood (nats) of the teacher's answers on annotated posts no student saw. The figures below
