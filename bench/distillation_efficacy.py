@@ -389,7 +389,7 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
         "load_average_before": os.getloadavg()[0],
         "grid": asdict(grid),
         "recipe": RECIPE.model_dump(),
-        "class_balance": True,
+        "class_balance": task.balances_classes,
         "scoring": task.scoring,
         "count_names": task.count_names,
         "base": {
@@ -653,7 +653,13 @@ def markdown(result: dict, partial: bool) -> str:
         "",
         _grid_line(grid, partial),
         "",
-        f"Recipe: class-balanced train split (oversampled to the largest class), LoRA r={result['recipe']['lora_r']}, "
+        "Recipe: "
+        + (
+            "class-balanced train split (oversampled to the largest class)"
+            if result.get("class_balance", True)
+            else "the train split as annotated (no classes to balance)"
+        )
+        + f", LoRA r={result['recipe']['lora_r']}, "
         f"alpha={recipe['lora_alpha']}, lr {recipe['learning_rate']}, {recipe['num_epochs']} epochs"
         + (f" or {grid['max_steps']} steps if fewer" if grid.get("max_steps", -1) > 0 else "")
         + ", "

@@ -42,6 +42,7 @@ class BenchTask:
     answer_tokens: int  # what the teacher may answer with
     scoring: str  # how students are scored, for the page
     kd_arm: bool  # whether the KD arm applies (it is judged on the held-out NLL of label answers)
+    balances_classes: bool  # whether its examples carry a class_label the trainer balances by
 
     def __init__(self, data_dir: Path, val_posts: int) -> None:
         self.spec, self.format = task_spec(self.name), task_format(self.name)
@@ -75,6 +76,7 @@ class SentimentTask(BenchTask):
     name = "tweeteval_sentiment"
     answer_tokens = 16
     kd_arm = True
+    balances_classes = True
     scoring = "calibrated label log-likelihood (content-free prompts N/A, '', [MASK])"
 
     def __init__(self, data_dir: Path, val_posts: int) -> None:
@@ -124,6 +126,7 @@ class EntityTask(BenchTask):
     name = "btc"
     answer_tokens = EvaluationConfig.model_fields["ner_max_new_tokens"].default
     kd_arm = False
+    balances_classes = False
     scoring = "entity F1 (exact type and span) of greedy answers parsed as the report parses them"
 
     def __init__(self, data_dir: Path, val_posts: int) -> None:
