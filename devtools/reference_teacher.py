@@ -3,12 +3,12 @@
 No strong LLM runs offline, so the efficacy bench needs a teacher whose skill is known to measure how much of a
 teacher's skill the pipeline transfers to the student. This one answers the label prompts of
 ``opengrok_dagster.sns_tasks`` (the annotation prompts, which are the evaluation's prompts) for sentiment and
-topics with the prediction of a TF-IDF + logistic-regression classifier (``evaluation.baselines.train_tfidf_classifier``) trained on the
-task's GOLD train split, and the entity prompts of the BTC (Broad Twitter Corpus) NER task with a token tagger
-(logistic regression over each token's spelling and its neighbours', BIO tags, :class:`EntityTagger`), never on
-validation or test: every train post whose normalised text is also in the
-task's evaluation split is dropped before fitting (``posts.leaks.normalise_post``), so its score on that split
-is not inflated by leaked posts.
+topics with the prediction of a TF-IDF + logistic-regression classifier
+(``evaluation.baselines.train_tfidf_classifier``), and the entity prompts of the BTC (Broad Twitter Corpus) NER
+task with a token tagger (logistic regression over each token's spelling and its neighbours', BIO tags,
+:class:`EntityTagger`). Both are trained on the task's GOLD train split, never on validation or test: every train
+post whose normalised text is also in the task's evaluation split is dropped before fitting
+(``posts.leaks.normalise_post``), so its score on that split is not inflated by leaked posts.
 A request with ``response_format`` (``json_schema`` or ``json_object``) gets the task's JSON answer, otherwise the
 free-text answer the evaluation reads. A prompt it cannot answer (a generative prompt, an unknown question) gets
 a 400 naming what it answers.
@@ -17,11 +17,11 @@ A request with ``logprobs: true`` (and ``top_logprobs: k``, at most 20 as OpenAI
 in the OpenAI shape (``choices[0].logprobs.content``), for token-level distillation: each label word is one
 token whose ``top_logprobs`` are the classifier's class probabilities (log; ``predict_proba``), the other label
 words its alternatives; the JSON or the separator around the labels is scaffolding: logprob 0 (certain), no
-alternatives (its one top_logprob is itself). Entity answers carry no logprobs (a 400 says so). A label word's token carries the space before it, so it spells
+alternatives (its one top_logprob is itself). A label word's token carries the space before it, so it spells
 what a byte-level BPE student makes one token of (``" positive"`` after a comma; ``"positive"`` at the start of
 an answer or after a quote). For topics (several labels) the k-th label's alternatives are the topics not named
 before it, their probabilities renormalised over those (the classifier's per-topic probabilities are
-one-vs-rest, not one distribution).
+one-vs-rest, not one distribution). Entity answers carry no logprobs (a 400 says so).
 
     python -m devtools.reference_teacher --port 8765            # serves until interrupted
 """
