@@ -52,6 +52,7 @@ class BenchTask:
         index = sample_items(len(items), val_posts, 0)
         self.val_texts, self.gold = [items[i] for i in index], self._gold(val, index)
         self.val_source, self.eval_posts = val.source, {normalise_post(t) for t in items}
+        self.messages = [self.format.messages(t) for t in self.val_texts]  # what every model is asked
         train = read_split(self.spec, data_dir, self.spec.train_paths, train=True)  # texts only: labels never read
         self.train_texts, self.train_source = self._texts(train), train.source
 
@@ -81,7 +82,6 @@ class SentimentTask(BenchTask):
 
     def __init__(self, data_dir: Path, val_posts: int) -> None:
         super().__init__(data_dir, val_posts)
-        self.messages = [self.format.messages(t) for t in self.val_texts]
         self.content_free = content_free_messages(self.format.messages)
 
     @staticmethod
@@ -164,9 +164,8 @@ class EntityTask(BenchTask):
         return [kinds.count(word) for word in self.format.words]
 
     def predict(self, student: LocalStudent, variant: str, held_out: list) -> Prediction:
-        messages = [self.format.messages(t) for t in self.val_texts]
         with student.using(variant):
-            answers = student.generate(messages, self.answer_tokens)
+            answers = student.generate(self.messages, self.answer_tokens)
         # as the report reads them: a line the parser cannot read, or a span not in the post, spoils only itself
         return Prediction(self._tags(parse_entity_lines(answer, list(self.format.words)).spans for answer in answers))
 
