@@ -29,19 +29,20 @@ from opengrok_dagster.collect.annotation import (
 )
 from opengrok_dagster.collect.batch import collect_batch
 from opengrok_dagster.collect.budget import Budget, utc_day
-from opengrok_dagster.collect.client import OVERLONG, REFUSED_ANOMALIES, TeacherConfigurationError
+from opengrok_dagster.collect.client import TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.plan import CollectionEstimate, estimate_collection, round_prompt_grid
 from opengrok_dagster.collect.prompts import PromptGridConfig
+from opengrok_dagster.collect.result import OVERLONG, REFUSED_ANOMALIES
 from opengrok_dagster.collect.store import STORED_COLUMNS
 from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.partitions import collection_partitions
 from opengrok_dagster.profiles import PROMPTS, with_profile_defaults
-from opengrok_dagster.sns_tasks import TASK_FORMATS
+from opengrok_dagster.tasks.formats import TASK_FORMATS
 from resources import OpenGrokPaths, TeacherResource
 
 
-@with_profile_defaults(PROMPTS)  # config/profiles/: how much of the grid annotates posts, and for which tasks
+@with_profile_defaults(PROMPTS)  # opengrok_dagster/config/profiles/: how much of the grid annotates posts, and for which tasks
 class PromptsConfig(config_from(PromptGridConfig)):
     """The prompt grid's settings (from ``PromptGridConfig``), and whether the last round's feedback refines it."""
 
@@ -56,7 +57,7 @@ class PromptsConfig(config_from(PromptGridConfig)):
     )
     annotation_tasks: list[str] = Field(
         default=["tweeteval_sentiment"],
-        description=f"SNS tasks posts are annotated for, of {', '.join(TASK_FORMATS)} (config/profiles/gpu.yaml: all).",
+        description=f"SNS tasks posts are annotated for, of {', '.join(TASK_FORMATS)} (opengrok_dagster/config/profiles/gpu.yaml: all).",
     )
     structured_output: str = Field(
         default="json_schema",
@@ -237,7 +238,7 @@ def _posts_of(paths: OpenGrokPaths, topic: str, topics: list[str]) -> pd.DataFra
     if not files:
         raise ValueError(
             "annotation_share > 0 but no posts shard is materialised; materialise posts "
-            "(its partitions come from config/posts.yaml), or set annotation_share: 0"
+            "(its partitions come from opengrok_dagster/config/posts.yaml), or set annotation_share: 0"
         )
     return posts_for_topic(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), topic, topics)
 

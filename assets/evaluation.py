@@ -24,7 +24,6 @@ from opengrok_dagster.collect.spend import TeacherSpend, pricing_description
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.cards import eval_results_for
-from opengrok_dagster.evaluation.datasets import DatasetError
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report import (
     MAIN_PLOT,
@@ -36,8 +35,9 @@ from opengrok_dagster.evaluation.report import (
 )
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.instance import GPU_POOL
-from opengrok_dagster.offline.model import MODEL_NAME
+from opengrok_dagster.offline_model import MODEL_NAME
 from opengrok_dagster.profiles import EVAL_REPORT, with_profile_defaults
+from opengrok_dagster.tasks.datasets import DatasetError
 from opengrok_dagster.training import MASK_MODES
 from opengrok_dagster.training.card import record_eval_results
 from opengrok_dagster.training.device import DeviceUnavailableError
@@ -49,7 +49,7 @@ class EvaluationEndpoint(config_from(EndpointSpec)):
     """An extra OpenAI-compatible model to compare (fields from ``EndpointSpec``)."""
 
 
-@with_profile_defaults(EVAL_REPORT)  # config/profiles/: sample sizes and device of the deployment
+@with_profile_defaults(EVAL_REPORT)  # opengrok_dagster/config/profiles/: sample sizes and device of the deployment
 class EvalReportConfig(config_from(EvaluationConfig, exclude=("endpoints",))):
     """The evaluation's settings (from ``EvaluationConfig``), and which API models and cached answers it uses."""
 

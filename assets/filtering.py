@@ -18,11 +18,11 @@ from pydantic import Field
 
 from assets.config import config_from
 from assets.versioning import asset_code_version, content_data_version
+from opengrok_dagster.collect.feedback import merge_history, read_feedback, score_prompts, yield_by_template
 from opengrok_dagster.filtering.annotations import LABEL_ISSUE
 from opengrok_dagster.filtering.chain import KEPT, REJECTED, STATES, FilterModels, filter_responses
 from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.filtering.dedup import duplicate_reasons
-from opengrok_dagster.filtering.feedback import merge_history, read_feedback, score_prompts, yield_by_template
 from opengrok_dagster.filtering.pii import find_pii
 from opengrok_dagster.filtering.raw import ROUND_SELECTIONS, available_rounds, choose_rounds, read_raw_responses
 from opengrok_dagster.filtering.review import ReviewStore

@@ -34,7 +34,7 @@ from resources import OpenGrokPaths, StudentResource
 _INPUT_ERRORS = (MaskInputError, SpacyModelError, TokenizerOffsetsError, ChatTemplateError)
 
 
-@with_profile_defaults(MASK_TABLES)  # config/profiles/: the deployment's max_length
+@with_profile_defaults(MASK_TABLES)  # opengrok_dagster/config/profiles/: the deployment's max_length
 class MaskTablesConfig(config_from(MaskConfig)):
     """The mask stage's settings (from ``MaskConfig``) and the bounds of the blocking unmasked-rate check."""
 

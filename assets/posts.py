@@ -16,18 +16,18 @@ from dagster import (
 from pydantic import Field
 
 from assets.versioning import asset_code_version, content_data_version
-from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
-from opengrok_dagster.evaluation.hub import is_hub_split
-from opengrok_dagster.evaluation.tasks import TASKS
 from opengrok_dagster.partitions import post_shard_partitions
 from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
 from opengrok_dagster.posts.sources import PostsError, find_shard, load_posts_catalogue, read_shard
 from opengrok_dagster.settings import posts_catalogue_path
+from opengrok_dagster.tasks.datasets import DatasetError, resolve_data_dir
+from opengrok_dagster.tasks.hub import is_hub_split
+from opengrok_dagster.tasks.specs import TASKS
 
 
 class PostsConfig(Config):
     catalogue: str | None = Field(
-        default=None, description="Posts catalogue YAML; unset = $OPENGROK_POSTS_CATALOGUE or config/posts.yaml."
+        default=None, description="Posts catalogue YAML; unset = $OPENGROK_POSTS_CATALOGUE or opengrok_dagster/config/posts.yaml."
     )
     data_dir: str | None = Field(
         default=None, description="Data directory for data: paths and the eval splits; unset = $OPENGROK_DATA_DIR."

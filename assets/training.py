@@ -36,7 +36,7 @@ from resources.hub import HUB_TOKEN_VARIABLE
 TRAINING_CODE_VERSION = asset_code_version("lora_checkpoint")
 
 
-@with_profile_defaults(LORA_CHECKPOINT)  # config/profiles/: steps, epochs and max_length of the deployment
+@with_profile_defaults(LORA_CHECKPOINT)  # opengrok_dagster/config/profiles/: steps, epochs and max_length of the deployment
 class LoraCheckpointConfig(config_from(TrainingConfig)):
     """Fine-tune hyper-parameters (every field and its description from ``TrainingConfig``), and where to upload."""
 

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from bench.measure import spread
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 from opengrok_dagster.training import attention
 from opengrok_dagster.training.attention import MASK_MODES, attention_implementation
 

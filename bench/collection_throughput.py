@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 
 from bench.measure import spread
-from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherEndpoint
+from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses
+from opengrok_dagster.collect.result import SamplingParams
 from opengrok_dagster.collect.store import ResponseStore
 from opengrok_dagster.offline.server import free_loopback_port
 
@@ -111,8 +112,8 @@ def loopback_table(latency_s: float, repeats: int) -> list[str]:
 
 
 def embedded_table(requests_per_level: int, max_tokens: int, repeats: int) -> list[str]:
-    from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
     from opengrok_dagster.offline.server import TeacherServer
+    from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 
     lines = [
         "| concurrency | requests | max_tokens | completion tok/s, median (min-max) | req/s, median (min-max) |",

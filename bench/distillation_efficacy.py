@@ -3,7 +3,7 @@ BTC entities: ``bench.efficacy_tasks``), per teacher, number N of teacher-annota
 strength; written to docs/efficacy.md and docs/efficacy.json.
 
 Each cell runs the pipeline's own stages on real posts: the teacher annotates posts (the texts of the gold train
-split, labels never read, every post also in the evaluation split dropped) with the ``sns_tasks`` prompt; usable
+split, labels never read, every post also in the evaluation split dropped) with the ``tasks.formats`` prompt; usable
 annotations become training examples (the same chat messages and answer the evaluation scores); mask tables
 come from ``masks.builder``; the trainer class-balances the train split (``TrainingConfig.balance_classes``); the LoRA is
 trained by ``training.trainer.train_lora``; base and students are scored by calibrated label log-likelihood
@@ -53,7 +53,8 @@ from transformers import AutoTokenizer
 from bench.efficacy_tasks import BENCH_TASKS, BenchTask, Prediction
 from devtools.reference_teacher import NAME as REFERENCE_NAME
 from devtools.reference_teacher import ReferenceTeacher
-from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherEndpoint
+from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
+from opengrok_dagster.collect.result import SamplingParams
 from opengrok_dagster.distill.align import build_kd_targets
 from opengrok_dagster.evaluation.api import ApiModel
 from opengrok_dagster.evaluation.bootstrap import (
@@ -63,15 +64,15 @@ from opengrok_dagster.evaluation.bootstrap import (
     paired_difference,
     resample_indices,
 )
-from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.local import LocalStudent, read_checkpoint
 from opengrok_dagster.masks.builder import build_mask_table
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 from opengrok_dagster.partitions import MASK_MODES
 from opengrok_dagster.posts.leaks import normalise_post
-from opengrok_dagster.sns_tasks import Annotation
+from opengrok_dagster.tasks.datasets import resolve_data_dir
+from opengrok_dagster.tasks.formats import Annotation
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import balance_classes
 from opengrok_dagster.training.device import resolve_placement

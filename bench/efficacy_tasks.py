@@ -19,10 +19,10 @@ from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.metrics import ClassificationScores, NerScores
 from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.runner import EvaluationConfig, sample_items
-from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from opengrok_dagster.filtering.annotations import class_label
 from opengrok_dagster.posts.leaks import normalise_post
-from opengrok_dagster.sns_tasks import Annotation, parse_entity_lines, task_format
+from opengrok_dagster.tasks.formats import Annotation, parse_entity_lines, task_format
+from opengrok_dagster.tasks.specs import read_split, task_spec
 
 
 @dataclass(frozen=True)

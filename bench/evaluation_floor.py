@@ -22,11 +22,11 @@ import time
 import torch
 
 from bench.measure import spread
-from opengrok_dagster.evaluation.datasets import resolve_data_dir
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent, _length_batches
-from opengrok_dagster.evaluation.tasks import label_words, read_split, task_spec
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
-from opengrok_dagster.sns_tasks import classification_messages
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
+from opengrok_dagster.tasks.datasets import resolve_data_dir
+from opengrok_dagster.tasks.formats import classification_messages
+from opengrok_dagster.tasks.specs import label_words, read_split, task_spec
 
 
 TASKS = ("tweeteval_sentiment", "tweet_topic")

@@ -24,8 +24,8 @@ from bench.measure import spread
 from opengrok_dagster.filtering.chain import FilterModels, filter_responses
 from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.filtering.language import language_text
-from opengrok_dagster.filtering.raw import RAW_COLUMNS
 from opengrok_dagster.settings import REPO_ROOT
+from opengrok_dagster.tasks.schemas import RAW_COLUMNS
 
 
 DATA = REPO_ROOT.parent / "shared" / "data"

@@ -36,7 +36,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from bench import training_throughput
 from bench.measure import spread
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 from opengrok_dagster.training import attention
 from opengrok_dagster.training.attention import MASK_MODES
 
@@ -269,8 +269,8 @@ def phi3_sized_model(directory: Path, tokenizer, shape: dict, device: str, dtype
 
 
 def evaluation(check: Check, model_path: str, sizes: SimpleNamespace) -> list[str]:
-    from opengrok_dagster.evaluation.datasets import read_tweeteval, resolve_data_dir
     from opengrok_dagster.evaluation.local import LocalStudent
+    from opengrok_dagster.tasks.datasets import read_tweeteval, resolve_data_dir
 
     texts = read_tweeteval(resolve_data_dir() / "tweeteval" / "sentiment" / "val").texts[: sizes.posts]
     messages = [

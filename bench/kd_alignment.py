@@ -46,7 +46,7 @@ from opengrok_dagster.distill.align import (  # noqa: E402
     decode_byte_level,
 )
 from opengrok_dagster.masks.render import ChatRenderer  # noqa: E402
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir  # noqa: E402
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir  # noqa: E402
 
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

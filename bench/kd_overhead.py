@@ -25,10 +25,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from bench.measure import spread
+from opengrok_dagster.distill.loss import KD_INPUTS, distillation_loss
 from opengrok_dagster.distill.targets import ExampleTargets, KDTargets
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 from opengrok_dagster.training.data import MaskCollator, MaskedExample
-from opengrok_dagster.training.distill_loss import KD_INPUTS, distillation_loss
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

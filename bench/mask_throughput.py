@@ -32,7 +32,7 @@ from bench.measure import spread  # noqa: E402
 from opengrok_dagster.masks.builder import build_mask_table  # noqa: E402
 from opengrok_dagster.masks.config import DEFAULT_SPACY_MODEL, MaskConfig  # noqa: E402
 from opengrok_dagster.masks.linguistics import load_spacy  # noqa: E402
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir  # noqa: E402
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir  # noqa: E402
 
 
 SEMEVAL = (

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, TrainerCallback
 from bench.measure import spread
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.device import resolve_placement
 from opengrok_dagster.training.trainer import TRAINING_DTYPES, TrainingJob, train_lora

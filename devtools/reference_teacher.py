@@ -2,7 +2,7 @@
 
 No strong LLM runs offline, so the efficacy bench needs a teacher whose skill is known to measure how much of a
 teacher's skill the pipeline transfers to the student. This one answers the label prompts of
-``opengrok_dagster.sns_tasks`` (the annotation prompts, which are the evaluation's prompts) for sentiment and
+``opengrok_dagster.tasks.formats`` (the annotation prompts, which are the evaluation's prompts) for sentiment and
 topics with the prediction of a TF-IDF + logistic-regression classifier
 (``evaluation.baselines.train_tfidf_classifier``), and the entity prompts of the BTC (Broad Twitter Corpus) NER
 task with a token tagger (logistic regression over each token's spelling and its neighbours', BIO tags,
@@ -43,13 +43,13 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
-from opengrok_dagster.evaluation.datasets import resolve_data_dir
-from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from opengrok_dagster.offline.server import free_loopback_port
 from opengrok_dagster.offline.serving import ThreadedLoopbackServer, read_body
 from opengrok_dagster.posts.leaks import normalise_post
-from opengrok_dagster.sns_tasks import Annotation, TaskFormat, find_labels, task_format
+from opengrok_dagster.tasks.baselines import train_tfidf_classifier
+from opengrok_dagster.tasks.datasets import resolve_data_dir
+from opengrok_dagster.tasks.formats import Annotation, TaskFormat, find_labels, task_format
+from opengrok_dagster.tasks.specs import read_split, task_spec
 
 
 NAME = "reference teacher (TF-IDF+LR on gold train), not an LLM"
@@ -62,7 +62,7 @@ LOGPROB_FLOOR = -9999.0  # OpenAI's value for a token of (numerically) zero prob
 
 @dataclass
 class TaskClassifier:
-    """One task's classifier and its answer format (``sns_tasks``): label words, one label or several."""
+    """One task's classifier and its answer format (``tasks.formats``): label words, one label or several."""
 
     format: TaskFormat
     eval_path: str

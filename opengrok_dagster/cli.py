@@ -10,7 +10,7 @@ import uuid
 from contextlib import closing
 from datetime import UTC, datetime
 
-from opengrok_dagster.offline.model import OfflineModelError
+from opengrok_dagster.offline_model import OfflineModelError
 
 
 INSTANCE_LOCK_TIMEOUT_S = 300.0
@@ -109,16 +109,17 @@ def _content_hash_prefix(value: str) -> str:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from opengrok_dagster.offline.model import provision_offline_model
+    from opengrok_dagster.offline_model import provision_offline_model
 
     print(f"offline model ready at {provision_offline_model(args.cache_dir, force=args.force)}")
     return 0
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from opengrok_dagster.collect.topics import load_topic_catalogue, validate_topic_key
+    from opengrok_dagster.collect.topics import load_topic_catalogue
     from opengrok_dagster.partitions import topic_partitions
     from opengrok_dagster.settings import topic_catalogue_path
+    from opengrok_dagster.tasks.keys import validate_topic_key
 
     instance = _instance()
     name = topic_partitions.name
@@ -243,10 +244,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
     # Long on purpose: the whole command in the order it runs; every bad argument is refused before any work,
     # and each stage stops the run on failure with the rerun that resumes it.
-    from opengrok_dagster.collect.topics import validate_topic_key
     from opengrok_dagster.evaluation.report import REPORT_HTML, REPORT_MARKDOWN
-    from opengrok_dagster.offline.model import provision_offline_model
+    from opengrok_dagster.offline_model import provision_offline_model
     from opengrok_dagster.settings import home_layout, teacher_is_remote
+    from opengrok_dagster.tasks.keys import validate_topic_key
     from opengrok_dagster.training import MASK_MODES
 
     modes = _comma_list("--modes", args.modes) if args.modes is not None else list(MASK_MODES)
@@ -487,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--profile",
         default=None,
-        help="profile in config/profiles/ (cpu-demo, gpu) or a profile .yaml "
+        help="profile in opengrok_dagster/config/profiles/ (cpu-demo, gpu) or a profile .yaml "
         "path (default: $OPENGROK_PROFILE, else cpu-demo)",
     )
     run.add_argument(

@@ -8,7 +8,7 @@ from dagster import (
     StaticPartitionsDefinition,
 )
 
-from opengrok_dagster.collect.topics import validate_topic_key
+from opengrok_dagster.tasks.keys import validate_topic_key
 from opengrok_dagster.training import MASK_MODES
 
 
@@ -25,7 +25,7 @@ def collection_partition_key(topic: str, round_key: str) -> MultiPartitionKey:
     return MultiPartitionKey({"topic": validate_topic_key(topic), "round": round_key})
 
 
-# One shard of the user's own posts per posts-catalogue entry (config/posts.yaml), seeded like topics.
+# One shard of the user's own posts per posts-catalogue entry (opengrok_dagster/config/posts.yaml), seeded like topics.
 post_shard_partitions = DynamicPartitionsDefinition(name="post_shards")
 
 # One LoRA checkpoint per attention-mask mode, so the evaluation can compare them (the ablation).

@@ -1,9 +1,9 @@
-"""Run profiles: the sizes and devices of a whole deployment in one YAML file (``config/profiles/<name>.yaml``).
+"""Run profiles: the sizes and devices of a whole deployment in one YAML file (``opengrok_dagster/config/profiles/<name>.yaml``).
 
 A profile sets the *defaults* of the assets' run config (``ops: <asset>: config:``, as in Dagster run config)
 and of the student and training resources. Because they are defaults, every way a run starts uses them: the
 UI's launchpad, schedules, sensors, declarative automation and `opengrok run`. ``OPENGROK_PROFILE`` (or
-`opengrok run --profile`) names a profile in ``config/profiles/`` or the path of one; unset, ``cpu-demo``.
+`opengrok run --profile`) names a profile in ``opengrok_dagster/config/profiles/`` or the path of one; unset, ``cpu-demo``.
 Explicit environment settings (``OPENGROK_STUDENT_MODEL``, ``OPENGROK_TRAINING_DEVICE``...) win over it.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from opengrok_dagster.settings import REPO_ROOT
+from opengrok_dagster.settings import CONFIG_DIR
 
 
 PROFILE_VARIABLE = "OPENGROK_PROFILE"
-PROFILE_DIR = REPO_ROOT / "config" / "profiles"
+PROFILE_DIR = CONFIG_DIR / "profiles"
 DEFAULT_PROFILE = "cpu-demo"
 PROMPTS, MASK_TABLES, LORA_CHECKPOINT, EVAL_REPORT = "prompts", "mask_tables", "lora_checkpoint", "eval_report"
 
@@ -85,7 +85,7 @@ def _check_ops(ops: Any, source: str) -> None:
 
 
 def load_profile(name: str | None = None) -> Profile:
-    """The profile ``name`` (a name in config/profiles/ or a path), default ``$OPENGROK_PROFILE`` or cpu-demo."""
+    """The profile ``name`` (a name in opengrok_dagster/config/profiles/ or a path), default ``$OPENGROK_PROFILE`` or cpu-demo."""
     name = name or os.environ.get(PROFILE_VARIABLE, "").strip() or DEFAULT_PROFILE
     path = Path(name).expanduser()
     if path.suffix not in (".yaml", ".yml"):
@@ -102,7 +102,7 @@ def load_profile(name: str | None = None) -> Profile:
         profile = Profile(**{"name": path.stem, **values, "source": str(path)})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ProfileError(f"profile {path}: {problems}; see config/profiles/cpu-demo.yaml for the keys") from None
+        raise ProfileError(f"profile {path}: {problems}; see opengrok_dagster/config/profiles/cpu-demo.yaml for the keys") from None
     require_matching_max_length(profile.op_config(MASK_TABLES), profile.op_config(LORA_CHECKPOINT), str(path))
     return profile
 

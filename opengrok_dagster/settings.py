@@ -9,7 +9,9 @@ from pathlib import Path
 from opengrok_dagster.layout import HomeLayout
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The shipped configuration (topic and posts catalogues, profiles, filter word lists): package data, so a wheel
+# install finds it wherever it runs from.
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
 
 def opengrok_home() -> Path:
@@ -24,13 +26,13 @@ def home_layout() -> HomeLayout:
 
 def topic_catalogue_path() -> Path:
     return (
-        Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", REPO_ROOT / "config" / "topics.yaml")).expanduser().resolve()
+        Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", CONFIG_DIR / "topics.yaml")).expanduser().resolve()
     )
 
 
 def posts_catalogue_path() -> Path:
-    """``$OPENGROK_POSTS_CATALOGUE``, default config/posts.yaml: the shards of the user's own posts."""
-    return Path(os.environ.get("OPENGROK_POSTS_CATALOGUE", REPO_ROOT / "config" / "posts.yaml")).expanduser().resolve()
+    """``$OPENGROK_POSTS_CATALOGUE``, default opengrok_dagster/config/posts.yaml: the shards of the user's own posts."""
+    return Path(os.environ.get("OPENGROK_POSTS_CATALOGUE", CONFIG_DIR / "posts.yaml")).expanduser().resolve()
 
 
 def dagster_home() -> Path:

@@ -3,7 +3,7 @@
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 
 
 class StudentResource(ConfigurableResource):

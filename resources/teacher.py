@@ -8,21 +8,15 @@ from pydantic import Field, PrivateAttr
 
 from opengrok_dagster.collect.batch import BatchSettings
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
-from opengrok_dagster.collect.client import (
-    ClientLimits,
-    Prices,
-    SamplingParams,
-    TeacherClient,
-    TeacherEndpoint,
-    characters_token_count,
-)
+from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint, characters_token_count
 from opengrok_dagster.collect.collector import Leases
 from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
 from opengrok_dagster.collect.ratelimit import SharedRateLimiter
+from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.offline.logprobs_server import LogprobsServer
-from opengrok_dagster.offline.model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
 from opengrok_dagster.offline.server import TeacherServer
+from opengrok_dagster.offline_model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
 
 
 # Embedded servers kept for the life of this process, by model directory and whether they return logprobs (see

@@ -16,7 +16,7 @@ from transformers import LlamaForCausalLM
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
-from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

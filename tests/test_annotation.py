@@ -20,7 +20,8 @@ from opengrok_dagster.collect.annotation import (
 )
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
-from opengrok_dagster.sns_tasks import task_format
+from opengrok_dagster.settings import CONFIG_DIR
+from opengrok_dagster.tasks.formats import task_format
 
 
 BASE = "http://teacher.test/v1"
@@ -177,7 +178,6 @@ def test_prompts_asset_mixes_annotation_prompts_from_posts_and_records_the_answe
     from assets.posts import posts
     from opengrok_dagster.partitions import collection_partition_key, post_shard_partitions, topic_partitions
     from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-    from tests.conftest import REPO_ROOT
 
     (tmp_path / "mine.jsonl").write_text(
         "".join(json.dumps({"text": f"my post {i} on the derby"}) + "\n" for i in range(60))
@@ -185,7 +185,7 @@ def test_prompts_asset_mixes_annotation_prompts_from_posts_and_records_the_answe
     (tmp_path / "posts.yaml").write_text("shards:\n  - key: mine\n    path: mine.jsonl\n")
     resources = {
         "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
         "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="grok-test"),
     }
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])

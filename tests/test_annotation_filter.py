@@ -9,19 +9,13 @@ import pytest
 from transformers import AutoTokenizer
 
 from opengrok_dagster.filtering.annotations import check_annotations, label_issues, parse_annotation
-from opengrok_dagster.filtering.chain import (
-    FILTERED_COLUMNS,
-    KEPT,
-    NEEDS_REVIEW,
-    REJECTED,
-    FilterModels,
-    filter_responses,
-)
+from opengrok_dagster.filtering.chain import KEPT, NEEDS_REVIEW, REJECTED, FilterModels, filter_responses
 from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.masks.builder import build_mask_table, select_training_examples
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
-from opengrok_dagster.sns_tasks import task_format
+from opengrok_dagster.tasks.formats import task_format
+from opengrok_dagster.tasks.schemas import FILTERED_COLUMNS
 
 
 POST = "Loving the new Apple store in Paris with Taylor Swift tonight"

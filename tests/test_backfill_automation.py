@@ -10,7 +10,7 @@ from dagster import DagsterEventType, Failure, asset, build_run_status_sensor_co
 
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.sensors import run_failure_recorder
-from opengrok_dagster.settings import SettingsError, recollect_cron
+from opengrok_dagster.settings import CONFIG_DIR, SettingsError, recollect_cron
 from resources import OpenGrokPaths
 from tests.conftest import REPO_ROOT
 
@@ -63,7 +63,7 @@ def test_run_failure_sensor_records_the_failure_in_the_log_file_and_the_runs_eve
     assert not result.success
     run = persistent_instance.get_run_by_id(result.run_id)
     [failure] = [event for event in result.all_events if event.event_type == DagsterEventType.RUN_FAILURE]
-    paths = OpenGrokPaths(home=str(tmp_path / "home"), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml"))
+    paths = OpenGrokPaths(home=str(tmp_path / "home"), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))
     context = build_run_status_sensor_context(
         sensor_name=run_failure_recorder.name,
         dagster_event=failure,

@@ -12,7 +12,8 @@ import pytest
 from devtools.batch_server import BatchServerConfig, LoopbackBatchServer
 from opengrok_dagster.collect.batch import BatchSettings, PollClock, collect_batch
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
-from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.collect.client import TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.spend import collection_spend
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 from opengrok_dagster.layout import HomeLayout
@@ -28,7 +29,8 @@ FAST = BatchSettings(poll_s=0.05, price_factor=0.5)
 COLLECT = """
 import sys
 from opengrok_dagster.collect.batch import BatchSettings, collect_batch
-from opengrok_dagster.collect.client import Prices, SamplingParams, TeacherEndpoint
+from opengrok_dagster.collect.client import TeacherEndpoint
+from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.store import ResponseStore
 from tests.test_batch import ROWS
 

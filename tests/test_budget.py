@@ -13,8 +13,9 @@ from dagster import materialize
 from assets.collection import prompts, raw_responses
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.budget import Budget, BudgetLimits, utc_day
-from opengrok_dagster.collect.client import ClientLimits, Prices, SamplingParams, TeacherClient, TeacherEndpoint
+from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses
+from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
@@ -68,7 +69,7 @@ import asyncio, dataclasses, json, sys
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses
-from opengrok_dagster.collect.client import Prices, SamplingParams
+from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.store import ResponseStore
 
 base_url, database, daily, run_id = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]

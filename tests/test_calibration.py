@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from opengrok_dagster.evaluation.calibration import CONTENT_FREE_POSTS, calibrate, calibrated_label_logprobs, normalise
-from opengrok_dagster.sns_tasks import task_format
+from opengrok_dagster.tasks.formats import task_format
 from opengrok_dagster.training.data import balance_classes
 
 

@@ -10,13 +10,12 @@ import respx
 
 from opengrok_dagster.collect.client import (
     ClientLimits,
-    Prices,
-    SamplingParams,
     TeacherClient,
     TeacherConfigurationError,
     TeacherEndpoint,
     parse_retry_after,
 )
+from opengrok_dagster.collect.result import Prices, SamplingParams
 
 
 BASE = "http://teacher.test/v1"

@@ -82,3 +82,17 @@ def test_every_asset_of_the_code_location_carries_its_source_version():
     recorded = {spec.key.to_user_string(): spec.code_version for spec in defs.resolve_all_asset_specs()}
     assert recorded == {name: asset_code_version(name) for name in ASSET_SOURCES}
     assert len(set(recorded.values())) > 4, "stages have distinct versions"
+
+
+def test_a_change_to_the_http_client_does_not_move_filtered_responses(source_copy):
+    before = versions(source_copy)
+    append(source_copy / "opengrok_dagster" / "collect" / "client.py")
+    changed = moved(before, versions(source_copy))
+    assert "raw_responses" in changed and "filtered_responses" not in changed
+
+
+def test_a_change_to_the_evaluation_does_not_move_posts(source_copy):
+    before = versions(source_copy)
+    append(source_copy / "opengrok_dagster" / "evaluation" / "runner.py")
+    changed = moved(before, versions(source_copy))
+    assert "eval_report" in changed and "posts" not in changed

@@ -11,8 +11,9 @@ from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.spend import collection_spend
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-from tests.conftest import GENERATIVE_ONLY, REPO_ROOT, texts_written_under
+from tests.conftest import GENERATIVE_ONLY, texts_written_under
 
 
 CANARY = "xai-canary-9d8c7b6a5f4e3d2c1b0a"
@@ -22,7 +23,7 @@ ROUND = "2026-11-24"
 def resources_for(tmp_path, base_url, **teacher):
     return {
         "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
         "teacher": TeacherResource(mode="remote", base_url=base_url, model="grok-test", **teacher),
     }
 

@@ -34,7 +34,7 @@ def test_the_run_config_defaults_are_the_domain_defaults(dagster_config, domain,
 
 @pytest.mark.parametrize(("dagster_config", "domain", "asset"), STAGES, ids=lambda v: getattr(v, "__name__", ""))
 def test_every_setting_is_declared_once_and_described_in_the_ui_schema(dagster_config, domain, asset):
-    # the active profile's values come from config/profiles/, not from code; endpoints is a nested Config list
+    # the active profile's values come from opengrok_dagster/config/profiles/, not from code; endpoints is a nested Config list
     from_profile = set(active_profile().op_config(asset.key.to_user_string()))
     redeclared = set(dagster_config.__annotations__) & set(domain.model_fields) - {"endpoints"} - from_profile
     assert redeclared == set(), "a domain setting typed again on the Dagster side"

@@ -14,8 +14,8 @@ from opengrok_dagster.distill.targets import KDTargets
 from opengrok_dagster.filtering.chain import example_id
 from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource
-from tests.conftest import REPO_ROOT
 from tests.test_masks import filtered_frame, real_tweets
 
 
@@ -84,7 +84,7 @@ def run(instance, tmp_path, **config):
         instance=instance,
         resources={
             "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
             "student": StudentResource(),
         },
         run_config={"ops": {"kd_targets": {"config": config}}},

@@ -6,16 +6,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from opengrok_dagster.distill.targets import ExampleTargets, KDCollator, KDTargets
-from opengrok_dagster.training.attention import MASK_MODES, attention_implementation
-from opengrok_dagster.training.data import MaskCollator, MaskedExample
-from opengrok_dagster.training.distill_loss import (
+from opengrok_dagster.distill.loss import (
     KD_INPUTS,
     KD_LOGPROBS,
     KD_TOKEN_IDS,
     distillation_loss,
     sparse_kl_sum,
 )
+from opengrok_dagster.distill.targets import ExampleTargets, KDCollator, KDTargets
+from opengrok_dagster.training.attention import MASK_MODES, attention_implementation
+from opengrok_dagster.training.data import MaskCollator, MaskedExample
 
 
 VOCAB = 61

@@ -30,9 +30,9 @@ from bench.distillation_efficacy import (
 )
 from bench.efficacy_tasks import EntityTask, Prediction, SentimentTask
 from opengrok_dagster.evaluation.bootstrap import Distribution, bootstrap
-from opengrok_dagster.evaluation.datasets import resolve_data_dir
-from opengrok_dagster.evaluation.tasks import task_spec
-from opengrok_dagster.sns_tasks import Annotation, task_format
+from opengrok_dagster.tasks.datasets import resolve_data_dir
+from opengrok_dagster.tasks.formats import Annotation, task_format
+from opengrok_dagster.tasks.specs import task_spec
 
 
 METRIC = task_spec("tweeteval_sentiment").primary_metric

@@ -8,9 +8,11 @@ import pytest
 from dagster import materialize
 
 from assets.collection import prompts, raw_responses
-from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient
+from opengrok_dagster.collect.client import ClientLimits, TeacherClient
+from opengrok_dagster.collect.result import SamplingParams
 from opengrok_dagster.offline.server import TeacherServer
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import REPO_ROOT
 
@@ -76,7 +78,7 @@ def test_embedded_resource_collects_a_partition_and_tears_the_server_down(
         [prompts, raw_responses],
         resources={
             "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
             "teacher": teacher,
         },
         instance=persistent_instance,
@@ -146,7 +148,7 @@ def test_kept_server_serves_consecutive_runs_and_stops_at_exit(offline_model, pe
     )
     resources = {
         "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
         "teacher": teacher,
     }
     small = {
@@ -196,7 +198,7 @@ def test_embedded_teacher_with_logprobs_fills_raw_responses_and_kd_targets_build
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["football"])
     resources = {
         "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
         "teacher": TeacherResource(
             mode="embedded", max_tokens=32, max_concurrency=4, top_logprobs=5, server_log=str(tmp_path / "serve.log")
         ),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
-from opengrok_dagster.sns_tasks import classification_messages
+from opengrok_dagster.tasks.formats import classification_messages
 from opengrok_dagster.training.device import DeviceUnavailableError
 from tests.conftest import adapters
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opengrok_dagster.evaluation import datasets
-from opengrok_dagster.evaluation.datasets import (
+from opengrok_dagster.tasks import datasets
+from opengrok_dagster.tasks.datasets import (
     TOPIC_LABELS,
     DatasetError,
     read_conll,
@@ -15,7 +15,7 @@ from opengrok_dagster.evaluation.datasets import (
     read_tweeteval,
     resolve_data_dir,
 )
-from opengrok_dagster.evaluation.tasks import TASKS, label_words, read_split, task_spec
+from opengrok_dagster.tasks.specs import TASKS, label_words, read_split, task_spec
 from tests.conftest import SHARED_DATA
 
 

@@ -8,12 +8,12 @@ downloaded hub repository. Fetching over the network is the one part this machin
 import datasets as hf_datasets
 import pytest
 
-from opengrok_dagster.evaluation import datasets
-from opengrok_dagster.evaluation.datasets import DatasetError, read_conll, read_tweeteval
-from opengrok_dagster.evaluation.hub import HubSplit
 from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
-from opengrok_dagster.evaluation.tasks import read_split, task_spec
+from opengrok_dagster.tasks import datasets
+from opengrok_dagster.tasks.datasets import DatasetError, read_conll, read_tweeteval
+from opengrok_dagster.tasks.hub import HubSplit
+from opengrok_dagster.tasks.specs import read_split, task_spec
 from tests.conftest import SHARED_DATA
 
 

@@ -15,7 +15,7 @@ from opengrok_dagster.evaluation.metrics import (
 )
 from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.runner import ablation_pairs, sample_items
-from opengrok_dagster.sns_tasks import find_labels, parse_entity_lines, parse_single_label
+from opengrok_dagster.tasks.formats import find_labels, parse_entity_lines, parse_single_label
 
 
 def test_classification_metrics_by_hand():

@@ -11,16 +11,18 @@ from huggingface_hub import ModelCard
 from assets.evaluation import _teacher_model, eval_report
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
-from opengrok_dagster.evaluation import datasets
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.partitions import mask_mode_partitions
+from opengrok_dagster.settings import CONFIG_DIR
+from opengrok_dagster.tasks import datasets
+from opengrok_dagster.tasks.schemas import MANIFEST_COLUMNS
 from opengrok_dagster.training.card import card_metadata, write_card
-from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
+from opengrok_dagster.training.manifest import adapter_dirs, manifest_frame
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
-from tests.conftest import REPO_ROOT, SHARED_DATA, adapters, write_adapter
+from tests.conftest import SHARED_DATA, adapters, write_adapter
 
 
 SENTIMENT = ["negative", "neutral", "positive"]
@@ -166,7 +168,7 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     }
     resources = {
         "io_manager": ParquetIOManager(base_dir=str(assets_dir)),
-        "paths": OpenGrokPaths(home=str(checkpoints_home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "paths": OpenGrokPaths(home=str(checkpoints_home), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
         "student": StudentResource(model=str(tiny_student)),
         "teacher": TeacherResource(
             mode="remote",

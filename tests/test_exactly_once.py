@@ -11,7 +11,7 @@ import time
 import pytest
 
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
-from opengrok_dagster.collect.client import SamplingParams, TeacherResult
+from opengrok_dagster.collect.result import SamplingParams, TeacherResult
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 from tests.conftest import REPO_ROOT
 

@@ -9,16 +9,16 @@ from dagster import materialize
 
 from assets.collection import prompts, raw_responses
 from assets.filtering import filtered_responses, prompt_feedback
-from opengrok_dagster.filtering.chain import FILTERED_COLUMNS
-from opengrok_dagster.filtering.raw import RAW_COLUMNS
 from opengrok_dagster.filtering.review import ReviewStore
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+from opengrok_dagster.settings import CONFIG_DIR
+from opengrok_dagster.tasks.schemas import FILTERED_COLUMNS, RAW_COLUMNS
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
-from tests.conftest import GENERATIVE_ONLY, REPO_ROOT, SHARED_DATA
+from tests.conftest import GENERATIVE_ONLY, SHARED_DATA
 
 
-CATALOGUE = str(REPO_ROOT / "config" / "topics.yaml")
+CATALOGUE = str(CONFIG_DIR / "topics.yaml")
 
 # Hand-made hard cases, each with the state it must end in and (for non-kept rows) a reason it must carry.
 HARD_CASES = [

@@ -2,6 +2,13 @@
 
 import pandas as pd
 
+from opengrok_dagster.collect.feedback import (
+    distinct_2,
+    merge_history,
+    refinement_for_round,
+    score_prompts,
+    yield_by_template,
+)
 from opengrok_dagster.collect.prompts import (
     DIRECT_ANSWER_INSTRUCTION,
     GridRefinement,
@@ -9,13 +16,6 @@ from opengrok_dagster.collect.prompts import (
     build_prompt_grid,
 )
 from opengrok_dagster.collect.topics import Topic
-from opengrok_dagster.filtering.feedback import (
-    distinct_2,
-    merge_history,
-    refinement_for_round,
-    score_prompts,
-    yield_by_template,
-)
 
 
 TOPIC = Topic(key="climate", name="climate change", events=("the COP summit", "the heatwave"))

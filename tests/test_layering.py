@@ -11,9 +11,10 @@ from pathlib import Path
 from setuptools import find_packages
 
 from tests.conftest import REPO_ROOT
+from tests.test_stage_order import STAGES
 
 
-DOMAIN_PACKAGES = ("collect", "offline", "filtering", "masks", "training", "evaluation")
+DOMAIN_PACKAGES = STAGES
 # Code that ships or that users run (bench is run by `make bench`); tests may reach private Dagster APIs where
 # Dagster offers no public one (backfill records, the instance-config schema).
 PRODUCT_DIRS = ("opengrok_dagster", "assets", "resources", "bench", "devtools")

@@ -9,6 +9,7 @@ import pandas as pd
 from dagster import MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition, asset, materialize
 
 from opengrok_dagster.layout import HomeLayout
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager
 from tests.conftest import REPO_ROOT
 
@@ -106,7 +107,7 @@ def test_definitions_settings_and_resources_resolve_through_the_layout(tmp_path,
     resources = build_definitions().resources
     assert resources["io_manager"].base_dir == str(layout.assets_dir)
     assert resources["teacher"].server_log == str(layout.teacher_server_log)
-    paths = OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml"))
+    paths = OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))
     assert paths.layout == layout
     store = paths.response_store()
     assert store.path == layout.response_store_path

@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 from assets.masks import mask_tables
 from opengrok_dagster.masks.tfidf import TfidfScorer
 from opengrok_dagster.masks.tokenizer import require_same_tokenizer
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource
-from tests.conftest import REPO_ROOT
 from tests.test_masks import filtered_frame, real_tweets
 
 
@@ -53,7 +53,7 @@ def run(instance, tmp_path, **config):
         instance=instance,
         resources={
             "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
             "student": StudentResource(),
         },
         run_config={"ops": {"mask_tables": {"config": config}}},

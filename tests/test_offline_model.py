@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from opengrok_dagster.offline.model import PROVENANCE_FILE, OfflineModelError, _sha256, check_offline_model
+from opengrok_dagster.offline_model import PROVENANCE_FILE, OfflineModelError, _sha256, check_offline_model
 
 
 def test_missing_model_error_names_the_provisioning_command(tmp_path):

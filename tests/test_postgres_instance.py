@@ -20,6 +20,7 @@ from dagster_postgres.utils import DagsterPostgresException
 
 from assets.collection import prompts, raw_responses
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 
@@ -177,7 +178,7 @@ def test_partition_materialised_on_postgres_is_visible_to_another_process_instan
         partition_key=partition,
         resources={
             "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
             "teacher": TeacherResource(mode="remote", base_url=loopback_teacher.base_url, model="grok-test"),
         },
         run_config=GENERATIVE_ONLY,

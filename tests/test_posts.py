@@ -8,13 +8,15 @@ import pytest
 from dagster import DagsterInstance, Definitions, materialize
 
 from assets.posts import posts
-from opengrok_dagster.evaluation.datasets import read_semeval_tsv, read_tweeteval
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.partitions import post_shard_partitions
 from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of, normalise_post
-from opengrok_dagster.posts.sources import POST_COLUMNS, PostsError, PostShard, load_posts_catalogue, read_shard
+from opengrok_dagster.posts.sources import PostsError, PostShard, load_posts_catalogue, read_shard
+from opengrok_dagster.settings import CONFIG_DIR
+from opengrok_dagster.tasks.datasets import read_semeval_tsv, read_tweeteval
+from opengrok_dagster.tasks.schemas import POST_COLUMNS
 from resources import ParquetIOManager
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import SHARED_DATA
 
 
 def test_jsonl_csv_and_parquet_shards_read_text_and_optional_columns(tmp_path):
@@ -91,7 +93,7 @@ def test_catalogue_errors_name_the_entry(tmp_path):
 
 
 def test_default_catalogue_reads_only_texts_of_the_shared_train_splits():
-    shards = load_posts_catalogue(REPO_ROOT / "config" / "posts.yaml")
+    shards = load_posts_catalogue(CONFIG_DIR / "posts.yaml")
     assert {s.key for s in shards} == {
         "semeval2013-train",
         "semeval2015-train",
@@ -100,7 +102,7 @@ def test_default_catalogue_reads_only_texts_of_the_shared_train_splits():
         "btc-train",
         "tweettopic-train",
     }
-    wnut = read_shard(next(s for s in shards if s.key == "wnut17-train"), REPO_ROOT / "config", str(SHARED_DATA))
+    wnut = read_shard(next(s for s in shards if s.key == "wnut17-train"), CONFIG_DIR, str(SHARED_DATA))
     assert len(wnut) > 3000 and not any(tag in " ".join(wnut["text"][:50]) for tag in ("B-person", "\tO"))
 
 
@@ -267,7 +269,7 @@ def test_the_default_semeval_shard_loads_through_its_job_without_its_tweeteval_v
 
 
 def test_without_a_data_directory_posts_load_and_say_which_eval_splits_went_unchecked(tmp_path, monkeypatch):
-    import opengrok_dagster.evaluation.datasets as datasets
+    import opengrok_dagster.tasks.datasets as datasets
 
     monkeypatch.delenv("OPENGROK_DATA_DIR", raising=False)
     monkeypatch.setattr(datasets, "SHARED_DATA_FALLBACK", tmp_path / "no-such-dir")

@@ -14,10 +14,10 @@ from assets.filtering import filtered_responses
 from assets.masks import mask_tables
 from assets.posts import posts
 from devtools.reference_teacher import ReferenceTeacher
-from opengrok_dagster.evaluation.datasets import read_tweeteval
 from opengrok_dagster.partitions import collection_partition_key, post_shard_partitions, topic_partitions
 from opengrok_dagster.posts.leaks import normalise_post
-from opengrok_dagster.sns_tasks import task_format
+from opengrok_dagster.tasks.datasets import read_tweeteval
+from opengrok_dagster.tasks.formats import task_format
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
 from tests.conftest import SHARED_DATA
 

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from devtools.reference_teacher import NAME, ReferenceTeacher, TaskClassifier, fit_task
-from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherEndpoint
+from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
+from opengrok_dagster.collect.result import SamplingParams
 from opengrok_dagster.distill.align import StudentVocabulary, align_example, parse_teacher_logprobs
 from opengrok_dagster.evaluation.api import ApiModel
-from opengrok_dagster.evaluation.baselines import train_tfidf_classifier
 from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.posts.leaks import normalise_post
-from opengrok_dagster.sns_tasks import task_format
+from opengrok_dagster.tasks.baselines import train_tfidf_classifier
+from opengrok_dagster.tasks.formats import task_format
 
 
 POSITIVE = [

@@ -13,7 +13,7 @@ from opengrok_dagster.evaluation.runner import (
     PairedComparison,
     TaskResult,
 )
-from opengrok_dagster.evaluation.tasks import task_spec
+from opengrok_dagster.tasks.specs import task_spec
 
 
 WORDS = ["negative", "neutral", "positive"]

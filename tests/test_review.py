@@ -14,8 +14,8 @@ from opengrok_dagster.filtering.review import (
 )
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.sensors import review_decisions_sensor
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths
-from tests.conftest import REPO_ROOT
 
 
 def filtered_rows() -> pd.DataFrame:
@@ -131,7 +131,7 @@ def test_sensor_targets_only_the_filtered_set(tmp_path):
         assets=[filtered_responses, prompt_feedback],
         sensors=[review_decisions_sensor],
         resources={
-            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml"))
+            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))
         },
     )
     job = defs.resolve_job_def(defs.resolve_sensor_def("review_decisions_sensor").job.name)

@@ -7,15 +7,9 @@ import sqlite3
 import pytest
 
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
-from opengrok_dagster.collect.client import (
-    ClientLimits,
-    Prices,
-    SamplingParams,
-    TeacherClient,
-    TeacherEndpoint,
-    TeacherResult,
-)
+from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
 from opengrok_dagster.collect.collector import collect_responses
+from opengrok_dagster.collect.result import Prices, SamplingParams, TeacherResult
 from opengrok_dagster.collect.spend import TeacherSpend, collection_spend, pricing_description
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.evaluation.api import ApiModel, Usage

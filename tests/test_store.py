@@ -1,6 +1,6 @@
 import multiprocessing
 
-from opengrok_dagster.collect.client import TeacherResult
+from opengrok_dagster.collect.result import TeacherResult
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 
 

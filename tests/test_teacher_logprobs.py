@@ -11,7 +11,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
-from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherEndpoint
+from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
+from opengrok_dagster.collect.result import SamplingParams
 from opengrok_dagster.distill.align import StudentVocabulary, align_example, parse_teacher_logprobs
 from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.offline.logprobs import TeacherLogprobs

@@ -7,7 +7,7 @@ from opengrok_dagster.collect.topics import (
     load_topic_catalogue,
     validate_topic_key,
 )
-from tests.conftest import REPO_ROOT
+from opengrok_dagster.settings import CONFIG_DIR
 
 
 @pytest.mark.parametrize("key", ["climate", "k-pop", "world_cup", "2026-election", "a" * 64])
@@ -36,7 +36,7 @@ def test_invalid_topic_keys_are_refused_with_the_reason(key, message):
 
 
 def test_repository_catalogue_loads():
-    topics = load_topic_catalogue(REPO_ROOT / "config" / "topics.yaml")
+    topics = load_topic_catalogue(CONFIG_DIR / "topics.yaml")
     assert [t.key for t in topics] == ["climate", "smartphones", "football"]
     assert all(t.events for t in topics)
 

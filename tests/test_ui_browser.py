@@ -20,6 +20,7 @@ from selenium.webdriver.common.by import By
 from assets.collection import prompts, raw_responses
 from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
 from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 
@@ -160,7 +161,7 @@ def webserver(tmp_path_factory, loopback):
             resources={
                 "io_manager": ParquetIOManager(base_dir=str(server.opengrok_home / "assets")),
                 "paths": OpenGrokPaths(
-                    home=str(server.opengrok_home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")
+                    home=str(server.opengrok_home), topic_catalogue=str(CONFIG_DIR / "topics.yaml")
                 ),
                 "teacher": TeacherResource(mode="remote", base_url=loopback.base_url, model="grok-test"),
             },

@@ -1,6 +1,6 @@
 """Annotation prompts: the teacher labels real posts for each SNS task, asked exactly as the evaluation asks.
 
-The messages, vocabulary and answer format come from :mod:`opengrok_dagster.sns_tasks`. Structured output is
+The messages, vocabulary and answer format come from :mod:`opengrok_dagster.tasks.formats`. Structured output is
 asked for where the endpoint supports it: ``response_format`` with the task's JSON schema, then
 ``json_object``, then free text; an endpoint that refuses a format (HTTP 400/422) is asked again with the
 next one, and the format that answered is recorded with the response.
@@ -14,13 +14,14 @@ from dataclasses import replace
 
 import pandas as pd
 
-from opengrok_dagster.collect.client import TeacherClient, TeacherResult
+from opengrok_dagster.collect.client import TeacherClient
 from opengrok_dagster.collect.prompts import GRID_VERSION, prompt_id_for, prompt_messages
-from opengrok_dagster.sns_tasks import TASK_FORMATS, TaskFormat, task_format
+from opengrok_dagster.collect.result import TeacherResult
+from opengrok_dagster.tasks.formats import TASK_FORMATS, TaskFormat, task_format
+from opengrok_dagster.tasks.schemas import ANNOTATION_VARIANT
 
 
 RESPONSE_FORMATS = ("json_schema", "json_object", "text")  # the fallback order
-ANNOTATION_VARIANT = "annotation"
 TEMPLATE_PREFIX = "annotate:"  # template_id of an annotation prompt: annotate:<task>
 REFUSED_FORMAT_STATUSES = (400, 422)
 

@@ -19,18 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from opengrok_dagster.collect.budget import Budget, BudgetExhausted
-from opengrok_dagster.collect.client import (
-    Prices,
-    SamplingParams,
-    TeacherConfigurationError,
-    TeacherEndpoint,
-    TeacherResult,
-    UnreadableAnswer,
-    characters_token_count,
-    result_from_payload,
-)
+from opengrok_dagster.collect.client import TeacherConfigurationError, TeacherEndpoint, characters_token_count
 from opengrok_dagster.collect.collector import CollectionSummary
 from opengrok_dagster.collect.prompts import prompt_messages
+from opengrok_dagster.collect.result import (
+    Prices,
+    SamplingParams,
+    TeacherResult,
+    UnreadableAnswer,
+    result_from_payload,
+)
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 
 

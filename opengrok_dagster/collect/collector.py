@@ -17,12 +17,8 @@ from dataclasses import dataclass
 
 from opengrok_dagster.collect.annotation import complete_prompt
 from opengrok_dagster.collect.budget import BudgetExhausted
-from opengrok_dagster.collect.client import (
-    LogprobsUnsupported,
-    TeacherClient,
-    TeacherConfigurationError,
-    TeacherResult,
-)
+from opengrok_dagster.collect.client import LogprobsUnsupported, TeacherClient, TeacherConfigurationError
+from opengrok_dagster.collect.result import TeacherResult
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
 
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from opengrok_dagster.collect.client import Prices
+from opengrok_dagster.collect.feedback import read_feedback, refinement_for_round
 from opengrok_dagster.collect.prompts import GridRefinement, PromptGridConfig, build_prompt_grid, prompt_messages
+from opengrok_dagster.collect.result import Prices
 from opengrok_dagster.collect.topics import Topic
-from opengrok_dagster.filtering.feedback import read_feedback, refinement_for_round
 
 
 TokenCounter = Callable[[list[dict[str, str]]], int]

@@ -140,7 +140,7 @@ DIRECT_ANSWER_INSTRUCTION = (
 
 @dataclass(frozen=True)
 class GridRefinement:
-    """What the previous round's prompt feedback changes in this round's grid (see filtering/feedback.py)."""
+    """What the previous round's prompt feedback changes in this round's grid (see collect/feedback.py)."""
 
     from_round: str
     template_weights: Mapping[str, float]  # sampling weight per template id; missing ids weigh 1.0

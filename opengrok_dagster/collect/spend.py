@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from opengrok_dagster.collect.client import Prices
+from opengrok_dagster.collect.result import Prices
 from opengrok_dagster.collect.store import SPEND_GROUPS, ResponseStore
 
 

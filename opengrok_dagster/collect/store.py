@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
-from opengrok_dagster.collect.client import TeacherResult
+from opengrok_dagster.collect.result import TeacherResult
 from opengrok_dagster.sqlite import select_in
 
 

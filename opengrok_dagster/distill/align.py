@@ -29,18 +29,10 @@ import pandas as pd
 
 from opengrok_dagster.masks.render import ChatRenderer
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
+from opengrok_dagster.tasks.schemas import KD_COLUMNS
 
 
 Span = tuple[int, int]
-KD_COLUMNS = (
-    "example_id",
-    "input_ids_digest",
-    "kd_positions",
-    "kd_token_ids",
-    "kd_logprobs",
-    "response_tokens",
-    "aligned_tokens",
-)
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SENTENCEPIECE_SPACE = "\u2581"
 

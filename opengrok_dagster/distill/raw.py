@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from opengrok_dagster.filtering.chain import example_id
-from opengrok_dagster.filtering.stored import read_stored
+from opengrok_dagster.tasks.schemas import read_stored
 
 
 KEY_COLUMNS = ("prompt_id", "teacher_model", "sampling_key", "round")

@@ -10,18 +10,9 @@ import pandas as pd
 import torch
 
 from opengrok_dagster.distill.align import input_ids_digest
+from opengrok_dagster.distill.loss import KD_LOGPROBS, KD_TOKEN_IDS
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
-from opengrok_dagster.training.distill_loss import KD_LOGPROBS, KD_TOKEN_IDS
-
-
-REQUIRED_COLUMNS = (
-    "example_id",
-    "input_ids_digest",
-    "kd_positions",
-    "kd_token_ids",
-    "kd_logprobs",
-    "tokenizer_fingerprint",
-)
+from opengrok_dagster.tasks.schemas import KD_INPUT_COLUMNS
 
 
 class KDTargetsError(ValueError):
@@ -51,7 +42,7 @@ class KDTargets:
                 "kd_alpha > 0 but no kd_targets were given; materialise kd_targets (from raw responses collected "
                 "with logprobs) or set kd_alpha to 0"
             )
-        missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+        missing = [column for column in KD_INPUT_COLUMNS if column not in table.columns]
         if missing:
             raise KDTargetsError(
                 f"kd_targets lacks columns {missing}; re-materialise kd_targets with the current code"

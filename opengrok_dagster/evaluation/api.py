@@ -15,15 +15,8 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opengrok_dagster.collect.client import (
-    ClientLimits,
-    Prices,
-    SamplingParams,
-    TeacherClient,
-    TeacherConfigurationError,
-    TeacherEndpoint,
-    TeacherResult,
-)
+from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherConfigurationError, TeacherEndpoint
+from opengrok_dagster.collect.result import Prices, SamplingParams, TeacherResult
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 
 

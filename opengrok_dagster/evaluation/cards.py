@@ -6,8 +6,8 @@ import math
 
 from huggingface_hub import EvalResult
 
-from opengrok_dagster.evaluation.hub import HubSplit, is_hub_split
 from opengrok_dagster.evaluation.runner import EvaluationResults, TaskResult
+from opengrok_dagster.tasks.hub import HubSplit, is_hub_split
 
 
 # The hub's task types for each kind of task; teacher agreement scores generated text.

@@ -1,4 +1,4 @@
-"""NER by generation: spans parsed from ``type: entity`` lines (see :mod:`opengrok_dagster.sns_tasks`) mapped back
+"""NER by generation: spans parsed from ``type: entity`` lines (see :mod:`opengrok_dagster.tasks.formats`) mapped back
 to BIO tags.
 
 A generated entity counts only if its words occur in the post's tokens (case-insensitively); the share of
@@ -7,7 +7,7 @@ lines that could not be parsed or located is reported, so a model that rambles i
 
 from __future__ import annotations
 
-from opengrok_dagster.sns_tasks import comparable_token
+from opengrok_dagster.tasks.formats import comparable_token
 
 
 def spans_to_tags(

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure, EndpointSpec, Usage
-from opengrok_dagster.evaluation.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.evaluation.bootstrap import (
     Difference,
     Distribution,
@@ -22,8 +21,6 @@ from opengrok_dagster.evaluation.bootstrap import (
     resample_indices,
 )
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
-from opengrok_dagster.evaluation.datasets import DatasetError, resolve_data_dir
-from opengrok_dagster.evaluation.hub import is_hub_split
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
 from opengrok_dagster.evaluation.metrics import (
     AgreementScores,
@@ -33,15 +30,18 @@ from opengrok_dagster.evaluation.metrics import (
     sentence_chrf,
 )
 from opengrok_dagster.evaluation.ner import spans_to_tags
-from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
 from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
-from opengrok_dagster.sns_tasks import (
+from opengrok_dagster.tasks.baselines import train_tfidf_classifier, trainable
+from opengrok_dagster.tasks.datasets import DatasetError, resolve_data_dir
+from opengrok_dagster.tasks.formats import (
     classification_messages,
     find_labels,
     ner_messages,
     parse_entity_lines,
     parse_single_label,
 )
+from opengrok_dagster.tasks.hub import is_hub_split
+from opengrok_dagster.tasks.specs import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
 
 
 TEACHER = "teacher"

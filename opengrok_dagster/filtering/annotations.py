@@ -15,10 +15,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from opengrok_dagster.evaluation.baselines import tfidf_classifier
 from opengrok_dagster.filtering import checks
 from opengrok_dagster.filtering.dedup import content_hash
-from opengrok_dagster.sns_tasks import Annotation, task_format
+from opengrok_dagster.tasks.baselines import tfidf_classifier
+from opengrok_dagster.tasks.formats import Annotation, task_format
 
 
 ANNOTATION_COLUMNS = ("task", "post_id", "post_text", "response_format")  # in raw responses of annotation prompts

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from opengrok_dagster.collect.annotation import ANNOTATION_VARIANT
 from opengrok_dagster.filtering import checks
 from opengrok_dagster.filtering.annotations import (
     LABEL_ISSUE,
@@ -33,33 +32,12 @@ from opengrok_dagster.filtering.pii import scrub_pii
 from opengrok_dagster.filtering.review import ACCEPT, Decision
 from opengrok_dagster.filtering.split import assign_splits
 from opengrok_dagster.filtering.toxicity import ToxicityClassifier, load_toxicity_classifier
+from opengrok_dagster.tasks import reasons
+from opengrok_dagster.tasks.schemas import ANNOTATION_VARIANT, FILTERED_COLUMNS
 
 
 KEPT, REJECTED, NEEDS_REVIEW = "kept", "rejected", "needs_review"
 STATES = (KEPT, REJECTED, NEEDS_REVIEW)
-FILTERED_COLUMNS = (
-    "example_id",
-    "prompt_id",
-    "topic",
-    "round",
-    "template_id",
-    "platform",
-    "style",
-    "variant",
-    "teacher_model",
-    "request_id",
-    "collected_at",
-    "system_prompt",
-    "prompt",
-    "response",
-    "content_hash",
-    "state",
-    "reasons",
-    "scores",
-    "split",
-    "task",
-    "class_label",
-)
 
 
 @dataclass
@@ -161,7 +139,7 @@ def _hard_rejections(
         if not reasons:
             reasons = checks.length_reasons(text, config.min_chars, config.max_chars, config.min_words)
         if not reasons:
-            reasons = checks.refusal_reasons(text) + ([checks.BLOCKLIST] if models.blocklist.matches(text) else [])
+            reasons = checks.refusal_reasons(text) + ([reasons.BLOCKLIST] if models.blocklist.matches(text) else [])
         rejections.append(reasons)
     return rejections, [list(review) for _, review in flagged]
 
@@ -194,12 +172,12 @@ def _flag_by_scores(
     """Adds toxicity and language rejections to ``rejections`` and review flags to ``reviews``; returns ``reviews``."""
     for index in candidates:
         if toxicity[index] >= config.toxicity_reject_threshold:
-            rejections[index].append(checks.TOXIC)
+            rejections[index].append(reasons.TOXIC)
         elif toxicity[index] >= config.toxicity_review_threshold:
-            reviews[index].append(checks.TOXICITY_BORDERLINE)
+            reviews[index].append(reasons.TOXICITY_BORDERLINE)
         code = languages[index][0] if languages[index] else None
         if code is not None and code not in models.language.allowed:
-            rejections[index].append(checks.LANGUAGE)
+            rejections[index].append(reasons.LANGUAGE)
         reviews[index] += checks.bias_reasons(
             texts[index], toxicity[index], models.identity, config.bias_toxicity_threshold
         )
@@ -221,7 +199,7 @@ def _decide(
         elif hashes[index] in decisions:
             accepted = decisions[hashes[index]].decision == ACCEPT
             states.append(KEPT if accepted else REJECTED)
-            reasons.append(review + [checks.REVIEW_ACCEPTED if accepted else checks.REVIEW_REJECTED])
+            reasons.append(review + [reasons.REVIEW_ACCEPTED if accepted else reasons.REVIEW_REJECTED])
         else:
             states.append(NEEDS_REVIEW)
             reasons.append(review)
@@ -270,7 +248,7 @@ def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: di
         if state == NEEDS_REVIEW and hashes[index] in decisions:
             accepted = decisions[hashes[index]].decision == ACCEPT
             states[index] = KEPT if accepted else REJECTED
-            reasons[index] = reasons[index] + [checks.REVIEW_ACCEPTED if accepted else checks.REVIEW_REJECTED]
+            reasons[index] = reasons[index] + [reasons.REVIEW_ACCEPTED if accepted else reasons.REVIEW_REJECTED]
     out = checked.assign(content_hash=hashes, state=states, reasons=reasons)
     keys = zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])
     out["example_id"] = [example_id(*key) for key in keys]

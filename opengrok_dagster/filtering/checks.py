@@ -6,26 +6,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from opengrok_dagster.tasks.reasons import (
+    DEFLECTION,
+    EMPTY,
+    IDENTITY_GENERALISATION,
+    IDENTITY_TOXIC,
+    OVERLONG,
+    REFUSAL,
+    TEACHER_ERROR,
+    TOO_LONG,
+    TOO_SHORT,
+    TRUNCATED,
+)
 
-# Reason codes, shared by the chain, the metadata and the tests.
-TEACHER_ERROR = "teacher_error"
-TRUNCATED = "truncated"
-EMPTY = "empty"
-TOO_SHORT = "too_short"
-TOO_LONG = "too_long"
-REFUSAL = "refusal"
-OVERLONG = "overlong"
-DEFLECTION = "deflection"
-BLOCKLIST = "blocklist"
-TOXIC = "toxic"
-TOXICITY_BORDERLINE = "toxicity_borderline"
-IDENTITY_GENERALISATION = "identity_generalisation"
-IDENTITY_TOXIC = "identity_toxic"
-LANGUAGE = "language"
-EXACT_DUPLICATE = "exact_duplicate"
-NEAR_DUPLICATE = "near_duplicate"
-REVIEW_ACCEPTED = "review_accepted"
-REVIEW_REJECTED = "review_rejected"
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opengrok_dagster.settings import REPO_ROOT
+from opengrok_dagster.settings import CONFIG_DIR
 
 
 LABEL_ISSUE_ACTIONS = ("review", "reject", "off")
-DEFAULT_BLOCKLIST = REPO_ROOT / "config" / "blocklist.txt"
-DEFAULT_IDENTITY_TERMS = REPO_ROOT / "config" / "identity_terms.txt"
+DEFAULT_BLOCKLIST = CONFIG_DIR / "blocklist.txt"
+DEFAULT_IDENTITY_TERMS = CONFIG_DIR / "identity_terms.txt"
 
 # Languages the detector tells apart by default: the allowed ones are always added. Loading only these
 # (not all 75 lingua models) keeps detection fast while still recognising the common non-English posts.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from datasketch import MinHash, MinHashLSH
 
-from opengrok_dagster.filtering.checks import EXACT_DUPLICATE, NEAR_DUPLICATE
+from opengrok_dagster.tasks.reasons import EXACT_DUPLICATE, NEAR_DUPLICATE
 
 
 _WORD = re.compile(r"\w+")

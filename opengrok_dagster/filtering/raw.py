@@ -13,30 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from opengrok_dagster.filtering.annotations import ANNOTATION_COLUMNS
-from opengrok_dagster.filtering.stored import read_stored
 from opengrok_dagster.layout import ASSET_SUFFIX
+from opengrok_dagster.tasks.schemas import OPTIONAL_RAW_COLUMNS, RAW_COLUMNS, read_stored
 
 
-RAW_COLUMNS = (
-    "prompt_id",
-    "topic",
-    "round",
-    "template_id",
-    "platform",
-    "style",
-    "variant",
-    "system_prompt",
-    "prompt",
-    "teacher_model",
-    "sampling_key",
-    "response",
-    "finish_reason",
-    "request_id",
-    "error",
-    "collected_at",
-)
 # Added later: files written before it read as "no anomaly" rather than needing a re-collection.
-OPTIONAL_RAW_COLUMNS = ("anomaly",)
 ROUND_SELECTIONS = ("latest", "last_n", "all")
 _ROUND_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

@@ -20,9 +20,9 @@ from opengrok_dagster.masks.linguistics import Words, key_relation_flags, parse_
 from opengrok_dagster.masks.render import ChatRenderer, RenderedExample
 from opengrok_dagster.masks.tfidf import TfidfScorer
 from opengrok_dagster.masks.tokenizer import require_offsets, structural_special_ids, tokenizer_fingerprint
+from opengrok_dagster.tasks.schemas import MASK_INPUT_COLUMNS
 
 
-INPUT_COLUMNS = ("example_id", "split", "system_prompt", "prompt", "response")
 TRAINING_SPLITS = ("train", "validation")
 TOKEN_LIST_COLUMNS = (
     "input_ids",
@@ -56,7 +56,7 @@ class MaskTableResult:
 
 def select_training_examples(filtered: pd.DataFrame) -> pd.DataFrame:
     """Kept rows of the train and validation splits (held-out prompts never enter training)."""
-    required = set(INPUT_COLUMNS) | {"state"}
+    required = set(MASK_INPUT_COLUMNS) | {"state"}
     missing = sorted(required - set(filtered.columns))
     if missing:
         raise MaskInputError(
@@ -291,7 +291,7 @@ def build_mask_table(
     tfidf: TfidfScorer | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> MaskTableResult:
-    """The mask table of ``examples`` (columns INPUT_COLUMNS); ``tfidf`` rebuilds with a saved vocabulary.
+    """The mask table of ``examples`` (columns MASK_INPUT_COLUMNS); ``tfidf`` rebuilds with a saved vocabulary.
 
     Examples whose prompt fills ``max_length`` leave no response token to learn from and are dropped (reported).
     """
@@ -299,7 +299,7 @@ def build_mask_table(
     _require_text(examples)
     require_offsets(tokenizer)
     renderer = ChatRenderer(tokenizer)
-    rows = examples[list(INPUT_COLUMNS)].to_dict("records")
+    rows = examples[list(MASK_INPUT_COLUMNS)].to_dict("records")
     rendered = [
         renderer.render(
             None if pd.isna(r["system_prompt"]) else str(r["system_prompt"]), str(r["prompt"]), str(r["response"])

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import uvicorn
 
-from opengrok_dagster.collect.client import OPENAI_TOP_LOGPROBS_LIMIT
+from opengrok_dagster.collect.result import OPENAI_TOP_LOGPROBS_LIMIT
 from opengrok_dagster.offline.logprobs import TeacherLogprobs
 from opengrok_dagster.offline.server import TeacherServer, free_loopback_port
 from opengrok_dagster.offline.serving import ThreadedLoopbackServer, read_body

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from opengrok_dagster.evaluation.tasks import read_split, task_spec
+from opengrok_dagster.tasks.specs import read_split, task_spec
 
 
 _ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})")

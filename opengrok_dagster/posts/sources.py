@@ -17,12 +17,12 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from opengrok_dagster.collect.topics import TopicKeyError, validate_topic_key
-from opengrok_dagster.evaluation.datasets import read_conll, read_semeval_tsv, resolve_data_dir
-from opengrok_dagster.evaluation.hub import INSTALL, HubSplit, is_hub_split
+from opengrok_dagster.tasks.datasets import read_conll, read_semeval_tsv, resolve_data_dir
+from opengrok_dagster.tasks.hub import INSTALL, HubSplit, is_hub_split
+from opengrok_dagster.tasks.keys import TopicKeyError, validate_topic_key
+from opengrok_dagster.tasks.schemas import POST_COLUMNS
 
 
-POST_COLUMNS = ("post_id", "text", "topic", "platform", "created_at", "shard", "source")
 DATA_PREFIX = "data:"
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".tsv": "semeval_tsv"}
 
@@ -56,7 +56,7 @@ def load_posts_catalogue(path: str | Path) -> list[PostShard]:
     path = Path(path)
     if not path.is_file():
         raise PostsError(
-            f"posts catalogue {path} does not exist; point posts_catalogue at a YAML file like config/posts.yaml"
+            f"posts catalogue {path} does not exist; point posts_catalogue at a YAML file like opengrok_dagster/config/posts.yaml"
         )
     try:
         entries = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("shards")

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from opengrok_dagster.offline import model as offline
+from opengrok_dagster import offline_model as offline
 
 
 PIPELINE_TAG = "text-generation"

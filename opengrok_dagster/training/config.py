@@ -2,7 +2,7 @@
 
 Defaults are sized for a CPU: SmolLM2-135M on a few hundred short annotation examples trains one mask mode in
 about a minute and a half; the recipe (rank 16, lr 1e-3, balanced classes) is the one docs/efficacy.md measured.
-For a real run on a GPU raise ``max_length``, ``num_epochs`` and ``max_steps`` (config/profiles/gpu.yaml).
+For a real run on a GPU raise ``max_length``, ``num_epochs`` and ``max_steps`` (opengrok_dagster/config/profiles/gpu.yaml).
 """
 
 from __future__ import annotations

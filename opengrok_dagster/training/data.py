@@ -9,11 +9,11 @@ import pandas as pd
 import torch
 
 from opengrok_dagster.masks.tokenizer import require_same_tokenizer
+from opengrok_dagster.tasks.schemas import TRAINING_INPUT_COLUMNS
 from opengrok_dagster.training.attention import SEGMENT_IDS_KWARG, TOKEN_MASK_KWARG, require_mask_mode
 
 
 IGNORE_INDEX = -100
-REQUIRED_COLUMNS = ("example_id", "split", "input_ids", "response_start", "m", "p", "tokenizer_fingerprint")
 
 
 class TrainingDataError(ValueError):
@@ -46,7 +46,7 @@ def load_training_data(table: pd.DataFrame, tokenizer, max_length: int) -> Train
 
     Examples whose response starts at or after ``max_length`` would carry no loss; they are dropped and counted.
     """
-    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+    missing = [column for column in TRAINING_INPUT_COLUMNS if column not in table.columns]
     if missing:
         raise TrainingDataError(
             f"mask_tables lacks columns {missing}; re-materialise mask_tables with the current code"

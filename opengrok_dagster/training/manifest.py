@@ -11,18 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-
-MANIFEST_COLUMNS = (
-    "mask_mode",
-    "adapter_dir",
-    "base_model",
-    "best_val_loss",
-    "global_step",
-    "early_stopped",
-    "train_examples",
-    "validation_examples",
-    "tokens_per_second",
-)
+from opengrok_dagster.tasks.schemas import MANIFEST_COLUMNS
 
 
 def manifest_row(outcome: Mapping) -> dict:

@@ -39,6 +39,7 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
+from opengrok_dagster.distill.loss import KD_INPUTS, distillation_loss
 from opengrok_dagster.distill.targets import KDTargets
 from opengrok_dagster.publish import publish_directory
 from opengrok_dagster.training import CHECKPOINT_RECORD
@@ -52,7 +53,6 @@ from opengrok_dagster.training.data import (
     load_training_data,
 )
 from opengrok_dagster.training.device import Placement
-from opengrok_dagster.training.distill_loss import KD_INPUTS, distillation_loss
 from opengrok_dagster.training.report import loss_curves, write_loss_plot, write_model_card
 
 

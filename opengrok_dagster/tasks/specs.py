@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from opengrok_dagster.evaluation.datasets import (
+from opengrok_dagster.tasks.datasets import (
     ClassificationData,
     DatasetError,
     MultiLabelData,
@@ -21,8 +21,7 @@ from opengrok_dagster.evaluation.datasets import (
     read_topic_jsonl,
     read_tweeteval,
 )
-from opengrok_dagster.evaluation.hub import is_hub_split, load_hub_split
-from opengrok_dagster.sns_tasks import (
+from opengrok_dagster.tasks.formats import (
     ENTITY_WORDS,
     NER_QUESTION,
     SENTIMENT_QUESTION,
@@ -30,6 +29,7 @@ from opengrok_dagster.sns_tasks import (
     TOPIC_QUESTION,
     word_for,
 )
+from opengrok_dagster.tasks.hub import is_hub_split, load_hub_split
 
 
 READERS = {

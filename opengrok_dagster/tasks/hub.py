@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opengrok_dagster.evaluation.datasets import (
+from opengrok_dagster.tasks.datasets import (
     TOPIC_LABELS,
     ClassificationData,
     DatasetError,

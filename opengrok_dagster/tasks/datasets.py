@@ -2,7 +2,7 @@
 
 Every reader takes a path, so any split (including the withheld test splits) is read by the same code; each
 error names the file and line and says what was expected. The same tasks load from the Hugging Face hub
-through :mod:`opengrok_dagster.evaluation.hub` into the same records.
+through :mod:`opengrok_dagster.tasks.hub` into the same records.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opengrok_dagster.sns_tasks import SENTIMENT_LABELS, TOPIC_LABELS
+from opengrok_dagster.tasks.formats import SENTIMENT_LABELS, TOPIC_LABELS
 
 
 DATA_DIR_VARIABLE = "OPENGROK_DATA_DIR"

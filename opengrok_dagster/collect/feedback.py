@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from opengrok_dagster.collect.prompts import GridRefinement
-from opengrok_dagster.filtering.checks import DEFLECTION, REFUSAL, TEACHER_ERROR
-from opengrok_dagster.filtering.stored import read_stored
+from opengrok_dagster.tasks.reasons import DEFLECTION, REFUSAL, TEACHER_ERROR
+from opengrok_dagster.tasks.schemas import read_stored
 
 
 FEEDBACK_DIMENSIONS = ("template_id", "platform", "style", "variant")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from opengrok_dagster.evaluation.tasks import label_words, read_split, task_spec
-from opengrok_dagster.sns_tasks import REASONS, TASK_FORMATS, Annotation, task_format
+from opengrok_dagster.tasks.formats import REASONS, TASK_FORMATS, Annotation, task_format
+from opengrok_dagster.tasks.specs import label_words, read_split, task_spec
 from tests.conftest import SHARED_DATA
 
 
