@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
 from setuptools import find_packages
 
 from tests.conftest import REPO_ROOT
@@ -120,3 +122,23 @@ def test_fixtures_are_shared_through_conftest_not_imported_from_other_test_modul
                     f"{path.name}: {alias.name}" for alias in node.names if alias.name in fixture_names(source)
                 ]
     assert imported == []
+
+
+@pytest.mark.integration
+def test_the_wheel_ships_the_configuration_it_reads(tmp_path):
+    """A wheel install runs from anywhere: the catalogues and profiles the settings point at are package data."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = tmp_path.glob("opengrok_dagster-*.whl")
+    members = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {
+        str(path.relative_to(REPO_ROOT))
+        for path in (REPO_ROOT / "opengrok_dagster" / "config").rglob("*")
+        if path.is_file()
+    }
+    assert shipped and shipped <= members
