@@ -102,7 +102,9 @@ def load_profile(name: str | None = None) -> Profile:
         profile = Profile(**{"name": path.stem, **values, "source": str(path)})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ProfileError(f"profile {path}: {problems}; see opengrok_dagster/config/profiles/cpu-demo.yaml for the keys") from None
+        raise ProfileError(
+            f"profile {path}: {problems}; see opengrok_dagster/config/profiles/cpu-demo.yaml for the keys"
+        ) from None
     require_matching_max_length(profile.op_config(MASK_TABLES), profile.op_config(LORA_CHECKPOINT), str(path))
     return profile
 

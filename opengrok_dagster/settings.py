@@ -25,9 +25,7 @@ def home_layout() -> HomeLayout:
 
 
 def topic_catalogue_path() -> Path:
-    return (
-        Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", CONFIG_DIR / "topics.yaml")).expanduser().resolve()
-    )
+    return Path(os.environ.get("OPENGROK_TOPIC_CATALOGUE", CONFIG_DIR / "topics.yaml")).expanduser().resolve()
 
 
 def posts_catalogue_path() -> Path:

@@ -18,7 +18,17 @@ from opengrok_dagster.filtering.raw import choose_rounds
 from opengrok_dagster.filtering.split import HELDOUT, TRAIN, VALIDATION, assign_splits
 from opengrok_dagster.filtering.toxicity import ProfanityCheckClassifier, load_toxicity_classifier
 from opengrok_dagster.settings import CONFIG_DIR
-from opengrok_dagster.tasks import reasons
+from opengrok_dagster.tasks.reasons import (
+    DEFLECTION,
+    EMPTY,
+    IDENTITY_GENERALISATION,
+    IDENTITY_TOXIC,
+    REFUSAL,
+    TEACHER_ERROR,
+    TOO_LONG,
+    TOO_SHORT,
+    TRUNCATED,
+)
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 
@@ -52,30 +62,30 @@ def detector() -> LanguageDetector:
 
 
 def test_errors_and_truncation():
-    assert checks.error_reasons("HTTP 503 after 5 attempts", None, False) == [reasons.TEACHER_ERROR]
-    assert checks.error_reasons(None, "length", True) == [reasons.TRUNCATED]
+    assert checks.error_reasons("HTTP 503 after 5 attempts", None, False) == [TEACHER_ERROR]
+    assert checks.error_reasons(None, "length", True) == [TRUNCATED]
     assert checks.error_reasons(None, "length", False) == []
     assert checks.error_reasons(None, "stop", True) == []
 
 
 def test_length_bounds():
-    assert checks.length_reasons("   ", 20, 100, 3) == [reasons.EMPTY]
-    assert checks.length_reasons("lol ok", 5, 100, 3) == [reasons.TOO_SHORT]
-    assert checks.length_reasons("a" * 30, 20, 100, 3) == [reasons.TOO_SHORT]  # one word
-    assert checks.length_reasons("word " * 40, 20, 100, 3) == [reasons.TOO_LONG]
+    assert checks.length_reasons("   ", 20, 100, 3) == [EMPTY]
+    assert checks.length_reasons("lol ok", 5, 100, 3) == [TOO_SHORT]
+    assert checks.length_reasons("a" * 30, 20, 100, 3) == [TOO_SHORT]  # one word
+    assert checks.length_reasons("word " * 40, 20, 100, 3) == [TOO_LONG]
     assert checks.length_reasons("This is a fine tweet about the match", 20, 100, 3) == []
 
 
 @pytest.mark.parametrize(
     "text, reason",
     [
-        ("As an AI language model, I cannot browse Twitter.", reasons.REFUSAL),
-        ("I’m sorry, but I can’t help with that request.", reasons.REFUSAL),
-        ("I cannot create content that promotes harassment.", reasons.REFUSAL),
-        ("Sorry — I must decline to write that post.", reasons.REFUSAL),
-        ("I don't have real-time access to social media, but generally people say...", reasons.DEFLECTION),
-        ("I'm just an AI, so I can't know what is trending today.", reasons.DEFLECTION),
-        ("My knowledge cutoff means I can't see the latest posts.", reasons.DEFLECTION),
+        ("As an AI language model, I cannot browse Twitter.", REFUSAL),
+        ("I’m sorry, but I can’t help with that request.", REFUSAL),
+        ("I cannot create content that promotes harassment.", REFUSAL),
+        ("Sorry — I must decline to write that post.", REFUSAL),
+        ("I don't have real-time access to social media, but generally people say...", DEFLECTION),
+        ("I'm just an AI, so I can't know what is trending today.", DEFLECTION),
+        ("My knowledge cutoff means I can't see the latest posts.", DEFLECTION),
     ],
 )
 def test_refusals_and_deflections_in_several_phrasings(text, reason):
@@ -152,12 +162,12 @@ def test_toxicity_classifier_is_configurable():
 def test_bias_flags_generalisations_and_toxic_mentions_not_mentions():
     identity = checks.IdentityTerms(["women", "immigrants", "muslims"])
     assert checks.bias_reasons("All immigrants are criminals, wake up", 0.1, identity, 0.3) == [
-        reasons.IDENTITY_GENERALISATION
+        IDENTITY_GENERALISATION
     ]
-    assert checks.bias_reasons("women always overreact lol", 0.1, identity, 0.3) == [reasons.IDENTITY_GENERALISATION]
+    assert checks.bias_reasons("women always overreact lol", 0.1, identity, 0.3) == [IDENTITY_GENERALISATION]
     assert checks.bias_reasons("shut up you stupid muslims", 0.9, identity, 0.3) in (
-        [reasons.IDENTITY_GENERALISATION],
-        [reasons.IDENTITY_TOXIC],
+        [IDENTITY_GENERALISATION],
+        [IDENTITY_TOXIC],
     )
     assert checks.bias_reasons("Proud of the women's team tonight!", 0.05, identity, 0.3) == []
     assert checks.bias_reasons("The match was brilliant", 0.9, identity, 0.3) == []
@@ -167,7 +177,7 @@ def test_bias_flags_generalisations_and_toxic_mentions_not_mentions():
         "@user All refugees must send back home, without any consequences.",
         "These hysterical women would benefit from listening to @user Women should learn to control their emotional, irrational female side",
     ]
-    assert all(checks.bias_reasons(t, 0.0, full, 0.3) == [reasons.IDENTITY_GENERALISATION] for t in hateful)
+    assert all(checks.bias_reasons(t, 0.0, full, 0.3) == [IDENTITY_GENERALISATION] for t in hateful)
     # everyday tweets seldom go to review: the queue stays small enough for people to read
     everyday, _ = tweets("sentiment", "val", 2000)
     assert sum(bool(checks.bias_reasons(t, 0.0, full, 0.3)) for t in everyday) < 0.03 * len(everyday)

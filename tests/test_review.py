@@ -130,9 +130,7 @@ def test_sensor_targets_only_the_filtered_set(tmp_path):
     defs = Definitions(
         assets=[filtered_responses, prompt_feedback],
         sensors=[review_decisions_sensor],
-        resources={
-            "paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))
-        },
+        resources={"paths": OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))},
     )
     job = defs.resolve_job_def(defs.resolve_sensor_def("review_decisions_sensor").job.name)
     assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {"filtered_responses"}

@@ -32,7 +32,14 @@ from opengrok_dagster.filtering.pii import scrub_pii
 from opengrok_dagster.filtering.review import ACCEPT, Decision
 from opengrok_dagster.filtering.split import assign_splits
 from opengrok_dagster.filtering.toxicity import ToxicityClassifier, load_toxicity_classifier
-from opengrok_dagster.tasks import reasons
+from opengrok_dagster.tasks.reasons import (
+    BLOCKLIST,
+    LANGUAGE,
+    REVIEW_ACCEPTED,
+    REVIEW_REJECTED,
+    TOXIC,
+    TOXICITY_BORDERLINE,
+)
 from opengrok_dagster.tasks.schemas import ANNOTATION_VARIANT, FILTERED_COLUMNS
 
 
@@ -139,7 +146,7 @@ def _hard_rejections(
         if not reasons:
             reasons = checks.length_reasons(text, config.min_chars, config.max_chars, config.min_words)
         if not reasons:
-            reasons = checks.refusal_reasons(text) + ([reasons.BLOCKLIST] if models.blocklist.matches(text) else [])
+            reasons = checks.refusal_reasons(text) + ([BLOCKLIST] if models.blocklist.matches(text) else [])
         rejections.append(reasons)
     return rejections, [list(review) for _, review in flagged]
 
@@ -172,12 +179,12 @@ def _flag_by_scores(
     """Adds toxicity and language rejections to ``rejections`` and review flags to ``reviews``; returns ``reviews``."""
     for index in candidates:
         if toxicity[index] >= config.toxicity_reject_threshold:
-            rejections[index].append(reasons.TOXIC)
+            rejections[index].append(TOXIC)
         elif toxicity[index] >= config.toxicity_review_threshold:
-            reviews[index].append(reasons.TOXICITY_BORDERLINE)
+            reviews[index].append(TOXICITY_BORDERLINE)
         code = languages[index][0] if languages[index] else None
         if code is not None and code not in models.language.allowed:
-            rejections[index].append(reasons.LANGUAGE)
+            rejections[index].append(LANGUAGE)
         reviews[index] += checks.bias_reasons(
             texts[index], toxicity[index], models.identity, config.bias_toxicity_threshold
         )
@@ -199,7 +206,7 @@ def _decide(
         elif hashes[index] in decisions:
             accepted = decisions[hashes[index]].decision == ACCEPT
             states.append(KEPT if accepted else REJECTED)
-            reasons.append(review + [reasons.REVIEW_ACCEPTED if accepted else reasons.REVIEW_REJECTED])
+            reasons.append(review + [REVIEW_ACCEPTED if accepted else REVIEW_REJECTED])
         else:
             states.append(NEEDS_REVIEW)
             reasons.append(review)
@@ -248,7 +255,7 @@ def _filter_annotations(frame: pd.DataFrame, config: FilterConfig, decisions: di
         if state == NEEDS_REVIEW and hashes[index] in decisions:
             accepted = decisions[hashes[index]].decision == ACCEPT
             states[index] = KEPT if accepted else REJECTED
-            reasons[index] = reasons[index] + [reasons.REVIEW_ACCEPTED if accepted else reasons.REVIEW_REJECTED]
+            reasons[index] = reasons[index] + [REVIEW_ACCEPTED if accepted else REVIEW_REJECTED]
     out = checked.assign(content_hash=hashes, state=states, reasons=reasons)
     keys = zip(out["prompt_id"], out["teacher_model"], out["sampling_key"], out["round"])
     out["example_id"] = [example_id(*key) for key in keys]
