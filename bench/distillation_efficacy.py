@@ -76,7 +76,8 @@ from opengrok_dagster.tasks.formats import Annotation
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import balance_classes
 from opengrok_dagster.training.device import resolve_placement
-from opengrok_dagster.training.trainer import TrainingJob, train_lora
+from opengrok_dagster.training.job import TrainingJob
+from opengrok_dagster.training.trainer import train_lora
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,9 @@ from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
 from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.device import resolve_placement
-from opengrok_dagster.training.trainer import TRAINING_DTYPES, TrainingJob, train_lora
+from opengrok_dagster.training.job import TrainingJob
+from opengrok_dagster.training.setup import TRAINING_DTYPES
+from opengrok_dagster.training.trainer import train_lora
 
 
 TWEETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweeteval" / "emotion" / "train_text.txt"

@@ -77,7 +77,7 @@ class HomeLayout:
         return self.checkpoints_dir / mask_mode
 
     def training_work_dir(self, mask_mode: str) -> Path:
-        """The Trainer's resumable checkpoints of one mask mode (``training.trainer.TrainingJob.work_dir``)."""
+        """The Trainer's resumable checkpoints of one mask mode (``training.job.TrainingJob.work_dir``)."""
         return self.checkpoints_dir / f".work-{mask_mode}"
 
     # Reports, vocabularies, the stores (one SQLite file each, written by different hands), logs, Dagster

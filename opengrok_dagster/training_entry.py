@@ -28,13 +28,13 @@ from opengrok_dagster.training.attention import UnknownMaskModeError
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
-from opengrok_dagster.training.trainer import (
+from opengrok_dagster.training.job import (
     LoraTargetError,
     NonFiniteLossError,
     TrainingJob,
     TrainingOptionUnavailableError,
-    train_lora,
 )
+from opengrok_dagster.training.trainer import train_lora
 
 
 # Bad input or settings: the message names the fix, so it is reported rather than dumped as a traceback.

@@ -149,7 +149,7 @@ def test_verify_adapter_generates_what_the_evaluation_will(checkpoints_home, tin
     from transformers import AutoTokenizer
 
     from opengrok_dagster.training.device import resolve_placement
-    from opengrok_dagster.training.trainer import VERIFY_PROMPT, verify_adapter
+    from opengrok_dagster.training.publishing import VERIFY_PROMPT, verify_adapter
 
     adapter = adapters(checkpoints_home)["hard"]
     AutoTokenizer.from_pretrained(tiny_student).save_pretrained(adapter)

@@ -22,9 +22,9 @@ SEGMENTS = {"assets", "checkpoints", "reports", "logs", "dagster_home", "teacher
 SPELLING = re.compile(
     r"^(responses|reviews|eval_answers)\.sqlite$|^\.work-|(^|/)(assets|checkpoints|reports|logs|dagster_home)/"
 )
-# training/trainer.py (the trainer's own module) derives its work directory from the checkpoint directory; the
+# training/job.py (TrainingJob) derives its work directory from the checkpoint directory; the
 # agreement with the layout is tested in test_the_trainer_keeps_its_work_where_the_layout_says.
-ALLOWED = {"opengrok_dagster/training/trainer.py": [".work-"]}
+ALLOWED = {"opengrok_dagster/training/job.py": [".work-"]}
 
 
 def spelled_segments(source: str) -> list[str]:
@@ -117,7 +117,7 @@ def test_definitions_settings_and_resources_resolve_through_the_layout(tmp_path,
 def test_the_trainer_keeps_its_work_where_the_layout_says(tmp_path):
     from opengrok_dagster.training.config import TrainingConfig
     from opengrok_dagster.training.device import Placement
-    from opengrok_dagster.training.trainer import TrainingJob
+    from opengrok_dagster.training.job import TrainingJob
 
     layout = HomeLayout(tmp_path)
     job = TrainingJob("soft", "model", layout.checkpoint_dir("soft"), TrainingConfig(), Placement("cpu", "fp32"))

@@ -17,19 +17,19 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 
 from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
+from opengrok_dagster.training import CHECKPOINT_RECORD, setup
 from opengrok_dagster.training import trainer as trainer_module
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError, load_training_data
 from opengrok_dagster.training.device import DeviceUnavailableError, Placement, resolve_placement
-from opengrok_dagster.training.manifest import manifest_row
-from opengrok_dagster.training.trainer import (
-    CHECKPOINT_RECORD,
+from opengrok_dagster.training.job import (
     LoraTargetError,
     NonFiniteLossError,
     TrainingJob,
     TrainingOptionUnavailableError,
-    train_lora,
 )
+from opengrok_dagster.training.manifest import manifest_row
+from opengrok_dagster.training.trainer import train_lora
 from tests.conftest import QUICK, mask_table
 
 
@@ -104,7 +104,8 @@ import pandas as pd
 from transformers import TrainerCallback
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.device import Placement
-from opengrok_dagster.training.trainer import TrainingJob, train_lora
+from opengrok_dagster.training.job import TrainingJob
+from opengrok_dagster.training.trainer import train_lora
 
 class SigkillAfterCheckpoint(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -281,8 +282,8 @@ def test_length_grouped_batches_pad_less(tmp_path, tiny_student, tokenizer):
     for grouped in (False, True):
         target = job(tmp_path / str(grouped), tiny_student, "none", group_by_length=grouped, max_length=96)
         data = load_training_data(table, tokenizer, target.config.max_length)
-        args = trainer_module._training_arguments(target, tmp_path / "out")
-        model, _ = trainer_module._setup_model(target)
+        args = setup.training_arguments(target, tmp_path / "out")
+        model, _ = setup.setup_model(target)
         trainer = trainer_module._setup_trainer(target, args, model, tokenizer, data, [])
         batches = list(trainer.get_train_dataloader())
         assert sorted(len(b["input_ids"]) for b in batches) == [4] * 12
@@ -345,7 +346,7 @@ def test_train_split_classes_are_balanced_when_configured(tmp_path, tiny_student
     table["class_label"] = table["class_label"].astype(pd.StringDtype())  # as mask_tables stores it
     logged = []
     target = job(tmp_path, tiny_student, "none", balance_classes=balance, balance_min_class_examples=2)
-    data = trainer_module._setup_data(target, table, tokenizer, logged.append)
+    data = setup.setup_data(target, table, tokenizer, logged.append)
     ids = [example.example_id for example in data.train]
     positives = set(table.loc[train[8:], "example_id"])
     # Balanced: the 2 positive examples are repeated to the 8 negatives' count; validation is untouched.
