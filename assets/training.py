@@ -26,6 +26,7 @@ from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.profiles import LORA_CHECKPOINT, ProfileError, require_matching_max_length, with_profile_defaults
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.hub import HubPushError, hub_repo_id, push_adapter, require_token
+from opengrok_dagster.training.job import TrainingRequest
 from opengrok_dagster.training.manifest import manifest_frame
 from resources import HubResource, OpenGrokPaths, StudentResource, TrainingResource
 from resources.gpu import TrainingProcessError
@@ -36,7 +37,9 @@ from resources.hub import HUB_TOKEN_VARIABLE
 TRAINING_CODE_VERSION = asset_code_version("lora_checkpoint")
 
 
-@with_profile_defaults(LORA_CHECKPOINT)  # opengrok_dagster/config/profiles/: steps, epochs and max_length of the deployment
+@with_profile_defaults(
+    LORA_CHECKPOINT
+)  # opengrok_dagster/config/profiles/: steps, epochs and max_length of the deployment
 class LoraCheckpointConfig(config_from(TrainingConfig)):
     """Fine-tune hyper-parameters (every field and its description from ``TrainingConfig``), and where to upload."""
 
@@ -80,7 +83,7 @@ def _push(context: AssetExecutionContext, adapter_dir: Path, target: tuple[str, 
     return url
 
 
-def _kd_targets_extras(layout: HomeLayout, data_versions: dict) -> dict:
+def _kd_targets_fields(layout: HomeLayout, data_versions: dict) -> dict:
     """The published kd_targets file for the training subprocess, its data version recorded with the others."""
     path = layout.asset_path("kd_targets")
     if not path.exists():
@@ -165,19 +168,20 @@ def _train_out_of_process(
     with tempfile.TemporaryDirectory(dir=layout.checkpoints_dir, prefix=f".input-{mode}-") as scratch:
         table_path = Path(scratch) / "mask_tables.parquet"
         mask_tables.to_parquet(table_path, index=False)
-        extras = {
-            "mask_mode": mode,
-            "model_path": model_path,
-            "checkpoint_dir": str(layout.checkpoint_dir(mode)),
-            "table_path": str(table_path),
-            "config": training_config.model_dump(),
-            "data_versions": {"mask_tables": content_data_version(mask_tables).value},
-            "code_version": TRAINING_CODE_VERSION,
-        }
-        if training_config.kd_alpha:
-            extras.update(_kd_targets_extras(layout, extras["data_versions"]))
+        data_versions = {"mask_tables": content_data_version(mask_tables).value}
+        kd_fields = _kd_targets_fields(layout, data_versions) if training_config.kd_alpha else {}
+        request = TrainingRequest(
+            mask_mode=mode,
+            model_path=model_path,
+            checkpoint_dir=str(layout.checkpoint_dir(mode)),
+            table_path=str(table_path),
+            config=training_config,
+            data_versions=data_versions,
+            code_version=TRAINING_CODE_VERSION,
+            **kd_fields,
+        )
         try:
-            return training.run_training(context, extras).get_custom_messages()
+            return training.run_training(context, request).get_custom_messages()
         except TrainingProcessError as exc:
             raise Failure(
                 description=f"the training subprocess for {mode} died ({exc}); nothing was published, and its "

@@ -6,8 +6,7 @@ Started by ``resources.TrainingResource`` (a subprocess locally, the same comman
 ``accelerate launch --num_processes N -m``: every rank trains, rank 0 alone opens the Pipes session, reports
 and publishes (the other ranks read the same extras from the Pipes context and stay silent).
 
-Extras in: ``mask_mode, model_path, checkpoint_dir, table_path, config, device, precision,
-gradient_checkpointing, data_versions, code_version``, optionally ``kd_targets_path``. Out: progress as Pipes log lines, then one custom
+Extras in: a ``training.job.TrainingRequest`` (validated here, so a bad value is reported as bad input). Out: progress as Pipes log lines, then one custom
 message, ``{"outcome": ...}`` or ``{"error": ...}`` for bad input, which the asset turns into its result
 or a ``Failure``. Anything else (a crash, a kill) exits non-zero and the work dir keeps its checkpoints.
 """
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
@@ -25,14 +23,13 @@ from pydantic import ValidationError
 from opengrok_dagster.distill.targets import KDTargetsError
 from opengrok_dagster.masks.tokenizer import TokenizerMismatchError
 from opengrok_dagster.training.attention import UnknownMaskModeError
-from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import TrainingDataError
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
 from opengrok_dagster.training.job import (
     LoraTargetError,
     NonFiniteLossError,
-    TrainingJob,
     TrainingOptionUnavailableError,
+    TrainingRequest,
 )
 from opengrok_dagster.training.trainer import train_lora
 
@@ -60,22 +57,15 @@ def main() -> None:
 
 
 def train(extras: dict, log) -> dict:
-    """Train as ``extras`` say; the Pipes message: ``{"outcome": ...}`` or ``{"error": ...}`` for bad input."""
+    """Train as ``extras`` (a ``TrainingRequest``) say; the Pipes message: ``{"outcome": ...}`` or ``{"error": ...}``
+    for bad input."""
     try:
-        placement = resolve_placement(extras["device"], extras["precision"])
-        job = TrainingJob(
-            mask_mode=extras["mask_mode"],
-            model_path=extras["model_path"],
-            checkpoint_dir=Path(extras["checkpoint_dir"]),
-            config=TrainingConfig(**extras["config"]),
-            placement=placement,
-            gradient_checkpointing=bool(extras["gradient_checkpointing"]),
-            data_versions=dict(extras["data_versions"]),
-            code_version=extras["code_version"],
-        )
+        request = TrainingRequest.model_validate(extras)
+        placement = resolve_placement(request.device, request.precision)
+        job = request.job(placement)
         log(f"training mask mode {job.mask_mode} of {job.model_path} on {placement.description}")
-        kd_targets = pd.read_parquet(extras["kd_targets_path"]) if extras.get("kd_targets_path") else None
-        outcome = train_lora(job, pd.read_parquet(extras["table_path"]), log=log, kd_targets=kd_targets)
+        kd_targets = pd.read_parquet(request.kd_targets_path) if request.kd_targets_path else None
+        outcome = train_lora(job, pd.read_parquet(request.table_path), log=log, kd_targets=kd_targets)
     except REPORTED_ERRORS as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"outcome": asdict(outcome) if outcome is not None else None}

@@ -13,7 +13,7 @@ messages are identical; ``OPENGROK_HOME`` must then be a volume both the pod and
         context=context,
         image="<image with this repository installed>",
         command=["python", "-m", TRAINING_ENTRY_MODULE],
-        extras=extras,  # as the lora_checkpoint asset builds them
+        extras=request.model_dump(mode="json"),  # a training.job.TrainingRequest
         base_pod_spec={"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
     )
 
@@ -39,6 +39,7 @@ from dagster import (
 from pydantic import Field
 
 from opengrok_dagster.training.device import DeviceUnavailableError, resolve_placement
+from opengrok_dagster.training.job import TrainingRequest
 
 
 TRAINING_ENTRY_MODULE = "opengrok_dagster.training_entry"
@@ -88,24 +89,25 @@ class TrainingResource(ConfigurableResource):
         except DeviceUnavailableError as exc:
             raise Failure(description=str(exc)) from None
 
-    def run_training(self, context, extras: dict) -> PipesClientCompletedInvocation:
-        """Run the fine-tune in a subprocess with Pipes; ``extras`` as documented in the entry module.
+    def run_training(self, context, request: TrainingRequest) -> PipesClientCompletedInvocation:
+        """Run the fine-tune ``request`` asks for in a subprocess with Pipes, on this resource's device.
 
         The subprocess is started here rather than by ``PipesSubprocessClient`` so that its death surfaces as
         ``TrainingProcessError`` (the client's own error class is not public API); an interrupted run still
         forwards SIGINT, as that client does, so the Trainer can stop cleanly.
         """
-        extras = {
-            **extras,
-            "device": self.device,
-            "precision": self.precision,
-            "gradient_checkpointing": self.gradient_checkpointing,
-        }
+        request = request.model_copy(
+            update={
+                "device": self.device,
+                "precision": self.precision,
+                "gradient_checkpointing": self.gradient_checkpointing,
+            }
+        )
         with open_pipes_session(
             context=context,
             context_injector=PipesTempFileContextInjector(),
             message_reader=PipesTempFileMessageReader(),
-            extras=extras,
+            extras=request.model_dump(mode="json"),
         ) as session:
             quiet = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
             env = {**os.environ, **quiet, **session.get_bootstrap_env_vars()}

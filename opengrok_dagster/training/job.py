@@ -9,6 +9,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
+
 from opengrok_dagster.distill.targets import KDTargets
 from opengrok_dagster.training import CHECKPOINT_RECORD
 from opengrok_dagster.training.config import TrainingConfig
@@ -125,3 +128,39 @@ def published_outcome(job: TrainingJob, key: str) -> TrainingOutcome | None:
     names = {f.name for f in fields(TrainingOutcome)} - {"curves", "reused"}
     curves = json.loads((job.checkpoint_dir / "loss_curves.json").read_text())
     return TrainingOutcome(**{name: record[name] for name in names}, curves=curves, reused=True)
+
+
+class TrainingRequest(BaseModel):
+    """What the training subprocess is asked to do: the Pipes extras, typed and checked on both sides.
+
+    The asset fills the data fields, the training resource the device fields; the subprocess validates the extras
+    back into this model (a bad value is a ``ValidationError``, reported as bad input) and builds its job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mask_mode: str = PydanticField(description="The mask mode partition trained.")
+    model_path: str = PydanticField(description="The student base model: a hub id or a local directory.")
+    checkpoint_dir: str = PydanticField(description="Where the adapter is published.")
+    table_path: str = PydanticField(description="The mask table's scratch Parquet file.")
+    config: TrainingConfig
+    data_versions: dict[str, str] = PydanticField(default_factory=dict, description="Input data versions, recorded.")
+    code_version: str = PydanticField(description="The training code's version: part of the run key.")
+    kd_targets_path: str | None = PydanticField(
+        default=None, description="kd_targets' Parquet file when kd_alpha > 0."
+    )
+    # Set by the training resource, which knows the machine.
+    device: str | None = PydanticField(default=None, description="Training device.")
+    precision: str | None = PydanticField(default=None, description="Training precision.")
+    gradient_checkpointing: bool = PydanticField(default=False, description="Recompute activations to save memory.")
+
+    def job(self, placement: Placement) -> TrainingJob:
+        return TrainingJob(
+            mask_mode=self.mask_mode,
+            model_path=self.model_path,
+            checkpoint_dir=Path(self.checkpoint_dir),
+            config=self.config,
+            placement=placement,
+            gradient_checkpointing=self.gradient_checkpointing,
+            data_versions=dict(self.data_versions),
+            code_version=self.code_version,
+        )
