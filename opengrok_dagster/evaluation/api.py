@@ -25,6 +25,7 @@ from opengrok_dagster.collect.client import (
     TeacherResult,
 )
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
+from opengrok_dagster.redact import redact_url
 
 
 class EndpointFailure(RuntimeError):
@@ -100,7 +101,7 @@ class ApiModel:
         return cls(
             spec.name,
             spec.endpoint,
-            f"{spec.model} at {spec.base_url}",
+            f"{spec.model} at {redact_url(spec.base_url)}",
             ClientLimits(max_concurrency=4, max_attempts=2, timeout_s=60),
         )
 
