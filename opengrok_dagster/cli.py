@@ -10,6 +10,7 @@ import uuid
 from contextlib import closing
 from datetime import UTC, datetime
 
+from opengrok_dagster.cli_console import RunConsole, quiet_third_party_warnings
 from opengrok_dagster.offline.model import OfflineModelError
 
 
@@ -173,19 +174,30 @@ def _check_run_config(jobs, run_config: dict, source: str) -> None:
             ) from None
 
 
-def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None, tags=None) -> bool:
-    from opengrok_dagster.instance import runner_tags
+_console: RunConsole | None = None  # the run log of the command running now (cmd_run makes a new one)
 
+
+def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None, tags=None) -> bool:
+    """Run ``job`` with its console output in the command's run log; the terminal gets the progress line and,
+    on failure, what went wrong in one line (a crash: its traceback) and the log's path."""
+    global _console
+    from opengrok_dagster.instance import runner_tags
+    from opengrok_dagster.settings import home_layout
+
+    _console = _console or RunConsole(home_layout())
     started = time.monotonic()
     print(f"{label} ...", flush=True)
-    result = job.execute_in_process(
-        instance=instance,
-        partition_key=partition_key,
-        raise_on_error=False,
-        tags=runner_tags() | (tags or {}),
-        run_config=_job_run_config(job, run_config or {}),
-    )
+    with _console.logging_to_file():
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=partition_key,
+            raise_on_error=False,
+            tags=runner_tags() | (tags or {}),
+            run_config=_job_run_config(job, run_config or {}),
+        )
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
+    if not result.success:
+        _console.report_failure(result)
     return result.success
 
 
@@ -258,6 +270,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
     )
     run_config = _profile_and_run_config(args)
+    global _console
+    _console = RunConsole(home_layout())  # one log per command, written from its first run on
     from assets.collection import BUDGET_RUN_TAG
     from opengrok_dagster.definitions import build_definitions
     from opengrok_dagster.instance import release_abandoned_runs
@@ -445,7 +459,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Print the provenance chain of a training example, or of a checkpoint (mask mode or adapter directory)."""
-    from opengrok_dagster.lineage import checkpoint_lineage, example_lineage, format_lineage
+    from opengrok_dagster.lineage import checkpoint_lineage, example_lineage, format_lineage, lineage_json
     from opengrok_dagster.settings import opengrok_home
     from opengrok_dagster.training import MASK_MODES
 
@@ -459,7 +473,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             f"filtered_responses), a mask mode ({', '.join(MASK_MODES)}) or an adapter directory"
         )
     steps = checkpoint_lineage(home, args.target) if is_checkpoint else example_lineage(home, args.target)
-    print(format_lineage(steps))
+    print(lineage_json(steps) if args.json else format_lineage(steps))
     return 0
 
 
@@ -517,11 +531,15 @@ def build_parser() -> argparse.ArgumentParser:
         "target",
         help="an example_id from filtered_responses, a mask mode (none/paper/hard/soft) or an adapter directory",
     )
+    lineage.add_argument(
+        "--json", action="store_true", help="the full record as JSON (every example id); the text form shows counts"
+    )
     lineage.set_defaults(handler=cmd_lineage)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party_warnings()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -79,7 +79,7 @@ def test_credentials_in_the_url_and_the_key_are_written_nowhere(
     from tests.test_collection_assets import ROUND, _everything_recorded, resources_for
 
     monkeypatch.setenv("OPENGROK_TEST_TEACHER_KEY", KEY_CANARY)
-    server = (LoopbackTeacher() if collection == "online" else LoopbackBatchServer(BatchServerConfig(0.1)))
+    server = LoopbackTeacher() if collection == "online" else LoopbackBatchServer(BatchServerConfig(0.1))
     live = server if endpoint == "up" else nullcontext()
     base_url = server.base_url if endpoint == "up" else f"http://127.0.0.1:{free_loopback_port()}/v1"
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
