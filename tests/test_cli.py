@@ -148,7 +148,8 @@ def test_run_on_a_broken_posts_file_prints_the_message_and_the_log_path_not_stac
     )
     terminal = run.stdout + run.stderr
     assert run.returncode == 1, terminal
-    assert "posts shard mine: cannot read" in run.stderr and "cut.jsonl" in run.stderr
+    assert "opengrok: error: posts: posts shard mine: " in run.stderr
+    assert "cut.jsonl line 2 is not a JSON object" in run.stderr
     for noise in ("Stack Trace", 'File "', "Traceback", "BetaWarning", "STEP_FAILURE", "RUN_FAILURE"):
         assert noise not in terminal, noise
     assert "[posts 1/1] shard 'mine': FAILED" in run.stdout  # the progress lines stay
