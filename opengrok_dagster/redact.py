@@ -25,10 +25,11 @@ CREDENTIAL_PARAMETERS = frozenset(
 )  # fmt: skip
 CREDENTIAL_SUFFIXES = ("key", "token", "secret", "password", "_sig", "signature")
 
-# Header names whose values may be written (diagnostics that carry no credential); every other value is masked.
-ALLOWED_HEADERS = frozenset(
-    {"content-type", "content-length", "retry-after", "x-request-id", "request-id", "date", "server",
-     "user-agent", "accept", "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"}
+# Header names whose values may be written (diagnostics that carry no credential), in the order an error names
+# them; every other header's value (Authorization, cookies, a gateway's own key header...) is never written.
+ALLOWED_HEADERS = (
+    "x-request-id", "request-id", "retry-after", "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "content-type", "server",
 )  # fmt: skip
 
 # A URL inside free text: a scheme, then anything up to whitespace or a quote/bracket that ends it in prose.
@@ -90,6 +91,12 @@ def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Header names with their values, each value outside :data:`ALLOWED_HEADERS` replaced by ``***``."""
     return {name: value if name.lower() in ALLOWED_HEADERS else MASK for name, value in headers.items()}
+
+
+def header_note(headers: Mapping[str, str]) -> str:
+    """The allow-listed headers of a response as ``name: value, ...`` (for an error message), nothing else."""
+    lowered = {name.lower(): value for name, value in redact_headers(headers).items()}
+    return ", ".join(f"{name}: {lowered[name]}" for name in ALLOWED_HEADERS if name in lowered)
 
 
 class RedactingFilter(logging.Filter):

@@ -109,6 +109,7 @@ def test_persistent_failure_becomes_a_final_error_row_after_max_attempts():
     result = complete()
     assert not result.ok and route.call_count == 4 and result.attempts == 4
     assert "gave up after 4 attempts" in result.error and "503" in result.error and result.status_code == 503
+    assert "(no request id)" in result.error  # the response's allow-listed headers, here none
 
 
 @respx.mock
@@ -124,8 +125,13 @@ def test_auth_and_not_found_stop_at_once_naming_endpoint_never_the_key(status):
 
 @respx.mock
 def test_400_is_a_per_prompt_error_without_retry_and_redacts_the_key():
-    route = respx.post(URL).mock(return_value=httpx.Response(400, text=f"prompt too long; key {CANARY}"))
+    route = respx.post(URL).mock(
+        return_value=httpx.Response(
+            400, text=f"prompt too long; key {CANARY}", headers={"x-request-id": "req-9", "x-gateway-key": CANARY}
+        )
+    )
     result = complete()
+    assert f"HTTP 400 from {URL} (x-request-id: req-9, content-type: text/plain; charset=utf-8)" in result.error
     assert route.call_count == 1 and result.status_code == 400
     assert "prompt too long" in result.error and CANARY not in result.error
 

@@ -8,6 +8,7 @@ from opengrok_dagster.collect.client import TeacherEndpoint
 from opengrok_dagster.redact import (
     MASK,
     RedactingFilter,
+    header_note,
     is_credential_parameter,
     redact_headers,
     redact_text,
@@ -68,6 +69,7 @@ def test_header_values_outside_the_allow_list_never_appear():
     headers = {"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET, "x-request-id": "req-1", "Retry-After": "3"}
     assert redact_headers(headers) == {"Authorization": MASK, "X-Api-Key": MASK, "x-request-id": "req-1",
                                        "Retry-After": "3"}  # fmt: skip
+    assert header_note(headers | {"Set-Cookie": SECRET}) == "x-request-id: req-1, retry-after: 3"
 
 
 def test_an_endpoint_never_shows_its_url_credentials_in_repr_or_messages():

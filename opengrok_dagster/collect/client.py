@@ -28,7 +28,7 @@ from tenacity import (
 )
 
 from opengrok_dagster.collect.ratelimit import RateLimiter, SharedRateLimiter
-from opengrok_dagster.redact import redact_http_logs, redact_text, redact_url, url_secrets
+from opengrok_dagster.redact import header_note, redact_http_logs, redact_text, redact_url, url_secrets
 
 
 if TYPE_CHECKING:
@@ -452,7 +452,7 @@ class TeacherClient:
         request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
         if status == 429 or status >= 500:
             raise _Retryable(
-                f"HTTP {status} from {url} (request id {request_id})",
+                f"HTTP {status} from {url} ({header_note(response.headers) or 'no request id'})",
                 status_code=status,
                 retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             )
@@ -464,7 +464,8 @@ class TeacherClient:
             }[status]
             raise TeacherConfigurationError(f"HTTP {status} from {url}: {hint}")
         if status >= 400:
-            raise _Final(f"HTTP {status} from {url}: {self._redact(raw[:300].decode(errors='replace'))}", status)
+            body = self._redact(raw[:300].decode(errors="replace"))
+            raise _Final(f"HTTP {status} from {url} ({header_note(response.headers)}): {body}", status)
         try:
             payload = json.loads(raw)
             usage = payload.get("usage") or {}
