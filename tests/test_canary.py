@@ -109,3 +109,42 @@ def test_credentials_in_the_url_and_the_key_are_written_nowhere(
     assert "raw_responses" in recorded and ("grok-test" if endpoint == "up" else "cannot reach") in recorded
     for canary in (URL_CANARY, QUERY_CANARY, KEY_CANARY):
         assert canary not in recorded, canary
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("endpoint", ["up", "down"])
+def test_credentials_in_the_url_never_reach_the_cli_output_or_its_logs(tmp_path, endpoint):
+    from contextlib import nullcontext
+
+    from opengrok_dagster.offline.server import free_loopback_port
+
+    home = tmp_path / "home"
+    server = LoopbackTeacher()
+    with server if endpoint == "up" else nullcontext():
+        base_url = server.base_url if endpoint == "up" else f"http://127.0.0.1:{free_loopback_port()}/v1"
+        env = {
+            **os.environ,
+            "OPENGROK_HOME": str(home),
+            "DAGSTER_HOME": str(home / "dagster_home"),
+            "OPENGROK_TEACHER_BASE_URL": _secret_url(base_url),
+            "OPENGROK_TEACHER_MODEL": "grok-canary-test",
+            "XAI_API_KEY": KEY_CANARY,
+            "OPENGROK_PROFILE": str(generative_only_profile(tmp_path)),
+        }
+        run = subprocess.run(
+            [sys.executable, "-m", "opengrok_dagster.cli", "run", "--topics", "climate", "--collect-only"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert run.returncode == (0 if endpoint == "up" else 1), run.stdout[-3000:] + run.stderr[-3000:]
+    if endpoint == "up":
+        assert len(server.requests) == 12
+    else:
+        assert "cannot reach the teacher endpoint http://***@127.0.0.1" in run.stderr and "api_key=***" in run.stderr
+    recorded = "\n".join([run.stdout, run.stderr, texts_written_under(home)])
+    assert "grok-canary-test" in recorded and list((home / "logs").glob("opengrok-*.log"))  # the log was scanned
+    for canary in (URL_CANARY, QUERY_CANARY, KEY_CANARY):
+        assert canary not in recorded, canary

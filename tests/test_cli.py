@@ -136,6 +136,7 @@ def test_run_on_a_broken_posts_file_prints_the_message_and_the_log_path_not_stac
         "OPENGROK_POSTS_CATALOGUE": str(tmp_path / "posts.yaml"),
         "OPENGROK_TEACHER_BASE_URL": "http://127.0.0.1:9/v1",  # never reached: the posts fail first
         "OPENGROK_TEACHER_MODEL": "grok-test",
+        "XAI_API_KEY": "unused",
     }
     env.pop("DAGSTER_HOME", None)
     run = subprocess.run(
@@ -188,3 +189,24 @@ def test_a_crash_prints_its_traceback_and_a_failure_only_its_message(tmp_path, c
     assert 'File "' not in printed["refused"]  # a user's mistake: its message alone
     assert "KeyError: 'missing'" in printed["crashed"] and 'return {}["missing"]' in printed["crashed"]  # the stack
     assert "to the log, not the terminal" in console.log_path.read_text()
+
+
+def test_a_remote_teacher_without_its_key_or_model_variable_is_one_line_before_any_run(
+    opengrok_home, capsys, monkeypatch
+):
+    from tests.conftest import generative_only_profile
+
+    monkeypatch.setenv("OPENGROK_PROFILE", str(generative_only_profile(opengrok_home)))
+    monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENGROK_TEACHER_MODEL", "grok-test")
+    monkeypatch.delenv("XAI_API_KEY", raising=False)
+    assert main(["run", "--topics", "climate", "--collect-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("opengrok: error: OPENGROK_TEACHER_BASE_URL is set but XAI_API_KEY, which holds the ")
+    assert len(err.splitlines()) == 1
+    monkeypatch.setenv("XAI_API_KEY", "any")
+    monkeypatch.delenv("OPENGROK_TEACHER_MODEL")  # read by Dagster as an EnvVar when the run starts
+    assert main(["run", "--topics", "climate", "--collect-only"]) == 2
+    err = capsys.readouterr().err
+    assert 'environment variable "OPENGROK_TEACHER_MODEL" which is not set' in err and len(err.splitlines()) == 1
+    assert err.startswith("opengrok: error: [collect 1/1] topic 'climate'")
