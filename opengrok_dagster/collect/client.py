@@ -2,10 +2,10 @@
 
 Retries (tenacity): 429, 5xx, timeouts, connection errors and unreadable bodies, with exponential backoff
 and jitter, honouring ``Retry-After``; but ``max_connection_failures`` connection failures in a row (refused,
-DNS, TLS) stop everything with :class:`EndpointUnreachable`: an endpoint that is not there fails in seconds. Never retried: 400/401/403/404 and other 4xx, which cannot succeed
-by waiting, and answers that are odd but final (a refusal, a content filter, null content, no choices, an
-answer far past max_tokens): they are paid for and recorded as what they are (``anomaly``), for the filter
-and the prompt feedback to count. The API key is sent only in the Authorization header; it and the
+DNS, TLS) stop everything with :class:`EndpointUnreachable`: an endpoint that is not there fails in seconds.
+Never retried: 400/401/403/404 and other 4xx, which cannot succeed by waiting, and answers that are odd but
+final (a refusal, a content filter, null content, no choices, an answer far past max_tokens): they are paid
+for and recorded as what they are (``anomaly``), for the filter and the prompt feedback to count. The API key is sent only in the Authorization header; it and the
 credentials a URL may hold are redacted from every message (``opengrok_dagster.redact``).
 """
 
