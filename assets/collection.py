@@ -29,7 +29,7 @@ from opengrok_dagster.collect.annotation import (
 )
 from opengrok_dagster.collect.batch import collect_batch
 from opengrok_dagster.collect.budget import Budget, utc_day
-from opengrok_dagster.collect.client import TeacherConfigurationError
+from opengrok_dagster.collect.client import EndpointUnreachable, TeacherConfigurationError
 from opengrok_dagster.collect.collector import CollectionSummary, collect_responses
 from opengrok_dagster.collect.plan import CollectionEstimate, estimate_collection, round_prompt_grid
 from opengrok_dagster.collect.prompts import PromptGridConfig
@@ -42,7 +42,9 @@ from opengrok_dagster.tasks.formats import TASK_FORMATS
 from resources import OpenGrokPaths, TeacherResource
 
 
-@with_profile_defaults(PROMPTS)  # opengrok_dagster/config/profiles/: how much of the grid annotates posts, and for which tasks
+@with_profile_defaults(
+    PROMPTS
+)  # opengrok_dagster/config/profiles/: how much of the grid annotates posts, and for which tasks
 class PromptsConfig(config_from(PromptGridConfig)):
     """The prompt grid's settings (from ``PromptGridConfig``), and whether the last round's feedback refines it."""
 
@@ -286,6 +288,11 @@ def _collect(
                 run_id=context.run.run_id,
             )
         return asyncio.run(run())
+    except EndpointUnreachable as exc:
+        raise Failure(
+            description=f"{exc} (OPENGROK_TEACHER_BASE_URL). Responses received so far are kept; the prompts not "
+            "answered stay missing and the next run asks them."
+        ) from None
     except TeacherConfigurationError as exc:
         raise Failure(description=f"teacher refused the request: {exc}. Responses received so far are kept.") from None
 

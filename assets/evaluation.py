@@ -37,6 +37,7 @@ from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationCo
 from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.offline_model import MODEL_NAME
 from opengrok_dagster.profiles import EVAL_REPORT, with_profile_defaults
+from opengrok_dagster.redact import redact_url
 from opengrok_dagster.tasks.datasets import DatasetError
 from opengrok_dagster.training import MASK_MODES
 from opengrok_dagster.training.card import record_eval_results
@@ -71,7 +72,7 @@ def _teacher_description(teacher: TeacherResource) -> str:
     return (
         f"embedded offline teacher ({MODEL_NAME})"
         if teacher.mode == "embedded"
-        else f"{teacher.model} at {teacher.base_url}"
+        else f"{teacher.model} at {redact_url(teacher.base_url)}"
     )
 
 

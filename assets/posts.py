@@ -18,7 +18,7 @@ from pydantic import Field
 from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.partitions import post_shard_partitions
 from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
-from opengrok_dagster.posts.sources import PostsError, find_shard, load_posts_catalogue, read_shard
+from opengrok_dagster.posts.sources import PostsError, SkippedLine, find_shard, load_posts_catalogue, read_shard
 from opengrok_dagster.settings import posts_catalogue_path
 from opengrok_dagster.tasks.datasets import DatasetError, resolve_data_dir
 from opengrok_dagster.tasks.hub import is_hub_split
@@ -27,7 +27,8 @@ from opengrok_dagster.tasks.specs import TASKS
 
 class PostsConfig(Config):
     catalogue: str | None = Field(
-        default=None, description="Posts catalogue YAML; unset = $OPENGROK_POSTS_CATALOGUE or opengrok_dagster/config/posts.yaml."
+        default=None,
+        description="Posts catalogue YAML; unset = $OPENGROK_POSTS_CATALOGUE or opengrok_dagster/config/posts.yaml.",
     )
     data_dir: str | None = Field(
         default=None, description="Data directory for data: paths and the eval splits; unset = $OPENGROK_DATA_DIR."
@@ -42,6 +43,16 @@ class PostsConfig(Config):
         default=True,
         description="Drop posts found in an eval split (counted in metadata); false: the blocking check stops them.",
     )
+
+
+# How many skipped lines the metadata lists (all of them are counted).
+SKIPPED_LINES_SHOWN = 20
+
+
+def _skipped_table(skipped: list[SkippedLine]) -> MetadataValue:
+    rows = [f"| {s.source} | {s.line if s.line is not None else '?'} | {s.reason} |" for s in skipped]
+    more = [f"| ... {len(rows) - SKIPPED_LINES_SHOWN} more | | |"] if len(rows) > SKIPPED_LINES_SHOWN else []
+    return MetadataValue.md("\n".join(["| file | line | why |", "|---|---:|---|", *rows[:SKIPPED_LINES_SHOWN], *more]))
 
 
 @asset(
@@ -63,7 +74,8 @@ def posts(context: AssetExecutionContext, config: PostsConfig):
     catalogue = Path(config.catalogue) if config.catalogue else posts_catalogue_path()
     try:
         shard = find_shard(load_posts_catalogue(catalogue), context.partition_key)
-        frame = read_shard(shard, catalogue.parent, config.data_dir)
+        skipped: list[SkippedLine] = []
+        frame = read_shard(shard, catalogue.parent, config.data_dir, skipped)
         data_dir = resolve_data_dir(config.data_dir)
         # Without a data directory the evaluation skips these tasks too; hub splits are checked all the same.
         checked = [t for t in config.eval_tasks if data_dir is not None or is_hub_split(config.eval_paths.get(t, ""))]
@@ -88,6 +100,9 @@ def posts(context: AssetExecutionContext, config: PostsConfig):
             "eval_posts_by_split": MetadataValue.json(dict(dropped)),
             "eval_splits_checked": len(checked),
             "eval_tasks_unchecked": ", ".join(t for t in config.eval_tasks if t not in checked) or "none",
+            "encoding": shard.encoding,
+            "bad_lines_skipped": len(skipped),
+            **({"skipped_lines": _skipped_table(skipped)} if skipped else {}),
             "preview": MetadataValue.md(frame[["post_id", "text"]].head(5).to_markdown(index=False)),
         },
     )

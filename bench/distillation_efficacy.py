@@ -13,7 +13,7 @@ resample, so its interval is paired too.
 
 The KD arm (``--kd-alpha``; 0 = SFT only): where the teacher returns top-k logprobs, its annotations are asked
 for with them, ``distill.align.build_kd_targets`` aligns them to the student's tokens of each example, and the
-trainer adds ``kd_alpha`` x KL at the aligned positions (``training.distill_loss``). Every alpha of a seed trains
+trainer adds ``kd_alpha`` x KL at the aligned positions (``distill.loss``). Every alpha of a seed trains
 on the same examples, mask table, class balance, steps and recipe, all unpacked (KD refuses packing), so KD -
 SFT is a paired difference on the same val posts. Beside the task score, each student's held-out teacher NLL:
 the mean negative log-likelihood of the teacher's answers (label word and end of turn) on teacher-annotated

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, nullcontext
 from datetime import UTC, datetime
 
+from opengrok_dagster.cli_console import RunConsole, quiet_third_party_warnings
 from opengrok_dagster.offline_model import OfflineModelError
 
 
@@ -174,20 +176,39 @@ def _check_run_config(jobs, run_config: dict, source: str) -> None:
             ) from None
 
 
+_console: RunConsole | None = None  # the run log of the `opengrok run` running now; None: output as Dagster writes it
+
+
 def _execute(instance, job, label: str, partition_key=None, run_config: dict | None = None, tags=None) -> bool:
+    """Run ``job``; under `opengrok run`, with its console output in the command's run log: the terminal gets the
+    progress line and, on failure, what went wrong in one line (a crash: its traceback) and the log's path."""
     from opengrok_dagster.instance import runner_tags
 
     started = time.monotonic()
     print(f"{label} ...", flush=True)
-    result = job.execute_in_process(
-        instance=instance,
-        partition_key=partition_key,
-        raise_on_error=False,
-        tags=runner_tags() | (tags or {}),
-        run_config=_job_run_config(job, run_config or {}),
-    )
+    from dagster import DagsterInvalidConfigError
+
+    try:
+        with _console.logging_to_file() if _console else nullcontext():
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=partition_key,
+                raise_on_error=False,
+                tags=runner_tags() | (tags or {}),
+                run_config=_job_run_config(job, run_config or {}),
+            )
+    except DagsterInvalidConfigError as exc:  # a setting from the environment Dagster cannot use: nothing ran
+        raise ValueError(f"{label}: {'; '.join(_config_reason(error.message) for error in exc.errors)}") from None
     print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
+    if not result.success and _console:
+        _console.report_failure(result)
     return result.success
+
+
+def _config_reason(message: str) -> str:
+    """The sentence of a Dagster config error that says what is wrong (an unset EnvVar: which variable)."""
+    cause = re.search(r"Error: ([^\n]+)", message)  # "...PostProcessingError: You have attempted to fetch ..."
+    return (cause.group(1) if cause else message.strip().splitlines()[0]).strip()
 
 
 def _profile_and_run_config(args: argparse.Namespace) -> dict:
@@ -259,6 +280,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
     )
     run_config = _profile_and_run_config(args)
+    global _console
+    _console = RunConsole(home_layout())  # one log per command, written from its first run on
     from assets.collection import BUDGET_RUN_TAG
     from opengrok_dagster.definitions import build_definitions
     from opengrok_dagster.instance import release_abandoned_runs
@@ -287,6 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.dry_run:
         return _dry_run(topics, round_key)
+    _require_teacher_key()
     started = time.monotonic()
     from assets.collection import PromptsConfig
 
@@ -336,6 +360,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         "`make dev` opens the Dagster UI"
     )
     return 0
+
+
+def _require_teacher_key() -> None:
+    """A remote teacher's key variable must be set before any run starts (a dry run sends nothing: it needs none)."""
+    from opengrok_dagster.settings import teacher_api_key_variable, teacher_is_remote
+
+    variable = teacher_api_key_variable()
+    if teacher_is_remote() and not os.environ.get(variable):
+        raise ValueError(
+            f"OPENGROK_TEACHER_BASE_URL is set but {variable}, which holds the teacher's API key, is not: export it "
+            "(any value for an endpoint without keys), or name the variable that holds it in "
+            "OPENGROK_TEACHER_API_KEY_VAR"
+        )
 
 
 def _dry_run(topics: list[str], round_key: str) -> int:
@@ -446,7 +483,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Print the provenance chain of a training example, or of a checkpoint (mask mode or adapter directory)."""
-    from opengrok_dagster.lineage import checkpoint_lineage, example_lineage, format_lineage
+    from opengrok_dagster.lineage import checkpoint_lineage, example_lineage, format_lineage, lineage_json
     from opengrok_dagster.settings import opengrok_home
     from opengrok_dagster.training import MASK_MODES
 
@@ -460,7 +497,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             f"filtered_responses), a mask mode ({', '.join(MASK_MODES)}) or an adapter directory"
         )
     steps = checkpoint_lineage(home, args.target) if is_checkpoint else example_lineage(home, args.target)
-    print(format_lineage(steps))
+    print(lineage_json(steps) if args.json else format_lineage(steps))
     return 0
 
 
@@ -518,17 +555,24 @@ def build_parser() -> argparse.ArgumentParser:
         "target",
         help="an example_id from filtered_responses, a mask mode (none/paper/hard/soft) or an adapter directory",
     )
+    lineage.add_argument(
+        "--json", action="store_true", help="the full record as JSON (every example id); the text form shows counts"
+    )
     lineage.set_defaults(handler=cmd_lineage)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _console
+    quiet_third_party_warnings()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (ValueError, OfflineModelError) as exc:  # bad input: say what and how to fix it, without a traceback
         print(f"opengrok: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _console = None  # the command's run log ends with it
 
 
 if __name__ == "__main__":

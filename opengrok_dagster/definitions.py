@@ -40,6 +40,7 @@ TEACHER_TUNING_VARIABLES = {
     "tokens_per_minute": ("OPENGROK_TEACHER_TPM", float),
     "max_tokens": ("OPENGROK_TEACHER_MAX_TOKENS", int),
     "timeout_s": ("OPENGROK_TEACHER_TIMEOUT", float),
+    "max_connection_failures": ("OPENGROK_TEACHER_MAX_CONNECTION_FAILURES", int),
     "temperature": ("OPENGROK_TEACHER_TEMPERATURE", float),
     "prompt_price_per_million": ("OPENGROK_TEACHER_PROMPT_PRICE", float),
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),

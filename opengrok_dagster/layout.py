@@ -88,12 +88,17 @@ class HomeLayout:
         "reviews.sqlite", "Beside the response store, in its own file: people write reviews, runs write responses."
     )
     eval_answers_path = _under_home("eval_answers.sqlite", "API models' evaluation answers, reused by reruns.")
-    logs_dir = _under_home("logs", "The embedded teacher's server log and the run-failure log.")
+    logs_dir = _under_home("logs", "The embedded teacher's server log, the run-failure log and the CLI's run logs.")
     dagster_home = _under_home("dagster_home", "The Dagster instance's directory when $DAGSTER_HOME is unset.")
 
     @property
     def teacher_server_log(self) -> Path:
         return self.logs_dir / "teacher-server.log"
+
+    def cli_run_log(self, started: str) -> Path:
+        """Dagster's console output (and the training subprocess's) of one ``opengrok`` command started at
+        ``started`` (a UTC timestamp); the terminal shows progress and one line per failure."""
+        return self.logs_dir / f"opengrok-{started}.log"
 
     @property
     def run_failures_log(self) -> Path:

@@ -7,7 +7,7 @@ the question an operator asks ("where did this example come from, what trained o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -126,7 +126,7 @@ def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
         LineageStep(
             f"lora_checkpoint[{record['mask_mode']}]",
             str(path),
-            {key: value for key, value in record.items() if key != "example_ids"} | {"examples": len(example_ids)},
+            {"examples": len(example_ids)} | record,  # the id lists in full: printed as counts, kept for --json
         )
     ]
     filtered_path = layout.filtered_responses_path
@@ -138,13 +138,33 @@ def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
     return steps
 
 
+# How many items of a long list of ids the text form shows; `opengrok lineage --json` gives them all.
+SHOWN_IDS = 5
+
+
+def _summarised(values: list) -> str:
+    """A list of ids as its count, distinct count (a balanced training set repeats examples) and first few."""
+    distinct = len(set(values))
+    shown = ", ".join(map(str, values[:SHOWN_IDS])) + (", ..." if len(values) > SHOWN_IDS else "")
+    repeats = f" ({distinct} distinct)" if distinct != len(values) else ""
+    return f"{len(values)}{repeats}: {shown}"
+
+
 def format_lineage(steps: list[LineageStep]) -> str:
+    """The chain as indented text; lists of ids as counts with their first few (``lineage_json``: everything)."""
     lines = []
     for depth, step in enumerate(steps):
         lines.append(f"{'  ' * depth}{'<- ' if depth else ''}{step.artifact}  ({step.location})")
         for key, value in step.facts.items():
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 lines.extend(f"{'  ' * depth}     {key}: {item}" for item in value)
+            elif isinstance(value, list) and len(value) > SHOWN_IDS:
+                lines.append(f"{'  ' * depth}     {key}: {_summarised(value)}")
             else:
                 lines.append(f"{'  ' * depth}     {key}: {value}")
     return "\n".join(lines)
+
+
+def lineage_json(steps: list[LineageStep]) -> str:
+    """The full record of the chain, every id included, as JSON (``opengrok lineage --json``)."""
+    return json.dumps([asdict(step) for step in steps], indent=2, default=str, ensure_ascii=False)

@@ -57,6 +57,12 @@ class TeacherResource(ConfigurableResource):
     max_attempts: int = Field(
         default=6, description="Attempts per prompt for retryable failures (429, 5xx, timeouts)."
     )
+    max_connection_failures: int = Field(
+        default=ClientLimits().max_connection_failures,
+        description="Connection failures in a row (refused, DNS, TLS) after which the endpoint is judged absent and "
+        "the partition stops at once, its unanswered prompts left for the next run "
+        "(OPENGROK_TEACHER_MAX_CONNECTION_FAILURES); timeouts, 5xx and 429 are retried as max_attempts says.",
+    )
     temperature: float = Field(default=0.7, description="Sampling temperature.")
     top_p: float = Field(default=0.95, description="Nucleus sampling top_p.")
     max_tokens: int = Field(default=256, description="Maximum completion tokens per response.")
@@ -176,7 +182,7 @@ class TeacherResource(ConfigurableResource):
         shared = None
         if store is not None and (self.requests_per_minute or self.tokens_per_minute):
             shared = SharedRateLimiter(
-                store, f"{endpoint.base_url}|{endpoint.model}", self.requests_per_minute, self.tokens_per_minute
+                store, f"{endpoint.redacted_url}|{endpoint.model}", self.requests_per_minute, self.tokens_per_minute
             )
         return TeacherClient(
             endpoint,
@@ -195,4 +201,5 @@ class TeacherResource(ConfigurableResource):
             tokens_per_minute=self.tokens_per_minute,
             timeout_s=self.timeout_s,
             max_attempts=self.max_attempts,
+            max_connection_failures=self.max_connection_failures,
         )

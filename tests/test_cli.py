@@ -119,3 +119,94 @@ def test_dry_run_against_a_remote_url_without_a_model_names_the_variable(opengro
     monkeypatch.delenv("OPENGROK_TEACHER_MODEL", raising=False)
     assert main(["run", "--dry-run"]) == 2
     assert "OPENGROK_TEACHER_BASE_URL is set but OPENGROK_TEACHER_MODEL is not" in capsys.readouterr().err
+
+
+def test_run_on_a_broken_posts_file_prints_the_message_and_the_log_path_not_stack_frames(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    (tmp_path / "cut.jsonl").write_text('{"id": 1, "text": "hello there"}\n{"id": 2, "text": "cut off mid')
+    (tmp_path / "posts.yaml").write_text(f"shards:\n  - key: mine\n    path: {tmp_path / 'cut.jsonl'}\n")
+    env = {
+        **os.environ,
+        "OPENGROK_HOME": str(tmp_path / "home"),
+        "OPENGROK_POSTS_CATALOGUE": str(tmp_path / "posts.yaml"),
+        "OPENGROK_TEACHER_BASE_URL": "http://127.0.0.1:9/v1",  # never reached: the posts fail first
+        "OPENGROK_TEACHER_MODEL": "grok-test",
+        "XAI_API_KEY": "unused",
+    }
+    env.pop("DAGSTER_HOME", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "opengrok_dagster.cli", "run", "--topics", "climate", "--modes", "none"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    terminal = run.stdout + run.stderr
+    assert run.returncode == 1, terminal
+    assert "opengrok: error: posts: posts shard mine: " in run.stderr
+    assert "cut.jsonl line 2 is not a JSON object" in run.stderr
+    for noise in ("Stack Trace", 'File "', "Traceback", "BetaWarning", "STEP_FAILURE", "RUN_FAILURE"):
+        assert noise not in terminal, noise
+    assert "[posts 1/1] shard 'mine': FAILED" in run.stdout  # the progress lines stay
+    (log,) = (tmp_path / "home" / "logs").glob("opengrok-*.log")
+    assert f"the full log is {log}" in run.stderr
+    full = log.read_text()
+    assert "step posts failed ===" in full and 'assets/posts.py", line' in full  # all of it is in the log
+
+
+def test_a_crash_prints_its_traceback_and_a_failure_only_its_message(tmp_path, capsys):
+    from dagster import Failure, asset, materialize
+
+    from opengrok_dagster.cli_console import RunConsole
+    from opengrok_dagster.layout import HomeLayout
+
+    @asset
+    def refused():
+        raise Failure(description="shard x: cannot read x.jsonl; fix it")
+
+    @asset
+    def crashed():
+        return {}["missing"]
+
+    console = RunConsole(HomeLayout(tmp_path))
+    printed = {}
+    for step in (refused, crashed):
+        with console.logging_to_file():
+            result = materialize([step], raise_on_error=False)
+            print("to the log, not the terminal")  # noqa: T201
+        console.report_failure(result)
+        captured = capsys.readouterr()
+        assert "to the log" not in captured.out + captured.err
+        assert captured.err.endswith(f"opengrok: the full log is {console.log_path}\n")
+        printed[step.key.path[-1]] = captured.err
+    assert printed["refused"].startswith("opengrok: error: refused: shard x: cannot read x.jsonl; fix it\n")
+    assert 'File "' not in printed["refused"]  # a user's mistake: its message alone
+    assert "KeyError: 'missing'" in printed["crashed"] and 'return {}["missing"]' in printed["crashed"]  # the stack
+    assert "to the log, not the terminal" in console.log_path.read_text()
+
+
+def test_a_remote_teacher_without_its_key_or_model_variable_is_one_line_before_any_run(
+    opengrok_home, capsys, monkeypatch
+):
+    from tests.conftest import generative_only_profile
+
+    monkeypatch.setenv("OPENGROK_PROFILE", str(generative_only_profile(opengrok_home)))
+    monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENGROK_TEACHER_MODEL", "grok-test")
+    monkeypatch.delenv("XAI_API_KEY", raising=False)
+    assert main(["run", "--topics", "climate", "--collect-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("opengrok: error: OPENGROK_TEACHER_BASE_URL is set but XAI_API_KEY, which holds the ")
+    assert len(err.splitlines()) == 1
+    monkeypatch.setenv("XAI_API_KEY", "any")
+    monkeypatch.delenv("OPENGROK_TEACHER_MODEL")  # read by Dagster as an EnvVar when the run starts
+    assert main(["run", "--topics", "climate", "--collect-only"]) == 2
+    err = capsys.readouterr().err
+    assert 'environment variable "OPENGROK_TEACHER_MODEL" which is not set' in err and len(err.splitlines()) == 1
+    assert err.startswith("opengrok: error: [collect 1/1] topic 'climate'")

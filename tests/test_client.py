@@ -108,6 +108,7 @@ def test_persistent_failure_becomes_a_final_error_row_after_max_attempts():
     result = complete()
     assert not result.ok and route.call_count == 4 and result.attempts == 4
     assert "gave up after 4 attempts" in result.error and "503" in result.error and result.status_code == 503
+    assert "(no request id)" in result.error  # the response's allow-listed headers, here none
 
 
 @respx.mock
@@ -123,8 +124,13 @@ def test_auth_and_not_found_stop_at_once_naming_endpoint_never_the_key(status):
 
 @respx.mock
 def test_400_is_a_per_prompt_error_without_retry_and_redacts_the_key():
-    route = respx.post(URL).mock(return_value=httpx.Response(400, text=f"prompt too long; key {CANARY}"))
+    route = respx.post(URL).mock(
+        return_value=httpx.Response(
+            400, text=f"prompt too long; key {CANARY}", headers={"x-request-id": "req-9", "x-gateway-key": CANARY}
+        )
+    )
     result = complete()
+    assert f"HTTP 400 from {URL} (x-request-id: req-9, content-type: text/plain; charset=utf-8)" in result.error
     assert route.call_count == 1 and result.status_code == 400
     assert "prompt too long" in result.error and CANARY not in result.error
 
@@ -263,3 +269,65 @@ def test_top_logprobs_beyond_what_the_provider_returns_is_refused_before_sending
     TeacherClient(TeacherEndpoint("https://api.openai.com/v1", "gpt-4o"), SamplingParams(top_logprobs=12))
     with pytest.raises(ValueError, match="top_logprobs=21 must be between 0 and 20"):
         SamplingParams(top_logprobs=21)
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.ConnectError("[Errno -2] Name or service not known"),
+        httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+    ],
+    ids=["refused", "dns", "tls"],
+)
+def test_connection_failures_in_a_row_stop_naming_the_redacted_endpoint(failure):
+    from opengrok_dagster.collect.client import EndpointUnreachable
+
+    secret_base = "http://proxyuser:pw-canary-77aa@teacher.test/v1"
+    route = respx.post(f"{secret_base}/chat/completions").mock(side_effect=failure)
+
+    async def go():
+        limits = ClientLimits(max_attempts=6, max_connection_failures=3, backoff_initial_s=0.001, backoff_max_s=0.01)
+        async with TeacherClient(TeacherEndpoint(secret_base, "grok-test", CANARY), limits=limits) as client:
+            return await client.complete(MESSAGES)
+
+    with pytest.raises(EndpointUnreachable) as error:
+        asyncio.run(go())
+    assert route.call_count == 3  # not max_attempts: the endpoint is not there
+    message = str(error.value)
+    assert "cannot reach the teacher endpoint http://***@teacher.test/v1: 3 connection attempts in a row" in message
+    assert "check the base URL" in message and "pw-canary-77aa" not in message and CANARY not in message
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.Response(503), httpx.ReadTimeout("timed out"), httpx.ConnectTimeout("timed out")],
+    ids=["503", "read-timeout", "connect-timeout"],
+)
+def test_timeouts_and_5xx_keep_retrying_to_max_attempts(failure):
+    route = respx.post(URL).mock(return_value=failure) if isinstance(failure, httpx.Response) else None
+    route = route or respx.post(URL).mock(side_effect=failure)
+    result = complete(limits=ClientLimits(max_attempts=5, max_connection_failures=2, backoff_initial_s=0.001,
+                                          backoff_max_s=0.01, timeout_s=0.2))  # fmt: skip
+    assert not result.ok and route.call_count == 5 and "gave up after 5 attempts" in result.error
+
+
+@respx.mock
+def test_a_response_between_connection_failures_resets_the_count():
+    refused = httpx.ConnectError("refused")
+    route = respx.post(URL).mock(side_effect=[refused, refused, ok(), refused, refused, ok()])
+
+    async def go():
+        limits = ClientLimits(max_concurrency=1, max_connection_failures=3, backoff_initial_s=0.001,
+                              backoff_max_s=0.01)  # fmt: skip
+        async with TeacherClient(TeacherEndpoint(BASE, "grok-test"), limits=limits) as client:
+            return [await client.complete(MESSAGES), await client.complete(MESSAGES)]
+
+    assert all(result.ok for result in asyncio.run(go())) and route.call_count == 6
+
+
+def test_max_connection_failures_must_be_positive():
+    with pytest.raises(ValueError, match="max_connection_failures must be >= 1"):
+        ClientLimits(max_connection_failures=0)

@@ -204,3 +204,40 @@ def test_an_endpoint_without_logprobs_stops_the_collection_saying_so(persistent_
     failure = result.failure_data_for_node("raw_responses").user_failure_data
     assert "answered without logprobs though top_logprobs=3 was requested" in failure.description
     assert not (tmp_path / "assets" / "raw_responses").exists()
+
+
+@pytest.mark.timing  # the partition must fail in seconds, not after every prompt's retries
+def test_a_closed_port_fails_the_partition_in_seconds_leaving_prompts_missing_for_the_rerun(
+    persistent_instance, tmp_path
+):
+    import sqlite3
+    from collections import Counter
+
+    from opengrok_dagster.offline.server import free_loopback_port
+
+    closed = f"http://127.0.0.1:{free_loopback_port()}/v1"  # nothing listens there
+    persistent_instance.add_dynamic_partitions(topic_partitions.name, ["climate"])
+    result = materialize(
+        [prompts, raw_responses],
+        resources=resources_for(tmp_path, closed),
+        instance=persistent_instance,
+        partition_key=collection_partition_key("climate", ROUND),
+        run_config=GENERATIVE_ONLY,
+        raise_on_error=False,
+    )
+    description = result.failure_data_for_node("raw_responses").user_failure_data.description
+    assert f"cannot reach the teacher endpoint {closed}: 3 connection attempts in a row failed" in description
+    assert "OPENGROK_TEACHER_BASE_URL" in description and "\n" not in description  # one line
+    step = {
+        entry.dagster_event.event_type_value: entry.timestamp
+        for entry in persistent_instance.all_logs(result.run_id)
+        if entry.dagster_event and entry.dagster_event.step_key == "raw_responses"
+    }
+    assert step["STEP_FAILURE"] - step["STEP_START"] < 10.0
+    with sqlite3.connect(HomeLayout(tmp_path).response_store_path) as store:
+        # no error rows: nothing counts against the error rate, and every prompt is asked again
+        assert store.execute("SELECT COUNT(*) FROM responses").fetchone() == (0,)
+    with LoopbackTeacher(LoopbackConfig()) as live:
+        rerun = run_partition(persistent_instance, tmp_path, live)
+        asked = Counter(request.user_prompt for request in live.requests)
+    assert rerun.success and len(asked) == 12 and set(asked.values()) == {1}

@@ -46,7 +46,7 @@ def test_example_chain_reaches_the_teacher_request_and_the_prompt(home):
 
 def test_checkpoint_chain_summarises_its_training_examples_by_source(home):
     steps = checkpoint_lineage(home, "hard")
-    assert steps[0].facts["examples"] == 2 and "example_ids" not in steps[0].facts
+    assert steps[0].facts["examples"] == 2 and len(steps[0].facts["example_ids"]) == 2
     (source,) = steps[1].facts["by_source"]
     assert (source["topic"], source["round"], source["teacher_model"]) == ("climate", "2026-11-24", "grok-test")
 
@@ -71,3 +71,19 @@ def test_cli_prints_the_chain_and_names_what_is_missing(home, monkeypatch, capsy
 def test_nothing_materialised_says_to_run_first(tmp_path):
     with pytest.raises(LineageError, match="filtered_responses is not materialised yet .* run `opengrok run` first"):
         example_lineage(tmp_path, "any")
+
+
+def test_long_id_lists_print_as_counts_and_the_first_few_and_json_keeps_them_all(home, monkeypatch, capsys):
+    record_path = home / "checkpoints" / "hard" / "opengrok_checkpoint.json"
+    record = json.loads(record_path.read_text())
+    ids = [f"{i:016x}" for i in range(243)]
+    record["train_example_ids"] = sorted(ids + ids)  # balanced classes repeat examples
+    record_path.write_text(json.dumps(record))
+    monkeypatch.setenv("OPENGROK_HOME", str(home))
+    assert main(["lineage", "hard"]) == 0
+    out = capsys.readouterr().out
+    assert f"train_example_ids: 486 (243 distinct): {ids[0]}, {ids[0]}, {ids[1]}, {ids[1]}, {ids[2]}, ..." in out
+    assert ids[100] not in out and len(out.splitlines()) < 20
+    assert main(["lineage", "hard", "--json"]) == 0
+    (checkpoint, *_) = json.loads(capsys.readouterr().out)
+    assert checkpoint["facts"]["train_example_ids"] == sorted(ids + ids) and checkpoint["facts"]["examples"] == 2

@@ -307,3 +307,64 @@ def test_the_cli_loads_every_catalogue_shard_for_the_annotation_prompts(tmp_path
     assert pd.read_parquet(stored / "b.parquet")["text"].tolist() == ["second shard post"]
     (tmp_path / "b.csv").write_text("body\nno text column\n")
     assert not _load_posts(instance, build_definitions())
+
+
+def test_a_file_in_another_encoding_names_the_byte_offset_and_the_setting_then_reads_with_it(tmp_path):
+    (tmp_path / "export.csv").write_bytes("text\nfirst post\ncaf\u00e9 au lait\n".encode("cp1252"))
+    with pytest.raises(PostsError) as error:
+        read_shard(PostShard(key="sheet", path="export.csv"), tmp_path)
+    message = str(error.value)
+    assert (
+        message.startswith("posts shard sheet: ") and "export.csv is not utf-8: byte 0xe9 at byte offset 19" in message
+    )
+    assert "(line 3)" in message and "set `encoding: cp1252`" in message and "\n" not in message
+    frame = read_shard(PostShard(key="sheet", path="export.csv", encoding="cp1252"), tmp_path)
+    assert frame["text"].tolist() == ["first post", "caf\u00e9 au lait"]
+
+
+def test_a_utf8_byte_order_mark_is_skipped_and_an_unknown_encoding_is_refused_in_the_catalogue(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "hello"}).encode() + b"\n")
+    assert read_shard(PostShard(key="bom", path="bom.jsonl"), tmp_path)["text"].tolist() == ["hello"]
+    catalogue = tmp_path / "posts.yaml"
+    catalogue.write_text("shards:\n  - key: a\n    path: a.jsonl\n    encoding: klingon\n")
+    with pytest.raises(PostsError, match=r"entry 0: encoding: .*unknown encoding 'klingon'; use a Python codec name"):
+        load_posts_catalogue(catalogue)
+
+
+def test_an_invalid_jsonl_line_names_its_number_and_on_bad_line_skip_counts_it(tmp_path):
+    lines = [json.dumps({"id": 1, "text": "one"}), '{"id": 2, "text": "cut off', "[3]", json.dumps({"text": "four"})]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(PostsError, match=r"^posts shard p: .*p.jsonl line 2 is not a JSON object \(Unterminated .*"
+                       r"set `on_bad_line: skip` for this shard"):  # fmt: skip
+        read_shard(PostShard(key="p", path="p.jsonl"), tmp_path)
+    skipped = []
+    frame = read_shard(PostShard(key="p", path="p.jsonl", on_bad_line="skip"), tmp_path, skipped=skipped)
+    assert frame["text"].tolist() == ["one", "four"]
+    assert [(s.line, s.reason) for s in skipped] == [(2, skipped[0].reason), (3, "a JSON list, not an object")]
+
+
+def test_a_csv_row_with_too_many_fields_stops_naming_its_line_or_is_skipped(tmp_path):
+    (tmp_path / "r.csv").write_text("id,text\n1,fine\n2,bad,extra\n3,also fine\n")
+    with pytest.raises(PostsError, match=r"r.csv: .*Expected 2 fields in line 3, saw 3; fix the row, or set"):
+        read_shard(PostShard(key="r", path="r.csv"), tmp_path)
+    skipped = []
+    frame = read_shard(PostShard(key="r", path="r.csv", on_bad_line="skip"), tmp_path, skipped=skipped)
+    assert frame["text"].tolist() == ["fine", "also fine"] and len(skipped) == 1
+
+
+def test_the_posts_asset_counts_skipped_lines_in_its_metadata(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"text": "one"}) + "\n{broken\n" + json.dumps({"text": "two"}) + "\n")
+    catalogue = tmp_path / "posts.yaml"
+    catalogue.write_text("shards:\n  - key: p\n    path: p.jsonl\n    on_bad_line: skip\n")
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(post_shard_partitions.name, ["p"])
+        result = materialize(
+            [posts],
+            instance=instance,
+            partition_key="p",
+            resources=posts_resources(tmp_path),
+            run_config={"ops": {"posts": {"config": {"catalogue": str(catalogue)}}}},
+        )
+    metadata = result.asset_materializations_for_node("posts")[0].metadata
+    assert metadata["bad_lines_skipped"].value == 1 and metadata["dagster/row_count"].value == 2
+    assert "| 2 |" in metadata["skipped_lines"].value and metadata["encoding"].value == "utf-8"

@@ -18,8 +18,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import httpx
+
 from opengrok_dagster.collect.budget import Budget, BudgetExhausted
-from opengrok_dagster.collect.client import TeacherConfigurationError, TeacherEndpoint, characters_token_count
+from opengrok_dagster.collect.client import (
+    EndpointUnreachable,
+    TeacherConfigurationError,
+    TeacherEndpoint,
+    characters_token_count,
+)
 from opengrok_dagster.collect.collector import CollectionSummary
 from opengrok_dagster.collect.prompts import prompt_messages
 from opengrok_dagster.collect.result import (
@@ -30,6 +37,7 @@ from opengrok_dagster.collect.result import (
     result_from_payload,
 )
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
+from opengrok_dagster.redact import redact_http_logs
 
 
 SUBMISSION_METADATA = "opengrok_submission"
@@ -63,7 +71,16 @@ class PollClock:
 def _openai_client(endpoint: TeacherEndpoint):
     from openai import OpenAI
 
-    return OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key or "not-needed", max_retries=5, timeout=120.0)
+    redact_http_logs()  # the openai client logs each request's URL (credentials included) at DEBUG/INFO
+    # The openai client appends paths to base_url as text: a gateway's query (?api_key=) travels as default_query.
+    url = httpx.URL(endpoint.base_url)
+    return OpenAI(
+        base_url=str(url.copy_with(query=None)),
+        default_query=dict(url.params.multi_items()) or None,
+        api_key=endpoint.api_key or "not-needed",
+        max_retries=5,
+        timeout=120.0,
+    )
 
 
 def collect_batch(
@@ -114,11 +131,19 @@ def collect_batch(
         )
         batch = _wait(client, batch_id, settings, log, clock)
         results = _results(client, batch, sampling, batch_prices, endpoint.model)
+    except openai.APIConnectionError as exc:  # the openai client has retried already: the endpoint is not there
+        if submission and not submission.get("batch_id"):
+            _abandon(store, submission)
+        raise EndpointUnreachable(
+            f"cannot reach the teacher's Batch API at {endpoint.redacted_url} ({type(exc).__name__}: "
+            f"{endpoint.redact(str(exc))}); check the base URL (scheme, host, port) and that the server or gateway "
+            "is running"
+        ) from None
     except (openai.NotFoundError, openai.AuthenticationError, openai.PermissionDeniedError) as exc:
         if submission and not submission.get("batch_id"):  # nothing was submitted: give the prompts back
             _abandon(store, submission)
         raise TeacherConfigurationError(
-            f"{endpoint.base_url} refused the Batch API ({type(exc).__name__}, HTTP {exc.status_code}): "
+            f"{endpoint.redacted_url} refused the Batch API ({type(exc).__name__}, HTTP {exc.status_code}): "
             "check the key, "
             "or collect online (OPENGROK_TEACHER_COLLECTION=online) from an endpoint without /v1/files and /v1/batches"
         ) from None

@@ -1,11 +1,12 @@
 """Async client for an OpenAI-compatible ``/v1/chat/completions`` endpoint (Grok, vLLM, transformers serve...).
 
 Retries (tenacity): 429, 5xx, timeouts, connection errors and unreadable bodies, with exponential backoff
-and jitter, honouring ``Retry-After``. Never retried: 400/401/403/404 and other 4xx, which cannot succeed
-by waiting, and answers that are odd but final (a refusal, a content filter, null content, no choices, an
-answer far past max_tokens): they are paid for and recorded as what they are (``anomaly``), for the filter
-and the prompt feedback to count. The API key is sent only in the Authorization header and redacted from
-every message.
+and jitter, honouring ``Retry-After``; but ``max_connection_failures`` connection failures in a row (refused,
+DNS, TLS) stop everything with :class:`EndpointUnreachable`: an endpoint that is not there fails in seconds.
+Never retried: 400/401/403/404 and other 4xx, which cannot succeed by waiting, and answers that are odd but
+final (a refusal, a content filter, null content, no choices, an answer far past max_tokens): they are paid
+for and recorded as what they are (``anomaly``), for the filter and the prompt feedback to count. The API key is sent only in the Authorization header; it and the
+credentials a URL may hold are redacted from every message (``opengrok_dagster.redact``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from opengrok_dagster.collect.result import (
     UnreadableAnswer,
     result_from_payload,
 )
+from opengrok_dagster.redact import header_note, redact_http_logs, redact_text, redact_url, url_secrets
 
 
 if TYPE_CHECKING:
@@ -46,10 +48,19 @@ if TYPE_CHECKING:
 class TeacherEndpoint:
     """Where the teacher lives. ``label`` names the model in stored rows (defaults to ``model``)."""
 
-    base_url: str
+    base_url: str = field(repr=False)  # may hold credentials (userinfo, ?api_key=): written only as redacted_url
     model: str
     api_key: str | None = field(default=None, repr=False)
     label: str | None = None
+
+    @property
+    def redacted_url(self) -> str:
+        """The base URL as it may be written: userinfo and credential-like query values masked."""
+        return redact_url(self.base_url)
+
+    def redact(self, text: str) -> str:
+        """``text`` with this endpoint's key and every URL's credentials masked: for anything written."""
+        return redact_text(text, (self.api_key, *url_secrets(self.base_url)))
 
     @property
     def model_label(self) -> str:
@@ -57,7 +68,9 @@ class TeacherEndpoint:
 
     @property
     def chat_url(self) -> str:
-        return self.base_url.rstrip("/") + "/chat/completions"
+        """The chat-completions URL; a query in the base URL (a gateway's ``?api_key=``) stays the query."""
+        url = httpx.URL(self.base_url)
+        return str(url.copy_with(path=url.path.rstrip("/") + "/chat/completions"))
 
     def check_top_logprobs(self, top_logprobs: int | None) -> None:
         """Refuse a top_logprobs the provider would reject, before anything is sent."""
@@ -84,16 +97,30 @@ class ClientLimits:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0
+    # Connection-level failures (refused, DNS, TLS, a bad scheme) in a row, across all prompts, after which the
+    # endpoint is judged absent and the collection stops (EndpointUnreachable) instead of retrying every prompt.
+    max_connection_failures: int = 3
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_connection_failures < 1:
+            raise ValueError(f"max_connection_failures must be >= 1, got {self.max_connection_failures}")
 
 
 class TeacherConfigurationError(RuntimeError):
     """The endpoint refused us in a way no retry fixes (401/403/404): stop collecting and tell the user."""
+
+
+class EndpointUnreachable(TeacherConfigurationError):
+    """``max_connection_failures`` connection attempts in a row failed: the endpoint is not there (a typo in the
+    URL, a closed port, DNS or TLS). The prompt being asked is not recorded: it stays missing for the next run."""
+
+
+# Failures to reach the endpoint at all; a timeout, a reset or a 5xx means it is there, and is retried instead.
+CONNECTION_FAILURES = (httpx.ConnectError, httpx.UnsupportedProtocol)
 
 
 class LogprobsUnsupported(TeacherConfigurationError):
@@ -173,6 +200,8 @@ class TeacherClient:
             multiplier=limits.backoff_initial_s, max=limits.backoff_max_s, jitter=limits.backoff_initial_s
         )
         self._http: httpx.AsyncClient | None = None
+        self._connection_failures = 0  # in a row, across prompts; any HTTP response resets it
+        redact_http_logs()
 
     async def __aenter__(self) -> TeacherClient:
         headers = {"Authorization": f"Bearer {self.endpoint.api_key}"} if self.endpoint.api_key else {}
@@ -190,8 +219,7 @@ class TeacherClient:
         await self._http.aclose()
 
     def _redact(self, text: str) -> str:
-        key = self.endpoint.api_key
-        return text.replace(key, "***") if key else text
+        return self.endpoint.redact(text)
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -257,6 +285,17 @@ class TeacherClient:
             status_code=status_code,
         )
 
+    def _connection_failed(self, error: Exception) -> None:
+        """Count a connection-level failure; at ``max_connection_failures`` in a row, stop everything."""
+        self._connection_failures += 1
+        limit = self.limits.max_connection_failures
+        if self._connection_failures >= limit:
+            raise EndpointUnreachable(
+                f"cannot reach the teacher endpoint {self.endpoint.redacted_url}: {limit} connection attempts in a "
+                f"row failed ({type(error).__name__}: {self._redact(str(error)) or 'no detail'}); check the base URL "
+                "(scheme, host, port) and that the server or gateway is running"
+            ) from None
+
     async def _settle(self, ticket: int | None, estimated: int, actual: int | None) -> None:
         self._rate.settle(estimated, actual)
         if ticket is not None:
@@ -269,12 +308,12 @@ class TeacherClient:
         if response_format is not None:
             body["response_format"] = response_format
         estimated = estimate_tokens(messages, self.sampling.max_tokens)
-        url = self.endpoint.chat_url
+        url = redact_url(self.endpoint.chat_url)  # what messages name; the request goes to chat_url
         async with self._slots:
             await self._rate.acquire(estimated)
             ticket = await self._shared.acquire(estimated) if self._shared else None
             try:
-                response = await self._http.post(url, json=body)
+                response = await self._http.post(self.endpoint.chat_url, json=body)
                 raw = await response.aread()
             except httpx.TimeoutException as exc:
                 await self._settle(ticket, estimated, 0)
@@ -283,14 +322,17 @@ class TeacherClient:
                 ) from None
             except httpx.TransportError as exc:
                 await self._settle(ticket, estimated, 0)
+                if isinstance(exc, CONNECTION_FAILURES):
+                    self._connection_failed(exc)
                 raise _Retryable(
                     f"connection error from {url}: {type(exc).__name__}: {self._redact(str(exc))}"
                 ) from None
+        self._connection_failures = 0
         status = response.status_code
         request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
         if status == 429 or status >= 500:
             raise _Retryable(
-                f"HTTP {status} from {url} (request id {request_id})",
+                f"HTTP {status} from {url} ({header_note(response.headers) or 'no request id'})",
                 status_code=status,
                 retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             )
@@ -302,7 +344,8 @@ class TeacherClient:
             }[status]
             raise TeacherConfigurationError(f"HTTP {status} from {url}: {hint}")
         if status >= 400:
-            raise _Final(f"HTTP {status} from {url}: {self._redact(raw[:300].decode(errors='replace'))}", status)
+            body = self._redact(raw[:300].decode(errors="replace"))
+            raise _Final(f"HTTP {status} from {url} ({header_note(response.headers)}): {body}", status)
         try:
             payload = json.loads(raw)
             usage = payload.get("usage") or {}

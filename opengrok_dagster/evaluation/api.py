@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherConfigurationError, TeacherEndpoint
 from opengrok_dagster.collect.result import Prices, SamplingParams, TeacherResult
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
+from opengrok_dagster.redact import redact_url
 
 
 class EndpointFailure(RuntimeError):
@@ -93,7 +94,7 @@ class ApiModel:
         return cls(
             spec.name,
             spec.endpoint,
-            f"{spec.model} at {spec.base_url}",
+            f"{spec.model} at {redact_url(spec.base_url)}",
             ClientLimits(max_concurrency=4, max_attempts=2, timeout_s=60),
         )
 

@@ -7,15 +7,19 @@ default reads the *texts* of the shared train splits; no label column is ever re
 
 from __future__ import annotations
 
+import codecs
+import csv
 import glob
 import hashlib
+import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from opengrok_dagster.tasks.datasets import read_conll, read_semeval_tsv, resolve_data_dir
 from opengrok_dagster.tasks.hub import INSTALL, HubSplit, is_hub_split
@@ -50,6 +54,36 @@ class PostShard(BaseModel):
     created_at_column: str = Field(default="created_at", description="Column with the creation time, when present.")
     topic: str | None = Field(default=None, description="Topic of every post of the shard (when no topic column).")
     platform: str | None = Field(default=None, description="Platform of every post of the shard (when no column).")
+    encoding: str = Field(
+        default="utf-8",
+        description="Text encoding of the shard's JSONL/CSV files, e.g. cp1252 or latin-1 for a spreadsheet export "
+        "(a UTF-8 byte-order mark is skipped).",
+    )
+    on_bad_line: Literal["stop", "skip"] = Field(
+        default="stop",
+        description="A line that is not a post (invalid JSON, a CSV row with too many fields): 'stop' fails the "
+        "shard naming the line; 'skip' leaves it out, counted in the posts asset's metadata (bad_lines_skipped).",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {value!r}; use a Python codec name such as utf-8, cp1252, latin-1"
+            ) from None
+        return value
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line ``on_bad_line: skip`` left out: the file, its line number (None where the reader cannot tell) and why."""
+
+    source: str
+    line: int | None
+    reason: str
 
 
 def load_posts_catalogue(path: str | Path) -> list[PostShard]:
@@ -114,7 +148,72 @@ def _files(shard: PostShard, catalogue_dir: Path, data_dir: str | None) -> list[
     return files
 
 
-def _read_file(shard: PostShard, path: Path) -> pd.DataFrame:
+def _decoded(shard: PostShard, path: Path) -> str:
+    """The file's text in the shard's encoding; a byte it cannot decode is named with its offset and the fix."""
+    data = path.read_bytes()
+    try:
+        text = data.decode(shard.encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        suggestion = next(e for e in ("utf-8", "cp1252", "latin-1") if e != shard.encoding and _decodes(data, e))
+        raise PostsError(
+            f"posts shard {shard.key}: {path} is not {shard.encoding}: byte 0x{data[exc.start]:02x} at byte offset "
+            f"{exc.start} (line {line}) cannot be decoded; set `encoding: {suggestion}` (or the file's real encoding) "
+            "for this shard in the posts catalogue"
+        ) from None
+    return text.removeprefix("\ufeff")  # a byte-order mark (Excel's 'UTF-8 CSV') is no text
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _jsonl_rows(shard: PostShard, path: Path, skipped: list[SkippedLine]) -> list[dict]:
+    """One JSON object a line; a line that is none stops the shard (naming the line) or is skipped and counted."""
+    rows = []
+    for number, line in enumerate(_decoded(shard, path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            reason = str(exc)[:120]
+            if shard.on_bad_line == "stop":
+                raise PostsError(
+                    f"posts shard {shard.key}: {path} line {number} is not a JSON object ({reason}); fix the line, or "
+                    "set `on_bad_line: skip` for this shard in the posts catalogue to leave such lines out"
+                ) from None
+            skipped.append(SkippedLine(str(path), number, reason))
+            continue
+        rows.append(row)
+    return rows
+
+
+def _csv_frame(shard: PostShard, path: Path, skipped: list[SkippedLine]) -> pd.DataFrame:
+    """A CSV file as strings; a row with more fields than the header stops the shard or is skipped and counted."""
+    text = _decoded(shard, path)
+    if shard.on_bad_line == "stop":
+        try:
+            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, csv.Error) as exc:  # pandas names the line: "Expected 2 fields in line 3"
+            raise PostsError(
+                f"posts shard {shard.key}: {path}: {str(exc).strip()[:200]}; fix the row, or set "
+                "`on_bad_line: skip` for this shard in the posts catalogue to leave such rows out"
+            ) from None
+
+    def skip(fields: list[str]) -> None:  # the python engine does not say which line
+        skipped.append(SkippedLine(str(path), None, f"a row of {len(fields)} fields"))
+
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, engine="python", on_bad_lines=skip)
+
+
+def _read_file(shard: PostShard, path: Path, skipped: list[SkippedLine]) -> pd.DataFrame:
     kind = shard.format if shard.format != "auto" else SUFFIX_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise PostsError(
@@ -123,16 +222,16 @@ def _read_file(shard: PostShard, path: Path) -> pd.DataFrame:
         )
     try:
         if kind == "jsonl":
-            return pd.DataFrame(
-                [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            )
+            return pd.DataFrame(_jsonl_rows(shard, path, skipped))
         if kind == "csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            return _csv_frame(shard, path, skipped)
         if kind == "parquet":
             return pd.read_parquet(path)
         if kind == "semeval_tsv":  # the dataset readers decode the files' quirks; only the texts are kept
             return pd.DataFrame({"text": read_semeval_tsv(path).texts})
         return pd.DataFrame({"text": [" ".join(tokens) for tokens in read_conll(path).tokens]})
+    except PostsError:  # already names the shard, the file and the fix
+        raise
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise PostsError(f"posts shard {shard.key}: cannot read {path} as {kind} ({str(exc)[:200]})") from None
 
@@ -164,12 +263,16 @@ def _read_hub(shard: PostShard) -> tuple[pd.DataFrame, str]:
     return dataset.select_columns(wanted).to_pandas(), str(split)
 
 
-def read_shard(shard: PostShard, catalogue_dir: Path, data_dir: str | None = None) -> pd.DataFrame:
-    """The shard's posts in ``POST_COLUMNS``; blank texts and repeated texts are dropped (first kept)."""
+def read_shard(
+    shard: PostShard, catalogue_dir: Path, data_dir: str | None = None, skipped: list[SkippedLine] | None = None
+) -> pd.DataFrame:
+    """The shard's posts in ``POST_COLUMNS``; blank texts and repeated texts are dropped (first kept). Lines
+    ``on_bad_line: skip`` leaves out are appended to ``skipped``."""
+    skipped = [] if skipped is None else skipped
     if is_hub_split(shard.path):
         frames = [_read_hub(shard)]
     else:
-        frames = [(_read_file(shard, path), str(path)) for path in _files(shard, catalogue_dir, data_dir)]
+        frames = [(_read_file(shard, path, skipped), str(path)) for path in _files(shard, catalogue_dir, data_dir)]
     parts = [pd.DataFrame(columns=list(POST_COLUMNS))]
     for frame, source in frames:
         if frame.empty:
