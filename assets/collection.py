@@ -174,7 +174,7 @@ def _daily_budget_check(
         return AssetCheckResult(check_name="within_daily_budget", passed=True, metadata={"daily_budget_usd": "unset"})
     store = paths.response_store()
     try:
-        remaining = max(0.0, limit - store.spent(day=utc_day()))
+        remaining = max(0.0, limit - store.spend.spent(day=utc_day()))
     finally:
         store.close()
     passed = estimate.usd <= remaining
@@ -203,8 +203,8 @@ def _estimate(
     key = teacher.response_key(round_key)
     store = paths.response_store()
     try:
-        answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
-        history = store.completion_history(key.teacher_model, key.sampling_key)
+        answered = store.responses.answered(key, (row["prompt_id"] for row in rows))
+        history = store.responses.completion_history(key.teacher_model, key.sampling_key)
     finally:
         store.close()
     count_tokens, tokenizer = teacher.token_counter()
@@ -227,9 +227,9 @@ def _spend_metadata(budget: Budget) -> dict:
     store, today = budget.store, utc_day()
     remaining = budget.remaining_today()
     return {
-        "spend_usd_partition_this_run": store.spent(run_id=budget.run_id, partition=budget.partition),
-        "spend_usd_run": store.spent(run_id=budget.run_id),
-        "spend_usd_today": store.spent(day=today),
+        "spend_usd_partition_this_run": store.spend.spent(run_id=budget.run_id, partition=budget.partition),
+        "spend_usd_run": store.spend.spent(run_id=budget.run_id),
+        "spend_usd_today": store.spend.spent(day=today),
         **({"daily_budget_remaining_usd": remaining} if remaining is not None else {}),
     }
 
@@ -337,12 +337,12 @@ def raw_responses(
     store = paths.response_store()
     key = teacher.response_key(round_key)
     rows = prompts.to_dict("records")
-    answered = store.answered_prompt_ids(key, prompts["prompt_id"])
+    answered = store.responses.answered(key, prompts["prompt_id"])
     budget = _budget(context, teacher, store)
     summary = CollectionSummary(len(rows), len(answered), 0, 0, 0)
     if len(answered) < len(rows):
         summary = _collect(context, rows, teacher, store, round_key, budget)
-    stored = pd.DataFrame(store.fetch(key, prompts["prompt_id"]), columns=STORED_COLUMNS)
+    stored = pd.DataFrame(store.responses.fetch(key, prompts["prompt_id"]), columns=STORED_COLUMNS)
     spend = _spend_metadata(budget)
     store.close()
     if summary.budget_stop:

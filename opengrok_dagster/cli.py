@@ -404,7 +404,7 @@ def _dry_run(topics: list[str], round_key: str) -> int:
                 find_topic(catalogue, topic), PromptGridConfig(), round_key, paths.layout.prompt_feedback_path
             )
             key = teacher.response_key(round_key)
-            answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
+            answered = store.responses.answered(key, (row["prompt_id"] for row in rows))
             estimates.append(
                 estimate_collection(
                     topic,
@@ -414,7 +414,7 @@ def _dry_run(topics: list[str], round_key: str) -> int:
                     teacher.max_tokens,
                     teacher.prices(),
                     tokenizer,
-                    store.completion_history(key.teacher_model, key.sampling_key),
+                    store.responses.completion_history(key.teacher_model, key.sampling_key),
                 )
             )
     teacher_name = teacher.response_key(round_key).teacher_model
@@ -453,7 +453,7 @@ def cmd_review(args: argparse.Namespace) -> int:
                 raise ValueError(
                     f"`opengrok review {args.action}` needs at least one content hash (or prefix) from `opengrok review list`"
                 )
-            recorded = store.record(
+            recorded = store.responses.record(
                 review.resolve_hashes(filtered, args.targets),
                 review.ACCEPT if args.action == "accept" else review.REJECT,
                 args.note,
@@ -476,7 +476,7 @@ def cmd_review(args: argparse.Namespace) -> int:
             rows = review.read_decisions_file(args.targets[0])
             hashes = review.resolve_hashes(filtered, [content_hash for content_hash, _, _ in rows])
             for content_hash, (_, decision, note) in zip(hashes, rows):
-                store.record([content_hash], decision, note, reviewer)
+                store.responses.record([content_hash], decision, note, reviewer)
             print(f"imported {len(rows)} decision(s) from {args.targets[0]}")
     return 0
 

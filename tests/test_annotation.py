@@ -130,8 +130,8 @@ def test_an_endpoint_refusing_json_schema_is_asked_with_json_object_and_the_mode
     ]
     store = ResponseStore(tmp_path / "responses.sqlite")
     key = ResponseKey("grok-test", "s", "2026-12-01")
-    store.record(key, row["prompt_id"], "music", result)
-    assert store.fetch(key, [row["prompt_id"]])[0]["response_format"] == "json_object"
+    store.responses.record(key, row["prompt_id"], "music", result)
+    assert store.responses.fetch(key, [row["prompt_id"]])[0]["response_format"] == "json_object"
 
 
 @respx.mock

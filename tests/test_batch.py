@@ -182,7 +182,7 @@ def test_a_batch_budget_admits_only_what_fits_and_the_rest_stays_missing(tmp_pat
     with LoopbackBatchServer(BatchServerConfig(processing_s=0.1)) as server:
         summary = collect(server, store, budget=budget)
         assert summary.budget_stop and 0 < summary.requested < 30 and summary.requested + summary.unsent == 30
-        assert store.spent(run_id="run-1") <= 0.5
+        assert store.spend.spent(run_id="run-1") <= 0.5
         rest = collect(server, store)
     assert rest.requested == summary.unsent and len(responses(tmp_path / "responses.sqlite")) == 30
 
@@ -205,7 +205,7 @@ def test_an_endpoint_without_the_batch_api_is_refused_clearly(tmp_path):
                 log=lambda m: None,
             )
     store = ResponseStore(tmp_path / "r.sqlite")  # nothing was submitted: the prompts are free for an online run
-    assert store.claim(ResponseKey("m", SamplingParams().key(), "2026-11-24"), "p000", "online", 5) is Claim.MINE
+    assert store.claims.claim(ResponseKey("m", SamplingParams().key(), "2026-11-24"), "p000", "online", 5) is Claim.MINE
 
 
 def test_raw_responses_in_batch_mode_materialise_from_one_batch(persistent_instance, tmp_path):

@@ -52,11 +52,11 @@ def test_a_run_budget_stops_admitting_and_the_next_run_collects_the_rest_exactly
     budget = 10 * worst_case()
     with LoopbackTeacher(LoopbackConfig(completion_tokens=16)) as server:
         stopped = collect(server, store, BudgetLimits(run_usd=budget))
-        spent = store.spent(run_id="run-1")
+        spent = store.spend.spent(run_id="run-1")
         assert stopped.budget_stop and "OPENGROK_TEACHER_BUDGET_USD" in stopped.budget_stop
         assert spent <= budget + worst_case()  # the target: at most one request's worst case over
         assert 10 <= stopped.requested < 40 and stopped.requested + stopped.unsent == 40
-        stored = store.fetch(ResponseKey("m", SAMPLING.key(), "2026-11-24"), [row["prompt_id"] for row in ROWS])
+        stored = store.responses.fetch(ResponseKey("m", SAMPLING.key(), "2026-11-24"), [row["prompt_id"] for row in ROWS])
         assert spent == pytest.approx(sum(row["cost_usd"] for row in stored))  # settled to the real cost
         rest = collect(server, store, BudgetLimits(run_usd=100.0), run_id="run-2")
         sent = [request.user_prompt for request in server.requests]
@@ -107,7 +107,7 @@ def test_the_daily_budget_holds_across_concurrent_processes(tmp_path):
         summaries = [json.loads(child.communicate(timeout=180)[0]) for child in children]
         sent = [request.user_prompt for request in server.requests]
     store = ResponseStore(database)
-    assert store.spent(day=utc_day()) <= daily + worst_case()
+    assert store.spend.spent(day=utc_day()) <= daily + worst_case()
     assert all(s["budget_stop"] and "OPENGROK_TEACHER_DAILY_BUDGET_USD" in s["budget_stop"] for s in summaries), (
         summaries
     )

@@ -66,19 +66,19 @@ def test_concurrent_runs_of_one_partition_request_each_prompt_once(tmp_path, pro
     assert sum(s["requested"] > 0 for s in summaries) > 1  # the work was shared, not serialised behind one run
     store = ResponseStore(database)
     key = ResponseKey("m", SamplingParams().key(), "2026-11-24")
-    assert len(store.answered_prompt_ids(key, [f"p{i:03d}" for i in range(40)])) == 40
+    assert len(store.responses.answered(key, [f"p{i:03d}" for i in range(40)])) == 40
 
 
 def test_a_live_claim_is_respected_and_a_killed_runs_claim_lapses(tmp_path):
     store = ResponseStore(tmp_path / "responses.sqlite")
     key = ResponseKey("m", "{}", "2026-11-24")
-    assert store.claim(key, "p1", "run-a", lease_s=0.3) is Claim.MINE
-    assert store.claim(key, "p1", "run-b", lease_s=0.3) is Claim.HELD
-    assert store.claim(key, "p1", "run-a", lease_s=0.3) is Claim.MINE  # the owner may renew its own claim
+    assert store.claims.claim(key, "p1", "run-a", lease_s=0.3) is Claim.MINE
+    assert store.claims.claim(key, "p1", "run-b", lease_s=0.3) is Claim.HELD
+    assert store.claims.claim(key, "p1", "run-a", lease_s=0.3) is Claim.MINE  # the owner may renew its own claim
     time.sleep(0.35)  # run-a died without renewing
-    assert store.claim(key, "p1", "run-b", lease_s=5) is Claim.MINE
-    store.record(key, "p1", "climate", TeacherResult("ok", "stop", "m", 1, 1, 0.0, 0.1, 1, "r"), owner="run-b")
-    assert store.claim(key, "p1", "run-c", lease_s=5) is Claim.ANSWERED
+    assert store.claims.claim(key, "p1", "run-b", lease_s=5) is Claim.MINE
+    store.responses.record(key, "p1", "climate", TeacherResult("ok", "stop", "m", 1, 1, 0.0, 0.1, 1, "r"), owner="run-b")
+    assert store.claims.claim(key, "p1", "run-c", lease_s=5) is Claim.ANSWERED
 
 
 def test_rpm_limit_holds_across_processes(tmp_path):

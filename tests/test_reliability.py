@@ -44,7 +44,7 @@ def test_every_prompt_ends_answered_or_final_error_none_paid_twice_within_the_ra
 
     faults = Counter(r.fault for r in requests if r.fault)
     assert set(faults) == set(FAULTS) and 0.15 < sum(faults.values()) / len(requests) < 0.25
-    stored = store.fetch(key, [row["prompt_id"] for row in rows])
+    stored = store.responses.fetch(key, [row["prompt_id"] for row in rows])
     assert sorted(row["prompt_id"] for row in stored) == [row["prompt_id"] for row in rows]  # none lost
     assert all((row["text"] is None) != (row["error"] is None) for row in stored)  # a response or a final error
     # a response that reached us is never asked for again: at most one clean answer per prompt

@@ -28,11 +28,11 @@ def populated_store(path) -> ResponseStore:
     """Five responses over two partitions, two runs (and one stored before runs were kept) and two UTC days."""
     store = ResponseStore(path)
     day1, day2 = ResponseKey("grok-4", "s", "2026-11-24"), ResponseKey("grok-4", "s", "2026-11-25")
-    store.record(day1, "p1", "climate", paid(0.001, 100, 50), run_id="run-a")
-    store.record(day1, "p2", "climate", paid(0.002, 200, 100), run_id="run-a", batch_id="batch_1")
-    store.record(day2, "p3", "music", paid(0.004, 400, 200), run_id="run-b")
-    store.record(day2, "p4", "music", FAILED, run_id="run-b")
-    store.record(day1, "p5", "climate", paid(0.008, 10, 20))  # no run id: written before the store kept them
+    store.responses.record(day1, "p1", "climate", paid(0.001, 100, 50), run_id="run-a")
+    store.responses.record(day1, "p2", "climate", paid(0.002, 200, 100), run_id="run-a", batch_id="batch_1")
+    store.responses.record(day2, "p3", "music", paid(0.004, 400, 200), run_id="run-b")
+    store.responses.record(day2, "p4", "music", FAILED, run_id="run-b")
+    store.responses.record(day1, "p5", "climate", paid(0.008, 10, 20))  # no run id: written before the store kept them
     with sqlite3.connect(path) as connection:  # when each arrived: p1 and p2 on the 24th, the rest on the 25th
         connection.execute(
             "UPDATE responses SET collected_at = '2026-11-24T23:59:59.000+00:00' WHERE prompt_id IN ('p1', 'p2')"
@@ -60,7 +60,7 @@ def as_tuples(lines):
 
 def test_spend_is_aggregated_exactly_per_partition_run_and_utc_day_with_the_batch_priced_share(tmp_path):
     store = populated_store(tmp_path / "responses.sqlite")
-    store.reserve_spend("2026-11-25", "run-c", "2026-11-25|music", "p6", 0.05, None, None)  # never settled
+    store.spend.reserve("2026-11-25", "run-c", "2026-11-25|music", "p6", 0.05, None, None)  # never settled
     store.close()
     spend = collection_spend(tmp_path / "responses.sqlite")
     assert as_tuples([spend.total]) == {"total": (5, 1, 710, 370, 0.015, 1, 0.002)}
@@ -84,8 +84,8 @@ def test_spend_is_aggregated_exactly_per_partition_run_and_utc_day_with_the_batc
 def test_an_answer_replacing_an_error_is_counted_once_with_its_own_run_and_price(tmp_path):
     store = ResponseStore(tmp_path / "responses.sqlite")
     key = ResponseKey("grok-4", "s", "2026-11-24")
-    store.record(key, "p1", "climate", FAILED, run_id="run-a", batch_id="batch_1")
-    store.record(key, "p1", "climate", paid(0.003, 30, 40), run_id="run-b")  # asked again online
+    store.responses.record(key, "p1", "climate", FAILED, run_id="run-a", batch_id="batch_1")
+    store.responses.record(key, "p1", "climate", paid(0.003, 30, 40), run_id="run-b")  # asked again online
     store.close()
     spend = collection_spend(tmp_path / "responses.sqlite")
     assert as_tuples(spend.by["run"]) == {"run-b": (1, 0, 30, 40, 0.003, 0, 0.0)}
@@ -179,7 +179,7 @@ def test_a_home_without_a_store_or_priced_responses_renders_a_clear_line(tmp_pat
     assert "holds no response, so nothing was spent" in empty
 
     store = ResponseStore(tmp_path / "responses.sqlite")
-    store.record(ResponseKey("SmolLM2-135M-Instruct", "s", "2026-11-24"), "p1", "climate", paid(0.0, 20, 30))
+    store.responses.record(ResponseKey("SmolLM2-135M-Instruct", "s", "2026-11-24"), "p1", "climate", paid(0.0, 20, 30))
     store.close()
     stored = TeacherSpend.read(stand_in, tmp_path / "responses.sqlite", stand_in_label="SmolLM2-135M-Instruct")
     unpriced = spend_section(stored, results()).markdown()

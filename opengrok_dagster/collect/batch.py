@@ -107,10 +107,10 @@ def collect_batch(
     batch_prices = Prices(
         prices.prompt_per_million * settings.price_factor, prices.completion_per_million * settings.price_factor
     )
-    answered = store.answered_prompt_ids(key, (row["prompt_id"] for row in rows))
+    answered = store.responses.answered(key, (row["prompt_id"] for row in rows))
     by_id = {row["prompt_id"]: row for row in rows}
     client = _openai_client(endpoint)
-    submission = store.open_batch(key, topic)
+    submission = store.batches.open(key, topic)
     unsent, budget_stop = 0, None
     try:
         if submission is None:
@@ -153,7 +153,7 @@ def collect_batch(
         result = results.get(prompt_id) or _failure(
             f"batch {batch_id} ended {batch.status} without a result for this request"
         )
-        store.record(
+        store.responses.record(
             key,
             prompt_id,
             by_id[prompt_id]["topic"] if prompt_id in by_id else topic,
@@ -163,10 +163,10 @@ def collect_batch(
             batch_id=batch_id,
         )
         if budget is not None and reservation is not None:
-            store.settle_spend(reservation, result.cost_usd)
+            store.spend.settle(reservation, result.cost_usd)
         succeeded, failed = (succeeded + 1, failed) if result.ok else (succeeded, failed + 1)
-    store.set_batch_state(submission["submission"], "done")
-    store.release_claims(owner)
+    store.batches.set_state(submission["submission"], "done")
+    store.claims.release_all(owner)
     return CollectionSummary(
         len(rows), len(answered), len(submission["prompts"]), succeeded, failed, 0, unsent, budget_stop
     )
@@ -174,11 +174,11 @@ def collect_batch(
 
 def _abandon(store: ResponseStore, submission: dict) -> None:
     if submission["prompts"]:
-        store.set_batch_state(submission["submission"], "abandoned")
+        store.batches.set_state(submission["submission"], "abandoned")
     for reservation in submission["prompts"].values():
         if reservation is not None:
-            store.settle_spend(reservation, 0.0)
-    store.release_claims(_owner(submission["submission"]))
+            store.spend.settle(reservation, 0.0)
+    store.claims.release_all(_owner(submission["submission"]))
 
 
 def _owner(submission: str) -> str:
@@ -193,7 +193,7 @@ def _new_submission(pending, key, topic, store, settings, batch_prices, sampling
     chosen: dict[str, int | None] = {}
     unsent, budget_stop = 0, None
     for index, row in enumerate(pending):
-        if store.claim(key, row["prompt_id"], owner, lease_s) is not Claim.MINE:
+        if store.claims.claim(key, row["prompt_id"], owner, lease_s) is not Claim.MINE:
             continue  # answered meanwhile, or another live run is sending it
         reservation = None
         if budget is not None:
@@ -201,12 +201,12 @@ def _new_submission(pending, key, topic, store, settings, batch_prices, sampling
             try:
                 reservation = budget.reserve(row["prompt_id"], worst)
             except BudgetExhausted as exc:  # this prompt and the rest stay missing for the next run
-                store.release_claim(key, row["prompt_id"], owner)
+                store.claims.release(key, row["prompt_id"], owner)
                 unsent, budget_stop = len(pending) - index, str(exc)
                 break
         chosen[row["prompt_id"]] = reservation
     if chosen:
-        store.add_batch(token, key, topic, chosen)
+        store.batches.add(token, key, topic, chosen)
     return {"submission": token, "batch_id": None, "prompts": chosen}, unsent, budget_stop
 
 
@@ -215,7 +215,7 @@ def _find_or_submit(client, submission, by_id, endpoint, sampling, settings, sto
     for batch in client.batches.list(limit=100):  # a run killed between create and commit left one behind
         if (batch.metadata or {}).get(SUBMISSION_METADATA) == token:
             log(f"found batch {batch.id} of submission {token}: polling it, not resubmitting")
-            store.set_batch_state(token, "submitted", batch.id)
+            store.batches.set_state(token, "submitted", batch.id)
             return batch.id
     lines = [
         {
@@ -239,7 +239,7 @@ def _find_or_submit(client, submission, by_id, endpoint, sampling, settings, sto
         completion_window=settings.completion_window,
         metadata={SUBMISSION_METADATA: token},
     )
-    store.set_batch_state(token, "submitted", batch.id)
+    store.batches.set_state(token, "submitted", batch.id)
     log(f"submitted batch {batch.id}: {len(lines)} requests")
     return batch.id
 

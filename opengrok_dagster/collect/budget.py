@@ -57,7 +57,7 @@ class Budget:
 
     def reserve(self, prompt_id: str, worst_usd: float) -> int:
         """Reserve ``worst_usd`` for one request; raises :class:`BudgetExhausted` when it does not fit."""
-        ticket = self.store.reserve_spend(
+        ticket = self.store.spend.reserve(
             utc_day(), self.run_id, self.partition, prompt_id, worst_usd, self.limits.run_usd, self.limits.daily_usd
         )
         if ticket is None:
@@ -69,15 +69,15 @@ class Budget:
         return await asyncio.to_thread(self.reserve, prompt_id, worst_usd)
 
     async def settle(self, ticket: int, actual_usd: float) -> None:
-        await asyncio.to_thread(self.store.settle_spend, ticket, actual_usd)
+        await asyncio.to_thread(self.store.spend.settle, ticket, actual_usd)
 
     def remaining_today(self) -> float | None:
         if self.limits.daily_usd is None:
             return None
-        return max(0.0, self.limits.daily_usd - self.store.spent(day=utc_day()))
+        return max(0.0, self.limits.daily_usd - self.store.spend.spent(day=utc_day()))
 
     def describe_stop(self, worst_usd: float) -> str:
-        spent_run, spent_day = self.store.spent(run_id=self.run_id), self.store.spent(day=utc_day())
+        spent_run, spent_day = self.store.spend.spent(run_id=self.run_id), self.store.spend.spent(day=utc_day())
         parts = []
         if self.limits.run_usd is not None:
             parts.append(f"run budget OPENGROK_TEACHER_BUDGET_USD={self.limits.run_usd:g}, spent {spent_run:.6f}")

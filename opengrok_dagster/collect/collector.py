@@ -74,7 +74,7 @@ async def collect_responses(
     # and the budget stop; split apart, each piece would need all of them passed back and forth.
     key = response_key(client, round_key)
     owner = claim_owner()
-    answered = store.answered_prompt_ids(key, (p["prompt_id"] for p in prompts))
+    answered = store.responses.answered(key, (p["prompt_id"] for p in prompts))
     pending = [p for p in prompts if p["prompt_id"] not in answered]
     counts = {"requested": 0, "succeeded": 0, "failed": 0, "reused": len(answered), "waited": 0, "unsent": 0}
     budget_stop: list[str] = []  # set once: no request is admitted after the budget refused one
@@ -122,7 +122,7 @@ async def collect_responses(
     async def heartbeat() -> None:
         while True:
             await asyncio.sleep(leases.heartbeat_s)
-            await asyncio.to_thread(store.renew_claims, owner, leases.lease_s)
+            await asyncio.to_thread(store.claims.renew, owner, leases.lease_s)
 
     beating = asyncio.create_task(heartbeat())
     try:
@@ -133,7 +133,7 @@ async def collect_responses(
         raise errors.exceptions[0] from None
     finally:
         beating.cancel()
-        await asyncio.to_thread(store.release_claims, owner)
+        await asyncio.to_thread(store.claims.release_all, owner)
     return CollectionSummary(
         len(prompts),
         counts["reused"],

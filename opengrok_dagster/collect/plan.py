@@ -87,7 +87,7 @@ def estimate_collection(
     tokenizer: str,
     history: tuple[float | None, int] = (None, 0),
 ) -> CollectionEstimate:
-    """``history``: (mean completion tokens, count) of stored answers, from ResponseStore.completion_history."""
+    """``history``: (mean completion tokens, count) of stored answers, from Responses.completion_history."""
     pending = [row for row in rows if row["prompt_id"] not in answered]
     prompt_tokens = sum(count_tokens(prompt_messages(row)) for row in pending)
     per_request, basis = expected_completion_tokens(max_tokens, history)

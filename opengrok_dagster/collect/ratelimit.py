@@ -102,7 +102,7 @@ class SharedRateLimiter:
         """Wait until the window admits one more request; returns its ticket for :meth:`settle`."""
         while True:
             ticket, wait_s = await asyncio.to_thread(
-                self._store.admit_rate, self._scope, self._window_s, self._requests, self._tokens, estimated_tokens
+                self._store.rates.admit, self._scope, self._window_s, self._requests, self._tokens, estimated_tokens
             )
             if ticket is not None:
                 return ticket
@@ -110,4 +110,4 @@ class SharedRateLimiter:
 
     async def settle(self, ticket: int, actual_tokens: int | None) -> None:
         if actual_tokens is not None:
-            await asyncio.to_thread(self._store.settle_rate, ticket, actual_tokens)
+            await asyncio.to_thread(self._store.rates.settle, ticket, actual_tokens)

@@ -58,9 +58,9 @@ def collection_spend(store_path: str | Path) -> CollectionSpend | None:
         return None
     store = ResponseStore(store_path)
     try:
-        total = store.spend_by()
-        by = {view: [SpendLine(**row) for row in store.spend_by(view)] for view in SPEND_VIEWS}
-        unsettled_requests, unsettled_usd = store.unsettled_spend()
+        total = store.responses.spend_by()
+        by = {view: [SpendLine(**row) for row in store.responses.spend_by(view)] for view in SPEND_VIEWS}
+        unsettled_requests, unsettled_usd = store.spend.unsettled()
     finally:
         store.close()
     empty = SpendLine("total", 0, 0, 0, 0, 0.0, 0, 0.0)
