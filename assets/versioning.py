@@ -33,6 +33,8 @@ ASSET_SOURCES = {
     "kd_targets": ("opengrok_dagster/distill",),
     "lora_checkpoint": ("opengrok_dagster/training", "opengrok_dagster/training_entry.py"),
     "eval_report": ("opengrok_dagster/evaluation",),
+    "promoted_student": ("opengrok_dagster/labelling/promotion.py",),
+    "post_labels": ("opengrok_dagster/labelling/labeller.py",),
 }
 
 

@@ -463,6 +463,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Choose the adapter that labels posts by hand (recorded as manual), or return the choice to the rule."""
+    from opengrok_dagster.labelling.promotion import write_manual_choice
+    from opengrok_dagster.settings import home_layout
+
+    write_manual_choice(home_layout().promotion_choice_path, None if args.mode == "auto" else args.mode)
+    chosen = "the promotion rule decides" if args.mode == "auto" else f"lora:{args.mode} is chosen by hand"
+    print(f"{chosen}; materialise promoted_student (then post_labels) for it to take effect")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="opengrok", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -518,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an example_id from filtered_responses, a mask mode (none/paper/hard/soft) or an adapter directory",
     )
     lineage.set_defaults(handler=cmd_lineage)
+
+    from opengrok_dagster.training import MASK_MODES
+
+    promote = commands.add_parser("promote", help="choose the adapter that labels posts, or `auto` for the rule")
+    promote.add_argument("mode", choices=[*MASK_MODES, "auto"], help="a mask mode, or auto (the promotion rule)")
+    promote.set_defaults(handler=cmd_promote)
     return parser
 
 

@@ -6,6 +6,7 @@ paths from here instead of spelling them again::
     assets/<asset>[/<partition dims, sorted by dimension name>].parquet   (resources.ParquetIOManager)
     checkpoints/<mask mode>/          published LoRA adapter      checkpoints/.work-<mode>/  Trainer state
     reports/report.md, report.html    mask_tables/tfidf-<sha>.json  the vocabulary each mask table used
+    promotion.json (manual choice)    labelling/.work-<shard>/      post_labels' finished chunks
     responses.sqlite  reviews.sqlite  eval_answers.sqlite           logs/   dagster_home/ (default DAGSTER_HOME)
 """
 
@@ -79,6 +80,15 @@ class HomeLayout:
     def training_work_dir(self, mask_mode: str) -> Path:
         """The Trainer's resumable checkpoints of one mask mode (``training.trainer.TrainingJob.work_dir``)."""
         return self.checkpoints_dir / f".work-{mask_mode}"
+
+    promotion_choice_path = _under_home(
+        "promotion.json", "The adapter chosen by hand with `opengrok promote MODE` (absent: the promotion rule)."
+    )
+    labelling_dir = _under_home("labelling", "post_labels' work: the finished chunks of each shard's labelling.")
+
+    def labelling_work_dir(self, shard: str) -> Path:
+        """Finished chunks of one shard's labelling, so a killed run resumes without relabelling them."""
+        return self.labelling_dir / f".work-{shard}"
 
     # Reports, vocabularies, the stores (one SQLite file each, written by different hands), logs, Dagster
     reports_dir = _under_home("reports", "report.md, report.html, the plots and results.parquet of eval_report.")

@@ -13,7 +13,7 @@ from setuptools import find_packages
 from tests.conftest import REPO_ROOT
 
 
-DOMAIN_PACKAGES = ("collect", "offline", "filtering", "masks", "training", "evaluation")
+DOMAIN_PACKAGES = ("collect", "offline", "filtering", "masks", "training", "evaluation", "labelling")
 # Code that ships or that users run (bench is run by `make bench`); tests may reach private Dagster APIs where
 # Dagster offers no public one (backfill records, the instance-config schema).
 PRODUCT_DIRS = ("opengrok_dagster", "assets", "resources", "bench", "devtools")

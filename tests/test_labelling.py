@@ -1,0 +1,202 @@
+"""Promotion (which adapter earns labelling the user's posts) and the chunked, resumable labelling itself."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from opengrok_dagster.evaluation.calibration import calibrated_label_logprobs
+from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
+from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller, label_posts, sample_posts
+from opengrok_dagster.labelling.promotion import (
+    PromotionConfig,
+    PromotionError,
+    choose,
+    read_manual_choice,
+    require_compatible,
+    write_manual_choice,
+)
+from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
+from opengrok_dagster.sns_tasks import task_format
+from tests.conftest import adapters, write_adapter
+
+
+def report(*differences, task="tweeteval_sentiment", metric="macro_f1"):
+    """An eval_report frame with a score row and one paired difference over base per (model, value, low, high)."""
+    rows = [{"section": "score", "task": task, "model": "base", "metric": metric, "primary": True, "value": 0.4}]
+    rows += [
+        {
+            "section": "paired_difference",
+            "task": task,
+            "model": model,
+            "compared_to": "base",
+            "metric": metric,
+            "primary": True,
+            "value": value,
+            "ci_low": low,
+            "ci_high": high,
+        }
+        for model, value, low, high in differences
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_the_adapter_with_the_highest_significant_lower_bound_is_promoted():
+    frame = report(("lora:none", 0.08, 0.02, 0.12), ("lora:hard", 0.06, 0.03, 0.09), ("lora:soft", 0.2, -0.01, 0.4))
+    promotion = choose(frame, {"none", "hard", "soft"}, PromotionConfig())
+    assert (promotion.mask_mode, promotion.how, promotion.ci_low) == ("hard", "rule", 0.03)
+    assert "lora:hard +0.060 [0.030, 0.090]" in promotion.reason and "highest of 2" in promotion.reason
+    # an adapter that is no longer materialised cannot be promoted, whatever it scored
+    assert choose(frame, {"none", "soft"}, PromotionConfig()).mask_mode == "none"
+    assert choose(frame, {"none", "hard"}, PromotionConfig(margin=0.025)).mask_mode == "hard"
+
+
+def test_nothing_qualifies_nothing_is_promoted_and_one_line_says_why():
+    promotion = choose(report(("lora:none", 0.031, -0.005, 0.072)), {"none"}, PromotionConfig())
+    assert promotion.mask_mode is None and promotion.how == "none"
+    assert promotion.reason == (
+        "nothing promoted: no adapter's tweeteval_sentiment macro_f1 difference over base has a lower bound above 0 "
+        "(lora:none +0.031 [-0.005, 0.072])"
+    )
+    assert "\n" not in promotion.reason
+    other_task = choose(report(("lora:none", 0.1, 0.05, 0.2)), {"none"}, PromotionConfig(task="tweet_topic"))
+    assert other_task.mask_mode is None and "has no tweet_topic" in other_task.reason
+    other_metric = choose(report(("lora:none", 0.1, 0.05, 0.2)), {"none"}, PromotionConfig(metric="accuracy"))
+    assert other_metric.mask_mode is None
+
+
+def test_a_manual_choice_wins_and_is_recorded_as_manual(tmp_path):
+    frame = report(("lora:none", 0.031, -0.005, 0.072))
+    promotion = choose(frame, {"none"}, PromotionConfig(), manual="none")
+    assert (promotion.mask_mode, promotion.how) == ("none", "manual")
+    assert "chosen by hand" in promotion.reason and "+0.031" in promotion.reason
+    with pytest.raises(PromotionError, match="no materialised adapter"):
+        choose(frame, {"none"}, PromotionConfig(), manual="hard")
+    path = tmp_path / "promotion.json"
+    assert read_manual_choice(path) is None
+    write_manual_choice(path, "hard")
+    assert read_manual_choice(path) == "hard"
+    write_manual_choice(path, None)
+    assert read_manual_choice(path) is None
+
+
+def test_an_unknown_task_is_refused_naming_it():
+    with pytest.raises(ValueError, match="no_such_task"):
+        PromotionConfig(task="no_such_task")
+
+
+def test_an_adapter_of_another_base_or_tokenizer_is_refused(tmp_path, tiny_student, tokenizer):
+    other_base = write_adapter(tiny_student, tmp_path / "a", "none", recorded_base="/models/Qwen2-0.5B")
+    [checkpoint], _ = find_checkpoints({"none": other_base}, ("none",))
+    with pytest.raises(PromotionError, match="cannot promote lora:none: .*Qwen2-0.5B"):
+        require_compatible(checkpoint, tiny_student)
+    own = write_adapter(tiny_student, tmp_path / "b", "none")
+    other_tokenizer = tokenizer.__class__.from_pretrained(tiny_student)
+    other_tokenizer.add_tokens(["<a-token-the-student-lacks>"])
+    other_tokenizer.save_pretrained(own)
+    [checkpoint], _ = find_checkpoints({"none": own}, ("none",))
+    with pytest.raises(PromotionError, match="its tokenizer .* is not the student's"):
+        require_compatible(checkpoint, tiny_student, tokenizer_fingerprint(tokenizer))
+    tokenizer.save_pretrained(own)
+    require_compatible(checkpoint, tiny_student, tokenizer_fingerprint(tokenizer))
+
+
+POSTS = pd.DataFrame(
+    {
+        "post_id": [f"s1:{i}" for i in range(11)],
+        "text": [f"post {i}: {'loving it' if i % 2 else 'awful day'} #{i}" for i in range(11)],
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory, tiny_student, one_torch_thread):
+    home = tmp_path_factory.mktemp("home")
+    write_adapter(tiny_student, adapters(home)["hard"], "hard")
+    checkpoints, _ = find_checkpoints({"hard": adapters(home)["hard"]}, ("hard",))
+    student = LocalStudent(tiny_student, checkpoints, batch_tokens=256)
+    with student.using("lora:hard"):
+        yield student, checkpoints[0].version
+
+
+def labeller(promoted, **settings):
+    student, digest = promoted
+    return PostLabeller(student, LabellingConfig(chunk_posts=4, **settings), digest)
+
+
+def test_sentiment_labels_are_the_evaluation_calibrated_scores(promoted, tmp_path):
+    outcome = label_posts(POSTS, labeller(promoted), tmp_path / "work")
+    sentiment = task_format("tweeteval_sentiment")
+    expected = np.exp(
+        calibrated_label_logprobs(
+            promoted[0], [sentiment.messages(t) for t in POSTS["text"]], sentiment.messages, list(sentiment.words)
+        )
+    )
+    frame = outcome.frame
+    assert frame["post_id"].tolist() == POSTS["post_id"].tolist()
+    probabilities = np.array(frame["tweeteval_sentiment_probabilities"].tolist())
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert frame["tweeteval_sentiment"].tolist() == [sentiment.words[i] for i in expected.argmax(axis=1)]
+    assert set(frame["model_digest"]) == {promoted[1]}
+    assert (outcome.chunks_labelled, outcome.chunks_reused, outcome.posts_labelled) == (3, 0, 11)
+    assert sum(outcome.distribution["tweeteval_sentiment"].values()) == 11
+
+
+def test_topics_come_in_the_report_answer_format(promoted, tmp_path):
+    frame = label_posts(POSTS, labeller(promoted, tasks=("tweet_topic",)), tmp_path / "work").frame
+    words = task_format("tweet_topic").words
+    for answer, row in zip(frame["tweet_topic"], frame["tweet_topic_probabilities"]):
+        assert words[int(np.argmax(row))] in answer.split(", ")
+        assert all(word in words for word in answer.split(", "))
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_a_killed_run_resumes_and_labels_every_post_exactly_once(promoted, tmp_path):
+    uninterrupted = label_posts(POSTS, labeller(promoted), tmp_path / "straight").frame
+
+    def kill_after_second_chunk(index):
+        if index == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        label_posts(POSTS, labeller(promoted), tmp_path / "work", after_chunk=kill_after_second_chunk)
+    scored = []
+    counting = labeller(promoted)
+    label = counting.label
+    counting.label = lambda chunk: scored.extend(chunk["post_id"]) or label(chunk)
+    resumed = label_posts(POSTS, counting, tmp_path / "work")
+    assert scored == POSTS["post_id"].tolist()[8:]  # only the chunk the kill left unlabelled
+    assert (resumed.chunks_reused, resumed.chunks_labelled) == (2, 1)
+    pd.testing.assert_frame_equal(resumed.frame, uninterrupted)
+
+
+def test_a_changed_post_or_model_relabels_its_chunk_only(promoted, tmp_path):
+    label_posts(POSTS, labeller(promoted), tmp_path / "work")
+    changed = POSTS.copy()
+    changed.loc[5, "text"] = "an edited post"
+    outcome = label_posts(changed, labeller(promoted), tmp_path / "work")
+    assert (outcome.chunks_reused, outcome.chunks_labelled) == (2, 1)
+    assert len(list((tmp_path / "work").glob("chunk-*"))) == 3  # the stale chunk is gone
+    student, _ = promoted
+    other_model = PostLabeller(student, LabellingConfig(chunk_posts=4), "another-digest")
+    assert label_posts(changed, other_model, tmp_path / "work").chunks_labelled == 3
+
+
+def test_the_sample_is_seeded_and_keeps_the_shard_order():
+    config = LabellingConfig(sample=5, seed=3)
+    first, again = sample_posts(POSTS, config), sample_posts(POSTS, config)
+    pd.testing.assert_frame_equal(first, again)
+    assert len(first) == 5 and first["post_id"].tolist() == sorted(first["post_id"], key=lambda p: int(p[3:]))
+    assert len(sample_posts(POSTS, LabellingConfig(sample=0))) == 11
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"tasks": ("wnut17",)}, "wnut17 is a ner task"), ({"tasks": ()}, "tasks is empty"), ({"sample": -1}, "sample")],
+)
+def test_bad_labelling_settings_are_refused_naming_them(settings, message):
+    with pytest.raises(ValueError, match=message):
+        LabellingConfig(**settings)
