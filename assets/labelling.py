@@ -31,6 +31,7 @@ from opengrok_dagster.labelling.promotion import (
     promotion_record,
     read_manual_choice,
     require_compatible,
+    teacher_agreement,
 )
 from opengrok_dagster.partitions import post_shard_partitions
 from opengrok_dagster.profiles import POST_LABELS, with_profile_defaults
@@ -94,7 +95,8 @@ def promoted_student(
     except (PromotionError, CheckpointError, ValueError) as exc:
         raise Failure(f"promoted_student: {exc}") from None
     context.log.info(promotion.reason)
-    record = promotion_record(promotion, checkpoint)
+    agreement = teacher_agreement(eval_report, promotion.variant)
+    record = promotion_record(promotion, checkpoint, agreement)
     identity = json.dumps([promotion.mask_mode, checkpoint.version if checkpoint else None])
     metadata = {
         "promoted": promotion.variant or "nothing",
@@ -103,6 +105,7 @@ def promoted_student(
         "adapter_version": checkpoint.version if checkpoint else "none",
         "lineage": MetadataValue.json(checkpoint.record if checkpoint else {}),
         "card": MetadataValue.md(record["card"].iloc[0] or "no model card"),
+        "teacher_agreement": MetadataValue.md(agreement_markdown(agreement)),
     }
     yield Output(record, data_version=_version_of(identity), metadata=metadata)
     yield AssetCheckResult(
@@ -206,7 +209,27 @@ def post_labels(
             posts_unchanged_guard(context, shard),
         )
     frame = outcome.frame
-    yield Output(frame, data_version=content_data_version(frame), metadata=_labels_metadata(outcome, posts, local))
+    metadata = _labels_metadata(outcome, posts, local)
+    metadata["teacher_agreement"] = MetadataValue.md(
+        agreement_markdown(json.loads(promoted_student["teacher_agreement"].iloc[0] or "{}"))
+    )
+    yield Output(frame, data_version=content_data_version(frame), metadata=metadata)
+
+
+def agreement_markdown(agreement: dict) -> str:
+    """The promoted student's agreement with the teacher on held-out annotations of the user's posts, per task."""
+    if not agreement:
+        return "not measured: no teacher annotation of the user's posts was held out of training (eval_report notes)"
+    rows = [
+        {
+            "task": task,
+            "held-out posts": f["n"],
+            "agreement": f"{f['agreement']:.3f} [{f['agreement_low']:.3f}, {f['agreement_high']:.3f}]",
+            "Cohen's kappa": f"{f['kappa']:.3f} [{f['kappa_low']:.3f}, {f['kappa_high']:.3f}]",
+        }
+        for task, f in agreement.items()
+    ]
+    return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def _labels_metadata(outcome, posts: pd.DataFrame, local: LocalStudent) -> dict:

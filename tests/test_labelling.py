@@ -6,6 +6,8 @@ import pytest
 
 from opengrok_dagster.evaluation.calibration import calibrated_label_logprobs
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
+from opengrok_dagster.evaluation.runner import EvaluationConfig
+from opengrok_dagster.labelling.agreement import cohen_kappa, heldout_annotations, posts_agreement
 from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller, label_posts, sample_posts
 from opengrok_dagster.labelling.promotion import (
     PromotionConfig,
@@ -13,6 +15,7 @@ from opengrok_dagster.labelling.promotion import (
     choose,
     read_manual_choice,
     require_compatible,
+    teacher_agreement,
     write_manual_choice,
 )
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
@@ -200,3 +203,101 @@ def test_the_sample_is_seeded_and_keeps_the_shard_order():
 def test_bad_labelling_settings_are_refused_naming_them(settings, message):
     with pytest.raises(ValueError, match=message):
         LabellingConfig(**settings)
+
+
+def test_cohen_kappa_is_sklearns():
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    second[:30] = first[:30]
+    assert cohen_kappa(first, second, 3) == pytest.approx(cohen_kappa_score(first, second))
+    assert cohen_kappa(first, first, 3) == pytest.approx(1.0)
+    assert np.isnan(cohen_kappa(np.zeros(4, int), np.zeros(4, int), 3))  # chance agreement is total
+
+
+def annotations(texts, answers, split="heldout", task="tweeteval_sentiment", state="kept"):
+    """filtered_responses rows of teacher annotations of posts, as the filter writes them."""
+    fmt = task_format(task)
+    return pd.DataFrame(
+        {
+            "example_id": [f"{split}{i}" for i in range(len(texts))],
+            "system_prompt": [fmt.messages(t)[0]["content"] for t in texts],
+            "prompt": [fmt.messages(t)[1]["content"] for t in texts],
+            "response": answers,
+            "task": task,
+            "split": split,
+            "state": state,
+        }
+    )
+
+
+def test_agreement_is_measured_on_held_out_annotations_only_for_every_variant(promoted):
+    student, _ = promoted
+    texts = POSTS["text"].tolist()
+    teacher = ["positive" if i % 2 else "negative" for i in range(len(texts))]
+    filtered = pd.concat(
+        [
+            annotations(texts, teacher),
+            annotations(["trained on"], ["neutral"], split="train"),
+            annotations(["rejected"], ["meh"], state="rejected"),
+            annotations(["a topic post"], ["music"], task="tweet_topic"),
+        ],
+        ignore_index=True,
+    )
+    assert len(heldout_annotations(filtered, "tweeteval_sentiment")) == len(texts)
+    config = EvaluationConfig(resamples=200, tasks=("tweeteval_sentiment",))
+    [result], notes = posts_agreement(student, filtered, config)
+    assert result.name == "teacher_agreement_on_posts:tweeteval_sentiment" and result.n == len(texts)
+    assert {s.model for s in result.scores} == {"base", "lora:hard"}
+    assert any("11 teacher annotations of the user's posts held out" in n for n in notes)
+    assert any("tweet_topic is not a single-label task" in n for n in notes)
+    sentiment = task_format("tweeteval_sentiment")
+    expected = calibrated_label_logprobs(
+        student, [sentiment.messages(t) for t in texts], sentiment.messages, list(sentiment.words)
+    ).argmax(axis=1)
+    gold = np.array([list(sentiment.words).index(t) for t in teacher])
+    score = next(s for s in result.scores if s.model == "lora:hard")
+    assert score.distribution.point["agreement"] == pytest.approx(np.mean(expected == gold))
+    estimate = score.distribution.estimate("kappa")
+    assert estimate.low <= estimate.value <= estimate.high
+    assert result.answers.texts == texts and (result.answers.predictions["lora:hard"] == expected).all()
+    assert {c.metric for c in result.comparisons} == {"kappa", "agreement"}
+
+
+def test_nothing_held_out_says_how_to_measure_it(promoted):
+    student, _ = promoted
+    results, notes = posts_agreement(student, annotations(["a"], ["positive"], split="train"), EvaluationConfig())
+    assert results == [] and "raise the filter's annotation_heldout_fraction" in notes[0]
+
+
+def test_the_promoted_adapters_agreement_is_read_from_the_report():
+    frame = pd.DataFrame(
+        [
+            {
+                "section": "score",
+                "task": "teacher_agreement_on_posts:tweeteval_sentiment",
+                "model": model,
+                "metric": metric,
+                "value": value,
+                "ci_low": value - 0.1,
+                "ci_high": value + 0.1,
+                "n": 32,
+            }
+            for model, value in (("lora:hard", 0.5), ("base", 0.1))
+            for metric in ("kappa", "agreement")
+        ]
+    )
+    agreement = teacher_agreement(frame, "lora:hard")
+    assert agreement == {
+        "tweeteval_sentiment": {
+            "n": 32,
+            "kappa": 0.5,
+            "kappa_low": 0.4,
+            "kappa_high": 0.6,
+            "agreement": 0.5,
+            "agreement_low": 0.4,
+            "agreement_high": 0.6,
+        }
+    }
+    assert teacher_agreement(frame, None) == {}

@@ -104,7 +104,6 @@ def test_nothing_earns_it_nothing_is_promoted_and_labelling_is_refused(home, ins
     assert not HomeLayout(home).asset_path("post_labels", "mine").exists()
 
 
-
 @pytest.mark.integration
 def test_a_manual_choice_is_promoted_and_recorded_as_manual(home, instance, tiny_student, monkeypatch, capsys):
     monkeypatch.setenv("OPENGROK_HOME", str(home))

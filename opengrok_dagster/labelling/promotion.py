@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from opengrok_dagster.evaluation.local import Checkpoint, CheckpointError, require_base_model
 from opengrok_dagster.evaluation.tasks import task_spec
+from opengrok_dagster.labelling.agreement import POSTS_AGREEMENT
 from opengrok_dagster.publish import publishing
 
 
@@ -154,9 +155,29 @@ def require_compatible(checkpoint: Checkpoint, student_model: str, student_finge
         )
 
 
-def promotion_record(promotion: Promotion, checkpoint: Checkpoint | None) -> pd.DataFrame:
+def teacher_agreement(report: pd.DataFrame, variant: str | None) -> dict[str, dict[str, float]]:
+    """The report's agreement of ``variant`` with the teacher on held-out annotations of the user's posts:
+    ``{task: {metric: value, metric_low, metric_high, n}}`` (``labelling.agreement``), empty when not measured."""
+    if variant is None or report.empty or "section" not in report.columns:
+        return {}
+    rows = report[
+        (report["section"] == "score")
+        & (report["model"] == variant)
+        & report["task"].astype(str).str.startswith(f"{POSTS_AGREEMENT}:")
+    ]
+    found: dict[str, dict[str, float]] = {}
+    for row in rows.itertuples():
+        figures = found.setdefault(str(row.task).split(":", 1)[1], {"n": int(row.n)})
+        figures |= {row.metric: row.value, f"{row.metric}_low": row.ci_low, f"{row.metric}_high": row.ci_high}
+    return found
+
+
+def promotion_record(
+    promotion: Promotion, checkpoint: Checkpoint | None, agreement: dict | None = None
+) -> pd.DataFrame:
     """The ``promoted_student`` asset value: one row, the decision and (when promoted) the adapter it names."""
     row = asdict(promotion) | {
+        "teacher_agreement": json.dumps(agreement or {}),
         "promoted": promotion.mask_mode is not None,
         "adapter_dir": str(checkpoint.adapter_dir) if checkpoint else None,
         "adapter_version": checkpoint.version if checkpoint else None,
@@ -181,6 +202,7 @@ PROMOTION_COLUMNS = (
     "adapter_version",
     "base_model",
     "card",
+    "teacher_agreement",  # JSON: {task: {kappa, kappa_low, kappa_high, agreement, ..., n}} from the eval report
 )
 
 
