@@ -7,6 +7,7 @@ paths from here instead of spelling them again::
     checkpoints/<mask mode>/          published LoRA adapter      checkpoints/.work-<mode>/  Trainer state
     reports/report.md, report.html    mask_tables/tfidf-<sha>.json  the vocabulary each mask table used
     promotion.json (manual choice)    labelling/.work-<shard>/      post_labels' finished chunks
+    export/                           the promoted student merged (`opengrok export`, `opengrok serve`)
     responses.sqlite  reviews.sqlite  eval_answers.sqlite           logs/   dagster_home/ (default DAGSTER_HOME)
 """
 
@@ -84,6 +85,9 @@ class HomeLayout:
     promotion_choice_path = _under_home(
         "promotion.json", "The adapter chosen by hand with `opengrok promote MODE` (absent: the promotion rule)."
     )
+    student_export_dir = _under_home(
+        "export", "`opengrok export`: the promoted student merged into its base, for plain transformers and serving."
+    )
     labelling_dir = _under_home("labelling", "post_labels' work: the finished chunks of each shard's labelling.")
 
     def labelling_work_dir(self, shard: str) -> Path:
@@ -104,6 +108,11 @@ class HomeLayout:
     @property
     def teacher_server_log(self) -> Path:
         return self.logs_dir / "teacher-server.log"
+
+    @property
+    def student_server_log(self) -> Path:
+        """`opengrok serve`'s server log."""
+        return self.logs_dir / "student-server.log"
 
     @property
     def run_failures_log(self) -> Path:
