@@ -8,7 +8,13 @@ from opengrok_dagster.evaluation.calibration import calibrated_label_logprobs
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.runner import EvaluationConfig
 from opengrok_dagster.labelling.agreement import cohen_kappa, heldout_annotations, posts_agreement
-from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller, label_posts, sample_posts
+from opengrok_dagster.labelling.labeller import (
+    LabellingConfig,
+    PostLabeller,
+    label_distribution,
+    label_posts,
+    sample_posts,
+)
 from opengrok_dagster.labelling.promotion import (
     PromotionConfig,
     PromotionError,
@@ -153,6 +159,28 @@ def test_topics_come_in_the_report_answer_format(promoted, tmp_path):
         assert all(word in words for word in answer.split(", "))
 
 
+def test_entities_come_in_the_report_answer_format_or_null_when_unreadable(promoted, tmp_path):
+    student, _ = promoted
+    config = {"tasks": ("tweeteval_sentiment", "wnut17"), "ner_max_new_tokens": 6}
+    outcome = label_posts(POSTS, labeller(promoted, **config), tmp_path / "work")
+    wnut = task_format("wnut17")
+    answers = student.generate([wnut.messages(t) for t in POSTS["text"]], 6)
+    expected = []
+    for answer, text in zip(answers, POSTS["text"]):
+        found = wnut.parse(answer, text)
+        expected.append(None if found.reason else wnut.answer(found))
+    assert outcome.frame["wnut17"].tolist() == expected
+    assert "wnut17_probabilities" not in outcome.frame and "tweeteval_sentiment_probabilities" in outcome.frame
+    assert sum(outcome.distribution["wnut17"].values()) >= sum(label is None for label in expected)
+    assert label_distribution(pd.Series(["person: Ann\nlocation: Rome", None, "none"]), "ner") == {
+        "person": 1,
+        "location": 1,
+        "unreadable": 1,
+        "none": 1,
+    }
+    assert label_distribution(pd.Series(["music, sports", "music"]), "multilabel") == {"music": 2, "sports": 1}
+
+
 class Killed(RuntimeError):
     pass
 
@@ -198,7 +226,7 @@ def test_the_sample_is_seeded_and_keeps_the_shard_order():
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"tasks": ("wnut17",)}, "wnut17 is a ner task"), ({"tasks": ()}, "tasks is empty"), ({"sample": -1}, "sample")],
+    [({"tasks": ("wnut18",)}, "wnut18"), ({"tasks": ()}, "tasks is empty"), ({"sample": -1}, "sample")],
 )
 def test_bad_labelling_settings_are_refused_naming_them(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -22,19 +22,17 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from opengrok_dagster.evaluation.calibration import LabelScorer, calibrate, content_free_messages, normalise
-from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS
+from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages, normalise
+from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
 from opengrok_dagster.publish import publishing
 from opengrok_dagster.sns_tasks import Annotation, TaskFormat, task_format
-
-
-LABELLED_KINDS = ("classification", "multilabel")
 
 
 class LabellingConfig(BaseModel):
     tasks: tuple[str, ...] = Field(
         default=("tweeteval_sentiment",),
-        description="Classification tasks the student labels each post for (tweeteval_sentiment, tweet_topic).",
+        description="Tasks the student labels each post for: tweeteval_sentiment, tweet_topic (scored, with class "
+        "probabilities) and wnut17, btc (entities, generated: much slower on a CPU).",
     )
     sample: int = Field(
         default=200,
@@ -52,6 +50,7 @@ class LabellingConfig(BaseModel):
     topic_threshold: float = Field(
         default=0.3, description="Probability above which a topic is given besides the most likely one."
     )
+    ner_max_new_tokens: int = Field(default=64, description="Tokens the student generates per post for entities.")
     device: str = Field(default="auto", description="Where the student runs: 'auto', 'cuda', 'mps' or 'cpu'.")
     precision: str = Field(default="auto", description="The student's weights: 'auto', 'bf16', 'fp16' or 'fp32'.")
     batch_tokens: int = Field(default=DEFAULT_BATCH_TOKENS, description="Tokens per forward pass of the student.")
@@ -59,15 +58,10 @@ class LabellingConfig(BaseModel):
 
     def model_post_init(self, context) -> None:
         if not self.tasks:
-            raise ValueError("tasks is empty: name at least one classification task, e.g. tweeteval_sentiment")
+            raise ValueError("tasks is empty: name at least one task, e.g. tweeteval_sentiment")
         for name in self.tasks:
-            kind = task_format(name).kind
-            if kind not in LABELLED_KINDS:
-                raise ValueError(
-                    f"tasks: {name} is a {kind} task; post_labels labels classification tasks "
-                    f"(tweeteval_sentiment, tweet_topic), remove {name}"
-                )
-        for name in ("sample", "torch_threads"):
+            task_format(name)  # an unknown task names the known ones
+        for name in ("sample", "torch_threads", "ner_max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.chunk_posts < 1 or self.batch_tokens < 1:
@@ -107,7 +101,7 @@ class LabellingOutcome:
 class PostLabeller:
     """Labels posts for the configured tasks with a scorer (``LocalStudent`` with the promoted adapter active)."""
 
-    def __init__(self, scorer: LabelScorer, config: LabellingConfig, model_digest: str) -> None:
+    def __init__(self, scorer: LocalStudent, config: LabellingConfig, model_digest: str) -> None:
         self.scorer, self.config, self.model_digest = scorer, config, model_digest
         self.formats: list[TaskFormat] = [task_format(name) for name in config.tasks]
         self._priors: dict[str, np.ndarray] = {}
@@ -115,7 +109,7 @@ class PostLabeller:
     @property
     def settings_key(self) -> str:
         """What a chunk's labels depend on besides its posts: the model and the scoring settings."""
-        settings = self.config.model_dump(include={"tasks", "calibrate", "topic_threshold"})
+        settings = self.config.model_dump(include={"tasks", "calibrate", "topic_threshold", "ner_max_new_tokens"})
         return json.dumps([self.model_digest, settings], sort_keys=True, default=list)
 
     def chunk_key(self, chunk: pd.DataFrame) -> str:
@@ -133,11 +127,22 @@ class PostLabeller:
             self._priors[task.name] = self.scorer.label_logprobs(content_free_messages(task.messages), words)
         return calibrate(scores, self._priors[task.name])
 
+    def _entities(self, task: TaskFormat, texts: list[str]) -> list[str | None]:
+        """Each post's entities as the report reads them (``type: text`` lines or ``none``), generated greedily as
+        the evaluation does; None where the answer cannot be read (spans not in the post, unknown types)."""
+        answers = self.scorer.generate([task.messages(t) for t in texts], self.config.ner_max_new_tokens)
+        parsed = [task.parse(answer, " ".join(text.split())) for answer, text in zip(answers, texts)]
+        return [None if found.reason else task.answer(found) for found in parsed]
+
     def label(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        """One chunk's labels: post id, text hash, model digest, and per task its label and probabilities."""
+        """One chunk's labels: post id, text hash, model digest, and per task its label and probabilities (entity
+        tasks: the entities, without probabilities)."""
         texts = chunk["text"].astype(str).tolist()
         frame = pd.DataFrame({"post_id": chunk["post_id"].astype(str).tolist(), "text_hash": chunk["text_hash"]})
         for task in self.formats:
+            if task.kind == "ner":
+                frame[task.name] = self._entities(task, texts)
+                continue
             probabilities = np.exp(self._log_scores(task, texts))
             labels = []
             for row in probabilities:
@@ -149,6 +154,21 @@ class PostLabeller:
             frame[probabilities_column(task.name)] = [np.round(row, 6).tolist() for row in probabilities]
         frame["model_digest"] = self.model_digest
         return frame
+
+
+def label_distribution(labels: pd.Series, kind: str) -> dict[str, int]:
+    """Posts per label (per topic for topics, per entity type for entities); ``unreadable`` counts null answers."""
+    counts: Counter = Counter()
+    for label in labels:
+        if not isinstance(label, str):  # null (None, or NaN where a chunk's column held nulls only)
+            counts["unreadable"] += 1
+        elif kind == "multilabel":
+            counts.update(label.split(", "))
+        elif kind == "ner":
+            counts.update(line.split(":", 1)[0] for line in label.splitlines())
+        else:
+            counts[label] += 1
+    return dict(counts)
 
 
 def label_posts(
@@ -193,5 +213,7 @@ def label_posts(
         chunks_labelled=labelled,
         posts_labelled=labelled_posts,
         seconds=seconds,
-        distribution={t: dict(Counter(frame[t])) for t in labeller.config.tasks if t in frame},
+        distribution={
+            t: label_distribution(frame[t], task_format(t).kind) for t in labeller.config.tasks if t in frame
+        },
     )
