@@ -35,7 +35,7 @@ class LabellingConfig(BaseModel):
         "probabilities) and wnut17, btc (entities, generated: much slower on a CPU).",
     )
     sample: int = Field(
-        default=200,
+        default=50,
         description="Posts labelled per shard, drawn with `seed` (0 = the whole shard): the default run labels a "
         "sample so that a 25k-post shard does not hold it up; the gpu profile labels every post.",
     )
