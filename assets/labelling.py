@@ -229,7 +229,17 @@ def agreement_markdown(agreement: dict) -> str:
         }
         for task, f in agreement.items()
     ]
-    return pd.DataFrame(rows).to_markdown(index=False)
+    tables = [pd.DataFrame(rows).to_markdown(index=False)]
+    for task, figures in agreement.items():
+        cells = [(*cell.split(" -> "), posts) for cell, posts in figures.get("confusion", {}).items()]
+        if cells:
+            matrix = pd.DataFrame(cells, columns=["teacher", "student", "posts"]).pivot_table(
+                index="teacher", columns="student", values="posts", fill_value=0, aggfunc="sum"
+            )
+            tables.append(
+                f"{task}, confusion (rows: the teacher's label; columns: the student's)\n\n{matrix.to_markdown()}"
+            )
+    return "\n\n".join(tables)
 
 
 def _labels_metadata(outcome, posts: pd.DataFrame, local: LocalStudent) -> dict:

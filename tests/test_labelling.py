@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from assets.labelling import agreement_markdown
 from opengrok_dagster.evaluation.calibration import calibrated_label_logprobs
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
-from opengrok_dagster.evaluation.runner import EvaluationConfig
+from opengrok_dagster.evaluation.report import results_frame
+from opengrok_dagster.evaluation.runner import EvaluationConfig, EvaluationResults
 from opengrok_dagster.labelling.agreement import cohen_kappa, heldout_annotations, posts_agreement
 from opengrok_dagster.labelling.labeller import (
     LabellingConfig,
@@ -291,6 +293,15 @@ def test_agreement_is_measured_on_held_out_annotations_only_for_every_variant(pr
     assert estimate.low <= estimate.value <= estimate.high
     assert result.answers.texts == texts and (result.answers.predictions["lora:hard"] == expected).all()
     assert {c.metric for c in result.comparisons} == {"kappa", "agreement"}
+    # into the report's long table, and back as the promoted adapter's figures with its confusion matrix
+    frame = results_frame(EvaluationResults(config, None, [result], [], [], 0.0))
+    figures = teacher_agreement(frame, "lora:hard")["tweeteval_sentiment"]
+    assert figures["n"] == len(texts) and figures["agreement"] == pytest.approx(np.mean(expected == gold))
+    assert sum(figures["confusion"].values()) == len(texts)
+    diagonal = sum(posts for cell, posts in figures["confusion"].items() if len(set(cell.split(" -> "))) == 1)
+    assert diagonal == (expected == gold).sum()
+    markdown = agreement_markdown(teacher_agreement(frame, "lora:hard"))
+    assert "Cohen's kappa" in markdown and "confusion (rows: the teacher's label" in markdown
 
 
 def test_nothing_held_out_says_how_to_measure_it(promoted):
@@ -319,6 +330,7 @@ def test_the_promoted_adapters_agreement_is_read_from_the_report():
     agreement = teacher_agreement(frame, "lora:hard")
     assert agreement == {
         "tweeteval_sentiment": {
+            "confusion": {},
             "n": 32,
             "kappa": 0.5,
             "kappa_low": 0.4,

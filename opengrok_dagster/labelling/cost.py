@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from opengrok_dagster.collect.spend import PRICE_VARIABLES
 from opengrok_dagster.evaluation.report import Report
 from opengrok_dagster.sqlite import select_in
 
 
 MILLION = 1_000_000
-PRICE_VARIABLES = ("OPENGROK_TEACHER_PROMPT_PRICE", "OPENGROK_TEACHER_COMPLETION_PRICE")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _hours(line: CostLine) -> str:
 
 
 def _usd(line: CostLine) -> str:
-    return f"${line.usd:,.2f}" if line.usd is not None else f"$? (set {' and '.join(PRICE_VARIABLES)})"
+    return f"${line.usd:,.2f}" if line.usd is not None else f"$? (set {PRICE_VARIABLES})"
 
 
 def cost_sentence(teacher: CostLine | None, student: CostLine | None, requests_per_minute: float | None) -> str:

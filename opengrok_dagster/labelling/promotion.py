@@ -157,18 +157,22 @@ def require_compatible(checkpoint: Checkpoint, student_model: str, student_finge
 
 def teacher_agreement(report: pd.DataFrame, variant: str | None) -> dict[str, dict[str, float]]:
     """The report's agreement of ``variant`` with the teacher on held-out annotations of the user's posts:
-    ``{task: {metric: value, metric_low, metric_high, n}}`` (``labelling.agreement``), empty when not measured."""
+    ``{task: {metric: value, metric_low, metric_high, n, confusion: {"teacher -> student": posts}}}``
+    (``labelling.agreement``), empty when not measured."""
     if variant is None or report.empty or "section" not in report.columns:
         return {}
-    rows = report[
-        (report["section"] == "score")
-        & (report["model"] == variant)
-        & report["task"].astype(str).str.startswith(f"{POSTS_AGREEMENT}:")
-    ]
-    found: dict[str, dict[str, float]] = {}
+    ours = (report["model"] == variant) & report["task"].astype(str).str.startswith(f"{POSTS_AGREEMENT}:")
+    report = report[ours]
+    rows = report[report["section"] == "score"]
+    found: dict[str, dict] = {}
     for row in rows.itertuples():
-        figures = found.setdefault(str(row.task).split(":", 1)[1], {"n": int(row.n)})
+        figures = found.setdefault(str(row.task).split(":", 1)[1], {"n": int(row.n), "confusion": {}})
         figures |= {row.metric: row.value, f"{row.metric}_low": row.ci_low, f"{row.metric}_high": row.ci_high}
+    cells = report[report["section"] == "confusion"]
+    for row in cells.itertuples():
+        task = str(row.task).split(":", 1)[1]
+        if task in found:  # "teacher label -> student label": posts
+            found[task]["confusion"][row.metric] = int(row.value)
     return found
 
 
