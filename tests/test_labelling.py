@@ -341,3 +341,55 @@ def test_the_promoted_adapters_agreement_is_read_from_the_report():
         }
     }
     assert teacher_agreement(frame, None) == {}
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+import pandas as pd
+from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
+from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller, label_posts
+
+adapter, student_path, posts_path, work = sys.argv[1:]
+checkpoints, _ = find_checkpoints({"hard": adapter}, ("hard",))
+student = LocalStudent(student_path, checkpoints, batch_tokens=256)
+with student.using("lora:hard"):
+    labeller = PostLabeller(student, LabellingConfig(chunk_posts=4), checkpoints[0].version)
+    # SIGKILL after the second chunk: no exception handler or cleanup runs, as when the OOM killer strikes
+    label_posts(pd.read_parquet(posts_path), labeller, Path(work), after_chunk=lambda i: i == 1 and os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+@pytest.mark.integration
+def test_a_sigkilled_labelling_run_resumes_to_the_uninterrupted_parquet(promoted, tiny_student, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    student, digest = promoted
+    [adapter] = [c.adapter_dir for c in student.checkpoints]
+    POSTS.to_parquet(tmp_path / "posts.parquet")
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_RUN,
+            str(adapter),
+            tiny_student,
+            str(tmp_path / "posts.parquet"),
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(list((tmp_path / "work").glob("chunk-*.parquet"))) == 2
+    resumed = label_posts(POSTS, labeller(promoted), tmp_path / "work")
+    assert (resumed.chunks_reused, resumed.chunks_labelled, resumed.posts_labelled) == (2, 1, 3)
+    uninterrupted = label_posts(POSTS, labeller(promoted), tmp_path / "straight").frame
+    pd.testing.assert_frame_equal(resumed.frame, uninterrupted)
+    assert resumed.frame["post_id"].is_unique and len(resumed.frame) == len(POSTS)
