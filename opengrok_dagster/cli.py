@@ -520,10 +520,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _student_model() -> str:
-    """The student the adapters were trained on: $OPENGROK_STUDENT_MODEL, else the provisioned offline model."""
+    """The student, as the code location resolves it: $OPENGROK_STUDENT_MODEL, else the profile's, else the
+    provisioned offline model."""
     from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+    from opengrok_dagster.profiles import active_profile
 
-    return os.environ.get("OPENGROK_STUDENT_MODEL") or str(check_offline_model(offline_model_dir()))
+    chosen = os.environ.get("OPENGROK_STUDENT_MODEL") or active_profile().student_model
+    return chosen or str(check_offline_model(offline_model_dir()))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

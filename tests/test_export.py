@@ -16,7 +16,7 @@ from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.evaluation.tasks import task_spec
 from opengrok_dagster.labelling.promotion import Promotion, promotion_record
 from opengrok_dagster.layout import HomeLayout
-from opengrok_dagster.offline.export import EXPORT_RECORD, export_merged, export_server
+from opengrok_dagster.offline.export import EXPORT_RECORD, ExportError, export_merged, export_server
 from opengrok_dagster.sns_tasks import task_format
 from tests.conftest import SHARED_DATA, adapters, write_adapter
 
@@ -108,6 +108,10 @@ def test_export_with_nothing_promoted_is_refused_in_one_line(tmp_path, tiny_stud
         "opengrok: error: no promoted student (nothing promoted: no adapter qualifies); choose one with "
         "`opengrok promote MODE`\n"
     )
+    assert not HomeLayout(tmp_path).student_export_dir.exists()
+    _, record = promote(tmp_path, tiny_student)
+    with pytest.raises(ExportError, match="lora:hard was trained on .*, not on the student '/models/Qwen2-0.5B'"):
+        export_merged(record, "/models/Qwen2-0.5B", HomeLayout(tmp_path).student_export_dir)
     assert not HomeLayout(tmp_path).student_export_dir.exists()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from opengrok_dagster.evaluation.local import model_identity
 from opengrok_dagster.offline.server import TeacherServer
 from opengrok_dagster.publish import partial_path, publish_directory
 
@@ -46,6 +47,11 @@ def export_merged(promoted: dict, base_model: str, target: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if model_identity(promoted["base_model"]) != model_identity(base_model):
+        raise ExportError(
+            f"lora:{promoted['mask_mode']} was trained on {promoted['base_model']!r}, not on the student "
+            f"{base_model!r}: set OPENGROK_STUDENT_MODEL to its base model, or promote an adapter of this student"
+        )
     staging = partial_path(target)
     try:
         model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
