@@ -24,7 +24,7 @@ from opengrok_dagster.collect.spend import TeacherSpend, pricing_description
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.cards import eval_results_for
-from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
+from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, model_identity
 from opengrok_dagster.evaluation.report import (
     MAIN_PLOT,
     build_report,
@@ -35,6 +35,8 @@ from opengrok_dagster.evaluation.report import (
 )
 from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
 from opengrok_dagster.instance import GPU_POOL
+from opengrok_dagster.labelling.agreement import posts_agreement
+from opengrok_dagster.labelling.cost import cost_section, measure_teacher, student_line, teacher_line
 from opengrok_dagster.offline_model import MODEL_NAME
 from opengrok_dagster.profiles import EVAL_REPORT, with_profile_defaults
 from opengrok_dagster.redact import redact_url
@@ -90,6 +92,39 @@ def _teacher_spend(teacher: TeacherResource, paths: OpenGrokPaths) -> TeacherSpe
     return TeacherSpend.read(description, paths.layout.response_store_path, stand_in_label=MODEL_NAME)
 
 
+# The task whose posts/s stands for labelling: the one post_labels labels by default.
+COSTED_TASK = "tweeteval_sentiment"
+
+
+def _cost_section(results, filtered: pd.DataFrame, teacher: TeacherResource, paths: OpenGrokPaths, student):
+    """1M posts by the student at the evaluation's measured rate and by the teacher at its configured limits."""
+    rates = results.throughput.get("posts_per_second", {})
+    student_cost = (
+        student_line(
+            f"student ({model_identity(student.model_path())})", rates[COSTED_TASK], results.throughput["device"]
+        )
+        if COSTED_TASK in rates
+        else None
+    )
+    annotation_ids = filtered.loc[filtered["variant"] == "annotation", "prompt_id"] if "variant" in filtered else []
+    measure = measure_teacher(paths.layout.response_store_path, annotation_ids)
+    prices = teacher.prices()
+    teacher_cost = (
+        teacher_line(
+            f"teacher ({_teacher_description(teacher)})",
+            measure,
+            prices.prompt_per_million,
+            prices.completion_per_million,
+            teacher.max_concurrency,
+            teacher.requests_per_minute,
+            priced=teacher.mode == "embedded" or bool(prices.prompt_per_million or prices.completion_per_million),
+        )
+        if measure is not None
+        else None
+    )
+    return cost_section(teacher_cost, student_cost, teacher.requests_per_minute)
+
+
 def _spend_metadata(spend: TeacherSpend, results, section) -> dict:
     """The spend totals as numbers (collection and this evaluation), and the report's section as Markdown."""
     total = spend.collection.total if spend.collection else None
@@ -117,7 +152,7 @@ def _record_scores_in_model_cards(checkpoints, results) -> list[str]:
     return written
 
 
-METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
+METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0), "kappa": (-1.0, 1.0)}
 
 
 @asset(
@@ -139,7 +174,7 @@ METRIC_RANGES = {"perplexity": (1.0, math.inf), "chrf": (0.0, 100.0)}
             "metrics_in_range",
             asset="eval_report",
             blocking=True,
-            description="Every score and interval bound is within its metric's range (rates in [0, 1], chrF in [0, 100], perplexity >= 1).",
+            description="Every score and interval bound is within its metric's range (rates in [0, 1], chrF in [0, 100], perplexity >= 1, kappa in [-1, 1]).",
         ),
     ],
 )
@@ -176,18 +211,25 @@ def eval_report(
         ApiModel.from_spec(e) for e in evaluation_config.endpoints
     ]
     heldout = filtered_responses[(filtered_responses["split"] == "heldout") & filtered_responses["response"].notna()]
+    heldout = heldout[heldout["task"].isna()] if "task" in heldout.columns else heldout  # generated answers only
     try:
         answers = AnswerCache(paths.layout.eval_answers_path) if config.reuse_api_answers else None
         results = Evaluation(evaluation_config, local, api_models, context.log.info, answers).run(heldout, notes)
     except DatasetError as exc:
         raise Failure(f"eval_report: {exc}") from None
+    agreement, agreement_notes = posts_agreement(local, filtered_responses, evaluation_config, context.log.info)
+    results.tasks.extend(agreement)  # beside the gold-label scores: the figure a user without gold labels has
+    results.notes.extend(agreement_notes)
     spend = _teacher_spend(teacher, paths)
     report = build_report(results, spend=spend)
+    costs = _cost_section(results, filtered_responses, teacher, paths, student)
+    report.blocks.extend(costs.blocks)
     frame = results_frame(results)
     published = publish_report(paths.layout.reports_dir, report, frame)
     context.log.info(f"report written to {published['markdown']} and {published['html']} in {results.seconds:.0f}s")
     cards = _record_scores_in_model_cards(checkpoints, results)
     metadata = _metadata(results, report, frame, published, evaluation_config, local, cards)
+    metadata["cost_per_million_posts"] = MetadataValue.md(costs.markdown())
     yield Output(frame, metadata=metadata | _spend_metadata(spend, results, spend_section(spend, results)))
     yield from _checks(results, frame, set(local.variants))
 

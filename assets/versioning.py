@@ -32,7 +32,13 @@ ASSET_SOURCES = {
     "mask_tables": ("opengrok_dagster/masks",),
     "kd_targets": ("opengrok_dagster/distill",),
     "lora_checkpoint": ("opengrok_dagster/training", "opengrok_dagster/training_entry.py"),
-    "eval_report": ("opengrok_dagster/evaluation",),
+    "eval_report": (
+        "opengrok_dagster/evaluation",
+        "opengrok_dagster/labelling/agreement.py",
+        "opengrok_dagster/labelling/cost.py",
+    ),
+    "promoted_student": ("opengrok_dagster/labelling/promotion.py",),
+    "post_labels": ("opengrok_dagster/labelling/labeller.py",),
 }
 
 

@@ -83,6 +83,12 @@ BENCHES = {
         ("--posts", "48", "--rounds", "5", "--threads", "1", "--clock", "cpu"),
         "scorer / floor <= 1.5",
     ),
+    "labelling_floor": Bench(
+        "post_labels posts/s vs the evaluation's compute floor for the same posts",
+        "bench.labelling_floor",
+        ("--posts", "128", "--rounds", "5", "--threads", "1", "--clock", "cpu"),
+        "labeller / floor (throughput) >= 0.9",
+    ),
     "efficacy": Bench(
         "Distillation efficacy, TweetEval sentiment (full page: docs/efficacy.md, figures: docs/efficacy.json)",
         "bench.distillation_efficacy",

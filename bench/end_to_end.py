@@ -21,12 +21,14 @@ from bench.measure import Measured, gib, machine_details, run_measured, spread
 from opengrok_dagster.layout import HomeLayout
 
 
-STAGES = ("start-up", "collect", "filter + masks", "fine-tune", "evaluate")
+STAGES = ("start-up", "collect", "filter + masks", "fine-tune", "evaluate", "promote + label")
 STAGE_OF_LABEL = {
     "[collect": "collect",
     "[filter + mask tables]": "filter + masks",
     "[fine-tune]": "fine-tune",
     "[evaluate]": "evaluate",
+    "[promote]": "promote + label",
+    "[label": "promote + label",
 }
 
 

@@ -4,7 +4,7 @@ No strong LLM runs offline, so the efficacy bench needs a teacher whose skill is
 teacher's skill the pipeline transfers to the student. This one answers the label prompts of
 ``opengrok_dagster.tasks.formats`` (the annotation prompts, which are the evaluation's prompts) for sentiment and
 topics with the prediction of a TF-IDF + logistic-regression classifier
-(``evaluation.baselines.train_tfidf_classifier``), and the entity prompts of the BTC (Broad Twitter Corpus) NER
+(``tasks.baselines.train_tfidf_classifier``), and the entity prompts of the BTC (Broad Twitter Corpus) NER
 task with a token tagger (logistic regression over each token's spelling and its neighbours', BIO tags,
 :class:`EntityTagger`). Both are trained on the task's GOLD train split, never on validation or test: every train
 post whose normalised text is also in the task's evaluation split is dropped before fitting

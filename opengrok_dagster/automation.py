@@ -37,8 +37,13 @@ FOLLOWS_UPSTREAM_DATA = (
     & ~AutomationCondition.in_progress()
 ).with_label("upstream data version changed")
 
+# The same, once the upstream assets' blocking checks passed: post_labels waits for a promoted student.
+FOLLOWS_UPSTREAM_DATA_ONCE_CHECKED = (
+    FOLLOWS_UPSTREAM_DATA & AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("upstream data version changed, its blocking checks passed")
+
 # Assets that follow their upstream data, and the sensor that evaluates them.
-DOWNSTREAM_AUTOMATED_ASSETS = ("lora_checkpoint", "eval_report")
+DOWNSTREAM_AUTOMATED_ASSETS = ("lora_checkpoint", "eval_report", "promoted_student", "post_labels")
 
 downstream_automation_sensor = AutomationConditionSensorDefinition(
     "downstream_automation_sensor",
@@ -46,7 +51,8 @@ downstream_automation_sensor = AutomationConditionSensorDefinition(
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
     description="Retrains every LoRA checkpoint mode when the mask tables' data changed, then rebuilds the evaluation "
-    "report; an upstream rerun that produced the same data starts nothing.",
+    "report and the promotion, and relabels the posts shards when their posts or the promoted student changed; an "
+    "upstream rerun that produced the same data starts nothing.",
 )
 
 

@@ -12,6 +12,7 @@ from contextlib import closing, nullcontext
 from datetime import UTC, datetime
 
 from opengrok_dagster.cli_console import RunConsole, quiet_third_party_warnings
+from opengrok_dagster.offline.server import TeacherServerError
 from opengrok_dagster.offline_model import OfflineModelError
 
 
@@ -285,11 +286,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from assets.collection import BUDGET_RUN_TAG
     from opengrok_dagster.definitions import build_definitions
     from opengrok_dagster.instance import release_abandoned_runs
-    from opengrok_dagster.jobs import collect_job, evaluate_job, fine_tune_job, prepare_job
+    from opengrok_dagster.jobs import (
+        collect_job,
+        evaluate_job,
+        fine_tune_job,
+        label_posts_job,
+        prepare_job,
+        promote_job,
+    )
     from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 
     defs = build_definitions(keep_teacher_server=True)  # one embedded server for every run below
-    stage_jobs = (collect_job, prepare_job, fine_tune_job, evaluate_job)
+    stage_jobs = (collect_job, prepare_job, fine_tune_job, evaluate_job, promote_job, label_posts_job)
     jobs = {job.name: defs.resolve_job_def(job.name) for job in stage_jobs}
     if args.config:
         _check_run_config(list(jobs.values()), run_config, args.config)  # before any work
@@ -354,6 +362,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if not _execute(instance, jobs[evaluate_job.name], "[evaluate]", run_config=run_config):
         return 1
+    if not _promote_and_label(instance, jobs, run_config):
+        return 1
     reports = home_layout().reports_dir
     print(
         f"done in {time.monotonic() - started:.0f}s: report at {reports / REPORT_HTML} (and {REPORT_MARKDOWN}); "
@@ -373,6 +383,41 @@ def _require_teacher_key() -> None:
             "(any value for an endpoint without keys), or name the variable that holds it in "
             "OPENGROK_TEACHER_API_KEY_VAR"
         )
+
+
+def _promote_and_label(instance, jobs: dict, run_config: dict) -> bool:
+    """Promote the adapter that earned it, then label (a sample of) every posts shard with it. Nothing promoted is
+    said in one line and is not a failure of the run: there is then nothing to label."""
+    import pandas as pd
+
+    from opengrok_dagster.jobs import label_posts_job, promote_job
+    from opengrok_dagster.partitions import post_shard_partitions
+    from opengrok_dagster.settings import home_layout
+
+    started = time.time()
+    promoted = _execute(instance, jobs[promote_job.name], "[promote]", run_config=run_config)
+    record_path = home_layout().asset_path("promoted_student")
+    if not promoted and record_path.is_file() and record_path.stat().st_mtime >= started:
+        record = pd.read_parquet(record_path).iloc[0]
+        if not record["promoted"]:  # the blocking check stopped the run: say why, label nothing
+            print(f"[promote] {record['reason']}; no posts labelled (`opengrok promote MODE` chooses one by hand)")
+            return True
+    if not promoted:
+        return False
+    shards = instance.get_dynamic_partitions(post_shard_partitions.name)
+    failed = [
+        shard
+        for number, shard in enumerate(shards, start=1)
+        if not _execute(
+            instance, jobs[label_posts_job.name], f"[label {number}/{len(shards)}] shard {shard!r}", shard, run_config
+        )
+    ]
+    if failed:
+        print(
+            f"labelling failed for shard(s) {', '.join(failed)}; rerun resumes after the finished chunks",
+            file=sys.stderr,
+        )
+    return not failed
 
 
 def _dry_run(topics: list[str], round_key: str) -> int:
@@ -501,6 +546,59 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Choose the adapter that labels posts by hand (recorded as manual), or return the choice to the rule."""
+    from opengrok_dagster.labelling.promotion import write_manual_choice
+    from opengrok_dagster.settings import home_layout
+
+    write_manual_choice(home_layout().promotion_choice_path, None if args.mode == "auto" else args.mode)
+    chosen = "the promotion rule decides" if args.mode == "auto" else f"lora:{args.mode} is chosen by hand"
+    print(f"{chosen}; materialise promoted_student (then post_labels) for it to take effect")
+    return 0
+
+
+def _student_model() -> str:
+    """The student, as the code location resolves it: $OPENGROK_STUDENT_MODEL, else the profile's, else the
+    provisioned offline model."""
+    from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
+    from opengrok_dagster.profiles import active_profile
+
+    chosen = os.environ.get("OPENGROK_STUDENT_MODEL") or active_profile().student_model
+    return chosen or str(check_offline_model(offline_model_dir()))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the promoted student merged into its base (safetensors, tokenizer, card) for plain transformers."""
+    from opengrok_dagster.offline.export import export_merged, promoted_adapter
+    from opengrok_dagster.settings import home_layout
+
+    layout = home_layout()
+    promoted = promoted_adapter(layout.asset_path("promoted_student"))
+    target = export_merged(promoted, _student_model(), layout.student_export_dir)
+    print(f"lora:{promoted['mask_mode']} merged into its base and written to {target}; `opengrok serve` serves it")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the export on an OpenAI-compatible endpoint until interrupted."""
+    from opengrok_dagster.offline.export import export_server
+    from opengrok_dagster.settings import home_layout
+
+    layout = home_layout()
+    server = export_server(layout.student_export_dir, args.port, layout.student_server_log)
+    layout.logs_dir.mkdir(parents=True, exist_ok=True)
+    with server:
+        print(
+            f"serving {server.model_id} at {server.base_url} (model: {server.model_id}); Ctrl-C stops it", flush=True
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="opengrok", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -559,6 +657,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="the full record as JSON (every example id); the text form shows counts"
     )
     lineage.set_defaults(handler=cmd_lineage)
+
+    from opengrok_dagster.training import MASK_MODES
+
+    promote = commands.add_parser("promote", help="choose the adapter that labels posts, or `auto` for the rule")
+    promote.add_argument("mode", choices=[*MASK_MODES, "auto"], help="a mask mode, or auto (the promotion rule)")
+    promote.set_defaults(handler=cmd_promote)
+
+    export = commands.add_parser("export", help="write the promoted student merged into its base (safetensors)")
+    export.set_defaults(handler=cmd_export)
+    serve = commands.add_parser("serve", help="serve the exported student on an OpenAI-compatible endpoint")
+    serve.add_argument("--port", type=int, default=None, help="loopback port (default: a free one)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -568,7 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, OfflineModelError) as exc:  # bad input: say what and how to fix it, without a traceback
+    except (
+        ValueError,
+        OfflineModelError,
+        TeacherServerError,
+    ) as exc:  # bad input: say what and how to fix it, without a traceback
         print(f"opengrok: error: {exc}", file=sys.stderr)
         return 2
     finally:

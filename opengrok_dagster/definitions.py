@@ -5,7 +5,7 @@ import warnings
 
 from dagster import BetaWarning, Definitions, EnvVar, load_assets_from_modules
 
-from assets import collection, distillation, evaluation, filtering, masks, posts, training
+from assets import collection, distillation, evaluation, filtering, labelling, masks, posts, training
 from opengrok_dagster.automation import downstream_automation_sensor, training_set_drift_sensor
 from opengrok_dagster.jobs import STAGE_JOBS
 from opengrok_dagster.profiles import active_profile, require_devices
@@ -101,7 +101,7 @@ def build_definitions(keep_teacher_server: bool = False) -> Definitions:
     require_devices(profile)
     layout = home_layout()
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
-    modules = [posts, collection, filtering, masks, distillation, training, evaluation]
+    modules = [posts, collection, filtering, masks, distillation, training, evaluation, labelling]
     return Definitions(
         assets=load_assets_from_modules(modules),
         jobs=STAGE_JOBS,

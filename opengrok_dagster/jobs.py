@@ -36,4 +36,16 @@ evaluate_job = define_asset_job(
     description="Compare the base student, each LoRA checkpoint and the teacher on SNS tasks; write the report.",
 )
 
-STAGE_JOBS = [posts_job, collect_job, prepare_job, fine_tune_job, evaluate_job]
+promote_job = define_asset_job(
+    "promote_student",
+    selection=AssetSelection.assets("promoted_student"),
+    description="Promote the adapter that earned it on the evaluation (or the one chosen by hand) to label posts.",
+)
+
+label_posts_job = define_asset_job(
+    "label_posts",
+    selection=AssetSelection.assets("post_labels"),
+    description="Label one shard of the user's posts with the promoted student.",
+)
+
+STAGE_JOBS = [posts_job, collect_job, prepare_job, fine_tune_job, evaluate_job, promote_job, label_posts_job]

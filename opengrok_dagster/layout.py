@@ -6,6 +6,8 @@ paths from here instead of spelling them again::
     assets/<asset>[/<partition dims, sorted by dimension name>].parquet   (resources.ParquetIOManager)
     checkpoints/<mask mode>/          published LoRA adapter      checkpoints/.work-<mode>/  Trainer state
     reports/report.md, report.html    mask_tables/tfidf-<sha>.json  the vocabulary each mask table used
+    promotion.json (manual choice)    labelling/.work-<shard>/      post_labels' finished chunks
+    export/                           the promoted student merged (`opengrok export`, `opengrok serve`)
     responses.sqlite  reviews.sqlite  eval_answers.sqlite           logs/   dagster_home/ (default DAGSTER_HOME)
 """
 
@@ -80,6 +82,18 @@ class HomeLayout:
         """The Trainer's resumable checkpoints of one mask mode (``training.job.TrainingJob.work_dir``)."""
         return self.checkpoints_dir / f".work-{mask_mode}"
 
+    promotion_choice_path = _under_home(
+        "promotion.json", "The adapter chosen by hand with `opengrok promote MODE` (absent: the promotion rule)."
+    )
+    student_export_dir = _under_home(
+        "export", "`opengrok export`: the promoted student merged into its base, for plain transformers and serving."
+    )
+    labelling_dir = _under_home("labelling", "post_labels' work: the finished chunks of each shard's labelling.")
+
+    def labelling_work_dir(self, shard: str) -> Path:
+        """Finished chunks of one shard's labelling, so a killed run resumes without relabelling them."""
+        return self.labelling_dir / f".work-{shard}"
+
     # Reports, vocabularies, the stores (one SQLite file each, written by different hands), logs, Dagster
     reports_dir = _under_home("reports", "report.md, report.html, the plots and results.parquet of eval_report.")
     tfidf_vocabulary_dir = _under_home("mask_tables", "tfidf-<sha>.json: the vocabulary each mask table used.")
@@ -99,6 +113,11 @@ class HomeLayout:
         """Dagster's console output (and the training subprocess's) of one ``opengrok`` command started at
         ``started`` (a UTC timestamp); the terminal shows progress and one line per failure."""
         return self.logs_dir / f"opengrok-{started}.log"
+
+    @property
+    def student_server_log(self) -> Path:
+        """`opengrok serve`'s server log."""
+        return self.logs_dir / "student-server.log"
 
     @property
     def run_failures_log(self) -> Path:

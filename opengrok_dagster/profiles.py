@@ -24,6 +24,7 @@ PROFILE_VARIABLE = "OPENGROK_PROFILE"
 PROFILE_DIR = CONFIG_DIR / "profiles"
 DEFAULT_PROFILE = "cpu-demo"
 PROMPTS, MASK_TABLES, LORA_CHECKPOINT, EVAL_REPORT = "prompts", "mask_tables", "lora_checkpoint", "eval_report"
+POST_LABELS = "post_labels"
 
 
 class ProfileError(ValueError):
@@ -57,6 +58,7 @@ class Profile(BaseModel):
         asked = {
             "training_device": self.training_device,
             f"ops.{EVAL_REPORT}.config.device": self.op_config(EVAL_REPORT).get("device"),
+            f"ops.{POST_LABELS}.config.device": self.op_config(POST_LABELS).get("device"),
         }
         return {setting: device for setting, device in asked.items() if device and device != "auto"}
 

@@ -190,7 +190,13 @@ def test_filter_chain_keeps_annotations_apart_and_sends_label_issues_where_confi
     assert {"a003", "a020", "a040"} <= set(flagged.index) and (flagged["state"] == state).all()
     assert annotations.loc["a048", "reasons"] == ["label_outside_vocabulary"]
     assert annotations.loc["a000", "state"] == KEPT and annotations.loc["a000", "response"] in words
-    assert set(annotations.loc[annotations["state"] == KEPT, "split"]) == {"train", "validation"}  # none held out
+    # a share is held out of training for the student-teacher agreement on the user's posts, at its own rate
+    kept_splits = annotations.loc[annotations["state"] == KEPT, "split"]
+    assert set(kept_splits) == {"train", "validation", "heldout"}
+    assert 0 < (kept_splits == "heldout").mean() < 0.3
+    without = FilterConfig(label_issues=action, label_issue_min_rows=20, annotation_heldout_fraction=0.0)
+    splits = filter_responses(raw, without, filter_models(without), {}).set_index("prompt_id")["split"]
+    assert set(splits[annotations[annotations["state"] == KEPT].index]) == {"train", "validation"}
     assert json.loads(annotations.loc["a000", "scores"])["response_format"] == "json_schema"
     assert (
         annotations.loc["a000", "class_label"]

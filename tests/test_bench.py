@@ -80,3 +80,28 @@ def test_gpu_check_refuses_to_run_full_size_without_cuda():
         [sys.executable, "-m", "bench.gpu_check"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
     )
     assert process.returncode == 1 and "needs a CUDA GPU; on a CPU run it shrunk with --smoke" in process.stderr
+
+
+def test_labelling_floor_runs_at_tiny_size(tiny_student):
+    """bench/labelling_floor.py end to end on the tiny student and 8 posts (the lead measures at full size)."""
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.labelling_floor",
+            "--model",
+            tiny_student,
+            "--posts",
+            "8",
+            "--rounds",
+            "2",
+            "--chunk-posts",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "| tweeteval_sentiment |" in process.stdout and "8 TweetEval validation posts" in process.stdout

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
     AssetKey,
     AssetMaterialization,
     DataVersion,
@@ -28,7 +30,7 @@ from opengrok_dagster.automation import (
     downstream_automation_sensor,
     training_set_drift_sensor,
 )
-from opengrok_dagster.partitions import MASK_MODES, mask_mode_partitions
+from opengrok_dagster.partitions import MASK_MODES, mask_mode_partitions, post_shard_partitions
 from opengrok_dagster.schedules import retrain_schedule
 from opengrok_dagster.settings import SettingsError, retrain_cron, retrain_threshold
 
@@ -103,7 +105,7 @@ def test_changed_mask_tables_retrain_every_mode_and_rebuild_the_report_once(defs
         assert ticks.requested() == {}  # new checkpoints while the backfill runs: its report is still to come
         record(persistent_instance, "lora_checkpoint", "lora-v2", partitions=["hard", "soft"])
         record(persistent_instance, "eval_report", "report-v2")
-    assert ticks.requested() == {}
+    assert ticks.requested() == {"promoted_student": {None}}  # the new report may promote another adapter
     assert ticks.requested() == {}
 
 
@@ -124,7 +126,7 @@ def test_one_retrained_mode_refreshes_the_report_and_no_other_mode(defs, persist
     ticks.requested()
 
     record(persistent_instance, "lora_checkpoint", "lora-paper-v2", partitions=["paper"])
-    assert ticks.requested() == {"eval_report": {None}}
+    assert ticks.requested() == {"eval_report": {None}, "promoted_student": {None}}  # one run, report first
 
 
 def test_a_change_seen_while_upstream_work_runs_is_acted_on_once_it_finishes(defs, persistent_instance):
@@ -296,3 +298,61 @@ def test_invalid_drift_threshold_names_the_variable_and_the_fix(monkeypatch, val
         SettingsError, match=rf"OPENGROK_RETRAIN_THRESHOLD='{value}' is not a positive fraction: .*e\.g\. 0\.2"
     ):
         retrain_threshold()
+
+
+def labelled_everything(instance):
+    """After a full run and labelling: two posts shards, an adapter promoted, both shards labelled by it."""
+    instance.add_dynamic_partitions(post_shard_partitions.name, ["a", "b"])
+    trained_everything(instance, "v1")
+    record(instance, "posts", "posts-v1", partitions=["a", "b"])
+    check(instance, "posts", "no_eval_posts", True, partitions=["a", "b"])
+    record(instance, "promoted_student", "hard-v1")
+    promotion_check(instance, passed=True)
+    record(instance, "post_labels", "labels-v1", partitions=["a", "b"])
+
+
+def check(instance, asset: str, name: str, passed: bool, partitions=(None,)):
+    """A blocking check's evaluation, as the asset's run records it after its materialisation."""
+    for partition in partitions:
+        instance.report_runless_asset_event(
+            AssetCheckEvaluation(
+                asset_key=AssetKey(asset),
+                check_name=name,
+                passed=passed,
+                severity=AssetCheckSeverity.ERROR,
+                blocking=True,
+                partition=partition,
+            )
+        )
+
+
+def promotion_check(instance, passed: bool):
+    check(instance, "promoted_student", "promotion_earned", passed)
+
+
+def test_post_labels_follow_their_shard_and_a_new_promotion_and_nothing_else(defs, persistent_instance):
+    ticks = Ticks(defs, persistent_instance)
+    labelled_everything(persistent_instance)
+    assert ticks.requested() == {}
+
+    record(persistent_instance, "posts", "posts-a-v2", partitions=["a"])
+    assert ticks.requested() == {"post_labels": {"a"}}  # the changed shard only
+    record(persistent_instance, "post_labels", "labels-a-v2", partitions=["a"])
+    record(persistent_instance, "posts", "posts-v1", partitions=["b"])  # a rerun that read the same posts
+    record(persistent_instance, "promoted_student", "hard-v1")  # the same adapter promoted again
+    promotion_check(persistent_instance, passed=True)
+    assert ticks.requested() == {}
+
+    record(persistent_instance, "promoted_student", "soft-v1")
+    promotion_check(persistent_instance, passed=True)
+    assert ticks.requested() == {"post_labels": {"a", "b"}}
+
+
+def test_no_shard_is_relabelled_while_the_promotion_check_fails(defs, persistent_instance):
+    ticks = Ticks(defs, persistent_instance)
+    labelled_everything(persistent_instance)
+    ticks.requested()
+
+    record(persistent_instance, "promoted_student", "nothing-promoted")
+    promotion_check(persistent_instance, passed=False)
+    assert ticks.requested() == {}

@@ -12,7 +12,18 @@ PACKAGE = REPO_ROOT / "opengrok_dagster"
 # Dagster-free modules at the top of the package that every stage may use; they import no stage.
 FOUNDATION = ("layout", "publish", "sqlite", "settings", "redact", "offline_model")
 # The pipeline's stages, bottom up: each may import the foundation, itself and the stages before it.
-STAGES = ("tasks", "posts", "collect", "filtering", "masks", "distill", "training", "evaluation", "offline")
+STAGES = (
+    "tasks",
+    "posts",
+    "collect",
+    "filtering",
+    "masks",
+    "distill",
+    "training",
+    "evaluation",
+    "labelling",
+    "offline",
+)
 
 
 def module_name(path: Path) -> str:

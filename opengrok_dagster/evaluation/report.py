@@ -83,6 +83,7 @@ def results_frame(results: EvaluationResults) -> pd.DataFrame:
                     "p_value": d.p_value,
                 }
             )
+        rows += _confusion_rows(task, common)
         for reference in task.spec.references if task.spec else ():
             rows.append(
                 {
@@ -138,6 +139,23 @@ def summary_table(results: EvaluationResults) -> pd.DataFrame:
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _confusion_rows(task: TaskResult, common: dict) -> list[dict]:
+    """Confusion counts of a task scored against another model's labels instead of gold (``spec`` None, e.g. the
+    teacher's labels of the user's posts), one row per (model, label -> answer) cell: what no interval shows."""
+    if task.spec is not None or task.answers is None or task.answers.multi_label:
+        return []
+    rows = []
+    for model in task.answers.predictions:
+        table = confusion_table(task.answers, model).set_index("gold \\ answer")
+        rows += [
+            common | {"section": "confusion", "model": model, "metric": f"{gold} -> {answer}", "value": float(count)}
+            for gold, counts in table.iterrows()
+            for answer, count in counts.items()
+            if count
+        ]
+    return rows
 
 
 def distillation_table(results: EvaluationResults) -> pd.DataFrame:

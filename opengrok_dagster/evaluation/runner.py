@@ -253,6 +253,22 @@ def ablation_pairs(models: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def finish_task(
+    result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...], config
+) -> TaskResult:
+    """Each model's bootstrap distribution on shared resamples, and the paired differences of the ablation pairs
+    on ``metrics``; ``scored`` holds (model, scores with ``metrics(idx)`` and ``n``, unparseable rate)."""
+    indices = resample_indices(result.n, config.resamples, config.seed)
+    for model, scores, unparseable in scored:
+        result.scores.append(ModelScore(model, bootstrap(scores, indices), scores.n, unparseable))
+    by_model = {s.model: s.distribution for s in result.scores}
+    for model, baseline in ablation_pairs(list(by_model)):
+        for metric in metrics:
+            difference = paired_difference(by_model[model], by_model[baseline], metric, config.confidence)
+            result.comparisons.append(PairedComparison(model, baseline, metric, difference))
+    return result
+
+
 def _without_eval_posts(train, eval_posts: dict[str, str]):
     """The train split without the posts of any evaluated split (a baseline trained on them scores inflated),
     and how many were left out."""
@@ -452,15 +468,7 @@ class Evaluation:
     def _finish(
         self, result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...]
     ) -> TaskResult:
-        indices = resample_indices(result.n, self.config.resamples, self.config.seed)
-        for model, scores, unparseable in scored:
-            result.scores.append(ModelScore(model, bootstrap(scores, indices), scores.n, unparseable))
-        by_model = {s.model: s.distribution for s in result.scores}
-        for model, baseline in ablation_pairs(list(by_model)):
-            for metric in metrics:
-                difference = paired_difference(by_model[model], by_model[baseline], metric, self.config.confidence)
-                result.comparisons.append(PairedComparison(model, baseline, metric, difference))
-        return result
+        return finish_task(result, scored, metrics, self.config)
 
     def run_task(self, spec: TaskSpec, data_dir: Path | None) -> TaskResult:
         cfg = self.config

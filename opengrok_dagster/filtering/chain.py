@@ -93,11 +93,13 @@ def filter_responses(
         if column not in out.columns:
             out[column] = None
     kept = out[out["state"] == KEPT]
-    # Annotations are never held out: the evaluation scores their tasks on its own splits, and teacher agreement
-    # (what held-out prompts measure) is about generated answers.
+    # Annotations are held out at their own rate: the student's agreement with the teacher on the user's posts is
+    # measured on them (labelling.agreement); the generative teacher agreement reads held-out generated rows.
     generated, annotations = kept[kept["task"].isna()], kept[kept["task"].notna()]
     splits = assign_splits(generated, config.validation_fraction, config.heldout_fraction, config.split_seed)
-    splits |= assign_splits(annotations, config.validation_fraction, 0.0, config.split_seed)
+    splits |= assign_splits(
+        annotations, config.validation_fraction, config.annotation_heldout_fraction, config.split_seed
+    )
     out["split"] = [splits[pid] if state == KEPT else None for pid, state in zip(out["prompt_id"], out["state"])]
     return out.loc[:, list(FILTERED_COLUMNS)]
 

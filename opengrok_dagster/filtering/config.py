@@ -93,6 +93,11 @@ class FilterConfig(BaseModel):
     heldout_fraction: float = Field(
         default=0.1, description="Share of prompts held out of training for the teacher-agreement evaluation."
     )
+    annotation_heldout_fraction: float = Field(
+        default=0.1,
+        description="Share of the teacher's annotations of the user's posts held out of training: the student's "
+        "agreement with the teacher on the user's own posts is measured on them (eval_report, post_labels).",
+    )
     split_seed: int = Field(default=0, description="Seed of the prompt hash that decides the split.")
     label_issues: str = Field(
         default="review",
@@ -117,6 +122,7 @@ class FilterConfig(BaseModel):
             "language_min_confidence",
             "validation_fraction",
             "heldout_fraction",
+            "annotation_heldout_fraction",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -132,6 +138,10 @@ class FilterConfig(BaseModel):
             raise ValueError(f"minhash_permutations must be >= 16, got {self.minhash_permutations}")
         if self.validation_fraction + self.heldout_fraction >= 1.0:
             raise ValueError("validation_fraction + heldout_fraction must leave room for a training split (sum < 1)")
+        if self.validation_fraction + self.annotation_heldout_fraction >= 1.0:
+            raise ValueError(
+                "validation_fraction + annotation_heldout_fraction must leave room for a training split (sum < 1)"
+            )
         if self.label_issue_min_rows < 10:
             raise ValueError(f"label_issue_min_rows must be >= 10, got {self.label_issue_min_rows}")
         if self.label_issues not in LABEL_ISSUE_ACTIONS:
