@@ -94,10 +94,7 @@ def pooled_over_seeds(per_seed: list[Distribution], draws: np.ndarray) -> Distri
     rows = np.arange(draws.shape[0])[:, None]
     return Distribution(
         {name: float(np.mean([d.point[name] for d in per_seed])) for name in per_seed[0].point},
-        {
-            name: np.stack([d.samples[name] for d in per_seed])[draws, rows].mean(axis=1)
-            for name in per_seed[0].point
-        },
+        {name: np.stack([d.samples[name] for d in per_seed])[draws, rows].mean(axis=1) for name in per_seed[0].point},
     )
 
 

@@ -188,8 +188,8 @@ def scorings_table(task: TaskResult, confidence: float) -> pd.DataFrame:
     rows: dict[str, dict] = {}
     for score in task.all_scores:
         e = score.distribution.estimate(task.primary_metric, confidence)
-        rows.setdefault(score.model, {"model": score.model} | dict.fromkeys(scorings, "-"))[score.scoring] = (
-            _interval(e.value, e.low, e.high)
+        rows.setdefault(score.model, {"model": score.model} | dict.fromkeys(scorings, "-"))[score.scoring] = _interval(
+            e.value, e.low, e.high
         )
     return pd.DataFrame(list(rows.values()))
 

@@ -34,7 +34,7 @@ from opengrok_dagster.evaluation.metrics import (
 )
 from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
-from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
+from opengrok_dagster.posts.leaks import EvalPosts, leak_counts, load_eval_posts
 from opengrok_dagster.sns_tasks import (
     classification_messages,
     find_labels,
@@ -296,14 +296,15 @@ def ablation_pairs(models: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _without_eval_posts(train, eval_posts: dict[str, str]):
-    """The train split without the posts of any evaluated split (a baseline trained on them scores inflated),
-    and how many were left out."""
-    keep = np.array([split is None for split in eval_split_of(train.texts, eval_posts)], dtype=bool)
+def _without_eval_posts(train, eval_posts: EvalPosts | None):
+    """The train split without the posts of any evaluated split, exact or near-duplicate (a baseline trained on
+    them scores inflated), and how many of each kind were left out."""
+    leaks = eval_posts.matches(train.texts) if eval_posts is not None else [None] * len(train.texts)
+    keep = np.array([leak is None for leak in leaks], dtype=bool)
     if keep.all():
-        return train, 0
+        return train, leak_counts(leaks)
     kept = replace(train, texts=[t for t, k in zip(train.texts, keep) if k], labels=train.labels[keep])
-    return kept, int((~keep).sum())
+    return kept, leak_counts(leaks)
 
 
 class Evaluation:
@@ -323,7 +324,7 @@ class Evaluation:
         self.request_counts: dict[str, list[int]] = {}  # model -> [failed, sent, reused], over the whole run
         self.usage: dict[str, Usage] = {}  # model -> what was sent to it and its cost, over the whole run
         self.throughput = Throughput()
-        self.eval_posts: dict[str, str] = {}  # normalised text hash -> eval split, over every task evaluated
+        self.eval_posts: EvalPosts | None = None  # every evaluated task's eval posts
         self.log = log
 
     # -- model answers ---------------------------------------------------------------------------------
@@ -422,10 +423,11 @@ class Evaluation:
                 f"split has {list(eval_names)}; point both at files with the same label mapping"
             )
         train, leaked = _without_eval_posts(train, self.eval_posts)
-        if leaked:
+        if sum(leaked.values()):
             notes.append(
-                f"{leaked} posts of the train split ({train.source}) are evaluation posts and were left "
-                "out of the TF-IDF baselines' training data"
+                f"{sum(leaked.values())} posts of the train split ({train.source}) are evaluation posts "
+                f"({leaked['exact']} exact, {leaked['near_duplicate']} near-duplicates: token Jaccard >= 0.7 after "
+                "normalisation) and were left out of the TF-IDF baselines' training data"
             )
         cfg = self.config
         chosen = sample_items(len(train.texts), cfg.baseline_train_examples, cfg.seed)
@@ -686,7 +688,7 @@ class Evaluation:
                 "was found. Set OPENGROK_DATA_DIR (or the data_dir setting) to a folder laid out like shared/data "
                 "(tweeteval/, wnut17/, ...), or name hub splits (hf:<dataset>:<config>:<split>) in eval_paths."
             )
-        self.eval_posts = eval_hashes(runnable, data_dir, cfg.eval_paths)
+        self.eval_posts = load_eval_posts(runnable, data_dir, cfg.eval_paths)
         tasks: list[TaskResult] = []
         for result in (self.run_task(task_spec(name), data_dir) for name in runnable):
             if result.skipped:
