@@ -80,7 +80,7 @@ from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
 from opengrok_dagster.offline.model import MODEL_NAME, check_offline_model, offline_model_dir
 from opengrok_dagster.partitions import MASK_MODES
-from opengrok_dagster.posts.leaks import normalise_post
+from opengrok_dagster.posts.leaks import leak_counts, normalise_post
 from opengrok_dagster.sns_tasks import Annotation
 from opengrok_dagster.training.config import TrainingConfig
 from opengrok_dagster.training.data import balance_classes
@@ -393,13 +393,15 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
     metric, headline = task.metric, getattr(args, "scoring", None) or task.scorings[0]
     if headline not in task.scorings:
         raise SystemExit(f"--scoring {headline}: task {task.name} is scored {', '.join(task.scorings)}; choose one")
-    unique = list(dict.fromkeys(t for t in task.train_texts if normalise_post(t) not in task.eval_posts))
+    leaks = task.eval_posts.matches(task.train_texts)
+    unique = list(dict.fromkeys(t for t, leak in zip(task.train_texts, leaks) if leak is None))
     wanted = max(grid.sizes) + VALIDATION_POSTS + grid.held_out_posts
     pool = [unique[i] for i in np.random.default_rng(1234).permutation(len(unique))[:wanted]]
     train_part, validation_part, held_part = split_pool(pool, max(grid.sizes))
     log(
         f"{len(pool)} posts to annotate from {task.train_source} "
-        f"({len(task.train_texts) - len(unique)} dropped as duplicates or eval posts)"
+        f"({len(task.train_texts) - len(unique)} dropped as duplicates, eval posts or near-duplicates of them: "
+        f"{leak_counts(leaks)})"
     )
     bench = Bench(
         task,
@@ -420,6 +422,7 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
         "val_posts": len(task.val_texts),
         "val_source": task.val_source,
         "splits": task.splits,
+        "train_posts_left_out_as_eval_posts": leak_counts(leaks),  # exact and near-duplicate, before annotation
         "scorings": list(task.scorings),
         "headline_scoring": headline,
         "command": command,

@@ -26,7 +26,7 @@ from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.runner import EvaluationConfig, sample_items
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from opengrok_dagster.filtering.annotations import class_label
-from opengrok_dagster.posts.leaks import normalise_post
+from opengrok_dagster.posts.leaks import EvalPosts
 from opengrok_dagster.sns_tasks import Annotation, parse_entity_lines, parse_single_label, task_format
 
 
@@ -69,7 +69,7 @@ class BenchTask:
         self.part = part
         index = parts[part][sample_items(len(parts[part]), val_posts, 0)]
         self.val_texts, self.gold = [items[i] for i in index], self._gold(val, index)
-        self.val_source, self.eval_posts = val.source, {normalise_post(t) for t in items}
+        self.val_source, self.eval_posts = val.source, EvalPosts({val.source: items})  # exact and near-duplicates
         rule = f"seed-0 permutation of {val.source}: first {TUNING_SHARE:.0%} tuning, the rest reporting"
         self.splits = {name: {"posts": len(parts[name]), "rule": rule} for name in SPLITS} | {
             "scored": part,
