@@ -94,8 +94,19 @@ VALIDATION_POSTS = 32  # teacher-annotated posts outside every N, for the traine
 NLL = "teacher_nll"  # mean NLL of the teacher's answers on the held-out annotated posts
 TOP_LOGPROBS = 5  # alternatives per teacher token for the KD arm (xAI returns up to 8, OpenAI 20)
 EMBEDDED_NAME = "embedded teacher (SmolLM2-135M-Instruct via transformers serve)"
-# Mask strength: today's default tables, and a lighter mask (less random masking, higher keep probability).
-STRENGTHS = {"default": MaskConfig(), "light": MaskConfig(delta=0.0, random_mask_rate=0.05)}
+# Mask variants (``--strengths``): today's default tables, a lighter mask (less random masking, higher keep
+# probability), and for each scope (the post only, the whole prompt; the answer never masked) exactly 5, 10, 20 or
+# 40% of the scope's tokens masked, lowest p first, with the random control at the same share ("random-...").
+STRENGTHS = {
+    "default": MaskConfig(),
+    "light": MaskConfig(delta=0.0, random_mask_rate=0.05),
+    **{
+        f"{prefix}{scope}-{percent}": MaskConfig(scope=scope, strength=percent / 100, selection=selection)
+        for scope in ("post", "prompt")
+        for percent in (5, 10, 20, 40)
+        for prefix, selection in (("", "features"), ("random-", "random"))
+    },
+}
 # The pipeline's defaults (rank 16, lr 1e-3, balanced classes: docs/efficacy.md, "Settings search"), run for one
 # whole epoch of whatever N gives, or the grid's step budget where that is shorter (``Grid.max_steps``).
 RECIPE = TrainingConfig(num_epochs=1.0, max_steps=-1, eval_steps=16, save_steps=16, early_stopping_patience=4)
@@ -123,6 +134,20 @@ GRIDS = {
         ("reference", "embedded"), (250, 1000), (0, 1), ("none", "hard"), ("default",), 600, (0.0,), 1.0, 0, 64
     ),
     "gpu": Grid(("reference", "embedded"), (250, 1000, 4000), (0, 1, 2), MASK_MODES, ("default", "light"), 2000),
+    # The mask where it could help (issue 26): 5 seeds, mode none, the random control, soft and hard at one scope
+    # and strength (choose them on the tuning split first: --split tuning --strengths post-5 post-10 ...).
+    "mask": Grid(
+        ("reference",),
+        (250,),
+        (0, 1, 2, 3, 4),
+        ("none", "hard", "soft"),
+        ("post-20", "random-post-20"),
+        0,
+        (0.0,),
+        1.0,
+        0,
+        64,
+    ),
 }
 
 
@@ -200,6 +225,7 @@ def examples_frame(
                 "prompt": user["content"],
                 "response": task.format.answer(annotation),
                 "class_label": task.class_label(annotation),  # what the trainer balances classes by
+                "post_text": post,  # where the post lies in the prompt (mask scope "post")
             }
         )
     frame = pd.DataFrame(rows)

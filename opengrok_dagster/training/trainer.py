@@ -21,7 +21,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -87,6 +87,7 @@ class TrainingJob:
     gradient_checkpointing: bool = False
     data_versions: dict = field(default_factory=dict)
     code_version: str = ""  # of the training code (the lora_checkpoint asset's): a code change retrains
+    mask_options: dict = field(default_factory=dict)  # the mask table's config, recorded with the adapter
 
     @property
     def work_dir(self) -> Path:
@@ -119,6 +120,8 @@ class TrainingOutcome:
     lora_targets: list
     sample_generation: str
     curves: dict
+    mask_options: dict = field(default_factory=dict)  # the mask table's config (scope, selection, strength, ...)
+    checkpoint_selection: str = "unmasked"
     reused: bool = False  # the published checkpoint already came from this data, config and model
 
 
@@ -305,6 +308,7 @@ def train_lora(
     """
     require_mask_mode(job.mask_mode)
     require_training_options(job)
+    job = replace(job, mask_options=mask_options_of(table))
     tokenizer = _setup_tokenizer(job)
     data = _setup_data(job, table, tokenizer, log)
     if job.config.kd_alpha and job.config.packing:
@@ -342,6 +346,13 @@ def train_lora(
     return outcome
 
 
+def mask_options_of(table: pd.DataFrame) -> dict:
+    """The mask options the table was built with (scope, selection, strength, ...): its ``mask_config``."""
+    if "mask_config" not in table.columns or table.empty:
+        return {}
+    return json.loads(table["mask_config"].iloc[0])
+
+
 def _silent(_: str) -> None:
     """The log of ranks other than 0: one rank reports."""
 
@@ -365,6 +376,12 @@ def _setup_data(job: TrainingJob, table: pd.DataFrame, tokenizer, log: Callable[
             )
         table = balanced
     data = load_training_data(table, tokenizer, job.config.max_length)
+    if job.config.checkpoint_selection == "unmasked":
+        # every mode's validation loss under stock attention (all m = p = 1), as the adapter is evaluated and served
+        data = replace(
+            data,
+            validation=[replace(e, m=[1] * len(e.m), p=[1.0] * len(e.p)) for e in data.validation],
+        )
     log(
         f"{len(data.train)} train / {len(data.validation)} validation examples "
         f"({data.truncated} cut to {job.config.max_length} tokens, "
@@ -541,6 +558,8 @@ def _publish(
         lora_targets=targets,
         sample_generation=sample,
         curves=curves,
+        mask_options=job.mask_options,
+        checkpoint_selection=job.config.checkpoint_selection,
     )
     (staging / "training_args.json").write_text(
         json.dumps({"config": job.config.model_dump(), "trainer": trainer.args.to_dict()}, indent=2, default=str)
