@@ -24,10 +24,11 @@ from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.metrics import ClassificationScores, NerScores
 from opengrok_dagster.evaluation.ner import spans_to_tags
 from opengrok_dagster.evaluation.runner import EvaluationConfig, sample_items
+from opengrok_dagster.evaluation.scoring import parsed_answers
 from opengrok_dagster.evaluation.tasks import read_split, task_spec
 from opengrok_dagster.filtering.annotations import class_label
 from opengrok_dagster.posts.leaks import EvalPosts
-from opengrok_dagster.sns_tasks import Annotation, parse_entity_lines, parse_single_label, task_format
+from opengrok_dagster.sns_tasks import Annotation, parse_entity_lines, task_format
 
 
 TUNING_SHARE = 0.7  # of the val split, for tuning recipes; the rest is for reporting
@@ -147,7 +148,7 @@ class SentimentTask(BenchTask):
             free = student.label_logprobs(self.content_free, words)
             held = student.label_logprobs(held_out, words) if held_out else None
             answers = student.generate(self.messages, self.answer_tokens)
-        generated = np.array([parse_single_label(answer, words) for answer in answers], dtype=int)
+        generated, _ = parsed_answers(answers, words, multi_label=False)  # as the report reads a generated answer
         scorings = {
             "generated": generated,
             "calibrated": calibrate(items, free).argmax(axis=1),

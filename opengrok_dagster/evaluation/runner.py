@@ -33,6 +33,7 @@ from opengrok_dagster.evaluation.metrics import (
     sentence_chrf,
 )
 from opengrok_dagster.evaluation.ner import spans_to_tags
+from opengrok_dagster.evaluation.scoring import CLASSIFIER, SCORINGS, likeliest, parsed_answers
 from opengrok_dagster.evaluation.tasks import DEFAULT_TASKS, TASKS, TaskSpec, label_words, read_split, task_spec
 from opengrok_dagster.posts.leaks import EvalPosts, leak_counts, load_eval_posts
 from opengrok_dagster.sns_tasks import (
@@ -45,11 +46,6 @@ from opengrok_dagster.sns_tasks import (
 
 
 TEACHER = "teacher"
-# How a model's answer to a classification prompt is read: its greedy generation parsed for a label (every model),
-# or the label whose tokens it finds most likely after the prompt, calibrated against content-free posts or raw
-# (local models). The TF-IDF baselines are classifiers: their one scoring is "classifier".
-SCORINGS = ("generated", "calibrated", "raw")
-CLASSIFIER = "classifier"
 GOLD_BASELINE, TEACHER_BASELINE = "tfidf-lr:gold", "tfidf-lr:teacher"
 AGREEMENT_TASK = "teacher_agreement"
 
@@ -276,18 +272,6 @@ def sample_items(total: int, wanted: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=wanted, replace=False))
 
 
-def _parsed_answers(answers: list[str | None], words: list[str], multi_label: bool) -> tuple[np.ndarray, float]:
-    """Generated answers read as the task's labels (a failed request or an answer naming no label is unparseable),
-    and the unparseable share."""
-    if multi_label:
-        predicted = np.zeros((len(answers), len(words)), dtype=bool)
-        for row, answer in enumerate(answers):
-            predicted[row, find_labels(answer or "", words)] = True
-        return predicted, float((~predicted.any(axis=1)).mean())
-    predicted = np.array([parse_single_label(a, words) for a in answers], dtype=int)
-    return predicted, float((predicted < 0).mean())
-
-
 def ablation_pairs(models: list[str]) -> list[tuple[str, str]]:
     """Distillation (each adapter vs the base student) and the mask (each masked adapter vs mask 'none')."""
     pairs = [(m, LocalStudent.BASE) for m in models if m.startswith("lora:")]
@@ -369,7 +353,7 @@ class Evaluation:
         for model in self.api_models:
             answers = self._api_answers(model, messages, self.config.api_max_tokens)
             if answers is not None:
-                yield (model.name, "generated", *_parsed_answers(answers, words, multi_label))
+                yield (model.name, "generated", *parsed_answers(answers, words, multi_label))
 
     def _local_scorings(self, spec: TaskSpec, variant: str, messages, words: list[str], multi_label: bool):
         """The active local variant's predictions under each configured scoring (label likelihoods computed once)."""
@@ -381,22 +365,12 @@ class Evaluation:
                     lambda post: classification_messages(spec.question, post, words, multi_label)
                 )
                 calibrated = calibrate(logprobs, self.student.label_logprobs(content_free, words))
-                yield variant, "calibrated", self._likeliest(calibrated, multi_label), None
+                yield variant, "calibrated", likeliest(calibrated, multi_label, self.config.topic_threshold), None
             if "raw" in scorings:
-                yield variant, "raw", self._likeliest(logprobs, multi_label), None
+                yield variant, "raw", likeliest(logprobs, multi_label, self.config.topic_threshold), None
         if "generated" in scorings:
             answers = self.student.generate(messages, self.config.api_max_tokens)
-            yield (variant, "generated", *_parsed_answers(answers, words, multi_label))
-
-    def _likeliest(self, logprobs: np.ndarray, multi_label: bool) -> np.ndarray:
-        """The likeliest label (single-label), or the top label and every label above topic_threshold."""
-        if not multi_label:
-            return logprobs.argmax(axis=1)
-        probabilities = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        predicted = probabilities >= self.config.topic_threshold
-        predicted[np.arange(len(logprobs)), probabilities.argmax(axis=1)] = True
-        return predicted
+            yield (variant, "generated", *parsed_answers(answers, words, multi_label))
 
     def _baselines(
         self,
