@@ -124,6 +124,11 @@ class Grid:
     kd_temperature: float = 1.0
     held_out_posts: int = 200  # teacher-annotated posts no student sees, for the held-out teacher NLL (0 = none)
     max_steps: int = -1  # optimizer steps per training at most; -1 = one whole epoch of the balanced examples
+    learning_rate: float = RECIPE.learning_rate  # per mode, chosen on the tuning split (--split tuning)
+
+    @property
+    def recipe(self) -> TrainingConfig:
+        return RECIPE.model_copy(update={"learning_rate": self.learning_rate})
 
 
 # The CPU preset is the required grid sized to fit an hour on 2 cores: every training stops after 64 steps
@@ -457,7 +462,7 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
         "device": placement.description,
         "load_average_before": os.getloadavg()[0],
         "grid": asdict(grid),
-        "recipe": RECIPE.model_dump(),
+        "recipe": grid.recipe.model_dump(),
         "class_balance": task.balances_classes,
         "scoring": task.scoring,
         "count_names": task.count_names,
@@ -574,7 +579,7 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                     continue  # mode none ignores the mask: one run covers every strength
                 sft = None
                 for alpha in alphas:
-                    config = arm_config(RECIPE, seed, alpha, grid.kd_temperature)
+                    config = arm_config(grid.recipe, seed, alpha, grid.kd_temperature)
                     config = config.model_copy(update={"max_steps": steps_within_budget(mask, config, grid.max_steps)})
                     directory = Path(scratch) / strength / f"kd{alpha:g}"
                     targets = kd.table if alpha > 0 else None
@@ -930,6 +935,11 @@ def main() -> None:
         default="generated",
         help="headline scoring (every scoring is recorded; default generated, the one the teacher has too)",
     )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        help=f"the recipe's learning rate (default {RECIPE.learning_rate:g}); choose it per mode on --split tuning",
+    )
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads for the local models (0 = torch's default)"
@@ -946,6 +956,8 @@ def main() -> None:
         parser.error(f"--held-out-posts {args.held_out_posts}: a number of posts is 0 (no held-out NLL) or more")
     if args.max_steps is not None and (args.max_steps == 0 or args.max_steps < -1):
         parser.error(f"--max-steps {args.max_steps}: a number of optimizer steps, or -1 for one whole epoch")
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        parser.error(f"--learning-rate {args.learning_rate:g}: a learning rate is above 0")
     import torch
 
     if args.threads > 0:
@@ -965,6 +977,7 @@ def main() -> None:
         preset.kd_temperature if args.kd_temperature is None else args.kd_temperature,
         preset.held_out_posts if args.held_out_posts is None else args.held_out_posts,
         preset.max_steps if args.max_steps is None else args.max_steps,
+        preset.learning_rate if args.learning_rate is None else args.learning_rate,
     )
     if any(alpha > 0 for alpha in grid.kd_alphas) and grid.held_out_posts == 0:
         parser.error("--kd-alpha above 0 needs --held-out-posts above 0: the KD arm is judged on held-out NLL")

@@ -356,3 +356,14 @@ def test_entity_examples_answer_in_entity_lines_and_are_not_class_balanced(entit
     assert frame["class_label"].isna().all()
     assert frame.loc[0, "prompt"] == task_format("btc").messages(post)[-1]["content"]
     assert steps_within_budget(frame, RECIPE, 64) == 1
+
+
+def test_the_grids_learning_rate_is_the_recipes_and_is_recorded():
+    from dataclasses import asdict
+
+    grid = Grid(("reference",), (16,), (0,), ("none",), ("default",), 12, (0.0,), 1.0, 0, 2, 3e-4)
+    assert grid.recipe.learning_rate == 3e-4 and grid.recipe.model_dump() | {
+        "learning_rate": RECIPE.learning_rate
+    } == (RECIPE.model_dump())
+    assert asdict(grid)["learning_rate"] == 3e-4
+    assert Grid(("reference",), (16,), (0,), ("none",), ("default",), 12).recipe == RECIPE
