@@ -79,8 +79,9 @@ def _teacher_description(teacher: TeacherResource) -> str:
 
 
 def _teacher_model(teacher: TeacherResource) -> ApiModel:
+    weights = MODEL_NAME if teacher.mode == "embedded" else teacher.model
     return ApiModel(
-        TEACHER, teacher.endpoint, _teacher_description(teacher), teacher.client_limits(), teacher.prices()
+        TEACHER, teacher.endpoint, _teacher_description(teacher), teacher.client_limits(), teacher.prices(), weights
     )
 
 

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from assets.versioning import asset_code_version, content_data_version
 from opengrok_dagster.partitions import post_shard_partitions
-from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
+from opengrok_dagster.posts.leaks import leak_counts, load_eval_posts
 from opengrok_dagster.posts.sources import PostsError, SkippedLine, find_shard, load_posts_catalogue, read_shard
 from opengrok_dagster.settings import posts_catalogue_path
 from opengrok_dagster.tasks.datasets import DatasetError, resolve_data_dir
@@ -79,10 +79,11 @@ def posts(context: AssetExecutionContext, config: PostsConfig):
         data_dir = resolve_data_dir(config.data_dir)
         # Without a data directory the evaluation skips these tasks too; hub splits are checked all the same.
         checked = [t for t in config.eval_tasks if data_dir is not None or is_hub_split(config.eval_paths.get(t, ""))]
-        hashes = eval_hashes(checked, data_dir, config.eval_paths)
+        eval_posts = load_eval_posts(checked, data_dir, config.eval_paths)
     except (PostsError, DatasetError, ValueError) as exc:
         raise Failure(str(exc)) from None
-    splits = eval_split_of(frame["text"], hashes)
+    leaks = eval_posts.matches(frame["text"])
+    splits = [leak.split if leak else None for leak in leaks]
     dropped = Counter(split for split in splits if split is not None)
     if config.drop_eval_posts:
         frame = frame[[split is None for split in splits]].reset_index(drop=True)
@@ -98,6 +99,8 @@ def posts(context: AssetExecutionContext, config: PostsConfig):
             "files": MetadataValue.md("\n".join(f"- {s}" for s in sorted(frame["source"].unique()))),
             "eval_posts_dropped" if config.drop_eval_posts else "eval_posts_found": sum(dropped.values()),
             "eval_posts_by_split": MetadataValue.json(dict(dropped)),
+            # exact: the same text after normalisation; near_duplicate: token Jaccard >= 0.7 with an eval post
+            "eval_posts_by_kind": MetadataValue.json(leak_counts(leaks)),
             "eval_splits_checked": len(checked),
             "eval_tasks_unchecked": ", ".join(t for t in config.eval_tasks if t not in checked) or "none",
             "encoding": shard.encoding,
@@ -106,7 +109,7 @@ def posts(context: AssetExecutionContext, config: PostsConfig):
             "preview": MetadataValue.md(frame[["post_id", "text"]].head(5).to_markdown(index=False)),
         },
     )
-    remaining = sum(split is not None for split in eval_split_of(frame["text"], hashes))
+    remaining = sum(split is not None for split in eval_posts.split_of(frame["text"]))
     yield AssetCheckResult(
         check_name="no_eval_posts",
         passed=remaining == 0,

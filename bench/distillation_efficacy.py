@@ -6,10 +6,15 @@ Each cell runs the pipeline's own stages on real posts: the teacher annotates po
 split, labels never read, every post also in the evaluation split dropped) with the ``tasks.formats`` prompt; usable
 annotations become training examples (the same chat messages and answer the evaluation scores); mask tables
 come from ``masks.builder``; the trainer class-balances the train split (``TrainingConfig.balance_classes``); the LoRA is
-trained by ``training.trainer.train_lora``; base and students are scored by calibrated label log-likelihood
-(``evaluation.calibration``) on the same sampled val posts, with paired bootstrap intervals on shared
-resamples (``evaluation.bootstrap``). The transfer ratio (student - base) / (teacher - base) is computed per
-resample, so its interval is paired too.
+trained by ``training.trainer.train_lora``; base and students are scored every way that applies (greedy
+generation parsed for a label, calibrated and raw label log-likelihood: ``evaluation.calibration``), the teacher
+by generation, all on the same sampled posts of the val split's reporting part (``--split tuning`` scores the
+tuning part, where recipes are chosen), with paired bootstrap intervals on shared resamples
+(``evaluation.bootstrap``). The headline (``--scoring``, default generated) is one scoring every compared model
+has. Seed-pooled figures have hierarchical intervals (seeds resampled, then posts), and every comparison of one
+(teacher, N) is Holm-corrected with the others (the family is printed). The transfer ratio (student - base) /
+(teacher - base), on generation, is computed per resample, so its interval is paired too; with the embedded
+teacher, the student's own base checkpoint, it is self-distillation and no ratio is claimed.
 
 The KD arm (``--kd-alpha``; 0 = SFT only): where the teacher returns top-k logprobs, its annotations are asked
 for with them, ``distill.align.build_kd_targets`` aligns them to the student's tokens of each example, and the
@@ -50,7 +55,9 @@ import numpy as np
 import pandas as pd
 from transformers import AutoTokenizer
 
-from bench.efficacy_tasks import BENCH_TASKS, BenchTask, Prediction
+from bench.efficacy_page import body as format_2_body
+from bench.efficacy_page import ci as _ci
+from bench.efficacy_tasks import BENCH_TASKS, SPLITS, BenchTask, Prediction
 from devtools.reference_teacher import NAME as REFERENCE_NAME
 from devtools.reference_teacher import ReferenceTeacher
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
@@ -61,16 +68,19 @@ from opengrok_dagster.evaluation.bootstrap import (
     Distribution,
     Estimate,
     bootstrap,
+    holm_family,
     paired_difference,
+    pooled_over_seeds,
     resample_indices,
+    seed_draws,
 )
-from opengrok_dagster.evaluation.local import LocalStudent, read_checkpoint
+from opengrok_dagster.evaluation.local import LocalStudent, model_identity, read_checkpoint
 from opengrok_dagster.masks.builder import build_mask_table
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
-from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
+from opengrok_dagster.offline_model import MODEL_NAME, check_offline_model, offline_model_dir
 from opengrok_dagster.partitions import MASK_MODES
-from opengrok_dagster.posts.leaks import normalise_post
+from opengrok_dagster.posts.leaks import leak_counts, normalise_post
 from opengrok_dagster.tasks.datasets import resolve_data_dir
 from opengrok_dagster.tasks.formats import Annotation
 from opengrok_dagster.training.config import TrainingConfig
@@ -86,8 +96,19 @@ VALIDATION_POSTS = 32  # teacher-annotated posts outside every N, for the traine
 NLL = "teacher_nll"  # mean NLL of the teacher's answers on the held-out annotated posts
 TOP_LOGPROBS = 5  # alternatives per teacher token for the KD arm (xAI returns up to 8, OpenAI 20)
 EMBEDDED_NAME = "embedded teacher (SmolLM2-135M-Instruct via transformers serve)"
-# Mask strength: today's default tables, and a lighter mask (less random masking, higher keep probability).
-STRENGTHS = {"default": MaskConfig(), "light": MaskConfig(delta=0.0, random_mask_rate=0.05)}
+# Mask variants (``--strengths``): today's default tables, a lighter mask (less random masking, higher keep
+# probability), and for each scope (the post only, the whole prompt; the answer never masked) exactly 5, 10, 20 or
+# 40% of the scope's tokens masked, lowest p first, with the random control at the same share ("random-...").
+STRENGTHS = {
+    "default": MaskConfig(),
+    "light": MaskConfig(delta=0.0, random_mask_rate=0.05),
+    **{
+        f"{prefix}{scope}-{percent}": MaskConfig(scope=scope, strength=percent / 100, selection=selection)
+        for scope in ("post", "prompt")
+        for percent in (5, 10, 20, 40)
+        for prefix, selection in (("", "features"), ("random-", "random"))
+    },
+}
 # The pipeline's defaults (rank 16, lr 1e-3, balanced classes: docs/efficacy.md, "Settings search"), run for one
 # whole epoch of whatever N gives, or the grid's step budget where that is shorter (``Grid.max_steps``).
 RECIPE = TrainingConfig(num_epochs=1.0, max_steps=-1, eval_steps=16, save_steps=16, early_stopping_patience=4)
@@ -105,6 +126,11 @@ class Grid:
     kd_temperature: float = 1.0
     held_out_posts: int = 200  # teacher-annotated posts no student sees, for the held-out teacher NLL (0 = none)
     max_steps: int = -1  # optimizer steps per training at most; -1 = one whole epoch of the balanced examples
+    learning_rate: float = RECIPE.learning_rate  # per mode, chosen on the tuning split (--split tuning)
+
+    @property
+    def recipe(self) -> TrainingConfig:
+        return RECIPE.model_copy(update={"learning_rate": self.learning_rate})
 
 
 # The CPU preset is the issue's required grid sized to fit an hour on 2 cores: every training stops after 64 steps
@@ -115,6 +141,20 @@ GRIDS = {
         ("reference", "embedded"), (250, 1000), (0, 1), ("none", "hard"), ("default",), 600, (0.0,), 1.0, 0, 64
     ),
     "gpu": Grid(("reference", "embedded"), (250, 1000, 4000), (0, 1, 2), MASK_MODES, ("default", "light"), 2000),
+    # The mask where it could help (issue 26): 5 seeds, mode none, the random control, soft and hard at one scope
+    # and strength (choose them on the tuning split first: --split tuning --strengths post-5 post-10 ...).
+    "mask": Grid(
+        ("reference",),
+        (250,),
+        (0, 1, 2, 3, 4),
+        ("none", "hard", "soft"),
+        ("post-20", "random-post-20"),
+        0,
+        (0.0,),
+        1.0,
+        0,
+        64,
+    ),
 }
 
 
@@ -192,6 +232,7 @@ def examples_frame(
                 "prompt": user["content"],
                 "response": task.format.answer(annotation),
                 "class_label": task.class_label(annotation),  # what the trainer balances classes by
+                "post_text": post,  # where the post lies in the prompt (mask scope "post")
             }
         )
     frame = pd.DataFrame(rows)
@@ -232,14 +273,6 @@ def estimate_dict(estimate: Estimate) -> dict:
 
 def difference_dict(difference) -> dict:
     return {"value": difference.value, "low": difference.low, "high": difference.high, "p_value": difference.p_value}
-
-
-def mean_distribution(distributions: list[Distribution]) -> Distribution:
-    """The seed-averaged student: the mean of the seeds' metrics on the full sample and on every shared resample."""
-    return Distribution(
-        {name: float(np.mean([d.point[name] for d in distributions])) for name in distributions[0].point},
-        {name: np.mean([d.samples[name] for d in distributions], axis=0) for name in distributions[0].point},
-    )
 
 
 def transfer_ratio(
@@ -304,11 +337,43 @@ def git_commit() -> str:
 
 @dataclass(frozen=True)
 class Measured:
-    """One student's scores: the val metric, the held-out teacher NLL (both bootstrapped), its val predictions."""
+    """One student's scores: the val metric under each scoring, the held-out teacher NLL (bootstrapped), its val
+    predictions."""
 
-    scores: Distribution
+    scores: dict[str, Distribution]
     nll: Distribution | None  # None when the grid holds no held-out posts
     prediction: Prediction
+
+
+def scored(task: BenchTask, prediction: Prediction, indices: np.ndarray) -> dict[str, Distribution]:
+    """Every scoring of one model's val predictions, bootstrapped on the shared resamples."""
+    return {name: bootstrap(task.scores(predicted), indices) for name, predicted in prediction.scorings.items()}
+
+
+def per_class(task: BenchTask, prediction: Prediction, scores: dict[str, Distribution]) -> dict:
+    """Per scoring: each class's recall (label tasks) and the predicted counts per class, beside macro recall."""
+    return {
+        name: {
+            "recall": {
+                key.removeprefix("recall:"): value
+                for key, value in scores[name].point.items()
+                if key.startswith("recall:")
+            },
+            "predicted_counts": task.counts(predicted),
+        }
+        for name, predicted in prediction.scorings.items()
+    }
+
+
+def estimates(scores: dict[str, Distribution], metric: str) -> dict:
+    return {name: estimate_dict(distribution.estimate(metric)) for name, distribution in scores.items()}
+
+
+def differences(a: dict[str, Distribution], b: dict[str, Distribution] | None, metric: str) -> dict | None:
+    """``a - b`` under every scoring both have (paired on the same resamples); None without ``b``."""
+    if b is None:
+        return None
+    return {name: difference_dict(paired_difference(a[name], b[name], metric)) for name in a if name in b}
 
 
 @dataclass
@@ -323,7 +388,7 @@ class Bench:
     tokenizer: object
     nlp: object
     held_out: list  # the held-out annotated posts' messages (label tasks with held-out posts)
-    base: Distribution | None = None
+    base: dict[str, Distribution] | None = None
 
     def predict(self, student: LocalStudent, variant: str) -> Prediction:
         started = time.monotonic()
@@ -339,7 +404,7 @@ class Bench:
         nll = None
         if held_indices is not None:
             nll = bootstrap(MeanScores(teacher_nll(prediction.held, held_labels)), held_indices)
-        return Measured(bootstrap(self.task.scores(prediction.predicted), self.indices), nll, prediction)
+        return Measured(scored(self.task, prediction, self.indices), nll, prediction)
 
 
 def split_pool(pool: list[str], largest: int) -> tuple[slice, slice, slice]:
@@ -357,15 +422,19 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
         raise SystemExit("no data directory: set OPENGROK_DATA_DIR to a folder laid out like shared/data")
     model_path = str(check_offline_model(offline_model_dir()))
     placement = resolve_placement("auto", "auto")
-    task = BENCH_TASKS[task_name](data_dir, grid.val_posts)
-    metric = task.metric
-    unique = list(dict.fromkeys(t for t in task.train_texts if normalise_post(t) not in task.eval_posts))
+    task = BENCH_TASKS[task_name](data_dir, grid.val_posts, getattr(args, "split", "reporting"))
+    metric, headline = task.metric, getattr(args, "scoring", None) or task.scorings[0]
+    if headline not in task.scorings:
+        raise SystemExit(f"--scoring {headline}: task {task.name} is scored {', '.join(task.scorings)}; choose one")
+    leaks = task.eval_posts.matches(task.train_texts)
+    unique = list(dict.fromkeys(t for t, leak in zip(task.train_texts, leaks) if leak is None))
     wanted = max(grid.sizes) + VALIDATION_POSTS + grid.held_out_posts
     pool = [unique[i] for i in np.random.default_rng(1234).permutation(len(unique))[:wanted]]
     train_part, validation_part, held_part = split_pool(pool, max(grid.sizes))
     log(
         f"{len(pool)} posts to annotate from {task.train_source} "
-        f"({len(task.train_texts) - len(unique)} dropped as duplicates or eval posts)"
+        f"({len(task.train_texts) - len(unique)} dropped as duplicates, eval posts or near-duplicates of them: "
+        f"{leak_counts(leaks)})"
     )
     bench = Bench(
         task,
@@ -378,31 +447,34 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
         task.held_out_messages(pool[held_part]),
     )
     base_prediction = bench.predict(LocalStudent(model_path, threads=args.threads), LocalStudent.BASE)
-    bench.base = base = bootstrap(task.scores(base_prediction.predicted), bench.indices)
+    bench.base = base = scored(task, base_prediction, bench.indices)
     result = {
+        "format": 2,  # every scoring per model, seed-hierarchical intervals, Holm families, tuning/reporting splits
         "task": task.name,
         "metric": metric,
         "val_posts": len(task.val_texts),
         "val_source": task.val_source,
+        "splits": task.splits,
+        "train_posts_left_out_as_eval_posts": leak_counts(leaks),  # exact and near-duplicate, before annotation
+        "scorings": list(task.scorings),
+        "headline_scoring": headline,
         "command": command,
         "commit": git_commit(),
         "started": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "device": placement.description,
         "load_average_before": os.getloadavg()[0],
         "grid": asdict(grid),
-        "recipe": RECIPE.model_dump(),
+        "recipe": grid.recipe.model_dump(),
         "class_balance": task.balances_classes,
         "scoring": task.scoring,
         "count_names": task.count_names,
-        "base": {
-            "calibrated": estimate_dict(base.estimate(metric)),
-            "raw": raw_estimate(task, base_prediction, bench.indices),
-            "predicted_counts": task.counts(base_prediction.predicted),
-        },
+        "base": {"scores": estimates(base, metric), "per_class": per_class(task, base_prediction, base)},
         "teachers": {},
         "cells": [],
         "summary": [],
+        "families": [],
     }
+    draws = seed_draws(len(grid.seeds), args.resamples, 2)
     wants_kd = any(alpha > 0 for alpha in grid.kd_alphas)
     for kind in grid.teachers:
         teacher = start_teacher(kind, task, frozenset(normalise_post(t) for t in pool))
@@ -412,7 +484,10 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
             annotations, logprobs = annotate(teacher, task, pool, top_logprobs)
         finally:
             teacher.stop()
-        teacher_scores = bootstrap(task.scores(task.teacher_predictions(teacher_val)), bench.indices)
+        teacher_prediction = Prediction({"generated": task.teacher_predictions(teacher_val)})
+        teacher_scores = scored(task, teacher_prediction, bench.indices)
+        # the embedded teacher serves the offline model, the student's own base checkpoint
+        self_distillation = kind == "embedded" and model_identity(MODEL_NAME) == model_identity(model_path)
         ok = usable(annotations)
         held_labels = task.label_index(annotations[held_part]) if bench.held_out else None
         if held_labels is not None and not (held_labels >= 0).any():
@@ -428,7 +503,9 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
             log(f"{teacher.name}: no KD arm, {teacher.without_logprobs}")
         result["teachers"][kind] = {
             "name": teacher.name,
-            "val": estimate_dict(teacher_scores.estimate(metric)),
+            "self_distillation": self_distillation,
+            "scores": estimates(teacher_scores, metric),
+            "per_class": per_class(task, teacher_prediction, teacher_scores),
             "val_unparseable": float((~usable(teacher_val)).mean()),
             "annotated": len(pool),
             "usable": int(ok.sum()),
@@ -443,6 +520,7 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
         validation = examples_frame(
             task, pool[validation_part], annotations[validation_part], "validation", "v", logprobs[validation_part]
         )[ok[validation_part]]
+        versus_teacher = None if self_distillation else teacher_scores
         for size in grid.sizes:
             by_cell: dict[tuple[str, str, float], list[Measured]] = {}
             for seed in grid.seeds:
@@ -459,21 +537,26 @@ def run(grid: Grid, args, command: str, task_name: str = TASK) -> dict:
                 examples = pd.concat([train, validation], ignore_index=True)
                 for cell, measured in seed_cells(bench, grid, examples, seed, alphas, held_labels, held_indices):
                     cell.update(teacher=kind, n=size, seed=seed)
-                    cell["transfer_ratio"] = transfer_ratio(measured.scores, base, teacher_scores, metric)
+                    cell["transfer_ratio"] = teacher_transfer(measured.scores, base, versus_teacher, metric)
                     result["cells"].append(cell)
                     by_cell.setdefault((cell["mode"], cell["strength"], cell["kd_alpha"]), []).append(measured)
                     write_outputs(result, args, partial=True)
-            result["summary"] += summary_rows(by_cell, base, teacher_scores, kind, size, metric)
+            rows, family = summary_rows(by_cell, base, versus_teacher, kind, size, metric, draws, headline)
+            result["summary"] += rows
+            result["families"].append(family)
             write_outputs(result, args, partial=True)
     result["load_average_after"] = os.getloadavg()[0]
     return result
 
 
-def raw_estimate(task: BenchTask, prediction: Prediction, indices: np.ndarray) -> dict | None:
-    """The uncalibrated score with its interval (label tasks; None where there is no calibration)."""
-    if prediction.raw is None:
+def teacher_transfer(student: dict, base: dict, teacher: dict | None, metric: str) -> dict | None:
+    """The transfer ratio on the one scoring the teacher has (generation); None for self-distillation, where the
+    teacher is the base checkpoint itself and no student-versus-teacher claim is made."""
+    if teacher is None:
         return None
-    return estimate_dict(bootstrap(task.scores(prediction.raw), indices).estimate(task.metric))
+    return transfer_ratio(student["generated"], base["generated"], teacher["generated"], metric) | {
+        "scoring": "generated"
+    }
 
 
 def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alphas, held_labels, held_indices):
@@ -498,7 +581,7 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                     continue  # mode none ignores the mask: one run covers every strength
                 sft = None
                 for alpha in alphas:
-                    config = arm_config(RECIPE, seed, alpha, grid.kd_temperature)
+                    config = arm_config(grid.recipe, seed, alpha, grid.kd_temperature)
                     config = config.model_copy(update={"max_steps": steps_within_budget(mask, config, grid.max_steps)})
                     directory = Path(scratch) / strength / f"kd{alpha:g}"
                     targets = kd.table if alpha > 0 else None
@@ -514,7 +597,6 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                     if mode == "none":
                         unmasked[alpha] = measured
                     versus_none = unmasked.get(alpha) if mode != "none" else None
-                    raw = raw_estimate(bench.task, measured.prediction, bench.indices)
                     yield (
                         {
                             "mode": mode,
@@ -526,31 +608,59 @@ def seed_cells(bench: Bench, grid: Grid, examples: pd.DataFrame, seed: int, alph
                             "train_examples_balanced": outcome.train_examples,
                             "steps": outcome.global_step,
                             "train_seconds": round(seconds),
-                            "student": estimate_dict(measured.scores.estimate(metric)),
-                            "student_raw": raw["value"] if raw else None,
-                            "predicted_counts": bench.task.counts(measured.prediction.predicted),
-                            "difference": difference_dict(paired_difference(measured.scores, bench.base, metric)),
-                            "minus_none": paired(measured.scores, versus_none and versus_none.scores, metric),
+                            "student": estimates(measured.scores, metric),
+                            "per_class": per_class(bench.task, measured.prediction, measured.scores),
+                            "difference": differences(measured.scores, bench.base, metric),
+                            "minus_none": differences(measured.scores, versus_none and versus_none.scores, metric),
                             "teacher_nll": estimate_dict(measured.nll.estimate(NLL)) if measured.nll else None,
-                            "kd_minus_sft": paired(measured.scores, sft.scores, metric) if alpha > 0 and sft else None,
+                            "kd_minus_sft": differences(measured.scores, sft.scores, metric)
+                            if alpha > 0 and sft
+                            else None,
                             "nll_kd_minus_sft": paired(measured.nll, sft.nll, NLL) if alpha > 0 and sft else None,
                         },
                         measured,
                     )
 
 
+def _key_name(mode: str, strength: str, alpha: float) -> str:
+    return mode + (f" ({strength})" if strength != "-" else "") + (f" + KD {alpha:g}" if alpha else "")
+
+
 def summary_rows(
-    by_cell: dict, base: Distribution, teacher: Distribution, kind: str, size: int, metric: str
-) -> list[dict]:
-    """The seed-averaged students of one (teacher, N): score, gain over the base, transfer ratio, held-out teacher
-    NLL, and for a KD arm its paired difference to the SFT-only arm of the same mode and strength."""
-    averaged = {key: mean_distribution([m.scores for m in cells]) for key, cells in by_cell.items()}
-    nll = {
-        key: mean_distribution([m.nll for m in cells]) for key, cells in by_cell.items() if cells[0].nll is not None
+    by_cell: dict,
+    base: dict[str, Distribution],
+    teacher: dict[str, Distribution] | None,
+    kind: str,
+    size: int,
+    metric: str,
+    draws: np.ndarray,
+    headline: str,
+) -> tuple[list[dict], dict]:
+    """The seed-pooled students of one (teacher, N), with seed-hierarchical intervals (seeds resampled by
+    ``draws``, then posts): score and gain over the base under every scoring, masked - none and KD - SFT paired by
+    seed, transfer ratio (None for self-distillation), held-out teacher NLL; and the Holm family of every
+    comparison made, in the headline scoring."""
+    pooled = {
+        key: {s: pooled_over_seeds([m.scores[s] for m in cells], draws) for s in cells[0].scores}
+        for key, cells in by_cell.items()
     }
-    rows = []
+    nll = {
+        key: pooled_over_seeds([m.nll for m in cells], draws)
+        for key, cells in by_cell.items()
+        if cells[0].nll is not None
+    }
+    rows, comparisons = [], {}
     for (mode, strength, alpha), cells in by_cell.items():
-        student, sft = averaged[(mode, strength, alpha)], (mode, strength, 0.0)
+        key, sft, none = (mode, strength, alpha), (mode, strength, 0.0), ("none", "-", alpha)
+        student = pooled[key]
+        versus_none = pooled.get(none) if mode != "none" else None
+        versus_sft = pooled.get(sft) if alpha > 0 else None
+        name = _key_name(mode, strength, alpha)
+        comparisons[f"{name} - base"] = (student[headline], base[headline])
+        if versus_none is not None:
+            comparisons[f"{name} - none"] = (student[headline], versus_none[headline])
+        if versus_sft is not None:
+            comparisons[f"{name} - SFT only"] = (student[headline], versus_sft[headline])
         rows.append(
             {
                 "teacher": kind,
@@ -559,30 +669,39 @@ def summary_rows(
                 "strength": strength,
                 "kd_alpha": alpha,
                 "seeds": len(cells),
-                "base": estimate_dict(base.estimate(metric)),
-                "student": estimate_dict(student.estimate(metric)),
-                "teacher_score": estimate_dict(teacher.estimate(metric)),
-                "difference": difference_dict(paired_difference(student, base, metric)),
-                "transfer_ratio": transfer_ratio(student, base, teacher, metric),
-                "teacher_nll": estimate_dict(nll[(mode, strength, alpha)].estimate(NLL))
-                if (mode, strength, alpha) in nll
-                else None,
-                "sft_student": estimate_dict(averaged[sft].estimate(metric))
-                if alpha > 0 and sft in averaged
-                else None,
+                "interval": "hierarchical: seeds, then posts",
+                "base": estimates(base, metric),
+                "student": estimates(student, metric),
+                "teacher_score": estimates(teacher, metric) if teacher is not None else None,
+                "difference": differences(student, base, metric),
+                "minus_none": differences(student, versus_none, metric),
+                "transfer_ratio": teacher_transfer(student, base, teacher, metric),
+                "teacher_nll": estimate_dict(nll[key].estimate(NLL)) if key in nll else None,
+                "sft_student": estimates(versus_sft, metric) if versus_sft is not None else None,
                 "sft_teacher_nll": estimate_dict(nll[sft].estimate(NLL)) if alpha > 0 and sft in nll else None,
-                "kd_minus_sft": paired(student, averaged.get(sft), metric) if alpha > 0 else None,
-                "nll_kd_minus_sft": paired(nll.get((mode, strength, alpha)), nll.get(sft), NLL) if alpha > 0 else None,
+                "kd_minus_sft": differences(student, versus_sft, metric),
+                "nll_kd_minus_sft": paired(nll.get(key), nll.get(sft), NLL) if alpha > 0 else None,
             }
         )
-    return rows
-
-
-def _ci(entry: dict | None, digits: int = 3) -> str:
-    """``value [low, high]``; ``-`` where a figure was not measured (a run from before it existed, no pair)."""
-    if not entry:
-        return "-"
-    return f"{entry['value']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
+    members = holm_family(comparisons, metric) if comparisons else []
+    family = {
+        "teacher": kind,
+        "n": size,
+        "scoring": headline,
+        "metric": metric,
+        "members": [
+            {
+                "comparison": m.name,
+                **difference_dict(m.difference),
+                "p_holm": m.p_holm,
+                "adjusted_level": m.adjusted_level,
+                "adjusted_low": m.adjusted_low,
+                "adjusted_high": m.adjusted_high,
+            }
+            for m in members
+        ],
+    }
+    return rows, family
 
 
 def _grid_line(grid: dict, partial: bool) -> str:
@@ -667,6 +786,10 @@ def markdown(result: dict, partial: bool) -> str:
         + ", "
         f"batch {recipe['batch_size']}, max_length {recipe['max_length']}; scoring: {result['scoring']}.",
         "",
+    ]
+    if result.get("format") == 2:
+        return "\n".join(lines + format_2_body(result, counted)) + "\n"
+    lines += [
         base_line(result, counted),
         "",
         f"| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts {counted} | "
@@ -801,6 +924,24 @@ def main() -> None:
         type=int,
         help="optimizer steps per training at most (-1 = one whole epoch of the balanced split)",
     )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="reporting",
+        help="which part of the val split to score: 'tuning' (70%%, to choose recipes on) or 'reporting' (the "
+        "other 30%%, to report on; default)",
+    )
+    parser.add_argument(
+        "--scoring",
+        choices=("generated", "calibrated", "raw"),
+        default="generated",
+        help="headline scoring (every scoring is recorded; default generated, the one the teacher has too)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        help=f"the recipe's learning rate (default {RECIPE.learning_rate:g}); choose it per mode on --split tuning",
+    )
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads for the local models (0 = torch's default)"
@@ -817,6 +958,8 @@ def main() -> None:
         parser.error(f"--held-out-posts {args.held_out_posts}: a number of posts is 0 (no held-out NLL) or more")
     if args.max_steps is not None and (args.max_steps == 0 or args.max_steps < -1):
         parser.error(f"--max-steps {args.max_steps}: a number of optimizer steps, or -1 for one whole epoch")
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        parser.error(f"--learning-rate {args.learning_rate:g}: a learning rate is above 0")
     import torch
 
     if args.threads > 0:
@@ -836,6 +979,7 @@ def main() -> None:
         preset.kd_temperature if args.kd_temperature is None else args.kd_temperature,
         preset.held_out_posts if args.held_out_posts is None else args.held_out_posts,
         preset.max_steps if args.max_steps is None else args.max_steps,
+        preset.learning_rate if args.learning_rate is None else args.learning_rate,
     )
     if any(alpha > 0 for alpha in grid.kd_alphas) and grid.held_out_posts == 0:
         parser.error("--kd-alpha above 0 needs --held-out-posts above 0: the KD arm is judged on held-out NLL")

@@ -19,7 +19,6 @@ from bench.distillation_efficacy import (
     examples_frame,
     markdown,
     masked_share,
-    mean_distribution,
     run,
     split_pool,
     steps_within_budget,
@@ -61,11 +60,6 @@ def test_transfer_ratio_is_paired_per_resample_and_leaves_out_resamples_where_th
     assert np.isclose(ratio["low"], np.percentile([0.75, 0.5, 0.0], 2.5)) and np.isclose(
         ratio["high"], np.percentile([0.75, 0.5, 0.0], 97.5)
     )
-
-
-def test_seed_average_keeps_the_shared_resamples():
-    averaged = mean_distribution([dist(0.4, [0.4, 0.2]), dist(0.6, [0.6, 0.8])])
-    assert averaged.point[METRIC] == 0.5 and averaged.samples[METRIC].tolist() == [0.5, 0.5]
 
 
 def test_masked_share_counts_content_tokens_only():
@@ -198,20 +192,47 @@ def test_both_arms_share_the_recipe_but_the_kd_weight_and_are_unpacked():
 
 def test_kd_summary_is_paired_with_the_sft_arm_of_the_same_mode_on_score_and_held_out_nll():
     def measured(score, samples, nll, nll_samples):
-        return Measured(dist(score, samples), Distribution({NLL: nll}, {NLL: np.array(nll_samples)}), Prediction(None))
+        scores = {"generated": dist(score, samples)}
+        return Measured(scores, Distribution({NLL: nll}, {NLL: np.array(nll_samples)}), Prediction({}))
 
     by_cell = {
         ("none", "-", 0.0): [measured(0.6, [0.6, 0.5, 0.7], 0.9, [0.9, 1.0, 0.8])],
         ("none", "-", 0.5): [measured(0.65, [0.7, 0.5, 0.8], 0.7, [0.6, 0.9, 0.6])],
     }
-    base, teacher = dist(0.3, [0.3, 0.3, 0.3]), dist(0.7, [0.7, 0.7, 0.7])
-    sft, kd = summary_rows(by_cell, base, teacher, "reference", 250, METRIC)
+    base, teacher = {"generated": dist(0.3, [0.3, 0.3, 0.3])}, {"generated": dist(0.7, [0.7, 0.7, 0.7])}
+    draws = np.zeros((3, 1), dtype=int)  # one seed: the hierarchical resample is the posts' alone
+    (sft, kd), family = summary_rows(by_cell, base, teacher, "reference", 250, METRIC, draws, "generated")
     assert sft["kd_alpha"] == 0.0 and sft["kd_minus_sft"] is None and sft["sft_student"] is None
-    assert np.isclose(kd["kd_minus_sft"]["value"], 0.05) and np.isclose(kd["nll_kd_minus_sft"]["value"], -0.2)
-    assert np.isclose(kd["kd_minus_sft"]["low"], np.percentile([0.1, 0.0, 0.1], 2.5))
+    gain = kd["kd_minus_sft"]["generated"]
+    assert np.isclose(gain["value"], 0.05) and np.isclose(kd["nll_kd_minus_sft"]["value"], -0.2)
+    assert np.isclose(gain["low"], np.percentile([0.1, 0.0, 0.1], 2.5))
     assert np.isclose(kd["nll_kd_minus_sft"]["high"], np.percentile([-0.3, -0.1, -0.2], 97.5))
-    assert kd["sft_student"]["value"] == 0.6 and kd["sft_teacher_nll"]["value"] == 0.9
-    assert kd["teacher_nll"]["value"] == 0.7 and np.isclose(kd["difference"]["value"], 0.35)
+    assert kd["sft_student"]["generated"]["value"] == 0.6 and kd["sft_teacher_nll"]["value"] == 0.9
+    assert kd["teacher_nll"]["value"] == 0.7 and np.isclose(kd["difference"]["generated"]["value"], 0.35)
+    # the family printed and corrected: both students against the base, and KD against SFT only
+    assert [m["comparison"] for m in family["members"]] == [
+        "none - base",
+        "none + KD 0.5 - base",
+        "none + KD 0.5 - SFT only",
+    ]
+    assert all(m["p_holm"] >= m["p_value"] for m in family["members"])
+
+
+def test_self_distillation_makes_no_transfer_claim():
+    from bench.distillation_efficacy import teacher_transfer
+
+    student, base = {"generated": dist(0.6, [0.6, 0.6])}, {"generated": dist(0.3, [0.3, 0.3])}
+    assert teacher_transfer(student, base, None, METRIC) is None
+    ratio = teacher_transfer(student, base, {"generated": dist(0.9, [0.9, 0.9])}, METRIC)
+    assert np.isclose(ratio["value"], 0.5) and ratio["scoring"] == "generated"
+
+
+def test_tuning_and_reporting_parts_of_the_val_split_are_disjoint_and_whole():
+    from bench.efficacy_tasks import split_val
+
+    tuning, reporting = split_val(2000, "tuning"), split_val(2000, "reporting")
+    assert len(tuning) == 1400 and len(reporting) == 600  # TweetEval sentiment's 2,000 val posts
+    assert not set(tuning) & set(reporting) and len(set(tuning) | set(reporting)) == 2000
 
 
 def test_training_examples_carry_the_teachers_logprobs_for_the_kd_targets(sentiment):
@@ -276,11 +297,28 @@ def test_bench_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, 
     assert cells["hard"]["masked_share"] > 0 and cells["none"]["masked_share"] == 0
     assert cells["hard"]["minus_none"] is not None and cells["none"]["teacher_nll"] is None  # no held-out posts
     assert [row["mode"] for row in result["summary"]] == ["none", "hard"]
-    assert result["teachers"]["reference"]["val"]["value"] > result["base"]["calibrated"]["value"]
+    scorings = result["scorings"]
+    assert set(cells["none"]["student"]) == set(scorings) == set(result["base"]["scores"])  # every scoring, each model
+    assert list(result["teachers"]["reference"]["scores"]) == ["generated"]
+    assert (
+        result["teachers"]["reference"]["scores"]["generated"]["value"]
+        > result["base"]["scores"]["generated"]["value"]
+    )
+    assert result["splits"]["scored"] == "reporting" and result["splits"]["tuning"]["posts"] > 0
+    (family,) = result["families"]
+    assert [m["comparison"] for m in family["members"]] == [
+        "none - base",
+        "hard (default) - base",
+        "hard (default) - none",
+    ]
+    if task == "tweeteval_sentiment":
+        assert scorings == ["generated", "calibrated", "raw"]
+        assert set(cells["none"]["per_class"]["generated"]["recall"]) == {"negative", "neutral", "positive"}
     saved = json.loads(args.json.read_text())["runs"][0]
     assert saved["grid"]["max_steps"] == 2 and len(saved["cells"]) == 2 and saved["metric"] == result["metric"]
     page = args.output.read_text()
     assert "| reference | 16 | 0 | hard |" in page and f"predicted {counted}" in page
+    assert "Holm family: teacher reference, N 16" in page and "Headline scoring: generated" in page
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +356,14 @@ def test_entity_examples_answer_in_entity_lines_and_are_not_class_balanced(entit
     assert frame["class_label"].isna().all()
     assert frame.loc[0, "prompt"] == task_format("btc").messages(post)[-1]["content"]
     assert steps_within_budget(frame, RECIPE, 64) == 1
+
+
+def test_the_grids_learning_rate_is_the_recipes_and_is_recorded():
+    from dataclasses import asdict
+
+    grid = Grid(("reference",), (16,), (0,), ("none",), ("default",), 12, (0.0,), 1.0, 0, 2, 3e-4)
+    assert grid.recipe.learning_rate == 3e-4 and grid.recipe.model_dump() | {
+        "learning_rate": RECIPE.learning_rate
+    } == (RECIPE.model_dump())
+    assert asdict(grid)["learning_rate"] == 3e-4
+    assert Grid(("reference",), (16,), (0,), ("none",), ("default",), 12).recipe == RECIPE

@@ -116,6 +116,7 @@ def test_evaluation_runs_on_hub_splits_without_a_data_directory(tmp_path, monkey
     config = EvaluationConfig(
         tasks=("tweeteval_hate", "wnut17"),
         classification_examples=8,
+        min_items={"single": 8},
         resamples=100,
         eval_paths={"tweeteval_hate": f"hf:{hate_repository}::validation"},
         train_paths={"tweeteval_hate": (f"hf:{hate_repository}::train",)},

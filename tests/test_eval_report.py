@@ -130,6 +130,35 @@ def test_without_data_the_sns_part_says_so_and_agreement_still_runs(tmp_path, mo
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
+def test_a_task_sampled_too_small_to_measure_is_left_out_with_a_note_saying_how_to_score_it(tiny_student):
+    config = EvaluationConfig(
+        tasks=("tweeteval_sentiment", "wnut17"),
+        classification_examples=3,
+        task_examples={},
+        ner_examples=6,
+        resamples=100,
+        baseline_train_examples=50,
+        scorings=("raw",),
+        headline_scoring="raw",
+        min_items={"ner": 100, "single": 2},
+    )
+    results = Evaluation(config, LocalStudent(str(tiny_student)), [], log=lambda _: None).run(None)
+    assert [t.name for t in results.tasks] == ["tweeteval_sentiment"]  # not a row of 0.000 for NER
+    (note,) = [n for n in results.notes if n.startswith("wnut17 not scored")]
+    assert (
+        "6 sentences sampled cannot measure f1" in note and "set task_examples[wnut17] or ner_examples to 100" in note
+    )
+
+
+def test_headline_scoring_must_be_one_of_the_scorings_run():
+    with pytest.raises(ValueError, match="headline_scoring 'generated' is not among the scorings"):
+        EvaluationConfig(scorings=("raw",))
+    with pytest.raises(ValueError, match="choose one or more of generated, calibrated, raw"):
+        EvaluationConfig(scorings=("sampled",), headline_scoring="sampled")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
 def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_modes(
     tmp_path, instance, checkpoints_home, tiny_student, loopback_teacher, monkeypatch
 ):
@@ -146,6 +175,7 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
                     "classification_examples": 4,
                     "task_examples": {},
                     "ner_examples": 2,
+                    "min_items": {"ner": 1, "multilabel": 1, "single": 1},  # tiny sizes: scored anyway
                     "agreement_examples": 0,
                     "resamples": 200,
                     "ner_max_new_tokens": 8,
@@ -205,7 +235,12 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     assert "external reference (published, test set)" in markdown and "RoBERTa-Retrained" in markdown
     assert "Did distillation help? (paired difference student - base)" in markdown
     assert "Confusion matrices" in markdown and "Example posts with each model's answer" in markdown
-    assert "calibrated against content-free prompts" in markdown
+    assert "after content-free posts" in markdown and "Headline scoring: generated" in markdown
+    assert "Scorings side by side (macro_recall)" in markdown and "recall:neutral" in markdown
+    base = scores[(scores["model"] == "base") & (scores["task"] == "tweeteval_sentiment")]
+    assert set(base["scoring"]) == {"generated", "calibrated", "raw"}  # one model, every scoring that applies
+    assert set(scores[scores["model"] == "teacher"]["scoring"]) == {"generated"}
+    assert set(scores[scores["model"] == "tfidf-lr:gold"]["scoring"]) == {"classifier"}
     assert "data:image/png;base64," in html and "<table" in html and 'src="primary_metrics.png"' not in html
     assert (reports / "primary_metrics.png").read_bytes()[:4] == b"\x89PNG"
     for text in (

@@ -392,3 +392,70 @@ def test_parsing_in_two_processes_gives_the_same_table(tokenizer, nlp, tweet_tab
 def test_invalid_settings_are_refused_together():
     with pytest.raises(ValueError, match="invalid mask config: random_mask_rate=1.5.*sampling='coin'"):
         MaskConfig(random_mask_rate=1.5, sampling="coin")
+
+
+def _masked(row) -> np.ndarray:
+    return np.asarray(row.m) == 0
+
+
+def _post_frame() -> pd.DataFrame:
+    tweets = real_tweets()
+    half = len(tweets) // 2
+    frame = filtered_frame([f"What is the sentiment of this post? {t}" for t in tweets[:half]], ["positive"] * half)
+    return select_training_examples(frame).assign(post_text=tweets[:half])
+
+
+@pytest.mark.parametrize("scope", ["post", "prompt", "prompt_response"])
+def test_scope_limits_the_mask_and_the_answer_is_masked_only_in_the_reports_scope(tokenizer, nlp, scope):
+    table = build_mask_table(_post_frame(), tokenizer, nlp, MaskConfig(scope=scope, random_mask_rate=0.3)).table
+    for row in table.itertuples():
+        in_scope, masked = np.asarray(row.in_scope, dtype=bool), _masked(row)
+        assert not (masked & ~in_scope).any() and masked.any()
+        assert (np.asarray(row.p)[~in_scope] == 1).all()
+        answer = np.arange(len(in_scope)) >= row.response_start
+        assert in_scope[answer].any() == (scope == "prompt_response")  # the answer's own tokens: only the report's
+        if scope == "post":  # inside the post: after the instruction, before the answer
+            text = row.text
+            starts = np.asarray(row.char_start)[in_scope]
+            assert text.find("this post?") < starts.min() and starts.max() < text.rfind("positive")
+
+
+def test_post_scope_masks_nothing_in_a_row_without_its_post(tokenizer, nlp):
+    examples = _post_frame()
+    examples.loc[examples.index[0], "post_text"] = None
+    table = build_mask_table(examples, tokenizer, nlp, MaskConfig(scope="post", random_mask_rate=0.3)).table
+    first = table.set_index("example_id").loc[examples["example_id"].iloc[0]]
+    assert not np.asarray(first["in_scope"]).any() and (np.asarray(first["m"]) == 1).all()
+
+
+@pytest.mark.parametrize("strength", [0.05, 0.1, 0.2, 0.4])
+def test_strength_masks_that_share_of_the_scope_lowest_p_first(tokenizer, nlp, strength):
+    config = MaskConfig(scope="prompt", strength=strength)
+    for row in build_mask_table(_post_frame(), tokenizer, nlp, config).table.itertuples():
+        in_scope, masked, p = np.asarray(row.in_scope, dtype=bool), _masked(row), np.asarray(row.p)
+        assert masked.sum() == round(strength * in_scope.sum())
+        if masked.any() and (in_scope & ~masked).any():
+            assert p[masked].max() <= p[in_scope & ~masked].min()
+
+
+def test_random_control_masks_as_many_scope_tokens_as_the_features_at_other_places(tokenizer, nlp):
+    features = build_mask_table(_post_frame(), tokenizer, nlp, MaskConfig(scope="prompt", strength=0.2)).table
+    control = build_mask_table(
+        _post_frame(), tokenizer, nlp, MaskConfig(scope="prompt", strength=0.2, selection="random")
+    ).table
+    same_places = 0
+    for chosen, random in zip(features.itertuples(), control.itertuples()):
+        assert _masked(chosen).sum() == _masked(random).sum()  # the same masked share, example by example
+        assert not (_masked(random) & ~np.asarray(random.in_scope, dtype=bool)).any()
+        same_places += int((_masked(chosen) == _masked(random)).all())
+        assert sorted(np.asarray(chosen.p)) == pytest.approx(sorted(np.asarray(random.p)))  # p shuffled in scope
+    assert same_places < len(features) / 2
+    assert (
+        '"selection": "random"' in control["mask_config"].iloc[0]
+        and '"strength": 0.2' in control["mask_config"].iloc[0]
+    )
+
+
+def test_unknown_scope_selection_and_strength_are_refused_together():
+    with pytest.raises(ValueError, match="scope='answer'.*selection='chosen'.*strength=1.5"):
+        MaskConfig(scope="answer", selection="chosen", strength=1.5)

@@ -10,7 +10,7 @@ from dagster import DagsterInstance, Definitions, materialize
 from assets.posts import posts
 from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
 from opengrok_dagster.partitions import post_shard_partitions
-from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of, normalise_post
+from opengrok_dagster.posts.leaks import EvalPosts, leak_counts, load_eval_posts, normalise_post
 from opengrok_dagster.posts.sources import PostsError, PostShard, load_posts_catalogue, read_shard
 from opengrok_dagster.settings import CONFIG_DIR
 from opengrok_dagster.tasks.datasets import read_semeval_tsv, read_tweeteval
@@ -111,11 +111,34 @@ def test_normalisation_matches_tweeteval_rewrites_and_finds_the_known_leak():
         "dear @user wow’s new office"
     )
     val = read_tweeteval(SHARED_DATA / "tweeteval" / "sentiment" / "val").texts
-    hashes = eval_hashes(["tweeteval_sentiment"], SHARED_DATA)
+    eval_posts = load_eval_posts(["tweeteval_sentiment"], SHARED_DATA)
     train = read_semeval_tsv([SHARED_DATA / "semeval2017_task4a" / f"twitter-{y}train-A.tsv" for y in (2013, 2016)])
     assert len(val) == 2000
-    # The TweetEval val posts among the gold baseline's SemEval 2013 + 2016 train files, as the issue measured.
-    assert len({normalise_post(t) for t, s in zip(train.texts, eval_split_of(train.texts, hashes)) if s}) == 639
+    # The TweetEval val posts among the gold baseline's SemEval 2013 + 2016 train files: 633 distinct texts repeat
+    # one exactly (639 before whole mention tokens were replaced), and 48 posts more are near-duplicates of one.
+    leaks = eval_posts.matches(train.texts)
+    assert len({normalise_post(t) for t, leak in zip(train.texts, leaks) if leak and leak.kind == "exact"}) == 633
+    assert leak_counts(leaks) == {"exact": 641, "near_duplicate": 48}
+
+
+def test_retweet_prefixes_and_whole_mention_tokens_are_normalised_away():
+    assert normalise_post("RT @news_desk: RT @ap: Big storm hits the coast") == "big storm hits the coast"
+    assert normalise_post("thanks @Some.Body's team!") == normalise_post("thanks @user team")
+    assert normalise_post("mail me at a@b.com") != normalise_post("mail me at a @user")  # not a mention token
+
+
+def test_near_duplicates_of_an_eval_post_are_caught_and_unrelated_posts_are_not():
+    eval_posts = EvalPosts({"val": ["the new phone battery dies after two hours of light use every single day"]})
+    leaks = eval_posts.matches(
+        [
+            "RT @fan: The NEW phone battery dies after two hours of light use, every single day!!",  # exact
+            "ugh the new phone battery dies after two hours of light use every single day lol",  # Jaccard 13/15
+            "the new phone is great and the battery lasts all day",  # shares words, Jaccard < 0.7
+            "",
+        ]
+    )
+    assert [leak and leak.kind for leak in leaks] == ["exact", "near_duplicate", None, None]
+    assert leaks[1].split == "val" and leak_counts(leaks) == {"exact": 1, "near_duplicate": 1}
 
 
 def posts_resources(tmp_path):
@@ -261,11 +284,11 @@ def test_the_default_semeval_shard_loads_through_its_job_without_its_tweeteval_v
             run_config={"ops": {"posts": {"config": {"data_dir": str(SHARED_DATA)}}}},
         )
     metadata = result.asset_materializations_for_node("posts")[0].metadata
-    assert metadata["eval_posts_dropped"].value == 264 and metadata["dagster/row_count"].value == 5975 - 264
-    assert metadata["eval_posts_by_split"].value == {
-        f"tweeteval_sentiment ({SHARED_DATA / 'tweeteval' / 'sentiment' / 'val_text.txt'})": 260,
-        f"semeval_sentiment ({SHARED_DATA / 'semeval2017_task4a' / 'twitter-2016devtest-A.tsv'})": 4,
-    }
+    assert metadata["eval_posts_dropped"].value == 265 and metadata["dagster/row_count"].value == 5975 - 265
+    by_split = metadata["eval_posts_by_split"].value
+    assert by_split[f"semeval_sentiment ({SHARED_DATA / 'semeval2017_task4a' / 'twitter-2016devtest-A.tsv'})"] == 4
+    # 264 before whole mention tokens were replaced; this shard holds no near-duplicate of an eval post
+    assert metadata["eval_posts_by_kind"].value == {"exact": 265, "near_duplicate": 0}
 
 
 def test_without_a_data_directory_posts_load_and_say_which_eval_splits_went_unchecked(tmp_path, monkeypatch):

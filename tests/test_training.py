@@ -353,3 +353,26 @@ def test_train_split_classes_are_balanced_when_configured(tmp_path, tiny_student
     assert sum(i in positives for i in ids) == (8 if balance else 2) and len(ids) == (16 if balance else 10)
     assert len(data.validation) == int((table["split"] == "validation").sum())
     assert any("balanced the train split's classes" in line for line in logged) == balance
+
+
+@pytest.mark.parametrize("selection", ["unmasked", "masked"])
+def test_the_checkpoint_is_chosen_on_unmasked_validation_loss_unless_told_otherwise(
+    tmp_path, tiny_student, tokenizer, selection
+):
+    table = mask_table(tokenizer)
+    target = job(tmp_path, tiny_student, "hard", checkpoint_selection=selection)
+    data = trainer_module._setup_data(target, table, tokenizer, lambda _: None)
+    validation_masks = [value for example in data.validation for value in example.m]
+    assert (min(validation_masks) == 1) == (selection == "unmasked")  # stock attention, as the adapter is evaluated
+    assert min(value for example in data.train for value in example.m) == 0  # training keeps its mask
+
+
+def test_the_adapter_records_its_mask_options_and_checkpoint_selection(tmp_path, tiny_student, tokenizer):
+    table = mask_table(tokenizer)
+    table["mask_config"] = json.dumps({"scope": "post", "selection": "random", "strength": 0.1})
+    outcome = train_lora(job(tmp_path, tiny_student, "hard", max_steps=1), table, log=lambda _: None)
+    record = json.loads((tmp_path / "checkpoints" / "hard" / CHECKPOINT_RECORD).read_text())
+    assert record["mask_options"] == {"scope": "post", "selection": "random", "strength": 0.1}
+    assert record["checkpoint_selection"] == "unmasked"
+    row = manifest_row(asdict(outcome))
+    assert json.loads(row["mask_options"])["selection"] == "random" and row["checkpoint_selection"] == "unmasked"

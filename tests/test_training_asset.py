@@ -24,6 +24,8 @@ CONTRACT_COLUMNS = [
     "train_examples",
     "validation_examples",
     "tokens_per_second",
+    "mask_options",  # what the adapter was trained with: the mask table's options, as JSON
+    "checkpoint_selection",
 ]
 
 
@@ -66,6 +68,8 @@ def test_materialises_adapter_manifest_and_metadata(tmp_path, tiny_student, toke
     )
     record = json.loads((tmp_path / "checkpoints" / "hard" / "opengrok_checkpoint.json").read_text())
     assert set(record["data_versions"]) == {"mask_tables"}
+    assert json.loads(row["mask_options"]) == record["mask_options"]  # the table's mask_config ({} without one)
+    assert row["checkpoint_selection"] == record["checkpoint_selection"] == "unmasked"
     metadata = result.asset_materializations_for_node("lora_checkpoint")[0].metadata
     assert metadata["loss_plot"].value.startswith("![train and validation loss](data:image/png;base64,")
     assert {"best_val_loss", "tokens_per_second", "peak_memory_mb", "early_stopped", "global_step"} <= set(metadata)

@@ -81,6 +81,7 @@ class ApiModel:
 
     ``description`` says which model answers (id and where it is served); cached answers are keyed by it.
     ``prices`` price its requests in the report (the teacher's configured prices); None: not priced.
+    ``weights`` names the checkpoint behind the endpoint where it is known.
     """
 
     name: str
@@ -88,6 +89,9 @@ class ApiModel:
     description: str
     limits: ClientLimits = ClientLimits(max_concurrency=8, max_attempts=3)
     prices: Prices | None = None
+    # The checkpoint it serves, where known (a hub id or name): a teacher serving the student's own base checkpoint
+    # makes the run self-distillation, which the report says instead of comparing student and teacher.
+    weights: str | None = None
 
     @classmethod
     def from_spec(cls, spec: EndpointSpec) -> ApiModel:

@@ -5,6 +5,8 @@ Conventions (each matches scikit-learn / seqeval, tests check it):
   averages (scikit-learn's ``zero_division=np.nan``), and so is a label without gold items from macro recall.
 - An unparseable answer (prediction -1) is a miss for the gold label and a false positive for none.
 - NER is micro precision/recall/F1 over exact entity spans (type and boundaries), as seqeval scores it.
+- Per class (when the class names are given): ``recall:<label>`` (nan without gold items of it) and
+  ``predicted:<label>``, the share of all answers naming it (unparseable answers name none).
 - Teacher agreement: mean sentence-level chrF (sacrebleu, 0-100) and token-level perplexity
   ``exp(sum NLL / sum tokens)`` over the teacher's responses.
 """
@@ -37,6 +39,7 @@ class ClassificationScores:
     task_metric: str | None = (
         None  # 'f1_class_1' (TweetEval irony) or 'f1_against_favor' (stance), when the task uses one
     )
+    labels: tuple[str, ...] = ()  # class names: given, every class's recall and predicted share are reported too
 
     @property
     def n(self) -> int:
@@ -57,6 +60,11 @@ class ClassificationScores:
             "macro_recall": _nanmean(recall),
             "macro_f1": _nanmean(f1),
         }
+        if self.labels:
+            # macro recall hides a class never predicted: each class's recall and the share of answers naming it
+            for index, label in enumerate(self.labels):
+                result[f"recall:{label}"] = float(recall[index])
+                result[f"predicted:{label}"] = float(predicted[index] / len(gold)) if len(gold) else float("nan")
         if self.task_metric == "f1_class_1":
             result["f1_class_1"] = float(np.nan_to_num(f1[1]))
         elif self.task_metric == "f1_against_favor":

@@ -20,6 +20,7 @@ import pandas as pd
 from opengrok_dagster.collect.spend import PRICE_VARIABLES, SPEND_VIEWS, SpendLine, TeacherSpend
 from opengrok_dagster.evaluation.api import Usage
 from opengrok_dagster.evaluation.runner import TEACHER, EvaluationResults, ItemAnswers, TaskResult
+from opengrok_dagster.evaluation.scoring import CLASSIFIER
 from opengrok_dagster.publish import publishing
 
 
@@ -51,7 +52,7 @@ def results_frame(results: EvaluationResults) -> pd.DataFrame:
             "resamples": cfg.resamples,
             "confidence": cfg.confidence,
         }
-        for score in task.scores:
+        for score in task.all_scores or task.scores:
             for metric in score.distribution.point:
                 estimate = score.distribution.estimate(metric, cfg.confidence)
                 rows.append(
@@ -59,6 +60,8 @@ def results_frame(results: EvaluationResults) -> pd.DataFrame:
                     | {
                         "section": "score",
                         "model": score.model,
+                        "scoring": score.scoring,
+                        "headline": score.scoring in (cfg.headline_scoring, CLASSIFIER),
                         "metric": metric,
                         "primary": metric == task.primary_metric,
                         "value": estimate.value,
@@ -67,13 +70,15 @@ def results_frame(results: EvaluationResults) -> pd.DataFrame:
                         "unparseable_rate": score.unparseable_rate,
                     }
                 )
-        for comparison in task.comparisons:
+        for comparison in task.all_comparisons or task.comparisons:
             d = comparison.difference
             rows.append(
                 common
                 | {
                     "section": "paired_difference",
                     "model": comparison.model,
+                    "scoring": comparison.scoring,
+                    "headline": comparison.scoring == cfg.headline_scoring,
                     "compared_to": comparison.compared_to,
                     "metric": comparison.metric,
                     "primary": comparison.metric == task.primary_metric,
@@ -100,6 +105,8 @@ def results_frame(results: EvaluationResults) -> pd.DataFrame:
         "section",
         "task",
         "model",
+        "scoring",
+        "headline",
         "compared_to",
         "metric",
         "primary",
@@ -169,6 +176,9 @@ def distillation_table(results: EvaluationResults) -> pd.DataFrame:
             continue
         by_model = {s.model: s.distribution.estimate(task.primary_metric, confidence) for s in task.scores}
         teacher, base = by_model.get(TEACHER), by_model.get("base")
+        teacher_cell = _interval(teacher.value, teacher.low, teacher.high) if teacher else "-"
+        if results.self_distillation:
+            teacher_cell = "self-distillation: not compared"
         for c in task.comparisons:
             if c.compared_to != "base" or c.metric != task.primary_metric:
                 continue
@@ -180,7 +190,7 @@ def distillation_table(results: EvaluationResults) -> pd.DataFrame:
                     "n": task.n,
                     "student": c.model,
                     "base": _interval(base.value, base.low, base.high) if base else "-",
-                    "teacher": _interval(teacher.value, teacher.low, teacher.high) if teacher else "-",
+                    "teacher": teacher_cell,
                     "student score": _interval(student.value, student.low, student.high),
                     "student - base": _interval(d.value, d.low, d.high),
                     "+- (half-width)": _fmt((d.high - d.low) / 2),
@@ -188,6 +198,19 @@ def distillation_table(results: EvaluationResults) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def scorings_table(task: TaskResult, confidence: float) -> pd.DataFrame:
+    """Every model under every scoring that applies to it, on the primary metric, side by side ("-": the scoring
+    does not apply, e.g. label likelihood for an API model without logprobs)."""
+    scorings = list(dict.fromkeys(s.scoring for s in task.all_scores))
+    rows: dict[str, dict] = {}
+    for score in task.all_scores:
+        e = score.distribution.estimate(task.primary_metric, confidence)
+        rows.setdefault(score.model, {"model": score.model} | dict.fromkeys(scorings, "-"))[score.scoring] = _interval(
+            e.value, e.low, e.high
+        )
+    return pd.DataFrame(list(rows.values()))
 
 
 def confusion_table(answers: ItemAnswers, model: str) -> pd.DataFrame:
@@ -489,7 +512,15 @@ def build_report(
         "p",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {results.seconds:.0f}s. Seed {cfg.seed}; "
         f"{cfg.resamples} bootstrap resamples; {int(cfg.confidence * 100)}% percentile intervals in brackets; "
-        "paired differences use the same resampled items for both models.",
+        "paired differences use the same resampled items for both models. Headline scoring: "
+        f"{cfg.headline_scoring} (every table and plot but the scorings side by side; TF-IDF baselines are "
+        "classifiers)"
+        + (
+            "; this run is self-distillation (the teacher is the student's own base checkpoint), so no "
+            "student-versus-teacher claim is made."
+            if results.self_distillation
+            else "."
+        ),
     )
     report.add("h2", "Summary (primary metric per task)")
     report.add("table", summary_table(results))
@@ -541,6 +572,9 @@ def build_report(
         report.add("h2", f"Task: {task.name}")
         report.add("p", f"{task.n} items from {task.source}; primary metric {task.primary_metric}.")
         report.add("table", _task_table(task, cfg.confidence))
+        if len({s.scoring for s in task.all_scores} - {CLASSIFIER}) > 1:
+            report.add("h3", f"Scorings side by side ({task.primary_metric})")
+            report.add("table", scorings_table(task, cfg.confidence))
         if task.comparisons:
             report.add("h3", "Ablation: paired bootstrap differences (model minus compared_to)")
             report.add(
@@ -592,15 +626,14 @@ def build_report(
     report.add(
         "list",
         [
-            "Local models (base student and each LoRA checkpoint) classify by label log-likelihood: every label's tokens are "
-            "scored after the same prompt and the most likely label wins, so they never give an unparseable answer. "
-            + (
-                "Scores are calibrated against content-free prompts (the same prompt with the posts 'N/A', '' and '[MASK]'): "
-                "each label's likelihood is divided by its mean likelihood there, so a model's label prior does not decide "
-                "(contextual calibration, Zhao et al. 2021)."
-                if cfg.calibrate
-                else "Scores are not calibrated (calibrate: false)."
-            ),
+            f"Classification is scored {', '.join(cfg.scorings)} for local models (base student and each LoRA "
+            "checkpoint), side by side: 'generated' parses the model's greedy answer for a label exactly as API models' "
+            "answers are parsed; 'raw' picks the label whose tokens are most likely after the prompt; 'calibrated' "
+            "divides each label's likelihood by its mean likelihood after content-free posts ('N/A', '', '[MASK]'), so "
+            "a label prior does not decide (contextual calibration, Zhao et al. 2021). API models are scored by "
+            f"generation only. The headline tables use {cfg.headline_scoring} for every model they compare.",
+            "Per class: recall:<label> is the class's recall, predicted:<label> the share of all answers naming it; "
+            "macro recall hides a class a model never answers.",
             f"Multi-label topics: the labels' likelihoods are normalised over the label set; the top label and every label "
             f"with probability >= {cfg.topic_threshold} are predicted.",
             "API models (teacher, extra endpoints) answer the same prompt with greedy decoding; an answer naming no label "

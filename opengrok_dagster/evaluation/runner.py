@@ -21,7 +21,7 @@ from opengrok_dagster.evaluation.bootstrap import (
     resample_indices,
 )
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
-from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
+from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent, model_identity
 from opengrok_dagster.evaluation.metrics import (
     AgreementScores,
     ClassificationScores,
@@ -30,7 +30,8 @@ from opengrok_dagster.evaluation.metrics import (
     sentence_chrf,
 )
 from opengrok_dagster.evaluation.ner import spans_to_tags
-from opengrok_dagster.posts.leaks import eval_hashes, eval_split_of
+from opengrok_dagster.evaluation.scoring import CLASSIFIER, SCORINGS, likeliest, parsed_answers
+from opengrok_dagster.posts.leaks import EvalPosts, leak_counts, load_eval_posts
 from opengrok_dagster.tasks.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.tasks.datasets import DatasetError, resolve_data_dir
 from opengrok_dagster.tasks.formats import (
@@ -109,10 +110,21 @@ class EvaluationConfig(BaseModel):
         description="CPU threads for the local models (0 = torch's default; 1 is faster on a machine busy with other "
         "jobs).",
     )
-    calibrate: bool = Field(
-        default=True,
-        description="Calibrate local models' label scores against content-free prompts ('N/A', '', '[MASK]') so a "
-        "label prior does not decide.",
+    scorings: tuple[str, ...] = Field(
+        default=SCORINGS,
+        description="How local models' classification answers are scored, all reported side by side: 'generated' "
+        "(greedy answer parsed for a label, as API models are scored), 'calibrated' (label likelihood divided by its "
+        "likelihood after the content-free posts 'N/A', '', '[MASK]'), 'raw' (label likelihood).",
+    )
+    headline_scoring: str = Field(
+        default="generated",
+        description="The scoring of the summary, the distillation table and the plots: one every compared model has "
+        "('generated' is the only one an API teacher without logprobs has); models without it are left out there.",
+    )
+    min_items: dict[str, int] = Field(
+        default_factory=lambda: {"ner": 100, "multilabel": 100, "single": 100},
+        description="Per task kind, the fewest items sampled that can measure anything; a task sampled fewer is not "
+        "scored (a note says why and how to score it) rather than reported with an interval as wide as the metric.",
     )
     example_posts: int = Field(
         default=5, description="Example posts per classification task shown in the report with each model's answer."
@@ -164,6 +176,13 @@ class EvaluationConfig(BaseModel):
             raise ValueError(f"resamples must be >= 100 for a usable interval, got {self.resamples}")
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        unknown = [s for s in self.scorings if s not in SCORINGS]
+        if unknown or not self.scorings:
+            raise ValueError(f"scorings {list(self.scorings)}: choose one or more of {', '.join(SCORINGS)}")
+        if self.headline_scoring not in self.scorings:
+            raise ValueError(
+                f"headline_scoring {self.headline_scoring!r} is not among the scorings {list(self.scorings)}: add it"
+            )
         if not 0 < self.topic_threshold <= 1:
             raise ValueError(f"topic_threshold must be in (0, 1], got {self.topic_threshold}")
 
@@ -174,6 +193,7 @@ class ModelScore:
     distribution: Distribution
     n: int
     unparseable_rate: float | None = None
+    scoring: str = "generated"  # SCORINGS, or CLASSIFIER for the TF-IDF baselines
 
 
 @dataclass
@@ -182,6 +202,7 @@ class PairedComparison:
     compared_to: str
     metric: str
     difference: Difference
+    scoring: str = "generated"
 
 
 @dataclass
@@ -205,10 +226,14 @@ class TaskResult:
     data_version: str
     total_items: int
     n: int
-    scores: list[ModelScore] = field(default_factory=list)
-    comparisons: list[PairedComparison] = field(default_factory=list)
+    scores: list[ModelScore] = field(default_factory=list)  # one per model: the headline scoring (or its only one)
+    comparisons: list[PairedComparison] = field(default_factory=list)  # in the headline scoring
+    # every model under every scoring that applies to it (the headline's included), and their comparisons
+    all_scores: list[ModelScore] = field(default_factory=list)
+    all_comparisons: list[PairedComparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     answers: ItemAnswers | None = None  # classification tasks only
+    skipped: str | None = None  # why the task was not scored (too few items to measure anything), and how to score it
 
 
 @dataclass
@@ -221,6 +246,8 @@ class EvaluationResults:
     seconds: float
     throughput: dict = field(default_factory=dict)  # device, dtype, and posts/s of the local student per task
     api_usage: dict[str, Usage] = field(default_factory=dict)  # what each API model was sent, and its cost
+    # the teacher serves the student's own base checkpoint: no student-versus-teacher comparison is meaningful
+    self_distillation: bool = False
 
 
 @dataclass
@@ -254,29 +281,45 @@ def ablation_pairs(models: list[str]) -> list[tuple[str, str]]:
 
 
 def finish_task(
-    result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...], config
+    result: TaskResult,
+    scored: list[tuple[str, str, object, float | None]],
+    metrics: tuple[str, ...],
+    config,
+    headline: str | None = None,
 ) -> TaskResult:
-    """Each model's bootstrap distribution on shared resamples, and the paired differences of the ablation pairs
-    on ``metrics``; ``scored`` holds (model, scores with ``metrics(idx)`` and ``n``, unparseable rate)."""
+    """Bootstraps every (model, scoring) of ``scored`` (model, scoring, scores with ``metrics(idx)`` and ``n``,
+    unparseable rate) on one shared resample matrix, compares models within each scoring, and puts each model's
+    ``headline`` scoring (default the config's; or, lacking it, a classifier's only one) in ``scores``."""
+    headline = headline or config.headline_scoring
     indices = resample_indices(result.n, config.resamples, config.seed)
-    for model, scores, unparseable in scored:
-        result.scores.append(ModelScore(model, bootstrap(scores, indices), scores.n, unparseable))
-    by_model = {s.model: s.distribution for s in result.scores}
-    for model, baseline in ablation_pairs(list(by_model)):
-        for metric in metrics:
-            difference = paired_difference(by_model[model], by_model[baseline], metric, config.confidence)
-            result.comparisons.append(PairedComparison(model, baseline, metric, difference))
+    for model, scoring, scores, unparseable in scored:
+        result.all_scores.append(ModelScore(model, bootstrap(scores, indices), scores.n, unparseable, scoring))
+    for scoring in dict.fromkeys(s.scoring for s in result.all_scores):
+        by_model = {s.model: s.distribution for s in result.all_scores if s.scoring == scoring}
+        for model, baseline in ablation_pairs(list(by_model)):
+            for metric in metrics:
+                difference = paired_difference(by_model[model], by_model[baseline], metric, config.confidence)
+                result.all_comparisons.append(PairedComparison(model, baseline, metric, difference, scoring))
+    result.scores = [s for s in result.all_scores if s.scoring in (headline, CLASSIFIER)]
+    result.comparisons = [c for c in result.all_comparisons if c.scoring == headline]
+    left_out = sorted({s.model for s in result.all_scores} - {s.model for s in result.scores})
+    if left_out:
+        result.notes.append(
+            f"{', '.join(left_out)} not scored by {headline} (the headline scoring), so left out of the summary: "
+            "see the scorings side by side"
+        )
     return result
 
 
-def _without_eval_posts(train, eval_posts: dict[str, str]):
-    """The train split without the posts of any evaluated split (a baseline trained on them scores inflated),
-    and how many were left out."""
-    keep = np.array([split is None for split in eval_split_of(train.texts, eval_posts)], dtype=bool)
+def _without_eval_posts(train, eval_posts: EvalPosts | None):
+    """The train split without the posts of any evaluated split, exact or near-duplicate (a baseline trained on
+    them scores inflated), and how many of each kind were left out."""
+    leaks = eval_posts.matches(train.texts) if eval_posts is not None else [None] * len(train.texts)
+    keep = np.array([leak is None for leak in leaks], dtype=bool)
     if keep.all():
-        return train, 0
+        return train, leak_counts(leaks)
     kept = replace(train, texts=[t for t, k in zip(train.texts, keep) if k], labels=train.labels[keep])
-    return kept, int((~keep).sum())
+    return kept, leak_counts(leaks)
 
 
 class Evaluation:
@@ -296,7 +339,7 @@ class Evaluation:
         self.request_counts: dict[str, list[int]] = {}  # model -> [failed, sent, reused], over the whole run
         self.usage: dict[str, Usage] = {}  # model -> what was sent to it and its cost, over the whole run
         self.throughput = Throughput()
-        self.eval_posts: dict[str, str] = {}  # normalised text hash -> eval split, over every task evaluated
+        self.eval_posts: EvalPosts | None = None  # every evaluated task's eval posts
         self.log = log
 
     # -- model answers ---------------------------------------------------------------------------------
@@ -326,40 +369,39 @@ class Evaluation:
         return self.student.variants if self.student is not None else []
 
     def _classify(self, spec: TaskSpec, texts: list[str], words: list[str], multi_label: bool):
-        """Yields (model, predictions, unparseable_rate) for every local variant and API model."""
+        """Yields (model, scoring, predictions, unparseable_rate) for every local variant under every configured
+        scoring, and for every API model by generation (the one scoring an endpoint without logprobs allows)."""
         messages = [classification_messages(spec.question, t, words, multi_label) for t in texts]
-        content_free = content_free_messages(
-            lambda post: classification_messages(spec.question, post, words, multi_label)
-        )
         for variant in self._local_variants():
             started = time.monotonic()
             with self.student.using(variant):
-                logprobs = self.student.label_logprobs(messages, words)
-                if self.config.calibrate:
-                    logprobs = calibrate(logprobs, self.student.label_logprobs(content_free, words))
+                yield from self._local_scorings(spec, variant, messages, words, multi_label)
             seconds = time.monotonic() - started
             self.throughput.add(spec.name, len(texts), seconds)
-            self.log(f"{spec.name}: {variant} scored {len(texts)} items in {seconds:.1f}s")
-            if multi_label:
-                probabilities = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
-                probabilities /= probabilities.sum(axis=1, keepdims=True)
-                predicted = probabilities >= self.config.topic_threshold
-                predicted[np.arange(len(texts)), probabilities.argmax(axis=1)] = True
-                yield variant, predicted, None
-            else:
-                yield variant, logprobs.argmax(axis=1), None
+            self.log(
+                f"{spec.name}: {variant} scored {len(texts)} items ({', '.join(self.config.scorings)}) in {seconds:.1f}s"
+            )
         for model in self.api_models:
             answers = self._api_answers(model, messages, self.config.api_max_tokens)
-            if answers is None:
-                continue
-            if multi_label:
-                predicted = np.zeros((len(texts), len(words)), dtype=bool)
-                for row, answer in enumerate(answers):
-                    predicted[row, find_labels(answer or "", words)] = True
-                yield model.name, predicted, float((~predicted.any(axis=1)).mean())
-            else:
-                predicted = np.array([parse_single_label(a, words) for a in answers])
-                yield model.name, predicted, float((predicted < 0).mean())
+            if answers is not None:
+                yield (model.name, "generated", *parsed_answers(answers, words, multi_label))
+
+    def _local_scorings(self, spec: TaskSpec, variant: str, messages, words: list[str], multi_label: bool):
+        """The active local variant's predictions under each configured scoring (label likelihoods computed once)."""
+        scorings = self.config.scorings
+        if "calibrated" in scorings or "raw" in scorings:
+            logprobs = self.student.label_logprobs(messages, words)
+            if "calibrated" in scorings:
+                content_free = content_free_messages(
+                    lambda post: classification_messages(spec.question, post, words, multi_label)
+                )
+                calibrated = calibrate(logprobs, self.student.label_logprobs(content_free, words))
+                yield variant, "calibrated", likeliest(calibrated, multi_label, self.config.topic_threshold), None
+            if "raw" in scorings:
+                yield variant, "raw", likeliest(logprobs, multi_label, self.config.topic_threshold), None
+        if "generated" in scorings:
+            answers = self.student.generate(messages, self.config.api_max_tokens)
+            yield (variant, "generated", *parsed_answers(answers, words, multi_label))
 
     def _baselines(
         self,
@@ -386,10 +428,11 @@ class Evaluation:
                 f"split has {list(eval_names)}; point both at files with the same label mapping"
             )
         train, leaked = _without_eval_posts(train, self.eval_posts)
-        if leaked:
+        if sum(leaked.values()):
             notes.append(
-                f"{leaked} posts of the train split ({train.source}) are evaluation posts and were left "
-                "out of the TF-IDF baselines' training data"
+                f"{sum(leaked.values())} posts of the train split ({train.source}) are evaluation posts "
+                f"({leaked['exact']} exact, {leaked['near_duplicate']} near-duplicates: token Jaccard >= 0.7 after "
+                "normalisation) and were left out of the TF-IDF baselines' training data"
             )
         cfg = self.config
         chosen = sample_items(len(train.texts), cfg.baseline_train_examples, cfg.seed)
@@ -466,9 +509,23 @@ class Evaluation:
 
     # -- tasks -------------------------------------------------------------------------------------------
     def _finish(
-        self, result: TaskResult, scored: list[tuple[str, object, float | None]], metrics: tuple[str, ...]
+        self, result: TaskResult, scored: list[tuple[str, str, object, float | None]], metrics: tuple[str, ...]
     ) -> TaskResult:
         return finish_task(result, scored, metrics, self.config)
+
+    def _too_few(self, spec: TaskSpec, sampled: int, total: int) -> str | None:
+        """Why a task sampled this small cannot measure anything, and how to score it; None when it can."""
+        kind = spec.kind if spec.kind in ("ner", "multilabel") else "single"
+        least = self.config.min_items.get(kind, 0)
+        if sampled >= least or sampled >= total:
+            return None
+        setting = "ner_examples" if spec.kind == "ner" else "classification_examples"
+        return (
+            f"{spec.name} not scored: {sampled} {'sentences' if spec.kind == 'ner' else 'posts'} sampled cannot measure "
+            f"{spec.primary_metric} (fewer than min_items[{kind}] = {least}: the interval would span most of the "
+            f"metric's range); set task_examples[{spec.name}] or {setting} to {least} or more (0 = the whole split, "
+            f"{total} items) to score it"
+        )
 
     def run_task(self, spec: TaskSpec, data_dir: Path | None) -> TaskResult:
         cfg = self.config
@@ -480,12 +537,16 @@ class Evaluation:
         total = len(data.tokens) if spec.kind == "ner" else len(data.texts)
         chosen = sample_items(total, wanted, cfg.seed)
         result = TaskResult(spec, spec.name, spec.primary_metric, data.source, data.version, total, len(chosen))
+        result.skipped = self._too_few(spec, len(chosen), total)
+        if result.skipped:
+            self.log(result.skipped)
+            return result
         self.log(f"{spec.name}: {len(chosen)} of {total} items from {data.source} (seed {cfg.seed})")
-        scored: list[tuple[str, object, float | None]] = []
+        scored: list[tuple[str, str, object, float | None]] = []
         if spec.kind == "ner":
             gold = [data.tags[i] for i in chosen]
             for model, predicted, unusable in self._ner(spec, [data.tokens[i] for i in chosen], data.entity_types):
-                scored.append((model, NerScores.from_tags(gold, predicted), unusable))
+                scored.append((model, "generated", NerScores.from_tags(gold, predicted), unusable))
             return self._finish(result, scored, (spec.primary_metric,))
         multi_label = spec.kind == "multilabel"
         words = label_words(spec, data.label_names)
@@ -495,15 +556,16 @@ class Evaluation:
         def scores_of(predicted):
             if multi_label:
                 return MultiLabelScores(gold, predicted)
-            return ClassificationScores(gold, predicted, len(words), spec.primary_metric)
+            return ClassificationScores(gold, predicted, len(words), spec.primary_metric, tuple(words))
 
-        for model, predicted, unparseable in self._classify(spec, texts, words, multi_label):
-            scored.append((model, scores_of(predicted), unparseable))
-            result.answers.predictions[model] = predicted
+        for model, scoring, predicted, unparseable in self._classify(spec, texts, words, multi_label):
+            scored.append((model, scoring, scores_of(predicted), unparseable))
+            if scoring == cfg.headline_scoring:
+                result.answers.predictions[model] = predicted
         for model, predicted in self._baselines(
             spec, data_dir, texts, data.label_names, words, multi_label, result.notes
         ):
-            scored.append((model, scores_of(predicted), None))
+            scored.append((model, CLASSIFIER, scores_of(predicted), None))
             result.answers.predictions[model] = predicted
         return self._finish(result, scored, (spec.primary_metric,))
 
@@ -539,7 +601,8 @@ class Evaluation:
             seconds = time.monotonic() - started
             self.throughput.add(AGREEMENT_TASK, len(messages), seconds)
             self.log(f"{AGREEMENT_TASK}: {variant} in {seconds:.1f}s")
-            scored.append((variant, AgreementScores(sentence_chrf(generated, references), nll, tokens), None))
+            scores = AgreementScores(sentence_chrf(generated, references), nll, tokens)
+            scored.append((variant, "generated", scores, None))
         result.notes.append(
             f"student generations are greedy and capped at {cfg.agreement_max_new_tokens} new tokens, so chrF against longer "
             "teacher responses is bounded above; perplexity scores the teacher's full response"
@@ -610,8 +673,13 @@ class Evaluation:
                 "was found. Set OPENGROK_DATA_DIR (or the data_dir setting) to a folder laid out like shared/data "
                 "(tweeteval/, wnut17/, ...), or name hub splits (hf:<dataset>:<config>:<split>) in eval_paths."
             )
-        self.eval_posts = eval_hashes(runnable, data_dir, cfg.eval_paths)
-        tasks: list[TaskResult] = [self.run_task(task_spec(name), data_dir) for name in runnable]
+        self.eval_posts = load_eval_posts(runnable, data_dir, cfg.eval_paths)
+        tasks: list[TaskResult] = []
+        for result in (self.run_task(task_spec(name), data_dir) for name in runnable):
+            if result.skipped:
+                notes.append(result.skipped)  # left out of the report's tables, not shown as a score of 0
+            else:
+                tasks.append(result)
         if self.student is None:
             notes.append("no local student was evaluated")
         elif heldout is None or heldout.empty:
@@ -631,6 +699,13 @@ class Evaluation:
                     f"{name}: {reused} of {sent} answers reused from earlier runs (same model, prompt and token "
                     "budget, greedy decoding); set reuse_api_answers to false to ask again"
                 )
+        self_distillation = self._self_distillation()
+        if self_distillation:
+            notes.append(
+                f"self-distillation: the teacher serves the student's own base checkpoint "
+                f"({model_identity(self.student.model_path)}), so the teacher row is that checkpoint answering by "
+                "generation, not a stronger model: no student-versus-teacher comparison is made"
+            )
         throughput = self._throughput_summary()
         if throughput:
             rates = ", ".join(f"{task} {rate:g}" for task, rate in throughput["posts_per_second"].items())
@@ -640,8 +715,22 @@ class Evaluation:
             )
         seconds = time.monotonic() - started
         return EvaluationResults(
-            cfg, data_dir, tasks, self.compared_models(), notes, seconds, throughput, dict(self.usage)
+            cfg,
+            data_dir,
+            tasks,
+            self.compared_models(),
+            notes,
+            seconds,
+            throughput,
+            dict(self.usage),
+            self_distillation=self_distillation,
         )
+
+    def _self_distillation(self) -> bool:
+        teacher = next((m for m in self.api_models if m.name == TEACHER), None)
+        if teacher is None or teacher.weights is None or self.student is None:
+            return False
+        return model_identity(teacher.weights) == model_identity(self.student.model_path)
 
     def _throughput_summary(self) -> dict:
         if self.student is None or not self.throughput.posts:

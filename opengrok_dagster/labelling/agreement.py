@@ -18,6 +18,7 @@ import pandas as pd
 
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
 from opengrok_dagster.evaluation.runner import ItemAnswers, TaskResult, finish_task
+from opengrok_dagster.evaluation.scoring import CALIBRATED
 from opengrok_dagster.tasks.formats import task_format
 
 
@@ -132,5 +133,5 @@ def _task_agreement(student, rows: pd.DataFrame, task: str, config) -> TaskResul
                 logprobs = calibrate(logprobs, student.label_logprobs(content_free_messages(fmt.messages), words))
         predicted = logprobs.argmax(axis=1)
         result.answers.predictions[variant] = predicted
-        scored.append((variant, AgreementScores(predicted, teacher, len(words)), None))
-    return finish_task(result, scored, METRICS, config)
+        scored.append((variant, CALIBRATED, AgreementScores(predicted, teacher, len(words)), None))
+    return finish_task(result, scored, METRICS, config, headline=CALIBRATED)

@@ -1,7 +1,8 @@
 """Build the mask table: one row per training/validation example, every list aligned to the student's tokens.
 
 Each token takes the features of the spaCy word holding its first non-space character (character offsets
-from the fast tokenizer); chat-template scaffolding and special tokens are never masked.
+from the fast tokenizer); chat-template scaffolding and special tokens are never masked, nor is any token outside
+the config's ``scope`` (``in_scope`` per token: the post, the prompt, or prompt and response).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ TOKEN_LIST_COLUMNS = (
     "dep_rel",
     "word_index",
     "template_token",
+    "in_scope",
     "char_start",
     "char_end",
 )
@@ -200,6 +202,7 @@ class _Aligner:
         features: dict[str, _TextFeatures],
         input_ids: list[int],
         offsets: list[tuple[int, int]],
+        post_text: str | None = None,
     ) -> tuple[dict | None, int, int]:
         """The example's table row (None when its prompt fills max_length), its misaligned and content tokens."""
         ids = np.asarray(input_ids[: self.config.max_length], dtype=np.int32)
@@ -211,7 +214,8 @@ class _Aligner:
         text = _ExampleText.join(rendered, features)
         alignment = self._align(text, ids, starts, ends)
         word_index, template = alignment.word_index, alignment.template
-        p, keep, random = self._sample(example_id, text, alignment)
+        scope = self._scope(rendered, template, starts, response_start, post_text)
+        p, keep, random = self._sample(example_id, text, alignment, scope)
         return (
             {
                 "example_id": example_id,
@@ -228,6 +232,7 @@ class _Aligner:
                 "dep_rel": text.dep_rel[word_index],
                 "word_index": word_index.astype(np.int32),
                 "template_token": template.astype(np.int8),
+                "in_scope": scope.astype(np.int8),
                 "char_start": starts.astype(np.int32),
                 "char_end": ends.astype(np.int32),
                 "text": rendered.text,
@@ -255,12 +260,35 @@ class _Aligner:
         misaligned = int((~template & aligned & spans_words).sum())
         return _Alignment(word_index, template, int(is_content.sum()), misaligned)
 
+    def _scope(
+        self,
+        rendered: RenderedExample,
+        template: np.ndarray,
+        starts: np.ndarray,
+        response_start: int,
+        post: str | None,
+    ) -> np.ndarray:
+        """Per token: may the mask hide it (never a template token; the response only in 'prompt_response')."""
+        scope = ~template
+        if self.config.scope == "prompt_response":
+            return scope
+        scope &= np.arange(len(template)) < response_start
+        if self.config.scope == "prompt":
+            return scope
+        prompt_start, prompt_end = rendered.spans["prompt"]
+        found = rendered.text.find(post, prompt_start, prompt_end) if post else -1
+        if found < 0:
+            return np.zeros_like(scope)  # no post located in the prompt: nothing of this example is masked
+        return scope & (starts >= found) & (starts < found + len(post))
+
     def _sample(
-        self, example_id: str, text: _ExampleText, alignment: _Alignment
+        self, example_id: str, text: _ExampleText, alignment: _Alignment, scope: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """p from the token's word scores and seeded noise, then m: sampled (or thresholded), plus random masking;
-        template tokens always have p = m = 1. Returns (p, m as bool, the noise)."""
-        config, word_index, template = self.config, alignment.word_index, alignment.template
+        """p from the token's word scores and seeded noise, then m: sampled (or thresholded), plus random masking,
+        or the lowest-p ``strength`` share of the scope; the random control masks as many scope tokens at random.
+        Tokens outside the scope always have p = m = 1. Returns (p, m as bool, the noise)."""
+        config, word_index = self.config, alignment.word_index
+        template = ~scope
         rng = np.random.default_rng(example_seed(config.seed, example_id))
         random = rng.random(len(word_index), dtype=np.float32)
         logits = (
@@ -275,11 +303,21 @@ class _Aligner:
         else:
             keep = p >= config.threshold
         content_positions = np.flatnonzero(~template)
-        dropped = rng.choice(
-            content_positions, size=int(round(config.random_mask_rate * len(content_positions))), replace=False
-        )
-        keep[dropped] = False
+        if config.strength > 0:
+            keep = np.ones(len(word_index), dtype=bool)
+            lowest = content_positions[np.argsort(p[content_positions], kind="stable")]
+            keep[lowest[: int(round(config.strength * len(content_positions)))]] = False
+        else:
+            dropped = rng.choice(
+                content_positions, size=int(round(config.random_mask_rate * len(content_positions))), replace=False
+            )
+            keep[dropped] = False
         keep[template] = True
+        if config.selection == "random":  # the control: the same count in the scope, placed at random
+            masked = int((~keep).sum())
+            keep = np.ones(len(word_index), dtype=bool)
+            keep[rng.choice(content_positions, size=masked, replace=False)] = False
+            p[content_positions] = rng.permutation(p[content_positions])
         return p, keep, random
 
 
@@ -299,7 +337,8 @@ def build_mask_table(
     _require_text(examples)
     require_offsets(tokenizer)
     renderer = ChatRenderer(tokenizer)
-    rows = examples[list(MASK_INPUT_COLUMNS)].to_dict("records")
+    columns = list(MASK_INPUT_COLUMNS) + (["post_text"] if "post_text" in examples.columns else [])
+    rows = examples[columns].to_dict("records")
     rendered = [
         renderer.render(
             None if pd.isna(r["system_prompt"]) else str(r["system_prompt"]), str(r["prompt"]), str(r["response"])
@@ -363,8 +402,15 @@ def _align_examples(
     aligner = _Aligner(config, structural_special_ids(tokenizer), len(tokenizer))
     built, dropped, misaligned, content = [], [], 0, 0
     for row, example, ids, offsets in zip(rows, rendered, encoded["input_ids"], encoded["offset_mapping"]):
+        post = row.get("post_text")
         record, example_misaligned, example_content = aligner.example(
-            str(row["example_id"]), row["split"], example, features, ids, offsets
+            str(row["example_id"]),
+            row["split"],
+            example,
+            features,
+            ids,
+            offsets,
+            post if isinstance(post, str) else None,
         )
         if record is None:
             dropped.append(str(row["example_id"]))

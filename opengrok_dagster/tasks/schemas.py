@@ -114,7 +114,7 @@ KD_INPUT_COLUMNS = (
 
 
 # lora_checkpoint: the one-row manifest of a published adapter, which the evaluation reads.
-MANIFEST_COLUMNS = (
+MANIFEST_REQUIRED_COLUMNS = (
     "mask_mode",
     "adapter_dir",
     "base_model",
@@ -125,3 +125,7 @@ MANIFEST_COLUMNS = (
     "validation_examples",
     "tokens_per_second",
 )
+# What the adapter was trained with beyond its mode: the mask options (JSON: scope, selection, strength, ...) and
+# the validation loss its checkpoint was chosen on; absent from manifests written before they were recorded.
+MANIFEST_RECORDED_OPTIONS = ("mask_options", "checkpoint_selection")
+MANIFEST_COLUMNS = MANIFEST_REQUIRED_COLUMNS + MANIFEST_RECORDED_OPTIONS

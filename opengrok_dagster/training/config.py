@@ -42,6 +42,11 @@ class TrainingConfig(BaseModel):
     early_stopping_threshold: float = Field(
         default=0.0, ge=0, description="Smallest validation-loss decrease that counts as improvement."
     )
+    checkpoint_selection: Literal["unmasked", "masked"] = Field(
+        default="unmasked",
+        description="Validation loss the best checkpoint (and early stopping) is chosen on: 'unmasked' (stock "
+        "attention, as the evaluation and serving run the adapter) or 'masked' (the mask mode's own attention).",
+    )
     logging_steps: int = Field(default=1, ge=1, description="Optimizer steps between loss reports to the run log.")
     seed: int = Field(
         default=0, description="Seed for LoRA initialisation, dropout and data order (equal seeds give equal runs)."

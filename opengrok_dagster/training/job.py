@@ -49,6 +49,7 @@ class TrainingJob:
     gradient_checkpointing: bool = False
     data_versions: dict = field(default_factory=dict)
     code_version: str = ""  # of the training code (the lora_checkpoint asset's): a code change retrains
+    mask_options: dict = field(default_factory=dict)  # the mask table's config, recorded with the adapter
 
     @property
     def work_dir(self) -> Path:
@@ -82,6 +83,8 @@ class TrainingOutcome:
     sample_generation: str
     curves: dict
     reused: bool = False  # the published checkpoint already came from this data, config and model
+    mask_options: dict = field(default_factory=dict)  # the mask table's config (scope, selection, strength, ...)
+    checkpoint_selection: str = "unmasked"
 
 
 def require_training_options(job: TrainingJob) -> None:

@@ -72,6 +72,8 @@ def publish_adapter(
         lora_targets=targets,
         sample_generation=sample,
         curves=curves,
+        mask_options=job.mask_options,
+        checkpoint_selection=job.config.checkpoint_selection,
     )
     (staging / "training_args.json").write_text(
         json.dumps({"config": job.config.model_dump(), "trainer": trainer.args.to_dict()}, indent=2, default=str)

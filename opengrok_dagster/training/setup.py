@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -78,6 +79,12 @@ def setup_data(job: TrainingJob, table: pd.DataFrame, tokenizer, log: Callable[[
             )
         table = balanced
     data = load_training_data(table, tokenizer, job.config.max_length)
+    if job.config.checkpoint_selection == "unmasked":
+        # every mode's validation loss under stock attention (all m = p = 1), as the adapter is evaluated and served
+        data = replace(
+            data,
+            validation=[replace(e, m=[1] * len(e.m), p=[1.0] * len(e.p)) for e in data.validation],
+        )
     log(
         f"{len(data.train)} train / {len(data.validation)} validation examples "
         f"({data.truncated} cut to {job.config.max_length} tokens, "
@@ -179,3 +186,10 @@ def training_arguments(job: TrainingJob, output_dir: Path) -> TrainingArguments:
         run_name=f"opengrok-{job.mask_mode}",
         disable_tqdm=True,
     )
+
+
+def mask_options_of(table: pd.DataFrame) -> dict:
+    """The mask options the table was built with (scope, selection, strength, ...): its ``mask_config``."""
+    if "mask_config" not in table.columns or table.empty:
+        return {}
+    return json.loads(table["mask_config"].iloc[0])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -45,6 +46,7 @@ from opengrok_dagster.training.job import (
 )
 from opengrok_dagster.training.publishing import publish_adapter
 from opengrok_dagster.training.setup import (
+    mask_options_of,
     setup_data,
     setup_model,
     setup_tokenizer,
@@ -163,6 +165,7 @@ def train_lora(
     """
     require_mask_mode(job.mask_mode)
     require_training_options(job)
+    job = replace(job, mask_options=mask_options_of(table))
     tokenizer = setup_tokenizer(job)
     data = setup_data(job, table, tokenizer, log)
     if job.config.kd_alpha and job.config.packing:
