@@ -88,24 +88,24 @@ async def collect_responses(
                 if budget_stop:
                     counts["unsent"] += 1
                     return
-                claim = await asyncio.to_thread(store.claim, key, row["prompt_id"], owner, leases.lease_s)
+                claim = await asyncio.to_thread(store.claims.claim, key, row["prompt_id"], owner, leases.lease_s)
                 if claim is Claim.MINE:
                     try:
                         result = await complete_prompt(client, row)
                     except LogprobsUnsupported as exc:  # paid for: kept as an error row, then stop
                         await asyncio.to_thread(
-                            store.record, key, row["prompt_id"], row["topic"], exc.result, owner, run_id=run_id
+                            store.responses.record, key, row["prompt_id"], row["topic"], exc.result, owner, run_id=run_id
                         )
                         raise
                     except BudgetExhausted as exc:
                         budget_stop.append(str(exc))
                         counts["unsent"] += 1
-                        await asyncio.to_thread(store.release_claim, key, row["prompt_id"], owner)
+                        await asyncio.to_thread(store.claims.release, key, row["prompt_id"], owner)
                         return
                     counts["requested"] += 1
                     # Off the event loop: the commit waits for fsync, and other responses keep arriving meanwhile.
                     await asyncio.to_thread(
-                        store.record, key, row["prompt_id"], row["topic"], result, owner, run_id=run_id
+                        store.responses.record, key, row["prompt_id"], row["topic"], result, owner, run_id=run_id
                     )
                     counts["succeeded" if result.ok else "failed"] += 1
                     if on_result:
