@@ -161,7 +161,9 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path, tiny_student, tokeniz
 
 
 @pytest.mark.parametrize(("learning_rate", "stops_at"), [(1e-6, 2), (1e-2, None)])
-def test_early_stopping_when_validation_loss_stops_improving(tmp_path, tiny_student, tokenizer, learning_rate, stops_at):
+def test_early_stopping_when_validation_loss_stops_improving(
+    tmp_path, tiny_student, tokenizer, learning_rate, stops_at
+):
     """One threshold (1e-3), two learning rates: a fine-tune whose validation loss barely moves stops after one
     evaluation without improvement; one that learns (>= 0.01 a step) runs all its steps."""
     outcome = train_lora(
