@@ -1,0 +1,342 @@
+"""docs/bad-inputs.md as a contract: for a row, the input it describes is run here and every message quoted in its
+`message` column must be what the user sees, on one line.
+
+How a row's quoted text is read (docs/bad-inputs.md says the same): each backticked span is one message; `<...>`
+stands for a value the message prints in full (a path, a URL), `...` for text left out; every other character is
+literal and must appear, in order, in one of the messages the row's probe returns. So changing a message's fix text
+without the doc, or splitting it over lines, fails that row here.
+
+A new row joins the contract with a probe: a function below taking pytest's ``tmp_path`` and ``monkeypatch`` and
+returning the messages its input produces, registered with ``@probe(<row number>)``. A row not probed yet is listed
+in NOT_YET_PROBED (the invariant test fails on a row that is in neither).
+"""
+
+import asyncio
+import contextlib
+import io
+import re
+from collections.abc import Callable
+
+import httpx
+import pytest
+import respx
+from dagster import Failure
+
+from opengrok_dagster.cli import main
+from tests.conftest import REPO_ROOT
+
+
+CATALOGUE = REPO_ROOT / "docs" / "bad-inputs.md"
+PROBES: dict[int, Callable] = {}
+
+# Rows whose input needs a Dagster run, a trained model or a server: still held by the test each cites (which
+# asserts the message), not yet by a probe here.
+NOT_YET_PROBED = {4, 7, 10, 11, 12, 13, 17, 18, 19, 20, 21, 23, 24, 25, 27, 28, 32, 33, 36, 37, 38, 40, 41}
+NOT_YET_PROBED |= {43, 45, 46, 47, 48, 49, 50, 51, 52, 53, 55, 57, 58, 60, 61, 62, 63, 64, 66, 68, 69, 70, 71}
+
+
+def documented_rows() -> dict[int, str]:
+    """Row number -> the row's `message` column."""
+    rows = {}
+    for line in CATALOGUE.read_text().splitlines():
+        match = re.match(r"\| (\d+) \|", line)
+        if match:
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows[int(match.group(1))] = cells[3].replace("\\|", "|")
+    return rows
+
+
+def quoted_messages(column: str) -> list[str]:
+    """The backticked spans of a message column (``double`` ones may hold single backticks)."""
+    return [first or second for first, second in re.findall(r"``(.+?)``|`([^`]+)`", column)]
+
+
+def holds(documented: str, message: str) -> bool:
+    """``message`` has the documented text: its literal parts in order, `<...>` and `...` standing for anything."""
+    parts = [part.strip() for part in re.split(r"<[^<>]*>|\.\.\.", documented)]
+    pattern = ".*?".join(re.escape(part) for part in parts if part)
+    return re.search(pattern, message, re.DOTALL) is not None
+
+
+def probe(row: int):
+    def register(function):
+        PROBES[row] = function
+        return function
+
+    return register
+
+
+def error_of(call: Callable, *args, **kwargs) -> str:
+    """The message a bad input ends in: an exception's text, or a Dagster Failure's description."""
+    try:
+        call(*args, **kwargs)
+    except Failure as failure:
+        return failure.description
+    except Exception as exc:  # noqa: BLE001 - any error type: the message is what is checked
+        return str(exc)
+    raise AssertionError(f"{call.__qualname__}{args} accepted the bad input")
+
+
+def cli_error(*argv: str) -> str:
+    """What `opengrok` prints for a refused command line: one `opengrok: error: ` line, exit status 2."""
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        try:
+            status = main(list(argv))
+        except SystemExit as exit_info:
+            status = exit_info.code
+    assert status == 2, (argv, status, captured.getvalue())
+    text = captured.getvalue()
+    lines = [line for line in text.splitlines() if line.startswith("opengrok: error: ")]
+    assert len(lines) == 1 and text.endswith("\n"), text
+    return text[len("opengrok: error: ") :].removesuffix("\n")
+
+
+@probe(1)
+def _topic_key_with_a_slash(tmp_path, monkeypatch):
+    return [cli_error("topics", "add", "news/tech")]
+
+
+@probe(2)
+def _malformed_topic_catalogue(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.topics import load_topic_catalogue
+
+    path = tmp_path / "topics.yaml"
+    path.write_text("topics:\n  - key: a\n  - key: a\n")
+    return [error_of(load_topic_catalogue, path)]
+
+
+@probe(3)
+def _run_for_a_topic_that_is_not_a_partition(tmp_path, monkeypatch):
+    return [cli_error("run", "--topics", "k-pop")]
+
+
+@probe(5)
+def _unknown_prompt_template(tmp_path, monkeypatch):
+    from assets.collection import PromptsConfig
+
+    return [error_of(PromptsConfig(templates=["nope"]).domain_config)]
+
+
+@probe(6)
+def _offline_model_not_provisioned(tmp_path, monkeypatch):
+    from opengrok_dagster.offline.model import check_offline_model
+
+    return [error_of(check_offline_model, tmp_path / "models" / "SmolLM2-135M-Instruct")]
+
+
+@probe(8)
+def _remote_teacher_without_endpoint(tmp_path, monkeypatch):
+    from resources import TeacherResource
+
+    return [error_of(TeacherResource(mode="remote").endpoint)]
+
+
+@probe(9)
+def _rejected_api_key(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.client import TeacherClient, TeacherEndpoint
+
+    base = "http://teacher.test/v1"
+
+    async def ask():
+        async with TeacherClient(TeacherEndpoint(base, "grok-test", "sk-wrong")) as client:
+            return await client.complete([{"role": "user", "content": "hi"}])
+
+    with respx.mock:
+        respx.post(f"{base}/chat/completions").mock(return_value=httpx.Response(401, json={"error": "bad key"}))
+        return [error_of(asyncio.run, ask())]
+
+
+@probe(14)
+def _blocklist_that_is_not_a_file(tmp_path, monkeypatch):
+    from assets.filtering import FilteredResponsesConfig
+
+    return [error_of(FilteredResponsesConfig(blocklist_path="/nonexistent/blocklist.txt").domain_config)]
+
+
+@probe(15)
+def _language_by_name(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.language import LanguageDetector
+
+    return [error_of(LanguageDetector, ["english"], ["en", "es"], 0.5)]
+
+
+@probe(16)
+def _toxicity_classifier_that_cannot_be_imported(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.toxicity import load_toxicity_classifier
+
+    return [error_of(load_toxicity_classifier, "no_such_module:Model")]
+
+
+@probe(22)
+def _invalid_mask_settings(tmp_path, monkeypatch):
+    from assets.masks import MaskTablesConfig
+
+    return [error_of(MaskTablesConfig(random_mask_rate=1.5, sampling="coin").domain_config)]
+
+
+@probe(26)
+def _training_device_not_there(tmp_path, monkeypatch):
+    import torch
+
+    from resources import TrainingResource
+
+    if torch.cuda.is_available():
+        pytest.skip("the error of a machine without CUDA")
+
+    return [error_of(TrainingResource(device="cuda").check_placement)]
+
+
+@probe(29)
+def _conll_line_without_a_tab(tmp_path, monkeypatch):
+    from opengrok_dagster.evaluation.datasets import read_conll
+
+    (tmp_path / "a.conll").write_text("hello\tO\nworld O\n")
+    return [error_of(read_conll, tmp_path / "a.conll")]
+
+
+@probe(30)
+def _missing_data_file_or_directory(tmp_path, monkeypatch):
+    from opengrok_dagster.evaluation.datasets import read_conll, resolve_data_dir
+
+    monkeypatch.setenv("OPENGROK_DATA_DIR", str(tmp_path / "typo"))
+    return [error_of(read_conll, tmp_path / "nowhere.conll"), error_of(resolve_data_dir)]
+
+
+@probe(31)
+def _misspelt_task(tmp_path, monkeypatch):
+    from opengrok_dagster.evaluation.tasks import task_spec
+
+    return [error_of(task_spec, "sentimnt")]
+
+
+@probe(34)
+def _invalid_cron(tmp_path, monkeypatch):
+    from opengrok_dagster.settings import recollect_cron
+
+    monkeypatch.setenv("OPENGROK_RECOLLECT_CRON", "0 25 * * *")
+    return [error_of(recollect_cron)]
+
+
+@probe(35)
+def _retrain_threshold_not_a_fraction(tmp_path, monkeypatch):
+    from opengrok_dagster.settings import retrain_threshold
+
+    monkeypatch.setenv("OPENGROK_RETRAIN_THRESHOLD", "lots")
+    return [error_of(retrain_threshold)]
+
+
+@probe(39)
+def _run_config_value_the_domain_refuses(tmp_path, monkeypatch):
+    from assets.training import LoraCheckpointConfig
+
+    return [error_of(LoraCheckpointConfig(save_steps=3).domain_config)]
+
+
+@probe(42)
+def _unknown_profile(tmp_path, monkeypatch):
+    from opengrok_dagster.profiles import load_profile
+
+    return [error_of(load_profile, "gpu-large"), cli_error("run", "--profile", "gpu-large")]
+
+
+@probe(44)
+def _profile_with_two_max_lengths(tmp_path, monkeypatch):
+    from opengrok_dagster.profiles import load_profile
+
+    profile = tmp_path / "long-masks.yaml"
+    profile.write_text("ops:\n  mask_tables: {config: {max_length: 256}}\n")
+    return [error_of(load_profile, str(profile))]
+
+
+@probe(54)
+def _command_line_arguments(tmp_path, monkeypatch):
+    return [
+        cli_error("run", "--round", "yesterday"),
+        cli_error("run", "--round", "2999-01-01"),
+        cli_error("run", "--topics", "football,,climate"),
+        cli_error("review", "accept", "zz-not-hex"),
+        cli_error("run", "--bogus"),
+    ]
+
+
+@probe(56)
+def _budget_that_is_not_positive(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.budget import BudgetLimits
+
+    return [error_of(BudgetLimits, daily_usd=-1.0)]
+
+
+@probe(59)
+def _top_logprobs_beyond_the_provider(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.client import SamplingParams, TeacherClient, TeacherEndpoint
+
+    return [error_of(TeacherClient, TeacherEndpoint("https://api.x.ai/v1", "grok-4"), SamplingParams(top_logprobs=12))]
+
+
+@probe(65)
+def _malformed_posts_catalogue(tmp_path, monkeypatch):
+    from opengrok_dagster.posts.sources import load_posts_catalogue
+
+    bad_key, twice = tmp_path / "bad-key.yaml", tmp_path / "twice.yaml"
+    bad_key.write_text("shards:\n  - key: Bad Key\n    path: a.jsonl\n")
+    twice.write_text("shards:\n  - key: a\n    path: a.jsonl\n  - key: a\n    path: b.jsonl\n")
+    return [error_of(load_posts_catalogue, bad_key), error_of(load_posts_catalogue, twice)]
+
+
+@probe(67)
+def _split_with_other_labels(tmp_path, monkeypatch):
+    from opengrok_dagster.evaluation.tasks import label_words, task_spec
+
+    return [error_of(label_words, task_spec("btc"), ("LOC", "PER"))]
+
+
+@probe(72)
+def _label_issue_settings(tmp_path, monkeypatch):
+    from assets.filtering import FilteredResponsesConfig
+
+    return [
+        error_of(FilteredResponsesConfig(label_issues="maybe").domain_config),
+        error_of(FilteredResponsesConfig(label_issue_min_rows=3).domain_config),
+    ]
+
+
+@probe(73)
+def _batch_settings_out_of_range(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.batch import BatchSettings
+
+    return [error_of(BatchSettings, poll_s=0), error_of(BatchSettings, price_factor=2)]
+
+
+def test_every_row_is_probed_or_listed_as_not_yet():
+    rows = set(documented_rows())
+    assert not PROBES.keys() & NOT_YET_PROBED
+    assert rows == PROBES.keys() | NOT_YET_PROBED, (
+        f"rows without a probe: {sorted(rows - PROBES.keys() - NOT_YET_PROBED)}; "
+        f"probes for no row: {sorted((PROBES.keys() | NOT_YET_PROBED) - rows)}"
+    )
+
+
+@pytest.mark.parametrize("row", sorted(PROBES))
+def test_a_documented_message_is_what_the_user_sees_on_one_line(row, tmp_path, monkeypatch):
+    documented = quoted_messages(documented_rows()[row])
+    assert documented, f"row {row} quotes no message"
+    messages = PROBES[row](tmp_path, monkeypatch)
+    for message in messages:
+        assert "\n" not in message.strip(), f"row {row}: the message is not one line:\n{message}"
+    for text in documented:
+        assert any(holds(text, message) for message in messages), (
+            f"row {row} of docs/bad-inputs.md says {text!r}; the input gives {messages}"
+        )
+
+
+def test_the_reading_of_a_documented_message():
+    assert holds(
+        "HTTP 401 from <url>/chat/completions: check it", "HTTP 401 from http://x/v1/chat/completions: check it"
+    )
+    assert not holds("HTTP 401 from <url>/chat/completions: check it", "HTTP 401 from http://x/v1/chat/completions")
+    assert holds("a ...; re-run", "a long middle; re-run") and not holds("a ...; re-run", "a; rerun")
+    assert quoted_messages("``--topics: 'k' `opengrok topics add k` then``; `second`") == [
+        "--topics: 'k' `opengrok topics add k` then",
+        "second",
+    ]
