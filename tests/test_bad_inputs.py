@@ -13,6 +13,8 @@ in NOT_YET_PROBED (the invariant test fails on a row that is in neither).
 
 import asyncio
 import contextlib
+import functools
+import importlib.util
 import io
 import os
 import re
@@ -24,7 +26,7 @@ import respx
 from dagster import Failure
 
 from opengrok_dagster.cli import main
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, mask_table
 
 
 CATALOGUE = REPO_ROOT / "docs" / "bad-inputs.md"
@@ -32,7 +34,7 @@ PROBES: dict[int, Callable] = {}
 
 # Rows whose input needs a Dagster run, a trained model or a server: still held by the test each cites (which
 # asserts the message), not yet by a probe here.
-NOT_YET_PROBED = {4, 7, 10, 19, 20, 21, 23, 24, 25, 27, 28, 32, 33, 36, 38, 40, 41, 45, 47, 48, 49, 50, 51, 52}
+NOT_YET_PROBED = {4, 7, 10, 19, 20, 21, 23, 32, 33, 36, 38, 40, 41, 47, 48, 49, 50, 51}
 NOT_YET_PROBED |= {53, 55, 57, 58, 60, 61, 66, 68, 69, 70, 71}
 
 
@@ -424,6 +426,88 @@ def _posts_file_without_the_text_column(tmp_path, monkeypatch):
 def _posts_shard_without_text(tmp_path, monkeypatch):
     (tmp_path / "e.jsonl").write_text('{"text": "  "}\n')
     return [_posts_shard_error(tmp_path, "e", "e.jsonl")]
+
+
+@functools.cache
+def _student_tokenizer():
+    from transformers import AutoTokenizer
+
+    from opengrok_dagster.offline.model import check_offline_model, offline_model_dir
+
+    return AutoTokenizer.from_pretrained(str(check_offline_model(offline_model_dir())))
+
+
+def _training_job(tmp_path, device: str = "cpu", **config):
+    from opengrok_dagster.offline.model import offline_model_dir
+    from opengrok_dagster.training.config import TrainingConfig
+    from opengrok_dagster.training.device import Placement
+    from opengrok_dagster.training.trainer import TrainingJob
+
+    placement = Placement(device, "fp32" if device == "cpu" else "fp16")
+    return TrainingJob("hard", str(offline_model_dir()), tmp_path / "hard", TrainingConfig(**config), placement)
+
+
+@probe(24)
+def _no_usable_validation_examples(tmp_path, monkeypatch):
+    from opengrok_dagster.training.data import load_training_data
+
+    table = mask_table(_student_tokenizer())
+    return [error_of(load_training_data, table[table["split"] == "train"], _student_tokenizer(), 48)]
+
+
+@probe(25)
+def _lora_targets_the_student_lacks(tmp_path, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from opengrok_dagster.training.trainer import require_lora_targets
+
+    shape = dict(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, num_hidden_layers=1, **shape))
+    return [error_of(require_lora_targets, model, ["qkv_proj"])]
+
+
+@probe(27)
+def _qlora_without_cuda_or_bitsandbytes(tmp_path, monkeypatch):
+    from opengrok_dagster.training.trainer import require_training_options
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("the error of a machine without bitsandbytes")
+    return [
+        error_of(require_training_options, _training_job(tmp_path, load_in_4bit=True)),
+        error_of(require_training_options, _training_job(tmp_path, "cuda", load_in_4bit=True)),
+    ]
+
+
+@probe(28)
+def _tracker_without_its_package(tmp_path, monkeypatch):
+    from opengrok_dagster.training.trainer import require_training_options
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("the error of a machine without mlflow")
+    return [error_of(require_training_options, _training_job(tmp_path, report_to="mlflow"))]
+
+
+@probe(45)
+def _profile_field_unknown_or_of_the_wrong_type(tmp_path, monkeypatch):
+    from assets.training import LoraCheckpointConfig
+    from opengrok_dagster.profiles import load_profile, with_profile_defaults
+
+    unknown, wrong_type = tmp_path / "unknown.yaml", tmp_path / "wrong-type.yaml"
+    unknown.write_text("ops:\n  lora_checkpoint: {config: {max_stepz: 3}}\n")
+    wrong_type.write_text("ops:\n  lora_checkpoint: {config: {max_steps: many}}\n")
+
+    def read(path):
+        return with_profile_defaults("lora_checkpoint", load_profile(str(path)))(LoraCheckpointConfig)
+
+    return [error_of(read, unknown), error_of(read, wrong_type)]
+
+
+@probe(52)
+def _kd_alpha_without_targets(tmp_path, monkeypatch):
+    from opengrok_dagster.training.trainer import train_lora
+
+    job = _training_job(tmp_path, kd_alpha=0.5, max_length=48)
+    return [error_of(train_lora, job, mask_table(_student_tokenizer()), log=lambda _: None)]
 
 
 def test_every_row_is_probed_or_listed_as_not_yet():
