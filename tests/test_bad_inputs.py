@@ -34,7 +34,7 @@ PROBES: dict[int, Callable] = {}
 
 # Rows whose input needs a Dagster run, a trained model or a server: still held by the test each cites (which
 # asserts the message), not yet by a probe here.
-NOT_YET_PROBED = {4, 7, 10, 19, 20, 21, 23, 32, 33, 36, 38, 40, 41, 47, 48, 49, 50, 51}
+NOT_YET_PROBED = {4, 7, 10, 32, 33, 36, 40, 41, 47, 49, 50, 51}
 NOT_YET_PROBED |= {53, 55, 57, 58, 60, 61, 66, 68, 69, 70, 71}
 
 
@@ -508,6 +508,63 @@ def _kd_alpha_without_targets(tmp_path, monkeypatch):
 
     job = _training_job(tmp_path, kd_alpha=0.5, max_length=48)
     return [error_of(train_lora, job, mask_table(_student_tokenizer()), log=lambda _: None)]
+
+
+@probe(19)
+def _spacy_model_not_installed(tmp_path, monkeypatch):
+    from opengrok_dagster.masks.linguistics import load_spacy
+
+    return [error_of(load_spacy, "en_core_web_lg")]
+
+
+@probe(20)
+def _empty_response_in_the_filtered_set(tmp_path, monkeypatch):
+    from opengrok_dagster.masks.builder import build_mask_table
+    from opengrok_dagster.masks.config import MaskConfig
+    from opengrok_dagster.masks.linguistics import load_spacy
+    from tests.test_masks import filtered_frame
+
+    frame = filtered_frame(["Fine prompt.", "Another prompt."], ["A response.", "   "], splits=["train", "train"])
+    nlp = load_spacy(MaskConfig().spacy_model)
+    return [error_of(build_mask_table, frame, _student_tokenizer(), nlp, MaskConfig())]
+
+
+@probe(21)
+def _tokenizer_without_offsets_or_chat_template(tmp_path, monkeypatch):
+    from transformers import BertTokenizerLegacy, PreTrainedTokenizerFast
+
+    from opengrok_dagster.masks.render import ChatRenderer
+    from opengrok_dagster.masks.tokenizer import require_offsets
+
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\ncats\n", encoding="utf-8")
+    bare = PreTrainedTokenizerFast(tokenizer_object=_student_tokenizer().backend_tokenizer, unk_token="[UNK]")
+    return [error_of(require_offsets, BertTokenizerLegacy(str(tmp_path / "vocab.txt"))), error_of(ChatRenderer, bare)]
+
+
+@probe(23)
+def _mask_table_of_another_tokenizer(tmp_path, monkeypatch):
+    from opengrok_dagster.masks.tokenizer import require_same_tokenizer
+
+    return [error_of(require_same_tokenizer, "gpt2@0123456789abcdef", _student_tokenizer())]
+
+
+@probe(38)
+def _broken_lora_checkpoint_manifest(tmp_path, monkeypatch):
+    from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
+
+    outcome = dict.fromkeys(MANIFEST_COLUMNS, 0) | {"mask_mode": "soft", "adapter_dir": "/ckpt/soft"}
+    return [error_of(adapter_dirs, {"soft": manifest_frame(outcome).drop(columns="adapter_dir")})]
+
+
+@probe(48)
+def _evaluation_device_not_there(tmp_path, monkeypatch):
+    import torch
+
+    from opengrok_dagster.evaluation.local import LocalStudent
+
+    if torch.cuda.is_available():
+        pytest.skip("the error of a machine without CUDA")
+    return [error_of(LocalStudent, str(tmp_path / "never-loaded"), device="cuda")]
 
 
 def test_every_row_is_probed_or_listed_as_not_yet():
