@@ -2,6 +2,7 @@
 tiny student built from config, and the helpers several test modules use."""
 
 import json
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -63,13 +64,38 @@ def texts_written_under(root: Path) -> str:
     return "\n".join(texts)
 
 
+# The OPENGROK_* settings the suite keeps from the developer's environment: where the provisioned inputs are (the
+# offline model's cache, the evaluation data) and the opt-in that refreshes the UI screenshot in docs/. Every other
+# one (the teacher endpoint, budgets, profile, student, crons, catalogues) would change what the tests exercise.
+KEPT_SETTINGS = {"OPENGROK_CACHE_DIR", "OPENGROK_DATA_DIR", "OPENGROK_SAVE_UI_SCREENSHOT"}
+# Secrets a developer may hold that a test must never send or find: the teacher's default key and the hub token.
+DROPPED_SECRETS = {"XAI_API_KEY", "HF_TOKEN"}
+
+
+def isolated_environment(environ, opengrok_home: Path, dagster_home: Path) -> dict[str, str]:
+    """``environ`` as the tests see it: OPENGROK_HOME and DAGSTER_HOME in temporary directories, without the
+    developer's OpenGrok settings and secrets."""
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if name not in DROPPED_SECRETS and (not name.startswith("OPENGROK_") or name in KEPT_SETTINGS)
+    }
+    return kept | {"OPENGROK_HOME": str(opengrok_home), "DAGSTER_HOME": str(dagster_home)}
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _quiet_dagster_home(tmp_path_factory):
-    """Tests never write to the developer's DAGSTER_HOME, and send no telemetry."""
-    home = tmp_path_factory.mktemp("dagster_home_default")
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+def _isolated_environment(tmp_path_factory):
+    """Tests and the processes they start never read the developer's OpenGrok settings or write to their
+    OPENGROK_HOME or DAGSTER_HOME (importing the definitions creates the home's logs/), and send no telemetry."""
+    dagster_home = tmp_path_factory.mktemp("dagster_home_default")
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    opengrok_home = tmp_path_factory.mktemp("opengrok_home_default")
+    isolated = isolated_environment(os.environ, opengrok_home, dagster_home)
     patch = pytest.MonkeyPatch()
-    patch.setenv("DAGSTER_HOME", str(home))
+    for name in set(os.environ) - set(isolated):
+        patch.delenv(name)
+    for name, value in isolated.items():
+        patch.setenv(name, value)
     yield
     patch.undo()
 

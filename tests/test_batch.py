@@ -88,6 +88,7 @@ def test_a_batch_writes_ordinary_responses_at_the_batch_price_and_a_rerun_submit
         assert collect(server, store).requested == 0 and len(server.created) == 2
 
 
+@pytest.mark.timing  # the kill must land inside the 2 s batch window
 @pytest.mark.parametrize("kill_after", ["created", "recorded"])
 def test_sigkill_while_a_batch_is_in_flight_then_rerun_resumes_polling_without_resubmitting(tmp_path, kill_after):
     killed, reference = tmp_path / "killed.sqlite", tmp_path / "reference.sqlite"

@@ -144,6 +144,7 @@ def test_parse_retry_after(header, seconds):
     assert parse_retry_after(header) == seconds
 
 
+@pytest.mark.timing  # seconds from the wall clock's now
 def test_retry_after_as_http_date_is_seconds_from_now():
     from datetime import datetime, timedelta
     from email.utils import format_datetime

@@ -8,8 +8,12 @@ import pytest
 from dagster import materialize
 
 from assets.collection import prompts, raw_responses
+from opengrok_dagster.cli import main
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient
+from opengrok_dagster.collect.plan import round_prompt_grid, tokenizer_token_counter
+from opengrok_dagster.collect.prompts import PromptGridConfig, prompt_messages
 from opengrok_dagster.collect.result import SamplingParams
+from opengrok_dagster.collect.topics import find_topic
 from opengrok_dagster.offline.server import TeacherServer
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from opengrok_dagster.settings import CONFIG_DIR
@@ -29,7 +33,10 @@ def _alive(pid: int) -> bool:
         return stat.read().split()[2] != "Z"
 
 
-def test_server_answers_concurrent_chat_completions_and_stops_by_pid(offline_model, tmp_path):
+def test_server_answers_concurrent_chat_completions_and_stops_by_pid(offline_model, tmp_path, monkeypatch, capsys):
+    """One server start (the slow part) serves three checks: concurrent completions, the dry run's estimate
+    against the usage the server reports, and the stop by pid."""
+    dry_run = _dry_run_prompts(tmp_path, monkeypatch, capsys)
     server = TeacherServer(offline_model, log_path=tmp_path / "serve.log")
     server.start()
     pid = server.pid
@@ -46,11 +53,54 @@ def test_server_answers_concurrent_chat_completions_and_stops_by_pid(offline_mod
                 )
 
         results = asyncio.run(ask())
+        collected = _prompt_usage(server, [prompt_messages(row) for row in dry_run["rows"]])
+        direct = _prompt_usage(server, CONVERSATIONS)
     finally:
         server.stop()
     assert all(r.ok and r.text and r.completion_tokens and r.request_id for r in results)
     assert all(r.finish_reason in ("stop", "length") for r in results)
     assert not _alive(pid)
+    # The estimate is checked against the server, not against itself.
+    assert dry_run["prompt_tokens"] == sum(collected) > 0
+    count = tokenizer_token_counter(offline_model)
+    assert [count(messages) for messages in CONVERSATIONS] == direct
+
+
+# What tokenizer_token_counter must count as the server does: a system prompt, emoji, Greek, a long post.
+CONVERSATIONS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "You write short posts."}, {"role": "user", "content": "Γεια σου 🎉 #κόσμος"}],
+    [{"role": "user", "content": "Loving the match tonight!!! 😍⚽ @user " * 20}],
+]
+
+
+def _dry_run_prompts(home, monkeypatch, capsys) -> dict:
+    """`opengrok run --dry-run` for football (embedded teacher): its prompt-token figure, and the prompts it
+    counted (the default grid of that round)."""
+    monkeypatch.setenv("OPENGROK_HOME", str(home))
+    assert main(["run", "--dry-run", "--round", "2026-11-24", "--topics", "football"]) == 0
+    out = capsys.readouterr().out
+    (football,) = [line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| football |")]
+    paths = OpenGrokPaths(home=str(home), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))
+    rows, _ = round_prompt_grid(find_topic(paths.topics(), "football"), PromptGridConfig(), "2026-11-24", None)
+    assert len(rows) == int(football[0]) and "SmolLM2-135M-Instruct tokenizer" in out
+    return {"prompt_tokens": int(football[2]), "rows": rows}
+
+
+def _prompt_usage(server, conversations: list[list[dict]]) -> list[int]:
+    """The prompt tokens the real server reports (its `usage`) for each conversation, one token answered."""
+    from opengrok_dagster.collect.client import TeacherEndpoint
+
+    async def ask():
+        endpoint = TeacherEndpoint(server.base_url, server.model_id)
+        async with TeacherClient(
+            endpoint, SamplingParams(max_tokens=1, temperature=0.0), ClientLimits(max_concurrency=4)
+        ) as client:
+            return await asyncio.gather(*(client.complete(messages) for messages in conversations))
+
+    results = asyncio.run(ask())
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    return [r.prompt_tokens for r in results]
 
 
 def _server_pids() -> set[int]:
@@ -100,9 +150,12 @@ def test_embedded_resource_collects_a_partition_and_tears_the_server_down(
     frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-24" / "football.parquet")
     assert len(frame) == 4 and frame["error"].isna().all() and (frame["response"].str.len() > 0).all()
     assert set(frame["teacher_model"]) == {"SmolLM2-135M-Instruct"}
+    estimate = result.asset_materializations_for_node("prompts")[0].metadata["estimate_prompt_tokens"].value
+    assert estimate == frame["prompt_tokens"].sum()  # the prompts asset's estimate is the usage the server reported
     assert _server_pids() <= servers_before  # the server this run started is gone (others may be running)
 
 
+@pytest.mark.timing  # the server must be gone within 10 s
 def test_server_dies_with_a_killed_parent(offline_model, tmp_path):
     """SIGKILL of the process that started the server (a killed run) must not leave the server running."""
     import signal

@@ -54,6 +54,7 @@ def run_concurrently(server, database, processes, prompts, rpm=0.0):
     return [json.loads(output) for output in outputs]
 
 
+@pytest.mark.timing  # asserts the child processes overlapped (work shared)
 @pytest.mark.parametrize("processes", [2, 8])
 def test_concurrent_runs_of_one_partition_request_each_prompt_once(tmp_path, processes):
     database = tmp_path / "responses.sqlite"
@@ -69,6 +70,7 @@ def test_concurrent_runs_of_one_partition_request_each_prompt_once(tmp_path, pro
     assert len(store.responses.answered(key, [f"p{i:03d}" for i in range(40)])) == 40
 
 
+@pytest.mark.timing  # a 0.3 s lease against a 0.35 s sleep
 def test_a_live_claim_is_respected_and_a_killed_runs_claim_lapses(tmp_path):
     store = ResponseStore(tmp_path / "responses.sqlite")
     key = ResponseKey("m", "{}", "2026-11-24")
@@ -81,6 +83,7 @@ def test_a_live_claim_is_respected_and_a_killed_runs_claim_lapses(tmp_path):
     assert store.claims.claim(key, "p1", "run-c", lease_s=5) is Claim.ANSWERED
 
 
+@pytest.mark.timing  # requests counted per 1 s window across processes
 def test_rpm_limit_holds_across_processes(tmp_path):
     """Three processes share a limit of 5 requests per (1-second) window: at most 5 arrive in any window."""
     database = tmp_path / "responses.sqlite"

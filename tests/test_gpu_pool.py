@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 LOCATION = REPO_ROOT / "tests" / "locations" / "gpu_pool.py"
 
 
+@pytest.mark.timing  # runs must finish within a deadline; holds overlap in real time
 def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_path):
     home, windows = tmp_path / "dagster_home", tmp_path / "windows"
     windows.mkdir()
@@ -104,6 +105,7 @@ with DagsterInstance.from_config(sys.argv[1]) as instance:
 """
 
 
+@pytest.mark.timing  # the next fine-tune must start within 120 s
 def test_a_killed_opengrok_run_does_not_keep_the_gpu_from_the_next(tmp_path, monkeypatch):
     """`opengrok run` SIGKILLed (or out of memory) inside a gpu step leaves its slot claimed and its run started;
     the next `opengrok run` marks that run failed and frees the slot, then gets the GPU at once."""

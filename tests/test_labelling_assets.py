@@ -10,8 +10,9 @@ from assets.labelling import post_labels, posts_unchanged_guard, promoted_studen
 from opengrok_dagster.cli import main
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions, post_shard_partitions
+from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource
-from tests.conftest import REPO_ROOT, adapters, write_adapter
+from tests.conftest import adapters, write_adapter
 from tests.test_eval_report import write_manifests
 from tests.test_labelling import POSTS, report
 
@@ -39,7 +40,7 @@ def home(tmp_path, checkpoints_home, instance):
 def resources(home, student):
     return {
         "io_manager": ParquetIOManager(base_dir=str(HomeLayout(home).assets_dir)),
-        "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(REPO_ROOT / "config" / "topics.yaml")),
+        "paths": OpenGrokPaths(home=str(home), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
         "student": StudentResource(model=str(student)),
     }
 

@@ -1,0 +1,604 @@
+"""docs/bad-inputs.md as a contract: for a row, the input it describes is run here and every message quoted in its
+`message` column must be what the user sees, on one line.
+
+How a row's quoted text is read (docs/bad-inputs.md says the same): each backticked span is one message; `<...>`
+stands for a value the message prints in full (a path, a URL), `...` for text left out; every other character is
+literal and must appear, in order, in one of the messages the row's probe returns. So changing a message's fix text
+without the doc, or splitting it over lines, fails that row here.
+
+A new row joins the contract with a probe: a function below taking pytest's ``tmp_path`` and ``monkeypatch`` and
+returning the messages its input produces, registered with ``@probe(<row number>)``. A row not probed yet is listed
+in NOT_YET_PROBED (the invariant test fails on a row that is in neither).
+"""
+
+import asyncio
+import contextlib
+import functools
+import importlib.util
+import io
+import os
+import re
+from collections.abc import Callable
+
+import httpx
+import pytest
+import respx
+from dagster import Failure
+
+from opengrok_dagster.cli import main
+from tests.conftest import REPO_ROOT, mask_table
+
+
+CATALOGUE = REPO_ROOT / "docs" / "bad-inputs.md"
+PROBES: dict[int, Callable] = {}
+
+# Rows whose input needs a Dagster run, a trained model or a server: still held by the test each cites (which
+# asserts the message), not yet by a probe here.
+NOT_YET_PROBED = {4, 7, 10, 32, 33, 36, 40, 41, 47, 49, 50, 51}
+NOT_YET_PROBED |= {53, 55, 57, 58, 60, 61, 66, 68, 69, 70, 71}
+# Rows added with issues 24-26 (endpoints, the CLI, encodings, labelling, serving, mask options, scorings): their
+# cited tests assert the messages; probes here are still to write.
+NOT_YET_PROBED |= set(range(74, 89))
+
+
+def documented_rows() -> dict[int, str]:
+    """Row number -> the row's `message` column."""
+    rows = {}
+    for line in CATALOGUE.read_text().splitlines():
+        match = re.match(r"\| (\d+) \|", line)
+        if match:
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows[int(match.group(1))] = cells[3].replace("\\|", "|")
+    return rows
+
+
+def quoted_messages(column: str) -> list[str]:
+    """The backticked spans of a message column (``double`` ones may hold single backticks)."""
+    return [first or second for first, second in re.findall(r"``(.+?)``|`([^`]+)`", column)]
+
+
+def holds(documented: str, message: str) -> bool:
+    """``message`` has the documented text: its literal parts in order, `<...>` and `...` standing for anything."""
+    parts = [part.strip() for part in re.split(r"<[^<>]*>|\.\.\.", documented)]
+    pattern = ".*?".join(re.escape(part) for part in parts if part)
+    return re.search(pattern, message, re.DOTALL) is not None
+
+
+def probe(row: int):
+    def register(function):
+        PROBES[row] = function
+        return function
+
+    return register
+
+
+def error_of(call: Callable, *args, **kwargs) -> str:
+    """The message a bad input ends in: an exception's text, or a Dagster Failure's description."""
+    try:
+        call(*args, **kwargs)
+    except Failure as failure:
+        return failure.description
+    except Exception as exc:  # noqa: BLE001 - any error type: the message is what is checked
+        return str(exc)
+    raise AssertionError(f"{call.__qualname__}{args} accepted the bad input")
+
+
+def cli_error(*argv: str) -> str:
+    """What `opengrok` prints for a refused command line: one `opengrok: error: ` line, exit status 2."""
+    captured, environment = io.StringIO(), dict(os.environ)
+    with contextlib.redirect_stderr(captured):
+        try:
+            status = main(list(argv))
+        except SystemExit as exit_info:
+            status = exit_info.code
+        finally:  # the CLI exports DAGSTER_HOME and OPENGROK_PROFILE for the runs it starts
+            os.environ.clear()
+            os.environ.update(environment)
+    assert status == 2, (argv, status, captured.getvalue())
+    text = captured.getvalue()
+    lines = [line for line in text.splitlines() if line.startswith("opengrok: error: ")]
+    assert len(lines) == 1 and text.endswith("\n"), text
+    return text[len("opengrok: error: ") :].removesuffix("\n")
+
+
+@probe(1)
+def _topic_key_with_a_slash(tmp_path, monkeypatch):
+    return [cli_error("topics", "add", "news/tech")]
+
+
+@probe(2)
+def _malformed_topic_catalogue(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.topics import load_topic_catalogue
+
+    path = tmp_path / "topics.yaml"
+    path.write_text("topics:\n  - key: a\n  - key: a\n")
+    return [error_of(load_topic_catalogue, path)]
+
+
+@probe(3)
+def _run_for_a_topic_that_is_not_a_partition(tmp_path, monkeypatch):
+    return [cli_error("run", "--topics", "k-pop")]
+
+
+@probe(5)
+def _unknown_prompt_template(tmp_path, monkeypatch):
+    from assets.collection import PromptsConfig
+
+    return [error_of(PromptsConfig(templates=["nope"]).domain_config)]
+
+
+@probe(6)
+def _offline_model_not_provisioned(tmp_path, monkeypatch):
+    from opengrok_dagster.offline_model import check_offline_model
+
+    return [error_of(check_offline_model, tmp_path / "models" / "SmolLM2-135M-Instruct")]
+
+
+@probe(8)
+def _remote_teacher_without_endpoint(tmp_path, monkeypatch):
+    from resources import TeacherResource
+
+    return [error_of(TeacherResource(mode="remote").endpoint)]
+
+
+@probe(9)
+def _rejected_api_key(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.client import TeacherClient, TeacherEndpoint
+
+    base = "http://teacher.test/v1"
+
+    async def ask():
+        async with TeacherClient(TeacherEndpoint(base, "grok-test", "sk-wrong")) as client:
+            return await client.complete([{"role": "user", "content": "hi"}])
+
+    with respx.mock:
+        respx.post(f"{base}/chat/completions").mock(return_value=httpx.Response(401, json={"error": "bad key"}))
+        return [error_of(asyncio.run, ask())]
+
+
+@probe(14)
+def _blocklist_that_is_not_a_file(tmp_path, monkeypatch):
+    from assets.filtering import FilteredResponsesConfig
+
+    return [error_of(FilteredResponsesConfig(blocklist_path="/nonexistent/blocklist.txt").domain_config)]
+
+
+@probe(15)
+def _language_by_name(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.language import LanguageDetector
+
+    return [error_of(LanguageDetector, ["english"], ["en", "es"], 0.5)]
+
+
+@probe(16)
+def _toxicity_classifier_that_cannot_be_imported(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.toxicity import load_toxicity_classifier
+
+    return [error_of(load_toxicity_classifier, "no_such_module:Model")]
+
+
+@probe(22)
+def _invalid_mask_settings(tmp_path, monkeypatch):
+    from assets.masks import MaskTablesConfig
+
+    return [error_of(MaskTablesConfig(random_mask_rate=1.5, sampling="coin").domain_config)]
+
+
+@probe(26)
+def _training_device_not_there(tmp_path, monkeypatch):
+    import torch
+
+    from resources import TrainingResource
+
+    if torch.cuda.is_available():
+        pytest.skip("the error of a machine without CUDA")
+
+    return [error_of(TrainingResource(device="cuda").check_placement)]
+
+
+@probe(29)
+def _conll_line_without_a_tab(tmp_path, monkeypatch):
+    from opengrok_dagster.tasks.datasets import read_conll
+
+    (tmp_path / "a.conll").write_text("hello\tO\nworld O\n")
+    return [error_of(read_conll, tmp_path / "a.conll")]
+
+
+@probe(30)
+def _missing_data_file_or_directory(tmp_path, monkeypatch):
+    from opengrok_dagster.tasks.datasets import read_conll, resolve_data_dir
+
+    monkeypatch.setenv("OPENGROK_DATA_DIR", str(tmp_path / "typo"))
+    return [error_of(read_conll, tmp_path / "nowhere.conll"), error_of(resolve_data_dir)]
+
+
+@probe(31)
+def _misspelt_task(tmp_path, monkeypatch):
+    from opengrok_dagster.tasks.specs import task_spec
+
+    return [error_of(task_spec, "sentimnt")]
+
+
+@probe(34)
+def _invalid_cron(tmp_path, monkeypatch):
+    from opengrok_dagster.settings import recollect_cron
+
+    monkeypatch.setenv("OPENGROK_RECOLLECT_CRON", "0 25 * * *")
+    return [error_of(recollect_cron)]
+
+
+@probe(35)
+def _retrain_threshold_not_a_fraction(tmp_path, monkeypatch):
+    from opengrok_dagster.settings import retrain_threshold
+
+    monkeypatch.setenv("OPENGROK_RETRAIN_THRESHOLD", "lots")
+    return [error_of(retrain_threshold)]
+
+
+@probe(39)
+def _run_config_value_the_domain_refuses(tmp_path, monkeypatch):
+    from assets.training import LoraCheckpointConfig
+
+    return [error_of(LoraCheckpointConfig(save_steps=3).domain_config)]
+
+
+@probe(42)
+def _unknown_profile(tmp_path, monkeypatch):
+    from opengrok_dagster.profiles import load_profile
+
+    return [error_of(load_profile, "gpu-large"), cli_error("run", "--profile", "gpu-large")]
+
+
+@probe(44)
+def _profile_with_two_max_lengths(tmp_path, monkeypatch):
+    from opengrok_dagster.profiles import load_profile
+
+    profile = tmp_path / "long-masks.yaml"
+    profile.write_text("ops:\n  mask_tables: {config: {max_length: 256}}\n")
+    return [error_of(load_profile, str(profile))]
+
+
+@probe(54)
+def _command_line_arguments(tmp_path, monkeypatch):
+    return [
+        cli_error("run", "--round", "yesterday"),
+        cli_error("run", "--round", "2999-01-01"),
+        cli_error("run", "--topics", "football,,climate"),
+        cli_error("review", "accept", "zz-not-hex"),
+        cli_error("run", "--bogus"),
+    ]
+
+
+@probe(56)
+def _budget_that_is_not_positive(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.budget import BudgetLimits
+
+    return [error_of(BudgetLimits, daily_usd=-1.0)]
+
+
+@probe(59)
+def _top_logprobs_beyond_the_provider(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.client import SamplingParams, TeacherClient, TeacherEndpoint
+
+    return [error_of(TeacherClient, TeacherEndpoint("https://api.x.ai/v1", "grok-4"), SamplingParams(top_logprobs=12))]
+
+
+@probe(65)
+def _malformed_posts_catalogue(tmp_path, monkeypatch):
+    from opengrok_dagster.posts.sources import load_posts_catalogue
+
+    bad_key, twice = tmp_path / "bad-key.yaml", tmp_path / "twice.yaml"
+    bad_key.write_text("shards:\n  - key: Bad Key\n    path: a.jsonl\n")
+    twice.write_text("shards:\n  - key: a\n    path: a.jsonl\n  - key: a\n    path: b.jsonl\n")
+    return [error_of(load_posts_catalogue, bad_key), error_of(load_posts_catalogue, twice)]
+
+
+@probe(67)
+def _split_with_other_labels(tmp_path, monkeypatch):
+    from opengrok_dagster.tasks.specs import label_words, task_spec
+
+    return [error_of(label_words, task_spec("btc"), ("LOC", "PER"))]
+
+
+@probe(72)
+def _label_issue_settings(tmp_path, monkeypatch):
+    from assets.filtering import FilteredResponsesConfig
+
+    return [
+        error_of(FilteredResponsesConfig(label_issues="maybe").domain_config),
+        error_of(FilteredResponsesConfig(label_issue_min_rows=3).domain_config),
+    ]
+
+
+@probe(73)
+def _batch_settings_out_of_range(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.batch import BatchSettings
+
+    return [error_of(BatchSettings, poll_s=0), error_of(BatchSettings, price_factor=2)]
+
+
+@probe(11)
+def _corrupt_raw_responses(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.raw import read_raw_responses
+
+    (tmp_path / "raw_responses" / "2026-11-24").mkdir(parents=True)
+    (tmp_path / "raw_responses" / "2026-11-24" / "football.parquet").write_bytes(b"not parquet")
+    return [error_of(read_raw_responses, tmp_path / "raw_responses", ["2026-11-24"])]
+
+
+@probe(12)
+def _raw_responses_without_a_column(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from opengrok_dagster.filtering.raw import RAW_COLUMNS, read_raw_responses
+
+    (tmp_path / "2026-11-24").mkdir()
+    columns = {column: ["x"] for column in RAW_COLUMNS if column != "response"}
+    pd.DataFrame(columns).to_parquet(tmp_path / "2026-11-24" / "football.parquet")
+    return [error_of(read_raw_responses, tmp_path, ["2026-11-24"])]
+
+
+@probe(13)
+def _nothing_collected_yet(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.raw import read_raw_responses
+
+    return [error_of(read_raw_responses, tmp_path / "raw_responses", [])]
+
+
+@probe(17)
+def _corrupt_prompt_feedback(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.feedback import read_feedback
+
+    (tmp_path / "prompt_feedback.parquet").write_bytes(b"not parquet")
+    return [error_of(read_feedback, tmp_path / "prompt_feedback.parquet")]
+
+
+@probe(18)
+def _review_decisions_from_a_foreign_file(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from opengrok_dagster.filtering.review import read_decisions_file
+
+    decisions, foreign = tmp_path / "decisions.csv", tmp_path / "foreign.csv"
+    pd.DataFrame({"content_hash": ["aaaa1111", "bbbb2222"], "decision": ["accept", "maybe"]}).to_csv(
+        decisions, index=False
+    )
+    pd.DataFrame({"id": [1]}).to_csv(foreign, index=False)
+    return [error_of(read_decisions_file, foreign), error_of(read_decisions_file, decisions)]
+
+
+@probe(37)
+def _asset_input_missing_or_unreadable(tmp_path, monkeypatch):
+    from dagster import AssetKey, build_input_context
+    from upath import UPath
+
+    from resources import ParquetIOManager
+
+    manager = ParquetIOManager(base_dir=str(tmp_path)).create_io_manager(None)
+    context = build_input_context(asset_key=AssetKey("numbers"))
+    target = UPath(tmp_path) / "numbers.parquet"
+    missing = error_of(manager.load_from_path, context, target)
+    target.write_bytes(b"not parquet")
+    return [missing, error_of(manager.load_from_path, context, target)]
+
+
+@probe(43)
+def _profile_asking_for_cuda_on_a_cpu_machine(tmp_path, monkeypatch):
+    import torch
+
+    from opengrok_dagster.profiles import load_profile, require_devices
+
+    if torch.cuda.is_available():
+        pytest.skip("the error of a machine without CUDA")
+    return [error_of(require_devices, load_profile("gpu")), cli_error("run", "--profile", "gpu")]
+
+
+@probe(46)
+def _run_config_file_with_resources_no_asset_or_a_misspelt_field(tmp_path, monkeypatch):
+    from opengrok_dagster.profiles import load_run_config
+
+    resources, no_asset, misspelt = (tmp_path / name for name in ("resources.yaml", "no-asset.yaml", "misspelt.yaml"))
+    resources.write_text("resources: {teacher: {config: {model: x}}}\n")
+    no_asset.write_text("ops:\n  lora_checkpont: {config: {max_steps: 3}}\n")
+    misspelt.write_text("ops:\n  lora_checkpoint: {config: {max_stepz: 3}}\n")
+    return [
+        error_of(load_run_config, resources),
+        cli_error("run", "--config", str(no_asset)),
+        cli_error("run", "--config", str(misspelt)),
+    ]
+
+
+def _posts_shard_error(tmp_path, key: str, path: str) -> str:
+    from opengrok_dagster.posts.sources import PostShard, read_shard
+
+    return error_of(read_shard, PostShard(key=key, path=path), tmp_path)
+
+
+@probe(62)
+def _posts_shard_matching_no_file(tmp_path, monkeypatch):
+    return [_posts_shard_error(tmp_path, "gone", "nowhere/*.jsonl")]
+
+
+@probe(63)
+def _posts_file_without_the_text_column(tmp_path, monkeypatch):
+    (tmp_path / "x.csv").write_text("body\nhello\n")
+    return [_posts_shard_error(tmp_path, "x", "x.csv")]
+
+
+@probe(64)
+def _posts_shard_without_text(tmp_path, monkeypatch):
+    (tmp_path / "e.jsonl").write_text('{"text": "  "}\n')
+    return [_posts_shard_error(tmp_path, "e", "e.jsonl")]
+
+
+@functools.cache
+def _student_tokenizer():
+    from transformers import AutoTokenizer
+
+    from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
+
+    return AutoTokenizer.from_pretrained(str(check_offline_model(offline_model_dir())))
+
+
+def _training_job(tmp_path, device: str = "cpu", **config):
+    from opengrok_dagster.offline_model import offline_model_dir
+    from opengrok_dagster.training.config import TrainingConfig
+    from opengrok_dagster.training.device import Placement
+    from opengrok_dagster.training.job import TrainingJob
+
+    placement = Placement(device, "fp32" if device == "cpu" else "fp16")
+    return TrainingJob("hard", str(offline_model_dir()), tmp_path / "hard", TrainingConfig(**config), placement)
+
+
+@probe(24)
+def _no_usable_validation_examples(tmp_path, monkeypatch):
+    from opengrok_dagster.training.data import load_training_data
+
+    table = mask_table(_student_tokenizer())
+    return [error_of(load_training_data, table[table["split"] == "train"], _student_tokenizer(), 48)]
+
+
+@probe(25)
+def _lora_targets_the_student_lacks(tmp_path, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from opengrok_dagster.training.setup import require_lora_targets
+
+    shape = dict(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, num_hidden_layers=1, **shape))
+    return [error_of(require_lora_targets, model, ["qkv_proj"])]
+
+
+@probe(27)
+def _qlora_without_cuda_or_bitsandbytes(tmp_path, monkeypatch):
+    from opengrok_dagster.training.job import require_training_options
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("the error of a machine without bitsandbytes")
+    return [
+        error_of(require_training_options, _training_job(tmp_path, load_in_4bit=True)),
+        error_of(require_training_options, _training_job(tmp_path, "cuda", load_in_4bit=True)),
+    ]
+
+
+@probe(28)
+def _tracker_without_its_package(tmp_path, monkeypatch):
+    from opengrok_dagster.training.job import require_training_options
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("the error of a machine without mlflow")
+    return [error_of(require_training_options, _training_job(tmp_path, report_to="mlflow"))]
+
+
+@probe(45)
+def _profile_field_unknown_or_of_the_wrong_type(tmp_path, monkeypatch):
+    from assets.training import LoraCheckpointConfig
+    from opengrok_dagster.profiles import load_profile, with_profile_defaults
+
+    unknown, wrong_type = tmp_path / "unknown.yaml", tmp_path / "wrong-type.yaml"
+    unknown.write_text("ops:\n  lora_checkpoint: {config: {max_stepz: 3}}\n")
+    wrong_type.write_text("ops:\n  lora_checkpoint: {config: {max_steps: many}}\n")
+
+    def read(path):
+        return with_profile_defaults("lora_checkpoint", load_profile(str(path)))(LoraCheckpointConfig)
+
+    return [error_of(read, unknown), error_of(read, wrong_type)]
+
+
+@probe(52)
+def _kd_alpha_without_targets(tmp_path, monkeypatch):
+    from opengrok_dagster.training.trainer import train_lora
+
+    job = _training_job(tmp_path, kd_alpha=0.5, max_length=48)
+    return [error_of(train_lora, job, mask_table(_student_tokenizer()), log=lambda _: None)]
+
+
+@probe(19)
+def _spacy_model_not_installed(tmp_path, monkeypatch):
+    from opengrok_dagster.masks.linguistics import load_spacy
+
+    return [error_of(load_spacy, "en_core_web_lg")]
+
+
+@probe(20)
+def _empty_response_in_the_filtered_set(tmp_path, monkeypatch):
+    from opengrok_dagster.masks.builder import build_mask_table
+    from opengrok_dagster.masks.config import MaskConfig
+    from opengrok_dagster.masks.linguistics import load_spacy
+    from tests.test_masks import filtered_frame
+
+    frame = filtered_frame(["Fine prompt.", "Another prompt."], ["A response.", "   "], splits=["train", "train"])
+    nlp = load_spacy(MaskConfig().spacy_model)
+    return [error_of(build_mask_table, frame, _student_tokenizer(), nlp, MaskConfig())]
+
+
+@probe(21)
+def _tokenizer_without_offsets_or_chat_template(tmp_path, monkeypatch):
+    from transformers import BertTokenizerLegacy, PreTrainedTokenizerFast
+
+    from opengrok_dagster.masks.render import ChatRenderer
+    from opengrok_dagster.masks.tokenizer import require_offsets
+
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\ncats\n", encoding="utf-8")
+    bare = PreTrainedTokenizerFast(tokenizer_object=_student_tokenizer().backend_tokenizer, unk_token="[UNK]")
+    return [error_of(require_offsets, BertTokenizerLegacy(str(tmp_path / "vocab.txt"))), error_of(ChatRenderer, bare)]
+
+
+@probe(23)
+def _mask_table_of_another_tokenizer(tmp_path, monkeypatch):
+    from opengrok_dagster.masks.tokenizer import require_same_tokenizer
+
+    return [error_of(require_same_tokenizer, "gpt2@0123456789abcdef", _student_tokenizer())]
+
+
+@probe(38)
+def _broken_lora_checkpoint_manifest(tmp_path, monkeypatch):
+    from opengrok_dagster.training.manifest import MANIFEST_COLUMNS, adapter_dirs, manifest_frame
+
+    outcome = dict.fromkeys(MANIFEST_COLUMNS, 0) | {"mask_mode": "soft", "adapter_dir": "/ckpt/soft"}
+    return [error_of(adapter_dirs, {"soft": manifest_frame(outcome).drop(columns="adapter_dir")})]
+
+
+@probe(48)
+def _evaluation_device_not_there(tmp_path, monkeypatch):
+    import torch
+
+    from opengrok_dagster.evaluation.local import LocalStudent
+
+    if torch.cuda.is_available():
+        pytest.skip("the error of a machine without CUDA")
+    return [error_of(LocalStudent, str(tmp_path / "never-loaded"), device="cuda")]
+
+
+def test_every_row_is_probed_or_listed_as_not_yet():
+    rows = set(documented_rows())
+    assert not PROBES.keys() & NOT_YET_PROBED
+    assert rows == PROBES.keys() | NOT_YET_PROBED, (
+        f"rows without a probe: {sorted(rows - PROBES.keys() - NOT_YET_PROBED)}; "
+        f"probes for no row: {sorted((PROBES.keys() | NOT_YET_PROBED) - rows)}"
+    )
+
+
+@pytest.mark.parametrize("row", sorted(PROBES))
+def test_a_documented_message_is_what_the_user_sees_on_one_line(row, tmp_path, monkeypatch):
+    documented = quoted_messages(documented_rows()[row])
+    assert documented, f"row {row} quotes no message"
+    messages = PROBES[row](tmp_path, monkeypatch)
+    for message in messages:
+        assert "\n" not in message.strip(), f"row {row}: the message is not one line:\n{message}"
+    for text in documented:
+        assert any(holds(text, message) for message in messages), (
+            f"row {row} of docs/bad-inputs.md says {text!r}; the input gives {messages}"
+        )
+
+
+def test_the_reading_of_a_documented_message():
+    assert holds(
+        "HTTP 401 from <url>/chat/completions: check it", "HTTP 401 from http://x/v1/chat/completions: check it"
+    )
+    assert not holds("HTTP 401 from <url>/chat/completions: check it", "HTTP 401 from http://x/v1/chat/completions")
+    assert holds("a ...; re-run", "a long middle; re-run") and not holds("a ...; re-run", "a; rerun")
+    assert quoted_messages("``--topics: 'k' `opengrok topics add k` then``; `second`") == [
+        "--topics: 'k' `opengrok topics add k` then",
+        "second",
+    ]
