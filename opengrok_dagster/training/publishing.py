@@ -75,11 +75,23 @@ def publish_adapter(
         mask_options=job.mask_options,
         checkpoint_selection=job.config.checkpoint_selection,
     )
+    _write_records(staging, job, trainer, data, key, outcome)
+    write_model_card(staging / "README.md", outcome, job.config, job.data_versions)
+    publish_directory(staging, job.checkpoint_dir)
+    shutil.rmtree(job.work_dir)
+    return outcome
+
+
+def _write_records(
+    staging: Path, job: TrainingJob, trainer: Trainer, data: TrainingData, key: str, outcome: TrainingOutcome
+) -> None:
+    """What the adapter directory records beside the weights: the training arguments, the loss curves (JSON and
+    plot) and the checkpoint record that lineage, reuse and the evaluation read."""
     (staging / "training_args.json").write_text(
         json.dumps({"config": job.config.model_dump(), "trainer": trainer.args.to_dict()}, indent=2, default=str)
     )
-    (staging / "loss_curves.json").write_text(json.dumps(curves, indent=2))
-    write_loss_plot(curves, staging / "loss_curves.png", title=f"{job.mask_mode} mask")
+    (staging / "loss_curves.json").write_text(json.dumps(outcome.curves, indent=2))
+    write_loss_plot(outcome.curves, staging / "loss_curves.png", title=f"{job.mask_mode} mask")
     (staging / CHECKPOINT_RECORD).write_text(
         json.dumps(
             {
@@ -93,10 +105,6 @@ def publish_adapter(
             indent=2,
         )
     )
-    write_model_card(staging / "README.md", outcome, job.config, job.data_versions)
-    publish_directory(staging, job.checkpoint_dir)
-    shutil.rmtree(job.work_dir)
-    return outcome
 
 
 def verify_adapter(adapter_dir: Path, model_path: str, placement: Placement = Placement("cpu", "fp32")) -> str:
