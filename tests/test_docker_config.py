@@ -50,7 +50,8 @@ def test_compose_file_follows_the_compose_specification(tmp_path):
 def test_compose_runs_postgres_webserver_daemon_and_the_code_server(compose):
     services = compose["services"]
     assert set(services) == {"postgresql", *DAGSTER_SERVICES}
-    assert services["postgresql"]["image"].startswith("postgres:")
+    # the registry image by default; OPENGROK_POSTGRES_IMAGE selects the one docker/build-offline.sh builds
+    assert services["postgresql"]["image"] == "${OPENGROK_POSTGRES_IMAGE:-postgres:16-bookworm}"
     commands = {name: services[name]["command"] for name in DAGSTER_SERVICES}
     assert commands["dagster_webserver"][0] == "dagster-webserver"
     assert commands["dagster_daemon"][:2] == ["dagster-daemon", "run"]
@@ -106,10 +107,27 @@ def test_workspace_points_at_the_code_server_service_and_port(compose):
     [location] = yaml.safe_load((DOCKER / "workspace.yaml").read_text())["load_from"]
     server = location["grpc_server"]
     command = compose["services"]["user_code"]["command"]
-    assert server["host"] in compose["services"]
-    assert str(server["port"]) == command[command.index("-p") + 1]
+    environment = compose["x-dagster-environment"]
+    assert environment[server["host"]["env"]] in compose["services"]
+    assert environment[server["port"]["env"]] == command[command.index("-p") + 1]
     assert command[command.index("-m") + 1] == "opengrok_dagster.definitions"
     assert server["location_name"] == command[command.index("--location-name") + 1]
+
+
+def test_host_network_variant_keeps_every_service_on_loopback():
+    override = yaml.safe_load((DOCKER / "docker-compose.host-network.yml").read_text())
+    services = override["services"]
+    assert set(services) == {"postgresql", *DAGSTER_SERVICES}
+    assert {service["network_mode"] for service in services.values()} == {"host"}
+    assert services["postgresql"]["environment"]["POSTGRES_LISTEN_ADDRESSES"] == "127.0.0.1"
+    for name in ("user_code", "dagster_webserver"):
+        command = services[name]["command"]
+        assert command[command.index("-h") + 1] == "127.0.0.1"
+    grpc_port = services["user_code"]["command"][services["user_code"]["command"].index("-p") + 1]
+    environment = override["x-host-network-environment"]
+    assert environment["DAGSTER_GRPC_HOST"] == environment["DAGSTER_POSTGRES_HOST"] == "127.0.0.1"
+    assert environment["DAGSTER_GRPC_PORT"] == grpc_port
+    assert environment["DAGSTER_POSTGRES_PORT"] == services["postgresql"]["environment"]["PGPORT"]
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:

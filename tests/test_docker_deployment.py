@@ -1,0 +1,287 @@
+"""The docker/ deployment started for real from the images `make docker-images` builds: a Docker engine of the
+test's own (docker/dockerd-private.sh), PostgreSQL, the code server, the webserver and the daemon from
+docker/docker-compose.yml with its host-network variant (every port on 127.0.0.1), driven through the
+webserver's GraphQL API as the UI drives it. The runs collect from the embedded teacher baked into the image.
+
+Compose 1.29 (Debian's) does not know the Compose Specification's top-level `name`, so the test hands it the
+same file without that key; everything else is read as written. `make docker-test` runs this module."""
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psycopg2
+import pytest
+import yaml
+
+from opengrok_dagster.partitions import collection_partition_key
+from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
+
+
+pytestmark = [pytest.mark.integration, pytest.mark.deployment]
+
+DOCKER = REPO_ROOT / "docker"
+STATE = Path(os.environ.get("OPENGROK_DOCKER_STATE", "/var/tmp/opengrok-docker"))
+IMAGE = os.environ.get("OPENGROK_IMAGE", "opengrok:offline")
+POSTGRES_IMAGE = os.environ.get("OPENGROK_POSTGRES_IMAGE", "opengrok-postgres:bookworm")
+ROUND = "2026-11-24"
+LOCATION = {"repositoryLocationName": "opengrok", "repositoryName": "__repository__"}
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run(command: list[str], env: dict, timeout: float = 300) -> str:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The Docker engine holding the built images; stopped (by its pid file) when the module ends."""
+    script = str(DOCKER / "dockerd-private.sh")
+    started = subprocess.run([script, "start", str(STATE)], capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the Docker engine: {started.stderr.strip()} (make docker-packages installs it)")
+    env = {**os.environ, "DOCKER_HOST": started.stdout.strip().split("=", 1)[1]}
+    try:
+        for image in (IMAGE, POSTGRES_IMAGE):
+            if subprocess.run(["docker", "image", "inspect", image], env=env, capture_output=True).returncode:
+                pytest.fail(f"image {image} is not in the engine at {STATE}: build it with `make docker-images`")
+        yield env
+    finally:
+        subprocess.run([script, "stop", str(STATE)], capture_output=True, timeout=120)
+
+
+class Deployment:
+    """One compose project on free loopback ports; `down` removes its containers and volumes by id."""
+
+    def __init__(self, engine_env: dict, directory: Path):
+        self.project = "opengrok-test-" + secrets.token_hex(4)
+        self.postgres_port, self.grpc_port, self.webserver_port = (_free_loopback_port() for _ in range(3))
+        self.password = "test-" + secrets.token_hex(8)
+        self.env = {
+            **engine_env,
+            "OPENGROK_IMAGE": IMAGE,
+            "OPENGROK_POSTGRES_IMAGE": POSTGRES_IMAGE,
+            "DAGSTER_POSTGRES_PASSWORD": self.password,
+            "OPENGROK_POSTGRES_PORT": str(self.postgres_port),
+            "OPENGROK_GRPC_PORT": str(self.grpc_port),
+            "OPENGROK_WEBSERVER_PORT": str(self.webserver_port),
+        }
+        compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+        compose.pop("name")
+        for service in compose["services"].values():
+            if "build" in service:
+                service["build"]["context"] = str(REPO_ROOT)
+        self.compose_file = directory / "docker-compose.yml"
+        self.compose_file.write_text(yaml.safe_dump(compose, sort_keys=False))
+        self.graphql_url = f"http://127.0.0.1:{self.webserver_port}/graphql"
+        self.extra_ids: list[str] = []
+
+    def compose(self, *args: str, timeout: float = 600) -> str:
+        files = ["-f", str(self.compose_file), "-f", str(DOCKER / "docker-compose.host-network.yml")]
+        return _run(["docker-compose", "-p", self.project, *files, *args], self.env, timeout)
+
+    def docker(self, *args: str, timeout: float = 300) -> str:
+        return _run(["docker", *args], self.env, timeout)
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).strip()
+
+    def up(self) -> None:
+        self.compose("up", "-d", "--no-build", timeout=900)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self._location_loaded():
+                return
+            time.sleep(3)
+        raise AssertionError(f"the webserver did not load the code location in 300 s:\n{self.logs()}")
+
+    def _location_loaded(self) -> bool:
+        try:
+            data = self.graphql(
+                "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                "locationOrLoadError { __typename } } } } }"
+            )
+        except (httpx.HTTPError, AssertionError):
+            return False
+        entries = data["workspaceOrError"]["locationEntries"]
+        return any(e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+                   for e in entries)
+
+    def graphql(self, query: str, **variables) -> dict:
+        response = httpx.post(self.graphql_url, json={"query": query, "variables": variables}, timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        assert not body.get("errors"), body["errors"]
+        return body["data"]
+
+    def volume_path(self, volume: str) -> Path:
+        [mountpoint] = json.loads(self.docker("volume", "inspect", f"{self.project}_{volume}"))
+        return Path(mountpoint["Mountpoint"])
+
+    def logs(self) -> str:
+        done = subprocess.run(
+            ["docker-compose", "-p", self.project, "-f", str(self.compose_file), "-f",
+             str(DOCKER / "docker-compose.host-network.yml"), "logs", "--no-color", "--tail", "40"],
+            env=self.env, capture_output=True, text=True, timeout=120,
+        )
+        return done.stdout[-6000:]
+
+    def down(self) -> None:
+        """Every container of the project (and any run container) removed by id, then its volumes."""
+        ids = self.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}").split()
+        for container in [*ids, *self.extra_ids]:
+            subprocess.run(["docker", "rm", "-f", "-v", container], env=self.env, capture_output=True, timeout=300)
+        volumes = self.docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}")
+        for volume in volumes.split():
+            subprocess.run(["docker", "volume", "rm", volume], env=self.env, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def deployment(engine, tmp_path_factory):
+    deployed = Deployment(engine, tmp_path_factory.mktemp("compose"))
+    try:
+        deployed.up()
+        yield deployed
+    finally:
+        deployed.down()
+
+
+ADD_PARTITION = """
+mutation($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename ... on PythonError { message } ... on UnauthorizedError { message }
+  }
+}"""
+
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+
+RUN_STATUS = """
+query($runId: ID!) { runOrError(runId: $runId) { ... on Run { status tags { key value } } } }"""
+
+RUNS_OF_ROOT = """
+query($root: String!) {
+  runsOrError(filter: { tags: [{ key: "dagster/root_run_id", value: $root }] }) {
+    ... on Runs { results { runId status } }
+  }
+}"""
+
+MATERIALIZATIONS = """
+query($partition: String!) {
+  assetOrError(assetKey: { path: ["raw_responses"] }) {
+    ... on Asset {
+      definition { groupName partitionDefinition { type } }
+      assetMaterializations(partitions: [$partition]) { runId partition metadataEntries { label
+        ... on IntMetadataEntry { intValue } } }
+    }
+  }
+}"""
+
+
+def _collect(deployed: Deployment, topic: str) -> tuple[str, str]:
+    """Add the topic partition and launch `collect_teacher_data` for it through GraphQL; the run id and key."""
+    added = deployed.graphql(ADD_PARTITION, selector=LOCATION, name="topics", key=topic)["addDynamicPartition"]
+    assert added["__typename"] == "AddDynamicPartitionSuccess", added
+    partition = str(collection_partition_key(topic, ROUND))
+    params = {
+        "selector": {**LOCATION, "jobName": "collect_teacher_data"},
+        "runConfigData": GENERATIVE_ONLY,
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+    }
+    launched = deployed.graphql(LAUNCH_RUN, params=params)["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"], partition
+
+
+def _wait_for(deployed: Deployment, run_id: str, timeout: float = 900) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = deployed.graphql(RUN_STATUS, runId=run_id)["runOrError"]["status"]
+        if status in FINISHED:
+            return status
+        time.sleep(5)
+    raise AssertionError(f"run {run_id} still not finished after {timeout} s:\n{deployed.logs()}")
+
+
+def _store(deployed: Deployment) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{deployed.volume_path('opengrok-home') / 'responses.sqlite'}?mode=ro", uri=True)
+
+
+def test_a_partition_collected_through_the_webserver_is_in_postgres_and_the_catalog(deployment):
+    run_id, partition = _collect(deployment, "climate")
+    assert _wait_for(deployment, run_id) == "SUCCESS", deployment.logs()
+    with psycopg2.connect(host="127.0.0.1", port=deployment.postgres_port, user="dagster",
+                          password=deployment.password, dbname="dagster") as connection:
+        cursor = connection.cursor()
+        cursor.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,))
+        assert cursor.fetchone() == ("SUCCESS",)
+        cursor.execute("SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = "
+                       "'ASSET_MATERIALIZATION' AND asset_key = %s", (run_id, '["raw_responses"]'))
+        assert cursor.fetchone()[0] == 1
+    connection.close()
+    asset = deployment.graphql(MATERIALIZATIONS, partition=partition)["assetOrError"]
+    assert asset["definition"]["groupName"] == "acquisition"
+    [materialization] = asset["assetMaterializations"]
+    assert materialization["runId"] == run_id
+    rows = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}["dagster/row_count"]
+    with _store(deployment) as store:
+        stored = store.execute("SELECT count(*) FROM responses WHERE topic = 'climate'").fetchone()[0]
+    assert rows == stored > 0
+
+
+def test_restarting_the_daemon_and_code_server_mid_run_retries_it_without_paying_twice(deployment):
+    run_id, partition = _collect(deployment, "football")
+    deadline = time.monotonic() + 600
+    answered = 0
+    while time.monotonic() < deadline and not answered:
+        if os.path.exists(deployment.volume_path("opengrok-home") / "responses.sqlite"):
+            with _store(deployment) as store:
+                answered = store.execute("SELECT count(*) FROM responses WHERE topic = 'football'").fetchone()[0]
+        time.sleep(1)
+    assert answered, f"no response stored for football within 600 s:\n{deployment.logs()}"
+    deployment.docker("restart", deployment.container("dagster_daemon"), deployment.container("user_code"))
+    # Run monitoring marks the run failed (its worker died with the code server); run_retries starts it again.
+    assert _wait_for(deployment, run_id) == "FAILURE"
+    deadline = time.monotonic() + 600
+    retries = []
+    while time.monotonic() < deadline:
+        retries = [r for r in deployment.graphql(RUNS_OF_ROOT, root=run_id)["runsOrError"]["results"]
+                   if r["runId"] != run_id]
+        if retries and retries[0]["status"] in FINISHED:
+            break
+        time.sleep(5)
+    assert retries, f"the run was not retried:\n{deployment.logs()}"
+    assert _wait_for(deployment, retries[0]["runId"]) == "SUCCESS", deployment.logs()
+    with _store(deployment) as store:
+        prompts = store.execute("SELECT count(*) FROM responses WHERE topic = 'football'").fetchone()[0]
+        paid = store.execute(
+            "SELECT prompt_id, count(*) FROM spend WHERE partition LIKE '%football%' AND actual_usd IS NOT NULL "
+            "GROUP BY prompt_id"
+        ).fetchall()
+        runs = {row[0] for row in store.execute("SELECT DISTINCT run_id FROM spend WHERE partition LIKE '%football%'")}
+    assert answered <= prompts == len(paid)
+    assert {count for _, count in paid} == {1}, "a prompt answered before the restart was paid again"
+    assert runs == {run_id, retries[0]["runId"]}
