@@ -14,7 +14,7 @@ import yaml
 from dagster import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import COMPOSE_RESET, REPO_ROOT, load_compose
 
 
 DOCKER = REPO_ROOT / "docker"
@@ -115,10 +115,11 @@ def test_workspace_points_at_the_code_server_service_and_port(compose):
 
 
 def test_host_network_variant_keeps_every_service_on_loopback():
-    override = yaml.safe_load((DOCKER / "docker-compose.host-network.yml").read_text())
+    override = load_compose(DOCKER / "docker-compose.host-network.yml")
     services = override["services"]
     assert set(services) == {"postgresql", *DAGSTER_SERVICES}
     assert {service["network_mode"] for service in services.values()} == {"host"}
+    assert services["dagster_webserver"]["ports"] == COMPOSE_RESET  # nothing published beside the host network
     assert services["postgresql"]["environment"]["POSTGRES_LISTEN_ADDRESSES"] == "127.0.0.1"
     for name in ("user_code", "dagster_webserver"):
         command = services[name]["command"]

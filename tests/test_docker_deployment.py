@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from opengrok_dagster.partitions import collection_partition_key
-from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
+from tests.conftest import COMPOSE_RESET, GENERATIVE_ONLY, REPO_ROOT, load_compose
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.deployment]
@@ -31,6 +32,24 @@ STATE = Path(os.environ.get("OPENGROK_DOCKER_STATE", "/var/tmp/opengrok-docker")
 IMAGE = os.environ.get("OPENGROK_IMAGE", "opengrok:offline")
 POSTGRES_IMAGE = os.environ.get("OPENGROK_POSTGRES_IMAGE", "opengrok-postgres:bookworm")
 ROUND = "2026-11-24"
+# A small generative grid (8 prompts a topic, no annotation prompts: no posts are loaded here).
+RUN_CONFIG = {
+    "ops": {
+        "prompts": {
+            "config": {**GENERATIVE_ONLY["ops"]["prompts"]["config"], "base_per_topic": 4, "style_per_topic": 2,
+                       "adversarial_per_topic": 2}
+        }
+    }
+}
+# Short answers, one request at a time (so a restart falls between answers), and prices and a budget, so the
+# response store keeps its spend ledger: what each run paid, per prompt.
+TEACHER_ENVIRONMENT = {
+    "OPENGROK_TEACHER_MAX_TOKENS": "48",
+    "OPENGROK_TEACHER_CONCURRENCY": "1",
+    "OPENGROK_TEACHER_PROMPT_PRICE": "1.0",
+    "OPENGROK_TEACHER_COMPLETION_PRICE": "1.0",
+    "OPENGROK_TEACHER_DAILY_BUDGET_USD": "10",
+}
 LOCATION = {"repositoryLocationName": "opengrok", "repositoryName": "__repository__"}
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -65,6 +84,26 @@ def engine():
         subprocess.run([script, "stop", str(STATE)], capture_output=True, timeout=120)
 
 
+def _files_for_compose_v1(directory: Path) -> list[str]:
+    """docker-compose.yml and its host-network variant as compose 1.29 can read them: without the top-level
+    `name` (the project name is passed with -p) and with each `!reset` applied (the key dropped from the base)."""
+    base = load_compose(DOCKER / "docker-compose.yml")
+    base.pop("name")
+    override = load_compose(DOCKER / "docker-compose.host-network.yml")
+    for name, service in override["services"].items():
+        for key in [key for key, value in service.items() if value == COMPOSE_RESET]:
+            del service[key]
+            base["services"][name].pop(key, None)
+    for service in base["services"].values():
+        if "build" in service:
+            service["build"]["context"] = str(REPO_ROOT)  # relative to the original file
+    files = []
+    for name, content in (("docker-compose.yml", base), ("docker-compose.host-network.yml", override)):
+        (directory / name).write_text(yaml.safe_dump(content, sort_keys=False))
+        files += ["-f", str(directory / name)]
+    return files
+
+
 class Deployment:
     """One compose project on free loopback ports; `down` removes its containers and volumes by id."""
 
@@ -80,20 +119,14 @@ class Deployment:
             "OPENGROK_POSTGRES_PORT": str(self.postgres_port),
             "OPENGROK_GRPC_PORT": str(self.grpc_port),
             "OPENGROK_WEBSERVER_PORT": str(self.webserver_port),
+            **TEACHER_ENVIRONMENT,
         }
-        compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
-        compose.pop("name")
-        for service in compose["services"].values():
-            if "build" in service:
-                service["build"]["context"] = str(REPO_ROOT)
-        self.compose_file = directory / "docker-compose.yml"
-        self.compose_file.write_text(yaml.safe_dump(compose, sort_keys=False))
+        self.compose_files = _files_for_compose_v1(directory)
         self.graphql_url = f"http://127.0.0.1:{self.webserver_port}/graphql"
         self.extra_ids: list[str] = []
 
     def compose(self, *args: str, timeout: float = 600) -> str:
-        files = ["-f", str(self.compose_file), "-f", str(DOCKER / "docker-compose.host-network.yml")]
-        return _run(["docker-compose", "-p", self.project, *files, *args], self.env, timeout)
+        return _run(["docker-compose", "-p", self.project, *self.compose_files, *args], self.env, timeout)
 
     def docker(self, *args: str, timeout: float = 300) -> str:
         return _run(["docker", *args], self.env, timeout)
@@ -135,8 +168,7 @@ class Deployment:
 
     def logs(self) -> str:
         done = subprocess.run(
-            ["docker-compose", "-p", self.project, "-f", str(self.compose_file), "-f",
-             str(DOCKER / "docker-compose.host-network.yml"), "logs", "--no-color", "--tail", "40"],
+            ["docker-compose", "-p", self.project, *self.compose_files, "logs", "--no-color", "--tail", "40"],
             env=self.env, capture_output=True, text=True, timeout=120,
         )
         return done.stdout[-6000:]
@@ -202,18 +234,23 @@ query($partition: String!) {
 
 
 def _collect(deployed: Deployment, topic: str) -> tuple[str, str]:
-    """Add the topic partition and launch `collect_teacher_data` for it through GraphQL; the run id and key."""
+    """Make sure the topic partition exists and launch `collect_teacher_data` for it through GraphQL; the run id and key."""
     added = deployed.graphql(ADD_PARTITION, selector=LOCATION, name="topics", key=topic)["addDynamicPartition"]
-    assert added["__typename"] == "AddDynamicPartitionSuccess", added
-    partition = str(collection_partition_key(topic, ROUND))
+    # the topics sensor may have added it from the catalogue already
+    assert added["__typename"] in {"AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"}, added
+    key = collection_partition_key(topic, ROUND)
+    # a multi-partition key travels as the whole key plus one tag per dimension, as the UI sends it
+    tags = [{"key": "dagster/partition", "value": str(key)}] + [
+        {"key": f"dagster/partition/{dimension}", "value": value} for dimension, value in key.keys_by_dimension.items()
+    ]
     params = {
         "selector": {**LOCATION, "jobName": "collect_teacher_data"},
-        "runConfigData": GENERATIVE_ONLY,
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+        "runConfigData": RUN_CONFIG,
+        "executionMetadata": {"tags": tags},
     }
     launched = deployed.graphql(LAUNCH_RUN, params=params)["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
-    return launched["run"]["runId"], partition
+    return launched["run"]["runId"], str(key)
 
 
 def _wait_for(deployed: Deployment, run_id: str, timeout: float = 900) -> str:
@@ -226,8 +263,21 @@ def _wait_for(deployed: Deployment, run_id: str, timeout: float = 900) -> str:
     raise AssertionError(f"run {run_id} still not finished after {timeout} s:\n{deployed.logs()}")
 
 
+# One row per prompt (its primary key): rewritten only if the prompt were requested again.
+ANSWERED = "SELECT prompt_id, request_id, collected_at FROM responses WHERE topic = ? AND error IS NULL"
+
+
 def _store(deployed: Deployment) -> sqlite3.Connection:
+    """The response store in the opengrok-home volume, read-only."""
     return sqlite3.connect(f"file:{deployed.volume_path('opengrok-home') / 'responses.sqlite'}?mode=ro", uri=True)
+
+
+def _answered(deployed: Deployment, topic: str) -> list[tuple]:
+    try:
+        with closing(_store(deployed)) as store:
+            return store.execute(ANSWERED, (topic,)).fetchall()
+    except sqlite3.OperationalError:  # no store yet: nothing answered
+        return []
 
 
 def test_a_partition_collected_through_the_webserver_is_in_postgres_and_the_catalog(deployment):
@@ -247,22 +297,19 @@ def test_a_partition_collected_through_the_webserver_is_in_postgres_and_the_cata
     [materialization] = asset["assetMaterializations"]
     assert materialization["runId"] == run_id
     rows = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}["dagster/row_count"]
-    with _store(deployment) as store:
-        stored = store.execute("SELECT count(*) FROM responses WHERE topic = 'climate'").fetchone()[0]
-    assert rows == stored > 0
+    assert rows == len(_answered(deployment, "climate")) == 8
 
 
 def test_restarting_the_daemon_and_code_server_mid_run_retries_it_without_paying_twice(deployment):
     run_id, partition = _collect(deployment, "football")
     deadline = time.monotonic() + 600
-    answered = 0
+    answered = []
     while time.monotonic() < deadline and not answered:
-        if os.path.exists(deployment.volume_path("opengrok-home") / "responses.sqlite"):
-            with _store(deployment) as store:
-                answered = store.execute("SELECT count(*) FROM responses WHERE topic = 'football'").fetchone()[0]
-        time.sleep(1)
+        answered = _answered(deployment, "football")
+        time.sleep(0.5)
     assert answered, f"no response stored for football within 600 s:\n{deployment.logs()}"
-    deployment.docker("restart", deployment.container("dagster_daemon"), deployment.container("user_code"))
+    # Both stopped at once, without a grace period (-t 0), the way a host reboot or an OOM kill stops them.
+    deployment.docker("restart", "-t", "0", deployment.container("dagster_daemon"), deployment.container("user_code"))
     # Run monitoring marks the run failed (its worker died with the code server); run_retries starts it again.
     assert _wait_for(deployment, run_id) == "FAILURE"
     deadline = time.monotonic() + 600
@@ -275,13 +322,14 @@ def test_restarting_the_daemon_and_code_server_mid_run_retries_it_without_paying
         time.sleep(5)
     assert retries, f"the run was not retried:\n{deployment.logs()}"
     assert _wait_for(deployment, retries[0]["runId"]) == "SUCCESS", deployment.logs()
-    with _store(deployment) as store:
-        prompts = store.execute("SELECT count(*) FROM responses WHERE topic = 'football'").fetchone()[0]
+    final = _answered(deployment, "football")
+    with closing(_store(deployment)) as store:
         paid = store.execute(
-            "SELECT prompt_id, count(*) FROM spend WHERE partition LIKE '%football%' AND actual_usd IS NOT NULL "
-            "GROUP BY prompt_id"
+            "SELECT prompt_id, run_id, count(*) FROM spend WHERE partition = ? AND actual_usd IS NOT NULL "
+            "GROUP BY prompt_id", (partition,)
         ).fetchall()
-        runs = {row[0] for row in store.execute("SELECT DISTINCT run_id FROM spend WHERE partition LIKE '%football%'")}
-    assert answered <= prompts == len(paid)
-    assert {count for _, count in paid} == {1}, "a prompt answered before the restart was paid again"
-    assert runs == {run_id, retries[0]["runId"]}
+    assert len(answered) < len(final) == 8, "the restart did not fall between the first and the last answer"
+    assert set(answered) <= set(final), "an answer stored before the restart was requested again"
+    assert sorted(prompt for prompt, _, _ in paid) == sorted(prompt for prompt, _, _ in final)
+    assert {count for _, _, count in paid} == {1}, "a prompt was paid for twice"
+    assert {run for _, run, _ in paid} == {run_id, retries[0]["runId"]}, "both runs paid for what they received"
