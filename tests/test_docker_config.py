@@ -245,3 +245,29 @@ def test_the_instance_limits_reach_the_runs_and_steps_they_are_written_for():
         "tag the fine-tune job's runs: define_asset_job(..., tags={'opengrok/stage': 'training'})"
     )
     assert raw_responses.op.pool == "teacher", "declare the collecting asset in the pool: @asset(pool='teacher', ...)"
+
+
+def test_kubernetes_manifests_run_the_compose_services_with_the_same_instance_and_workspace(compose):
+    """docker/kustomization.yaml: every resource file exists, the instance and workspace are the compose files,
+    and each Dagster container runs the compose service's command with the generated environment."""
+    kustomization = yaml.safe_load((DOCKER / "kustomization.yaml").read_text())
+    manifests = [doc for path in kustomization["resources"] for doc in yaml.safe_load_all((DOCKER / path).read_text())]
+    [instance] = [g for g in kustomization["configMapGenerator"] if g["name"] == "opengrok-dagster-instance"]
+    assert instance["files"] == ["dagster.yaml", "workspace.yaml"]
+    [environment] = [g for g in kustomization["configMapGenerator"] if g["name"] == "opengrok-environment"]
+    variables = dict(line.split("=", 1) for line in environment["literals"])
+    containers = {
+        c["name"]: c for m in manifests if m["kind"] in {"Deployment", "StatefulSet"}
+        for c in m["spec"]["template"]["spec"]["containers"]
+    }
+    services = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Service"}
+    assert variables["DAGSTER_GRPC_HOST"] in services and variables["DAGSTER_POSTGRES_HOST"] in services
+    for container, service in (("user-code", "user_code"), ("webserver", "dagster_webserver"), ("daemon", "dagster_daemon")):
+        command = containers[container]["command"]
+        assert command[0] == compose["services"][service]["command"][0]
+        assert containers[container]["envFrom"] == [{"configMapRef": {"name": "opengrok-environment"}}]
+    grpc = containers["user-code"]["command"]
+    assert grpc[grpc.index("-p") + 1] == variables["DAGSTER_GRPC_PORT"]
+    # the variables dagster.yaml reads are all set (the password from the Secret)
+    instance_variables = set(re.findall(r"\{env: (\w+)\}", (DOCKER / "dagster.yaml").read_text()))
+    assert instance_variables - set(variables) == {"DAGSTER_POSTGRES_PASSWORD"}
