@@ -45,7 +45,7 @@ docker-packages:
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="docker.io debootstrap docker-compose"
 
 # Base, PostgreSQL and OpenGrok images (docker/build-offline.sh); the engine is stopped again afterwards.
-docker-images: docker-packages setup
+docker-images: docker-packages $(STAMP)
 	@docker/dockerd-private.sh start $(DOCKER_STATE) >/dev/null
 	@DOCKER_HOST=unix://$(DOCKER_STATE)/docker.sock PIP="$(CURDIR)/$(BIN)/pip" docker/build-offline.sh; \
 		status=$$?; docker/dockerd-private.sh stop $(DOCKER_STATE); exit $$status
