@@ -7,7 +7,7 @@ export OPENGROK_HOME ?= $(CURDIR)/.opengrok
 export DAGSTER_HOME ?= $(OPENGROK_HOME)/dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages run lint test test-fast dev bench clean
+.PHONY: setup system-packages docker-packages docker-images docker-test run lint test test-fast dev bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,24 @@ system-packages:
 		$$sudo apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# The docker/ deployment built and started for real, without a registry: Debian's Docker engine (one of its own,
+# docker/dockerd-private.sh, so nothing else on the machine is touched), debootstrap for the base image, and
+# compose 1.29 (Debian's) to start docker/docker-compose.yml. The images stay in DOCKER_STATE between runs.
+DOCKER_STATE ?= /var/tmp/opengrok-docker
+export OPENGROK_DOCKER_STATE := $(DOCKER_STATE)
+docker-packages:
+	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="docker.io debootstrap docker-compose"
+
+# Base, PostgreSQL and OpenGrok images (docker/build-offline.sh); the engine is stopped again afterwards.
+docker-images: docker-packages $(STAMP)
+	@docker/dockerd-private.sh start $(DOCKER_STATE) >/dev/null
+	@DOCKER_HOST=unix://$(DOCKER_STATE)/docker.sock PIP="$(CURDIR)/$(BIN)/pip" docker/build-offline.sh; \
+		status=$$?; docker/dockerd-private.sh stop $(DOCKER_STATE); exit $$status
+
+# The deployment test (tests/test_docker_deployment.py): it starts and stops the engine and every container itself.
+docker-test: docker-images
+	$(BIN)/python -m pytest -m deployment tests/test_docker_deployment.py $(PYTEST_ARGS)
 
 # Lint first: a style or import error fails in seconds instead of after the suite.
 lint: setup

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from dagster import DagsterInstance
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
@@ -22,6 +23,21 @@ from opengrok_dagster.offline_model import check_offline_model, offline_model_di
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# What a compose file's `!reset` tag (an override dropping what the base file sets, Compose v2.24+) loads as.
+COMPOSE_RESET = "<reset>"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML as Compose reads it, `!reset` included."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: COMPOSE_RESET)
+
+
+def load_compose(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=_ComposeLoader)
+
+
 # Fine-tune settings that train the tiny student in seconds (4 optimizer steps, two evaluations).
 # Run config of tests that exercise the generative prompt grid alone: the default grid also annotates the
 # user's posts, which these tests do not materialise.

@@ -14,7 +14,7 @@ import yaml
 from dagster import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import COMPOSE_RESET, REPO_ROOT, load_compose
 
 
 DOCKER = REPO_ROOT / "docker"
@@ -50,7 +50,8 @@ def test_compose_file_follows_the_compose_specification(tmp_path):
 def test_compose_runs_postgres_webserver_daemon_and_the_code_server(compose):
     services = compose["services"]
     assert set(services) == {"postgresql", *DAGSTER_SERVICES}
-    assert services["postgresql"]["image"].startswith("postgres:")
+    # the registry image by default; OPENGROK_POSTGRES_IMAGE selects the one docker/build-offline.sh builds
+    assert services["postgresql"]["image"] == "${OPENGROK_POSTGRES_IMAGE:-postgres:16-bookworm}"
     commands = {name: services[name]["command"] for name in DAGSTER_SERVICES}
     assert commands["dagster_webserver"][0] == "dagster-webserver"
     assert commands["dagster_daemon"][:2] == ["dagster-daemon", "run"]
@@ -106,10 +107,28 @@ def test_workspace_points_at_the_code_server_service_and_port(compose):
     [location] = yaml.safe_load((DOCKER / "workspace.yaml").read_text())["load_from"]
     server = location["grpc_server"]
     command = compose["services"]["user_code"]["command"]
-    assert server["host"] in compose["services"]
-    assert str(server["port"]) == command[command.index("-p") + 1]
+    environment = compose["x-dagster-environment"]
+    assert environment[server["host"]["env"]] in compose["services"]
+    assert environment[server["port"]["env"]] == command[command.index("-p") + 1]
     assert command[command.index("-m") + 1] == "opengrok_dagster.definitions"
     assert server["location_name"] == command[command.index("--location-name") + 1]
+
+
+def test_host_network_variant_keeps_every_service_on_loopback():
+    override = load_compose(DOCKER / "docker-compose.host-network.yml")
+    services = override["services"]
+    assert set(services) == {"postgresql", *DAGSTER_SERVICES}
+    assert {service["network_mode"] for service in services.values()} == {"host"}
+    assert services["dagster_webserver"]["ports"] == COMPOSE_RESET  # nothing published beside the host network
+    assert services["postgresql"]["environment"]["POSTGRES_LISTEN_ADDRESSES"] == "127.0.0.1"
+    for name in ("user_code", "dagster_webserver"):
+        command = services[name]["command"]
+        assert command[command.index("-h") + 1] == "127.0.0.1"
+    grpc_port = services["user_code"]["command"][services["user_code"]["command"].index("-p") + 1]
+    environment = override["x-host-network-environment"]
+    assert environment["DAGSTER_GRPC_HOST"] == environment["DAGSTER_POSTGRES_HOST"] == "127.0.0.1"
+    assert environment["DAGSTER_GRPC_PORT"] == grpc_port
+    assert environment["DAGSTER_POSTGRES_PORT"] == services["postgresql"]["environment"]["PGPORT"]
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -226,3 +245,29 @@ def test_the_instance_limits_reach_the_runs_and_steps_they_are_written_for():
         "tag the fine-tune job's runs: define_asset_job(..., tags={'opengrok/stage': 'training'})"
     )
     assert raw_responses.op.pool == "teacher", "declare the collecting asset in the pool: @asset(pool='teacher', ...)"
+
+
+def test_kubernetes_manifests_run_the_compose_services_with_the_same_instance_and_workspace(compose):
+    """docker/kustomization.yaml: every resource file exists, the instance and workspace are the compose files,
+    and each Dagster container runs the compose service's command with the generated environment."""
+    kustomization = yaml.safe_load((DOCKER / "kustomization.yaml").read_text())
+    manifests = [doc for path in kustomization["resources"] for doc in yaml.safe_load_all((DOCKER / path).read_text())]
+    [instance] = [g for g in kustomization["configMapGenerator"] if g["name"] == "opengrok-dagster-instance"]
+    assert instance["files"] == ["dagster.yaml", "workspace.yaml"]
+    [environment] = [g for g in kustomization["configMapGenerator"] if g["name"] == "opengrok-environment"]
+    variables = dict(line.split("=", 1) for line in environment["literals"])
+    containers = {
+        c["name"]: c for m in manifests if m["kind"] in {"Deployment", "StatefulSet"}
+        for c in m["spec"]["template"]["spec"]["containers"]
+    }
+    services = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Service"}
+    assert variables["DAGSTER_GRPC_HOST"] in services and variables["DAGSTER_POSTGRES_HOST"] in services
+    for container, service in (("user-code", "user_code"), ("webserver", "dagster_webserver"), ("daemon", "dagster_daemon")):
+        command = containers[container]["command"]
+        assert command[0] == compose["services"][service]["command"][0]
+        assert containers[container]["envFrom"] == [{"configMapRef": {"name": "opengrok-environment"}}]
+    grpc = containers["user-code"]["command"]
+    assert grpc[grpc.index("-p") + 1] == variables["DAGSTER_GRPC_PORT"]
+    # the variables dagster.yaml reads are all set (the password from the Secret)
+    instance_variables = set(re.findall(r"\{env: (\w+)\}", (DOCKER / "dagster.yaml").read_text()))
+    assert instance_variables - set(variables) == {"DAGSTER_POSTGRES_PASSWORD"}
