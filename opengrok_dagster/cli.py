@@ -498,7 +498,7 @@ def cmd_review(args: argparse.Namespace) -> int:
                 raise ValueError(
                     f"`opengrok review {args.action}` needs at least one content hash (or prefix) from `opengrok review list`"
                 )
-            recorded = store.responses.record(
+            recorded = store.record(
                 review.resolve_hashes(filtered, args.targets),
                 review.ACCEPT if args.action == "accept" else review.REJECT,
                 args.note,
@@ -521,7 +521,7 @@ def cmd_review(args: argparse.Namespace) -> int:
             rows = review.read_decisions_file(args.targets[0])
             hashes = review.resolve_hashes(filtered, [content_hash for content_hash, _, _ in rows])
             for content_hash, (_, decision, note) in zip(hashes, rows):
-                store.responses.record([content_hash], decision, note, reviewer)
+                store.record([content_hash], decision, note, reviewer)
             print(f"imported {len(rows)} decision(s) from {args.targets[0]}")
     return 0
 

@@ -188,8 +188,8 @@ def test_review_decisions_are_applied_at_the_next_materialisation(home, instance
     queued = frame[frame["state"] == "needs_review"]["content_hash"].tolist()
     assert queued
     with ReviewStore(HomeLayout(home).review_store_path) as store:
-        store.responses.record(queued[:1], "accept", note="a quote, not an opinion", reviewer="tester")
-        store.responses.record(queued[1:], "reject")
+        store.record(queued[:1], "accept", note="a quote, not an opinion", reviewer="tester")
+        store.record(queued[1:], "reject")
     assert run_filter(home, instance).success
     again = pd.read_parquet(home / "assets" / "filtered_responses.parquet").set_index("content_hash")
     assert again.loc[queued[0], "state"] == "kept" and "review_accepted" in again.loc[queued[0], "reasons"]

@@ -31,8 +31,8 @@ def read_stored(path: Path, what: str, columns: Sequence[str], fix: str) -> pd.D
 POST_COLUMNS = ("post_id", "text", "topic", "platform", "created_at", "shard", "source")
 
 
-# raw_responses: the columns the filter reads (the prompt's columns and the stored answer's).
-RAW_COLUMNS = (
+# Where an answer's prompt came from: carried from prompts through raw_responses into filtered_responses.
+PROMPT_PROVENANCE_COLUMNS = (
     "prompt_id",
     "topic",
     "round",
@@ -40,6 +40,12 @@ RAW_COLUMNS = (
     "platform",
     "style",
     "variant",
+)
+
+
+# raw_responses: the columns the filter reads (the prompt's columns and the stored answer's).
+RAW_COLUMNS = (
+    *PROMPT_PROVENANCE_COLUMNS,
     "system_prompt",
     "prompt",
     "teacher_model",
@@ -59,13 +65,7 @@ OPTIONAL_RAW_COLUMNS = ("anomaly",)
 # filtered_responses: one row per raw response, in this order.
 FILTERED_COLUMNS = (
     "example_id",
-    "prompt_id",
-    "topic",
-    "round",
-    "template_id",
-    "platform",
-    "style",
-    "variant",
+    *PROMPT_PROVENANCE_COLUMNS,
     "teacher_model",
     "request_id",
     "collected_at",
