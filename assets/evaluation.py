@@ -24,6 +24,8 @@ from opengrok_dagster.collect.spend import TeacherSpend, pricing_description
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.cards import eval_results_for
+from opengrok_dagster.evaluation.compared_models import TEACHER
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, model_identity
 from opengrok_dagster.evaluation.report import (
     MAIN_PLOT,
@@ -33,7 +35,7 @@ from opengrok_dagster.evaluation.report import (
     spend_section,
     summary_table,
 )
-from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.labelling.agreement import posts_agreement
 from opengrok_dagster.labelling.cost import cost_section, measure_teacher, student_line, teacher_line

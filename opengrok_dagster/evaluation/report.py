@@ -19,7 +19,8 @@ import pandas as pd
 
 from opengrok_dagster.collect.spend import PRICE_VARIABLES, SPEND_VIEWS, SpendLine, TeacherSpend
 from opengrok_dagster.evaluation.api import Usage
-from opengrok_dagster.evaluation.runner import TEACHER, EvaluationResults, ItemAnswers, TaskResult
+from opengrok_dagster.evaluation.compared_models import TEACHER
+from opengrok_dagster.evaluation.results import EvaluationResults, ItemAnswers, TaskResult
 from opengrok_dagster.evaluation.scoring import CLASSIFIER
 from opengrok_dagster.publish import publishing
 
