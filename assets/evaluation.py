@@ -24,16 +24,16 @@ from opengrok_dagster.collect.spend import TeacherSpend, pricing_description
 from opengrok_dagster.evaluation.answers import AnswerCache
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
 from opengrok_dagster.evaluation.cards import eval_results_for
+from opengrok_dagster.evaluation.compared_models import TEACHER
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, model_identity
-from opengrok_dagster.evaluation.report import (
-    MAIN_PLOT,
-    build_report,
-    publish_report,
-    results_frame,
-    spend_section,
-    summary_table,
-)
-from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.report import build_report
+from opengrok_dagster.evaluation.report.frame import results_frame
+from opengrok_dagster.evaluation.report.plots import MAIN_PLOT
+from opengrok_dagster.evaluation.report.render import publish_report
+from opengrok_dagster.evaluation.report.spend import spend_section
+from opengrok_dagster.evaluation.report.tables import summary_table
+from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.labelling.agreement import posts_agreement
 from opengrok_dagster.labelling.cost import cost_section, measure_teacher, student_line, teacher_line

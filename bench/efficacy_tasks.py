@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.metrics import ClassificationScores, NerScores
 from opengrok_dagster.evaluation.ner import spans_to_tags
-from opengrok_dagster.evaluation.runner import EvaluationConfig, sample_items
+from opengrok_dagster.evaluation.results import sample_items
 from opengrok_dagster.evaluation.scoring import parsed_answers
 from opengrok_dagster.filtering.annotations import class_label
 from opengrok_dagster.posts.leaks import EvalPosts

@@ -26,9 +26,13 @@ from pathlib import Path
 import pandas as pd
 
 from opengrok_dagster.evaluation.api import ApiModel
+from opengrok_dagster.evaluation.compared_models import TEACHER
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints, read_checkpoint
-from opengrok_dagster.evaluation.report import build_report, publish_report, results_frame
-from opengrok_dagster.evaluation.runner import TEACHER, Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.report import build_report
+from opengrok_dagster.evaluation.report.frame import results_frame
+from opengrok_dagster.evaluation.report.render import publish_report
+from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.offline_model import check_offline_model, offline_model_dir
 from opengrok_dagster.settings import home_layout

@@ -266,7 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     filtered set and mask tables, one LoRA checkpoint per mask mode, and the evaluation report."""
     # Long on purpose: the whole command in the order it runs; every bad argument is refused before any work,
     # and each stage stops the run on failure with the rerun that resumes it.
-    from opengrok_dagster.evaluation.report import REPORT_HTML, REPORT_MARKDOWN
+    from opengrok_dagster.evaluation.report.render import REPORT_HTML, REPORT_MARKDOWN
     from opengrok_dagster.offline_model import provision_offline_model
     from opengrok_dagster.settings import home_layout, teacher_is_remote
     from opengrok_dagster.tasks.keys import validate_topic_key

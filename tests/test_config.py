@@ -11,7 +11,7 @@ from assets.masks import MaskTablesConfig, mask_tables
 from assets.training import LoraCheckpointConfig, lora_checkpoint
 from opengrok_dagster.collect.prompts import PromptGridConfig
 from opengrok_dagster.evaluation.api import EndpointSpec
-from opengrok_dagster.evaluation.runner import EvaluationConfig
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.filtering.config import FilterConfig
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.profiles import active_profile

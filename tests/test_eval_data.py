@@ -156,7 +156,8 @@ def test_unknown_task_and_label_words_for_absent_labels_are_refused():
 
 
 def test_train_and_evaluation_label_mappings_must_agree(tmp_path):
-    from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+    from opengrok_dagster.evaluation.config import EvaluationConfig
+    from opengrok_dagster.evaluation.runner import Evaluation
 
     folder, other = tmp_path / "tweeteval" / "irony", tmp_path / "other"
     for directory, mapping in ((folder, "0\tnon_irony\n1\tirony\n"), (other, "0\tnon_irony\n1\tirony\n2\tsarcasm\n")):

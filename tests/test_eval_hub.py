@@ -8,8 +8,9 @@ downloaded hub repository. Fetching over the network is the one part this machin
 import datasets as hf_datasets
 import pytest
 
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent
-from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.tasks import datasets
 from opengrok_dagster.tasks.datasets import DatasetError, read_conll, read_tweeteval
 from opengrok_dagster.tasks.hub import HubSplit

@@ -14,7 +14,7 @@ from opengrok_dagster.evaluation.metrics import (
     sentence_chrf,
 )
 from opengrok_dagster.evaluation.ner import spans_to_tags
-from opengrok_dagster.evaluation.runner import ablation_pairs, sample_items
+from opengrok_dagster.evaluation.results import ablation_pairs, sample_items
 from opengrok_dagster.tasks.formats import find_labels, parse_entity_lines, parse_single_label
 
 

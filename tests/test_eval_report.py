@@ -13,8 +13,9 @@ from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
-from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.settings import CONFIG_DIR
 from opengrok_dagster.tasks import datasets

@@ -11,8 +11,9 @@ import pytest
 
 from opengrok_dagster.cli import main
 from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
-from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.labelling.promotion import Promotion, promotion_record
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.offline.export import EXPORT_RECORD, ExportError, export_merged, export_server

@@ -6,9 +6,10 @@ import pytest
 
 from assets.labelling import agreement_markdown
 from opengrok_dagster.evaluation.calibration import calibrated_label_logprobs
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
-from opengrok_dagster.evaluation.report import results_frame
-from opengrok_dagster.evaluation.runner import EvaluationConfig, EvaluationResults
+from opengrok_dagster.evaluation.report.frame import results_frame
+from opengrok_dagster.evaluation.results import EvaluationResults
 from opengrok_dagster.labelling.agreement import cohen_kappa, heldout_annotations, posts_agreement
 from opengrok_dagster.labelling.labeller import (
     LabellingConfig,

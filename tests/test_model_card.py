@@ -9,7 +9,8 @@ from huggingface_hub import EvalResult, ModelCard
 
 from opengrok_dagster.evaluation.bootstrap import Distribution
 from opengrok_dagster.evaluation.cards import eval_results_for
-from opengrok_dagster.evaluation.runner import EvaluationConfig, EvaluationResults, ModelScore, TaskResult
+from opengrok_dagster.evaluation.config import EvaluationConfig
+from opengrok_dagster.evaluation.results import EvaluationResults, ModelScore, TaskResult
 from opengrok_dagster.offline_model import HUB_ID, PROVENANCE_FILE
 from opengrok_dagster.tasks.specs import TASKS
 from opengrok_dagster.training.card import hub_base_model, record_eval_results

@@ -8,7 +8,8 @@ import pytest
 from dagster import DagsterInstance, Definitions, materialize
 
 from assets.posts import posts
-from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+from opengrok_dagster.evaluation.config import EvaluationConfig
+from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.partitions import post_shard_partitions
 from opengrok_dagster.posts.leaks import EvalPosts, leak_counts, load_eval_posts, normalise_post
 from opengrok_dagster.posts.sources import PostsError, PostShard, load_posts_catalogue, read_shard

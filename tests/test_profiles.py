@@ -11,7 +11,7 @@ import torch
 
 from assets.collection import PromptsConfig
 from opengrok_dagster import cli
-from opengrok_dagster.evaluation.runner import EvaluationConfig
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.profiles import ProfileError, active_profile, load_profile, load_run_config, require_devices
 from opengrok_dagster.training.config import TrainingConfig

@@ -3,10 +3,11 @@
 import numpy as np
 
 from opengrok_dagster.evaluation.bootstrap import bootstrap, paired_difference, resample_indices
+from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.metrics import ClassificationScores
-from opengrok_dagster.evaluation.report import build_report, confusion_table, distillation_table, examples_table
-from opengrok_dagster.evaluation.runner import (
-    EvaluationConfig,
+from opengrok_dagster.evaluation.report import build_report
+from opengrok_dagster.evaluation.report.tables import confusion_table, distillation_table, examples_table
+from opengrok_dagster.evaluation.results import (
     EvaluationResults,
     ItemAnswers,
     ModelScore,

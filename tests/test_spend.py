@@ -13,8 +13,10 @@ from opengrok_dagster.collect.result import Prices, SamplingParams, TeacherResul
 from opengrok_dagster.collect.spend import TeacherSpend, collection_spend, pricing_description
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
 from opengrok_dagster.evaluation.api import ApiModel, Usage
-from opengrok_dagster.evaluation.report import build_report, spend_section
-from opengrok_dagster.evaluation.runner import EvaluationConfig, EvaluationResults
+from opengrok_dagster.evaluation.config import EvaluationConfig
+from opengrok_dagster.evaluation.report import build_report
+from opengrok_dagster.evaluation.report.spend import spend_section
+from opengrok_dagster.evaluation.results import EvaluationResults
 
 
 def paid(cost: float, prompt_tokens: int, completion_tokens: int) -> TeacherResult:

@@ -6,7 +6,7 @@ import math
 
 from huggingface_hub import EvalResult
 
-from opengrok_dagster.evaluation.runner import EvaluationResults, TaskResult
+from opengrok_dagster.evaluation.results import EvaluationResults, TaskResult
 from opengrok_dagster.tasks.hub import HubSplit, is_hub_split
 
 

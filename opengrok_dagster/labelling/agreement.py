@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
-from opengrok_dagster.evaluation.runner import ItemAnswers, TaskResult, finish_task
+from opengrok_dagster.evaluation.results import ItemAnswers, TaskResult, finish_task
 from opengrok_dagster.evaluation.scoring import CALIBRATED
 from opengrok_dagster.tasks.formats import task_format
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from opengrok_dagster.collect.spend import PRICE_VARIABLES
-from opengrok_dagster.evaluation.report import Report
+from opengrok_dagster.evaluation.report.render import Report
 from opengrok_dagster.sqlite import select_in
 
 
