@@ -1,4 +1,5 @@
-"""Every benchmark in one command, written to docs/benchmarks.md.
+"""Every benchmark in one command, written to docs/benchmarks.md, with the studies of experiments/ (the efficacy
+experiment, the tokenizer alignment study) as sections of their own.
 
 Each bench runs as its own process (so peak memory is its own) and prints Markdown; this collects the
 tables under the machine details, with the exact command, the date, the commit, the load average before
@@ -66,7 +67,7 @@ BENCHES = {
     ),
     "kd_alignment": Bench(
         "Distillation: aligned share of response tokens across tokenizers",
-        "bench.kd_alignment",
+        "experiments.kd_alignment",
         (),
         ">= 80% of English tweet response tokens",
     ),
@@ -91,14 +92,14 @@ BENCHES = {
     ),
     "efficacy": Bench(
         "Distillation efficacy, TweetEval sentiment (full page: docs/efficacy.md, figures: docs/efficacy.json)",
-        "bench.distillation_efficacy",
+        "experiments.distillation_efficacy",
         (),
         "the required grid (both teachers, N = 250 and 1,000, 2 seeds, modes none and hard) within 60 minutes on a "
         "2-core CPU; reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0",
     ),
     "efficacy_ner": Bench(
         "Distillation efficacy, BTC named entities (added to docs/efficacy.md and docs/efficacy.json)",
-        "bench.distillation_efficacy",
+        "experiments.distillation_efficacy",
         ("--task", "btc", "--teachers", "reference", "--val-posts", "300", "--append"),
         "every mask mode's entity F1 against the base, with intervals, whatever it shows",
     ),

@@ -1,8 +1,14 @@
-"""docs/efficacy.md's section for one run of the efficacy bench in the record format 2 (every scoring per model,
-seed-hierarchical intervals, Holm families, tuning and reporting splits). Runs recorded before it keep their own
-rendering (``bench.distillation_efficacy.markdown``), so a rewritten page shows every earlier figure unchanged."""
+"""docs/efficacy.md and docs/efficacy.json: one section per run of the efficacy experiment, and the files written
+after every cell (the hand-written notes between ``<!-- kept -->`` markers kept). A run in the record format 2 (every
+scoring per model, seed-hierarchical intervals, Holm families, tuning and reporting splits) renders through
+``body``; runs recorded before it keep their own rendering (``markdown``), so a rewritten page shows every earlier
+figure unchanged."""
 
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
 
 
 def ci(entry: dict | None, digits: int = 3) -> str:
@@ -147,3 +153,189 @@ def _cells(result: dict, headline: str, scorings: list[str], counted: str) -> li
             f"{_scored(c['difference'], headline)} | {_scored(c['minus_none'], headline)} |"
         )
     return lines
+
+
+def _grid_line(grid: dict, partial: bool) -> str:
+    kd = (
+        f"; KD alphas {', '.join(f'{a:g}' for a in grid['kd_alphas'])} (0 = SFT only), temperature "
+        f"{grid['kd_temperature']:g}; {grid['held_out_posts']} held-out annotated posts"
+        if "kd_alphas" in grid
+        else ""
+    )
+    return (
+        f"Grid: teachers {', '.join(grid['teachers'])}; N {', '.join(map(str, grid['sizes']))}; seeds "
+        f"{', '.join(map(str, grid['seeds']))}; modes {', '.join(grid['modes'])}; "
+        f"mask strengths {', '.join(grid['strengths'])}{kd}."
+        + (
+            " **Partial: the run was still going (or stopped) when this was written; only the cells below were"
+            " measured.**"
+            if partial
+            else ""
+        )
+    )
+
+
+def kd_lines(result: dict) -> list[str]:
+    """The KD arm against SFT only, seed-averaged, on the task score and the held-out teacher NLL (paired)."""
+    rows = [row for row in result["summary"] if row.get("kd_alpha")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "SFT only vs SFT + KD (seed-averaged, same examples, steps, seeds and recipe, unpacked; paired on the same "
+        "val posts and on the same held-out annotated posts; NLL in nats per teacher answer, lower is better):",
+        "",
+        "| teacher | N | mode | mask strength | seeds | KD alpha | SFT only | SFT + KD | KD - SFT | "
+        "teacher NLL, SFT only | teacher NLL, SFT + KD | NLL KD - SFT |",
+        "|---|---:|---|---|---:|---:|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['teacher']} | {row['n']} | {row['mode']} | {row['strength']} | {row['seeds']} | "
+            f"{row['kd_alpha']:g} | {ci(row['sft_student'])} | {ci(row['student'])} | {ci(row['kd_minus_sft'])} | "
+            f"{ci(row['sft_teacher_nll'])} | {ci(row['teacher_nll'])} | {ci(row['nll_kd_minus_sft'])} |"
+        )
+    return lines
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def base_line(result: dict, counted: str) -> str:
+    base = result["base"]
+    if base["raw"] is None:  # no calibration (NER)
+        return f"Base student: {ci(base['calibrated'])} ({counted} predicted: {base['predicted_counts']})."
+    return (
+        f"Base student: {ci(base['calibrated'])} calibrated ({ci(base['raw'])} uncalibrated; calibrated predictions "
+        f"per class {counted} {base['predicted_counts']})."
+    )
+
+
+def markdown(result: dict, partial: bool) -> str:
+    grid, recipe = result["grid"], result["recipe"]
+    # runs from before the NER task counted sentiment labels only
+    counted = "/".join(word[:3] for word in result.get("count_names", ["negative", "neutral", "positive"]))
+    after = f", {result['load_average_after']:.1f} after" if "load_average_after" in result else ""
+    lines = [
+        f"Task {result['task']} ({result['val_source']}), {result['val_posts']} val posts, metric {result['metric']}; "
+        f"95% paired percentile bootstrap intervals on shared resamples. Command `{result['command']}`, commit "
+        f"{result['commit']}, started {result['started']} on {result['device']}, load average "
+        f"{result['load_average_before']:.1f} before{after}.",
+        "",
+        _grid_line(grid, partial),
+        "",
+        "Recipe: "
+        + (
+            "class-balanced train split (oversampled to the largest class)"
+            if result.get("class_balance", True)
+            else "the train split as annotated (no classes to balance)"
+        )
+        + f", LoRA r={result['recipe']['lora_r']}, "
+        f"alpha={recipe['lora_alpha']}, lr {recipe['learning_rate']}, {recipe['num_epochs']} epochs"
+        + (f" or {grid['max_steps']} steps if fewer" if grid.get("max_steps", -1) > 0 else "")
+        + ", "
+        f"batch {recipe['batch_size']}, max_length {recipe['max_length']}; scoring: {result['scoring']}.",
+        "",
+    ]
+    if result.get("format") == 2:
+        return "\n".join(lines + body(result, counted)) + "\n"
+    lines += [
+        base_line(result, counted),
+        "",
+        f"| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts {counted} | "
+        "held-out posts usable | base's held-out teacher NLL | KD arm |",
+        "|---|---|---:|---:|---|---:|---|---|",
+    ]
+    for teacher in result["teachers"].values():
+        held = f"{teacher['held_out_usable']} of {teacher['held_out_posts']}" if teacher.get("held_out_posts") else "-"
+        kd = teacher.get("kd_arm") or (
+            f"top_logprobs {teacher['top_logprobs']}" if teacher.get("top_logprobs") else "-"
+        )
+        lines.append(
+            f"| {teacher['name']} | {ci(teacher['val'])} | {teacher['val_unparseable']:.3f} | "
+            f"{teacher['usable']} of {teacher['annotated']} | {teacher['label_counts']} | {held} | "
+            f"{ci(teacher.get('base_nll'))} | {kd} |"
+        )
+    lines += [
+        "",
+        "Mean over seeds (the seed-averaged student on the same resamples):",
+        "",
+        "| teacher | N | mode | mask strength | KD alpha | seeds | base | student | teacher | student - base | "
+        "transfer ratio | held-out teacher NLL |",
+        "|---|---:|---|---|---:|---:|---|---|---|---|---|---|",
+    ]
+    for row in result["summary"]:
+        lines.append(
+            f"| {row['teacher']} | {row['n']} | {row['mode']} | {row['strength']} | {row.get('kd_alpha', 0):g} | "
+            f"{row['seeds']} | {ci(row['base'])} | {ci(row['student'])} | {ci(row['teacher_score'])} | "
+            f"{ci(row['difference'])} | {ci(row['transfer_ratio'], 2)} | {ci(row.get('teacher_nll'))} |"
+        )
+    lines += kd_lines(result)
+    lines += [
+        "",
+        "Every cell:",
+        "",
+        "| teacher | N | seed | mode | strength | KD alpha | KD aligned share | masked share | balanced examples | "
+        f"steps | train s | student | uncalibrated | predicted {counted} | student - base | transfer ratio | "
+        "masked - none (same seed) | KD - SFT (same seed) | held-out teacher NLL |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|---|---|---|",
+    ]
+    for c in result["cells"]:
+        aligned = f"{c['kd_aligned_share']:.2f}" if c.get("kd_aligned_share") is not None else "-"
+        lines.append(
+            f"| {c['teacher']} | {c['n']} | {c['seed']} | {c['mode']} | {c['strength']} | {c.get('kd_alpha', 0):g} | "
+            f"{aligned} | {c['masked_share']:.2f} | {c['train_examples_balanced']} | {c['steps']} | "
+            f"{c['train_seconds']} | {ci(c['student'])} | {_value(c['student_raw'])} | {c['predicted_counts']} | "
+            f"{ci(c['difference'])} | {ci(c['transfer_ratio'], 2)} | {ci(c.get('minus_none'))} | "
+            f"{ci(c.get('kd_minus_sft'))} | {ci(c.get('teacher_nll'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+PAGE_HEADER = """# Distillation efficacy
+
+Written by `experiments/distillation_efficacy.py` (`make bench` sections `efficacy` and `efficacy_ner`: `python -m
+bench --only efficacy efficacy_ner`). It measures whether distillation teaches the student the SNS task it is scored on
+(TweetEval sentiment; named entities of the Broad Twitter Corpus with `--task btc`), and how much of a teacher's
+skill it transfers: the transfer ratio is (student - base) / (teacher - base) on the same val posts. The
+"reference" teacher is the reference teacher (TF-IDF+LR on gold train), not an LLM: a classifier (for entities a
+token tagger) of known skill served over the OpenAI API (`devtools/reference_teacher.py`), fitted on gold train
+posts other than those it annotates.
+The "embedded" teacher is SmolLM2-135M-Instruct, the offline default. SFT + KD adds the KL to the teacher's top-k
+logprobs (token-level distillation) to the same training; SFT only is KD alpha 0. The held-out teacher NLL is the
+mean negative log-likelihood (nats) of the teacher's answers on annotated posts no student saw. The figures below
+are what the run measured, whatever they show; the JSON beside this page (docs/efficacy.json) holds them all.
+
+"""
+
+
+KEPT = re.compile(r"<!-- kept -->.*?<!-- /kept -->\n", re.S)
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of the page (the settings search), between ``<!-- kept -->`` markers, kept on rewrite."""
+    match = KEPT.search(path.read_text()) if path.is_file() else None
+    return match.group(0) + "\n" if match else ""
+
+
+def earlier_runs(path: Path) -> list[dict]:
+    """The runs already in the JSON file (``--append`` adds one: a cell a shared CPU fits only in another run)."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    return data["runs"] if "runs" in data else [data]
+
+
+def write_outputs(result: dict, args, partial: bool) -> None:
+    runs = [*args.earlier, result | {"partial": partial}]
+    sections = [
+        f"## Measured{f' (run {i} of {len(runs)})' if len(runs) > 1 else ''}\n\n{markdown(run, run['partial'])}"
+        for i, run in enumerate(runs, 1)
+    ]
+    page = PAGE_HEADER + kept_notes(args.output) + "\n".join(sections)
+    for path, text in ((args.output, page), (args.json, json.dumps({"runs": runs}, indent=2, default=float) + "\n")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(path.suffix + ".partial")
+        staging.write_text(text)
+        staging.replace(path)

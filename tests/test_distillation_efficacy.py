@@ -1,4 +1,4 @@
-"""The efficacy bench: its arithmetic (paired transfer ratio, seed averaging, masked share, training examples, step
+"""The efficacy experiment: its arithmetic (paired transfer ratio, seed averaging, masked share, training examples, step
 budget) and, on the real student, its whole loop over a tiny grid."""
 
 import argparse
@@ -8,26 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.distillation_efficacy import (
+from experiments.efficacy_cells import arm_config, examples_frame, masked_share, steps_within_budget
+from experiments.efficacy_grid import RECIPE, Grid
+from experiments.efficacy_page import earlier_runs, markdown, write_outputs
+from experiments.efficacy_run import VALIDATION_POSTS, run, split_pool
+from experiments.efficacy_stats import (
     NLL,
-    RECIPE,
-    VALIDATION_POSTS,
-    Grid,
     MeanScores,
     Measured,
-    arm_config,
-    examples_frame,
-    markdown,
-    masked_share,
-    run,
-    split_pool,
-    steps_within_budget,
     summary_rows,
     teacher_nll,
+    teacher_transfer,
     transfer_ratio,
-    write_outputs,
 )
-from bench.efficacy_tasks import EntityTask, Prediction, SentimentTask
+from experiments.efficacy_tasks import EntityTask, Prediction, SentimentTask, split_val
 from opengrok_dagster.evaluation.bootstrap import Distribution, bootstrap
 from opengrok_dagster.tasks.datasets import resolve_data_dir
 from opengrok_dagster.tasks.formats import Annotation, task_format
@@ -87,7 +81,7 @@ def _result(n):
         "metric": METRIC,
         "val_posts": 300,
         "val_source": "val",
-        "command": f"python -m bench.distillation_efficacy --sizes {n}",
+        "command": f"python -m experiments.distillation_efficacy --sizes {n}",
         "commit": "abc",
         "started": "2026-12-01 09:16 UTC",
         "device": "cpu (fp32)",
@@ -143,11 +137,6 @@ def _result(n):
 
 
 def test_outputs_keep_the_hand_written_notes_and_append_runs(tmp_path):
-    import argparse
-    import json
-
-    from bench.distillation_efficacy import earlier_runs, write_outputs
-
     page, figures = tmp_path / "efficacy.md", tmp_path / "efficacy.json"
     page.write_text("# old\n<!-- kept -->\nsettings search notes\n<!-- /kept -->\n## Measured\nold figures\n")
     args = argparse.Namespace(output=page, json=figures, earlier=[])
@@ -219,8 +208,6 @@ def test_kd_summary_is_paired_with_the_sft_arm_of_the_same_mode_on_score_and_hel
 
 
 def test_self_distillation_makes_no_transfer_claim():
-    from bench.distillation_efficacy import teacher_transfer
-
     student, base = {"generated": dist(0.6, [0.6, 0.6])}, {"generated": dist(0.3, [0.3, 0.3])}
     assert teacher_transfer(student, base, None, METRIC) is None
     ratio = teacher_transfer(student, base, {"generated": dist(0.9, [0.9, 0.9])}, METRIC)
@@ -228,8 +215,6 @@ def test_self_distillation_makes_no_transfer_claim():
 
 
 def test_tuning_and_reporting_parts_of_the_val_split_are_disjoint_and_whole():
-    from bench.efficacy_tasks import split_val
-
     tuning, reporting = split_val(2000, "tuning"), split_val(2000, "reporting")
     assert len(tuning) == 1400 and len(reporting) == 600  # TweetEval sentiment's 2,000 val posts
     assert not set(tuning) & set(reporting) and len(set(tuning) | set(reporting)) == 2000
@@ -285,8 +270,8 @@ def test_step_budget_stops_at_one_epoch_of_the_balanced_split_or_the_budget_whic
 
 @pytest.mark.integration
 @pytest.mark.parametrize(("task", "counted"), [("tweeteval_sentiment", "neg/neu/pos"), ("btc", "loc/org/per")])
-def test_bench_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, offline_model, task, counted):
-    """The bench's own loop (teacher, examples, masks, training within the step budget, scoring, page and JSON) on
+def test_experiment_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, offline_model, task, counted):
+    """The experiment's own loop (teacher, examples, masks, training within the step budget, scoring, page and JSON) on
     the real student and the reference teacher, for a label task and the NER task: nothing else runs it."""
     grid = Grid(("reference",), (16,), (0,), ("none", "hard"), ("default",), 12, (0.0,), 1.0, 0, 2)
     args = argparse.Namespace(resamples=50, threads=1, output=tmp_path / "e.md", json=tmp_path / "e.json", earlier=[])
