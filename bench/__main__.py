@@ -124,7 +124,9 @@ Written by `make bench` (`.venv/bin/python -m bench`; `--only NAME ...` reruns s
 others). Figures measured several times are given as median (min-max). Peak memory is the resident memory
 of the bench's whole process tree (model servers and training subprocesses included; shared pages count
 once per process, so it is an upper bound). Wall-clock figures depend on what else ran: each section gives
-the load average before and after it.
+the load average before and after it. The sections `kd_alignment`, `efficacy` and `efficacy_ner` run the studies
+of experiments/ (`python -m experiments.kd_alignment`, `python -m experiments.distillation_efficacy`); a
+section's command names the module where it lived when the section was measured.
 """
 
 
