@@ -50,7 +50,7 @@ from experiments.efficacy_tasks import EFFICACY_TASKS, SPLITS
 from opengrok_dagster.partitions import MASK_MODES
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--grid", choices=sorted(GRIDS), help="preset grid (default: gpu when CUDA is available, else cpu)"
@@ -109,7 +109,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "efficacy.md")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "efficacy.json")
     parser.add_argument("--append", action="store_true", help="keep the runs already in --json and add this one")
-    args = parser.parse_args()
+    return parser
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuses, in one line naming the option, a value no run can use (before torch is imported)."""
     if args.kd_alpha and min(args.kd_alpha) < 0:
         parser.error(f"--kd-alpha {min(args.kd_alpha):g}: a KD weight is 0 (SFT only) or more")
     if args.kd_temperature is not None and args.kd_temperature <= 0:
@@ -120,11 +124,12 @@ def main() -> None:
         parser.error(f"--max-steps {args.max_steps}: a number of optimizer steps, or -1 for one whole epoch")
     if args.learning_rate is not None and args.learning_rate <= 0:
         parser.error(f"--learning-rate {args.learning_rate:g}: a learning rate is above 0")
-    import torch
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    preset = GRIDS[args.grid or ("gpu" if torch.cuda.is_available() else "cpu")]
+
+def grid_from(args: argparse.Namespace, parser: argparse.ArgumentParser, cuda: bool) -> Grid:
+    """The preset grid (``--grid``; by default gpu where CUDA is, else cpu) with every option given replacing its
+    field; the KD arm off for tasks without it."""
+    preset = GRIDS[args.grid or ("gpu" if cuda else "cpu")]
     if not EFFICACY_TASKS[args.task].kd_arm:
         if args.kd_alpha and max(args.kd_alpha) > 0:
             parser.error(f"--kd-alpha above 0 with --task {args.task}: the KD arm is measured on label tasks only")
@@ -143,6 +148,18 @@ def main() -> None:
     )
     if any(alpha > 0 for alpha in grid.kd_alphas) and grid.held_out_posts == 0:
         parser.error("--kd-alpha above 0 needs --held-out-posts above 0: the KD arm is judged on held-out NLL")
+    return grid
+
+
+def main() -> None:
+    parser = build_parser()
+    args = parser.parse_args()
+    check_args(args, parser)
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    grid = grid_from(args, parser, torch.cuda.is_available())
     args.earlier = earlier_runs(args.json) if args.append else []
     command = "python -m experiments.distillation_efficacy " + shlex.join(sys.argv[1:])
     result = run(grid, args, command.strip(), args.task)

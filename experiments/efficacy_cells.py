@@ -125,7 +125,8 @@ def train_cell(
 
 @dataclass
 class Study:
-    """What every cell of a run shares: the task, the student, the val resamples, the held-out posts, the base."""
+    """What every cell of a run shares: the task, the student, the val resamples, the held-out posts, the headline
+    scoring, the base."""
 
     task: EfficacyTask
     model_path: str
@@ -135,7 +136,9 @@ class Study:
     tokenizer: object
     nlp: object
     held_out: list  # the held-out annotated posts' messages (label tasks with held-out posts)
-    base: dict[str, Distribution] | None = None
+    headline: str  # the scoring comparisons are Holm-corrected in (``--scoring``)
+    base: dict[str, Distribution] | None = None  # the base's scores, set once it is scored
+    base_prediction: Prediction | None = None
 
     def predict(self, student: LocalStudent, variant: str) -> Prediction:
         started = time.monotonic()
@@ -152,6 +155,24 @@ class Study:
         if held_indices is not None:
             nll = bootstrap(MeanScores(teacher_nll(prediction.held, held_labels)), held_indices)
         return Measured(scored(self.task, prediction, self.indices), nll, prediction)
+
+
+def train_and_measure(
+    study: Study,
+    table: pd.DataFrame,
+    mode: str,
+    directory: Path,
+    config: TrainingConfig,
+    kd_targets: pd.DataFrame | None,
+    held_labels: np.ndarray | None,
+    held_indices,
+):
+    """One student trained on the mask table in ``mode`` and scored (its model freed before the next trains); the
+    training outcome, its seconds and the student's scores."""
+    outcome, seconds = train_cell(study.model_path, table, mode, directory, config, study.placement, kd_targets)
+    checkpoint = read_checkpoint(directory / mode, mode)
+    student = LocalStudent(study.model_path, [checkpoint], threads=study.threads)
+    return outcome, seconds, study.measure(student, checkpoint.variant, held_labels, held_indices)
 
 
 def seed_cells(study: Study, grid: Grid, examples: pd.DataFrame, seed: int, alphas, held_labels, held_indices):
@@ -180,13 +201,9 @@ def seed_cells(study: Study, grid: Grid, examples: pd.DataFrame, seed: int, alph
                     config = config.model_copy(update={"max_steps": steps_within_budget(mask, config, grid.max_steps)})
                     directory = Path(scratch) / strength / f"kd{alpha:g}"
                     targets = kd.table if alpha > 0 else None
-                    outcome, seconds = train_cell(
-                        study.model_path, mask, mode, directory, config, study.placement, targets
+                    outcome, seconds, measured = train_and_measure(
+                        study, mask, mode, directory, config, targets, held_labels, held_indices
                     )
-                    checkpoint = read_checkpoint(directory / mode, mode)
-                    student = LocalStudent(study.model_path, [checkpoint], threads=study.threads)
-                    measured = study.measure(student, checkpoint.variant, held_labels, held_indices)
-                    del student
                     if alpha == 0:
                         sft = measured
                     if mode == "none":

@@ -1,8 +1,8 @@
 """docs/efficacy.md and docs/efficacy.json: one section per run of the efficacy experiment, and the files written
 after every cell (the hand-written notes between ``<!-- kept -->`` markers kept). A run in the record format 2 (every
 scoring per model, seed-hierarchical intervals, Holm families, tuning and reporting splits) renders through
-``body``; runs recorded before it keep their own rendering (``markdown``), so a rewritten page shows every earlier
-figure unchanged."""
+``format_2_body``; runs recorded before it keep their own rendering (``format_1_body``), so a rewritten page shows
+every earlier figure unchanged."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def splits_line(result: dict) -> str:
     )
 
 
-def body(result: dict, counted: str) -> list[str]:
+def format_2_body(result: dict, counted: str) -> list[str]:
     """The run's tables below its header lines (task, grid, recipe)."""
     headline, scorings = result["headline_scoring"], result["scorings"]
     lines = [
@@ -213,11 +213,19 @@ def base_line(result: dict, counted: str) -> str:
 
 
 def markdown(result: dict, partial: bool) -> str:
-    grid, recipe = result["grid"], result["recipe"]
+    """One run's section: what ran and how, then its tables in the run's record format."""
     # runs from before the NER task counted sentiment labels only
     counted = "/".join(word[:3] for word in result.get("count_names", ["negative", "neutral", "positive"]))
+    if result.get("format") == 2:
+        return "\n".join(run_lines(result, partial) + format_2_body(result, counted)) + "\n"
+    return "\n".join(run_lines(result, partial) + format_1_body(result, counted)) + "\n"
+
+
+def run_lines(result: dict, partial: bool) -> list[str]:
+    """The task, command, commit, machine, grid and recipe of one run."""
+    grid, recipe = result["grid"], result["recipe"]
     after = f", {result['load_average_after']:.1f} after" if "load_average_after" in result else ""
-    lines = [
+    return [
         f"Task {result['task']} ({result['val_source']}), {result['val_posts']} val posts, metric {result['metric']}; "
         f"95% paired percentile bootstrap intervals on shared resamples. Command `{result['command']}`, commit "
         f"{result['commit']}, started {result['started']} on {result['device']}, load average "
@@ -238,9 +246,11 @@ def markdown(result: dict, partial: bool) -> str:
         f"batch {recipe['batch_size']}, max_length {recipe['max_length']}; scoring: {result['scoring']}.",
         "",
     ]
-    if result.get("format") == 2:
-        return "\n".join(lines + body(result, counted)) + "\n"
-    lines += [
+
+
+def format_1_body(result: dict, counted: str) -> list[str]:
+    """The tables of a run recorded before format 2 (one scoring, post-only intervals), rendered as then."""
+    lines = [
         base_line(result, counted),
         "",
         f"| teacher | teacher on val | unparseable | annotated posts usable | teacher label counts {counted} | "
@@ -290,7 +300,7 @@ def markdown(result: dict, partial: bool) -> str:
             f"{ci(c['difference'])} | {ci(c['transfer_ratio'], 2)} | {ci(c.get('minus_none'))} | "
             f"{ci(c.get('kd_minus_sft'))} | {ci(c.get('teacher_nll'))} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 PAGE_HEADER = """# Distillation efficacy

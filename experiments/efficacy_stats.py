@@ -135,6 +135,8 @@ def summary_rows(
     ``draws``, then posts): score and gain over the base under every scoring, masked - none and KD - SFT paired by
     seed, transfer ratio (None for self-distillation), held-out teacher NLL; and the Holm family of every
     comparison made, in the headline scoring."""
+    # One (teacher, N) read top to bottom: pooling, then each row with its comparisons, then their family; split,
+    # the pieces would pass the same pooled maps between them.
     pooled = {
         key: {s: pooled_over_seeds([m.scores[s] for m in cells], draws) for s in cells[0].scores}
         for key, cells in by_cell.items()

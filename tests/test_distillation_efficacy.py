@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments.distillation_efficacy import build_parser, grid_from
 from experiments.efficacy_cells import arm_config, examples_frame, masked_share, steps_within_budget
-from experiments.efficacy_grid import RECIPE, Grid
+from experiments.efficacy_grid import GRIDS, RECIPE, Grid
 from experiments.efficacy_page import earlier_runs, markdown, write_outputs
 from experiments.efficacy_run import VALIDATION_POSTS, run, split_pool
 from experiments.efficacy_stats import (
@@ -352,3 +353,17 @@ def test_the_grids_learning_rate_is_the_recipes_and_is_recorded():
     } == (RECIPE.model_dump())
     assert asdict(grid)["learning_rate"] == 3e-4
     assert Grid(("reference",), (16,), (0,), ("none",), ("default",), 12).recipe == RECIPE
+
+
+def test_options_replace_the_presets_fields_and_the_ner_task_runs_without_the_kd_arm():
+    parser = build_parser()
+    assert grid_from(parser.parse_args([]), parser, cuda=False) == GRIDS["cpu"]
+    args = parser.parse_args(["--sizes", "16", "--kd-alpha", "0", "0.5", "0", "--held-out-posts", "10"])
+    grid = grid_from(args, parser, cuda=False)
+    assert list(grid.sizes) == [16] and grid.kd_alphas == (0.0, 0.5) and grid.held_out_posts == 10
+    assert (grid.teachers, grid.seeds, grid.max_steps) == (GRIDS["cpu"].teachers, GRIDS["cpu"].seeds, 64)
+    ner = grid_from(parser.parse_args(["--task", "btc"]), parser, cuda=True)
+    assert ner.kd_alphas == (0.0,) and ner.held_out_posts == 0 and ner.sizes == GRIDS["gpu"].sizes
+    for refused in (["--task", "btc", "--kd-alpha", "0.5"], ["--kd-alpha", "0.5", "--held-out-posts", "0"]):
+        with pytest.raises(SystemExit):
+            grid_from(parser.parse_args(refused), parser, cuda=False)
