@@ -68,7 +68,7 @@ dev: setup
 	$(BIN)/opengrok topics sync
 	$(BIN)/dagster dev -w workspace.yaml
 
-# Every benchmark, written to docs/benchmarks.md; TRL is a bench-only dependency (the training comparison).
+# Every benchmark (and the studies of experiments/), written to docs/benchmarks.md; TRL is a bench-only dependency (the training comparison).
 bench: setup
 	$(BIN)/pip install --quiet -e ".[test,bench]"
 	$(BIN)/python -m bench

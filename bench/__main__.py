@@ -1,4 +1,5 @@
-"""Every benchmark in one command, written to docs/benchmarks.md.
+"""Every benchmark in one command, written to docs/benchmarks.md, with the studies of experiments/ (the efficacy
+experiment, the tokenizer alignment study) as sections of their own.
 
 Each bench runs as its own process (so peak memory is its own) and prints Markdown; this collects the
 tables under the machine details, with the exact command, the date, the commit, the load average before
@@ -66,7 +67,7 @@ BENCHES = {
     ),
     "kd_alignment": Bench(
         "Distillation: aligned share of response tokens across tokenizers",
-        "bench.kd_alignment",
+        "experiments.kd_alignment",
         (),
         ">= 80% of English tweet response tokens",
     ),
@@ -91,14 +92,14 @@ BENCHES = {
     ),
     "efficacy": Bench(
         "Distillation efficacy, TweetEval sentiment (full page: docs/efficacy.md, figures: docs/efficacy.json)",
-        "bench.distillation_efficacy",
+        "experiments.distillation_efficacy",
         (),
         "the required grid (both teachers, N = 250 and 1,000, 2 seeds, modes none and hard) within 60 minutes on a "
         "2-core CPU; reference teacher, N = 1,000, mode none: transfer ratio >= 0.7 with lower bound > 0",
     ),
     "efficacy_ner": Bench(
         "Distillation efficacy, BTC named entities (added to docs/efficacy.md and docs/efficacy.json)",
-        "bench.distillation_efficacy",
+        "experiments.distillation_efficacy",
         ("--task", "btc", "--teachers", "reference", "--val-posts", "300", "--append"),
         "every mask mode's entity F1 against the base, with intervals, whatever it shows",
     ),
@@ -123,7 +124,9 @@ Written by `make bench` (`.venv/bin/python -m bench`; `--only NAME ...` reruns s
 others). Figures measured several times are given as median (min-max). Peak memory is the resident memory
 of the bench's whole process tree (model servers and training subprocesses included; shared pages count
 once per process, so it is an upper bound). Wall-clock figures depend on what else ran: each section gives
-the load average before and after it.
+the load average before and after it. The sections `kd_alignment`, `efficacy` and `efficacy_ner` run the studies
+of experiments/ (`python -m experiments.kd_alignment`, `python -m experiments.distillation_efficacy`); a
+section's command names the module where it lived when the section was measured.
 """
 
 

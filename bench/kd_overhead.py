@@ -3,7 +3,7 @@
 One step is what the Trainer does per batch: collate, forward, loss, backward, AdamW update; the student is
 SmolLM2-135M with LoRA r=8 on q/k/v/o_proj, a right-padded batch of random token ids (lengths 60-100% of
 ``--length``, the first third prompt). The KD side adds the targets the trainer would get from ``kd_targets``:
-at 90% of the response positions (the aligned share measured on English tweets, bench.kd_alignment) the
+at 90% of the response positions (the aligned share measured on English tweets, experiments.kd_alignment) the
 teacher's top-``k`` ids and logprobs, collated by ``KDCollator``, and computes ``distillation_loss`` as the
 trainer's ``compute_loss`` does. Sides are interleaved round by round; each round gives a ratio to the
 cross-entropy step, reported as median (min-max). ``--threads 1 --clock cpu`` times the process's own CPU work

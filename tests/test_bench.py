@@ -1,5 +1,7 @@
-"""The benchmark harness: per-stage memory of a process tree, and partial reruns keeping the other sections."""
+"""The benchmark harness: per-stage memory of a process tree, partial reruns keeping the other sections, and the
+module every section runs."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.__main__ import kept_sections
+from bench.__main__ import BENCHES, kept_sections
 from bench.end_to_end import stage_of
 from bench.measure import run_measured
 
@@ -51,6 +53,15 @@ def test_rerunning_one_bench_keeps_the_other_sections():
     sections = kept_sections(text)
     assert list(sections) == ["filter", "mask"]
     assert sections["filter"] == "<!-- bench:filter -->\n## Filter\n| a |\n<!-- /bench:filter -->\n"
+
+
+def test_every_section_runs_a_module_that_exists():
+    """`make bench` runs each section by module name, the studies of experiments/ among them: a module that moved
+    fails here rather than hours into a full run."""
+    missing = [
+        f"{name}: {bench.module}" for name, bench in BENCHES.items() if importlib.util.find_spec(bench.module) is None
+    ]
+    assert missing == []
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The efficacy bench: its arithmetic (paired transfer ratio, seed averaging, masked share, training examples, step
+"""The efficacy experiment: its arithmetic (paired transfer ratio, seed averaging, masked share, training examples, step
 budget) and, on the real student, its whole loop over a tiny grid."""
 
 import argparse
@@ -8,26 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.distillation_efficacy import (
+from experiments.distillation_efficacy import build_parser, grid_from
+from experiments.efficacy_cells import arm_config, examples_frame, masked_share, steps_within_budget
+from experiments.efficacy_grid import GRIDS, RECIPE, Grid
+from experiments.efficacy_page import earlier_runs, markdown, write_outputs
+from experiments.efficacy_run import VALIDATION_POSTS, run, split_pool
+from experiments.efficacy_stats import (
     NLL,
-    RECIPE,
-    VALIDATION_POSTS,
-    Grid,
     MeanScores,
     Measured,
-    arm_config,
-    examples_frame,
-    markdown,
-    masked_share,
-    run,
-    split_pool,
-    steps_within_budget,
     summary_rows,
     teacher_nll,
+    teacher_transfer,
     transfer_ratio,
-    write_outputs,
 )
-from bench.efficacy_tasks import EntityTask, Prediction, SentimentTask
+from experiments.efficacy_tasks import EntityTask, Prediction, SentimentTask, split_val
 from opengrok_dagster.evaluation.bootstrap import Distribution, bootstrap
 from opengrok_dagster.tasks.datasets import resolve_data_dir
 from opengrok_dagster.tasks.formats import Annotation, task_format
@@ -87,7 +82,7 @@ def _result(n):
         "metric": METRIC,
         "val_posts": 300,
         "val_source": "val",
-        "command": f"python -m bench.distillation_efficacy --sizes {n}",
+        "command": f"python -m experiments.distillation_efficacy --sizes {n}",
         "commit": "abc",
         "started": "2026-12-01 09:16 UTC",
         "device": "cpu (fp32)",
@@ -143,11 +138,6 @@ def _result(n):
 
 
 def test_outputs_keep_the_hand_written_notes_and_append_runs(tmp_path):
-    import argparse
-    import json
-
-    from bench.distillation_efficacy import earlier_runs, write_outputs
-
     page, figures = tmp_path / "efficacy.md", tmp_path / "efficacy.json"
     page.write_text("# old\n<!-- kept -->\nsettings search notes\n<!-- /kept -->\n## Measured\nold figures\n")
     args = argparse.Namespace(output=page, json=figures, earlier=[])
@@ -219,8 +209,6 @@ def test_kd_summary_is_paired_with_the_sft_arm_of_the_same_mode_on_score_and_hel
 
 
 def test_self_distillation_makes_no_transfer_claim():
-    from bench.distillation_efficacy import teacher_transfer
-
     student, base = {"generated": dist(0.6, [0.6, 0.6])}, {"generated": dist(0.3, [0.3, 0.3])}
     assert teacher_transfer(student, base, None, METRIC) is None
     ratio = teacher_transfer(student, base, {"generated": dist(0.9, [0.9, 0.9])}, METRIC)
@@ -228,8 +216,6 @@ def test_self_distillation_makes_no_transfer_claim():
 
 
 def test_tuning_and_reporting_parts_of_the_val_split_are_disjoint_and_whole():
-    from bench.efficacy_tasks import split_val
-
     tuning, reporting = split_val(2000, "tuning"), split_val(2000, "reporting")
     assert len(tuning) == 1400 and len(reporting) == 600  # TweetEval sentiment's 2,000 val posts
     assert not set(tuning) & set(reporting) and len(set(tuning) | set(reporting)) == 2000
@@ -285,8 +271,8 @@ def test_step_budget_stops_at_one_epoch_of_the_balanced_split_or_the_budget_whic
 
 @pytest.mark.integration
 @pytest.mark.parametrize(("task", "counted"), [("tweeteval_sentiment", "neg/neu/pos"), ("btc", "loc/org/per")])
-def test_bench_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, offline_model, task, counted):
-    """The bench's own loop (teacher, examples, masks, training within the step budget, scoring, page and JSON) on
+def test_experiment_trains_and_scores_every_cell_of_a_tiny_grid_end_to_end(tmp_path, offline_model, task, counted):
+    """The experiment's own loop (teacher, examples, masks, training within the step budget, scoring, page and JSON) on
     the real student and the reference teacher, for a label task and the NER task: nothing else runs it."""
     grid = Grid(("reference",), (16,), (0,), ("none", "hard"), ("default",), 12, (0.0,), 1.0, 0, 2)
     args = argparse.Namespace(resamples=50, threads=1, output=tmp_path / "e.md", json=tmp_path / "e.json", earlier=[])
@@ -367,3 +353,17 @@ def test_the_grids_learning_rate_is_the_recipes_and_is_recorded():
     } == (RECIPE.model_dump())
     assert asdict(grid)["learning_rate"] == 3e-4
     assert Grid(("reference",), (16,), (0,), ("none",), ("default",), 12).recipe == RECIPE
+
+
+def test_options_replace_the_presets_fields_and_the_ner_task_runs_without_the_kd_arm():
+    parser = build_parser()
+    assert grid_from(parser.parse_args([]), parser, cuda=False) == GRIDS["cpu"]
+    args = parser.parse_args(["--sizes", "16", "--kd-alpha", "0", "0.5", "0", "--held-out-posts", "10"])
+    grid = grid_from(args, parser, cuda=False)
+    assert list(grid.sizes) == [16] and grid.kd_alphas == (0.0, 0.5) and grid.held_out_posts == 10
+    assert (grid.teachers, grid.seeds, grid.max_steps) == (GRIDS["cpu"].teachers, GRIDS["cpu"].seeds, 64)
+    ner = grid_from(parser.parse_args(["--task", "btc"]), parser, cuda=True)
+    assert ner.kd_alphas == (0.0,) and ner.held_out_posts == 0 and ner.sizes == GRIDS["gpu"].sizes
+    for refused in (["--task", "btc", "--kd-alpha", "0.5"], ["--kd-alpha", "0.5", "--held-out-posts", "0"]):
+        with pytest.raises(SystemExit):
+            grid_from(parser.parse_args(refused), parser, cuda=False)

@@ -17,9 +17,11 @@ from tests.test_stage_order import STAGES
 
 
 DOMAIN_PACKAGES = STAGES
-# Code that ships or that users run (bench is run by `make bench`); tests may reach private Dagster APIs where
-# Dagster offers no public one (backfill records, the instance-config schema).
-PRODUCT_DIRS = ("opengrok_dagster", "assets", "resources", "bench", "devtools")
+# Code that ships or that users run (bench and experiments are run by `make bench`); tests may reach private Dagster
+# APIs where Dagster offers no public one (backfill records, the instance-config schema).
+PRODUCT_DIRS = ("opengrok_dagster", "assets", "resources", "bench", "experiments", "devtools")
+# Run from the repository root, never installed: the installed package must not import them.
+REPOSITORY_ONLY = ("devtools", "tests", "bench", "experiments")
 
 
 def python_files(*directories: str) -> list[Path]:
@@ -88,20 +90,30 @@ def test_domain_packages_import_no_dagster():
     assert result.stdout.strip() == "", f"a domain module imports Dagster: {result.stdout}"
 
 
-def test_devtools_are_neither_installed_nor_imported_by_the_product():
+def test_devtools_benches_and_experiments_are_neither_installed_nor_imported_by_the_product():
     include = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
         "include"
     ]
     installed = find_packages(str(REPO_ROOT), include=include)
-    assert "opengrok_dagster" in installed and not [
-        p for p in installed if p.split(".")[0] in ("devtools", "tests", "bench")
-    ]
-    users = [
-        str(p.relative_to(REPO_ROOT))
+    assert "opengrok_dagster" in installed and not [p for p in installed if p.split(".")[0] in REPOSITORY_ONLY]
+    users = {
+        str(p.relative_to(REPO_ROOT)): sorted(m for m in imported_modules(p) if m.split(".")[0] in REPOSITORY_ONLY)
         for p in python_files("opengrok_dagster", "assets", "resources")
-        if any(m.split(".")[0] == "devtools" for m in imported_modules(p))
-    ]
-    assert users == []
+    }
+    assert {path: modules for path, modules in users.items() if modules} == {}
+
+
+def test_the_benches_are_performance_benches_only():
+    """bench/ measures speed and memory; the studies (efficacy, tokenizer alignment) live in experiments/, which
+    bench/ runs as sections by module name and never imports."""
+    users = {
+        str(p.relative_to(REPO_ROOT)): sorted(m for m in imported_modules(p) if m.split(".")[0] == "experiments")
+        for p in python_files("bench")
+    }
+    assert {path: modules for path, modules in users.items() if modules} == {}
+    assert not {"distillation_efficacy", "efficacy_tasks", "efficacy_page", "kd_alignment"} & {
+        p.stem for p in python_files("bench")
+    }
 
 
 def fixture_names(path: Path) -> set[str]:

@@ -14,7 +14,7 @@ from resources import OpenGrokPaths, ParquetIOManager
 from tests.conftest import REPO_ROOT
 
 
-PRODUCT = ["opengrok_dagster", "assets", "resources", "bench"]
+PRODUCT = ["opengrok_dagster", "assets", "resources", "bench", "experiments"]
 # Path segments: flagged where a string is joined onto a path with `/` (``"mask_tables"`` is left out: it is also
 # the asset's name, and the layout names the vocabulary directory after it).
 SEGMENTS = {"assets", "checkpoints", "reports", "logs", "dagster_home", "teacher-server.log"}

@@ -11,8 +11,8 @@ Each tweet is the response of a chat-templated example, tokenised as the mask bu
 the share of student response tokens with a target (target >= 0.80), the share of teacher tokens that are
 a single student token (how much of the teacher's alternatives can map at all), and the alignment's CPU time.
 
-    .venv/bin/python -m bench.kd_alignment
-    .venv/bin/python -m bench.kd_alignment --tekken /path/to/tekken_240911.json --per-corpus 500
+    .venv/bin/python -m experiments.kd_alignment
+    .venv/bin/python -m experiments.kd_alignment --tekken /path/to/tekken_240911.json --per-corpus 500
 
 Without ``--tekken`` the file is taken from an installed ``mistral_common``, else from
 ``~/.cache/opengrok/tokenizers/``, where it is first extracted from the wheel that ``pip download

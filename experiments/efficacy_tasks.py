@@ -1,4 +1,4 @@
-"""The tasks the efficacy bench measures on: what the teacher annotates, how its answers become training examples,
+"""The tasks the efficacy experiment measures on: what the teacher annotates, how its answers become training examples,
 and how a student's answers on the val split are scored, one class per kind of answer.
 
 ``SentimentTask`` (TweetEval sentiment): a label word, scored every way the report scores it (greedy generation
@@ -45,14 +45,14 @@ def split_val(total: int, part: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A model's val predictions in the task's scoring shape under each scoring (``BenchTask.scorings``), and its
+    """A model's val predictions in the task's scoring shape under each scoring (``EfficacyTask.scorings``), and its
     label log-likelihoods on the held-out annotated posts (label tasks with held-out posts)."""
 
     scorings: dict[str, object]
     held: np.ndarray | None = None
 
 
-class BenchTask:
+class EfficacyTask:
     """One evaluation task: its val items and gold, the train texts to annotate, and its scoring."""
 
     name: str
@@ -98,7 +98,7 @@ class BenchTask:
         return []
 
 
-class SentimentTask(BenchTask):
+class SentimentTask(EfficacyTask):
     name = "tweeteval_sentiment"
     answer_tokens = 16
     kd_arm = True
@@ -158,7 +158,7 @@ class SentimentTask(BenchTask):
         return Prediction(scorings, held)
 
 
-class EntityTask(BenchTask):
+class EntityTask(EfficacyTask):
     name = "btc"
     answer_tokens = EvaluationConfig.model_fields["ner_max_new_tokens"].default
     kd_arm = False
@@ -208,4 +208,4 @@ class EntityTask(BenchTask):
         return Prediction({"generated": tags})
 
 
-BENCH_TASKS = {task.name: task for task in (SentimentTask, EntityTask)}
+EFFICACY_TASKS = {task.name: task for task in (SentimentTask, EntityTask)}
