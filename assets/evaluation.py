@@ -112,8 +112,8 @@ def _cost_section(results, filtered: pd.DataFrame, teacher: TeacherResource, pat
     prices = teacher.prices()
     teacher_cost = (
         teacher_line(
-            f"teacher ({_teacher_description(teacher)})",
             measure,
+            f"teacher ({_teacher_description(teacher)})",
             prices.prompt_per_million,
             prices.completion_per_million,
             teacher.max_concurrency,

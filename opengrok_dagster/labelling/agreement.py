@@ -128,9 +128,11 @@ def _task_agreement(student, rows: pd.DataFrame, task: str, config) -> TaskResul
     scored = []
     for variant in student.variants:
         with student.using(variant):
-            logprobs = student.label_logprobs(messages, words)
-            if config.calibrate:
-                logprobs = calibrate(logprobs, student.label_logprobs(content_free_messages(fmt.messages), words))
+            # calibrated, as post_labels labels the user's posts by default: the agreement measures the labels users get
+            logprobs = calibrate(
+                student.label_logprobs(messages, words),
+                student.label_logprobs(content_free_messages(fmt.messages), words),
+            )
         predicted = logprobs.argmax(axis=1)
         result.answers.predictions[variant] = predicted
         scored.append((variant, CALIBRATED, AgreementScores(predicted, teacher, len(words)), None))
