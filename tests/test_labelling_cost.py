@@ -20,7 +20,7 @@ def answered(store, prompt_id, prompt_tokens, completion_tokens, latency, error=
     result = TeacherResult(
         None if error else "positive", "stop", "grok", prompt_tokens, completion_tokens, 0.0, latency, 1, "r", error
     )
-    store.record(ResponseKey("grok", "k", "2026-12-01"), prompt_id, "news", result)
+    store.responses.record(ResponseKey("grok", "k", "2026-12-01"), prompt_id, "news", result)
 
 
 def test_the_teacher_is_measured_from_its_answered_annotation_requests(tmp_path):
