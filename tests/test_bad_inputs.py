@@ -24,6 +24,7 @@ import socket
 from collections.abc import Callable
 
 import httpx
+import pandas as pd
 import pytest
 import respx
 from dagster import Failure
@@ -37,8 +38,8 @@ PROBES: dict[int, Callable] = {}
 
 # Rows whose input needs a Dagster run, a trained model or a server: still held by the test each cites (which
 # asserts the message), not yet by a probe here.
-NOT_YET_PROBED = {4, 10, 32, 33, 36, 40, 41, 47, 49, 50, 51}
-NOT_YET_PROBED |= {53, 55, 57, 58, 60, 61, 66, 68, 69, 70, 71}
+NOT_YET_PROBED = {4, 10, 32, 33, 36, 40, 41, 47}
+NOT_YET_PROBED |= {53, 55, 57, 58, 60, 61, 66, 69}
 # Rows added with issues 24-26 (endpoints, the CLI, encodings, labelling, serving, mask options, scorings): their
 # cited tests assert the messages; probes here are still to write.
 NOT_YET_PROBED |= {76, 79, 88}
@@ -331,8 +332,6 @@ def _corrupt_raw_responses(tmp_path, monkeypatch):
 
 @probe(12)
 def _raw_responses_without_a_column(tmp_path, monkeypatch):
-    import pandas as pd
-
     from opengrok_dagster.filtering.raw import RAW_COLUMNS, read_raw_responses
 
     (tmp_path / "2026-11-24").mkdir()
@@ -358,8 +357,6 @@ def _corrupt_prompt_feedback(tmp_path, monkeypatch):
 
 @probe(18)
 def _review_decisions_from_a_foreign_file(tmp_path, monkeypatch):
-    import pandas as pd
-
     from opengrok_dagster.filtering.review import read_decisions_file
 
     decisions, foreign = tmp_path / "decisions.csv", tmp_path / "foreign.csv"
@@ -764,6 +761,97 @@ def _posts_shard_changing_during_labelling(tmp_path, monkeypatch):
         guard(0)  # unchanged: labelling goes on
         instance.report_runless_asset_event(AssetMaterialization("posts", partition="mine"))
         return [error_of(guard, 2)]
+
+
+@probe(49)
+def _logprobs_that_are_not_the_chat_completions_list(tmp_path, monkeypatch):
+    from dagster import build_asset_context
+
+    from assets.distillation import KDTargetsConfig, kd_targets
+    from opengrok_dagster.filtering.chain import example_id
+    from opengrok_dagster.offline_model import offline_model_dir
+    from opengrok_dagster.settings import CONFIG_DIR
+    from resources import OpenGrokPaths, StudentResource
+
+    key = {"prompt_id": "p1", "teacher_model": "grok-4", "sampling_key": "t0.7", "round": "2026-11-24"}
+    example = example_id(*key.values())
+    (tmp_path / "assets" / "raw_responses" / key["round"]).mkdir(parents=True)
+    raw = pd.DataFrame([key | {"response": "Fine.", "logprobs": '{"content": [truncated'}])
+    raw.to_parquet(tmp_path / "assets" / "raw_responses" / key["round"] / "climate.parquet")
+    table = mask_table(_student_tokenizer(), train=1, validation=0).assign(example_id=example)
+    texts = {"system_prompt": None, "prompt": "How does it feel?", "response": "Fine."}
+    inputs = dict(
+        mask_tables=table,
+        filtered_responses=pd.DataFrame([{"example_id": example, "round": key["round"]} | texts]),
+        student=StudentResource(model=str(offline_model_dir())),  # checked by _student_tokenizer
+        paths=OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml")),
+    )
+    return [error_of(lambda: list(kd_targets(build_asset_context(), config=KDTargetsConfig(), **inputs)))]
+
+
+def _kd_targets_error(tmp_path, targets_of: Callable) -> str:
+    """What the fine-tune (train_lora, before it loads the model) says of ``targets_of(kd_targets)``."""
+    from opengrok_dagster.distill.targets import KDTargets
+    from tests.test_distill_training import kd_table
+
+    table = mask_table(_student_tokenizer(), train=2, validation=1)
+    return error_of(KDTargets.of, targets_of(kd_table(table, _student_tokenizer())), table, _student_tokenizer())
+
+
+@probe(50)
+def _kd_targets_of_another_tokenizer(tmp_path, monkeypatch):
+    return [_kd_targets_error(tmp_path, lambda kd: kd.assign(tokenizer_fingerprint="gpt2@0123456789abcdef"))]
+
+
+@probe(51)
+def _kd_targets_aligned_to_older_mask_rows(tmp_path, monkeypatch):
+    def stale(kd):
+        kd.loc[0, "input_ids_digest"] = "0" * 16
+        return kd
+
+    return [_kd_targets_error(tmp_path, stale)]
+
+
+@probe(68)
+def _annotation_settings_and_no_posts(tmp_path, monkeypatch):
+    from assets.collection import _posts_of
+    from opengrok_dagster.collect.annotation import annotation_count, build_annotation_prompts
+    from opengrok_dagster.settings import CONFIG_DIR
+    from resources import OpenGrokPaths
+    from tests.test_annotation import post_frame
+
+    paths = OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))
+    return [  # the prompts asset fails with each of these as its one line
+        error_of(_posts_of, paths, "music", ["music"]),
+        error_of(annotation_count, 12, 1.5),
+        error_of(build_annotation_prompts, post_frame(), "music", 2, ("tweet_topic",), "xml", 0),
+    ]
+
+
+@probe(70)
+def _annotation_that_does_not_validate(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.annotations import parse_annotation
+
+    post = "Loving the new Apple store in Paris with Taylor Swift tonight"
+    answers = {"invalid_json": '{"label": "positive"', "schema_mismatch": '{"topics": ["music"], "extra": 1}'}
+    tasks = {"invalid_json": "tweeteval_sentiment", "schema_mismatch": "tweet_topic"}
+    return [parse_annotation(tasks[reason], answer, post).reason for reason, answer in answers.items()]
+
+
+@probe(71)
+def _annotation_outside_the_vocabulary_or_the_post(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.annotations import parse_annotation
+
+    post = "Loving the new Apple store in Paris with Taylor Swift tonight"
+    answers = [  # the reason each answer is rejected with, as the filter records it
+        ("tweeteval_sentiment", '{"label": "mixed"}'),
+        ("wnut17", '{"entities": [{"type": "person", "text": "Ed Sheeran"}]}'),
+        ("tweeteval_sentiment", "It could be either."),
+        ("tweeteval_sentiment", "positive or negative"),
+        ("wnut17", "person: Taylor Swift\nsomething else entirely"),
+        ("tweeteval_sentiment", "  "),
+    ]
+    return [parse_annotation(task, answer, post).reason for task, answer in answers]
 
 
 def test_every_row_is_probed_or_listed_as_not_yet():
