@@ -38,8 +38,8 @@ PROBES: dict[int, Callable] = {}
 
 # Rows whose input needs a Dagster run, a trained model or a server: still held by the test each cites (which
 # asserts the message), not yet by a probe here.
-NOT_YET_PROBED = {4, 10, 33, 36, 40}
-NOT_YET_PROBED |= {55, 57, 58, 60, 61, 66, 69}
+NOT_YET_PROBED = {4, 33, 36, 40}
+NOT_YET_PROBED |= {57, 58, 61, 66}
 # Rows added with issues 24-26 (endpoints, the CLI, encodings, labelling, serving, mask options, scorings): their
 # cited tests assert the messages; probes here are still to write.
 NOT_YET_PROBED |= {76}
@@ -933,6 +933,94 @@ def _remote_teacher_without_its_key_or_model_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("XAI_API_KEY", "any")
     monkeypatch.delenv("OPENGROK_TEACHER_MODEL")  # read by Dagster as an EnvVar when the run starts
     return [without_key, cli_error("run", "--topics", "climate", "--collect-only")]
+
+
+TEACHER = "http://teacher.test/v1"
+
+
+def _teacher_answer(reply, sampling=None):
+    """The client's result (or refusal) for one chat completion a transport fake answers with ``reply``."""
+    from opengrok_dagster.collect.client import ClientLimits, SamplingParams, TeacherClient, TeacherEndpoint
+
+    limits = ClientLimits(max_attempts=3, backoff_initial_s=0.001, backoff_max_s=0.01, timeout_s=0.5)
+
+    async def ask():
+        endpoint = TeacherEndpoint(TEACHER, "grok-test", "sk-test")
+        async with TeacherClient(endpoint, sampling or SamplingParams(max_tokens=64), limits) as client:
+            return await client.complete([{"role": "user", "content": "hi"}])
+
+    with respx.mock:
+        route = respx.post(f"{TEACHER}/chat/completions").mock(side_effect=reply)
+        try:
+            return asyncio.run(ask()), route.call_count
+        except Exception as exc:  # noqa: BLE001 - the refusal is the answer here
+            return str(exc), route.call_count
+
+
+def _completion(content="fine", finish_reason="stop", **message) -> httpx.Response:
+    choice = {"message": {"content": content, **message}, "finish_reason": finish_reason}
+    return httpx.Response(200, json={"id": "c", "model": "m", "choices": [choice]})
+
+
+@probe(10)
+def _failing_endpoint(tmp_path, monkeypatch):
+    result, calls = _teacher_answer(lambda request: httpx.Response(503))
+    assert not result.ok and calls == 3, (result, calls)
+    return [result.error]
+
+
+@probe(55)
+def _provider_refusal(tmp_path, monkeypatch):
+    from opengrok_dagster.filtering.checks import anomaly_reasons
+
+    answers = [
+        _completion(None, "content_filter"),
+        _completion(None, refusal="I can't help with that."),
+        _completion(None),
+        httpx.Response(200, json={"id": "c", "model": "m", "choices": []}),
+    ]
+    anomalies = []
+    for answer in answers:
+        result, calls = _teacher_answer(lambda request, answer=answer: answer)
+        assert result.ok and calls == 1, (result, calls)  # paid for and final: not retried
+        anomalies.append(result.anomaly)
+    return anomalies + [reason for anomaly in anomalies for reason in anomaly_reasons(anomaly)[0]]
+
+
+@probe(60)
+def _endpoint_without_logprobs(tmp_path, monkeypatch):
+    from opengrok_dagster.collect.client import SamplingParams
+
+    refused, _ = _teacher_answer(lambda request: _completion(), SamplingParams(top_logprobs=3))
+    return [refused]
+
+
+@probe(69)
+def _endpoint_refusing_response_format(tmp_path, monkeypatch):
+    import json
+
+    from opengrok_dagster.collect.annotation import build_annotation_prompts, complete_prompt
+    from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint
+    from tests.test_annotation import post_frame
+
+    def reply(request):
+        if json.loads(request.content)["response_format"]["type"] == "json_schema":
+            return httpx.Response(400, json={"error": "response_format json_schema is not supported"})
+        return _completion('{"label": "positive"}')
+
+    row = build_annotation_prompts(post_frame(1), "music", 1, ("tweeteval_sentiment",), "json_schema", 0)[0]
+
+    async def ask():
+        limits = ClientLimits(max_attempts=2, backoff_initial_s=0.001, backoff_max_s=0.01, timeout_s=0.5)
+        async with TeacherClient(TeacherEndpoint(TEACHER, "grok-test", "k"), limits=limits) as client:
+            return await complete_prompt(client, row)
+
+    with respx.mock:
+        route = respx.post(f"{TEACHER}/chat/completions").mock(side_effect=reply)
+        result = asyncio.run(ask())
+    asked = [json.loads(call.request.content)["response_format"]["type"] for call in route.calls]
+    assert result.ok and asked == ["json_schema", "json_object"], (result, asked)
+    return asked + [result.response_format]  # the modes asked, in order, and the one stored with the answer
 
 
 def test_every_row_is_probed_or_listed_as_not_yet():
