@@ -39,7 +39,7 @@ PROBES: dict[int, Callable] = {}
 # Rows whose input needs a Dagster run, a trained model or a server: still held by the test each cites (which
 # asserts the message), not yet by a probe here.
 NOT_YET_PROBED = {4, 33, 36, 40}
-NOT_YET_PROBED |= {57, 58, 61, 66}
+NOT_YET_PROBED |= {57}
 # Rows added with issues 24-26 (endpoints, the CLI, encodings, labelling, serving, mask options, scorings): their
 # cited tests assert the messages; probes here are still to write.
 NOT_YET_PROBED |= {76}
@@ -1021,6 +1021,57 @@ def _endpoint_refusing_response_format(tmp_path, monkeypatch):
     asked = [json.loads(call.request.content)["response_format"]["type"] for call in route.calls]
     assert result.ok and asked == ["json_schema", "json_object"], (result, asked)
     return asked + [result.response_format]  # the modes asked, in order, and the one stored with the answer
+
+
+@probe(58)
+def _collection_expected_to_exceed_todays_budget(tmp_path, monkeypatch):
+    from assets.collection import _daily_budget_check
+    from opengrok_dagster.collect.plan import CollectionEstimate
+    from opengrok_dagster.settings import CONFIG_DIR
+    from resources import OpenGrokPaths, TeacherResource
+
+    estimate = CollectionEstimate("climate", 12, 12, 600, 1200, 3072, 0.05, 0.2, "tokenizer", "max_tokens")
+    paths = OpenGrokPaths(home=str(tmp_path), topic_catalogue=str(CONFIG_DIR / "topics.yaml"))
+    check = _daily_budget_check(TeacherResource(daily_budget_usd=0.01), paths, estimate)  # as the prompts asset does
+    assert not check.passed
+    return [check.check_name, check.description]
+
+
+@probe(61)
+def _batch_collection_from_an_endpoint_without_the_batch_api(tmp_path, monkeypatch):
+    from devtools.batch_server import LoopbackBatchServer
+    from opengrok_dagster.collect.batch import collect_batch
+    from opengrok_dagster.collect.client import SamplingParams, TeacherEndpoint
+    from opengrok_dagster.collect.store import ResponseStore
+    from tests.test_batch import FAST, PRICES, ROWS
+
+    arguments = (SamplingParams(), PRICES, ResponseStore(tmp_path / "r.sqlite"), "2026-11-24", "climate", FAST)
+    with LoopbackBatchServer() as server:  # under another prefix every route is a 404, as on `transformers serve`
+        endpoint = TeacherEndpoint(server.base_url.replace("/v1", "/chat-only/v1"), "m")
+        return [error_of(collect_batch, ROWS, endpoint, *arguments, log=lambda _: None)]
+
+
+@probe(66)
+def _evaluation_post_among_the_posts(tmp_path, monkeypatch):
+    import json
+
+    from dagster import build_asset_context
+
+    from assets.posts import PostsConfig, posts
+    from opengrok_dagster.tasks.datasets import read_tweeteval
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared/data is not beside this checkout")
+    val = read_tweeteval(SHARED_DATA / "tweeteval" / "sentiment" / "val").texts
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["my own post", val[5]]))
+    (tmp_path / "posts.yaml").write_text("shards:\n  - key: mine\n    path: mine.jsonl\n")
+    config = dict(
+        catalogue=str(tmp_path / "posts.yaml"), data_dir=str(SHARED_DATA), eval_tasks=["tweeteval_sentiment"]
+    )
+    [dropped, _] = posts(build_asset_context(partition_key="mine"), PostsConfig(**config))
+    [_, check] = posts(build_asset_context(partition_key="mine"), PostsConfig(**config, drop_eval_posts=False))
+    assert dropped.metadata["eval_posts_dropped"].value == 1 and not check.passed
+    return [check.check_name, check.description]
 
 
 def test_every_row_is_probed_or_listed_as_not_yet():
