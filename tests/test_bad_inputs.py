@@ -926,6 +926,11 @@ def _remote_teacher_without_its_key_or_model_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENGROK_HOME", str(tmp_path))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)  # the CLI defaults it to $OPENGROK_HOME/dagster_home
     monkeypatch.setenv("OPENGROK_PROFILE", str(generative_only_profile(tmp_path)))
+    # The prompts' defaults are the profile's at their first import: where an earlier probe imported them, the
+    # run would materialise every shard of the default posts catalogue first: here there is one of one post.
+    (tmp_path / "one.jsonl").write_text('{"text": "one post"}\n')
+    (tmp_path / "posts.yaml").write_text("shards:\n  - key: one\n    path: one.jsonl\n")
+    monkeypatch.setenv("OPENGROK_POSTS_CATALOGUE", str(tmp_path / "posts.yaml"))
     monkeypatch.setenv("OPENGROK_TEACHER_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("OPENGROK_TEACHER_MODEL", "grok-test")
     monkeypatch.delenv("XAI_API_KEY", raising=False)
