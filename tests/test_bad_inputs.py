@@ -14,6 +14,7 @@ in NOT_YET_PROBED (the invariant test fails on a row that is in neither).
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -36,9 +37,10 @@ from tests.conftest import REPO_ROOT, SHARED_DATA, mask_table
 CATALOGUE = REPO_ROOT / "docs" / "bad-inputs.md"
 PROBES: dict[int, Callable] = {}
 
-# Rows still held only by the test each cites (which asserts the message): 4 needs the webserver's GraphQL over a
-# running `dagster dev`, 33 a whole eval_report run with API endpoints, 36 a PostgreSQL server.
-NOT_YET_PROBED = {4, 33, 36}
+# Rows held only by the test each cites: 4's refusal is the webserver's GraphQL answer over a running `dagster dev`;
+# 36 quotes no message: a missing variable ends in Dagster's own multi-line config error (with a stack trace), and
+# a wrong password needs a PostgreSQL server.
+NOT_YET_PROBED = {4, 36}
 
 
 def documented_rows() -> dict[int, str]:
@@ -1121,6 +1123,37 @@ def _run_budget_spent_before_the_partition_is_collected(tmp_path, monkeypatch, p
         stopped = run_partition(persistent_instance, tmp_path, server, budget_usd=0.5)
     assert not (tmp_path / "assets" / "raw_responses").exists()
     return [stopped.failure_data_for_node("raw_responses").user_failure_data.description]
+
+
+@probe(33)
+def _optional_endpoint_unreachable_or_without_its_key(tmp_path, monkeypatch, tiny_student):
+    from opengrok_dagster.collect.client import ClientLimits
+    from opengrok_dagster.evaluation.api import ApiModel, EndpointSpec
+    from opengrok_dagster.evaluation.local import LocalStudent
+    from opengrok_dagster.evaluation.runner import Evaluation, EvaluationConfig
+    from opengrok_dagster.offline.server import free_loopback_port
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared/data is not beside this checkout")
+    monkeypatch.delenv("OPENGROK_TEST_ABSENT_KEY", raising=False)
+    closed = f"http://127.0.0.1:{free_loopback_port()}/v1"
+    specs = [
+        EndpointSpec(name="unreachable", base_url=closed, model="gpt-x"),
+        EndpointSpec(name="keyless", base_url=closed, model="gpt-y", api_key_env="OPENGROK_TEST_ABSENT_KEY"),
+    ]
+    fast = ClientLimits(max_attempts=1, backoff_initial_s=0.001, backoff_max_s=0.01)
+    models = [dataclasses.replace(ApiModel.from_spec(spec), limits=fast) for spec in specs]
+    config = EvaluationConfig(
+        tasks=("tweeteval_sentiment",),
+        classification_examples=3,
+        task_examples={},
+        resamples=100,
+        baseline_train_examples=50,
+        scorings=("raw",),
+        headline_scoring="raw",
+        min_items={"single": 2},
+    )
+    return Evaluation(config, LocalStudent(str(tiny_student)), models, log=lambda _: None).run(None).notes
 
 
 def test_every_row_is_probed_or_listed_as_not_yet():
