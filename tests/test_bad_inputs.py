@@ -7,8 +7,10 @@ literal and must appear, in order, in one of the messages the row's probe return
 without the doc, or splitting it over lines, fails that row here.
 
 A new row joins the contract with a probe: a function below taking pytest's ``tmp_path`` and ``monkeypatch`` and
-returning the messages its input produces, registered with ``@probe(<row number>)``; further parameters name
-fixtures of tests/conftest.py (``tiny_student``, ``tokenizer``) it is given. A row not probed yet is listed
+returning the messages its input produces, registered with ``@probe(<row number>)`` (``integration=True`` where
+it starts a process: `opengrok run`, the training subprocess); further parameters name fixtures of tests/conftest.py (``tiny_student``,
+``tokenizer``, ``persistent_instance``) it is given. For a row that is not an error, the messages are what the user
+sees instead (a reason code, a note in the report). A row not probed yet is listed
 in NOT_YET_PROBED (the invariant test fails on a row that is in neither).
 """
 
@@ -66,7 +68,7 @@ def holds(documented: str, message: str) -> bool:
     return re.search(pattern, message, re.DOTALL) is not None
 
 
-INTEGRATION: set[int] = set()  # rows whose probe starts a subprocess that loads a model: marked `integration`
+INTEGRATION: set[int] = set()  # rows whose probe starts a process (the CLI, the trainer): marked `integration`
 
 
 def probe(row: int, integration: bool = False):
