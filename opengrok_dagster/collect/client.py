@@ -301,6 +301,27 @@ class TeacherClient:
         if ticket is not None:
             await self._shared.settle(ticket, actual)
 
+    def _raise_for_status(self, response: httpx.Response, raw: bytes, url: str) -> None:
+        """What an HTTP error means: 429 and 5xx are retried (honouring Retry-After), 401/403/404 stop the whole
+        collection with the fix, any other 4xx fails this prompt alone."""
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _Retryable(
+                f"HTTP {status} from {url} ({header_note(response.headers) or 'no request id'})",
+                status_code=status,
+                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+            )
+        if status in (401, 403, 404):
+            hint = {
+                401: "the API key was rejected: check the environment variable that holds it",
+                403: "the API key may not use this model or endpoint",
+                404: f"no such endpoint or model {self.endpoint.model!r}: check base_url and model",
+            }[status]
+            raise TeacherConfigurationError(f"HTTP {status} from {url}: {hint}")
+        if status >= 400:
+            body = self._redact(raw[:300].decode(errors="replace"))
+            raise _Final(f"HTTP {status} from {url} ({header_note(response.headers)}): {body}", status)
+
     async def _attempt(
         self, messages: list[dict[str, str]], started: float, attempts: int, response_format: dict | None = None
     ) -> TeacherResult:
@@ -330,22 +351,7 @@ class TeacherClient:
         self._connection_failures = 0
         status = response.status_code
         request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-        if status == 429 or status >= 500:
-            raise _Retryable(
-                f"HTTP {status} from {url} ({header_note(response.headers) or 'no request id'})",
-                status_code=status,
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-            )
-        if status in (401, 403, 404):
-            hint = {
-                401: "the API key was rejected: check the environment variable that holds it",
-                403: "the API key may not use this model or endpoint",
-                404: f"no such endpoint or model {self.endpoint.model!r}: check base_url and model",
-            }[status]
-            raise TeacherConfigurationError(f"HTTP {status} from {url}: {hint}")
-        if status >= 400:
-            body = self._redact(raw[:300].decode(errors="replace"))
-            raise _Final(f"HTTP {status} from {url} ({header_note(response.headers)}): {body}", status)
+        self._raise_for_status(response, raw, url)
         try:
             payload = json.loads(raw)
             usage = payload.get("usage") or {}
