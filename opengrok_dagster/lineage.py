@@ -74,41 +74,27 @@ def example_lineage(home: Path, example_id: str) -> list[LineageStep]:
             },
         )
     )
+    steps += _collection_steps(layout, row)
+    return steps
+
+
+# What lineage shows of the teacher request and of the prompt it answered.
+REQUEST_FACTS = ("teacher_model", "request_id", "collected_at", "finish_reason", "attempts", "sampling_key")
+PROMPT_FACTS = ("prompt_id", "topic", "round", "template_id", "variant", "platform", "style", "grid_version", "seed")
+
+
+def _collection_steps(layout: HomeLayout, row) -> list[LineageStep]:
+    """The teacher request behind a filtered row, and the prompt it answered (both in the topic x round partition)."""
     raw_path = layout.collection_asset_path("raw_responses", row["topic"], row["round"])
     raw = _read(raw_path, f"raw_responses for topic {row['topic']!r}, round {row['round']}")
     request = raw[raw["prompt_id"] == row["prompt_id"]].iloc[0]
-    steps.append(
+    prompts_path = layout.collection_asset_path("prompts", row["topic"], row["round"])
+    return [
+        LineageStep("raw_responses", str(raw_path), {key: request[key] for key in REQUEST_FACTS}),
         LineageStep(
-            "raw_responses",
-            str(raw_path),
-            {
-                key: request[key]
-                for key in ("teacher_model", "request_id", "collected_at", "finish_reason", "attempts", "sampling_key")
-            },
-        )
-    )
-    steps.append(
-        LineageStep(
-            "prompts",
-            str(layout.collection_asset_path("prompts", row["topic"], row["round"])),
-            {
-                key: request[key]
-                for key in (
-                    "prompt_id",
-                    "topic",
-                    "round",
-                    "template_id",
-                    "variant",
-                    "platform",
-                    "style",
-                    "grid_version",
-                    "seed",
-                )
-            }
-            | {"prompt": request["prompt"]},
-        )
-    )
-    return steps
+            "prompts", str(prompts_path), {key: request[key] for key in PROMPT_FACTS} | {"prompt": request["prompt"]}
+        ),
+    ]
 
 
 def checkpoint_lineage(home: Path, checkpoint: str) -> list[LineageStep]:
