@@ -140,30 +140,13 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
     context.log.info(f"filtered {len(frame)} responses from rounds {rounds}")
 
     counts = frame["state"].value_counts().reindex(list(STATES), fill_value=0)
-    reasons = Counter(reason for row in frame["reasons"] for reason in row)
     kept = frame[frame["state"] == KEPT]
     splits = kept["split"].value_counts()
     rejection_rate = counts[REJECTED] / len(frame) if len(frame) else 0.0
     yield Output(
         frame,
         data_version=content_data_version(frame),
-        metadata={
-            "dagster/row_count": len(frame),
-            "rounds": ", ".join(rounds),
-            **{f"{state}_rows": int(counts[state]) for state in STATES},
-            **{f"{split}_rows": int(splits.get(split, 0)) for split in ("train", "validation", "heldout")},
-            "rejection_rate": float(rejection_rate),
-            "review_decisions_applied": int(
-                frame["reasons"].map(lambda r: "review_accepted" in r or "review_rejected" in r).sum()
-            ),
-            "by_reason": MetadataValue.md(
-                "\n".join(["| reason | rows |", "|---|---:|", *(f"| {k} | {v} |" for k, v in sorted(reasons.items()))])
-            ),
-            "by_topic": _markdown_counts(frame, "topic"),
-            "by_template": _markdown_counts(frame, "template_id"),
-            "examples_per_reason": _examples_per_reason(frame),
-            **_annotation_metadata(frame),
-        },
+        metadata=_metadata(frame, rounds, counts, splits, rejection_rate),
     )
 
     yield AssetCheckResult(
@@ -189,6 +172,36 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
     yield AssetCheckResult(
         check_name="no_pii_in_kept_text", passed=not leaks, metadata={"pii_found": json.dumps(dict(leaks))}
     )
+    duplicated = _duplicates_in_kept(kept, filter_config)
+    yield AssetCheckResult(
+        check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated}
+    )
+
+
+def _metadata(frame: pd.DataFrame, rounds: list[str], counts, splits, rejection_rate: float) -> dict:
+    """The filtered set's metadata: rows by state, split, reason, topic and template, with examples per reason."""
+    reasons = Counter(reason for row in frame["reasons"] for reason in row)
+    return {
+        "dagster/row_count": len(frame),
+        "rounds": ", ".join(rounds),
+        **{f"{state}_rows": int(counts[state]) for state in STATES},
+        **{f"{split}_rows": int(splits.get(split, 0)) for split in ("train", "validation", "heldout")},
+        "rejection_rate": float(rejection_rate),
+        "review_decisions_applied": int(
+            frame["reasons"].map(lambda r: "review_accepted" in r or "review_rejected" in r).sum()
+        ),
+        "by_reason": MetadataValue.md(
+            "\n".join(["| reason | rows |", "|---|---:|", *(f"| {k} | {v} |" for k, v in sorted(reasons.items()))])
+        ),
+        "by_topic": _markdown_counts(frame, "topic"),
+        "by_template": _markdown_counts(frame, "template_id"),
+        "examples_per_reason": _examples_per_reason(frame),
+        **_annotation_metadata(frame),
+    }
+
+
+def _duplicates_in_kept(kept: pd.DataFrame, filter_config) -> int:
+    """Kept rows that repeat another kept row (the no_duplicates_in_kept_text check)."""
     # Annotations repeat short answers across posts by design; one of them is a duplicate only for the same post.
     generated, annotations = kept[kept["task"].isna()], kept[kept["task"].notna()]
     duplicated = sum(
@@ -202,9 +215,7 @@ def filtered_responses(context: AssetExecutionContext, config: FilteredResponses
         if reason
     )
     duplicated += int(annotations.duplicated(["task", "prompt"]).sum())
-    yield AssetCheckResult(
-        check_name="no_duplicates_in_kept_text", passed=duplicated == 0, metadata={"duplicates": duplicated}
-    )
+    return duplicated
 
 
 @asset(group_name="filtering", code_version=asset_code_version("prompt_feedback"), kinds={"python", "parquet"})
