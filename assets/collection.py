@@ -144,26 +144,29 @@ def prompts(context: AssetExecutionContext, config: PromptsConfig, paths: OpenGr
             "preview": MetadataValue.md(
                 frame[["prompt_id", "variant", "template_id", "prompt"]].head(8).to_markdown(index=False)
             ),
-            "refined_from_round": refinement.from_round if refinement else "none",
+            **_refinement_metadata(refinement),
             **estimate.as_metadata(),
-            **(
-                {
-                    "refinement": MetadataValue.json(
-                        {
-                            "template_weights": dict(refinement.template_weights),
-                            "rewritten_templates": sorted(refinement.rewritten_templates),
-                            "extra_adversarial": refinement.extra_adversarial,
-                        }
-                    )
-                }
-                if refinement
-                else {}
-            ),
         },
     )
     duplicates = int(frame["prompt_id"].duplicated().sum())
     yield AssetCheckResult(check_name="unique_prompt_ids", passed=duplicates == 0, metadata={"duplicates": duplicates})
     yield _daily_budget_check(teacher, paths, estimate)
+
+
+def _refinement_metadata(refinement) -> dict:
+    """Which round's filtered set refined this grid, and how (template weights, rewrites, extra adversarial)."""
+    if not refinement:
+        return {"refined_from_round": "none"}
+    return {
+        "refined_from_round": refinement.from_round,
+        "refinement": MetadataValue.json(
+            {
+                "template_weights": dict(refinement.template_weights),
+                "rewritten_templates": sorted(refinement.rewritten_templates),
+                "extra_adversarial": refinement.extra_adversarial,
+            }
+        ),
+    }
 
 
 def _daily_budget_check(
