@@ -48,10 +48,10 @@ def home(tmp_path, monkeypatch):
 def test_decisions_persist_and_the_latest_wins(tmp_path):
     with ReviewStore(HomeLayout(tmp_path).review_store_path) as store:
         assert store.last_decision_id() == 0
-        store.responses.record(["aaaa1111"], "reject", note="generalisation")
-        store.responses.record(["aaaa1111"], "accept", note="it is a quote", reviewer="ana")
+        store.record(["aaaa1111"], "reject", note="generalisation")
+        store.record(["aaaa1111"], "accept", note="it is a quote", reviewer="ana")
         with pytest.raises(ValueError, match="decision must be one of"):
-            store.responses.record(["aaaa2222"], "maybe")
+            store.record(["aaaa2222"], "maybe")
     with ReviewStore(HomeLayout(tmp_path).review_store_path) as reopened:  # a new process sees the same decisions
         decision = reopened.latest_decisions()["aaaa1111"]
         assert (decision.decision, decision.note, decision.reviewer) == ("accept", "it is a quote", "ana")
@@ -120,7 +120,7 @@ def test_sensor_requests_the_filtered_set_once_per_batch_of_decisions(home, inst
     context = build_sensor_context(instance=instance)
     assert isinstance(review_decisions_sensor(context), SkipReason)
     with ReviewStore(HomeLayout(home).review_store_path) as store:
-        store.responses.record(["aaaa1111", "aaaa2222"], "accept")
+        store.record(["aaaa1111", "aaaa2222"], "accept")
     result = review_decisions_sensor(build_sensor_context(instance=instance))
     assert result.cursor == "2" and [r.run_key for r in result.run_requests] == ["review-decisions-2"]
     assert isinstance(review_decisions_sensor(build_sensor_context(instance=instance, cursor="2")), SkipReason)
