@@ -48,4 +48,5 @@ label_posts_job = define_asset_job(
     description="Label one shard of the user's posts with the promoted student.",
 )
 
+# In pipeline order, the order `opengrok run` drives them in (opengrok_dagster/cli/pipeline.py).
 STAGE_JOBS = [posts_job, collect_job, prepare_job, fine_tune_job, evaluate_job, promote_job, label_posts_job]

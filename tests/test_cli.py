@@ -163,7 +163,7 @@ def test_run_on_a_broken_posts_file_prints_the_message_and_the_log_path_not_stac
 def test_a_crash_prints_its_traceback_and_a_failure_only_its_message(tmp_path, capsys):
     from dagster import Failure, asset, materialize
 
-    from opengrok_dagster.cli_console import RunConsole
+    from opengrok_dagster.cli.console import RunConsole
     from opengrok_dagster.layout import HomeLayout
 
     @asset
@@ -210,3 +210,27 @@ def test_a_remote_teacher_without_its_key_or_model_variable_is_one_line_before_a
     err = capsys.readouterr().err
     assert 'environment variable "OPENGROK_TEACHER_MODEL" which is not set' in err and len(err.splitlines()) == 1
     assert err.startswith("opengrok: error: [collect 1/1] topic 'climate'")
+
+
+def test_opengrok_run_drives_every_stage_job_in_the_asset_graphs_order():
+    """`opengrok run` runs the jobs of jobs.py, each after the jobs that materialise what its assets read."""
+    from dagster import AssetKey, DagsterInstance
+
+    from opengrok_dagster.cli.pipeline import resolve_jobs, run_stages
+    from opengrok_dagster.definitions import defs
+    from opengrok_dagster.jobs import STAGE_JOBS
+
+    with DagsterInstance.ephemeral() as instance:
+        stages = run_stages(instance, ["climate"], "2026-11-24", ["none"], collect_only=False)
+        collect_only = run_stages(instance, ["climate"], "2026-11-24", ["none"], collect_only=True)
+    assert [stage.job for stage in stages] == [job.name for job in STAGE_JOBS]
+    assert [stage.job for stage in collect_only] == ["load_posts", "collect_teacher_data"]
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    jobs = resolve_jobs(defs)
+    materialised = set()
+    for stage in stages:
+        keys = {AssetKey(node) for node in jobs[stage.job].graph.node_names()}
+        read = {dep.asset_key for key in keys for dep in specs[key].deps}
+        assert read <= materialised | keys, f"{stage.job} reads {sorted(map(str, read - materialised - keys))}"
+        materialised |= keys
+    assert materialised == set(specs)  # every asset of the code location is materialised by `opengrok run`

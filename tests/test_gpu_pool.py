@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from opengrok_dagster.cli import _execute
+from opengrok_dagster.cli.execution import execute
 from opengrok_dagster.instance import GPU_POOL, release_abandoned_runs, write_local_instance_config
 from tests.conftest import REPO_ROOT
 
@@ -98,10 +98,10 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
 HOLD_THE_GPU = """
 import sys
 from dagster import DagsterInstance
-from opengrok_dagster.cli import _execute
+from opengrok_dagster.cli.execution import execute
 from tests.locations.gpu_pool import defs
 with DagsterInstance.from_config(sys.argv[1]) as instance:
-    _execute(instance, defs.resolve_job_def("gpu_step_job"), "holding the gpu", "none")
+    execute(instance, defs.resolve_job_def("gpu_step_job"), "holding the gpu", "none")
 """
 
 
@@ -131,6 +131,6 @@ def test_a_killed_opengrok_run_does_not_keep_the_gpu_from_the_next(tmp_path, mon
         from tests.locations.gpu_pool import defs
 
         started = time.monotonic()
-        assert _execute(instance, defs.resolve_job_def("gpu_step_job"), "next fine-tune", "hard")
+        assert execute(instance, defs.resolve_job_def("gpu_step_job"), "next fine-tune", "hard")
         assert time.monotonic() - started < 120
         assert release_abandoned_runs(instance) == []  # a finished run is not touched

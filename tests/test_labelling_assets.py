@@ -153,25 +153,23 @@ def test_opengrok_run_promotes_then_labels_every_shard_or_says_why_not(
     home, tiny_student, persistent_instance, monkeypatch, capsys
 ):
     """The last steps of `opengrok run`, through the real code location and jobs on an on-disk instance."""
-    from opengrok_dagster.cli import _promote_and_label
+    from opengrok_dagster.cli.pipeline import StageRunner, promote_and_label_stages, resolve_jobs
     from opengrok_dagster.definitions import build_definitions
-    from opengrok_dagster.jobs import label_posts_job, promote_job
 
     monkeypatch.setenv("OPENGROK_HOME", str(home))
     monkeypatch.setenv("OPENGROK_STUDENT_MODEL", str(tiny_student))
-    defs = build_definitions()
-    jobs = {job.name: defs.resolve_job_def(job.name) for job in (promote_job, label_posts_job)}
+    runner = StageRunner(persistent_instance, resolve_jobs(build_definitions()), run_config={})
     persistent_instance.add_dynamic_partitions(post_shard_partitions.name, ["mine"])
     layout = HomeLayout(home)
 
     NOT_SIGNIFICANT.to_parquet(layout.asset_path("eval_report"))
-    assert _promote_and_label(persistent_instance, jobs, {})  # nothing earned it: not a failed run
+    assert runner.run(promote_and_label_stages(persistent_instance))  # nothing earned it: not a failed run
     out = capsys.readouterr().out
     assert "[promote] nothing promoted: no adapter's tweeteval_sentiment" in out and "no posts labelled" in out
     assert not layout.asset_path("post_labels", "mine").exists()
 
     SIGNIFICANT.to_parquet(layout.asset_path("eval_report"))
-    assert _promote_and_label(persistent_instance, jobs, {})
+    assert runner.run(promote_and_label_stages(persistent_instance))
     assert "[label 1/1] shard 'mine': done" in capsys.readouterr().out
     frame = pd.read_parquet(layout.asset_path("post_labels", "mine"))
     assert frame["post_id"].tolist() == POSTS["post_id"].tolist()  # 11 posts, under the demo's sample of 50

@@ -315,7 +315,8 @@ def test_without_a_data_directory_posts_load_and_say_which_eval_splits_went_unch
 
 
 def test_the_cli_loads_every_catalogue_shard_for_the_annotation_prompts(tmp_path, monkeypatch):
-    from opengrok_dagster.cli import _instance, _load_posts
+    from opengrok_dagster.cli.local_instance import open_instance
+    from opengrok_dagster.cli.pipeline import StageRunner, posts_stage, resolve_jobs
     from opengrok_dagster.definitions import build_definitions
 
     monkeypatch.setenv("OPENGROK_HOME", str(tmp_path / "home"))
@@ -324,13 +325,14 @@ def test_the_cli_loads_every_catalogue_shard_for_the_annotation_prompts(tmp_path
     (tmp_path / "b.csv").write_text("text\nsecond shard post\n")
     (tmp_path / "posts.yaml").write_text("shards:\n  - key: a\n    path: a.jsonl\n  - key: b\n    path: b.csv\n")
     monkeypatch.setenv("OPENGROK_POSTS_CATALOGUE", str(tmp_path / "posts.yaml"))
-    instance = _instance()
-    assert _load_posts(instance, build_definitions())
+    instance = open_instance()
+    runner = StageRunner(instance, resolve_jobs(build_definitions()), run_config={})
+    assert runner.run([posts_stage(instance)])
     assert sorted(instance.get_dynamic_partitions(post_shard_partitions.name)) == ["a", "b"]
     stored = tmp_path / "home" / "assets" / "posts"
     assert pd.read_parquet(stored / "b.parquet")["text"].tolist() == ["second shard post"]
     (tmp_path / "b.csv").write_text("body\nno text column\n")
-    assert not _load_posts(instance, build_definitions())
+    assert not runner.run([posts_stage(instance)])
 
 
 def test_a_file_in_another_encoding_names_the_byte_offset_and_the_setting_then_reads_with_it(tmp_path):
