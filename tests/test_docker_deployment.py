@@ -328,6 +328,7 @@ def test_a_partition_collected_through_the_webserver_is_in_postgres_and_the_cata
     assert rows == len(_answered(deployment, "climate")) == 8
 
 
+@pytest.mark.timing  # waits for the run to start and for the services to come back, by the clock
 def test_a_run_cut_off_by_restarting_the_daemon_and_code_server_is_reexecuted_without_paying_twice(deployment):
     run_id, partition = _collect(deployment, "football")
     deadline = time.monotonic() + 600

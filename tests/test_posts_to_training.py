@@ -85,7 +85,8 @@ def test_annotated_posts_become_training_examples_the_evaluation_would_ask(
     # Every answer of the reference teacher is valid, and 30 annotations are too few for confident learning to
     # judge (label_issue_min_rows): all are kept.
     assert len(kept) == 30
-    assert set(kept["task"]) == set(TASKS) and set(kept["split"]) <= {"train", "validation"}
+    # a share of the annotations is held out of training for the student-teacher agreement (annotation_heldout_fraction)
+    assert set(kept["task"]) == set(TASKS) and set(kept["split"]) <= {"train", "validation", "heldout"}
     for row in kept.itertuples():
         fmt = task_format(row.task)
         post = row.prompt.partition("\nPost: ")[2]
@@ -97,7 +98,7 @@ def test_annotated_posts_become_training_examples_the_evaluation_would_ask(
     assert set(metadata["annotations_by_task"].value) == set(TASKS)
 
     table = pd.read_parquet(tmp_path / "assets" / "mask_tables.parquet")
-    assert len(table) == len(kept)
+    assert len(table) == int((kept["split"] != "heldout").sum())
     tokenizer = AutoTokenizer.from_pretrained(str(offline_model))
     first = kept.set_index("example_id").loc[table["example_id"].iloc[0]]
     messages = [{"role": "system", "content": first["system_prompt"]}, {"role": "user", "content": first["prompt"]}]
