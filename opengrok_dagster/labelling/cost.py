@@ -10,7 +10,6 @@ which variables to set instead of guessing.
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from opengrok_dagster.collect.spend import PRICE_VARIABLES
+from opengrok_dagster.collect.store import ResponseStore
 from opengrok_dagster.evaluation.report.render import Report
-from opengrok_dagster.sqlite import select_in
 
 
 MILLION = 1_000_000
@@ -40,15 +39,11 @@ def measure_teacher(store_path: Path, prompt_ids: Iterable[str]) -> TeacherMeasu
     """Token counts and latency of the answered requests of ``prompt_ids``; None when the store has none."""
     if not Path(store_path).is_file():
         return None
-    connection = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    store = ResponseStore(store_path)
     try:
-        sql = (
-            "SELECT prompt_tokens, completion_tokens, latency_s FROM responses "
-            "WHERE error IS NULL AND prompt_tokens IS NOT NULL AND prompt_id IN ({marks})"
-        )
-        rows = list(select_in(connection, sql, (), sorted(set(prompt_ids))))
+        rows = store.responses.usage(prompt_ids)
     finally:
-        connection.close()
+        store.close()
     if not rows:
         return None
     prompt, completion, latency = (np.array(column, dtype=float) for column in zip(*rows))

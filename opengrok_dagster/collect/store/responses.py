@@ -167,6 +167,19 @@ class Responses:
         )
         return [dict(row) for row in rows]
 
+    def usage(self, prompt_ids: Iterable[str]) -> list[sqlite3.Row]:
+        """Prompt and completion tokens and latency of the answered requests of ``prompt_ids``, any teacher or
+        round: what the labelling cost comparison measures the teacher by."""
+        return list(
+            select_in(
+                self._store.read(),
+                "SELECT prompt_tokens, completion_tokens, latency_s FROM responses "
+                "WHERE error IS NULL AND prompt_tokens IS NOT NULL AND prompt_id IN ({marks})",
+                (),
+                sorted(set(prompt_ids)),
+            )
+        )
+
     def completion_history(self, teacher_model: str, sampling_key: str) -> tuple[float | None, int]:
         """(mean completion tokens, count) of the successful answers of this teacher and sampling, any round."""
         row = (
