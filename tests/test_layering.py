@@ -3,6 +3,7 @@ only, development tools outside the installed package."""
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -138,10 +139,20 @@ def test_fixtures_are_shared_through_conftest_not_imported_from_other_test_modul
 
 @pytest.mark.integration
 def test_the_wheel_ships_the_configuration_it_reads(tmp_path):
-    """A wheel install runs from anywhere: the catalogues and profiles the settings point at are package data."""
+    """A wheel install runs from anywhere: the catalogues and profiles the settings point at are package data.
+    Built from a copy of the source, so that setuptools' ``build/`` neither lands in the checkout nor carries a
+    stale file of an earlier build into the wheel."""
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".opengrok", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "node_modules"
+        ),
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
-        cwd=REPO_ROOT,
+        cwd=source,
         check=True,
         capture_output=True,
         timeout=600,
