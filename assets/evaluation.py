@@ -37,15 +37,14 @@ from opengrok_dagster.evaluation.runner import Evaluation
 from opengrok_dagster.instance import GPU_POOL
 from opengrok_dagster.labelling.agreement import posts_agreement
 from opengrok_dagster.labelling.cost import cost_section, measure_teacher, student_line, teacher_line
-from opengrok_dagster.offline_model import MODEL_NAME
 from opengrok_dagster.profiles import EVAL_REPORT, with_profile_defaults
-from opengrok_dagster.redact import redact_url
 from opengrok_dagster.tasks.datasets import DatasetError
 from opengrok_dagster.training import MASK_MODES
 from opengrok_dagster.training.card import record_eval_results
 from opengrok_dagster.training.device import DeviceUnavailableError
 from opengrok_dagster.training.manifest import adapter_dirs
 from resources import OpenGrokPaths, StudentResource, TeacherResource
+from resources.teacher import EMBEDDED_TEACHER_LABELS
 
 
 class EvaluationEndpoint(config_from(EndpointSpec)):
@@ -70,27 +69,23 @@ class EvalReportConfig(config_from(EvaluationConfig, exclude=("endpoints",))):
     )
 
 
-def _teacher_description(teacher: TeacherResource) -> str:
-    return (
-        f"embedded offline teacher ({MODEL_NAME})"
-        if teacher.mode == "embedded"
-        else f"{teacher.model} at {redact_url(teacher.base_url)}"
-    )
-
-
 def _teacher_model(teacher: TeacherResource) -> ApiModel:
-    weights = MODEL_NAME if teacher.mode == "embedded" else teacher.model
     return ApiModel(
-        TEACHER, teacher.endpoint, _teacher_description(teacher), teacher.client_limits(), teacher.prices(), weights
+        TEACHER,
+        teacher.endpoint,
+        teacher.description(),
+        teacher.client_limits(),
+        teacher.prices(),
+        teacher.base_checkpoint,
     )
 
 
 def _teacher_spend(teacher: TeacherResource, paths: OpenGrokPaths) -> TeacherSpend:
     """What collection cost, read from the response store, under a name that says which teacher it is."""
     description = pricing_description(
-        _teacher_description(teacher), teacher.prices(), teacher.mode == "embedded", teacher.batch_price_factor
+        teacher.description(), teacher.prices(), teacher.mode == "embedded", teacher.batch_price_factor
     )
-    return TeacherSpend.read(description, paths.layout.response_store_path, stand_in_label=MODEL_NAME)
+    return TeacherSpend.read(description, paths.layout.response_store_path, stand_in_labels=EMBEDDED_TEACHER_LABELS)
 
 
 # The task whose posts/s stands for labelling: the one post_labels labels by default.
@@ -113,7 +108,7 @@ def _cost_section(results, filtered: pd.DataFrame, teacher: TeacherResource, pat
     teacher_cost = (
         teacher_line(
             measure,
-            f"teacher ({_teacher_description(teacher)})",
+            f"teacher ({teacher.description()})",
             prices.prompt_per_million,
             prices.completion_per_million,
             teacher.max_concurrency,

@@ -25,7 +25,7 @@ the mean negative log-likelihood of the teacher's answers (label word and end of
 posts that no student trained or validated on, with a bootstrap interval (its exp is the perplexity per answer).
 
 Two teachers: the embedded SmolLM2 (``transformers serve`` on loopback) and the reference teacher
-(TF-IDF+LR on gold train), not an LLM (``devtools.reference_teacher``): a teacher of known skill, fitted on
+(TF-IDF+LR on gold train), not an LLM (``opengrok_dagster.offline.reference_teacher``): a teacher of known skill, fitted on
 gold train posts other than the ones it annotates, to measure how much of a teacher's skill the pipeline
 transfers.
 

@@ -310,7 +310,7 @@ bench --only efficacy efficacy_ner`). It measures whether distillation teaches t
 (TweetEval sentiment; named entities of the Broad Twitter Corpus with `--task btc`), and how much of a teacher's
 skill it transfers: the transfer ratio is (student - base) / (teacher - base) on the same val posts. The
 "reference" teacher is the reference teacher (TF-IDF+LR on gold train), not an LLM: a classifier (for entities a
-token tagger) of known skill served over the OpenAI API (`devtools/reference_teacher.py`), fitted on gold train
+token tagger) of known skill served over the OpenAI API (`opengrok_dagster/offline/reference_teacher.py`), fitted on gold train
 posts other than those it annotates.
 The "embedded" teacher is SmolLM2-135M-Instruct, the offline default. SFT + KD adds the KL to the teacher's top-k
 logprobs (token-level distillation) to the same training; SFT only is KD alpha 0. The held-out teacher NLL is the

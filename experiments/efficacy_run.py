@@ -15,8 +15,6 @@ import numpy as np
 import pandas as pd
 from transformers import AutoTokenizer
 
-from devtools.reference_teacher import NAME as REFERENCE_NAME
-from devtools.reference_teacher import ReferenceTeacher
 from experiments.efficacy_cells import Study, examples_frame, log, seed_cells
 from experiments.efficacy_grid import TASK, Grid
 from experiments.efficacy_page import write_outputs
@@ -40,6 +38,8 @@ from opengrok_dagster.evaluation.bootstrap import bootstrap, resample_indices, s
 from opengrok_dagster.evaluation.local import LocalStudent, model_identity
 from opengrok_dagster.masks.config import MaskConfig
 from opengrok_dagster.masks.linguistics import load_spacy
+from opengrok_dagster.offline.reference_teacher import NAME as REFERENCE_NAME
+from opengrok_dagster.offline.reference_teacher import ReferenceTeacher
 from opengrok_dagster.offline_model import MODEL_NAME, check_offline_model, offline_model_dir
 from opengrok_dagster.posts.leaks import leak_counts, normalise_post
 from opengrok_dagster.tasks.datasets import resolve_data_dir

@@ -33,6 +33,13 @@ def online_or_batch(value: str) -> str:
     return value
 
 
+def reference_or_teacher(value: str) -> str:
+    """OPENGROK_TEACHER_ANNOTATOR: 'reference' or 'teacher'."""
+    if value not in ("reference", "teacher"):
+        raise ValueError(value)
+    return value
+
+
 # Non-secret teacher settings that may come from the environment, by resource field.
 TEACHER_TUNING_VARIABLES = {
     "max_concurrency": ("OPENGROK_TEACHER_CONCURRENCY", int),
@@ -46,6 +53,7 @@ TEACHER_TUNING_VARIABLES = {
     "completion_price_per_million": ("OPENGROK_TEACHER_COMPLETION_PRICE", float),
     "top_logprobs": ("OPENGROK_TEACHER_TOP_LOGPROBS", int),
     "collection": ("OPENGROK_TEACHER_COLLECTION", online_or_batch),
+    "annotator": ("OPENGROK_TEACHER_ANNOTATOR", reference_or_teacher),
     "batch_price_factor": ("OPENGROK_TEACHER_BATCH_PRICE_FACTOR", float),
     "budget_usd": ("OPENGROK_TEACHER_BUDGET_USD", float),
     "daily_budget_usd": ("OPENGROK_TEACHER_DAILY_BUDGET_USD", float),

@@ -45,6 +45,11 @@ class Profile(BaseModel):
     training_precision: str | None = Field(
         default=None, description="The training resource's precision; unset = its default."
     )
+    run_modes: list[str] | None = Field(
+        default=None,
+        description="The mask modes `opengrok run` fine-tunes and evaluates when --modes is not given; unset = every "
+        "mode. The UI, schedules and sensors materialise whichever lora_checkpoint partitions they are asked for.",
+    )
     ops: dict[str, dict[str, dict[str, Any]]] = Field(
         default={}, description="Default run config per asset, shaped as Dagster run config: <asset>: {config: {...}}."
     )

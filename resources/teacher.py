@@ -14,14 +14,26 @@ from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
 from opengrok_dagster.collect.ratelimit import SharedRateLimiter
 from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
+from opengrok_dagster.offline.annotating_front import AnnotatingFront
 from opengrok_dagster.offline.logprobs_server import LogprobsServer
+from opengrok_dagster.offline.reference_teacher import NAME as REFERENCE_NAME
+from opengrok_dagster.offline.reference_teacher import ReferenceTeacher
 from opengrok_dagster.offline.server import TeacherServer
 from opengrok_dagster.offline_model import MODEL_NAME, OfflineModelError, check_offline_model, offline_model_dir
+from opengrok_dagster.redact import redact_url
+from opengrok_dagster.tasks.datasets import resolve_data_dir
 
 
-# Embedded servers kept for the life of this process, by model directory and whether they return logprobs (see
+# The reference annotator's short name in the teacher's label (the response store key, spend tables).
+REFERENCE_ANNOTATOR = "reference annotator (TF-IDF+LR, not an LLM)"
+# Every label the embedded teacher stores its responses under (they cost $0: stand-ins, named so in the spend).
+ANNOTATED_EMBEDDED_LABEL = f"{MODEL_NAME} + {REFERENCE_ANNOTATOR}"
+EMBEDDED_TEACHER_LABELS = frozenset({MODEL_NAME, ANNOTATED_EMBEDDED_LABEL})
+
+# Embedded servers kept for the life of this process, by model directory, whether they return logprobs and who
+# annotates (see
 # TeacherResource.keep_server).
-_KEPT_SERVERS: dict[tuple[str, bool], TeacherServer | LogprobsServer] = {}
+_KEPT_SERVERS: dict[tuple[str, bool, str], TeacherServer | LogprobsServer | AnnotatingFront] = {}
 
 
 @atexit.register
@@ -41,6 +53,14 @@ class TeacherResource(ConfigurableResource):
         default="embedded",
         description="'embedded': serve the offline SmolLM2 model with `transformers serve` on loopback; "
         "'remote': call base_url (e.g. Grok at https://api.x.ai/v1).",
+    )
+    annotator: Literal["reference", "teacher"] = Field(
+        default="reference",
+        description="Who answers the annotation prompts (a label for a real post) in embedded mode "
+        "(OPENGROK_TEACHER_ANNOTATOR): 'reference', the reference teacher (TF-IDF + logistic regression fitted on "
+        "the gold train splits of the data directory, not an LLM), a stand-in of known skill, while the embedded "
+        "LLM answers the generative prompts; 'teacher', the embedded LLM answers everything (self-distillation: it "
+        "is the student's own base checkpoint). A remote teacher answers every prompt itself.",
     )
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1 (remote mode).")
     model: str | None = Field(default=None, description="Model id sent to the endpoint (remote mode), e.g. 'grok-4'.")
@@ -113,7 +133,7 @@ class TeacherResource(ConfigurableResource):
         "executes one run per topic and stage in one process: one server start instead of one per run).",
     )
 
-    _server: TeacherServer | LogprobsServer | None = PrivateAttr(default=None)
+    _server: TeacherServer | LogprobsServer | AnnotatingFront | None = PrivateAttr(default=None)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._server is not None and not self.keep_server:
@@ -130,22 +150,59 @@ class TeacherResource(ConfigurableResource):
             return TeacherEndpoint(self.base_url, self.model, self.api_key)
         if self._server is None:
             model_dir = check_offline_model(offline_model_dir(self.cache_dir))
-            key = (str(model_dir), self.top_logprobs is not None)
+            key = (str(model_dir), self.top_logprobs is not None, self.annotator)
             server = _KEPT_SERVERS.get(key) if self.keep_server else None
             if server is None:
-                server = TeacherServer(model_dir, log_path=self.server_log)
-                if self.top_logprobs is not None:  # only then: the front loads a second copy of the model
-                    server = LogprobsServer(server)
-                server.start()
+                server = self._setup_embedded_server(model_dir)
                 if self.keep_server:
                     _KEPT_SERVERS[key] = server
             self._server = server
-        return TeacherEndpoint(self._server.base_url, self._server.model_id, None, label=MODEL_NAME)
+        return TeacherEndpoint(self._server.base_url, self._server.model_id, None, label=self.teacher_label)
+
+    def _setup_embedded_server(self, model_dir) -> TeacherServer | LogprobsServer | AnnotatingFront:
+        server = TeacherServer(model_dir, log_path=self.server_log)
+        if self.top_logprobs is not None:  # only then: the front loads a second copy of the model
+            server = LogprobsServer(server)
+        if self.annotator == "reference":
+            data_dir = resolve_data_dir()
+            if data_dir is None:
+                raise ValueError(
+                    "the embedded teacher's reference annotator needs the gold train splits: set OPENGROK_DATA_DIR "
+                    "to a folder laid out like shared/data, or OPENGROK_TEACHER_ANNOTATOR=teacher"
+                )
+            server = AnnotatingFront(server, ReferenceTeacher.on_demand(data_dir))
+        return server.start()
+
+    @property
+    def teacher_label(self) -> str:
+        """The teacher's name in the response store, the spend tables and the report: the remote model id, or the
+        embedded model (with the reference annotator where it answers the annotation prompts)."""
+        if self.mode == "remote":
+            return self.model or ""
+        return ANNOTATED_EMBEDDED_LABEL if self.annotator == "reference" else MODEL_NAME
+
+    def description(self) -> str:
+        """Which teacher this is, in words, for the report (no credential: the URL is redacted)."""
+        if self.mode == "remote":
+            return f"{self.model} at {redact_url(self.base_url)}"
+        if self.annotator == "reference":
+            return (
+                f"embedded offline teacher: {REFERENCE_NAME} for label prompts (annotations and the evaluation's "
+                f"questions), {MODEL_NAME} for generative prompts"
+            )
+        return f"embedded offline teacher ({MODEL_NAME})"
+
+    @property
+    def base_checkpoint(self) -> str | None:
+        """The checkpoint that answers the label prompts, where it is a known one (self-distillation is told from
+        it); None where a classifier answers them."""
+        if self.mode == "remote":
+            return self.model
+        return None if self.annotator == "reference" else MODEL_NAME
 
     def response_key(self, round_key: str) -> ResponseKey:
         """The store key of this teacher's responses in ``round_key``; never starts the server."""
-        label = MODEL_NAME if self.mode == "embedded" else (self.model or "")
-        return ResponseKey(label, self.sampling().key(), round_key)
+        return ResponseKey(self.teacher_label, self.sampling().key(), round_key)
 
     def batch_settings(self) -> BatchSettings:
         return BatchSettings(poll_s=self.batch_poll_s, price_factor=self.batch_price_factor)

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 
 from devtools.loopback import LoopbackTeacher
-from devtools.reference_teacher import ReferenceTeacher, _respond
 from opengrok_dagster.layout import HomeLayout
+from opengrok_dagster.offline.reference_teacher import ReferenceTeacher
+from opengrok_dagster.offline.serving import respond_json
 from tests.conftest import REPO_ROOT, SHARED_DATA, generative_only_profile, texts_written_under
 
 
@@ -64,7 +65,7 @@ class KeyedTeacher(ReferenceTeacher):
             headers = dict(scope["headers"])
             self.authorizations.append(headers.get(b"authorization", b"").decode())
             if headers.get(b"authorization") != f"Bearer {CANARY}".encode():
-                return await _respond(send, 401, {"error": {"message": "invalid api key"}})
+                return await respond_json(send, 401, {"error": {"message": "invalid api key"}})
         return await super()._app(scope, receive, send)
 
 

@@ -51,6 +51,32 @@ def test_run_refuses_unknown_partitions_before_any_work(opengrok_home, capsys, a
     assert not (opengrok_home / "assets").exists()
 
 
+def test_run_modes_come_from_the_profile_unless_modes_are_given(opengrok_home, tmp_path, capsys, monkeypatch):
+    """cpu-demo trains none and soft (the 15-minute run); --modes wins; a profile naming an unknown mode is refused."""
+    monkeypatch.delenv("OPENGROK_PROFILE", raising=False)  # --profile sets it: restored after the test
+    from opengrok_dagster.cli import build_parser
+    from opengrok_dagster.cli.run import _checked_request
+
+    parser = build_parser()
+    assert _checked_request(parser.parse_args(["run"])).modes == ["none", "soft"]
+    assert _checked_request(parser.parse_args(["run", "--modes", "hard,none"])).modes == ["hard", "none"]
+    every = tmp_path / "every.yaml"
+    every.write_text("description: every mode\n")
+    assert _checked_request(parser.parse_args(["run", "--profile", str(every)])).modes == [
+        "none",
+        "paper",
+        "hard",
+        "soft",
+    ]
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("run_modes: [none, sparse]\n")
+    assert main(["run", "--profile", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"opengrok: error: {wrong}: run_modes: unknown mask mode(s) sparse") and "Traceback" not in err
+    )
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -18,6 +18,7 @@ from opengrok_dagster.offline.server import TeacherServer
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
+from resources.teacher import ANNOTATED_EMBEDDED_LABEL
 from tests.conftest import REPO_ROOT
 
 
@@ -149,7 +150,8 @@ def test_embedded_resource_collects_a_partition_and_tears_the_server_down(
     assert result.success
     frame = pd.read_parquet(tmp_path / "assets" / "raw_responses" / "2026-11-24" / "football.parquet")
     assert len(frame) == 4 and frame["error"].isna().all() and (frame["response"].str.len() > 0).all()
-    assert set(frame["teacher_model"]) == {"SmolLM2-135M-Instruct"}
+    # generative prompts pass the annotating front to `transformers serve`; the label names the annotator beside it
+    assert set(frame["teacher_model"]) == {ANNOTATED_EMBEDDED_LABEL}
     estimate = result.asset_materializations_for_node("prompts")[0].metadata["estimate_prompt_tokens"].value
     assert estimate == frame["prompt_tokens"].sum()  # the prompts asset's estimate is the usage the server reported
     assert _server_pids() <= servers_before  # the server this run started is gone (others may be running)

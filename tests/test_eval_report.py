@@ -131,18 +131,17 @@ def test_without_data_the_sns_part_says_so_and_agreement_still_runs(tmp_path, mo
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
 def test_a_task_sampled_too_small_to_measure_is_left_out_with_a_note_saying_how_to_score_it(tiny_student):
     config = EvaluationConfig(
-        tasks=("tweeteval_sentiment", "wnut17"),
+        tasks=("tweeteval_sentiment", "wnut17", "tweet_topic"),
         classification_examples=3,
-        task_examples={},
+        task_examples={"tweet_topic": 0},
         ner_examples=6,
         resamples=100,
         baseline_train_examples=50,
         scorings=("raw",),
         headline_scoring="raw",
-        min_items={"ner": 100, "single": 2},
+        min_items={"ner": 100, "single": 2, "multilabel": 100},
     )
     results = Evaluation(config, LocalStudent(str(tiny_student)), [], log=lambda _: None).run(None)
     assert [t.name for t in results.tasks] == ["tweeteval_sentiment"]  # not a row of 0.000 for NER
@@ -150,6 +149,9 @@ def test_a_task_sampled_too_small_to_measure_is_left_out_with_a_note_saying_how_
     assert (
         "6 sentences sampled cannot measure f1" in note and "set task_examples[wnut17] or ner_examples to 100" in note
     )
+    # the whole topic val split (20 posts) is too small: only another split can score it
+    (note,) = [n for n in results.notes if n.startswith("tweet_topic not scored")]
+    assert "20 posts sampled cannot measure" in note and "has only 20: set eval_paths[tweet_topic]" in note
 
 
 def test_headline_scoring_must_be_one_of_the_scorings_run():

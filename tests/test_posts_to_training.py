@@ -13,7 +13,7 @@ from assets.collection import prompts, raw_responses
 from assets.filtering import filtered_responses
 from assets.masks import mask_tables
 from assets.posts import posts
-from devtools.reference_teacher import ReferenceTeacher
+from opengrok_dagster.offline.reference_teacher import ReferenceTeacher
 from opengrok_dagster.partitions import collection_partition_key, post_shard_partitions, topic_partitions
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.tasks.datasets import read_tweeteval

@@ -7,12 +7,12 @@ import httpx
 import numpy as np
 import pytest
 
-from devtools.reference_teacher import NAME, ReferenceTeacher, TaskClassifier, fit_task
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
 from opengrok_dagster.collect.result import SamplingParams
 from opengrok_dagster.distill.align import StudentVocabulary, align_example, parse_teacher_logprobs
 from opengrok_dagster.evaluation.api import ApiModel
 from opengrok_dagster.masks.render import ChatRenderer
+from opengrok_dagster.offline.reference_teacher import NAME, ReferenceTeacher, TaskClassifier, fit_task, fold_of
 from opengrok_dagster.posts.leaks import normalise_post
 from opengrok_dagster.tasks.baselines import train_tfidf_classifier
 from opengrok_dagster.tasks.formats import task_format
@@ -149,7 +149,7 @@ def test_answers_annotation_prompts_over_the_openai_api(data_dir):
         )
         answers = model.complete_all([fmt.messages(p) for p in posts], max_tokens=8).texts
         assert [fmt.parse(a, p).labels for a, p in zip(answers, posts)] == [(2,), (0,), (1,)]
-        expected = teacher.classifiers[0].pipeline.predict(posts)
+        expected = teacher.classifiers[0].pipelines[0].predict(posts)
         assert [fmt.words.index(a) for a in answers] == list(np.asarray(expected))
         structured = httpx.post(
             f"{teacher.base_url}/chat/completions",
@@ -177,7 +177,7 @@ def test_answers_annotation_prompts_over_the_openai_api(data_dir):
         results = model.results([fmt.messages(p) for p in posts], sampling)
         for post, result in zip(posts, results):
             (label,) = json.loads(result.logprobs)
-            expected = teacher.classifiers[0].pipeline.predict_proba([post])[0]
+            expected = teacher.classifiers[0].pipelines[0].predict_proba([post])[0]
             assert label["token"] == result.text and result.completion_tokens == 1
             assert {alt["token"]: math.exp(alt["logprob"]) for alt in label["top_logprobs"]} == pytest.approx(
                 dict(zip(fmt.words, expected))
@@ -200,7 +200,7 @@ def test_label_token_logprobs_are_the_classifiers_class_probabilities_and_align_
     classifier = teacher.classifiers[0]
     vocabulary = StudentVocabulary.of(tokenizer)
     for post in ["so happy, love it", "awful, hate it", "the meeting is on friday"]:
-        expected = classifier.pipeline.predict_proba([post])[0]  # columns = classes 0, 1, 2 = fmt.words
+        expected = classifier.pipelines[0].predict_proba([post])[0]  # columns = classes 0, 1, 2 = fmt.words
         text, content = teacher.answer_with_logprobs(_prompt(fmt, post), False, top_logprobs=5)
         assert text == teacher.answer(_prompt(fmt, post))
         (label,) = content
@@ -251,7 +251,7 @@ def test_topic_labels_after_the_first_offer_the_topics_not_yet_named_renormalise
         fmt.words.index("business & entrepreneurs"),
     )
     labels[[0, 2], sports] = labels[[1, 2], music] = labels[3, business] = True
-    classifier = TaskClassifier(fmt, "val", train_tfidf_classifier(texts, labels, 0), 4, 0, topic_threshold=0.01)
+    classifier = TaskClassifier(fmt, "val", [train_tfidf_classifier(texts, labels, 0)], 4, 0, topic_threshold=0.01)
     post = "goal film match music"
     probabilities = classifier.probabilities(post)
     text, content = classifier.answer_with_logprobs(post, False, top_logprobs=len(fmt.words))
@@ -272,3 +272,55 @@ def test_topic_labels_after_the_first_offer_the_topics_not_yet_named_renormalise
         )
         named.append(word)
     assert named == [fmt.words[i] for i in annotation.labels]
+
+
+def test_cross_fitting_answers_each_post_with_the_half_fitted_without_it(data_dir):
+    """``folds=2`` (the embedded teacher's annotator): pipeline k is exactly a fit on the posts outside fold k, and a
+    post is answered by its own fold's pipeline, so a train post is labelled by a classifier that never saw it."""
+    classifier = fit_task("tweeteval_sentiment", data_dir, folds=2)
+    rows = [(t, 2) for t in POSITIVE] + [(t, 0) for t in NEGATIVE] + [(t, 1) for t in NEUTRAL]
+    kept = [(t, y) for t, y in rows if normalise_post(t) != normalise_post(VAL[0][0])]  # the val post is dropped
+    assert classifier.train_posts == len(kept) and len(classifier.pipelines) == 2
+    folds = {fold_of(t, 2) for t, _ in kept}
+    assert folds == {0, 1}  # the toy split has posts in both folds, so both halves are tested
+    for fold in (0, 1):
+        outside = [(t, y) for t, y in kept if fold_of(t, 2) != fold]
+        expected = train_tfidf_classifier([t for t, _ in outside], np.array([y for _, y in outside]), 0)
+        posts = [t for t, _ in kept]
+        assert np.allclose(classifier.pipelines[fold].predict_proba(posts), expected.predict_proba(posts))
+    for post, _ in kept:
+        own = classifier.pipelines[fold_of(post, 2)]
+        assert np.allclose(classifier.probabilities(post)[own.classes_.astype(int)], own.predict_proba([post])[0])
+
+
+@pytest.mark.integration
+def test_the_annotating_front_answers_label_prompts_and_passes_the_rest_to_the_embedded_llm(data_dir):
+    """The embedded teacher's default: label prompts by the reference teacher (fitted at the first one, once for
+    concurrent first prompts), everything else (generative prompts, other routes) by the server behind it."""
+    import concurrent.futures
+
+    from devtools.loopback import LoopbackTeacher
+    from opengrok_dagster.offline.annotating_front import AnnotatingFront
+
+    fmt = task_format("tweeteval_sentiment")
+    fits = []
+    annotator = ReferenceTeacher.on_demand(data_dir, tasks=("tweeteval_sentiment", "tweet_topic"))
+    fit = annotator.fit_on_demand
+    annotator.fit_on_demand = lambda name: fits.append(name) or fit(name)
+    upstream = LoopbackTeacher()
+    with AnnotatingFront(upstream, annotator) as front:
+        url = f"{front.base_url}/chat/completions"
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            asked = [
+                {"model": "m", "messages": fmt.messages(post)} for post in ("so happy, love it", "awful, hate it")
+            ]
+            labelled = list(pool.map(lambda body: httpx.post(url, json=body, timeout=30).json(), asked * 2))
+        assert fits == ["tweeteval_sentiment"]  # one fit for four concurrent first prompts; topics never asked
+        assert [fmt.parse(r["choices"][0]["message"]["content"], "").labels for r in labelled] == [(2,), (0,)] * 2
+        generative = {"model": "m", "messages": [{"role": "user", "content": "Write a post about football."}]}
+        answer = httpx.post(url, json=generative, timeout=30)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+        assert len(upstream.requests) == 1  # only the generative prompt reached the LLM
+    assert annotator.served == 4
+    with pytest.raises(httpx.ConnectError):  # stopping the front stopped the server behind it
+        httpx.post(f"{upstream.base_url}/chat/completions", json=generative, timeout=5)

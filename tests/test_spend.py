@@ -183,7 +183,9 @@ def test_a_home_without_a_store_or_priced_responses_renders_a_clear_line(tmp_pat
     store = ResponseStore(tmp_path / "responses.sqlite")
     store.responses.record(ResponseKey("SmolLM2-135M-Instruct", "s", "2026-11-24"), "p1", "climate", paid(0.0, 20, 30))
     store.close()
-    stored = TeacherSpend.read(stand_in, tmp_path / "responses.sqlite", stand_in_label="SmolLM2-135M-Instruct")
+    stored = TeacherSpend.read(
+        stand_in, tmp_path / "responses.sqlite", stand_in_labels=frozenset({"SmolLM2-135M-Instruct"})
+    )
     unpriced = spend_section(stored, results()).markdown()
     assert row(unpriced, "SmolLM2-135M-Instruct (embedded stand-in teacher, $0)")[1:3] == ["1", "0"]
     assert "No stored response is priced: all 1 cost $0 (collected from the embedded stand-in teacher" in unpriced

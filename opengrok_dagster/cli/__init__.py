@@ -55,7 +55,9 @@ def _add_run_command(commands) -> None:
     run.add_argument("--round", default=None, help="collection round YYYY-MM-DD (default: today, UTC)")
     run.add_argument("--topics", default=None, help="comma-separated topic keys (default: all partitions)")
     run.add_argument(
-        "--modes", default=None, help="comma-separated mask modes to fine-tune (default: none,paper,hard,soft)"
+        "--modes",
+        default=None,
+        help="comma-separated mask modes to fine-tune (default: the profile's run_modes; cpu-demo: none,soft; else every mode)",
     )
     run.add_argument("--collect-only", action="store_true", help="stop after collecting the teacher's responses")
     run.add_argument(

@@ -23,6 +23,7 @@ from opengrok_dagster.profiles import (
     LORA_CHECKPOINT,
     MASK_TABLES,
     PROFILE_VARIABLE,
+    Profile,
     load_profile,
     load_run_config,
     require_devices,
@@ -83,13 +84,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _checked_request(args: argparse.Namespace) -> RunRequest:
     """The arguments, each refused in one line when it is wrong; then the profile, chosen and checked."""
-    modes = _comma_list("--modes", args.modes) if args.modes is not None else list(MASK_MODES)
-    unknown = [mode for mode in modes if mode not in MASK_MODES]
-    if unknown:
-        raise ValueError(f"--modes: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
+    asked = _comma_list("--modes", args.modes) if args.modes is not None else None
+    _check_modes(asked or [], "--modes")
     round_key = _round_key(args.round)
     topics = [validate_topic_key(t) for t in _comma_list("--topics", args.topics)] if args.topics is not None else None
-    return RunRequest(round_key, topics, modes, _profile_and_run_config(args))
+    profile, run_config = _profile_and_run_config(args)
+    return RunRequest(round_key, topics, asked or profile.run_modes or list(MASK_MODES), run_config)
+
+
+def _check_modes(modes: list[str], setting: str) -> None:
+    unknown = [mode for mode in modes if mode not in MASK_MODES]
+    if unknown:
+        raise ValueError(f"{setting}: unknown mask mode(s) {', '.join(unknown)}; choose from {', '.join(MASK_MODES)}")
 
 
 def _round_key(value: str | None) -> str:
@@ -126,13 +132,15 @@ def _comma_list(flag: str, value: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _profile_and_run_config(args: argparse.Namespace) -> dict:
+def _profile_and_run_config(args: argparse.Namespace) -> tuple[Profile, dict]:
     """Select the profile (before the definitions load: the assets' config defaults come from it), refuse one
-    this machine cannot run, and read --config, whose max_length must agree over the profile's; its run config."""
+    this machine cannot run, and read --config, whose max_length must agree over the profile's; the profile and
+    the run config."""
     if args.profile:
         os.environ[PROFILE_VARIABLE] = args.profile
     profile = load_profile()
     require_devices(profile)
+    _check_modes(profile.run_modes or [], f"{profile.source}: run_modes")
     run_config = load_run_config(args.config) if args.config else {}
     ops = run_config.get("ops", {})
     effective = {
@@ -141,7 +149,7 @@ def _profile_and_run_config(args: argparse.Namespace) -> dict:
     source = f"--config {args.config} over profile {profile.name}"
     require_matching_max_length(effective[MASK_TABLES], effective[LORA_CHECKPOINT], source)
     print(f"profile {profile.name}: {profile.description}" + (f"; run config {args.config}" if args.config else ""))
-    return run_config
+    return profile, run_config
 
 
 def _topic_partitions(instance: DagsterInstance, requested: list[str] | None) -> list[str]:

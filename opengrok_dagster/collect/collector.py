@@ -94,7 +94,13 @@ async def collect_responses(
                         result = await complete_prompt(client, row)
                     except LogprobsUnsupported as exc:  # paid for: kept as an error row, then stop
                         await asyncio.to_thread(
-                            store.responses.record, key, row["prompt_id"], row["topic"], exc.result, owner, run_id=run_id
+                            store.responses.record,
+                            key,
+                            row["prompt_id"],
+                            row["topic"],
+                            exc.result,
+                            owner,
+                            run_id=run_id,
                         )
                         raise
                     except BudgetExhausted as exc:

@@ -94,11 +94,11 @@ class TeacherSpend:
     teacher: str
     store: Path
     collection: CollectionSpend | None
-    stand_in_label: str | None = None
+    stand_in_labels: frozenset[str] = frozenset()  # the embedded stand-in teachers' labels
 
     @classmethod
-    def read(cls, teacher: str, store_path: str | Path, stand_in_label: str | None = None) -> TeacherSpend:
-        return cls(teacher, Path(store_path), collection_spend(store_path), stand_in_label)
+    def read(cls, teacher: str, store_path: str | Path, stand_in_labels: frozenset[str] = frozenset()) -> TeacherSpend:
+        return cls(teacher, Path(store_path), collection_spend(store_path), stand_in_labels)
 
     def teacher_name(self, label: str) -> str:
-        return f"{label} (embedded stand-in teacher, $0)" if label == self.stand_in_label else label
+        return f"{label} (embedded stand-in teacher, $0)" if label in self.stand_in_labels else label

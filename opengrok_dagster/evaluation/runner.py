@@ -48,17 +48,22 @@ class Evaluation:
         """Endpoint name -> why it failed outright and was left out."""
         return self.models.failed_endpoints
 
-    def _too_few(self, spec: TaskSpec, sampled: int, total: int) -> str | None:
+    def _too_few(self, spec: TaskSpec, sampled: int, total: int, source: str) -> str | None:
         """Why a task sampled this small cannot measure anything, and how to score it; None when it can."""
         kind = spec.kind if spec.kind in ("ner", "multilabel") else "single"
         least = self.config.min_items.get(kind, 0)
-        if sampled >= least or sampled >= total:
+        if sampled >= least:
             return None
+        items = "sentences" if spec.kind == "ner" else "posts"
+        why = (
+            f"{spec.name} not scored: {sampled} {items} sampled cannot measure {spec.primary_metric} (fewer than "
+            f"min_items[{kind}] = {least}: the interval would span most of the metric's range)"
+        )
+        if total < least:  # the whole split is too small: only another split can score it
+            return f"{why}; {source} has only {total}: set eval_paths[{spec.name}] to a larger split to score it"
         setting = "ner_examples" if spec.kind == "ner" else "classification_examples"
         return (
-            f"{spec.name} not scored: {sampled} {'sentences' if spec.kind == 'ner' else 'posts'} sampled cannot measure "
-            f"{spec.primary_metric} (fewer than min_items[{kind}] = {least}: the interval would span most of the "
-            f"metric's range); set task_examples[{spec.name}] or {setting} to {least} or more (0 = the whole split, "
+            f"{why}; set task_examples[{spec.name}] or {setting} to {least} or more (0 = the whole split, "
             f"{total} items) to score it"
         )
 
@@ -73,7 +78,7 @@ class Evaluation:
         total = len(data.tokens) if spec.kind == "ner" else len(data.texts)
         chosen = sample_items(total, wanted, cfg.seed)
         result = TaskResult(spec, spec.name, spec.primary_metric, data.source, data.version, total, len(chosen))
-        result.skipped = self._too_few(spec, len(chosen), total)
+        result.skipped = self._too_few(spec, len(chosen), total, data.source)
         if result.skipped:
             self.log(result.skipped)
             return result

@@ -20,11 +20,14 @@ import uvicorn
 from opengrok_dagster.collect.result import OPENAI_TOP_LOGPROBS_LIMIT
 from opengrok_dagster.offline.logprobs import TeacherLogprobs
 from opengrok_dagster.offline.server import TeacherServer, free_loopback_port
-from opengrok_dagster.offline.serving import ThreadedLoopbackServer, read_body
-
-
-# Headers that belong to one hop (or to a body the front re-encodes), never copied across it.
-_HOP_HEADERS = {b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
+from opengrok_dagster.offline.serving import (
+    ThreadedLoopbackServer,
+    chat_request,
+    forward_request,
+    forwarded_headers,
+    read_body,
+    respond_bytes,
+)
 
 
 class LogprobsServer(ThreadedLoopbackServer):
@@ -88,28 +91,10 @@ class LogprobsServer(ThreadedLoopbackServer):
         if scope["type"] != "http":
             return
         body = await read_body(receive)
-        request = _chat_request(scope, body)
+        request = chat_request(scope, body)
         if request is not None and request.get("logprobs"):
             return await self._chat_with_logprobs(scope, request, send)
-        await self._forward(scope, body, send)
-
-    async def _forward(self, scope, body: bytes, send) -> None:
-        """Pass a request through to the upstream and stream its answer back as it comes."""
-        query = scope["query_string"].decode()
-        url = self._upstream_root + scope["path"] + (f"?{query}" if query else "")
-        headers = _forwarded(scope["headers"])
-        async with httpx.AsyncClient(timeout=None) as client:
-            async with client.stream(scope["method"], url, content=body, headers=headers) as answer:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": answer.status_code,
-                        "headers": _forwarded(answer.headers.raw),
-                    }
-                )
-                async for chunk in answer.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        await forward_request(self._upstream_root, scope, body, send)
 
     async def _chat_with_logprobs(self, scope, request: dict, send) -> None:
         top_logprobs = request.get("top_logprobs") or 0
@@ -122,16 +107,16 @@ class LogprobsServer(ThreadedLoopbackServer):
             answer = await client.post(
                 f"{self._upstream_root}{scope['path']}",
                 content=json.dumps(forwarded).encode(),
-                headers=_forwarded(scope["headers"]),
+                headers=forwarded_headers(scope["headers"]),
             )
         # httpx has decoded the body: its encoding header no longer applies.
-        headers = [(k, v) for k, v in _forwarded(answer.headers.raw) if k.lower() != b"content-encoding"]
+        headers = [(k, v) for k, v in forwarded_headers(answer.headers.raw) if k.lower() != b"content-encoding"]
         try:
             payload = answer.json() if answer.status_code == 200 else None
         except ValueError:
             payload = None
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
-            return await _respond(send, answer.status_code, answer.content, headers)
+            return await respond_bytes(send, answer.status_code, answer.content, headers)
         loop = asyncio.get_running_loop()
         for choice in payload["choices"]:
             text = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
@@ -142,35 +127,9 @@ class LogprobsServer(ThreadedLoopbackServer):
                 choice["logprobs"] = {"content": content}
         json_headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
         body = json.dumps(payload, ensure_ascii=False).encode()
-        await _respond(send, 200, body, json_headers + [(b"content-type", b"application/json")])
-
-
-def _chat_request(scope, body: bytes) -> dict | None:
-    """The JSON body of a chat-completions POST, else None (anything else is forwarded as it is)."""
-    if scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
-        return None
-    try:
-        request = json.loads(body)
-    except ValueError:
-        return None
-    return request if isinstance(request, dict) and isinstance(request.get("messages"), list) else None
-
-
-def _forwarded(headers) -> list[tuple[bytes, bytes]]:
-    return [(bytes(k), bytes(v)) for k, v in headers if bytes(k).lower() not in _HOP_HEADERS]
+        await respond_bytes(send, 200, body, json_headers + [(b"content-type", b"application/json")])
 
 
 async def _error(send, status: int, message: str) -> None:
     body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
-    await _respond(send, status, body, [(b"content-type", b"application/json")])
-
-
-async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": headers + [(b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await respond_bytes(send, status, body, [(b"content-type", b"application/json")])
