@@ -187,8 +187,8 @@ class TeacherResource(ConfigurableResource):
             return f"{self.model} at {redact_url(self.base_url)}"
         if self.annotator == "reference":
             return (
-                f"embedded offline teacher: {REFERENCE_NAME} for label prompts (annotations and the evaluation's "
-                f"questions), {MODEL_NAME} for generative prompts"
+                f"embedded offline teacher: label prompts (annotations, the evaluation's questions) answered by the "
+                f"{REFERENCE_NAME}; generative prompts by {MODEL_NAME}"
             )
         return f"embedded offline teacher ({MODEL_NAME})"
 
