@@ -53,7 +53,7 @@ def test_run_refuses_unknown_partitions_before_any_work(opengrok_home, capsys, a
 
 def test_run_modes_come_from_the_profile_unless_modes_are_given(opengrok_home, tmp_path, capsys, monkeypatch):
     """cpu-demo trains none and soft (the 15-minute run); --modes wins; a profile naming an unknown mode is refused."""
-    monkeypatch.delenv("OPENGROK_PROFILE", raising=False)  # --profile sets it: restored after the test
+    monkeypatch.setenv("OPENGROK_PROFILE", "cpu-demo")  # --profile sets it; monkeypatch unsets it after the test
     from opengrok_dagster.cli import build_parser
     from opengrok_dagster.cli.run import _checked_request
 

@@ -167,7 +167,10 @@ def test_train_and_evaluation_label_mappings_must_agree(tmp_path):
         Path(f"{prefix}_text.txt").write_text("great\nawful\n")
         Path(f"{prefix}_labels.txt").write_text("1\n0\n")
     config = EvaluationConfig(
-        tasks=("tweeteval_irony",), data_dir=str(tmp_path), train_paths={"tweeteval_irony": ("other/train",)}
+        tasks=("tweeteval_irony",),
+        data_dir=str(tmp_path),
+        train_paths={"tweeteval_irony": ("other/train",)},
+        min_items={"single": 1},  # a two-post split: scored, so that its train split is read
     )
     with pytest.raises(
         DatasetError,

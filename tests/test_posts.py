@@ -233,6 +233,7 @@ def test_gold_baseline_leaves_out_train_posts_that_are_eval_posts(tmp_path):
         data_dir=str(tmp_path),
         train_paths={"tweeteval_sentiment": ("train.tsv",)},
         resamples=100,
+        min_items={"single": 1},  # a three-post split: scored, so that the leak check runs
     )
     results = Evaluation(config, None, [], log=lambda _: None).run(None)
     assert "1 posts of the train split" in " ".join(results.tasks[0].notes)
