@@ -31,8 +31,7 @@ ANNOTATED_EMBEDDED_LABEL = f"{MODEL_NAME} + {REFERENCE_ANNOTATOR}"
 EMBEDDED_TEACHER_LABELS = frozenset({MODEL_NAME, ANNOTATED_EMBEDDED_LABEL})
 
 # Embedded servers kept for the life of this process, by model directory, whether they return logprobs and who
-# annotates (see
-# TeacherResource.keep_server).
+# annotates (see TeacherResource.keep_server).
 _KEPT_SERVERS: dict[tuple[str, bool, str], TeacherServer | LogprobsServer | AnnotatingFront] = {}
 
 

@@ -271,7 +271,7 @@ class ReferenceTeacher(ThreadedLoopbackServer):
     ) -> ReferenceTeacher:
         """Fitted per task at its first prompt, cross-fitted over ``folds`` (the embedded teacher's annotator)."""
         fitter = partial(fit_task, data_dir=_gold_data_dir(data_dir), seed=seed, folds=folds)
-        return cls([], fit_on_demand=lambda name: fitter(name), pending=list(tasks))
+        return cls([], fit_on_demand=fitter, pending=list(tasks))
 
     def __post_init__(self) -> None:
         self._server: uvicorn.Server | None = None
