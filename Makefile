@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 export OPENGROK_HOME ?= $(CURDIR)/.opengrok
 export DAGSTER_HOME ?= $(OPENGROK_HOME)/dagster_home
 PYTEST_ARGS ?=
+# The suite's two passes (target `test`): a marker expression narrowing both, and the workers of the first.
+MARKS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: setup system-packages docker-packages docker-images docker-test run lint test test-fast dev bench clean
 
@@ -58,11 +61,21 @@ docker-test: docker-images
 lint: setup
 	$(BIN)/ruff check .
 
+# Two passes: every test but the `timing` ones on $(TEST_WORKERS) workers (pytest-xdist, a test file per worker at a
+# time, so module fixtures such as a `dagster dev` start once), then the `timing` tests alone, since a second worker
+# would distort the clock they assert on. Both passes run even when the first fails; "no test selected" (5) is fine.
+SELECTED = not deployment$(if $(MARKS), and ($(MARKS)))
 test: lint system-packages
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@status=0; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "$(SELECTED) and not timing" $(PYTEST_ARGS) \
+		|| status=$$?; \
+	[ $$status -ne 5 ] || status=0; \
+	$(BIN)/python -m pytest -m "$(SELECTED) and timing" $(PYTEST_ARGS) \
+		|| { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
+	exit $$status
 
-test-fast: lint system-packages
-	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+test-fast: MARKS = not integration
+test-fast: test
 
 dev: setup
 	$(BIN)/opengrok topics sync
