@@ -218,20 +218,29 @@ def post_labels(
     yield Output(frame, data_version=content_data_version(frame), metadata=metadata)
 
 
+# The agreement metrics (``labelling.agreement``) as the table names them; a task shows those measured for it.
+AGREEMENT_COLUMNS = {
+    "kappa": "Cohen's kappa",
+    "agreement": "agreement",
+    "micro_f1": "micro F1 (teacher as reference)",
+    "f1": "entity F1 (teacher as reference)",
+}
+
+
 def agreement_markdown(agreement: dict) -> str:
     """The promoted student's agreement with the teacher on held-out annotations of the user's posts, per task."""
     if not agreement:
         return "not measured: no teacher annotation of the user's posts was held out of training (eval_report notes)"
     rows = [
-        {
-            "task": task,
-            "held-out posts": f["n"],
-            "agreement": f"{f['agreement']:.3f} [{f['agreement_low']:.3f}, {f['agreement_high']:.3f}]",
-            "Cohen's kappa": f"{f['kappa']:.3f} [{f['kappa_low']:.3f}, {f['kappa_high']:.3f}]",
+        {"task": task, "held-out posts": figures["n"]}
+        | {
+            title: f"{figures[m]:.3f} [{figures[f'{m}_low']:.3f}, {figures[f'{m}_high']:.3f}]"
+            for m, title in AGREEMENT_COLUMNS.items()
+            if m in figures
         }
-        for task, f in agreement.items()
+        for task, figures in agreement.items()
     ]
-    tables = [pd.DataFrame(rows).to_markdown(index=False)]
+    tables = [pd.DataFrame(rows).fillna("n/a").to_markdown(index=False)]
     for task, figures in agreement.items():
         cells = [(*cell.split(" -> "), posts) for cell, posts in figures.get("confusion", {}).items()]
         if cells:

@@ -10,7 +10,13 @@ from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
 from opengrok_dagster.evaluation.report.frame import results_frame
 from opengrok_dagster.evaluation.results import EvaluationResults
-from opengrok_dagster.labelling.agreement import cohen_kappa, heldout_annotations, posts_agreement
+from opengrok_dagster.labelling.agreement import (
+    EntityAgreement,
+    TopicAgreement,
+    cohen_kappa,
+    heldout_annotations,
+    posts_agreement,
+)
 from opengrok_dagster.labelling.labeller import (
     LabellingConfig,
     PostLabeller,
@@ -28,7 +34,7 @@ from opengrok_dagster.labelling.promotion import (
     write_manual_choice,
 )
 from opengrok_dagster.masks.tokenizer import tokenizer_fingerprint
-from opengrok_dagster.tasks.formats import task_format
+from opengrok_dagster.tasks.formats import Annotation, task_format
 from tests.conftest import adapters, write_adapter
 
 
@@ -253,6 +259,7 @@ def annotations(texts, answers, split="heldout", task="tweeteval_sentiment", sta
     return pd.DataFrame(
         {
             "example_id": [f"{split}{i}" for i in range(len(texts))],
+            "post_text": texts,
             "system_prompt": [fmt.messages(t)[0]["content"] for t in texts],
             "prompt": [fmt.messages(t)[1]["content"] for t in texts],
             "response": answers,
@@ -272,17 +279,16 @@ def test_agreement_is_measured_on_held_out_annotations_only_for_every_variant(pr
             annotations(texts, teacher),
             annotations(["trained on"], ["neutral"], split="train"),
             annotations(["rejected"], ["meh"], state="rejected"),
-            annotations(["a topic post"], ["music"], task="tweet_topic"),
+            annotations(["an unreadable answer"], ["meh"]),
         ],
         ignore_index=True,
     )
-    assert len(heldout_annotations(filtered, "tweeteval_sentiment")) == len(texts)
+    assert len(heldout_annotations(filtered, "tweeteval_sentiment")[0]) == len(texts)
     config = EvaluationConfig(resamples=200, tasks=("tweeteval_sentiment",))
     [result], notes = posts_agreement(student, filtered, config)
     assert result.name == "teacher_agreement_on_posts:tweeteval_sentiment" and result.n == len(texts)
     assert {s.model for s in result.scores} == {"base", "lora:hard"}
     assert any("11 teacher annotations of the user's posts held out" in n for n in notes)
-    assert any("tweet_topic is not a single-label task" in n for n in notes)
     sentiment = task_format("tweeteval_sentiment")
     expected = calibrated_label_logprobs(
         student, [sentiment.messages(t) for t in texts], sentiment.messages, list(sentiment.words)
@@ -309,6 +315,71 @@ def test_nothing_held_out_says_how_to_measure_it(promoted):
     student, _ = promoted
     results, notes = posts_agreement(student, annotations(["a"], ["positive"], split="train"), EvaluationConfig())
     assert results == [] and "raise the filter's annotation_heldout_fraction" in notes[0]
+
+
+def test_topic_agreement_is_kappa_over_every_post_topic_decision_and_micro_f1_against_the_teacher():
+    from sklearn.metrics import cohen_kappa_score, f1_score
+
+    rng = np.random.default_rng(0)
+    teacher = rng.random((40, 6)) < 0.3
+    student = teacher.copy()
+    student[:15] = rng.random((15, 6)) < 0.3
+    figures = TopicAgreement(student, teacher).metrics()
+    assert figures["kappa"] == pytest.approx(cohen_kappa_score(teacher.ravel(), student.ravel()))
+    assert figures["micro_f1"] == pytest.approx(f1_score(teacher, student, average="micro"))
+    assert figures["agreement"] == pytest.approx((student == teacher).all(axis=1).mean())
+
+
+def test_entity_agreement_is_f1_over_exact_entities_and_an_unreadable_answer_gives_none():
+    teacher = [
+        Annotation(spans=(("person", "Adele"), ("location", "Leeds"))),
+        Annotation(),
+        Annotation(spans=(("organisation", "BBC"),)),
+        Annotation(spans=(("person", "Bo"),)),
+    ]
+    student = [
+        Annotation(spans=(("person", "Adele"), ("organisation", "Leeds"))),  # one right, one of the wrong type
+        Annotation(),  # both say none: they agree
+        Annotation(spans=(("organisation", "BBC"),)),
+        Annotation(spans=(("person", "Bo"),), reason="span_not_in_post"),  # unreadable: no entity
+    ]
+    scores = EntityAgreement.of(student, teacher)
+    assert scores.metrics() == {"f1": pytest.approx(2 * 2 / (3 + 4)), "agreement": 0.5}
+    assert scores.metrics(np.array([1, 1]))["f1"] == 1.0  # neither gives an entity
+
+
+def test_topic_and_entity_agreement_use_the_labels_post_labels_gives(promoted):
+    student, _ = promoted
+    texts = POSTS["text"].tolist()
+    topic, entities = task_format("tweet_topic"), task_format("wnut17")
+    filtered = pd.concat(
+        [
+            annotations(texts, [topic.words[i % 3] for i in range(len(texts))], task="tweet_topic"),
+            annotations(texts[:4], ["none", "none", "none", "none"], task="wnut17"),
+            annotations(["a post"], [f"{entities.words[0]}: Leeds"], task="wnut17"),  # not in the post: unreadable
+        ],
+        ignore_index=True,
+    )
+    labelling = LabellingConfig(ner_max_new_tokens=6)
+    results, notes = posts_agreement(student, filtered, EvaluationConfig(resamples=100), labelling)
+    by_task = {result.name.split(":")[1]: result for result in results}
+    assert sorted(by_task) == ["tweet_topic", "wnut17"] and by_task["wnut17"].n == 4
+    topics = by_task["tweet_topic"]
+    assert topics.primary_metric == "kappa" and topics.answers.multi_label
+    with student.using("lora:hard"):
+        expected, _ = PostLabeller(student, labelling, "digest").annotate(topic, texts)
+    chosen = topics.answers.predictions["lora:hard"]
+    assert [tuple(np.flatnonzero(row)) for row in chosen] == [found.labels for found in expected]
+    score = next(s for s in topics.scores if s.model == "lora:hard")
+    assert set(score.distribution.point) == {"kappa", "agreement", "micro_f1"} and score.scoring == "calibrated"
+    ner = by_task["wnut17"]
+    assert ner.primary_metric == "f1" and ner.answers is None
+    assert {s.scoring for s in ner.scores} == {"generated"}
+    assert any("kappa is not defined for spans" in n for n in notes)
+    frame = results_frame(EvaluationResults(EvaluationConfig(), None, results, [], [], 0.0))
+    markdown = agreement_markdown(teacher_agreement(frame, "lora:hard"))
+    assert "micro F1 (teacher as reference)" in markdown and "entity F1 (teacher as reference)" in markdown
+    assert "| wnut17 " in markdown and "n/a" in markdown  # no kappa for entities
 
 
 def test_the_promoted_adapters_agreement_is_read_from_the_report():

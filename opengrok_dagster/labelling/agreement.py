@@ -1,29 +1,42 @@
 """How often the student agrees with the teacher on the user's own posts: the quality figure without gold labels.
 
 Measured on the teacher's annotations of the user's posts that no adapter trained on (``filtered_responses``
-rows of ``split == heldout`` with a ``task``; ``FilterConfig.annotation_heldout_fraction`` of them), for each
-single-label classification task: the agreement rate and Cohen's kappa of every local variant (base and each
-adapter) against the teacher's label, with bootstrap intervals on shared resamples and paired differences, and
-the confusion matrix (the teacher's label as the row). The result is an evaluation ``TaskResult``, so the report
-shows it beside the gold-label scores.
+rows of ``split == heldout`` with a ``task``; ``FilterConfig.annotation_heldout_fraction`` of them), for every
+task annotated, with the labels users get (``PostLabeller.annotate``: calibrated classes, topics over the
+threshold, generated entities) from every local variant (base and each adapter), against the teacher's:
+- sentiment (one label): Cohen's kappa and the agreement rate, and the confusion matrix (the teacher's label as
+  the row);
+- topics (several labels): Cohen's kappa over every (post, topic) yes/no decision, the share of posts given the
+  same topics, and micro F1 with the teacher as the reference;
+- entities: F1 over exact (type, text) entities with the teacher as the reference, and the share of posts with
+  the same entities. Kappa needs a count of the decisions not to tag, which spans do not have: pairwise F1 is
+  the agreement measure for entities (Hripcsak and Rothschild, 2005).
+Bootstrap intervals on shared resamples and paired differences come from ``finish_task``: the result is an
+evaluation ``TaskResult``, so the report shows it beside the gold-label scores.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages
 from opengrok_dagster.evaluation.results import ItemAnswers, TaskResult, finish_task
-from opengrok_dagster.evaluation.scoring import CALIBRATED
-from opengrok_dagster.tasks.formats import task_format
+from opengrok_dagster.evaluation.scoring import CALIBRATED, GENERATED, RAW
+from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller
+from opengrok_dagster.tasks.formats import Annotation, TaskFormat, task_format
 
 
 POSTS_AGREEMENT = "teacher_agreement_on_posts"
-METRICS = ("kappa", "agreement")  # kappa first: the primary metric, since a label prior inflates raw agreement
+# The primary metric first: kappa where it is defined (a label prior inflates raw agreement), F1 for entities.
+METRICS = {
+    "classification": ("kappa", "agreement"),
+    "multilabel": ("kappa", "agreement", "micro_f1"),
+    "ner": ("f1", "agreement"),
+}
 
 
 def agreement_task_name(task: str) -> str:
@@ -40,9 +53,14 @@ def cohen_kappa(first: np.ndarray, second: np.ndarray, classes: int) -> float:
     return float("nan") if expected >= 1.0 else (observed - expected) / (1.0 - expected)
 
 
+def _f1(matched: float, student: float, teacher: float) -> float:
+    """F1 of the student's items against the teacher's; 1 when neither gives any (they agree on nothing to give)."""
+    return 2 * matched / (student + teacher) if student + teacher else 1.0
+
+
 @dataclass(frozen=True)
-class AgreementScores:
-    """A variant's labels against the teacher's, in the evaluation's scores protocol (``metrics(idx)``, ``n``)."""
+class LabelAgreement:
+    """One label per post (class indices), in the evaluation's scores protocol (``metrics(idx)``, ``n``)."""
 
     student: np.ndarray
     teacher: np.ndarray
@@ -54,86 +72,170 @@ class AgreementScores:
 
     def metrics(self, idx: np.ndarray | None = None) -> dict[str, float]:
         student, teacher = (self.student, self.teacher) if idx is None else (self.student[idx], self.teacher[idx])
+        return {"kappa": cohen_kappa(student, teacher, self.classes), "agreement": float(np.mean(student == teacher))}
+
+
+@dataclass(frozen=True)
+class TopicAgreement:
+    """Several labels per post, as boolean (posts x topics) matrices."""
+
+    student: np.ndarray
+    teacher: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.teacher)
+
+    def metrics(self, idx: np.ndarray | None = None) -> dict[str, float]:
+        student, teacher = (self.student, self.teacher) if idx is None else (self.student[idx], self.teacher[idx])
+        matched = float((student & teacher).sum())
         return {
-            "kappa": cohen_kappa(student, teacher, self.classes),
-            "agreement": float(np.mean(student == teacher)),
+            "kappa": cohen_kappa(student.ravel().astype(int), teacher.ravel().astype(int), 2),
+            "agreement": float((student == teacher).all(axis=1).mean()),
+            "micro_f1": _f1(matched, float(student.sum()), float(teacher.sum())),
         }
 
 
-def heldout_annotations(filtered: pd.DataFrame, task: str) -> pd.DataFrame:
-    """The kept, held-out teacher annotations of ``task`` with the teacher's label index (``teacher_label``)."""
+@dataclass(frozen=True)
+class EntityAgreement:
+    """Entities per post: how many (type, text) entities the two share, and how many each gave."""
+
+    matched: np.ndarray
+    student: np.ndarray
+    teacher: np.ndarray
+
+    @classmethod
+    def of(cls, student: list[Annotation], teacher: list[Annotation]) -> EntityAgreement:
+        """An unreadable student answer (``reason`` set) gives no entity, as in the evaluation."""
+        given = [Counter(() if s.reason else s.spans) for s in student]
+        wanted = [Counter(t.spans) for t in teacher]
+        return cls(
+            np.array([sum((s & t).values()) for s, t in zip(given, wanted)]),
+            np.array([sum(s.values()) for s in given]),
+            np.array([sum(t.values()) for t in wanted]),
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.teacher)
+
+    def metrics(self, idx: np.ndarray | None = None) -> dict[str, float]:
+        pick = (lambda a: a) if idx is None else (lambda a: a[idx])
+        matched, student, teacher = pick(self.matched), pick(self.student), pick(self.teacher)
+        same = (matched == student) & (matched == teacher)
+        return {
+            "f1": _f1(float(matched.sum()), float(student.sum()), float(teacher.sum())),
+            "agreement": float(same.mean()),
+        }
+
+
+def heldout_annotations(filtered: pd.DataFrame, task: str) -> tuple[pd.DataFrame, list[Annotation]]:
+    """The kept, held-out teacher annotations of ``task`` the teacher's answer can be read from (one label for a
+    single-label task), and those answers."""
     if "task" not in filtered.columns:
-        return filtered.iloc[0:0].assign(teacher_label=[])
+        return filtered.iloc[0:0], []
     rows = filtered[
         (filtered["task"] == task) & (filtered["split"] == "heldout") & (filtered["state"] == "kept")
     ].reset_index(drop=True)
     fmt = task_format(task)
-    labels = [fmt.parse(answer, "").labels for answer in rows["response"]]
-    usable = [len(found) == 1 for found in labels]
-    return rows[usable].assign(teacher_label=[found[0] for found in labels if len(found) == 1]).reset_index(drop=True)
+    parsed = [
+        fmt.parse(answer, " ".join(str(post).split())) for answer, post in zip(rows["response"], rows["post_text"])
+    ]
+    usable = [_readable(fmt, found) for found in parsed]
+    return rows[usable].reset_index(drop=True), [found for found, keep in zip(parsed, usable) if keep]
 
 
-def _post_text(prompt: str) -> str:
-    """The post of an annotation's prompt (``tasks.formats.classification_messages`` ends with ``Post: <text>``)."""
-    return prompt.rsplit("\nPost: ", 1)[-1]
+def _readable(fmt: TaskFormat, found: Annotation) -> bool:
+    if found.reason:
+        return False
+    return fmt.kind == "ner" or (len(found.labels) == 1 if fmt.kind == "classification" else bool(found.labels))
 
 
 def posts_agreement(
-    student, filtered: pd.DataFrame, config, log: Callable[[str], None] = lambda message: None
+    student,
+    filtered: pd.DataFrame,
+    config,
+    labelling: LabellingConfig | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> tuple[list[TaskResult], list[str]]:
-    """Per single-label task with held-out annotations, every variant of ``student`` (a ``LocalStudent``) against
-    the teacher; ``config`` is the ``EvaluationConfig`` (seed, resamples, confidence, calibrate). Also the
-    notes saying how many annotations were held out, or why a task was not measured."""
+    """Per task with held-out annotations, every variant of ``student`` (a ``LocalStudent``) labelling the posts
+    as ``post_labels`` does with ``labelling`` (default: its defaults) against the teacher; ``config`` is the
+    ``EvaluationConfig`` (seed, resamples, confidence). Also the notes saying how many annotations were held out,
+    or why a task was not measured."""
+    labelling = labelling or LabellingConfig()
     tasks = sorted(filtered["task"].dropna().unique()) if "task" in filtered.columns else []
     results, notes = [], []
     for task in tasks:
-        fmt = task_format(task)
-        if fmt.kind != "classification":
-            notes.append(f"{agreement_task_name(task)}: not measured, {task} is not a single-label task")
-            continue
-        rows = heldout_annotations(filtered, task)
+        rows, teacher = heldout_annotations(filtered, task)
         if rows.empty:
             notes.append(
-                f"{agreement_task_name(task)}: no teacher annotation of {task} is held out of training; raise the "
-                "filter's annotation_heldout_fraction (filtered_responses) to measure it"
+                f"{agreement_task_name(task)}: no readable teacher annotation of {task} is held out of training; "
+                "raise the filter's annotation_heldout_fraction (filtered_responses) to measure it"
             )
             continue
-        results.append(_task_agreement(student, rows, task, config))
+        results.append(_task_agreement(student, rows, teacher, task, config, labelling))
         notes.append(
             f"{agreement_task_name(task)}: {len(rows)} teacher annotations of the user's posts held out of training "
-            "(no adapter trained on them); the confusion matrices' rows are the teacher's labels"
+            f"(no adapter trained on them); {_how(task_format(task))}"
         )
         log(notes[-1])
     return results, notes
 
 
-def _task_agreement(student, rows: pd.DataFrame, task: str, config) -> TaskResult:
-    fmt, words = task_format(task), list(task_format(task).words)
-    messages = [
-        [{"role": "system", "content": s}, {"role": "user", "content": p}]
-        for s, p in zip(rows["system_prompt"], rows["prompt"])
-    ]
-    teacher = rows["teacher_label"].to_numpy(dtype=int)
+def _how(fmt: TaskFormat) -> str:
+    if fmt.kind == "ner":
+        return (
+            "entities compared as exact (type, text) pairs, F1 with the teacher as the reference (kappa is not "
+            "defined for spans)"
+        )
+    if fmt.kind == "multilabel":
+        return "kappa over every (post, topic) yes/no decision; agreement: the same topics"
+    return "the confusion matrices' rows are the teacher's labels"
+
+
+def _task_agreement(
+    student, rows: pd.DataFrame, teacher: list[Annotation], task: str, config, labelling: LabellingConfig
+) -> TaskResult:
+    fmt = task_format(task)
+    texts = [str(post) for post in rows["post_text"]]
     digest = pd.util.hash_pandas_object(rows[["example_id", "response"]], index=False).sum()
+    metrics = METRICS[fmt.kind]
     result = TaskResult(
         None,
         agreement_task_name(task),
-        METRICS[0],
+        metrics[0],
         f"filtered_responses (task == {task}, split == heldout)",
         f"{int(digest) & 0xFFFFFFFFFFFF:012x}",
         len(rows),
         len(rows),
     )
-    result.answers = ItemAnswers([_post_text(p) for p in rows["prompt"]], teacher, words, False)
+    scoring = GENERATED if fmt.kind == "ner" else CALIBRATED if labelling.calibrate else RAW
+    reference = None if fmt.kind == "ner" else _answer_matrix(fmt, teacher)
+    if reference is not None:
+        result.answers = ItemAnswers(texts, reference, list(fmt.words), fmt.kind == "multilabel")
     scored = []
     for variant in student.variants:
-        with student.using(variant):
-            # calibrated, as post_labels labels the user's posts by default: the agreement measures the labels users get
-            logprobs = calibrate(
-                student.label_logprobs(messages, words),
-                student.label_logprobs(content_free_messages(fmt.messages), words),
+        with student.using(variant):  # a labeller per variant: its content-free prior is the variant's own
+            predicted, _ = PostLabeller(student, labelling, variant).annotate(fmt, texts)
+        if fmt.kind == "ner":
+            scores = EntityAgreement.of(predicted, teacher)
+        else:
+            answers = _answer_matrix(fmt, predicted)
+            result.answers.predictions[variant] = answers
+            scores = (
+                TopicAgreement(answers, reference)
+                if fmt.kind == "multilabel"
+                else LabelAgreement(answers, reference, len(fmt.words))
             )
-        predicted = logprobs.argmax(axis=1)
-        result.answers.predictions[variant] = predicted
-        scored.append((variant, CALIBRATED, AgreementScores(predicted, teacher, len(words)), None))
-    return finish_task(result, scored, METRICS, config, headline=CALIBRATED)
+        scored.append((variant, scoring, scores, None))
+    return finish_task(result, scored, metrics, config, headline=scoring)
+
+
+def _answer_matrix(fmt: TaskFormat, annotations: list[Annotation]) -> np.ndarray:
+    """Class indices (one label per post), or a boolean (posts x topics) matrix."""
+    if fmt.kind == "classification":
+        return np.array([found.labels[0] for found in annotations], dtype=int)
+    matrix = np.zeros((len(annotations), len(fmt.words)), dtype=bool)
+    for row, found in enumerate(annotations):
+        matrix[row, list(found.labels)] = True
+    return matrix

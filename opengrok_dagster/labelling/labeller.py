@@ -127,31 +127,34 @@ class PostLabeller:
             self._priors[task.name] = self.scorer.label_logprobs(content_free_messages(task.messages), words)
         return calibrate(scores, self._priors[task.name])
 
-    def _entities(self, task: TaskFormat, texts: list[str]) -> list[str | None]:
-        """Each post's entities as the report reads them (``type: text`` lines or ``none``), generated greedily as
-        the evaluation does; None where the answer cannot be read (spans not in the post, unknown types)."""
-        answers = self.scorer.generate([task.messages(t) for t in texts], self.config.ner_max_new_tokens)
-        parsed = [task.parse(answer, " ".join(text.split())) for answer, text in zip(answers, texts)]
-        return [None if found.reason else task.answer(found) for found in parsed]
+    def annotate(self, task: TaskFormat, texts: list[str]) -> tuple[list[Annotation], np.ndarray | None]:
+        """Each post's labels for ``task`` and, for scored tasks, its probability per class (None for entities).
+
+        Classes: the most likely one (topics: and every topic at ``topic_threshold`` or above). Entities: generated
+        greedily as the evaluation does, ``reason`` set where the answer cannot be read (spans not in the post,
+        unknown types)."""
+        if task.kind == "ner":
+            answers = self.scorer.generate([task.messages(t) for t in texts], self.config.ner_max_new_tokens)
+            return [task.parse(answer, " ".join(text.split())) for answer, text in zip(answers, texts)], None
+        probabilities = np.exp(self._log_scores(task, texts))
+        annotations = []
+        for row in probabilities:
+            chosen = {int(row.argmax())}
+            if task.kind == "multilabel":
+                chosen |= {int(i) for i in np.flatnonzero(row >= self.config.topic_threshold)}
+            annotations.append(Annotation(labels=tuple(sorted(chosen))))
+        return annotations, probabilities
 
     def label(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        """One chunk's labels: post id, text hash, model digest, and per task its label and probabilities (entity
-        tasks: the entities, without probabilities)."""
+        """One chunk's labels: post id, text hash, model digest, and per task its label in the report's answer format
+        (null where unreadable) and, for scored tasks, its probabilities."""
         texts = chunk["text"].astype(str).tolist()
         frame = pd.DataFrame({"post_id": chunk["post_id"].astype(str).tolist(), "text_hash": chunk["text_hash"]})
         for task in self.formats:
-            if task.kind == "ner":
-                frame[task.name] = self._entities(task, texts)
-                continue
-            probabilities = np.exp(self._log_scores(task, texts))
-            labels = []
-            for row in probabilities:
-                chosen = {int(row.argmax())}
-                if task.kind == "multilabel":
-                    chosen |= {int(i) for i in np.flatnonzero(row >= self.config.topic_threshold)}
-                labels.append(task.answer(Annotation(labels=tuple(sorted(chosen)))))
-            frame[task.name] = labels
-            frame[probabilities_column(task.name)] = [np.round(row, 6).tolist() for row in probabilities]
+            annotations, probabilities = self.annotate(task, texts)
+            frame[task.name] = [None if found.reason else task.answer(found) for found in annotations]
+            if probabilities is not None:
+                frame[probabilities_column(task.name)] = [np.round(row, 6).tolist() for row in probabilities]
         frame["model_digest"] = self.model_digest
         return frame
 
