@@ -259,7 +259,6 @@ def annotations(texts, answers, split="heldout", task="tweeteval_sentiment", sta
     return pd.DataFrame(
         {
             "example_id": [f"{split}{i}" for i in range(len(texts))],
-            "post_text": texts,
             "system_prompt": [fmt.messages(t)[0]["content"] for t in texts],
             "prompt": [fmt.messages(t)[1]["content"] for t in texts],
             "response": answers,

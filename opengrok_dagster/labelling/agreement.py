@@ -138,11 +138,16 @@ def heldout_annotations(filtered: pd.DataFrame, task: str) -> tuple[pd.DataFrame
         (filtered["task"] == task) & (filtered["split"] == "heldout") & (filtered["state"] == "kept")
     ].reset_index(drop=True)
     fmt = task_format(task)
-    parsed = [
-        fmt.parse(answer, " ".join(str(post).split())) for answer, post in zip(rows["response"], rows["post_text"])
-    ]
+    posts = [_post_text(prompt) for prompt in rows["prompt"]]
+    parsed = [fmt.parse(answer, " ".join(post.split())) for answer, post in zip(rows["response"], posts)]
     usable = [_readable(fmt, found) for found in parsed]
     return rows[usable].reset_index(drop=True), [found for found, keep in zip(parsed, usable) if keep]
+
+
+def _post_text(prompt: str) -> str:
+    """The post of an annotation's prompt (every task's messages end with ``Post: <text>``; filtered_responses
+    keeps the prompt, not the post)."""
+    return prompt.rsplit("\nPost: ", 1)[-1]
 
 
 def _readable(fmt: TaskFormat, found: Annotation) -> bool:
@@ -197,7 +202,7 @@ def _task_agreement(
     student, rows: pd.DataFrame, teacher: list[Annotation], task: str, config, labelling: LabellingConfig
 ) -> TaskResult:
     fmt = task_format(task)
-    texts = [str(post) for post in rows["post_text"]]
+    texts = [_post_text(prompt) for prompt in rows["prompt"]]
     digest = pd.util.hash_pandas_object(rows[["example_id", "response"]], index=False).sum()
     metrics = METRICS[fmt.kind]
     result = TaskResult(
