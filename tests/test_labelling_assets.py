@@ -166,6 +166,7 @@ def test_opengrok_run_promotes_then_labels_every_shard_or_says_why_not(
     assert runner.run(promote_and_label_stages(persistent_instance))  # nothing earned it: not a failed run
     out = capsys.readouterr().out
     assert "[promote] nothing promoted: no adapter's tweeteval_sentiment" in out and "no posts labelled" in out
+    assert "[promote]: stopped by a blocking check" in out and "FAILED" not in out  # a decision, not an error
     assert not layout.asset_path("post_labels", "mine").exists()
 
     SIGNIFICANT.to_parquet(layout.asset_path("eval_report"))

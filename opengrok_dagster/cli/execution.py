@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 
 from dagster import DagsterInstance, DagsterInvalidConfigError, JobDefinition, validate_run_config
@@ -17,6 +17,10 @@ from opengrok_dagster.instance import runner_tags
 
 # The CLI prints each stage's progress; Dagster's step-by-step DEBUG events stay in the event log (and the UI).
 CONSOLE_AT_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+class Declined(Exception):
+    """A run stopped by a decision (a blocking check that said no), not by a fault; the message says why."""
 
 
 def job_run_config(job: JobDefinition, run_config: dict) -> dict:
@@ -53,9 +57,11 @@ def execute(
     run_config: dict | None = None,
     tags: dict[str, str] | None = None,
     console: RunConsole | None = None,
+    declined: Callable[[], str | None] | None = None,
 ) -> bool:
     """Run ``job`` and say so in progress lines; with a ``console`` (`opengrok run`), its output goes to the
-    command's run log and a failure is said in one line (a crash: its traceback) with the log's path."""
+    command's run log and a failure is said in one line (a crash: its traceback) with the log's path. A failure
+    ``declined`` explains (its reason, else None) is no error: :class:`Declined` carries the reason instead."""
     started = time.monotonic()
     print(f"{label} ...", flush=True)
     try:
@@ -69,7 +75,12 @@ def execute(
             )
     except DagsterInvalidConfigError as exc:  # a setting from the environment Dagster cannot use: nothing ran
         raise ValueError(f"{label}: {'; '.join(_config_reason(error.message) for error in exc.errors)}") from None
-    print(f"{label}: {'done' if result.success else 'FAILED'} in {time.monotonic() - started:.0f}s", flush=True)
+    seconds = time.monotonic() - started
+    reason = declined() if declined is not None and not result.success else None
+    if reason is not None:
+        print(f"{label}: stopped by a blocking check in {seconds:.0f}s", flush=True)
+        raise Declined(reason)
+    print(f"{label}: {'done' if result.success else 'FAILED'} in {seconds:.0f}s", flush=True)
     if not result.success and console:
         console.report_failure(result)
     return result.success

@@ -14,13 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
 from dagster import DagsterInstance, Definitions, JobDefinition
 
 from assets.collection import BUDGET_RUN_TAG, PromptsConfig
 from opengrok_dagster.cli.console import RunConsole
-from opengrok_dagster.cli.execution import execute
+from opengrok_dagster.cli.execution import Declined, execute
 from opengrok_dagster.jobs import (
     STAGE_JOBS,
     collect_job,
@@ -71,19 +72,20 @@ class StageRunner:
         """Run ``stages`` in order until one fails (False) or declines (said, and the run ends there: True)."""
         for stage in stages:
             started = time.time()
-            if self._run_stage(stage):
-                continue
-            reason = stage.declined(started) if stage.declined else None
-            if reason is not None:
-                print(reason)
-            return reason is not None
+            declined = partial(stage.declined, started) if stage.declined else None
+            try:
+                if not self._run_stage(stage, declined):
+                    return False
+            except Declined as decision:
+                print(decision)
+                return True
         return True
 
-    def _run_stage(self, stage: Stage) -> bool:
+    def _run_stage(self, stage: Stage, declined: Callable[[], str | None] | None) -> bool:
         """Every partition of ``stage`` is run even after one fails, so the rerun line names all that did."""
         job = self.jobs[stage.job]
         if stage.items is None:
-            return self._execute(job, stage.label)
+            return self._execute(job, stage.label, declined=declined)
         items = list(stage.items())
         failed = [
             item
@@ -93,14 +95,15 @@ class StageRunner:
                 stage.label.format(number=number, count=len(items), item=item),
                 stage.partition_key(item),
                 stage.tags,
+                declined,
             )
         ]
         if failed:
             print(stage.rerun.format(failed=", ".join(failed), failed_csv=",".join(failed)), file=sys.stderr)
         return not failed
 
-    def _execute(self, job: JobDefinition, label: str, partition_key: str | None = None, tags=None) -> bool:
-        return execute(self.instance, job, label, partition_key, self.run_config, tags, self.console)
+    def _execute(self, job: JobDefinition, label: str, partition_key=None, tags=None, declined=None) -> bool:
+        return execute(self.instance, job, label, partition_key, self.run_config, tags, self.console, declined)
 
 
 def resolve_jobs(defs: Definitions) -> dict[str, JobDefinition]:
