@@ -274,18 +274,15 @@ def _collect(
                 )
             topic = context.partition_key.keys_by_dimension["topic"]
             try:
-                settings = teacher.batch_settings()
+                spec = teacher.spec()
             except ValueError as exc:  # a batch_poll_s or batch_price_factor out of range
                 raise Failure(str(exc)) from None
             return collect_batch(
                 rows,
-                teacher.endpoint(),
-                teacher.sampling(),
-                teacher.prices(),
+                spec,
                 store,
                 round_key,
                 topic,
-                settings,
                 budget if budget.limits.limited else None,
                 context.log.info,
                 run_id=context.run.run_id,

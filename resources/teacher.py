@@ -6,14 +6,13 @@ from typing import Literal
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from opengrok_dagster.collect.batch import BatchSettings
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.client import ClientLimits, TeacherClient, TeacherEndpoint, characters_token_count
 from opengrok_dagster.collect.collector import Leases
 from opengrok_dagster.collect.plan import TokenCounter, tokenizer_token_counter
-from opengrok_dagster.collect.ratelimit import SharedRateLimiter
 from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.store import ResponseKey, ResponseStore
+from opengrok_dagster.collect.teacher import BatchSettings, TeacherSpec
 from opengrok_dagster.offline.annotating_front import AnnotatingFront
 from opengrok_dagster.offline.logprobs_server import LogprobsServer
 from opengrok_dagster.offline.reference_teacher import NAME as REFERENCE_NAME
@@ -230,24 +229,15 @@ class TeacherResource(ConfigurableResource):
     def budget_limits(self) -> BudgetLimits:
         return BudgetLimits(self.budget_usd, self.daily_budget_usd)
 
+    def spec(self) -> TeacherSpec:
+        """This teacher as both collection paths ask it; starts the embedded server if needed. Its batch settings
+        are read only for batch collection, so an unused out-of-range batch setting fails nothing."""
+        batch = self.batch_settings() if self.collection == "batch" else BatchSettings()
+        return TeacherSpec(self.endpoint(), self.sampling(), self.client_limits(), self.prices(), batch)
+
     def client(self, store: ResponseStore | None = None, budget: Budget | None = None) -> TeacherClient:
-        """A fresh client (enter it with ``async with``); starts the embedded server if needed. With ``store``,
-        the RPM/TPM limits hold across every process that shares it (one account's limits, one window); with
-        ``budget``, a request is sent only if its worst case fits."""
-        endpoint = self.endpoint()
-        shared = None
-        if store is not None and (self.requests_per_minute or self.tokens_per_minute):
-            shared = SharedRateLimiter(
-                store, f"{endpoint.redacted_url}|{endpoint.model}", self.requests_per_minute, self.tokens_per_minute
-            )
-        return TeacherClient(
-            endpoint,
-            self.sampling(),
-            self.client_limits(),
-            self.prices(),
-            shared_limiter=shared,
-            budget=budget if budget is not None and budget.limits.limited else None,
-        )
+        """A fresh online client (enter it with ``async with``): :meth:`TeacherSpec.client`."""
+        return self.spec().client(store, budget)
 
     def client_limits(self) -> ClientLimits:
         """Concurrency, rate limits, timeout and retries of every client of this teacher (collection, evaluation)."""

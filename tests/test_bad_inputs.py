@@ -321,7 +321,7 @@ def _label_issue_settings(tmp_path, monkeypatch):
 
 @probe(73)
 def _batch_settings_out_of_range(tmp_path, monkeypatch):
-    from opengrok_dagster.collect.batch import BatchSettings
+    from opengrok_dagster.collect.teacher import BatchSettings
 
     return [error_of(BatchSettings, poll_s=0), error_of(BatchSettings, price_factor=2)]
 

@@ -10,12 +10,13 @@ import time
 import pytest
 
 from devtools.batch_server import BatchServerConfig, LoopbackBatchServer
-from opengrok_dagster.collect.batch import BatchSettings, PollClock, collect_batch
+from opengrok_dagster.collect.batch import PollClock, collect_batch
 from opengrok_dagster.collect.budget import Budget, BudgetLimits
 from opengrok_dagster.collect.client import TeacherConfigurationError, TeacherEndpoint
 from opengrok_dagster.collect.result import Prices, SamplingParams
 from opengrok_dagster.collect.spend import collection_spend
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
+from opengrok_dagster.collect.teacher import BatchSettings, TeacherSpec
 from opengrok_dagster.layout import HomeLayout
 from tests.conftest import GENERATIVE_ONLY, REPO_ROOT
 
@@ -28,14 +29,11 @@ PRICES = Prices(1000.0, 1000.0)
 FAST = BatchSettings(poll_s=0.05, price_factor=0.5)
 COLLECT = """
 import sys
-from opengrok_dagster.collect.batch import BatchSettings, collect_batch
-from opengrok_dagster.collect.client import TeacherEndpoint
-from opengrok_dagster.collect.result import Prices, SamplingParams
+from opengrok_dagster.collect.batch import collect_batch
 from opengrok_dagster.collect.store import ResponseStore
-from tests.test_batch import ROWS
+from tests.test_batch import FAST, ROWS, spec
 
-print(collect_batch(ROWS, TeacherEndpoint(sys.argv[1], "m"), SamplingParams(max_tokens=64), Prices(1000.0, 1000.0),
-                    ResponseStore(sys.argv[2]), "2026-11-24", "climate", BatchSettings(poll_s=0.05)), flush=True)
+print(collect_batch(ROWS, spec(sys.argv[1], FAST), ResponseStore(sys.argv[2]), "2026-11-24", "climate"), flush=True)
 """
 COMPARED = (
     "prompt_id, teacher_model, sampling_key, round, topic, text, finish_reason, model, prompt_tokens, "
@@ -48,18 +46,13 @@ def responses(database) -> list[tuple]:
         return connection.execute(f"SELECT {COMPARED} FROM responses ORDER BY prompt_id").fetchall()
 
 
+def spec(base_url: str, settings: BatchSettings = FAST, sampling=SamplingParams(max_tokens=64)) -> TeacherSpec:
+    return TeacherSpec(TeacherEndpoint(base_url, "m"), sampling, prices=PRICES, batch=settings)
+
+
 def collect(server, store, settings=FAST, **kwargs):
     return collect_batch(
-        ROWS,
-        TeacherEndpoint(server.base_url, "m"),
-        SamplingParams(max_tokens=64),
-        PRICES,
-        store,
-        "2026-11-24",
-        "climate",
-        settings,
-        log=lambda message: None,
-        **kwargs,
+        ROWS, spec(server.base_url, settings), store, "2026-11-24", "climate", log=lambda message: None, **kwargs
     )
 
 
@@ -135,13 +128,10 @@ def test_the_poller_waits_the_configured_interval_between_polls_and_stops_when_t
         polls = []
         summary = collect_batch(
             ROWS,
-            TeacherEndpoint(server.base_url, "m"),
-            SamplingParams(max_tokens=64),
-            PRICES,
+            spec(server.base_url, BatchSettings(poll_s=poll_s)),
             ResponseStore(tmp_path / "responses.sqlite"),
             "2026-11-24",
             "climate",
-            BatchSettings(poll_s=poll_s),
             log=lambda message: polls.append(message) if " in_progress" in message else None,
             clock=clock.poll_clock(),
         )
@@ -196,13 +186,10 @@ def test_an_endpoint_without_the_batch_api_is_refused_clearly(tmp_path):
         ):
             collect_batch(
                 ROWS,
-                TeacherEndpoint(without_batches, "m"),
-                SamplingParams(),
-                PRICES,
+                spec(without_batches, sampling=SamplingParams()),
                 ResponseStore(tmp_path / "r.sqlite"),
                 "2026-11-24",
                 "climate",
-                FAST,
                 log=lambda m: None,
             )
     store = ResponseStore(tmp_path / "r.sqlite")  # nothing was submitted: the prompts are free for an online run

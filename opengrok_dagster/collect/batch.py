@@ -37,27 +37,12 @@ from opengrok_dagster.collect.result import (
     result_from_payload,
 )
 from opengrok_dagster.collect.store import Claim, ResponseKey, ResponseStore
+from opengrok_dagster.collect.teacher import BatchSettings, TeacherSpec
 from opengrok_dagster.redact import redact_http_logs
 
 
 SUBMISSION_METADATA = "opengrok_submission"
 FINAL_STATES = ("completed", "failed", "expired", "cancelled")
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    poll_s: float = 30.0  # seconds between polls of the batch's status (TeacherResource.batch_poll_s)
-    completion_window: str = "24h"
-    price_factor: float = 0.5  # batch price / online price (OpenAI: half; set xAI's rate for Grok)
-    max_wait_s: float = 26 * 3600.0  # past the completion window: the provider should have expired it
-
-    def __post_init__(self) -> None:
-        if not self.poll_s > 0:
-            raise ValueError(f"batch_poll_s={self.poll_s} must be a positive number of seconds between polls")
-        if not 0 < self.price_factor <= 1:
-            raise ValueError(
-                f"batch_price_factor={self.price_factor} must be in (0, 1]: the batch price over the online price"
-            )
 
 
 @dataclass(frozen=True)
@@ -85,13 +70,10 @@ def _openai_client(endpoint: TeacherEndpoint):
 
 def collect_batch(
     rows: Sequence[dict],
-    endpoint: TeacherEndpoint,
-    sampling: SamplingParams,
-    prices: Prices,
+    teacher: TeacherSpec,
     store: ResponseStore,
     round_key: str,
     topic: str,
-    settings: BatchSettings = BatchSettings(),
     budget: Budget | None = None,
     log: Callable[[str], None] = print,
     clock: PollClock = PollClock(),
@@ -103,10 +85,9 @@ def collect_batch(
 
     # Long on purpose: it reads as the batch's life cycle (resume or submit, wait, record), and every step shares
     # the one submission record that makes a killed run resume instead of resubmitting.
+    endpoint, sampling, settings = teacher.endpoint, teacher.sampling, teacher.batch
     key = ResponseKey(endpoint.model_label, sampling.key(), round_key)
-    batch_prices = Prices(
-        prices.prompt_per_million * settings.price_factor, prices.completion_per_million * settings.price_factor
-    )
+    batch_prices = settings.prices(teacher.prices)
     answered = store.responses.answered(key, (row["prompt_id"] for row in rows))
     by_id = {row["prompt_id"]: row for row in rows}
     client = _openai_client(endpoint)
