@@ -1051,14 +1051,14 @@ def _collection_expected_to_exceed_todays_budget(tmp_path, monkeypatch):
 def _batch_collection_from_an_endpoint_without_the_batch_api(tmp_path, monkeypatch):
     from devtools.batch_server import LoopbackBatchServer
     from opengrok_dagster.collect.batch import collect_batch
-    from opengrok_dagster.collect.client import SamplingParams, TeacherEndpoint
+    from opengrok_dagster.collect.client import SamplingParams
     from opengrok_dagster.collect.store import ResponseStore
-    from tests.test_batch import FAST, PRICES, ROWS
+    from tests.test_batch import ROWS, spec
 
-    arguments = (SamplingParams(), PRICES, ResponseStore(tmp_path / "r.sqlite"), "2026-11-24", "climate", FAST)
+    arguments = (ResponseStore(tmp_path / "r.sqlite"), "2026-11-24", "climate")
     with LoopbackBatchServer() as server:  # under another prefix every route is a 404, as on `transformers serve`
-        endpoint = TeacherEndpoint(server.base_url.replace("/v1", "/chat-only/v1"), "m")
-        return [error_of(collect_batch, ROWS, endpoint, *arguments, log=lambda _: None)]
+        teacher = spec(server.base_url.replace("/v1", "/chat-only/v1"), sampling=SamplingParams())
+        return [error_of(collect_batch, ROWS, teacher, *arguments, log=lambda _: None)]
 
 
 @probe(66)
