@@ -15,6 +15,8 @@ from opengrok_dagster.collect.store import ResponseStore
 
 @dataclass(frozen=True)
 class BatchSettings:
+    """How a batch is submitted, waited for and priced (``TeacherResource.batch_poll_s``, ``batch_price_factor``)."""
+
     poll_s: float = 30.0  # seconds between polls of the batch's status (TeacherResource.batch_poll_s)
     completion_window: str = "24h"
     price_factor: float = 0.5  # batch price / online price (OpenAI: half; set xAI's rate for Grok)
@@ -35,6 +37,8 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class TeacherSpec:
+    """The teacher both collection paths ask (``TeacherResource.spec()`` builds it from the resource's settings)."""
+
     endpoint: TeacherEndpoint
     sampling: SamplingParams = SamplingParams()
     limits: ClientLimits = ClientLimits()
