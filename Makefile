@@ -60,6 +60,7 @@ docker-test: docker-images
 # Lint first: a style or import error fails in seconds instead of after the suite.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Two passes: every test but the `timing` ones on $(TEST_WORKERS) workers (pytest-xdist, a test file per worker at a
 # time, so module fixtures such as a `dagster dev` start once), then the `timing` tests alone, since a second worker

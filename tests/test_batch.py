@@ -193,7 +193,9 @@ def test_an_endpoint_without_the_batch_api_is_refused_clearly(tmp_path):
                 log=lambda m: None,
             )
     store = ResponseStore(tmp_path / "r.sqlite")  # nothing was submitted: the prompts are free for an online run
-    assert store.claims.claim(ResponseKey("m", SamplingParams().key(), "2026-11-24"), "p000", "online", 5) is Claim.MINE
+    assert (
+        store.claims.claim(ResponseKey("m", SamplingParams().key(), "2026-11-24"), "p000", "online", 5) is Claim.MINE
+    )
 
 
 def test_raw_responses_in_batch_mode_materialise_from_one_batch(persistent_instance, tmp_path):

@@ -56,7 +56,9 @@ def test_a_run_budget_stops_admitting_and_the_next_run_collects_the_rest_exactly
         assert stopped.budget_stop and "OPENGROK_TEACHER_BUDGET_USD" in stopped.budget_stop
         assert spent <= budget + worst_case()  # the target: at most one request's worst case over
         assert 10 <= stopped.requested < 40 and stopped.requested + stopped.unsent == 40
-        stored = store.responses.fetch(ResponseKey("m", SAMPLING.key(), "2026-11-24"), [row["prompt_id"] for row in ROWS])
+        stored = store.responses.fetch(
+            ResponseKey("m", SAMPLING.key(), "2026-11-24"), [row["prompt_id"] for row in ROWS]
+        )
         assert spent == pytest.approx(sum(row["cost_usd"] for row in stored))  # settled to the real cost
         rest = collect(server, store, BudgetLimits(run_usd=100.0), run_id="run-2")
         sent = [request.user_prompt for request in server.requests]

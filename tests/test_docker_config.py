@@ -257,12 +257,18 @@ def test_kubernetes_manifests_run_the_compose_services_with_the_same_instance_an
     [environment] = [g for g in kustomization["configMapGenerator"] if g["name"] == "opengrok-environment"]
     variables = dict(line.split("=", 1) for line in environment["literals"])
     containers = {
-        c["name"]: c for m in manifests if m["kind"] in {"Deployment", "StatefulSet"}
+        c["name"]: c
+        for m in manifests
+        if m["kind"] in {"Deployment", "StatefulSet"}
         for c in m["spec"]["template"]["spec"]["containers"]
     }
     services = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Service"}
     assert variables["DAGSTER_GRPC_HOST"] in services and variables["DAGSTER_POSTGRES_HOST"] in services
-    for container, service in (("user-code", "user_code"), ("webserver", "dagster_webserver"), ("daemon", "dagster_daemon")):
+    for container, service in (
+        ("user-code", "user_code"),
+        ("webserver", "dagster_webserver"),
+        ("daemon", "dagster_daemon"),
+    ):
         command = containers[container]["command"]
         assert command[0] == compose["services"][service]["command"][0]
         assert containers[container]["envFrom"] == [{"configMapRef": {"name": "opengrok-environment"}}]

@@ -36,8 +36,12 @@ ROUND = "2026-11-24"
 RUN_CONFIG = {
     "ops": {
         "prompts": {
-            "config": {**GENERATIVE_ONLY["ops"]["prompts"]["config"], "base_per_topic": 4, "style_per_topic": 2,
-                       "adversarial_per_topic": 2}
+            "config": {
+                **GENERATIVE_ONLY["ops"]["prompts"]["config"],
+                "base_per_topic": 4,
+                "style_per_topic": 2,
+                "adversarial_per_topic": 2,
+            }
         }
     }
 }
@@ -146,8 +150,10 @@ class Deployment:
         except (httpx.HTTPError, AssertionError):
             return False
         entries = data["workspaceOrError"]["locationEntries"]
-        return any(e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
-                   for e in entries)
+        return any(
+            e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+            for e in entries
+        )
 
     def graphql(self, query: str, **variables) -> dict:
         response = httpx.post(self.graphql_url, json={"query": query, "variables": variables}, timeout=60)
@@ -163,7 +169,10 @@ class Deployment:
     def logs(self) -> str:
         done = subprocess.run(
             ["docker-compose", "-p", self.project, *self.compose_files, "logs", "--no-color", "--tail", "40"],
-            env=self.env, capture_output=True, text=True, timeout=120,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         return done.stdout[-6000:]
 
@@ -311,13 +320,17 @@ def _answered(deployed: Deployment, topic: str) -> list[tuple]:
 def test_a_partition_collected_through_the_webserver_is_in_postgres_and_the_catalog(deployment):
     run_id, partition = _collect(deployment, "climate")
     assert _wait_for(deployment, run_id) == "SUCCESS", deployment.logs()
-    with psycopg2.connect(host="127.0.0.1", port=deployment.postgres_port, user="dagster",
-                          password=deployment.password, dbname="dagster") as connection:
+    with psycopg2.connect(
+        host="127.0.0.1", port=deployment.postgres_port, user="dagster", password=deployment.password, dbname="dagster"
+    ) as connection:
         cursor = connection.cursor()
         cursor.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,))
         assert cursor.fetchone() == ("SUCCESS",)
-        cursor.execute("SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = "
-                       "'ASSET_MATERIALIZATION' AND asset_key = %s", (run_id, '["raw_responses"]'))
+        cursor.execute(
+            "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = "
+            "'ASSET_MATERIALIZATION' AND asset_key = %s",
+            (run_id, '["raw_responses"]'),
+        )
         assert cursor.fetchone()[0] == 1
     connection.close()
     asset = deployment.graphql(MATERIALIZATIONS, partition=partition)["assetOrError"]
@@ -357,7 +370,8 @@ def test_a_run_cut_off_by_restarting_the_daemon_and_code_server_is_reexecuted_wi
     with closing(_store(deployment)) as store:
         paid = store.execute(
             "SELECT prompt_id, run_id, count(*) FROM spend WHERE partition = ? AND actual_usd IS NOT NULL "
-            "GROUP BY prompt_id", (partition,)
+            "GROUP BY prompt_id",
+            (partition,),
         ).fetchall()
     assert len(answered) < len(final) == 8, "the restart did not fall between the first and the last answer"
     assert set(answered) <= set(final), "an answer stored before the restart was requested again"

@@ -79,7 +79,9 @@ def test_a_live_claim_is_respected_and_a_killed_runs_claim_lapses(tmp_path):
     assert store.claims.claim(key, "p1", "run-a", lease_s=0.3) is Claim.MINE  # the owner may renew its own claim
     time.sleep(0.35)  # run-a died without renewing
     assert store.claims.claim(key, "p1", "run-b", lease_s=5) is Claim.MINE
-    store.responses.record(key, "p1", "climate", TeacherResult("ok", "stop", "m", 1, 1, 0.0, 0.1, 1, "r"), owner="run-b")
+    store.responses.record(
+        key, "p1", "climate", TeacherResult("ok", "stop", "m", 1, 1, 0.0, 0.1, 1, "r"), owner="run-b"
+    )
     assert store.claims.claim(key, "p1", "run-c", lease_s=5) is Claim.ANSWERED
 
 
