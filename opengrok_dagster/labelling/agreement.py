@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from opengrok_dagster.evaluation.metrics import MultiLabelScores
 from opengrok_dagster.evaluation.results import ItemAnswers, TaskResult, finish_task
 from opengrok_dagster.evaluation.scoring import CALIBRATED, GENERATED, RAW
 from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller
@@ -54,7 +55,8 @@ def cohen_kappa(first: np.ndarray, second: np.ndarray, classes: int) -> float:
 
 
 def _f1(matched: float, student: float, teacher: float) -> float:
-    """F1 of the student's items against the teacher's; 1 when neither gives any (they agree on nothing to give)."""
+    """F1 of the student's entities against the teacher's; 1 when neither gives any (they agree there are none),
+    where the evaluation's ``NerScores`` scores a sentence without gold entities as 0."""
     return 2 * matched / (student + teacher) if student + teacher else 1.0
 
 
@@ -77,7 +79,9 @@ class LabelAgreement:
 
 @dataclass(frozen=True)
 class TopicAgreement:
-    """Several labels per post, as boolean (posts x topics) matrices."""
+    """Several labels per post, as boolean (posts x topics) matrices: micro F1 and the same-topics share are the
+    evaluation's (``MultiLabelScores``) with the teacher's topics as the gold ones. Each side names at least one
+    topic a post (the teacher's answer is read only then; the student's likeliest is always named)."""
 
     student: np.ndarray
     teacher: np.ndarray
@@ -88,11 +92,11 @@ class TopicAgreement:
 
     def metrics(self, idx: np.ndarray | None = None) -> dict[str, float]:
         student, teacher = (self.student, self.teacher) if idx is None else (self.student[idx], self.teacher[idx])
-        matched = float((student & teacher).sum())
+        against_teacher = MultiLabelScores(gold=teacher, pred=student).metrics()
         return {
             "kappa": cohen_kappa(student.ravel().astype(int), teacher.ravel().astype(int), 2),
-            "agreement": float((student == teacher).all(axis=1).mean()),
-            "micro_f1": _f1(matched, float(student.sum()), float(teacher.sum())),
+            "agreement": against_teacher["exact_match"],
+            "micro_f1": against_teacher["micro_f1"],
         }
 
 
