@@ -135,14 +135,15 @@ class EntityAgreement:
 
 def heldout_annotations(filtered: pd.DataFrame, task: str) -> tuple[pd.DataFrame, list[Annotation]]:
     """The kept, held-out teacher annotations of ``task`` the teacher's answer can be read from (one label for a
-    single-label task), and those answers."""
+    single-label task), with the post each asks about (``post``), and those answers."""
     if "task" not in filtered.columns:
-        return filtered.iloc[0:0], []
+        return filtered.iloc[0:0].assign(post=[]), []
     rows = filtered[
         (filtered["task"] == task) & (filtered["split"] == "heldout") & (filtered["state"] == "kept")
     ].reset_index(drop=True)
     fmt = task_format(task)
     posts = [_post_text(prompt) for prompt in rows["prompt"]]
+    rows = rows.assign(post=posts)
     parsed = [fmt.parse(answer, " ".join(post.split())) for answer, post in zip(rows["response"], posts)]
     usable = [_readable(fmt, found) for found in parsed]
     return rows[usable].reset_index(drop=True), [found for found, keep in zip(parsed, usable) if keep]
@@ -206,7 +207,7 @@ def _task_agreement(
     student, rows: pd.DataFrame, teacher: list[Annotation], task: str, config, labelling: LabellingConfig
 ) -> TaskResult:
     fmt = task_format(task)
-    texts = [_post_text(prompt) for prompt in rows["prompt"]]
+    texts = rows["post"].tolist()
     digest = pd.util.hash_pandas_object(rows[["example_id", "response"]], index=False).sum()
     metrics = METRICS[fmt.kind]
     result = TaskResult(
