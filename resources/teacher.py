@@ -169,7 +169,8 @@ class TeacherResource(ConfigurableResource):
                     "to a folder laid out like shared/data, or OPENGROK_TEACHER_ANNOTATOR=teacher"
                 )
             server = AnnotatingFront(server, ReferenceTeacher.on_demand(data_dir))
-        return server.start()
+        server.start()
+        return server
 
     @property
     def teacher_label(self) -> str:

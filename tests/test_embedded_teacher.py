@@ -194,12 +194,18 @@ def test_server_dies_with_a_killed_parent(offline_model, tmp_path):
 
 
 def test_kept_server_serves_consecutive_runs_and_stops_at_exit(offline_model, persistent_instance, tmp_path):
-    """`opengrok run` keeps one embedded server for all its runs instead of starting one per topic."""
+    """`opengrok run` keeps one embedded server for all its runs instead of starting one per topic. The plain
+    server (`OPENGROK_TEACHER_ANNOTATOR=teacher`, as in docker/), without the reference annotator's front."""
     from resources.teacher import _KEPT_SERVERS, _stop_kept_servers
 
     persistent_instance.add_dynamic_partitions(topic_partitions.name, ["football"])
     teacher = TeacherResource(
-        mode="embedded", max_tokens=8, max_concurrency=4, keep_server=True, server_log=str(tmp_path / "serve.log")
+        mode="embedded",
+        annotator="teacher",
+        max_tokens=8,
+        max_concurrency=4,
+        keep_server=True,
+        server_log=str(tmp_path / "serve.log"),
     )
     resources = {
         "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
