@@ -5,6 +5,7 @@ import json
 import os
 import random
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -242,3 +243,29 @@ def checkpoints_home(tmp_path, tiny_student):
     for seed, mode in enumerate(("none", "hard"), 1):
         write_adapter(tiny_student, HomeLayout(home).checkpoint_dir(mode), mode, seed=seed)
     return home
+
+
+# The docker/ deployment tests (tests/test_docker_*.py, marker `deployment`): the engine's state directory and the
+# images `make docker-images` builds into it.
+DOCKER_STATE = Path(os.environ.get("OPENGROK_DOCKER_STATE", "/var/tmp/opengrok-docker"))
+DOCKER_IMAGE = os.environ.get("OPENGROK_IMAGE", "opengrok:offline")
+DOCKER_POSTGRES_IMAGE = os.environ.get("OPENGROK_POSTGRES_IMAGE", "opengrok-postgres:bookworm")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The Docker engine holding the built images; stopped (by its pid file) when the module ends."""
+    script = str(REPO_ROOT / "docker" / "dockerd-private.sh")
+    started = subprocess.run([script, "start", str(DOCKER_STATE)], capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the Docker engine: {started.stderr.strip()} (make docker-packages installs it)")
+    env = {**os.environ, "DOCKER_HOST": started.stdout.strip().split("=", 1)[1]}
+    try:
+        for image in (DOCKER_IMAGE, DOCKER_POSTGRES_IMAGE):
+            if subprocess.run(["docker", "image", "inspect", image], env=env, capture_output=True).returncode:
+                pytest.fail(
+                    f"image {image} is not in the engine at {DOCKER_STATE}: build it with `make docker-images`"
+                )
+        yield env
+    finally:
+        subprocess.run([script, "stop", str(DOCKER_STATE)], capture_output=True, timeout=120)

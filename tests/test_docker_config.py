@@ -1,6 +1,7 @@
 """docker/ without a Docker engine: the compose file against the Compose Specification schema, the instance
 config against Dagster's schema, and every file, variable, host and port they refer to."""
 
+import json
 import re
 import shlex
 import shutil
@@ -129,6 +130,62 @@ def test_host_network_variant_keeps_every_service_on_loopback():
     assert environment["DAGSTER_GRPC_HOST"] == environment["DAGSTER_POSTGRES_HOST"] == "127.0.0.1"
     assert environment["DAGSTER_GRPC_PORT"] == grpc_port
     assert environment["DAGSTER_POSTGRES_PORT"] == services["postgresql"]["environment"]["PGPORT"]
+
+
+LAUNCHER_VARIANT = DOCKER / "docker-compose.docker-launcher.yml"
+LAUNCHER_INSTANCE = DOCKER / "dagster.docker-launcher.yaml"
+
+
+def _defaults_applied(text: str) -> str:
+    """A compose value as compose reads it with no variable set: each ${NAME:-default} becomes its default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
+def test_docker_launcher_instance_differs_from_the_deployments_only_in_its_run_launcher(tmp_path, monkeypatch):
+    deployment = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
+    variant = yaml.safe_load(LAUNCHER_INSTANCE.read_text())
+    launcher = variant.pop("run_launcher")
+    deployment.pop("run_launcher")
+    assert variant == deployment
+    assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
+    for variable in _instance_variables():
+        monkeypatch.setenv(variable, "5432" if variable.endswith("PORT") else "x")
+    shutil.copy(LAUNCHER_INSTANCE, tmp_path / "dagster.yaml")
+    assert _instance_config(tmp_path)["run_launcher"]["config"]["env_vars"] == launcher["config"]["env_vars"]
+
+
+def test_docker_launcher_hands_each_run_the_environment_the_steps_read(compose):
+    """Every variable user_code runs the steps with, except where it reaches the code server, is passed on to the
+    run containers, and the daemon (which launches them) has each one."""
+    env_vars = yaml.safe_load(LAUNCHER_INSTANCE.read_text())["run_launcher"]["config"]["env_vars"]
+    step_environment = set(compose["services"]["user_code"]["environment"]) - {
+        "DAGSTER_GRPC_HOST",
+        "DAGSTER_GRPC_PORT",
+    }
+    assert set(env_vars) == step_environment - {"DAGSTER_HOME"}  # DAGSTER_HOME: the image's own
+    assert step_environment <= set(compose["services"]["dagster_daemon"]["environment"])
+
+
+def test_docker_launcher_variant_gives_runs_the_services_volumes_and_the_daemon_the_socket(compose):
+    valid = _validate_compose(LAUNCHER_VARIANT)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    override = yaml.safe_load(LAUNCHER_VARIANT.read_text())
+    services = override["services"]
+    instance = f"./{LAUNCHER_INSTANCE.name}:/opt/dagster/dagster_home/dagster.yaml:ro"
+    socket = "${OPENGROK_DOCKER_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock"
+    assert services["user_code"]["volumes"] == [instance]
+    assert services["dagster_webserver"]["volumes"] == services["dagster_daemon"]["volumes"] == [instance, socket]
+    # the run containers mount, by name, the volumes the services mount, at the same paths
+    context = json.loads(_defaults_applied(services["user_code"]["environment"]["DAGSTER_CONTAINER_CONTEXT"]))
+    run_mounts = dict(volume.rsplit(":", 1) for volume in context["docker"]["container_kwargs"]["volumes"])
+    names = {key: _defaults_applied(volume["name"]) for key, volume in override["volumes"].items()}
+    service_mounts = dict(volume.split(":", 1) for volume in compose["services"]["user_code"]["volumes"])
+    assert run_mounts == {names[key]: path for key, path in service_mounts.items()}
+    # with the defaults, those are the names compose gives the base file's volumes (project `opengrok`)
+    assert set(names.values()) == {f"{compose['name']}_{key}" for key in service_mounts}
+    assert context["docker"]["networks"] == [f"{compose['name']}_default"]
+    image = services["user_code"]["environment"]["DAGSTER_CONTAINER_IMAGE"]
+    assert image == compose["services"]["user_code"]["image"]
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:

@@ -7,7 +7,6 @@ Compose 1.29 (Debian's) does not know the Compose Specification's top-level `nam
 same file without that key; everything else is read as written. `make docker-test` runs this module."""
 
 import json
-import os
 import secrets
 import socket
 import sqlite3
@@ -22,15 +21,12 @@ import pytest
 import yaml
 
 from opengrok_dagster.partitions import collection_partition_key
-from tests.conftest import COMPOSE_RESET, GENERATIVE_ONLY, REPO_ROOT, load_compose
+from tests.conftest import COMPOSE_RESET, DOCKER_IMAGE, DOCKER_POSTGRES_IMAGE, GENERATIVE_ONLY, REPO_ROOT, load_compose
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.deployment]
 
 DOCKER = REPO_ROOT / "docker"
-STATE = Path(os.environ.get("OPENGROK_DOCKER_STATE", "/var/tmp/opengrok-docker"))
-IMAGE = os.environ.get("OPENGROK_IMAGE", "opengrok:offline")
-POSTGRES_IMAGE = os.environ.get("OPENGROK_POSTGRES_IMAGE", "opengrok-postgres:bookworm")
 ROUND = "2026-11-24"
 # A small generative grid (8 prompts a topic, no annotation prompts: no posts are loaded here).
 RUN_CONFIG = {
@@ -71,61 +67,54 @@ def _run(command: list[str], env: dict, timeout: float = 300) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def engine():
-    """The Docker engine holding the built images; stopped (by its pid file) when the module ends."""
-    script = str(DOCKER / "dockerd-private.sh")
-    started = subprocess.run([script, "start", str(STATE)], capture_output=True, text=True, timeout=120)
-    if started.returncode != 0:
-        pytest.fail(f"could not start the Docker engine: {started.stderr.strip()} (make docker-packages installs it)")
-    env = {**os.environ, "DOCKER_HOST": started.stdout.strip().split("=", 1)[1]}
-    try:
-        for image in (IMAGE, POSTGRES_IMAGE):
-            if subprocess.run(["docker", "image", "inspect", image], env=env, capture_output=True).returncode:
-                pytest.fail(f"image {image} is not in the engine at {STATE}: build it with `make docker-images`")
-        yield env
-    finally:
-        subprocess.run([script, "stop", str(STATE)], capture_output=True, timeout=120)
-
-
-def _files_for_compose_v1(directory: Path) -> list[str]:
-    """docker-compose.yml and its host-network variant as compose 1.29 can read them: without the top-level
-    `name` (the project name is passed with -p) and with each `!reset` applied (the key dropped from the base)."""
+def _files_for_compose_v1(directory: Path, variants: tuple[str, ...]) -> list[str]:
+    """docker-compose.yml, its host-network variant and the given `variants` as compose 1.29 can read them: without
+    the top-level `name` (the project name is passed with -p), with each `!reset` applied (the key dropped from the
+    base), and with relative paths made absolute (compose reads them against the first file's directory)."""
     base = load_compose(DOCKER / "docker-compose.yml")
     base.pop("name")
-    override = load_compose(DOCKER / "docker-compose.host-network.yml")
-    for name, service in override["services"].items():
-        for key in [key for key, value in service.items() if value == COMPOSE_RESET]:
-            del service[key]
-            base["services"][name].pop(key, None)
+    overrides = [load_compose(DOCKER / name) for name in ("docker-compose.host-network.yml", *variants)]
+    for override in overrides:
+        for name, service in override["services"].items():
+            for key in [key for key, value in service.items() if value == COMPOSE_RESET]:
+                del service[key]
+                base["services"][name].pop(key, None)
+            service["volumes"] = [_absolute_source(volume) for volume in service.get("volumes", [])]
     for service in base["services"].values():
         if "build" in service:
             service["build"]["context"] = str(REPO_ROOT)  # relative to the original file
     files = []
-    for name, content in (("docker-compose.yml", base), ("docker-compose.host-network.yml", override)):
-        (directory / name).write_text(yaml.safe_dump(content, sort_keys=False))
-        files += ["-f", str(directory / name)]
+    for index, content in enumerate([base, *overrides]):
+        (directory / f"compose-{index}.yml").write_text(yaml.safe_dump(content, sort_keys=False))
+        files += ["-f", str(directory / f"compose-{index}.yml")]
     return files
+
+
+def _absolute_source(volume: str) -> str:
+    return str(DOCKER / volume[2:]) if volume.startswith("./") else volume
 
 
 class Deployment:
     """One compose project on free loopback ports; `down` removes its containers and volumes by id."""
 
-    def __init__(self, engine_env: dict, directory: Path):
+    def __init__(
+        self, engine_env: dict, directory: Path, variants: tuple[str, ...] = (), environment: dict | None = None
+    ):
         self.project = "opengrok-test-" + secrets.token_hex(4)
         self.postgres_port, self.grpc_port, self.webserver_port = (_free_loopback_port() for _ in range(3))
         self.password = "test-" + secrets.token_hex(8)
         self.env = {
             **engine_env,
-            "OPENGROK_IMAGE": IMAGE,
-            "OPENGROK_POSTGRES_IMAGE": POSTGRES_IMAGE,
+            "OPENGROK_IMAGE": DOCKER_IMAGE,
+            "OPENGROK_POSTGRES_IMAGE": DOCKER_POSTGRES_IMAGE,
             "DAGSTER_POSTGRES_PASSWORD": self.password,
             "OPENGROK_POSTGRES_PORT": str(self.postgres_port),
             "OPENGROK_GRPC_PORT": str(self.grpc_port),
             "OPENGROK_WEBSERVER_PORT": str(self.webserver_port),
             **TEACHER_ENVIRONMENT,
+            **(environment or {}),
         }
-        self.compose_files = _files_for_compose_v1(directory)
+        self.compose_files = _files_for_compose_v1(directory, variants)
         self.graphql_url = f"http://127.0.0.1:{self.webserver_port}/graphql"
 
     def compose(self, *args: str, timeout: float = 600) -> str:
@@ -177,12 +166,15 @@ class Deployment:
         return done.stdout[-6000:]
 
     def down(self) -> None:
-        """Every container of the project removed by id, then its volumes."""
+        """Every container of the project removed by id (the services', and any run container that mounts the
+        project's volumes), then its volumes."""
         ids = self.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}").split()
-        for container in ids:
+        ids += self.docker("ps", "-aq", "--filter", f"volume={self.project}_opengrok-home").split()
+        for container in dict.fromkeys(ids):
             subprocess.run(["docker", "rm", "-f", "-v", container], env=self.env, capture_output=True, timeout=300)
         volumes = self.docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}")
-        for volume in volumes.split():
+        named = self.docker("volume", "ls", "-q", "--filter", f"name={self.project}_")
+        for volume in dict.fromkeys(volumes.split() + named.split()):
             subprocess.run(["docker", "volume", "rm", volume], env=self.env, capture_output=True, timeout=300)
 
 
