@@ -53,9 +53,10 @@ docker-images: docker-packages $(STAMP)
 	@DOCKER_HOST=unix://$(DOCKER_STATE)/docker.sock PIP="$(CURDIR)/$(BIN)/pip" docker/build-offline.sh; \
 		status=$$?; docker/dockerd-private.sh stop $(DOCKER_STATE); exit $$status
 
-# The deployment test (tests/test_docker_deployment.py): it starts and stops the engine and every container itself.
+# The deployment tests (the default launcher, then one container per run): they start and stop the engine and every
+# container themselves.
 docker-test: docker-images
-	$(BIN)/python -m pytest -m deployment tests/test_docker_deployment.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m deployment tests/test_docker_deployment.py tests/test_docker_run_launcher.py $(PYTEST_ARGS)
 
 # Lint first: a style or import error fails in seconds instead of after the suite.
 lint: setup
@@ -64,8 +65,12 @@ lint: setup
 
 # Two passes: every test but the `timing` ones on $(TEST_WORKERS) workers (pytest-xdist, a test file per worker at a
 # time, so module fixtures such as a `dagster dev` start once), then the `timing` tests alone, since a second worker
-# would distort the clock they assert on. Both passes run even when the first fails; "no test selected" (5) is fine.
+# would distort the clock they assert on. Then, on a whole run (no MARKS, no PYTEST_ARGS) where this machine can start
+# a Docker engine of its own (as root), the docker/ deployment tests (`docker-test`, marker `deployment`);
+# DEPLOYMENT_TESTS=0 leaves them out. Every pass runs even when an earlier one fails; "no test selected" (5) is fine.
 SELECTED = not deployment$(if $(MARKS), and ($(MARKS)))
+DEPLOYMENT_TESTS ?= $(if $(filter 0,$(shell id -u)),1,0)
+DEPLOYMENT_PASS = $(if $(MARKS)$(PYTEST_ARGS),0,$(DEPLOYMENT_TESTS))
 test: lint system-packages
 	@status=0; \
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "$(SELECTED) and not timing" $(PYTEST_ARGS) \
@@ -73,6 +78,11 @@ test: lint system-packages
 	[ $$status -ne 5 ] || status=0; \
 	$(BIN)/python -m pytest -m "$(SELECTED) and timing" $(PYTEST_ARGS) \
 		|| { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
+	if [ "$(DEPLOYMENT_PASS)" = 1 ]; then \
+		$(MAKE) --no-print-directory docker-test || { [ $$status -ne 0 ] || status=1; }; \
+	else \
+		echo "make test: the docker/ deployment tests were left out (they run on a whole run as root; make docker-test)"; \
+	fi; \
 	exit $$status
 
 test-fast: MARKS = not integration

@@ -16,7 +16,8 @@
 # Environment: OPENGROK_IMAGE (opengrok:offline), OPENGROK_BASE_IMAGE (opengrok-base:bookworm),
 # OPENGROK_POSTGRES_IMAGE (opengrok-postgres:bookworm), DEBIAN_MIRROR (http://deb.debian.org/debian),
 # OPENGROK_BUILD_CACHE (/var/tmp/opengrok-build: the rootfs tarball and the torch wheelhouse, reused),
-# PIP (python3 -m pip: the host pip that resolves the torch wheel), REBUILD_BASE=1 to rebuild the base images.
+# PIP (python3 -m pip: the host pip that resolves the torch wheel), OPENGROK_WHEEL_INDEX_PORT (38765: the loopback
+# index's port), REBUILD_BASE=1 to rebuild the base images.
 # Needs root (debootstrap), debootstrap and a Docker engine (docker/dockerd-private.sh starts one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,8 +103,12 @@ build_context() {
 
 build_image() {
   torch_wheelhouse
-  local port
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # The index URL is a build argument of the torch layer: the same port every time keeps that layer cached (a
+  # rebuild after a code change then reinstalls only the project); a busy port falls back to a free one.
+  local port=${OPENGROK_WHEEL_INDEX_PORT:-38765}
+  if ! python3 -c "import socket, sys; socket.socket().bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  fi
   python3 -m http.server --bind 127.0.0.1 --directory "$CACHE/wheelhouse" "$port" >"$CACHE/index.log" 2>&1 &
   local server=$!
   trap "kill $server 2>/dev/null" EXIT
@@ -119,4 +124,5 @@ start=$(date +%s)
 if ! image_exists "$BASE_IMAGE" || [ "${REBUILD_BASE:-0}" = 1 ]; then build_base; fi
 if ! image_exists "$POSTGRES_IMAGE" || [ "${REBUILD_BASE:-0}" = 1 ]; then build_postgres; fi
 build_image
+docker image prune --force >/dev/null  # the image this build replaced, untagged: its own layers only
 step "done in $(( $(date +%s) - start )) s: $IMAGE, $POSTGRES_IMAGE"
