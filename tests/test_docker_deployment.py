@@ -97,9 +97,7 @@ def _absolute_source(volume: str) -> str:
 class Deployment:
     """One compose project on free loopback ports; `down` removes its containers and volumes by id."""
 
-    def __init__(
-        self, engine_env: dict, directory: Path, variants: tuple[str, ...] = (), environment: dict | None = None
-    ):
+    def __init__(self, engine_env: dict, directory: Path, variants: tuple[str, ...] = ()):
         self.project = "opengrok-test-" + secrets.token_hex(4)
         self.postgres_port, self.grpc_port, self.webserver_port = (_free_loopback_port() for _ in range(3))
         self.password = "test-" + secrets.token_hex(8)
@@ -112,7 +110,6 @@ class Deployment:
             "OPENGROK_GRPC_PORT": str(self.grpc_port),
             "OPENGROK_WEBSERVER_PORT": str(self.webserver_port),
             **TEACHER_ENVIRONMENT,
-            **(environment or {}),
         }
         self.compose_files = _files_for_compose_v1(directory, variants)
         self.graphql_url = f"http://127.0.0.1:{self.webserver_port}/graphql"
