@@ -22,6 +22,7 @@ import yaml
 
 GPU_POOL = "gpu"
 TEACHER_POOL = "teacher"
+OPENGROK_POOLS = (GPU_POOL, TEACHER_POOL)
 # op granularity: a run waiting for the pool holds no step slot, only its place in the pool's queue
 POOLS = {"default_limit": 1, "granularity": "op"}
 # the daemon frees the pool slots of a run that ended without releasing them (a killed worker) this much later
@@ -55,6 +56,26 @@ def write_local_instance_config(dagster_home: Path) -> Path:
     ):
         path.write_text(wanted)
     return path
+
+
+def set_missing_pool_limits(instance) -> dict[str, int]:
+    """Give each OpenGrok pool with no limit on ``instance`` the instance's default pool limit, set explicitly;
+    the limits it set. A pool already limited (by an earlier call, by `dagster instance concurrency set`) keeps
+    its limit.
+
+    Why: Dagster 1.13 gives a pool its default limit when a step first asks for it, with an insert that fails
+    the run on PostgreSQL when two runs ask at once (dagster-io/dagster#33552, open). The deployment's daemon runs
+    this (`opengrok pools`) before it starts any run, so no run takes that path.
+    """
+    storage = instance.event_log_storage
+    default_limit = instance.global_op_concurrency_default_limit
+    if default_limit is None or not storage.supports_global_concurrency_limits:
+        return {}
+    limited = set(storage.get_concurrency_keys())
+    missing = {pool: default_limit for pool in OPENGROK_POOLS if pool not in limited}
+    for pool, limit in missing.items():
+        storage.set_concurrency_slots(pool, limit)
+    return missing
 
 
 def runner_tags() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""`opengrok topics ...` against a real on-disk Dagster instance."""
+"""`opengrok topics ...` and `opengrok pools` against a real on-disk Dagster instance."""
 
 import pytest
 import yaml
@@ -23,6 +23,13 @@ def test_topics_sync_add_list_remove(opengrok_home, capsys):
     written = yaml.safe_load((opengrok_home / "dagster_home" / "dagster.yaml").read_text())
     assert written["telemetry"] == {"enabled": False}
     assert written["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}  # gpu and teacher pools: 1
+
+
+def test_pools_limits_the_missing_pools_once(opengrok_home, capsys):
+    assert main(["pools"]) == 0
+    assert capsys.readouterr().out == "pool gpu: limit 1; pool teacher: limit 1\n"
+    assert main(["pools"]) == 0
+    assert capsys.readouterr().out == "kept the limits of gpu, teacher\n"
 
 
 def test_invalid_topic_key_is_refused_without_traceback(opengrok_home, capsys):

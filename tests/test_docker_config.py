@@ -21,6 +21,8 @@ from tests.conftest import COMPOSE_RESET, REPO_ROOT, load_compose
 DOCKER = REPO_ROOT / "docker"
 COMPOSE_FILE = DOCKER / "docker-compose.yml"
 DAGSTER_SERVICES = ("user_code", "dagster_webserver", "dagster_daemon")
+# the daemon limits the gpu and teacher pools before it starts any run (opengrok_dagster/instance.py says why)
+DAEMON_SHELL_COMMAND = "opengrok pools && exec dagster-daemon run -w /opt/dagster/workspace.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_compose_runs_postgres_webserver_daemon_and_the_code_server(compose):
     assert services["postgresql"]["image"] == "${OPENGROK_POSTGRES_IMAGE:-postgres:16-bookworm}"
     commands = {name: services[name]["command"] for name in DAGSTER_SERVICES}
     assert commands["dagster_webserver"][0] == "dagster-webserver"
-    assert commands["dagster_daemon"][:2] == ["dagster-daemon", "run"]
+    assert commands["dagster_daemon"] == ["sh", "-c", DAEMON_SHELL_COMMAND]
     assert commands["user_code"][:3] == ["dagster", "code-server", "start"]
     for name in ("dagster_webserver", "dagster_daemon"):
         assert services[name]["depends_on"]["postgresql"]["condition"] == "service_healthy"
@@ -326,8 +328,7 @@ def test_kubernetes_manifests_run_the_compose_services_with_the_same_instance_an
         ("webserver", "dagster_webserver"),
         ("daemon", "dagster_daemon"),
     ):
-        command = containers[container]["command"]
-        assert command[0] == compose["services"][service]["command"][0]
+        assert containers[container]["command"][:3] == compose["services"][service]["command"][:3]
         assert containers[container]["envFrom"] == [{"configMapRef": {"name": "opengrok-environment"}}]
     grpc = containers["user-code"]["command"]
     assert grpc[grpc.index("-p") + 1] == variables["DAGSTER_GRPC_PORT"]

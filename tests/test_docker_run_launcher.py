@@ -78,21 +78,28 @@ def _wait_for_backfill(deployed: Deployment, backfill_id: str, runs: int, timeou
     raise AssertionError(f"backfill {backfill_id} not finished after {timeout} s:\n{deployed.logs()}")
 
 
-def _teacher_steps(deployed: Deployment, run_ids: list[str]) -> dict[str, tuple[float, float]]:
-    """When each run's raw_responses step started and succeeded, from the event log in PostgreSQL."""
+def _query(deployed: Deployment, sql: str, *parameters) -> list[tuple]:
+    """Rows from the deployment's PostgreSQL, the instance's storage."""
     with closing(
         psycopg2.connect(
             host="127.0.0.1", port=deployed.postgres_port, user="dagster", password=deployed.password, dbname="dagster"
         )
     ) as connection:
         cursor = connection.cursor()
-        cursor.execute(
-            "SELECT run_id, dagster_event_type, extract(epoch FROM timestamp) FROM event_logs "
-            "WHERE step_key = 'raw_responses' AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS') "
-            "AND run_id = ANY(%s)",
-            (run_ids,),
-        )
-        events = {(run_id, kind): float(at) for run_id, kind, at in cursor.fetchall()}
+        cursor.execute(sql, parameters)
+        return cursor.fetchall()
+
+
+def _teacher_steps(deployed: Deployment, run_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """When each run's raw_responses step started and succeeded, from the event log."""
+    rows = _query(
+        deployed,
+        "SELECT run_id, dagster_event_type, extract(epoch FROM timestamp) FROM event_logs "
+        "WHERE step_key = 'raw_responses' AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS') "
+        "AND run_id = ANY(%s)",
+        run_ids,
+    )
+    events = {(run_id, kind): float(at) for run_id, kind, at in rows}
     return {run_id: (events[run_id, "STEP_START"], events[run_id, "STEP_SUCCESS"]) for run_id in run_ids}
 
 
@@ -133,6 +140,10 @@ def test_a_backfill_of_two_partitions_runs_in_two_containers_one_teacher_step_at
     run_logs = "\n".join(_container_logs(deployment, run_tags["docker/container_id"]) for run_tags in tags.values())
     assert {run["status"] for run in runs} == {"SUCCESS"}, run_logs
     assert sorted(run_tags["dagster/partition"] for run_tags in tags.values()) == sorted(keys)
+    # the daemon limited both pools before it launched a run: had a run created them (the path that fails the
+    # loser of two runs racing to it on PostgreSQL, dagster-io/dagster#33552), they would say "default limit"
+    limits = _query(deployment, 'SELECT concurrency_key, "limit", using_default_limit FROM concurrency_limits')
+    assert sorted(limits) == [("gpu", 1, False), ("teacher", 1, False)]
 
     # two containers, one per run: the launcher's tags name them, and each carries its run's id and the image
     containers = {run_id: _container(deployment, run_tags["docker/container_id"]) for run_id, run_tags in tags.items()}

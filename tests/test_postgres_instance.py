@@ -19,6 +19,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from dagster_postgres.utils import DagsterPostgresException
 
 from assets.collection import prompts, raw_responses
+from opengrok_dagster.instance import GPU_POOL, TEACHER_POOL, set_missing_pool_limits
 from opengrok_dagster.partitions import collection_partition_key, topic_partitions
 from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, TeacherResource
@@ -165,6 +166,23 @@ def test_docker_instance_uses_postgres_for_every_storage_and_queues_runs_with_li
     # pools live in the event log storage: the teacher pool's slots are real rows in Postgres
     postgres_instance.event_log_storage.set_concurrency_slots("teacher", 2)
     assert postgres_instance.event_log_storage.get_concurrency_info("teacher").slot_count == 2
+
+
+def test_the_daemons_pool_limits_leave_no_run_a_pool_to_create(postgres_instance):
+    """A run creates a missing pool's row when its first step asks; on PostgreSQL the run that loses that race to
+    another fails (dagster-io/dagster#33552; it failed a two-partition backfill of the docker/ deployment in CI).
+    `opengrok pools`, which the daemon runs before it starts any run, gives both pools an explicit limit, so no step
+    takes that path (Dagster creates only missing rows, or rows it derived from a changed default)."""
+    storage = postgres_instance.event_log_storage
+    for pool in (GPU_POOL, TEACHER_POOL):  # the database is the module's: start as a new deployment does
+        storage.delete_concurrency_limit(pool)
+    assert set_missing_pool_limits(postgres_instance) == {GPU_POOL: 1, TEACHER_POOL: 1}
+    limits = {pool.name: (pool.limit, pool.from_default) for pool in storage.get_pool_limits()}
+    assert limits == {GPU_POOL: (1, False), TEACHER_POOL: (1, False)}
+    # an operator's limit survives the daemon's next start
+    storage.set_concurrency_slots(TEACHER_POOL, 3)
+    assert set_missing_pool_limits(postgres_instance) == {}
+    assert storage.get_concurrency_info(TEACHER_POOL).slot_count == 3
 
 
 def test_partition_materialised_on_postgres_is_visible_to_another_process_instance(

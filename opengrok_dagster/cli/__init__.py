@@ -1,9 +1,9 @@
 """The `opengrok` command: the argument parser and ``main``; each command group is a module of this package.
 
 A command's module is imported when that command runs, so `opengrok --help` and a refused argument do not wait for
-Dagster to load (seconds): ``provision`` (the offline model, topic partitions), ``run`` (the pipeline through the
-asset graph's jobs, ``pipeline``, ``execution``, ``dry_run``, ``console``), ``review``, ``lineage`` and ``student``
-(promote, export, serve).
+Dagster to load (seconds): ``provision`` (the offline model, topic partitions, pool limits), ``run`` (the pipeline
+through the asset graph's jobs, ``pipeline``, ``execution``, ``dry_run``, ``console``), ``review``, ``lineage`` and
+``student`` (promote, export, serve).
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ def _add_setup_commands(commands) -> None:
     topics.add_argument("action", choices=["list", "add", "remove", "sync"])
     topics.add_argument("keys", nargs="*", help="topic keys for add/remove")
     topics.set_defaults(handler=_command("provision", "cmd_topics"))
+
+    pools = commands.add_parser(
+        "pools", help="give the gpu and teacher pools the instance's default limit where they have none"
+    )
+    pools.set_defaults(handler=_command("provision", "cmd_pools"))
 
 
 def _add_run_command(commands) -> None:

@@ -1,5 +1,5 @@
-"""`opengrok provision` and `opengrok topics`: what a run needs in place, the offline model and the topic
-partitions."""
+"""`opengrok provision`, `opengrok topics` and `opengrok pools`: what a run needs in place, the offline model, the
+topic partitions and the concurrency pools' limits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dagster import DagsterInstance
 
 from opengrok_dagster.cli.local_instance import open_instance
 from opengrok_dagster.collect.topics import load_topic_catalogue
+from opengrok_dagster.instance import OPENGROK_POOLS, set_missing_pool_limits
 from opengrok_dagster.offline_model import provision_offline_model
 from opengrok_dagster.partitions import topic_partitions
 from opengrok_dagster.settings import topic_catalogue_path
@@ -46,3 +47,16 @@ def sync_topics(instance: DagsterInstance) -> None:
     added = [t.key for t in load_topic_catalogue(topic_catalogue_path()) if t.key not in existing]
     instance.add_dynamic_partitions(topic_partitions.name, added)
     print(f"added {', '.join(added)}" if added else "topic partitions already match the catalogue")
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    set_now = set_missing_pool_limits(open_instance())
+    kept = [pool for pool in OPENGROK_POOLS if pool not in set_now]
+    print(
+        "; ".join(
+            [f"pool {pool}: limit {limit}" for pool, limit in set_now.items()]
+            + ([f"kept the limits of {', '.join(kept)}"] if kept else [])
+        )
+        or "this instance has no default pool limit: pools left unlimited"
+    )
+    return 0
