@@ -658,7 +658,9 @@ def _export_with_nothing_promoted(tmp_path, monkeypatch):
 
     monkeypatch.setenv("OPENGROK_HOME", str(tmp_path))
     never_materialised = cli_error("export")
-    nothing = Promotion(None, "none", "nothing promoted: no adapter qualifies", "tweeteval_sentiment", "macro_f1", 0.0)
+    nothing = Promotion(
+        None, "none", "nothing promoted: no adapter qualifies", "tweeteval_sentiment", "macro_f1", 0.0, "calibrated"
+    )
     record = HomeLayout(tmp_path).asset_path("promoted_student")
     record.parent.mkdir(parents=True)
     promotion_record(nothing, None).to_parquet(record)

@@ -33,6 +33,7 @@ def promote(home, tiny_student, promoted=True):
         "tweeteval_sentiment",
         "macro_f1",
         0.0,
+        "calibrated",
     )
     path = HomeLayout(home).asset_path("promoted_student")
     path.parent.mkdir(parents=True, exist_ok=True)

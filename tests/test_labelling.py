@@ -38,14 +38,26 @@ from opengrok_dagster.tasks.formats import Annotation, task_format
 from tests.conftest import adapters, write_adapter
 
 
-def report(*differences, task="tweeteval_sentiment", metric="macro_f1"):
-    """An eval_report frame with a score row and one paired difference over base per (model, value, low, high)."""
-    rows = [{"section": "score", "task": task, "model": "base", "metric": metric, "primary": True, "value": 0.4}]
+def report(*differences, task="tweeteval_sentiment", metric="macro_f1", scoring="calibrated"):
+    """An eval_report frame with a score row and one paired difference over base per (model, value, low, high),
+    all under ``scoring``."""
+    rows = [
+        {
+            "section": "score",
+            "task": task,
+            "model": "base",
+            "scoring": scoring,
+            "metric": metric,
+            "primary": True,
+            "value": 0.4,
+        }
+    ]
     rows += [
         {
             "section": "paired_difference",
             "task": task,
             "model": model,
+            "scoring": scoring,
             "compared_to": "base",
             "metric": metric,
             "primary": True,
@@ -72,14 +84,34 @@ def test_nothing_qualifies_nothing_is_promoted_and_one_line_says_why():
     promotion = choose(report(("lora:none", 0.031, -0.005, 0.072)), {"none"}, PromotionConfig())
     assert promotion.mask_mode is None and promotion.how == "none"
     assert promotion.reason == (
-        "nothing promoted: no adapter's tweeteval_sentiment macro_f1 difference over base has a lower bound above 0 "
-        "(lora:none +0.031 [-0.005, 0.072])"
+        "nothing promoted: no adapter's tweeteval_sentiment macro_f1 (calibrated) difference over base has a lower "
+        "bound above 0 (lora:none +0.031 [-0.005, 0.072])"
     )
     assert "\n" not in promotion.reason
     other_task = choose(report(("lora:none", 0.1, 0.05, 0.2)), {"none"}, PromotionConfig(task="tweet_topic"))
     assert other_task.mask_mode is None and "has no tweet_topic" in other_task.reason
     other_metric = choose(report(("lora:none", 0.1, 0.05, 0.2)), {"none"}, PromotionConfig(metric="accuracy"))
     assert other_metric.mask_mode is None
+
+
+def test_the_difference_that_decides_is_the_one_under_the_scoring_of_the_labels_users_get():
+    """Every scoring's differences are in the report; promotion reads the labeller's (calibrated by default), not
+    whichever row comes last."""
+    frame = pd.concat(
+        [
+            report(("lora:none", 0.19, 0.14, 0.24), scoring="calibrated"),
+            report(("lora:none", -0.004, -0.051, 0.040), scoring="generated"),
+        ]
+    )
+    assert PromotionConfig().scoring == LabellingConfig().scoring("single") == "calibrated"
+    promotion = choose(frame, {"none"}, PromotionConfig())
+    assert (promotion.mask_mode, promotion.scoring, promotion.ci_low) == ("none", "calibrated", 0.14)
+    assert "macro_f1 (calibrated) over base" in promotion.reason
+    # labels from raw likelihoods (post_labels calibrate: false) are promoted on the raw difference
+    assert LabellingConfig(calibrate=False).scoring("single") == "raw"
+    assert choose(frame, {"none"}, PromotionConfig(scoring="generated")).mask_mode is None
+    with pytest.raises(ValueError, match="promotion scoring 'greedy': choose one of"):
+        PromotionConfig(scoring="greedy")
 
 
 def test_a_manual_choice_wins_and_is_recorded_as_manual(tmp_path):

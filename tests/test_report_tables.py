@@ -82,3 +82,28 @@ def test_distillation_table_puts_the_difference_beside_base_teacher_and_student(
     assert row["student - base"].startswith("0.389 [")
     markdown = build_report(results()).markdown()
     assert "Did distillation help?" in markdown and "Confusion matrices" in markdown and "lora:none:" in markdown
+
+
+def test_distillation_table_has_a_row_per_scoring_both_models_have_the_headline_first():
+    evaluated = results()
+    task = evaluated.tasks[0]
+    indices = resample_indices(len(GOLD), evaluated.config.resamples, 0)
+    calibrated = {
+        "base": bootstrap(ClassificationScores(GOLD, np.array([1, 1, 1, 1, 2, 2, 2, 1]), 3), indices),
+        "lora:none": bootstrap(ClassificationScores(GOLD, GOLD, 3), indices),
+    }
+    task.all_scores = [*task.scores] + [
+        ModelScore(model, distribution, len(GOLD), scoring="calibrated") for model, distribution in calibrated.items()
+    ]
+    difference = paired_difference(calibrated["lora:none"], calibrated["base"], "macro_recall")
+    task.all_comparisons = [
+        PairedComparison("lora:none", "base", "macro_recall", difference, scoring="calibrated"),
+        *task.comparisons,
+    ]
+    table = distillation_table(evaluated)
+    assert table["scoring"].tolist() == ["generated", "calibrated"]
+    generated, by_likelihood = table.iloc[0], table.iloc[1]
+    assert generated["student - base"].startswith("0.389 [")
+    # the teacher is scored by generation only: no teacher figure beside a likelihood scoring
+    assert (by_likelihood["base"][:5], by_likelihood["student score"][:5]) == ("0.667", "1.000")
+    assert by_likelihood["student - base"].startswith("0.333 [") and by_likelihood["teacher"] == "-"

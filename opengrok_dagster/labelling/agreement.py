@@ -26,7 +26,6 @@ import pandas as pd
 
 from opengrok_dagster.evaluation.metrics import MultiLabelScores
 from opengrok_dagster.evaluation.results import ItemAnswers, TaskResult, finish_task
-from opengrok_dagster.evaluation.scoring import CALIBRATED, GENERATED, RAW
 from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller
 from opengrok_dagster.tasks.formats import Annotation, TaskFormat, task_format
 
@@ -219,7 +218,7 @@ def _task_agreement(
         len(rows),
         len(rows),
     )
-    scoring = GENERATED if fmt.kind == "ner" else CALIBRATED if labelling.calibrate else RAW
+    scoring = labelling.scoring(fmt.kind)
     reference = None if fmt.kind == "ner" else _answer_matrix(fmt, teacher)
     if reference is not None:
         result.answers = ItemAnswers(texts, reference, list(fmt.words), fmt.kind == "multilabel")

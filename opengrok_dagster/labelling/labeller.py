@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from opengrok_dagster.evaluation.calibration import calibrate, content_free_messages, normalise
 from opengrok_dagster.evaluation.local import DEFAULT_BATCH_TOKENS, LocalStudent
+from opengrok_dagster.evaluation.scoring import CALIBRATED, GENERATED, RAW
 from opengrok_dagster.publish import publishing
 from opengrok_dagster.tasks.formats import Annotation, TaskFormat, task_format
 
@@ -55,6 +56,10 @@ class LabellingConfig(BaseModel):
     precision: str = Field(default="auto", description="The student's weights: 'auto', 'bf16', 'fp16' or 'fp32'.")
     batch_tokens: int = Field(default=DEFAULT_BATCH_TOKENS, description="Tokens per forward pass of the student.")
     torch_threads: int = Field(default=0, description="CPU threads (0 = torch's default).")
+
+    def scoring(self, kind: str) -> str:
+        """The evaluation's scoring that gives the labels this config gives a task of ``kind``."""
+        return GENERATED if kind == "ner" else CALIBRATED if self.calibrate else RAW
 
     def model_post_init(self, context) -> None:
         if not self.tasks:

@@ -2,8 +2,10 @@
 
 An adapter earns promotion when the evaluation's paired bootstrap difference over the base student on the
 configured task and metric has its lower bound above a margin: a significant gain, not a point estimate that
-noise could give (``lora:none`` +0.031 [-0.005, 0.072] is not promoted). Of those that earn it, the one with the
-highest lower bound wins. ``opengrok promote MODE`` overrides the rule; the choice is recorded as manual.
+noise could give (``lora:none`` +0.031 [-0.005, 0.072] is not promoted). The difference is the one under the scoring
+the user's labels come from (``LabellingConfig.scoring``: calibrated label likelihood by default), since those
+labels are what promotion hands out. Of the adapters that earn it, the one with the highest lower bound wins.
+``opengrok promote MODE`` overrides the rule; the choice is recorded as manual.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from opengrok_dagster.evaluation.local import Checkpoint, CheckpointError, require_base_model
+from opengrok_dagster.evaluation.scoring import SCORINGS
 from opengrok_dagster.labelling.agreement import POSTS_AGREEMENT
+from opengrok_dagster.labelling.labeller import LabellingConfig
 from opengrok_dagster.publish import publishing
 from opengrok_dagster.tasks.specs import task_spec
 
@@ -38,9 +42,19 @@ class PromotionConfig(BaseModel):
         default=0.0,
         description="Promote only an adapter whose difference over base has a lower bound above this margin.",
     )
+    scoring: str | None = Field(
+        default=None,
+        description="The evaluation scoring whose difference decides (unset = the one the user's labels come from "
+        "with post_labels' defaults: calibrated label likelihood, generation for NER); 'raw' goes with post_labels "
+        "calibrate: false.",
+    )
 
     def model_post_init(self, context) -> None:
-        task_spec(self.task)  # an unknown task names the known ones
+        kind = task_spec(self.task).kind  # an unknown task names the known ones
+        if self.scoring is None:
+            self.scoring = LabellingConfig().scoring(kind)
+        elif self.scoring not in SCORINGS:
+            raise ValueError(f"promotion scoring {self.scoring!r}: choose one of {', '.join(SCORINGS)}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Promotion:
     task: str
     metric: str | None
     margin: float
+    scoring: str
     difference: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
@@ -63,13 +78,14 @@ class Promotion:
 
 
 def _differences(report: pd.DataFrame, config: PromotionConfig) -> pd.DataFrame:
-    """The report's paired differences of each adapter over base on the configured task and metric."""
+    """The report's paired differences of each adapter over base on the configured task, metric and scoring."""
     if report.empty or "compared_to" not in report.columns:
         return report.iloc[0:0]
     rows = report[
         (report["section"] == "paired_difference")
         & (report["task"] == config.task)
         & (report["compared_to"] == "base")
+        & (report["scoring"] == config.scoring)
         & report["model"].astype(str).str.startswith("lora:")
     ]
     rows = rows[rows["metric"] == config.metric] if config.metric else rows[rows["primary"].astype(bool)]
@@ -84,7 +100,7 @@ def choose(report: pd.DataFrame, available: set[str], config: PromotionConfig, m
     """The adapter to promote among the mask modes in ``available`` (those with a materialised adapter)."""
     rows = _differences(report, config)
     metric = config.metric or (str(rows["metric"].iloc[0]) if len(rows) else None)
-    common = {"task": config.task, "metric": metric, "margin": config.margin}
+    common = {"task": config.task, "metric": metric, "margin": config.margin, "scoring": config.scoring}
     by_mode = {str(row.model).removeprefix("lora:"): row for row in rows.itertuples()}
     if manual is not None:
         if manual not in available:
@@ -102,7 +118,7 @@ def choose(report: pd.DataFrame, available: set[str], config: PromotionConfig, m
             **common,
             **_numbers(row),
         )
-    what = f"{config.task} {metric or 'primary metric'} difference over base"
+    what = f"{config.task} {metric or 'primary metric'} ({config.scoring}) difference over base"
     if not by_mode:
         return Promotion(
             None,
@@ -122,8 +138,9 @@ def choose(report: pd.DataFrame, available: set[str], config: PromotionConfig, m
         )
     best = max(qualifying, key=lambda row: (row.ci_low, row.value))
     mode = str(best.model).removeprefix("lora:")
-    reason = f"{_interval(best)} on {config.task} {metric} over base: lower bound above {config.margin:g}" + (
-        f", the highest of {len(qualifying)} that qualify" if len(qualifying) > 1 else ""
+    reason = (
+        f"{_interval(best)} on {config.task} {metric} ({config.scoring}) over base: lower bound above {config.margin:g}"
+        + (f", the highest of {len(qualifying)} that qualify" if len(qualifying) > 1 else "")
     )
     return Promotion(mode, "rule", reason, **common, **_numbers(best))
 
@@ -199,6 +216,7 @@ PROMOTION_COLUMNS = (
     "task",
     "metric",
     "margin",
+    "scoring",
     "difference",
     "ci_low",
     "ci_high",

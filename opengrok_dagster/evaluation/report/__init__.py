@@ -87,9 +87,11 @@ def _overview(report: Report, results: EvaluationResults) -> None:
         report.add("h2", "Did distillation help? (paired difference student - base)")
         report.add(
             "p",
-            "Each adapter against the untrained base student on the same items and resamples; an interval "
-            "above 0 means the distilled student is better. The teacher's score is shown beside them: it "
-            "is what distillation could at best transfer.",
+            "Each adapter against the untrained base student on the same items and resamples, under each "
+            f"scoring both have ({results.config.headline_scoring}, the headline, first); an interval above 0 means "
+            "the distilled student is better. Promotion reads the scoring the user's labels come from "
+            "(calibrated by default). The teacher's score is shown beside them where it has that scoring: it is "
+            "what distillation could at best transfer.",
         )
         report.add("table", distillation)
     report.images[MAIN_PLOT] = plot_primary(results) if any(t.scores for t in results.tasks) else b""

@@ -47,31 +47,42 @@ def summary_table(results: EvaluationResults) -> pd.DataFrame:
 
 
 def distillation_table(results: EvaluationResults) -> pd.DataFrame:
-    """Per task and adapter: did distillation help? The paired difference student - base with its interval (and
-    the interval's half-width, the effect the sample can resolve), beside the base's, the teacher's and the
-    student's own scores on the primary metric."""
-    confidence = results.config.confidence
+    """Per task, adapter and scoring both it and base have: did distillation help? The paired difference
+    student - base with its interval (and the interval's half-width, the effect the sample can resolve), beside the
+    base's, the teacher's (where it has that scoring) and the student's own scores on the primary metric. The
+    headline scoring comes first; the others follow, since a difference can hold under one scoring only."""
+    confidence, headline = results.config.confidence, results.config.headline_scoring
     rows = []
     for task in results.tasks:
         if task.spec is None:
             continue
-        by_model = {s.model: s.distribution.estimate(task.primary_metric, confidence) for s in task.scores}
-        teacher, base = by_model.get(TEACHER), by_model.get("base")
-        teacher_cell = fmt_interval(teacher.value, teacher.low, teacher.high) if teacher else "-"
-        if results.self_distillation:
-            teacher_cell = "self-distillation: not compared"
-        for c in task.comparisons:
-            if c.compared_to != "base" or c.metric != task.primary_metric:
-                continue
-            student, d = by_model[c.model], c.difference
+        by_model = {
+            (s.model, s.scoring): s.distribution.estimate(task.primary_metric, confidence)
+            for s in task.all_scores or task.scores
+        }
+        comparisons = [
+            c
+            for c in task.all_comparisons or task.comparisons
+            if c.compared_to == "base" and c.metric == task.primary_metric
+        ]
+        for c in sorted(comparisons, key=lambda c: c.scoring != headline):
+            student, base, d = by_model[c.model, c.scoring], by_model.get(("base", c.scoring)), c.difference
+            teacher = by_model.get((TEACHER, c.scoring))
             rows.append(
                 {
                     "task": task.name,
                     "metric": task.primary_metric,
                     "n": task.n,
                     "student": c.model,
+                    "scoring": c.scoring,
                     "base": fmt_interval(base.value, base.low, base.high) if base else "-",
-                    "teacher": teacher_cell,
+                    "teacher": (
+                        "self-distillation: not compared"
+                        if results.self_distillation
+                        else fmt_interval(teacher.value, teacher.low, teacher.high)
+                        if teacher
+                        else "-"
+                    ),
                     "student score": fmt_interval(student.value, student.low, student.high),
                     "student - base": fmt_interval(d.value, d.low, d.high),
                     "+- (half-width)": fmt((d.high - d.low) / 2),
