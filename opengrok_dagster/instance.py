@@ -63,9 +63,11 @@ def set_missing_pool_limits(instance) -> dict[str, int]:
     the limits it set. A pool already limited (by an earlier call, by `dagster instance concurrency set`) keeps
     its limit.
 
-    Why: Dagster 1.13 gives a pool its default limit when a step first asks for it, with an insert that fails
-    the run on PostgreSQL when two runs ask at once (dagster-io/dagster#33552, open). The deployment's daemon runs
-    this (`opengrok pools`) before it starts any run, so no run takes that path.
+    Why: Dagster 1.13 gives a pool its default limit when a step first asks for it. When two runs ask at once,
+    on PostgreSQL the insert fails the losing run (dagster-io/dagster#33552, open), and on SQLite both steps have
+    been seen to run together (tests/test_gpu_pool.py, once in CI). Every `opengrok` command that opens the local
+    instance (``open_instance``; `make dev` runs one first) and the deployment's daemon (`opengrok pools`) call this
+    before any run starts, so no run takes that path.
     """
     storage = instance.event_log_storage
     default_limit = instance.global_op_concurrency_default_limit

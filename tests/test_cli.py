@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from dagster import DagsterInstance
 
 from opengrok_dagster.cli import main
 
@@ -25,11 +26,14 @@ def test_topics_sync_add_list_remove(opengrok_home, capsys):
     assert written["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}  # gpu and teacher pools: 1
 
 
-def test_pools_limits_the_missing_pools_once(opengrok_home, capsys):
+def test_pools_are_limited_when_the_instance_opens_and_an_operators_limit_is_kept(opengrok_home, capsys):
     assert main(["pools"]) == 0
     assert capsys.readouterr().out == "pool gpu: limit 1; pool teacher: limit 1\n"
+    with DagsterInstance.from_config(str(opengrok_home / "dagster_home")) as instance:
+        instance.event_log_storage.set_concurrency_slots("teacher", 3)  # `dagster instance concurrency set teacher 3`
+    assert main(["topics", "list"]) == 0
     assert main(["pools"]) == 0
-    assert capsys.readouterr().out == "kept the limits of gpu, teacher\n"
+    assert capsys.readouterr().out.splitlines()[-1] == "pool gpu: limit 1; pool teacher: limit 3"
 
 
 def test_invalid_topic_key_is_refused_without_traceback(opengrok_home, capsys):

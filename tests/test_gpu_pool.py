@@ -14,7 +14,13 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from opengrok_dagster.cli.execution import execute
-from opengrok_dagster.instance import GPU_POOL, release_abandoned_runs, write_local_instance_config
+from opengrok_dagster.instance import (
+    GPU_POOL,
+    TEACHER_POOL,
+    release_abandoned_runs,
+    set_missing_pool_limits,
+    write_local_instance_config,
+)
 from tests.conftest import REPO_ROOT
 
 
@@ -30,6 +36,8 @@ def test_two_fine_tunes_requested_together_hold_the_gpu_one_after_the_other(tmp_
     write_local_instance_config(home)
     with DagsterInstance.from_config(str(home)) as instance:  # storage made once: two processes would race to make it
         assert instance.event_log_storage.supports_global_concurrency_limits
+        # as `opengrok` opens it (open_instance): the pools limited before any run asks for them
+        assert set_missing_pool_limits(instance) == {GPU_POOL: 1, TEACHER_POOL: 1}
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),

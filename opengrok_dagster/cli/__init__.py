@@ -50,7 +50,7 @@ def _add_setup_commands(commands) -> None:
     topics.set_defaults(handler=_command("provision", "cmd_topics"))
 
     pools = commands.add_parser(
-        "pools", help="give the gpu and teacher pools the instance's default limit where they have none"
+        "pools", help="show the gpu and teacher pools' limits, given the instance's default where they had none"
     )
     pools.set_defaults(handler=_command("provision", "cmd_pools"))
 

@@ -8,7 +8,7 @@ import time
 
 from dagster import DagsterInstance
 
-from opengrok_dagster.instance import write_local_instance_config
+from opengrok_dagster.instance import set_missing_pool_limits, write_local_instance_config
 from opengrok_dagster.settings import dagster_home
 
 
@@ -17,7 +17,7 @@ INSTANCE_LOCK_TIMEOUT_S = 300.0
 
 def open_instance() -> DagsterInstance:
     """The project's persistent Dagster instance (DAGSTER_HOME, default $OPENGROK_HOME/dagster_home), with the
-    gpu and teacher pools (instance.py); `make dev` opens the same one.
+    gpu and teacher pools (instance.py) limited before any run starts; `make dev` opens the same one.
 
     Creating it is serialised by a file lock: SQLite storages created by two processes at once each stamp
     their own alembic revision, and every later run fails with "more than one head present". Under the lock
@@ -44,4 +44,5 @@ def open_instance() -> DagsterInstance:
         instance.get_runs(limit=1)
         instance.get_dynamic_partitions("topics")
         instance.all_instigator_state()
+        set_missing_pool_limits(instance)  # before any run asks for a pool: two runs asking first race (instance.py)
         return instance  # closing the file releases the lock

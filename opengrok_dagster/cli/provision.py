@@ -9,7 +9,7 @@ from dagster import DagsterInstance
 
 from opengrok_dagster.cli.local_instance import open_instance
 from opengrok_dagster.collect.topics import load_topic_catalogue
-from opengrok_dagster.instance import OPENGROK_POOLS, set_missing_pool_limits
+from opengrok_dagster.instance import OPENGROK_POOLS
 from opengrok_dagster.offline_model import provision_offline_model
 from opengrok_dagster.partitions import topic_partitions
 from opengrok_dagster.settings import topic_catalogue_path
@@ -50,13 +50,15 @@ def sync_topics(instance: DagsterInstance) -> None:
 
 
 def cmd_pools(args: argparse.Namespace) -> int:
-    set_now = set_missing_pool_limits(open_instance())
-    kept = [pool for pool in OPENGROK_POOLS if pool not in set_now]
+    """The pools' limits, set where missing (``open_instance`` does that): the deployment's daemon runs it first."""
+    storage = open_instance().event_log_storage
+    limited = storage.get_concurrency_keys()
     print(
         "; ".join(
-            [f"pool {pool}: limit {limit}" for pool, limit in set_now.items()]
-            + ([f"kept the limits of {', '.join(kept)}"] if kept else [])
+            f"pool {pool}: limit {storage.get_concurrency_info(pool).slot_count}"
+            if pool in limited
+            else f"pool {pool}: unlimited (the instance has no default pool limit)"
+            for pool in OPENGROK_POOLS
         )
-        or "this instance has no default pool limit: pools left unlimited"
     )
     return 0
