@@ -213,7 +213,10 @@ def eval_report(
         results = Evaluation(evaluation_config, local, api_models, context.log.info, answers).run(heldout, notes)
     except DatasetError as exc:
         raise Failure(f"eval_report: {exc}") from None
-    agreement, agreement_notes = posts_agreement(local, filtered_responses, evaluation_config, log=context.log.info)
+    choices = {task.name: {c.model: c.chosen for c in task.scoring_choices} for task in results.tasks}
+    agreement, agreement_notes = posts_agreement(
+        local, filtered_responses, evaluation_config, log=context.log.info, choices=choices
+    )
     results.tasks.extend(agreement)  # beside the gold-label scores: the figure a user without gold labels has
     results.notes.extend(agreement_notes)
     spend = _teacher_spend(teacher, paths)

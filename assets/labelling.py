@@ -95,12 +95,13 @@ def promoted_student(
     except (PromotionError, CheckpointError, ValueError) as exc:
         raise Failure(f"promoted_student: {exc}") from None
     context.log.info(promotion.reason)
-    agreement = teacher_agreement(eval_report, promotion.variant)
+    agreement = teacher_agreement(eval_report, promotion.variant, promotion.scoring)
     record = promotion_record(promotion, checkpoint, agreement)
-    identity = json.dumps([promotion.mask_mode, checkpoint.version if checkpoint else None])
+    identity = json.dumps([promotion.mask_mode, checkpoint.version if checkpoint else None, promotion.scoring])
     metadata = {
         "promoted": promotion.variant or "nothing",
         "how": promotion.how,
+        "scoring": promotion.scoring,
         "reason": promotion.reason,
         "adapter_version": checkpoint.version if checkpoint else "none",
         "lineage": MetadataValue.json(checkpoint.record if checkpoint else {}),
@@ -186,10 +187,11 @@ def post_labels(
     student: StudentResource,
 ):
     """The promoted student's labels for one shard's posts (a sample by default): per task a label in the report's
-    answer format and calibrated class probabilities, with the post id, text hash and model digest."""
-    labelling_config = config.domain_config()
+    answer format and class probabilities, in the label scoring promoted with the adapter (calibrated or raw,
+    unless ``calibrate`` is set), with the post id, text hash and model digest."""
     shard = context.partition_key
     checkpoint = _promoted_checkpoint(promoted_student)
+    labelling_config = config.domain_config().following(str(promoted_student["scoring"].iloc[0]))
     try:
         local = LocalStudent(
             student.model_path(),

@@ -13,13 +13,21 @@ from devtools.loopback import LoopbackConfig, LoopbackTeacher
 from opengrok_dagster.collect.client import ClientLimits, TeacherEndpoint
 from opengrok_dagster.evaluation.answers import AnswerCache, request_key
 from opengrok_dagster.evaluation.api import ApiModel, EndpointFailure
+from opengrok_dagster.evaluation.calibration import calibrated_label_logprobs
 from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import CheckpointError, LocalStudent, find_checkpoints, read_checkpoint
+from opengrok_dagster.evaluation.metrics import ClassificationScores
+from opengrok_dagster.evaluation.report import build_report
+from opengrok_dagster.evaluation.report.frame import results_frame
+from opengrok_dagster.evaluation.results import sample_items
 from opengrok_dagster.evaluation.runner import Evaluation
+from opengrok_dagster.evaluation.scoring_choice import scoring_choices, tuning_items
 from opengrok_dagster.partitions import mask_mode_partitions
 from opengrok_dagster.settings import CONFIG_DIR
 from opengrok_dagster.tasks import datasets
+from opengrok_dagster.tasks.formats import classification_messages
 from opengrok_dagster.tasks.schemas import MANIFEST_COLUMNS
+from opengrok_dagster.tasks.specs import label_words, read_split, task_spec
 from opengrok_dagster.training.card import card_metadata, write_card
 from opengrok_dagster.training.manifest import adapter_dirs, manifest_frame
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource, TeacherResource
@@ -154,6 +162,55 @@ def test_a_task_sampled_too_small_to_measure_is_left_out_with_a_note_saying_how_
     assert "20 posts sampled cannot measure" in note and "has only 20: set eval_paths[tweet_topic]" in note
 
 
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside this checkout")
+def test_each_models_label_scoring_is_chosen_on_tuning_posts_none_of_which_is_reported(tiny_student):
+    """The choice is the scoring with the higher primary metric on posts drawn apart from the reported ones; it is
+    in the results frame (where promotion reads it) and in the report."""
+    config = EvaluationConfig(
+        tasks=("tweeteval_sentiment",),
+        classification_examples=6,
+        task_examples={},
+        scoring_tuning_examples=8,
+        scorings=("calibrated", "raw"),
+        headline_scoring="raw",
+        teacher_label_examples=0,
+        baseline_train_examples=50,
+        resamples=100,
+        min_items={"single": 2},
+    )
+    student = LocalStudent(str(tiny_student))
+    results = Evaluation(config, student, [], log=lambda _: None).run(None)
+    [task] = results.tasks
+    [choice] = task.scoring_choices
+    spec = task_spec("tweeteval_sentiment")
+    data = read_split(spec, datasets.resolve_data_dir(None), spec.eval_path)
+    reported = sample_items(len(data.texts), 6, config.seed)
+    tuning = tuning_items(len(data.texts), reported, 8, config.seed)
+    assert len(tuning) == 8 and not set(tuning) & set(reported)
+    assert task.answers.texts == [data.texts[i] for i in reported]
+    words = label_words(spec, data.label_names)
+    messages = [classification_messages(spec.question, data.texts[i], words) for i in tuning]
+    raw = student.label_logprobs(messages, words)
+    calibrated = calibrated_label_logprobs(
+        student, messages, lambda post: classification_messages(spec.question, post, words), words
+    )
+    expected = {
+        scoring: ClassificationScores(data.labels[tuning], scores.argmax(axis=1), len(words)).metrics()["macro_recall"]
+        for scoring, scores in (("calibrated", calibrated), ("raw", raw))
+    }
+    assert (choice.model, choice.n, choice.metric) == ("base", 8, "macro_recall")
+    assert choice.values == pytest.approx(expected)
+    assert choice.chosen == max(("calibrated", "raw"), key=lambda s: (expected[s], s == "calibrated"))
+    frame = results_frame(results)
+    assert scoring_choices(frame, "tweeteval_sentiment") == {"base": choice.chosen}
+    assert set(frame[frame["section"] == "tuning_score"]["scoring"]) == {"calibrated", "raw"}
+    markdown = build_report(results).markdown()
+    assert "Label scoring of each model's labels for post_labels (macro_recall on 8 tuning posts)" in markdown
+    # 0 tuning posts: no choice, and promotion falls back to the labeller's default
+    none = Evaluation(config.model_copy(update={"scoring_tuning_examples": 0}), student, [], log=lambda _: None)
+    assert none.run(None).tasks[0].scoring_choices == []
+
+
 def test_headline_scoring_must_be_one_of_the_scorings_run():
     with pytest.raises(ValueError, match="headline_scoring 'generated' is not among the scorings"):
         EvaluationConfig(scorings=("raw",))
@@ -243,6 +300,9 @@ def test_eval_report_materialises_with_teacher_failing_endpoint_and_missing_mode
     base = scores[(scores["model"] == "base") & (scores["task"] == "tweeteval_sentiment")]
     assert set(base["scoring"]) == {"generated", "calibrated", "raw"}  # one model, every scoring that applies
     assert set(scores[scores["model"] == "teacher"]["scoring"]) == {"generated"}
+    # each local model's label scoring for post_labels, chosen on other posts of the split
+    assert set(scoring_choices(frame, "tweeteval_sentiment")) == {"base", "lora:none", "lora:hard"}
+    assert "Label scoring of each model's labels for post_labels" in markdown
     assert set(scores[scores["model"] == "tfidf-lr:gold"]["scoring"]) == {"classifier"}
     assert "data:image/png;base64," in html and "<table" in html and 'src="primary_metrics.png"' not in html
     assert (reports / "primary_metrics.png").read_bytes()[:4] == b"\x89PNG"

@@ -74,7 +74,7 @@ def test_the_adapter_with_the_highest_significant_lower_bound_is_promoted():
     frame = report(("lora:none", 0.08, 0.02, 0.12), ("lora:hard", 0.06, 0.03, 0.09), ("lora:soft", 0.2, -0.01, 0.4))
     promotion = choose(frame, {"none", "hard", "soft"}, PromotionConfig())
     assert (promotion.mask_mode, promotion.how, promotion.ci_low) == ("hard", "rule", 0.03)
-    assert "lora:hard +0.060 [0.030, 0.090]" in promotion.reason and "highest of 2" in promotion.reason
+    assert "lora:hard (calibrated) +0.060 [0.030, 0.090]" in promotion.reason and "highest of 2" in promotion.reason
     # an adapter that is no longer materialised cannot be promoted, whatever it scored
     assert choose(frame, {"none", "soft"}, PromotionConfig()).mask_mode == "none"
     assert choose(frame, {"none", "hard"}, PromotionConfig(margin=0.025)).mask_mode == "hard"
@@ -84,8 +84,8 @@ def test_nothing_qualifies_nothing_is_promoted_and_one_line_says_why():
     promotion = choose(report(("lora:none", 0.031, -0.005, 0.072)), {"none"}, PromotionConfig())
     assert promotion.mask_mode is None and promotion.how == "none"
     assert promotion.reason == (
-        "nothing promoted: no adapter's tweeteval_sentiment macro_f1 (calibrated) difference over base has a lower "
-        "bound above 0 (lora:none +0.031 [-0.005, 0.072])"
+        "nothing promoted: no adapter's tweeteval_sentiment macro_f1 difference over base, each in its label "
+        "scoring, has a lower bound above 0 (lora:none (calibrated) +0.031 [-0.005, 0.072])"
     )
     assert "\n" not in promotion.reason
     other_task = choose(report(("lora:none", 0.1, 0.05, 0.2)), {"none"}, PromotionConfig(task="tweet_topic"))
@@ -94,24 +94,59 @@ def test_nothing_qualifies_nothing_is_promoted_and_one_line_says_why():
     assert other_metric.mask_mode is None
 
 
+def choice(task="tweeteval_sentiment", **chosen):
+    """The eval report's rows of the label scoring chosen for each adapter (``mode=scoring``) on tuning posts."""
+    return pd.DataFrame(
+        [
+            {"section": "scoring_choice", "task": task, "model": f"lora:{mode}", "scoring": scoring, "value": 0.5}
+            for mode, scoring in chosen.items()
+        ]
+    )
+
+
 def test_the_difference_that_decides_is_the_one_under_the_scoring_of_the_labels_users_get():
-    """Every scoring's differences are in the report; promotion reads the labeller's (calibrated by default), not
-    whichever row comes last."""
+    """Every scoring's differences are in the report; without a choice in the report promotion reads the
+    labeller's default (calibrated), not whichever row comes last."""
     frame = pd.concat(
         [
             report(("lora:none", 0.19, 0.14, 0.24), scoring="calibrated"),
             report(("lora:none", -0.004, -0.051, 0.040), scoring="generated"),
         ]
     )
-    assert PromotionConfig().scoring == LabellingConfig().scoring("single") == "calibrated"
+    assert LabellingConfig().scoring("single") == "calibrated"
     promotion = choose(frame, {"none"}, PromotionConfig())
     assert (promotion.mask_mode, promotion.scoring, promotion.ci_low) == ("none", "calibrated", 0.14)
-    assert "macro_f1 (calibrated) over base" in promotion.reason
+    assert "lora:none (calibrated) +0.190" in promotion.reason
     # labels from raw likelihoods (post_labels calibrate: false) are promoted on the raw difference
     assert LabellingConfig(calibrate=False).scoring("single") == "raw"
     assert choose(frame, {"none"}, PromotionConfig(scoring="generated")).mask_mode is None
     with pytest.raises(ValueError, match="promotion scoring 'greedy': choose one of"):
         PromotionConfig(scoring="greedy")
+
+
+def test_each_adapter_is_judged_in_the_label_scoring_chosen_for_it_and_its_labels_follow():
+    """An adapter whose raw labels were chosen on tuning posts earns promotion on its raw difference over the raw
+    base, and post_labels then labels raw; a scoring set by hand overrides both choices."""
+    frame = pd.concat(
+        [
+            report(("lora:none", 0.05, -0.01, 0.11), ("lora:soft", 0.04, 0.01, 0.07), scoring="calibrated"),
+            report(("lora:none", 0.12, 0.06, 0.18), ("lora:soft", 0.20, -0.02, 0.40), scoring="raw"),
+            choice(none="raw", soft="calibrated"),
+        ]
+    )
+    promotion = choose(frame, {"none", "soft"}, PromotionConfig())
+    assert (promotion.mask_mode, promotion.scoring, promotion.ci_low) == ("none", "raw", 0.06)
+    assert "lora:none (raw) +0.120 [0.060, 0.180]" in promotion.reason and "highest of 2" in promotion.reason
+    assert LabellingConfig().following(promotion.scoring).calibrate is False
+    assert LabellingConfig().following("calibrated").calibrate is True
+    assert LabellingConfig().following("generated").calibrate is True  # an NER promotion leaves classes calibrated
+    assert LabellingConfig(calibrate=True).following("raw").calibrate is True  # set by hand, kept
+    by_hand = choose(frame, {"none", "soft"}, PromotionConfig(scoring="calibrated"))
+    assert (by_hand.mask_mode, by_hand.scoring) == ("soft", "calibrated")
+    manual = choose(frame, {"none", "soft"}, PromotionConfig(), manual="soft")
+    assert (manual.scoring, manual.ci_low) == ("calibrated", 0.01)
+    nothing = choose(frame, {"soft"}, PromotionConfig(margin=0.05))
+    assert (nothing.mask_mode, nothing.scoring) == (None, "per adapter")
 
 
 def test_a_manual_choice_wins_and_is_recorded_as_manual(tmp_path):
@@ -301,6 +336,16 @@ def annotations(texts, answers, split="heldout", task="tweeteval_sentiment", sta
     )
 
 
+def student_labels(student, texts: list[str], calibrated: bool) -> np.ndarray:
+    """The adapter's sentiment labels of ``texts`` by label likelihood, calibrated or raw."""
+    sentiment = task_format("tweeteval_sentiment")
+    messages, words = [sentiment.messages(t) for t in texts], list(sentiment.words)
+    with student.using("lora:hard"):
+        if calibrated:
+            return calibrated_label_logprobs(student, messages, sentiment.messages, words).argmax(axis=1)
+        return student.label_logprobs(messages, words).argmax(axis=1)
+
+
 def test_agreement_is_measured_on_held_out_annotations_only_for_every_variant(promoted):
     student, _ = promoted
     texts = POSTS["text"].tolist()
@@ -331,6 +376,13 @@ def test_agreement_is_measured_on_held_out_annotations_only_for_every_variant(pr
     assert estimate.low <= estimate.value <= estimate.high
     assert result.answers.texts == texts and (result.answers.predictions["lora:hard"] == expected).all()
     assert {c.metric for c in result.comparisons} == {"kappa", "agreement"}
+    # raw likelihood, the other label scoring, is measured beside it, and a variant whose labels were chosen raw
+    # shows its raw labels in the confusion matrix
+    raw = student_labels(student, texts, calibrated=False)
+    raw_score = next(s for s in result.all_scores if (s.model, s.scoring) == ("lora:hard", "raw"))
+    assert raw_score.distribution.point["agreement"] == pytest.approx(np.mean(raw == gold))
+    [chosen_raw], _ = posts_agreement(student, filtered, config, choices={"tweeteval_sentiment": {"lora:hard": "raw"}})
+    assert (chosen_raw.answers.predictions["lora:hard"] == raw).all()
     # into the report's long table, and back as the promoted adapter's figures with its confusion matrix
     frame = results_frame(EvaluationResults(config, None, [result], [], [], 0.0))
     figures = teacher_agreement(frame, "lora:hard")["tweeteval_sentiment"]
@@ -413,24 +465,26 @@ def test_topic_and_entity_agreement_use_the_labels_post_labels_gives(promoted):
     assert "| wnut17 " in markdown and "n/a" in markdown  # no kappa for entities
 
 
-def test_the_promoted_adapters_agreement_is_read_from_the_report():
+def test_the_promoted_adapters_agreement_is_read_from_the_report_in_its_label_scoring():
     frame = pd.DataFrame(
         [
             {
                 "section": "score",
                 "task": "teacher_agreement_on_posts:tweeteval_sentiment",
                 "model": model,
+                "scoring": scoring,
                 "metric": metric,
-                "value": value,
-                "ci_low": value - 0.1,
-                "ci_high": value + 0.1,
+                "value": value + shift,
+                "ci_low": value + shift - 0.1,
+                "ci_high": value + shift + 0.1,
                 "n": 32,
             }
             for model, value in (("lora:hard", 0.5), ("base", 0.1))
             for metric in ("kappa", "agreement")
+            for scoring, shift in (("calibrated", 0.0), ("raw", 0.2))
         ]
     )
-    agreement = teacher_agreement(frame, "lora:hard")
+    agreement = teacher_agreement(frame, "lora:hard", "calibrated")
     assert agreement == {
         "tweeteval_sentiment": {
             "confusion": {},
@@ -443,6 +497,12 @@ def test_the_promoted_adapters_agreement_is_read_from_the_report():
             "agreement_high": 0.6,
         }
     }
+    assert teacher_agreement(frame, "lora:hard", "raw")["tweeteval_sentiment"]["kappa"] == pytest.approx(0.7)
+    # a task measured in one scoring only (entities: generated) is read whatever the labels' scoring
+    entities = frame[frame["scoring"] == "calibrated"].assign(
+        task="teacher_agreement_on_posts:btc", scoring="generated"
+    )
+    assert teacher_agreement(entities, "lora:hard", "raw")["btc"]["kappa"] == pytest.approx(0.5)
     assert teacher_agreement(frame, None) == {}
 
 

@@ -13,7 +13,8 @@ from opengrok_dagster.evaluation.compared_models import ComparedModels
 from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.metrics import ClassificationScores, MultiLabelScores
 from opengrok_dagster.evaluation.results import ItemAnswers, TaskResult, finish_task, sample_items
-from opengrok_dagster.evaluation.scoring import CLASSIFIER, likeliest, parsed_answers
+from opengrok_dagster.evaluation.scoring import CALIBRATED, CLASSIFIER, GENERATED, RAW, likeliest, parsed_answers
+from opengrok_dagster.evaluation.scoring_choice import LABEL_SCORINGS, ScoringChoice, tuning_items
 from opengrok_dagster.posts.leaks import EvalPosts, leak_counts
 from opengrok_dagster.tasks.baselines import train_tfidf_classifier, trainable
 from opengrok_dagster.tasks.datasets import DatasetError
@@ -36,6 +37,29 @@ def _without_eval_posts(train, eval_posts: EvalPosts | None):
     return kept, leak_counts(leaks)
 
 
+def _scores(spec: TaskSpec, gold: np.ndarray, predicted: np.ndarray, words: list[str]):
+    if spec.kind == "multilabel":
+        return MultiLabelScores(gold, predicted)
+    return ClassificationScores(gold, predicted, len(words), spec.primary_metric, tuple(words))
+
+
+class _TuningPosts:
+    """The posts a task's label scoring is chosen on (``scoring_choice``): their prompts, gold labels, and the
+    choice made for each local variant."""
+
+    def __init__(self, spec: TaskSpec, messages: list, gold: np.ndarray, words: list[str]) -> None:
+        self.spec, self.messages, self.gold, self.words = spec, messages, gold, words
+        self.choices: list[ScoringChoice] = []
+
+    def choose(self, variant: str, predicted: dict[str, np.ndarray]) -> None:
+        metric = self.spec.primary_metric
+        values = {
+            scoring: _scores(self.spec, self.gold, labels, self.words).metrics()[metric]
+            for scoring, labels in predicted.items()
+        }
+        self.choices.append(ScoringChoice(variant, metric, len(self.gold), values))
+
+
 class Classification:
     """Scores one classification task on its sampled items; ``eval_posts`` (every evaluated task's posts) are
     kept out of the baselines' training data."""
@@ -51,52 +75,79 @@ class Classification:
         words = label_words(spec, data.label_names)
         texts, gold = [data.texts[i] for i in chosen], data.labels[chosen]
         result.answers = ItemAnswers(texts, gold, words, multi_label)
-
-        def scores_of(predicted):
-            if multi_label:
-                return MultiLabelScores(gold, predicted)
-            return ClassificationScores(gold, predicted, len(words), spec.primary_metric, tuple(words))
-
+        tuning = self._tuning_items(result, data, chosen)
         scored: list[tuple[str, str, object, float | None]] = []
-        for model, scoring, predicted, unparseable in self._classify(spec, texts, words, multi_label):
-            scored.append((model, scoring, scores_of(predicted), unparseable))
+        for model, scoring, predicted, unparseable in self._classify(spec, texts, words, multi_label, tuning):
+            scored.append((model, scoring, _scores(spec, gold, predicted, words), unparseable))
             if scoring == cfg.headline_scoring:
                 result.answers.predictions[model] = predicted
         for model, predicted in self._baselines(
             spec, data_dir, texts, data.label_names, words, multi_label, result.notes
         ):
-            scored.append((model, CLASSIFIER, scores_of(predicted), None))
+            scored.append((model, CLASSIFIER, _scores(spec, gold, predicted, words), None))
             result.answers.predictions[model] = predicted
+        if tuning is not None:
+            result.scoring_choices = tuning.choices
+            result.notes.append(
+                f"post_labels' label scoring ({' or '.join(LABEL_SCORINGS)}) is chosen per local model by "
+                f"{spec.primary_metric} on {len(tuning.gold)} other posts of {data.source}, none of them reported "
+                "here (scoring_tuning_examples)"
+            )
         return finish_task(result, scored, (spec.primary_metric,), cfg)
 
-    def _classify(self, spec: TaskSpec, texts: list[str], words: list[str], multi_label: bool):
+    def _tuning_items(self, result: TaskResult, data, chosen: np.ndarray) -> _TuningPosts | None:
+        """The posts each local model's label scoring is chosen on, or None where there is no choice to make."""
+        cfg, spec = self.config, result.spec
+        if self.models.student is None or not set(LABEL_SCORINGS) <= set(cfg.scorings):
+            return None
+        items = tuning_items(len(data.texts), chosen, cfg.scoring_tuning_examples, cfg.seed)
+        if not len(items):
+            return None
+        texts = [data.texts[i] for i in items]
+        words = label_words(spec, data.label_names)
+        messages = [classification_messages(spec.question, t, words, spec.kind == "multilabel") for t in texts]
+        return _TuningPosts(spec, messages, data.labels[items], words)
+
+    def _classify(self, spec: TaskSpec, texts: list[str], words: list[str], multi_label: bool, tuning=None):
         """Yields (model, scoring, predictions, unparseable_rate) for every local variant under every configured
         scoring, and for every API model by generation (the one scoring an endpoint without logprobs allows)."""
         messages = [classification_messages(spec.question, t, words, multi_label) for t in texts]
-        did = f"scored {len(texts)} items ({', '.join(self.config.scorings)})"
-        for variant in self.models.each_variant(spec.name, len(texts), did):
-            yield from self._local_scorings(spec, variant, messages, words, multi_label)
+        did, items = f"scored {len(texts)} items ({', '.join(self.config.scorings)})", len(texts)
+        if tuning is not None:  # the tuning posts are scored in the same pass, and counted in the throughput
+            did, items = f"{did}, and {len(tuning.gold)} tuning items by label likelihood", items + len(tuning.gold)
+        for variant in self.models.each_variant(spec.name, items, did):
+            yield from self._local_scorings(spec, variant, messages, words, multi_label, tuning)
         for model in self.models.api_models:
             answers = self.models.api_answers(model, messages, self.config.api_max_tokens)
             if answers is not None:
                 yield (model.name, "generated", *parsed_answers(answers, words, multi_label))
 
-    def _local_scorings(self, spec: TaskSpec, variant: str, messages, words: list[str], multi_label: bool):
-        """The active local variant's predictions under each configured scoring (label likelihoods computed once)."""
+    def _local_scorings(self, spec: TaskSpec, variant: str, messages, words: list[str], multi_label: bool, tuning):
+        """The active local variant's predictions under each configured scoring (label likelihoods computed once,
+        the tuning posts' in the same pass), and its label scoring chosen on the tuning posts."""
         scorings, student = self.config.scorings, self.models.student
-        if "calibrated" in scorings or "raw" in scorings:
-            logprobs = student.label_logprobs(messages, words)
-            if "calibrated" in scorings:
+        if CALIBRATED in scorings or RAW in scorings:
+            extra = tuning.messages if tuning is not None else []
+            logprobs = student.label_logprobs(messages + extra, words)
+            by_scoring = {}
+            if CALIBRATED in scorings:
                 content_free = content_free_messages(
                     lambda post: classification_messages(spec.question, post, words, multi_label)
                 )
-                calibrated = calibrate(logprobs, student.label_logprobs(content_free, words))
-                yield variant, "calibrated", likeliest(calibrated, multi_label, self.config.topic_threshold), None
-            if "raw" in scorings:
-                yield variant, "raw", likeliest(logprobs, multi_label, self.config.topic_threshold), None
-        if "generated" in scorings:
+                by_scoring[CALIBRATED] = calibrate(logprobs, student.label_logprobs(content_free, words))
+            if RAW in scorings:
+                by_scoring[RAW] = logprobs
+            predicted = {
+                scoring: likeliest(scores, multi_label, self.config.topic_threshold)
+                for scoring, scores in by_scoring.items()
+            }
+            for scoring, labels in predicted.items():
+                yield variant, scoring, labels[: len(messages)], None
+            if tuning is not None:
+                tuning.choose(variant, {scoring: labels[len(messages) :] for scoring, labels in predicted.items()})
+        if GENERATED in scorings:
             answers = student.generate(messages, self.config.api_max_tokens)
-            yield (variant, "generated", *parsed_answers(answers, words, multi_label))
+            yield (variant, GENERATED, *parsed_answers(answers, words, multi_label))
 
     def _baselines(
         self,

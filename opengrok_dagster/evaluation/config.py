@@ -81,6 +81,12 @@ class EvaluationConfig(BaseModel):
         description="The scoring of the summary, the distillation table and the plots: one every compared model has "
         "('generated' is the only one an API teacher without logprobs has); models without it are left out there.",
     )
+    scoring_tuning_examples: int = Field(
+        default=200,
+        description="Per classification task, posts drawn apart from the reported ones on which each local model's "
+        "label scoring for post_labels (calibrated or raw, whichever scores the primary metric higher) is chosen; "
+        "0 = no choice (post_labels' calibrate setting decides). Needs both calibrated and raw among the scorings.",
+    )
     min_items: dict[str, int] = Field(
         default_factory=lambda: {"ner": 100, "multilabel": 100, "single": 100},
         description="Per task kind, the fewest items sampled that can measure anything; a task sampled fewer is not "
@@ -126,6 +132,7 @@ class EvaluationConfig(BaseModel):
             "teacher_label_examples",
             "torch_threads",
             "example_posts",
+            "scoring_tuning_examples",
         )
         if self.batch_tokens < 1:
             raise ValueError(f"batch_tokens must be >= 1, got {self.batch_tokens}")

@@ -23,6 +23,7 @@ from opengrok_dagster.evaluation.bootstrap import (
 from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.local import LocalStudent
 from opengrok_dagster.evaluation.scoring import CLASSIFIER
+from opengrok_dagster.evaluation.scoring_choice import ScoringChoice
 from opengrok_dagster.tasks.specs import TaskSpec
 
 
@@ -73,6 +74,8 @@ class TaskResult:
     notes: list[str] = field(default_factory=list)
     answers: ItemAnswers | None = None  # classification tasks only
     skipped: str | None = None  # why the task was not scored (too few items to measure anything), and how to score it
+    # each local model's label scoring for post_labels, chosen on tuning items apart from the reported ones
+    scoring_choices: list[ScoringChoice] = field(default_factory=list)
 
 
 @dataclass

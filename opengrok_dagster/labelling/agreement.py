@@ -2,8 +2,9 @@
 
 Measured on the teacher's annotations of the user's posts that no adapter trained on (``filtered_responses``
 rows of ``split == heldout`` with a ``task``; ``FilterConfig.annotation_heldout_fraction`` of them), for every
-task annotated, with the labels users get (``PostLabeller.annotate``: calibrated classes, topics over the
-threshold, generated entities) from every local variant (base and each adapter), against the teacher's:
+task annotated, with the labels users get (``PostLabeller.annotate``: classes by calibrated and by raw label
+likelihood, each variant's confusion matrix in the one chosen for its labels; topics over the threshold; generated
+entities) from every local variant (base and each adapter), against the teacher's:
 - sentiment (one label): Cohen's kappa and the agreement rate, and the confusion matrix (the teacher's label as
   the row);
 - topics (several labels): Cohen's kappa over every (post, topic) yes/no decision, the share of posts given the
@@ -26,6 +27,7 @@ import pandas as pd
 
 from opengrok_dagster.evaluation.metrics import MultiLabelScores
 from opengrok_dagster.evaluation.results import ItemAnswers, TaskResult, finish_task
+from opengrok_dagster.evaluation.scoring_choice import LABEL_SCORINGS
 from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller
 from opengrok_dagster.tasks.formats import Annotation, TaskFormat, task_format
 
@@ -166,12 +168,15 @@ def posts_agreement(
     config,
     labelling: LabellingConfig | None = None,
     log: Callable[[str], None] = lambda message: None,
+    choices: dict[str, dict[str, str]] | None = None,
 ) -> tuple[list[TaskResult], list[str]]:
     """Per task with held-out annotations, every variant of ``student`` (a ``LocalStudent``) labelling the posts
     as ``post_labels`` does with ``labelling`` (default: its defaults) against the teacher; ``config`` is the
-    ``EvaluationConfig`` (seed, resamples, confidence). Also the notes saying how many annotations were held out,
-    or why a task was not measured."""
+    ``EvaluationConfig`` (seed, resamples, confidence); ``choices``, per task, each variant's label scoring chosen
+    on the evaluation's tuning posts (its confusion matrix shows the labels it would give). Also the notes saying
+    how many annotations were held out, or why a task was not measured."""
     labelling = labelling or LabellingConfig()
+    choices = choices or {}
     tasks = sorted(filtered["task"].dropna().unique()) if "task" in filtered.columns else []
     results, notes = [], []
     for task in tasks:
@@ -182,7 +187,7 @@ def posts_agreement(
                 "raise the filter's annotation_heldout_fraction (filtered_responses) to measure it"
             )
             continue
-        results.append(_task_agreement(student, rows, teacher, task, config, labelling))
+        results.append(_task_agreement(student, rows, teacher, task, config, labelling, choices.get(task, {})))
         notes.append(
             f"{agreement_task_name(task)}: {len(rows)} teacher annotations of the user's posts held out of training "
             f"(no adapter trained on them); {_how(task_format(task))}"
@@ -203,8 +208,16 @@ def _how(fmt: TaskFormat) -> str:
 
 
 def _task_agreement(
-    student, rows: pd.DataFrame, teacher: list[Annotation], task: str, config, labelling: LabellingConfig
+    student,
+    rows: pd.DataFrame,
+    teacher: list[Annotation],
+    task: str,
+    config,
+    labelling: LabellingConfig,
+    choices: dict[str, str],
 ) -> TaskResult:
+    """One task's agreement, under every label scoring ``post_labels`` may use (calibrated and raw, unless
+    ``labelling`` fixes one; generation for entities), compared within each scoring."""
     fmt = task_format(task)
     texts = rows["post"].tolist()
     digest = pd.util.hash_pandas_object(rows[["example_id", "response"]], index=False).sum()
@@ -218,26 +231,30 @@ def _task_agreement(
         len(rows),
         len(rows),
     )
-    scoring = labelling.scoring(fmt.kind)
+    headline = labelling.scoring(fmt.kind)
+    free = fmt.kind != "ner" and labelling.calibrate is None
+    scorings = (headline, *(s for s in LABEL_SCORINGS if s != headline)) if free else (headline,)
     reference = None if fmt.kind == "ner" else _answer_matrix(fmt, teacher)
     if reference is not None:
         result.answers = ItemAnswers(texts, reference, list(fmt.words), fmt.kind == "multilabel")
     scored = []
     for variant in student.variants:
         with student.using(variant):  # a labeller per variant: its content-free prior is the variant's own
-            predicted, _ = PostLabeller(student, labelling, variant).annotate(fmt, texts)
-        if fmt.kind == "ner":
-            scores = EntityAgreement.of(predicted, teacher)
-        else:
-            answers = _answer_matrix(fmt, predicted)
-            result.answers.predictions[variant] = answers
-            scores = (
-                TopicAgreement(answers, reference)
-                if fmt.kind == "multilabel"
-                else LabelAgreement(answers, reference, len(fmt.words))
-            )
-        scored.append((variant, scoring, scores, None))
-    return finish_task(result, scored, metrics, config, headline=scoring)
+            for scoring in scorings:
+                predicted, _ = PostLabeller(student, labelling.following(scoring), variant).annotate(fmt, texts)
+                scored.append((variant, scoring, _agreement_scores(fmt, predicted, teacher, reference), None))
+                if reference is not None and scoring == choices.get(variant, headline):
+                    result.answers.predictions[variant] = _answer_matrix(fmt, predicted)
+    return finish_task(result, scored, metrics, config, headline=headline)
+
+
+def _agreement_scores(fmt: TaskFormat, predicted: list[Annotation], teacher: list[Annotation], reference):
+    if fmt.kind == "ner":
+        return EntityAgreement.of(predicted, teacher)
+    answers = _answer_matrix(fmt, predicted)
+    if fmt.kind == "multilabel":
+        return TopicAgreement(answers, reference)
+    return LabelAgreement(answers, reference, len(fmt.words))
 
 
 def _answer_matrix(fmt: TaskFormat, annotations: list[Annotation]) -> np.ndarray:

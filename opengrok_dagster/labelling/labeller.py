@@ -1,7 +1,8 @@
 """Labelling the user's posts with the promoted student, in chunks that a killed run does not label again.
 
 Each classification task is scored as the evaluation scores it (``LocalStudent.label_logprobs``: the shared
-prompt prefix run once, posts in length-sorted batches), calibrated against content-free posts, so a post gets
+prompt prefix run once, posts in length-sorted batches), calibrated against content-free posts or raw, as chosen
+for the promoted adapter on the evaluation's tuning posts (``evaluation.scoring_choice``), so a post gets
 a label in the report's answer format and a probability per class. A chunk's labels are published to the work
 directory as soon as it is done, under a key of the model, the settings and the chunk's posts (ids and text
 hashes): a rerun reads the finished chunks back and labels only the rest, and a changed post or another model
@@ -44,9 +45,11 @@ class LabellingConfig(BaseModel):
     chunk_posts: int = Field(
         default=256, description="Posts per chunk: each finished chunk is kept, so a killed run resumes after it."
     )
-    calibrate: bool = Field(
-        default=True,
-        description="Calibrate label scores against content-free posts, as the evaluation does (probabilities too).",
+    calibrate: bool | None = Field(
+        default=None,
+        description="Calibrate label scores against content-free posts (probabilities too); unset = the scoring "
+        "promoted_student names: the one chosen for the promoted adapter on the evaluation's tuning posts "
+        "(calibrated where the report made no choice).",
     )
     topic_threshold: float = Field(
         default=0.3, description="Probability above which a topic is given besides the most likely one."
@@ -59,7 +62,14 @@ class LabellingConfig(BaseModel):
 
     def scoring(self, kind: str) -> str:
         """The evaluation's scoring that gives the labels this config gives a task of ``kind``."""
-        return GENERATED if kind == "ner" else CALIBRATED if self.calibrate else RAW
+        return GENERATED if kind == "ner" else RAW if self.calibrate is False else CALIBRATED
+
+    def following(self, scoring: str | None) -> LabellingConfig:
+        """This config with ``calibrate`` set from a label scoring chosen elsewhere (the promoted adapter's), unless
+        it was set by hand; a generated scoring (NER) or none leaves classification calibrated."""
+        if self.calibrate is not None:
+            return self
+        return self.model_copy(update={"calibrate": scoring != RAW})
 
     def model_post_init(self, context) -> None:
         if not self.tasks:
@@ -126,7 +136,7 @@ class PostLabeller:
     def _log_scores(self, task: TaskFormat, texts: list[str]) -> np.ndarray:
         words = list(task.words)
         scores = self.scorer.label_logprobs([task.messages(t) for t in texts], words)
-        if not self.config.calibrate:
+        if self.config.scoring(task.kind) == RAW:
             return normalise(scores)
         if task.name not in self._priors:  # the content-free prior, once per task and run
             self._priors[task.name] = self.scorer.label_logprobs(content_free_messages(task.messages), words)

@@ -2,9 +2,11 @@
 
 An adapter earns promotion when the evaluation's paired bootstrap difference over the base student on the
 configured task and metric has its lower bound above a margin: a significant gain, not a point estimate that
-noise could give (``lora:none`` +0.031 [-0.005, 0.072] is not promoted). The difference is the one under the scoring
-the user's labels come from (``LabellingConfig.scoring``: calibrated label likelihood by default), since those
-labels are what promotion hands out. Of the adapters that earn it, the one with the highest lower bound wins.
+noise could give (``lora:none`` +0.031 [-0.005, 0.072] is not promoted). Each adapter's difference is the one
+under the scoring its labels would come from: the label scoring the evaluation chose for it on tuning posts
+(``evaluation.scoring_choice``: calibrated or raw likelihood), since those labels are what promotion hands out; the
+base is scored the same way in that difference. Of the adapters that earn it, the one with the highest lower bound
+wins, and its scoring goes with it to ``post_labels``.
 ``opengrok promote MODE`` overrides the rule; the choice is recorded as manual.
 """
 
@@ -20,11 +22,15 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from opengrok_dagster.evaluation.local import Checkpoint, CheckpointError, require_base_model
-from opengrok_dagster.evaluation.scoring import SCORINGS
+from opengrok_dagster.evaluation.scoring import CALIBRATED, SCORINGS
+from opengrok_dagster.evaluation.scoring_choice import scoring_choices
 from opengrok_dagster.labelling.agreement import POSTS_AGREEMENT
 from opengrok_dagster.labelling.labeller import LabellingConfig
 from opengrok_dagster.publish import publishing
 from opengrok_dagster.tasks.specs import task_spec
+
+
+PER_ADAPTER = "per adapter"  # Promotion.scoring when nothing is promoted and each adapter was read in its own
 
 
 class PromotionError(ValueError):
@@ -44,17 +50,23 @@ class PromotionConfig(BaseModel):
     )
     scoring: str | None = Field(
         default=None,
-        description="The evaluation scoring whose difference decides (unset = the one the user's labels come from "
-        "with post_labels' defaults: calibrated label likelihood, generation for NER); 'raw' goes with post_labels "
-        "calibrate: false.",
+        description="The evaluation scoring whose difference decides, for every adapter (unset = per adapter, the "
+        "label scoring the evaluation chose for it on tuning posts; where the report has no choice, post_labels' "
+        "default: calibrated label likelihood, generation for NER); 'raw' goes with post_labels calibrate: false.",
     )
 
     def model_post_init(self, context) -> None:
-        kind = task_spec(self.task).kind  # an unknown task names the known ones
-        if self.scoring is None:
-            self.scoring = LabellingConfig().scoring(kind)
-        elif self.scoring not in SCORINGS:
+        task_spec(self.task)  # an unknown task names the known ones
+        if self.scoring is not None and self.scoring not in SCORINGS:
             raise ValueError(f"promotion scoring {self.scoring!r}: choose one of {', '.join(SCORINGS)}")
+
+    def scorings(self, report: pd.DataFrame) -> dict[str, str]:
+        """Adapter (``lora:<mode>``) -> the scoring its difference over base is read in: the configured one, else
+        the one chosen for its labels on the report's tuning posts; ``""`` maps the default for any other."""
+        default = self.scoring or LabellingConfig().scoring(task_spec(self.task).kind)
+        if self.scoring is not None:
+            return {"": default}
+        return scoring_choices(report, self.task) | {"": default}
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ class Promotion:
     task: str
     metric: str | None
     margin: float
-    scoring: str
+    scoring: str  # the promoted adapter's: the one its labels come from (PER_ADAPTER when nothing is promoted)
     difference: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
@@ -78,14 +90,17 @@ class Promotion:
 
 
 def _differences(report: pd.DataFrame, config: PromotionConfig) -> pd.DataFrame:
-    """The report's paired differences of each adapter over base on the configured task, metric and scoring."""
+    """The report's paired differences of each adapter over base on the configured task and metric, each in the
+    adapter's scoring (``PromotionConfig.scorings``)."""
     if report.empty or "compared_to" not in report.columns:
         return report.iloc[0:0]
+    scorings = config.scorings(report)
+    wanted = report["model"].astype(str).map(lambda model: scorings.get(model, scorings[""]))
     rows = report[
         (report["section"] == "paired_difference")
         & (report["task"] == config.task)
         & (report["compared_to"] == "base")
-        & (report["scoring"] == config.scoring)
+        & (report["scoring"] == wanted)
         & report["model"].astype(str).str.startswith("lora:")
     ]
     rows = rows[rows["metric"] == config.metric] if config.metric else rows[rows["primary"].astype(bool)]
@@ -93,14 +108,15 @@ def _differences(report: pd.DataFrame, config: PromotionConfig) -> pd.DataFrame:
 
 
 def _interval(row) -> str:
-    return f"{row.model} {row.value:+.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+    return f"{row.model} ({row.scoring}) {row.value:+.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
 
 
 def choose(report: pd.DataFrame, available: set[str], config: PromotionConfig, manual: str | None = None) -> Promotion:
     """The adapter to promote among the mask modes in ``available`` (those with a materialised adapter)."""
     rows = _differences(report, config)
     metric = config.metric or (str(rows["metric"].iloc[0]) if len(rows) else None)
-    common = {"task": config.task, "metric": metric, "margin": config.margin, "scoring": config.scoring}
+    scorings = config.scorings(report)
+    common = {"task": config.task, "metric": metric, "margin": config.margin}
     by_mode = {str(row.model).removeprefix("lora:"): row for row in rows.itertuples()}
     if manual is not None:
         if manual not in available:
@@ -116,16 +132,19 @@ def choose(report: pd.DataFrame, available: set[str], config: PromotionConfig, m
             "manual",
             f"lora:{manual} chosen by hand (`opengrok promote {manual}`){scores}",
             **common,
+            scoring=scorings.get(f"lora:{manual}", scorings[""]),
             **_numbers(row),
         )
-    what = f"{config.task} {metric or 'primary metric'} ({config.scoring}) difference over base"
+    scoring = f" ({config.scoring})" if config.scoring else ", each in its label scoring,"
+    what = f"{config.task} {metric or 'primary metric'} difference over base{scoring}"
+    undecided = {**common, "scoring": config.scoring or PER_ADAPTER}
     if not by_mode:
         return Promotion(
             None,
             "none",
             f"nothing promoted: the eval report has no {what} of an adapter; evaluate "
             f"{config.task} with the adapters (eval_report)",
-            **common,
+            **undecided,
         )
     qualifying = [row for mode, row in by_mode.items() if mode in available and row.ci_low > config.margin]
     if not qualifying:
@@ -134,15 +153,14 @@ def choose(report: pd.DataFrame, available: set[str], config: PromotionConfig, m
             None,
             "none",
             f"nothing promoted: no adapter's {what} has a lower bound above {config.margin:g} ({scored})",
-            **common,
+            **undecided,
         )
     best = max(qualifying, key=lambda row: (row.ci_low, row.value))
     mode = str(best.model).removeprefix("lora:")
-    reason = (
-        f"{_interval(best)} on {config.task} {metric} ({config.scoring}) over base: lower bound above {config.margin:g}"
-        + (f", the highest of {len(qualifying)} that qualify" if len(qualifying) > 1 else "")
+    reason = f"{_interval(best)} on {config.task} {metric} over base: lower bound above {config.margin:g}" + (
+        f", the highest of {len(qualifying)} that qualify" if len(qualifying) > 1 else ""
     )
-    return Promotion(mode, "rule", reason, **common, **_numbers(best))
+    return Promotion(mode, "rule", reason, **common, scoring=str(best.scoring), **_numbers(best))
 
 
 def _numbers(row) -> dict:
@@ -172,8 +190,9 @@ def require_compatible(checkpoint: Checkpoint, student_model: str, student_finge
         )
 
 
-def teacher_agreement(report: pd.DataFrame, variant: str | None) -> dict[str, dict[str, float]]:
-    """The report's agreement of ``variant`` with the teacher on held-out annotations of the user's posts:
+def teacher_agreement(report: pd.DataFrame, variant: str | None, scoring: str = CALIBRATED) -> dict[str, dict]:
+    """The report's agreement of ``variant`` with the teacher on held-out annotations of the user's posts, in
+    ``scoring`` where a task was measured in several (its labels' scoring):
     ``{task: {metric: value, metric_low, metric_high, n, confusion: {"teacher -> student": posts}}}``
     (``labelling.agreement``), empty when not measured."""
     if variant is None or report.empty or "section" not in report.columns:
@@ -181,6 +200,8 @@ def teacher_agreement(report: pd.DataFrame, variant: str | None) -> dict[str, di
     ours = (report["model"] == variant) & report["task"].astype(str).str.startswith(f"{POSTS_AGREEMENT}:")
     report = report[ours]
     rows = report[report["section"] == "score"]
+    in_scoring = rows.groupby("task")["scoring"].transform(lambda scorings: (scorings == scoring).any())
+    rows = rows[~in_scoring.astype(bool) | (rows["scoring"] == scoring)]
     found: dict[str, dict] = {}
     for row in rows.itertuples():
         figures = found.setdefault(str(row.task).split(":", 1)[1], {"n": int(row.n), "confusion": {}})

@@ -22,6 +22,7 @@ from opengrok_dagster.evaluation.report.tables import (
     distillation_table,
     examples_table,
     references_table,
+    scoring_choice_table,
     scorings_table,
     summary_table,
     task_table,
@@ -89,8 +90,8 @@ def _overview(report: Report, results: EvaluationResults) -> None:
             "p",
             "Each adapter against the untrained base student on the same items and resamples, under each "
             f"scoring both have ({results.config.headline_scoring}, the headline, first); an interval above 0 means "
-            "the distilled student is better. Promotion reads the scoring the user's labels come from "
-            "(calibrated by default). The teacher's score is shown beside them where it has that scoring: it is "
+            "the distilled student is better. Promotion reads, per adapter, the scoring its labels come from "
+            "(calibrated or raw, chosen on tuning posts: see each task). The teacher's score is shown beside them where it has that scoring: it is "
             "what distillation could at best transfer.",
         )
         report.add("table", distillation)
@@ -110,6 +111,18 @@ def _task_section(report: Report, task: TaskResult, cfg: EvaluationConfig) -> No
     if len({s.scoring for s in task.all_scores} - {CLASSIFIER}) > 1:
         report.add("h3", f"Scorings side by side ({task.primary_metric})")
         report.add("table", scorings_table(task, cfg.confidence))
+    if task.scoring_choices:
+        tuning = task.scoring_choices[0].n
+        report.add(
+            "h3",
+            f"Label scoring of each model's labels for post_labels ({task.primary_metric} on {tuning} tuning posts)",
+        )
+        report.add(
+            "p",
+            f"Chosen per model on {tuning} posts of the split that none of the reported items is, so the choice is "
+            "not made on the numbers above; promotion compares each adapter with the base under its choice.",
+        )
+        report.add("table", scoring_choice_table(task))
     if task.comparisons:
         report.add("h3", "Ablation: paired bootstrap differences (model minus compared_to)")
         report.add("table", ablation_table(task))

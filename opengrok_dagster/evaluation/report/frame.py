@@ -1,6 +1,6 @@
 """The report's numbers as one long DataFrame (the eval_report asset's value and results.parquet): one row per
-(task, model, metric) score, per paired difference, per confusion cell of a task without gold labels, and per
-external reference."""
+(task, model, metric) score, per paired difference, per confusion cell of a task without gold labels, per
+external reference, and per local model's label scoring tried and chosen on tuning posts (``scoring_choice``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from opengrok_dagster.evaluation.config import EvaluationConfig
 from opengrok_dagster.evaluation.report.tables import confusion_table
 from opengrok_dagster.evaluation.results import EvaluationResults, TaskResult
 from opengrok_dagster.evaluation.scoring import CLASSIFIER
+from opengrok_dagster.evaluation.scoring_choice import choice_rows
 
 
 RESULT_COLUMNS = (
@@ -55,6 +56,7 @@ def results_frame(results: EvaluationResults) -> pd.DataFrame:
         rows += _comparison_rows(task, common, cfg)
         rows += _confusion_rows(task, common)
         rows += _reference_rows(task)
+        rows += choice_rows(task.name, task.scoring_choices, common)
     frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     return frame.astype({"n": "Int64", "seed": "Int64", "resamples": "Int64", "primary": bool})
 

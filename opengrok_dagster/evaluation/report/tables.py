@@ -105,6 +105,18 @@ def scorings_table(task: TaskResult, confidence: float) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+def scoring_choice_table(task: TaskResult) -> pd.DataFrame:
+    """Each local model's primary metric on the tuning posts under each label scoring, and the one its labels use."""
+    return pd.DataFrame(
+        [
+            {"model": c.model}
+            | {scoring: fmt(value) for scoring, value in c.values.items()}
+            | {"labels use": c.chosen}
+            for c in task.scoring_choices
+        ]
+    )
+
+
 def confusion_table(answers: ItemAnswers, model: str) -> pd.DataFrame:
     """Gold label (rows) x the model's answer (columns; 'unparseable' for an answer naming no single label)."""
     k = len(answers.words)
