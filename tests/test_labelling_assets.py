@@ -2,19 +2,22 @@
 
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from dagster import AssetSpec, Failure, asset, materialize
 
 from assets.labelling import post_labels, posts_unchanged_guard, promoted_student
 from opengrok_dagster.cli import main
+from opengrok_dagster.evaluation.local import LocalStudent, find_checkpoints
+from opengrok_dagster.labelling.labeller import LabellingConfig, PostLabeller, label_posts
 from opengrok_dagster.layout import HomeLayout
 from opengrok_dagster.partitions import mask_mode_partitions, post_shard_partitions
 from opengrok_dagster.settings import CONFIG_DIR
 from resources import OpenGrokPaths, ParquetIOManager, StudentResource
 from tests.conftest import adapters, write_adapter
 from tests.test_eval_report import write_manifests
-from tests.test_labelling import POSTS, report
+from tests.test_labelling import POSTS, choice, report
 
 
 UPSTREAM = [
@@ -74,7 +77,7 @@ def test_the_earning_adapter_is_promoted_and_labels_the_shard(home, instance, ti
     result = promote(home, instance, tiny_student, SIGNIFICANT)
     assert result.success
     [check] = result.get_asset_check_evaluations()
-    assert check.passed and "lora:hard +0.060 [0.020, 0.100]" in check.description
+    assert check.passed and "lora:hard (calibrated) +0.060 [0.020, 0.100]" in check.description
     record = pd.read_parquet(HomeLayout(home).asset_path("promoted_student")).iloc[0]
     assert (record["mask_mode"], record["how"], record["adapter_dir"]) == ("hard", "rule", str(adapters(home)["hard"]))
     metadata = result.asset_materializations_for_node("promoted_student")[0].metadata
@@ -90,6 +93,27 @@ def test_the_earning_adapter_is_promoted_and_labels_the_shard(home, instance, ti
     assert "tweeteval_sentiment" in metadata["label_distribution"].value
     sampled = label(home, instance, tiny_student, sample=4)
     assert len(pd.read_parquet(HomeLayout(home).asset_path("post_labels", "mine"))) == 4 and sampled.success
+
+
+@pytest.mark.integration
+def test_the_labels_come_in_the_scoring_chosen_for_the_promoted_adapter(home, instance, tiny_student, tmp_path):
+    """The evaluation chose raw likelihood for lora:hard on its tuning posts: it is promoted on its raw difference,
+    and post_labels labels raw, exactly as a raw labeller does."""
+    chosen_raw = pd.concat([report(("lora:hard", 0.06, 0.02, 0.1), scoring="raw"), choice(hard="raw")])
+    assert promote(home, instance, tiny_student, chosen_raw).success
+    record = pd.read_parquet(HomeLayout(home).asset_path("promoted_student")).iloc[0]
+    assert (record["mask_mode"], record["scoring"]) == ("hard", "raw")
+    assert label(home, instance, tiny_student, sample=0).success
+    labels = pd.read_parquet(HomeLayout(home).asset_path("post_labels", "mine"))
+    checkpoints, _ = find_checkpoints({"hard": adapters(home)["hard"]}, ("hard",))
+    student = LocalStudent(str(tiny_student), checkpoints, batch_tokens=256)
+    with student.using("lora:hard"):
+        for calibrate, equal in ((False, True), (True, False)):
+            labeller = PostLabeller(student, LabellingConfig(calibrate=calibrate), record["adapter_version"])
+            expected = label_posts(POSTS, labeller, tmp_path / str(calibrate)).frame
+            column = "tweeteval_sentiment_probabilities"
+            same = np.allclose(np.stack(labels[column]), np.stack(expected[column]), atol=1e-5)
+            assert same == equal, f"calibrate={calibrate}"
 
 
 @pytest.mark.integration
