@@ -498,6 +498,8 @@ def test_the_promoted_adapters_agreement_is_read_from_the_report_in_its_label_sc
         }
     }
     assert teacher_agreement(frame, "lora:hard", "raw")["tweeteval_sentiment"]["kappa"] == pytest.approx(0.7)
+    # promoted on an NER task (generated), its classes are labelled calibrated: that agreement is read
+    assert teacher_agreement(frame, "lora:hard", "generated")["tweeteval_sentiment"]["kappa"] == pytest.approx(0.5)
     # a task measured in one scoring only (entities: generated) is read whatever the labels' scoring
     entities = frame[frame["scoring"] == "calibrated"].assign(
         task="teacher_agreement_on_posts:btc", scoring="generated"

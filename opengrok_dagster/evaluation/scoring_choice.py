@@ -50,8 +50,13 @@ def choice_rows(task: str, choices: list[ScoringChoice], common: dict) -> list[d
     """The results frame's rows: each model's metric on the tuning posts per scoring, and the chosen one."""
     rows = []
     for choice in choices:
-        shared = common | {"task": task, "model": choice.model, "metric": choice.metric, "primary": True}
-        shared["n"] = choice.n
+        shared = common | {
+            "task": task,
+            "model": choice.model,
+            "metric": choice.metric,
+            "primary": True,
+            "n": choice.n,
+        }
         rows += [
             shared | {"section": TUNING_SECTION, "scoring": scoring, "value": value}
             for scoring, value in choice.values.items()

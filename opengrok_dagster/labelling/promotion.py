@@ -200,6 +200,7 @@ def teacher_agreement(report: pd.DataFrame, variant: str | None, scoring: str = 
     ours = (report["model"] == variant) & report["task"].astype(str).str.startswith(f"{POSTS_AGREEMENT}:")
     report = report[ours]
     rows = report[report["section"] == "score"]
+    scoring = LabellingConfig().following(scoring).scoring("classification")  # an NER promotion: calibrated classes
     in_scoring = rows.groupby("task")["scoring"].transform(lambda scorings: (scorings == scoring).any())
     rows = rows[~in_scoring.astype(bool) | (rows["scoring"] == scoring)]
     found: dict[str, dict] = {}

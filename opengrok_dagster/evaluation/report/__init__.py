@@ -91,8 +91,8 @@ def _overview(report: Report, results: EvaluationResults) -> None:
             "Each adapter against the untrained base student on the same items and resamples, under each "
             f"scoring both have ({results.config.headline_scoring}, the headline, first); an interval above 0 means "
             "the distilled student is better. Promotion reads, per adapter, the scoring its labels come from "
-            "(calibrated or raw, chosen on tuning posts: see each task). The teacher's score is shown beside them where it has that scoring: it is "
-            "what distillation could at best transfer.",
+            "(calibrated or raw, chosen on tuning posts: see each task). The teacher's score is shown beside them "
+            "where it has that scoring: it is what distillation could at best transfer.",
         )
         report.add("table", distillation)
     report.images[MAIN_PLOT] = plot_primary(results) if any(t.scores for t in results.tasks) else b""
