@@ -89,12 +89,11 @@ class Promotion:
         return None if self.mask_mode is None else f"lora:{self.mask_mode}"
 
 
-def _differences(report: pd.DataFrame, config: PromotionConfig) -> pd.DataFrame:
+def _differences(report: pd.DataFrame, config: PromotionConfig, scorings: dict[str, str]) -> pd.DataFrame:
     """The report's paired differences of each adapter over base on the configured task and metric, each in the
     adapter's scoring (``PromotionConfig.scorings``)."""
     if report.empty or "compared_to" not in report.columns:
         return report.iloc[0:0]
-    scorings = config.scorings(report)
     wanted = report["model"].astype(str).map(lambda model: scorings.get(model, scorings[""]))
     rows = report[
         (report["section"] == "paired_difference")
@@ -113,9 +112,9 @@ def _interval(row) -> str:
 
 def choose(report: pd.DataFrame, available: set[str], config: PromotionConfig, manual: str | None = None) -> Promotion:
     """The adapter to promote among the mask modes in ``available`` (those with a materialised adapter)."""
-    rows = _differences(report, config)
-    metric = config.metric or (str(rows["metric"].iloc[0]) if len(rows) else None)
     scorings = config.scorings(report)
+    rows = _differences(report, config, scorings)
+    metric = config.metric or (str(rows["metric"].iloc[0]) if len(rows) else None)
     common = {"task": config.task, "metric": metric, "margin": config.margin}
     by_mode = {str(row.model).removeprefix("lora:"): row for row in rows.itertuples()}
     if manual is not None:
